@@ -1,0 +1,3 @@
+"""nero: spreadsheet-driven experiment orchestrator."""
+
+__version__ = "0.1.0"

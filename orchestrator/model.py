@@ -1,0 +1,365 @@
+"""Frozen dataclasses and enums shared by every layer of nero.
+
+Only these types cross module boundaries: no openpyxl cell, sqlite row or DataFrame
+leaks out of its home module. Everything here is stdlib-only and immutable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+Scalar = str | int | float | bool | None
+
+
+class RunState(StrEnum):
+    """The life cycle of one attempt of a run (DESIGN.md §5)."""
+
+    PENDING = "pending"
+    SUBMITTED = "submitted"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TERMINATED = "terminated"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    PREEMPTED = "preempted"
+    LOST = "lost"
+
+    @property
+    def live(self) -> bool:
+        return self in (RunState.SUBMITTED, RunState.RUNNING)
+
+    @property
+    def finished(self) -> bool:
+        return self not in (RunState.PENDING, RunState.SUBMITTED, RunState.RUNNING)
+
+
+FINISHED_STATES = frozenset(s for s in RunState if s.finished)
+LIVE_STATES = frozenset(s for s in RunState if s.live)
+
+
+class Desired(StrEnum):
+    """The `state` column of an experiment row."""
+
+    RUN = "run"
+    HOLD = "hold"
+    STOP = "stop"
+
+
+class ClusterKind(StrEnum):
+    LOCAL = "local"
+    SSH = "ssh"
+    SLURM = "slurm"
+    SGE = "sge"
+
+
+RESOURCE_COLUMNS = ("time", "cpus", "mem", "gpus", "partition", "account")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One validation problem, anchored to a cell (`Experiments!D7`) or a sheet."""
+
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Variation:
+    """A cell that expands to several values: `[0.1, 0.01]`, `range(1, 5)`, …"""
+
+    source: str
+    values: tuple[Scalar, ...]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    id: str
+    row: int
+    command: str
+    clusters: tuple[str, ...]
+    desired: Desired
+    params: tuple[tuple[str, Scalar | Variation], ...]
+    resources: tuple[tuple[str, Scalar], ...] = ()
+    setup: str = ""
+    workdir: str = ""
+    template: str = ""
+    priority: int = 0
+    after: tuple[str, ...] = ()
+    retries: int = 0
+    rules: str = ""
+    notify: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    kind: ClusterKind = ClusterKind.LOCAL
+    host: str = ""
+    user: str = ""
+    port: int | None = None
+    workdir: str = ""
+    python: str = ""
+    setup: str = ""
+    max_jobs: int | None = None
+    partition: str = ""
+    account: str = ""
+    template: str = ""
+    gpus: str = ""
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    name: str
+    pattern: str = ""
+    goal: str = "min"
+
+
+@dataclass(frozen=True)
+class Settings:
+    results: str = "results.xlsx"
+    interval: float = 30.0
+    digest: str = "off"
+    email_to: tuple[str, ...] = ()
+    email_from: str = ""
+    smtp_host: str = ""
+    smtp_port: int | None = None
+    smtp_user: str = ""
+    smtp_security: str = "starttls"
+    primary_metric: str = ""
+    checkpoints: tuple[int, ...] = ()
+    min_free_disk: str = ""
+    default_cluster: str = "local"
+
+
+@dataclass(frozen=True)
+class Workbook:
+    path: str
+    experiments: tuple[Experiment, ...]
+    clusters: tuple[Cluster, ...]
+    metrics: tuple[MetricDef, ...] = ()
+    settings: Settings = field(default_factory=Settings)
+
+    def cluster(self, name: str) -> Cluster:
+        for c in self.clusters:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def goal(self, metric: str) -> str:
+        for m in self.metrics:
+            if m.name == metric:
+                return m.goal
+        return "max" if metric.split("@")[0].lower() in MAX_GOAL_NAMES else "min"
+
+
+MAX_GOAL_NAMES = frozenset({"acc", "accuracy", "val_acc", "test_acc", "f1", "auc", "bleu", "r2", "reward", "score", "precision", "recall"})
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What the sheet asks for one run: identity (key) and essence (spec_hash)."""
+
+    key: str
+    experiment: str
+    row: int
+    params: tuple[tuple[str, Scalar], ...]
+    command: str
+    clusters: tuple[str, ...]
+    resources: tuple[tuple[str, Scalar], ...]
+    setup: str
+    workdir: str
+    template: str
+    desired: Desired
+    priority: int
+    after: tuple[str, ...]
+    retries: int
+    rules: str
+    notify: tuple[str, ...]
+    spec_hash: str
+
+    def essence(self) -> dict[str, Any]:
+        """The fields whose change restarts the run (spec hash input)."""
+        return {
+            "command": self.command,
+            "params": dict(self.params),
+            "clusters": list(self.clusters),
+            "resources": dict(self.resources),
+            "setup": self.setup,
+            "workdir": self.workdir,
+            "template": self.template,
+        }
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run as the state store knows it (its current attempt folded in)."""
+
+    key: str
+    number: int
+    experiment: str
+    spec_hash: str
+    essence: dict[str, Any]
+    params: tuple[tuple[str, Scalar], ...]
+    state: RunState
+    reason: str = ""
+    attempt: int = 0
+    cluster: str = ""
+    job_id: str = ""
+    host: str = ""
+    run_dir: str = ""
+    submitted_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+    git_commit: str = ""
+    git_dirty: bool = False
+    orphaned: bool = False
+    intent: bool = False  # an attempt was recorded but its submission not confirmed
+    last: dict[str, float] = field(default_factory=dict)
+    best: dict[str, float] = field(default_factory=dict)
+    step: int | None = None
+    heartbeat_at: float | None = None
+    command: str = ""  # the command line as run (rendered)
+    peak_rss_mb: float | None = None
+    peak_gpu_mem_mb: float | None = None
+    min_disk_free_mb: float | None = None
+    parent_attempt: int | None = None
+    code_hash: str = ""
+
+    def runtime(self, now: float) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.ended_at if self.ended_at is not None else now
+        return max(0.0, end - self.started_at)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    runs: dict[str, RunRecord]
+
+    def live(self) -> list[RunRecord]:
+        return [r for r in self.runs.values() if r.state.live]
+
+
+class ActionKind(StrEnum):
+    SUBMIT = "submit"
+    RESTART = "restart"
+    CANCEL = "cancel"
+    ORPHAN = "orphaned"
+    HOLD = "held"
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ActionKind
+    key: str
+    reason: str
+    spec: RunSpec | None = None
+    cluster: str = ""
+    waiting: str = ""  # a submit that has no free slot this pass says why
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: tuple[Action, ...]
+    unchanged: int
+
+    @property
+    def changes(self) -> tuple[Action, ...]:
+        return tuple(a for a in self.actions if a.kind not in (ActionKind.HOLD, ActionKind.ORPHAN))
+
+    def of(self, kind: ActionKind) -> tuple[Action, ...]:
+        return tuple(a for a in self.actions if a.kind is kind)
+
+
+@dataclass(frozen=True)
+class JobScript:
+    key: str
+    attempt: int
+    run_dir: str
+    text: str
+    params_json: str
+    cluster: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What a backend reports after submitting one job."""
+
+    key: str
+    attempt: int
+    job_id: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    name: str
+    value: float
+    step: int | None
+    time: float | None
+    source: str  # "stdout" or "track"
+
+
+@dataclass(frozen=True)
+class ResourceSample:
+    time: float
+    rss_mb: float | None = None
+    gpu_mem_mb: float | None = None
+    disk_free_mb: float | None = None
+
+
+@dataclass(frozen=True)
+class Offsets:
+    stdout: int = 0
+    metrics: int = 0
+    resources: int = 0
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """What one poll learned about one live attempt: files written by the job script
+    and the bytes appended to its outputs since the given offsets."""
+
+    key: str
+    attempt: int
+    alive: bool
+    started: dict[str, Any] | None
+    exit_code: int | None
+    heartbeat: float | None
+    stdout: bytes
+    metrics: bytes
+    resources: bytes
+    offsets: Offsets  # the offsets after this read
+    scheduler_state: str = ""
+    scheduler_reason: str = ""
+
+
+@dataclass(frozen=True)
+class Event:
+    time: float
+    key: str
+    kind: str
+    reason: str = ""
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class ResultsInput:
+    """Everything the results workbook shows, gathered from the state store."""
+
+    experiments_path: str
+    settings: Settings
+    goals: dict[str, str]  # metric name -> "min" | "max"
+    runs: tuple[RunRecord, ...]
+    histories: dict[str, dict[str, tuple[tuple[int | None, float], ...]]]  # key -> metric -> points
+    events: tuple[Event, ...]
+    queue: tuple[tuple[str, str], ...]  # (run key, why it waits or is held)
+    now: float
