@@ -204,7 +204,7 @@ class RunRecord:
     number: int
     experiment: str
     spec_hash: str
-    essence: dict[str, Any]
+    essence: str  # JSON of RunSpec.essence() at submission; parsed only when diffing
     params: tuple[tuple[str, Scalar], ...]
     state: RunState
     reason: str = ""
@@ -231,6 +231,8 @@ class RunRecord:
     min_disk_free_mb: float | None = None
     parent_attempt: int | None = None
     code_hash: str = ""
+    offsets: Offsets = field(default_factory=lambda: Offsets())
+    stop_requested: str = ""  # why nero asked the job to stop ("cancelled: …", "terminated: …")
 
     def runtime(self, now: float) -> float | None:
         if self.started_at is None:
@@ -319,8 +321,21 @@ class ResourceSample:
 @dataclass(frozen=True)
 class Offsets:
     stdout: int = 0
+    stderr: int = 0
     metrics: int = 0
     resources: int = 0
+
+
+@dataclass(frozen=True)
+class Handle:
+    """How a backend finds one attempt's job: what poll and cancel are given."""
+
+    key: str
+    attempt: int
+    job_id: str
+    run_dir: str
+    offsets: Offsets = Offsets()
+    submitted_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -335,11 +350,13 @@ class JobStatus:
     exit_code: int | None
     heartbeat: float | None
     stdout: bytes
+    stderr: bytes
     metrics: bytes
     resources: bytes
-    offsets: Offsets  # the offsets after this read
+    offsets: Offsets  # the offsets the chunks above start at
     scheduler_state: str = ""
     scheduler_reason: str = ""
+    stderr_tail: bytes = b""  # the end of stderr.log, read once the job has ended
 
 
 @dataclass(frozen=True)

@@ -213,6 +213,8 @@ def diff_essence(old: dict, new: dict) -> list[str]:
 def _show(v: object) -> str:
     if v is None:
         return "(none)"
+    if v == "":
+        return "(empty)"
     if isinstance(v, list):
         return ",".join(map(str, v))
     s = format_value(v) if isinstance(v, int | float | bool | str) else str(v)

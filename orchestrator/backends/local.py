@@ -1,0 +1,159 @@
+"""The `local` backend: jobs are detached bash processes on this machine.
+
+A job runs as `setsid bash job.sh`, in its own session and process group, so it survives
+nero's exit, Ctrl-C and SIGKILL. Its process id is the job id. Cancelling sends SIGTERM
+to the job's process group and SIGKILL after a grace period. Polling reads the status
+files the job script writes and the bytes appended to its outputs since the last pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..model import Cluster, Handle, JobScript, JobStatus, Offsets, Submission
+
+MAX_READ = 32 * 1024 * 1024  # bytes read per file per pass; the rest comes next pass
+KILL_GRACE_S = 15
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def read_from(path: Path, offset: int, limit: int = MAX_READ) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(limit)
+    except FileNotFoundError:
+        return b""
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+
+
+def _tail(path: Path, size: int = 4096) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
+def process_alive(pid: int, run_dir: str) -> bool:
+    """True if `pid` is a live (non-zombie) process still sitting in `run_dir`."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        if stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] in (b"Z", b"X"):
+            return False
+        return os.path.realpath(f"/proc/{pid}/cwd") == os.path.realpath(run_dir)
+    except (FileNotFoundError, ProcessLookupError, ValueError, PermissionError):
+        return False
+
+
+class LocalBackend:
+    def __init__(self, cluster: Cluster, project_dir: str):
+        self.cluster = cluster
+        self.project_dir = project_dir
+
+    def capacity(self) -> int:
+        return self.cluster.max_jobs or os.cpu_count() or 1
+
+    def submit(self, jobs: Sequence[JobScript]) -> list[Submission]:
+        return [self._submit_one(j) for j in jobs]
+
+    def _submit_one(self, job: JobScript) -> Submission:
+        run_dir = Path(job.run_dir)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(run_dir / "params.json", job.params_json)
+            write_atomic(run_dir / "job.sh", job.text)
+            out = subprocess.run(
+                ["bash", "-c", 'setsid bash job.sh </dev/null >/dev/null 2>&1 & echo $!'],
+                cwd=run_dir, capture_output=True, text=True, timeout=30, check=True,
+            )
+            pid = out.stdout.strip()
+            write_atomic(run_dir / "job_id", pid + "\n")
+            return Submission(job.key, job.attempt, job_id=pid)
+        except (OSError, subprocess.SubprocessError) as e:
+            return Submission(job.key, job.attempt, error=f"could not start the job in {run_dir}: {e}")
+
+    def adopt(self, handle: Handle) -> Submission | None:
+        run_dir = Path(handle.run_dir)
+        for name in ("job_id", "pid"):
+            text = _read_text(run_dir / name)
+            if text:
+                return Submission(handle.key, handle.attempt, job_id=text)
+        if (run_dir / "job.sh").exists():
+            # started but not yet recorded its pid: presume submitted; if it never
+            # shows life it becomes `lost`, which is safer than a second copy.
+            return Submission(handle.key, handle.attempt, job_id="")
+        return None
+
+    def poll(self, handles: Sequence[Handle]) -> list[JobStatus]:
+        return [self._poll_one(h) for h in handles]
+
+    def _poll_one(self, h: Handle) -> JobStatus:
+        d = Path(h.run_dir)
+        started_text = _read_text(d / "started")
+        started = None
+        if started_text:
+            try:
+                started = json.loads(started_text)
+            except ValueError:
+                started = None
+        exit_text = _read_text(d / "exit_code")
+        exit_code = int(exit_text) if exit_text and exit_text.lstrip("-").isdigit() else None
+        hb_text = _read_text(d / "heartbeat")
+        heartbeat = float(hb_text) if hb_text and hb_text.replace(".", "", 1).isdigit() else None
+        pid_text = h.job_id or _read_text(d / "pid") or ""
+        alive = pid_text.isdigit() and process_alive(int(pid_text), h.run_dir)
+        o = h.offsets
+        return JobStatus(
+            key=h.key, attempt=h.attempt, alive=alive, started=started, exit_code=exit_code,
+            heartbeat=heartbeat,
+            stdout=read_from(d / "stdout.log", o.stdout), stderr=read_from(d / "stderr.log", o.stderr),
+            metrics=read_from(d / "metrics.jsonl", o.metrics), resources=read_from(d / "resources.jsonl", o.resources),
+            offsets=o,
+            stderr_tail=_tail(d / "stderr.log") if exit_code is not None or not alive else b"",
+        )
+
+    def cancel(self, handles: Sequence[Handle]) -> dict[str, str]:
+        errors: dict[str, str] = {}
+        for h in handles:
+            pid_text = h.job_id or _read_text(Path(h.run_dir) / "pid") or ""
+            if not pid_text.isdigit() or not process_alive(int(pid_text), h.run_dir):
+                continue  # already gone; the next poll records how it ended
+            pgid = int(pid_text)
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            except PermissionError as e:
+                errors[h.key] = f"cannot signal job {pgid}: {e}"
+                continue
+            # SIGKILL whatever is left after the grace period, without blocking the loop
+            subprocess.Popen(
+                ["bash", "-c", f"sleep {KILL_GRACE_S}; [ ! -e {shlex.quote(str(Path(h.run_dir) / 'exit_code'))} ] && kill -KILL -- -{pgid}"],
+                start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        return errors
+
+    def close(self) -> None:
+        pass
+

@@ -1,0 +1,416 @@
+"""The `nero` command (click for parsing, rich for tables and progress, schedule for the loop).
+
+Every command finds its experiments workbook the same way: the WORKBOOK argument (or
+`-w`), which may be a file or a folder holding `experiments.xlsx`; else `$NERO_WORKBOOK`;
+else `./experiments.xlsx`. State lives in `.nero/state.db` beside the workbook.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .errors import NeroError
+
+EXIT_WORKBOOK = 2
+
+STATE_STYLE = {
+    "pending": "dim", "submitted": "cyan", "running": "blue", "completed": "green", "failed": "red",
+    "terminated": "dark_orange", "cancelled": "magenta", "timeout": "red", "preempted": "yellow", "lost": "red",
+}
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def resolve_workbook(arg: str | None) -> Path:
+    raw = arg or os.environ.get("NERO_WORKBOOK") or "experiments.xlsx"
+    p = Path(raw).expanduser()
+    if p.is_dir():
+        p = p / "experiments.xlsx"
+    if not p.exists():
+        hint = "run `nero init` to create one, or pass the workbook's path"
+        raise click.ClickException(f"no experiments workbook at {p}; {hint}")
+    return p
+
+
+def _fail(e: NeroError) -> None:
+    click.echo(f"error: {e}", err=True)
+    sys.exit(e.exit_code)
+
+
+def _open(workbook: str | None, keep_last_good: bool = False):
+    from .reconcile import Reconciler
+
+    path = resolve_workbook(workbook)
+    rec = Reconciler(path)
+    try:
+        for w in rec.load(keep_last_good=keep_last_good):
+            click.echo(f"warning: {w}", err=True)
+    except NeroError as e:
+        rec.close()
+        _fail(e)
+    return rec
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _num(v: float) -> str:
+    return f"{v:.4g}"
+
+
+WORKBOOK_ARG = click.argument("workbook", required=False, metavar="[WORKBOOK]")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="nero")
+def main() -> None:
+    """nero: the experiments workbook is the control panel.
+
+    List experiments and their parameter variations in an Excel workbook; nero expands
+    them into runs, starts them on your machine or your clusters, watches their logs and
+    metrics, stops bad ones by your rules, and keeps a results workbook up to date.
+
+    \b
+    Start here:
+      nero init demo                       a project with an example workbook and program
+      nero plan demo                       what reconcile would do, with reasons
+      nero reconcile demo --until-done     run it all, then stop
+      nero reconcile demo --watch          keep the world in line with the sheet
+      nero status demo                     a table of runs, states and latest metrics
+    """
+
+
+@main.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite an existing experiments.xlsx / train.py.")
+def init(directory: str, force: bool) -> None:
+    """Create a project in DIRECTORY: experiments.xlsx (commented headers, drop-downs and
+    a worked example grid) and train.py, a small example training program."""
+    from .render import builtin_templates
+    from .sheet import write_example_workbook
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    wb, train = d / "experiments.xlsx", d / "train.py"
+    for p in (wb, train):
+        if p.exists() and not force:
+            raise click.ClickException(f"{p} exists; use --force to overwrite it, or pick another directory")
+    write_example_workbook(wb)
+    shutil.copyfile(builtin_templates() / "project" / "train.py", train)
+    click.echo(f"Created {wb} and {train}.")
+    click.echo("Next: open the workbook, then run")
+    click.echo(f"  nero plan {d}\n  nero reconcile {d} --until-done")
+
+
+@main.command()
+@WORKBOOK_ARG
+@click.option("--prune", is_flag=True, help="Cancel running runs whose rows were removed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(workbook: str | None, prune: bool, as_json: bool) -> None:
+    """Show what `nero reconcile` would do, and why (no side effects).
+
+    \b
+    + submit    a run the sheet asks for that never ran
+    ~ restart   a run whose command, parameters, cluster, resources, setup or template changed
+    - cancel    a live run whose row says state=stop (or whose row is gone, with --prune)
+    ! orphaned  a live run whose row was removed: left running, reported
+    = held      a run that is not started: state=hold, or `after` is not satisfied
+    """
+    rec = _open(workbook)
+    try:
+        p = rec.plan(prune=prune)
+    except NeroError as e:
+        _fail(e)
+    finally:
+        rec.close()
+    if as_json:
+        click.echo(json.dumps({
+            "actions": [{"action": a.kind.value, "run": a.key, "reason": a.reason, "cluster": a.cluster,
+                         "waiting": a.waiting} for a in p.actions],
+            "unchanged": p.unchanged,
+        }, indent=2))
+        return
+    print_plan(p)
+
+
+def print_plan(p) -> None:
+    from rich.table import Table
+
+    from .model import ActionKind
+
+    sym = {ActionKind.SUBMIT: ("+", "green"), ActionKind.RESTART: ("~", "yellow"), ActionKind.CANCEL: ("-", "red"),
+           ActionKind.ORPHAN: ("!", "magenta"), ActionKind.HOLD: ("=", "dim")}
+    con = _console()
+    if p.actions:
+        t = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
+        for col in ("", "action", "run", "reason", "where"):
+            t.add_column(col, overflow="fold")
+        for a in p.actions:
+            s, style = sym[a.kind]
+            where = f"→ {a.cluster}" if a.cluster else (a.waiting or "")
+            t.add_row(f"[{style}]{s}[/]", f"[{style}]{a.kind.value}[/]", a.key, a.reason, where)
+        con.print(t)
+    counts = {k: len(p.of(k)) for k in ActionKind}
+    parts = [f"{counts[k]} to {k.value}" for k in (ActionKind.SUBMIT, ActionKind.RESTART, ActionKind.CANCEL) if counts[k]]
+    parts += [f"{counts[k]} {k.value}" for k in (ActionKind.ORPHAN, ActionKind.HOLD) if counts[k]]
+    if not p.changes:
+        con.print(f"No changes. {p.unchanged} run{'s' if p.unchanged != 1 else ''} unchanged" +
+                  (f"; {', '.join(parts)}." if parts else "."))
+    else:
+        con.print(f"Plan: {', '.join(parts)}; {p.unchanged} unchanged.")
+
+
+@main.command()
+@WORKBOOK_ARG
+@click.option("--watch", is_flag=True, help="Keep reconciling every --interval seconds until Ctrl-C.")
+@click.option("--interval", type=float, default=None, help="Seconds between passes (default: Settings interval, else 30).")
+@click.option("--until-done", is_flag=True, help="Loop until nothing is pending or running; exit 1 if any run failed.")
+@click.option("--prune", is_flag=True, help="Cancel running runs whose rows were removed from the sheet.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only warnings and the final summary.")
+def reconcile(workbook: str | None, watch: bool, interval: float | None, until_done: bool, prune: bool, quiet: bool) -> None:
+    """Make the runs match the workbook: submit, restart, cancel, and collect metrics.
+
+    One pass by default. With --watch it loops, re-reading the workbook only when it
+    changed; a workbook that becomes invalid or is open in Excel keeps the last good plan.
+    Ctrl-C ends the loop, never the jobs: they keep running and the next reconcile picks
+    them up. Exit code 2 when the workbook is invalid (nothing is touched then).
+    """
+    from filelock import FileLock, Timeout
+
+    rec = _open(workbook)
+    lock = FileLock(str(rec.store.path.parent / "reconcile.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        rec.close()
+        raise click.ClickException(
+            f"another `nero reconcile` is running for {rec.workbook_path} (lock {lock.lock_file}); "
+            "stop it first, or use `nero status` to watch") from None
+    try:
+        if not (watch or until_done):
+            report = rec.run_pass(prune=prune)
+            _print_report(report, quiet)
+            print_plan_summary(rec, report)
+            return
+        _loop(rec, interval, until_done, prune, quiet)
+    except NeroError as e:
+        _fail(e)
+    finally:
+        rec.close()
+        lock.release()
+
+
+def _print_report(report, quiet: bool) -> None:
+    for w in report.warnings:
+        click.echo(f"warning: {w}", err=True)
+    if quiet:
+        return
+    con = _console()
+    for e in report.events:
+        style = STATE_STYLE.get(e.kind, "")
+        stamp = time.strftime("%H:%M:%S", time.localtime(e.time))
+        kind = f"[{style}]{e.kind}[/]" if style else e.kind
+        con.print(f"{stamp} {kind:<12} {e.key}  [dim]{e.reason}[/]", soft_wrap=True)
+
+
+def print_plan_summary(rec, report) -> None:
+    from collections import Counter
+
+    snap = rec.store.snapshot()
+    counts = Counter(r.state.value for r in snap.values())
+    waiting = sum(1 for a in report.plan.actions if a.waiting)
+    held = len([a for a in report.plan.actions if a.kind.value == "held"])
+    parts = [f"{n} {s}" for s, n in sorted(counts.items())]
+    if waiting:
+        parts.append(f"{waiting} waiting")
+    if held:
+        parts.append(f"{held} held")
+    click.echo(f"runs: {', '.join(parts) or 'none'}" + (f"; results in {rec.results_path()}" if rec.results_path().exists() else ""))
+
+
+def _loop(rec, interval: float | None, until_done: bool, prune: bool, quiet: bool) -> None:
+    import schedule
+
+    from .model import RunState
+
+    every = interval or (rec.workbook.settings.interval if rec.workbook else 30) or 30
+    sched = schedule.Scheduler()
+    done = {"flag": False}
+    progress = None
+    if until_done and sys.stdout.isatty() and not quiet:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        progress = Progress(TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TextColumn("{task.description}"), console=_console())
+        progress.start()
+        task = progress.add_task("", total=None)
+
+    def tick() -> None:
+        for w in rec.load(keep_last_good=True):
+            click.echo(f"warning: {w}", err=True)
+        report = rec.run_pass(prune=prune)
+        _print_report(report, quiet)
+        if progress is not None:
+            snap = rec.store.snapshot()
+            finished = sum(1 for r in snap.values() if r.state.finished)
+            total = len(snap) + sum(1 for a in report.plan.actions if a.kind.value == "submit")
+            live = sum(1 for r in snap.values() if r.state.live)
+            progress.update(task, completed=finished, total=total, description=f"{live} live")
+        if until_done and rec.outstanding(report.plan) == 0:
+            done["flag"] = True
+
+    sched.every(every).seconds.do(tick)
+    try:
+        tick()
+        while not done["flag"]:
+            sched.run_pending()
+            time.sleep(min(0.2, max(0.0, sched.idle_seconds or 0.2)))
+    except KeyboardInterrupt:
+        if progress is not None:
+            progress.stop()
+        click.echo("\nStopped watching. Jobs keep running; `nero reconcile --watch` picks them up again.", err=True)
+        return
+    if progress is not None:
+        progress.stop()
+    snap = rec.store.snapshot()
+    bad = [r for r in snap.values() if r.state in (RunState.FAILED, RunState.LOST, RunState.TIMEOUT, RunState.PREEMPTED)]
+    from .reconcile import PassReport
+
+    print_plan_summary(rec, PassReport(plan=rec.plan(prune=prune)))
+    if bad:
+        click.echo(f"{len(bad)} run{'s' if len(bad) != 1 else ''} did not complete: " +
+                   ", ".join(f"{r.key} ({r.state.value})" for r in bad[:10]), err=True)
+        sys.exit(1)
+
+
+@main.command()
+@WORKBOOK_ARG
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+@click.option("--all", "show_all", is_flag=True, help="Include every metric, not only the first few.")
+def status(workbook: str | None, as_json: bool, show_all: bool) -> None:
+    """A table of runs: number, run, state, cluster, runtime, latest metrics, reason."""
+    from .reconcile import Reconciler, state_path
+
+    path = resolve_workbook(workbook)
+    if not state_path(path).exists():
+        click.echo("No runs yet: `nero reconcile` starts them.")
+        return
+    rec = Reconciler(path)
+    try:
+        snap = sorted(rec.store.snapshot().values(), key=lambda r: r.number)
+        now = time.time()
+        if as_json:
+            click.echo(json.dumps([{
+                "number": r.number, "run": r.key, "state": r.state.value, "cluster": r.cluster, "attempt": r.attempt,
+                "job_id": r.job_id, "host": r.host, "runtime_s": r.runtime(now), "reason": r.reason,
+                "metrics": {k: (v if v == v else None) for k, v in r.last.items()}, "step": r.step,
+                "run_dir": r.run_dir, "orphaned": r.orphaned,
+            } for r in snap], indent=2))
+            return
+        _status_table(snap, now, show_all)
+    finally:
+        rec.close()
+
+
+def _status_table(runs, now: float, show_all: bool) -> None:
+    from rich.table import Table
+
+    con = _console()
+    t = Table(header_style="bold", box=None, pad_edge=False)
+    for col, kw in (("#", {"justify": "right"}), ("run", {"overflow": "fold"}), ("state", {}), ("cluster", {}),
+                    ("runtime", {"justify": "right"}), ("step", {"justify": "right"}), ("metrics", {"overflow": "fold"}),
+                    ("reason", {"overflow": "fold", "max_width": 60})):
+        t.add_column(col, **kw)
+    for r in runs:
+        names = sorted(r.last)
+        shown = names if show_all else names[:4]
+        metrics = "  ".join(f"{k}={_num(r.last[k])}" for k in shown) + (" …" if len(names) > len(shown) else "")
+        style = STATE_STYLE.get(r.state.value, "")
+        state = r.state.value + (" (orphaned)" if r.orphaned else "")
+        t.add_row(str(r.number), r.key, f"[{style}]{state}[/]", r.cluster, _duration(r.runtime(now)),
+                  "" if r.step is None else str(r.step), metrics, r.reason)
+    con.print(t)
+
+
+@main.command()
+@click.argument("run")
+@click.option("-w", "--workbook", default=None, help="The experiments workbook (file or folder).")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the run ends.")
+@click.option("--stderr", "which", flag_value="stderr", help="Show stderr.log instead of stdout.log.")
+@click.option("--stdout", "which", flag_value="stdout", default=True, help="Show stdout.log (default).")
+@click.option("-n", "--lines", type=int, default=0, help="Only the last N lines.")
+def logs(run: str, workbook: str | None, follow: bool, which: str, lines: int) -> None:
+    """Print a run's output. RUN is its key (`demo[lr=0.1,layers=2]`) or its number in `nero status`."""
+    from .reconcile import Reconciler
+
+    rec = Reconciler(resolve_workbook(workbook))
+    try:
+        snap = rec.store.snapshot()
+        match = snap.get(run) or next((r for r in snap.values() if str(r.number) == run), None)
+        if match is None:
+            close = [k for k in snap if run in k][:5]
+            raise click.ClickException(f"no run {run!r}" + (f"; did you mean: {', '.join(close)}" if close else
+                                                              "; `nero status` lists the runs"))
+        path = Path(match.run_dir) / f"{which or 'stdout'}.log"
+        _print_file(path, lines)
+        if follow:
+            _follow(rec, match.key, path)
+    finally:
+        rec.close()
+
+
+def _print_file(path: Path, lines: int) -> int:
+    if not path.exists():
+        click.echo(f"({path} does not exist yet)", err=True)
+        return 0
+    data = path.read_bytes()
+    if lines:
+        data = b"\n".join(data.splitlines()[-lines:]) + b"\n"
+    sys.stdout.write(data.decode("utf-8", "replace"))
+    sys.stdout.flush()
+    return path.stat().st_size
+
+
+def _follow(rec, key: str, path: Path) -> None:
+    offset = path.stat().st_size if path.exists() else 0
+    exit_file = path.parent / "exit_code"
+    try:
+        while True:
+            if path.exists():
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+                if chunk:
+                    offset += len(chunk)
+                    sys.stdout.write(chunk.decode("utf-8", "replace"))
+                    sys.stdout.flush()
+            if exit_file.exists():
+                return
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return
+
+
+if __name__ == "__main__":
+    main()

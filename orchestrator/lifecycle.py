@@ -1,0 +1,136 @@
+"""The life cycle of an attempt: what one poll means for its state (pure).
+
+Given the attempt as the store knows it and what the backend saw (status files, the
+bytes appended to its outputs, the scheduler's word), `observe` returns one `Update`:
+the new state and reason (DESIGN.md §5), metric points and resource samples parsed from
+the complete lines only, the advanced read offsets, and the events to record.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+from .model import Event, JobStatus, MetricDef, MetricPoint, Offsets, RunRecord, RunState
+from .monitor import parse_output, parse_resources, parse_track
+from .state import Update
+
+START_GRACE_S = 120.0  # a submitted job that shows no sign of life for this long is lost
+HEARTBEAT_TIMEOUT_S = 300.0
+
+_SCHEDULER_STATES = {
+    "TIMEOUT": RunState.TIMEOUT, "PREEMPTED": RunState.PREEMPTED, "NODE_FAIL": RunState.LOST,
+    "OUT_OF_MEMORY": RunState.FAILED, "FAILED": RunState.FAILED, "CANCELLED": RunState.CANCELLED,
+    "BOOT_FAIL": RunState.FAILED, "DEADLINE": RunState.TIMEOUT,
+}
+
+
+def fold_metrics(points: Sequence[MetricPoint], last: Mapping[str, float], best: Mapping[str, float],
+                 goals: Mapping[str, str]) -> tuple[dict[str, float], dict[str, float], int | None]:
+    """New last/best values and the latest step after `points`."""
+    new_last, new_best = dict(last), dict(best)
+    step = None
+    for p in points:
+        new_last[p.name] = p.value
+        if p.step is not None:
+            step = p.step if step is None else max(step, p.step)
+        if math.isnan(p.value):
+            continue
+        old = new_best.get(p.name)
+        if old is None or math.isnan(old):
+            new_best[p.name] = p.value
+        elif goals.get(p.name, "min") == "max":
+            new_best[p.name] = max(old, p.value)
+        else:
+            new_best[p.name] = min(old, p.value)
+    return new_last, new_best, step
+
+
+def _last_line(data: bytes) -> str:
+    for line in reversed(data.decode("utf-8", "replace").splitlines()):
+        if line.strip():
+            return line.strip()[:300]
+    return ""
+
+
+def observe(rec: RunRecord, st: JobStatus, now: float, defs: Sequence[MetricDef] = (),
+            goals: Mapping[str, str] | None = None) -> Update:
+    goals = goals or {}
+    out_pts, out_n = parse_output(st.stdout, defs, now)
+    err_pts, err_n = parse_output(st.stderr, defs, now)
+    trk_pts, trk_n = parse_track(st.metrics)
+    samples, res_n = parse_resources(st.resources)
+    points = tuple(out_pts + err_pts + trk_pts)
+    o = st.offsets
+    offsets = Offsets(o.stdout + out_n, o.stderr + err_n, o.metrics + trk_n, o.resources + res_n)
+
+    events: list[Event] = []
+    state, reason = rec.state, None
+    started_at = host = ended_at = exit_code = None
+    if st.started and rec.started_at is None:
+        started_at = float(st.started.get("time") or now)
+        host = str(st.started.get("host") or "")
+        if state in (RunState.PENDING, RunState.SUBMITTED):
+            state = RunState.RUNNING
+            events.append(Event(now, rec.key, "started", f"on {host or rec.cluster}", rec.attempt))
+
+    ended = False
+    if st.exit_code is not None:
+        ended, exit_code = True, st.exit_code
+        if rec.stop_requested:
+            state, reason = _stopped(rec.stop_requested)
+        elif st.scheduler_state in _SCHEDULER_STATES and st.exit_code != 0:
+            state, reason = _scheduler(st)
+        elif st.exit_code == 0:
+            state, reason = RunState.COMPLETED, "exit code 0"
+        else:
+            tail = _last_line(st.stderr_tail)
+            state = RunState.FAILED
+            reason = f"exit code {st.exit_code}" + (f": {tail}" if tail else "")
+    elif st.scheduler_state in _SCHEDULER_STATES:
+        ended = True
+        state, reason = _stopped(rec.stop_requested) if rec.stop_requested else _scheduler(st)
+    elif not st.alive:
+        started = st.started is not None or rec.started_at is not None
+        waited = now - (rec.submitted_at or now)
+        if rec.stop_requested:
+            ended = True
+            state, reason = _stopped(rec.stop_requested)
+        elif started or waited > START_GRACE_S:
+            ended = True
+            state = RunState.LOST
+            reason = ("the job's process ended without writing an exit code (killed, out of memory, or the machine restarted)"
+                      if started else f"the job did not start within {START_GRACE_S:.0f} s of submission")
+    elif st.heartbeat is not None and now - st.heartbeat > HEARTBEAT_TIMEOUT_S and not st.scheduler_state:
+        ended = True
+        state, reason = RunState.LOST, f"no heartbeat for {now - st.heartbeat:.0f} s"
+
+    if ended:
+        ended_at = now
+        events.append(Event(now, rec.key, state.value, reason or "", rec.attempt))
+
+    last = best = None
+    step = None
+    if points:
+        last, best, step = fold_metrics(points, rec.last, rec.best, goals)
+    return Update(
+        key=rec.key, attempt=rec.attempt,
+        state=state if state is not rec.state else None, reason=reason,
+        host=host, started_at=started_at, ended_at=ended_at, exit_code=exit_code,
+        heartbeat_at=st.heartbeat, offsets=offsets if offsets != o else None,
+        points=points, samples=tuple(samples), last=last, best=best, step=step,
+        events=tuple(events),
+    )
+
+
+def _stopped(request: str) -> tuple[RunState, str]:
+    kind, _, why = request.partition(": ")
+    return (RunState.TERMINATED if kind == "terminated" else RunState.CANCELLED), why or kind
+
+
+def _scheduler(st: JobStatus) -> tuple[RunState, str]:
+    state = _SCHEDULER_STATES[st.scheduler_state]
+    reason = st.scheduler_state + (f": {st.scheduler_reason}" if st.scheduler_reason else "")
+    if st.exit_code is not None and st.exit_code != 0:
+        reason += f" (exit code {st.exit_code})"
+    return state, reason

@@ -1,0 +1,397 @@
+"""One reconcile pass: the only module that wires the pure core to the adapters.
+
+    recover intents → poll live runs (one call per cluster) → observe → commit
+    → plan(specs, snapshot, capacity) → cancel → record intents → submit → commit
+    → results workbook (only if something changed)
+
+The workbook is re-read only when its size or modification time changed; an invalid or
+half-saved workbook keeps the last good specs while watching (and stops a single pass
+with exit code 2 before anything is dispatched, cancelled or written).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .backends import Backend, make_backend
+from .errors import BackendError, NeroError, WorkbookError
+from .lifecycle import observe
+from .model import (
+    Action, ActionKind, Cluster, ClusterKind, Event, Handle, JobScript, Plan, ResultsInput,
+    RunRecord, RunSpec, RunState, Workbook,
+)
+from .plan import plan as make_plan
+from .render import Shell, render_command, render_template
+from .spec import expand, format_value, slug
+from .state import NewAttempt, Store, Update
+
+HEARTBEAT_S = 10
+
+
+@dataclass
+class PassReport:
+    plan: Plan
+    events: list[Event] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    changed: bool = False
+    results_written: bool = False
+
+
+def state_path(workbook: Path) -> Path:
+    return workbook.resolve().parent / ".nero" / "state.db"
+
+
+def git_info(workdir: str) -> tuple[str, bool]:
+    try:
+        head = subprocess.run(["git", "-C", workdir, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return "", False
+        dirty = subprocess.run(["git", "-C", workdir, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30)
+        return head.stdout.strip(), bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return "", False
+
+
+class Reconciler:
+    """Holds what lives across passes: the last good workbook, backends, the store."""
+
+    def __init__(self, workbook: str | Path, store: Store | None = None,
+                 backend_factory: Callable[[Cluster, str], Backend] = make_backend,
+                 clock: Callable[[], float] = time.time):
+        self.workbook_path = Path(workbook).resolve()
+        self.project_dir = self.workbook_path.parent
+        self.store = store or Store(state_path(self.workbook_path))
+        self.backend_factory = backend_factory
+        self.clock = clock
+        self.workbook: Workbook | None = None
+        self.specs: list[RunSpec] = []
+        self._stamp: tuple[int, int] | None = None
+        self._backends: dict[str, Backend] = {}
+        self._results_fingerprint = ""
+
+    # ------------------------------------------------------------ workbook
+    def load(self, keep_last_good: bool = False) -> list[str]:
+        """Re-read the workbook if it changed. Returns warnings; raises WorkbookError
+        unless `keep_last_good` and a good workbook was read before."""
+        from .sheet import lock_file, read_workbook
+
+        warnings: list[str] = []
+        try:
+            st = self.workbook_path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if stamp is not None and stamp == self._stamp and self.workbook is not None:
+            return warnings
+        lock = lock_file(self.workbook_path)
+        if lock is not None and keep_last_good and self.workbook is not None:
+            return [f"{self.workbook_path.name} is open in a spreadsheet program ({lock.name}); "
+                    "keeping the last good plan until it is saved and closed"]
+        try:
+            wb = read_workbook(self.workbook_path)
+        except WorkbookError as e:
+            if keep_last_good and self.workbook is not None:
+                return [f"{e}\n  keeping the last good plan; fix the workbook and save it"]
+            raise
+        if lock is not None:
+            warnings.append(f"{self.workbook_path.name} is open in a spreadsheet program ({lock.name}); using what is saved")
+        self.workbook, self.specs, self._stamp = wb, expand(wb), stamp
+        return warnings
+
+    # ------------------------------------------------------------ backends
+    def backend(self, name: str) -> Backend:
+        if name not in self._backends:
+            assert self.workbook is not None
+            try:
+                cluster = self.workbook.cluster(name)
+            except KeyError:
+                cluster = Cluster(name="local") if name == "local" else None  # type: ignore[assignment]
+                if cluster is None:
+                    raise BackendError(name, "not in the Clusters sheet", "add it or change the run's cluster") from None
+            self._backends[name] = self.backend_factory(cluster, str(self.project_dir))
+        return self._backends[name]
+
+    def capacity(self) -> dict[str, int]:
+        assert self.workbook is not None
+        out = {}
+        for c in self.workbook.clusters:
+            try:
+                out[c.name] = self.backend(c.name).capacity()
+            except NeroError:
+                out[c.name] = 0
+        return out
+
+    def close(self) -> None:
+        for b in self._backends.values():
+            b.close()
+        self.store.close()
+
+    # ------------------------------------------------------------ plan
+    def plan(self, prune: bool = False) -> Plan:
+        assert self.workbook is not None
+        return make_plan(self.specs, self.store.snapshot(), self.capacity(), prune=prune)
+
+    # ------------------------------------------------------------ one pass
+    def run_pass(self, prune: bool = False, results: bool = True) -> PassReport:
+        assert self.workbook is not None, "load() first"
+        now = self.clock()
+        report = PassReport(plan=Plan((), 0))
+        self._recover(now, report)
+        self._poll(now, report)
+        plan = make_plan(self.specs, self.store.snapshot(), self.capacity(), prune=prune)
+        report.plan = plan
+        self._cancel(plan, now, report)
+        self._submit(plan, now, report)
+        self._mark_orphans(plan)
+        if results and (report.changed or not self._results_fingerprint):
+            report.results_written = self.write_results(plan)
+        return report
+
+    def _handle(self, r: RunRecord) -> Handle:
+        return Handle(r.key, r.attempt, r.job_id, r.run_dir, r.offsets, r.submitted_at)
+
+    def _recover(self, now: float, report: PassReport) -> None:
+        """Attempts recorded but not confirmed (a crash between submit and record)."""
+        pending = [r for r in self.store.snapshot().values() if r.intent]
+        if not pending:
+            return
+        updates, resubmit = [], []
+        for r in pending:
+            try:
+                found = self.backend(r.cluster).adopt(self._handle(r))
+            except NeroError as e:
+                report.warnings.append(str(e))
+                continue
+            if found is not None:
+                ev = Event(now, r.key, "adopted", f"job {found.job_id or '(starting)'} found after a restart", r.attempt)
+                updates.append(Update(r.key, r.attempt, state=RunState.SUBMITTED, job_id=found.job_id, intent=False, events=(ev,)))
+                report.events.append(ev)
+            else:
+                resubmit.append(r)
+        self.store.apply(updates)
+        specs = {s.key: s for s in self.specs}
+        for r in resubmit:
+            spec = specs.get(r.key)
+            if spec is None:
+                ev = Event(now, r.key, "cancelled", "never submitted, and its row is gone", r.attempt)
+                self.store.apply([Update(r.key, r.attempt, state=RunState.CANCELLED, reason=ev.reason, intent=False,
+                                         ended_at=now, events=(ev,))])
+                continue
+            job = self._job(spec, r.cluster, r.attempt, r.run_dir, resume=False, prev_dir="")
+            self._dispatch(r.cluster, [(job, None)], now, report, intents_recorded=True)
+        report.changed = True
+
+    def _poll(self, now: float, report: PassReport) -> None:
+        assert self.workbook is not None
+        live: dict[str, list[RunRecord]] = {}
+        for r in self.store.snapshot().values():
+            if r.state.live and not r.intent:
+                live.setdefault(r.cluster, []).append(r)
+        goals = {m.name: m.goal for m in self.workbook.metrics}
+        updates: list[Update] = []
+        for cluster, recs in live.items():
+            try:
+                statuses = self.backend(cluster).poll([self._handle(r) for r in recs])
+            except NeroError as e:
+                report.warnings.append(f"{e}; its runs keep their state")
+                continue
+            by_key = {r.key: r for r in recs}
+            for st in statuses:
+                rec = by_key.get(st.key)
+                if rec is None:
+                    continue
+                u = observe(rec, st, now, self.workbook.metrics, goals)
+                if u.state or u.points or u.offsets or u.host:
+                    report.changed = True
+                updates.append(u)
+                report.events.extend(u.events)
+        if updates:
+            self.store.apply(updates)
+
+    def _cancel(self, plan: Plan, now: float, report: PassReport) -> None:
+        snap = self.store.snapshot()
+        todo: dict[str, list[tuple[Action, RunRecord]]] = {}
+        for a in plan.actions:
+            rec = snap.get(a.key)
+            if rec is None or not (rec.state.live or rec.intent):
+                continue
+            if a.kind in (ActionKind.CANCEL, ActionKind.RESTART) and not (a.kind is ActionKind.RESTART and a.waiting):
+                todo.setdefault(rec.cluster, []).append((a, rec))
+        updates = []
+        for cluster, items in todo.items():
+            try:
+                errors = self.backend(cluster).cancel([self._handle(r) for _, r in items])
+            except NeroError as e:
+                report.warnings.append(str(e))
+                continue
+            for a, rec in items:
+                if rec.key in errors:
+                    report.warnings.append(f"{rec.key}: {errors[rec.key]}")
+                    continue
+                if a.kind is ActionKind.RESTART:
+                    ev = Event(now, rec.key, "cancelled", f"restarted: {a.reason}", rec.attempt)
+                    updates.append(Update(rec.key, rec.attempt, state=RunState.CANCELLED, reason=ev.reason,
+                                          stop_requested=f"cancelled: restarted: {a.reason}", ended_at=now, events=(ev,)))
+                else:
+                    ev = Event(now, rec.key, "cancel", a.reason, rec.attempt)
+                    updates.append(Update(rec.key, rec.attempt, stop_requested=f"cancelled: {a.reason}", events=(ev,)))
+                report.events.append(ev)
+        if updates:
+            self.store.apply(updates)
+            report.changed = True
+
+    def _submit(self, plan: Plan, now: float, report: PassReport) -> None:
+        snap = self.store.snapshot()
+        by_cluster: dict[str, list[tuple[JobScript, RunRecord | None]]] = {}
+        for a in plan.actions:
+            if a.kind not in (ActionKind.SUBMIT, ActionKind.RESTART) or a.waiting or a.spec is None:
+                continue
+            prev = snap.get(a.key)
+            attempt = (prev.attempt + 1) if prev else 1
+            job = self._job(a.spec, a.cluster, attempt, self.run_dir(a.spec, a.cluster, attempt), resume=False,
+                            prev_dir="")
+            by_cluster.setdefault(a.cluster, []).append((job, prev))
+        for cluster, jobs in by_cluster.items():
+            self._dispatch(cluster, jobs, now, report)
+
+    def _dispatch(self, cluster: str, jobs: list[tuple[JobScript, RunRecord | None]], now: float,
+                  report: PassReport, intents_recorded: bool = False) -> None:
+        specs = {s.key: s for s in self.specs}
+        if not intents_recorded:
+            intents = []
+            git_cache: dict[str, tuple[str, bool]] = {}
+            for job, prev in jobs:
+                spec = specs[job.key]
+                wd = self.workdir(spec)
+                if wd not in git_cache:
+                    git_cache[wd] = git_info(wd)
+                commit, dirty = git_cache[wd]
+                intents.append(NewAttempt(spec, job.attempt, cluster, job.run_dir, _command_line(job),
+                                          commit, dirty, parent=prev.attempt if prev else None))
+            self.store.record_intents(intents, now)
+        try:
+            results = self.backend(cluster).submit([j for j, _ in jobs])
+        except NeroError as e:
+            report.warnings.append(f"{e}; the runs stay pending and are retried next pass")
+            return
+        updates = []
+        for sub in results:
+            if sub.error:
+                ev = Event(now, sub.key, "failed", f"submission failed: {sub.error}", sub.attempt)
+                updates.append(Update(sub.key, sub.attempt, state=RunState.FAILED, reason=ev.reason, intent=False,
+                                      ended_at=now, events=(ev,)))
+            else:
+                ev = Event(now, sub.key, "submitted", f"on {cluster} as job {sub.job_id}", sub.attempt)
+                updates.append(Update(sub.key, sub.attempt, state=RunState.SUBMITTED, job_id=sub.job_id,
+                                      intent=False, events=(ev,)))
+            report.events.append(ev)
+        self.store.apply(updates)
+        report.changed = True
+
+    def _mark_orphans(self, plan: Plan) -> None:
+        orphans = {a.key for a in plan.of(ActionKind.ORPHAN)}
+        snap = self.store.snapshot()
+        flags = [(k, k in orphans) for k, r in snap.items() if r.orphaned != (k in orphans)]
+        if flags:
+            self.store.apply([], orphaned=flags)
+
+    # ------------------------------------------------------------ rendering
+    def workdir(self, spec: RunSpec) -> str:
+        wd = Path(os.path.expanduser(spec.workdir)) if spec.workdir else self.project_dir
+        return str(wd if wd.is_absolute() else (self.project_dir / wd).resolve())
+
+    def run_dir(self, spec: RunSpec, cluster: str, attempt: int) -> str:
+        c = self._cluster(cluster)
+        base = Path(os.path.expanduser(c.workdir)) if c.workdir else self.project_dir / "runs"
+        if not base.is_absolute():
+            base = self.project_dir / base
+        return str(base / slug(spec.experiment) / slug(spec.key) / str(attempt))
+
+    def _cluster(self, name: str) -> Cluster:
+        assert self.workbook is not None
+        try:
+            return self.workbook.cluster(name)
+        except KeyError:
+            return Cluster(name=name)
+
+    def _job(self, spec: RunSpec, cluster: str, attempt: int, run_dir: str, resume: bool, prev_dir: str) -> JobScript:
+        c = self._cluster(cluster)
+        params = dict(spec.params)
+        variables: dict[str, object] = {**dict(spec.resources), **params, "run_key": spec.key, "run_dir": run_dir,
+                                        "attempt": attempt, "experiment": spec.experiment, "resume": int(resume)}
+        command = render_command(spec.command, variables)
+        python = c.python or (sys.executable if c.kind is ClusterKind.LOCAL else "")
+        setup = "\n".join(x for x in (c.setup, spec.setup) if x)
+        template = spec.template or c.template or f"{c.kind.value}.sh.j2"
+        if not template.endswith(".j2"):
+            template += ".j2"
+        text = render_template(template, {
+            "key": spec.key, "experiment": spec.experiment, "attempt": attempt, "cluster": cluster,
+            "run_dir": run_dir, "workdir": self.workdir(spec), "command": Shell(command),
+            "setup": Shell(setup), "resume": int(resume), "prev_run_dir": prev_dir,
+            "env": [], "path_prepend": str(Path(python).parent) if python else "",
+            "heartbeat": HEARTBEAT_S, "rendered_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "resources": dict(spec.resources), "params": params,
+        }, str(self.project_dir))
+        params_json = json.dumps({k: v for k, v in spec.params}, indent=2, default=format_value)
+        return JobScript(spec.key, attempt, run_dir, text, params_json, cluster, command)
+
+    # ------------------------------------------------------------ results
+    def results_input(self, plan: Plan | None = None) -> ResultsInput:
+        assert self.workbook is not None
+        wb = self.workbook
+        snap = self.store.snapshot()
+        histories = {k: {m: tuple(pts) for m, pts in h.items()} for k, h in self.store.histories().items()}
+        queue = []
+        if plan is not None:
+            for a in plan.actions:
+                if a.kind is ActionKind.HOLD or a.waiting:
+                    queue.append((a.key, a.reason if a.kind is ActionKind.HOLD else a.waiting))
+        goals = {m.name: m.goal for m in wb.metrics}
+        for r in snap.values():
+            for name in r.last:
+                goals.setdefault(name, wb.goal(name))
+        return ResultsInput(
+            experiments_path=str(self.workbook_path), settings=wb.settings, goals=goals,
+            runs=tuple(sorted(snap.values(), key=lambda r: r.number)), histories=histories,
+            events=tuple(self.store.events()), queue=tuple(queue), now=self.clock(),
+        )
+
+    def results_path(self) -> Path:
+        assert self.workbook is not None
+        p = Path(os.path.expanduser(self.workbook.settings.results or "results.xlsx"))
+        return p if p.is_absolute() else self.project_dir / p
+
+    def write_results(self, plan: Plan | None = None) -> bool:
+        from .results import fingerprint, write_results
+
+        data = self.results_input(plan)
+        fp = fingerprint(data)
+        if fp == self._results_fingerprint and self.results_path().exists():
+            return False
+        write_results(self.results_path(), data)
+        self._results_fingerprint = fp
+        return True
+
+    # ------------------------------------------------------------ queries
+    def outstanding(self, plan: Plan) -> int:
+        """Runs still pending or live (held runs do not count)."""
+        live = sum(1 for r in self.store.snapshot().values() if r.state.live or r.intent)
+        waiting = sum(1 for a in plan.actions if a.kind in (ActionKind.SUBMIT, ActionKind.RESTART))
+        return live + waiting
+
+
+def _command_line(job: JobScript) -> str:
+    return job.name
+
+
+def with_spec(rec: RunRecord, **changes) -> RunRecord:
+    return replace(rec, **changes)

@@ -1,0 +1,396 @@
+"""The SQLite state store (`.nero/state.db` beside the workbook): the home of sqlite3.
+
+Tables: `runs` (identity and essence of each run the sheet ever asked for and nero
+submitted), `attempts` (each submission of a run: job id, run directory, state, read
+offsets, last/best metrics), `metrics` (every metric point), `events` (every transition
+with its reason), `outbox` (e-mails with a sent mark), `meta` (schema version).
+
+Crash safety rests on two rules. (1) An attempt row is committed with `intent=1`
+*before* its job is submitted; the row is confirmed with the job id afterwards, so after
+a crash in between the next pass adopts the job instead of submitting it again.
+(2) Metric points and the read offsets they came from are committed in the same
+transaction, so a restart neither loses nor duplicates a point.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import StateError
+from .model import Event, MetricPoint, Offsets, ResourceSample, RunRecord, RunState, RunSpec
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    key TEXT PRIMARY KEY,
+    number INTEGER NOT NULL UNIQUE,
+    experiment TEXT NOT NULL,
+    spec_hash TEXT NOT NULL,
+    essence TEXT NOT NULL,
+    params TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    orphaned INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    key TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    cluster TEXT NOT NULL DEFAULT '',
+    job_id TEXT NOT NULL DEFAULT '',
+    host TEXT NOT NULL DEFAULT '',
+    run_dir TEXT NOT NULL DEFAULT '',
+    spec_hash TEXT NOT NULL DEFAULT '',
+    command TEXT NOT NULL DEFAULT '',
+    intent INTEGER NOT NULL DEFAULT 1,
+    parent INTEGER,
+    code_hash TEXT NOT NULL DEFAULT '',
+    git_commit TEXT NOT NULL DEFAULT '',
+    git_dirty INTEGER NOT NULL DEFAULT 0,
+    submitted_at REAL,
+    started_at REAL,
+    ended_at REAL,
+    exit_code INTEGER,
+    heartbeat_at REAL,
+    stop_requested TEXT NOT NULL DEFAULT '',
+    off_stdout INTEGER NOT NULL DEFAULT 0,
+    off_stderr INTEGER NOT NULL DEFAULT 0,
+    off_metrics INTEGER NOT NULL DEFAULT 0,
+    off_resources INTEGER NOT NULL DEFAULT 0,
+    step INTEGER,
+    last TEXT NOT NULL DEFAULT '{}',
+    best TEXT NOT NULL DEFAULT '{}',
+    peak_rss REAL,
+    peak_gpu REAL,
+    min_disk REAL,
+    PRIMARY KEY (key, attempt)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    key TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    step INTEGER,
+    value REAL,
+    time REAL,
+    source TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS metrics_by_run ON metrics (key, attempt, name);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    key TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    kind TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_by_run ON events (key);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    sent_at REAL,
+    tries INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT ''
+);
+"""
+
+_SNAPSHOT_SQL = """
+SELECT r.key, r.number, r.experiment, r.spec_hash, r.essence, r.params, r.orphaned,
+       a.attempt, a.state, a.reason, a.cluster, a.job_id, a.host, a.run_dir,
+       a.submitted_at, a.started_at, a.ended_at, a.exit_code, a.git_commit, a.git_dirty,
+       a.intent, a.last, a.best, a.step, a.heartbeat_at, a.command, a.peak_rss, a.peak_gpu,
+       a.min_disk, a.parent, a.code_hash, a.off_stdout, a.off_stderr, a.off_metrics,
+       a.off_resources, a.stop_requested
+FROM runs r JOIN attempts a ON a.key = r.key AND a.attempt = r.attempt
+"""
+
+
+def _loads(text: str) -> dict[str, float]:
+    if not text or text == "{}":
+        return {}
+    return {k: float(v) for k, v in json.loads(text).items()}
+
+
+def _record(row: tuple) -> RunRecord:
+    return RunRecord(
+        key=row[0], number=row[1], experiment=row[2], spec_hash=row[3], essence=row[4],
+        params=tuple((k, v) for k, v in json.loads(row[5])), orphaned=bool(row[6]),
+        attempt=row[7], state=RunState(row[8]), reason=row[9], cluster=row[10], job_id=row[11],
+        host=row[12], run_dir=row[13], submitted_at=row[14], started_at=row[15],
+        ended_at=row[16], exit_code=row[17], git_commit=row[18], git_dirty=bool(row[19]),
+        intent=bool(row[20]), last=_loads(row[21]), best=_loads(row[22]), step=row[23],
+        heartbeat_at=row[24], command=row[25], peak_rss_mb=row[26], peak_gpu_mem_mb=row[27],
+        min_disk_free_mb=row[28], parent_attempt=row[29], code_hash=row[30],
+        offsets=Offsets(row[31], row[32], row[33], row[34]), stop_requested=row[35],
+    )
+
+
+@dataclass(frozen=True)
+class NewAttempt:
+    """An attempt about to be submitted (the intent record)."""
+
+    spec: RunSpec
+    attempt: int
+    cluster: str
+    run_dir: str
+    command: str
+    git_commit: str = ""
+    git_dirty: bool = False
+    code_hash: str = ""
+    parent: int | None = None
+
+
+@dataclass(frozen=True)
+class Update:
+    """What one pass learned about one attempt; applied in the pass's transaction."""
+
+    key: str
+    attempt: int
+    state: RunState | None = None
+    reason: str | None = None
+    job_id: str | None = None
+    host: str | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+    heartbeat_at: float | None = None
+    intent: bool | None = None
+    stop_requested: str | None = None
+    offsets: Offsets | None = None
+    points: tuple[MetricPoint, ...] = ()
+    samples: tuple[ResourceSample, ...] = ()
+    last: dict[str, float] | None = None
+    best: dict[str, float] | None = None
+    step: int | None = None
+    events: tuple[Event, ...] = field(default=())
+
+
+def _json_num(d: dict[str, float]) -> str:
+    return json.dumps({k: (v if math.isfinite(v) else str(v)) for k, v in d.items()})
+
+
+class Store:
+    """One SQLite database in WAL mode; every write method is one transaction."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise StateError(f"state store {self.path} is unusable: {e}; move it aside to start afresh (runs keep going, but nero forgets them)") from None
+
+    def _migrate(self) -> None:
+        row = None
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.OperationalError:
+            pass
+        if row and int(row[0]) > SCHEMA_VERSION:
+            raise StateError(f"{self.path} was written by a newer nero (schema {row[0]} > {SCHEMA_VERSION}); upgrade nero")
+        if not row:
+            with self.transaction():
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def close(self) -> None:
+        self.db.close()
+
+    def transaction(self):
+        return _Tx(self.db)
+
+    # ----------------------------------------------------------------- reading
+    def snapshot(self) -> dict[str, RunRecord]:
+        return {row[0]: _record(row) for row in self.db.execute(_SNAPSHOT_SQL)}
+
+    def record(self, key: str) -> RunRecord | None:
+        row = self.db.execute(_SNAPSHOT_SQL + " WHERE r.key = ?", (key,)).fetchone()
+        return _record(row) if row else None
+
+    def attempts(self, key: str) -> list[RunRecord]:
+        sql = _SNAPSHOT_SQL.replace("a.attempt = r.attempt", "1") + " WHERE r.key = ? ORDER BY a.attempt"
+        return [_record(row) for row in self.db.execute(sql, (key,))]
+
+    def history(self, key: str, attempt: int | None = None) -> dict[str, list[tuple[int | None, float]]]:
+        if attempt is None:
+            row = self.db.execute("SELECT attempt FROM runs WHERE key=?", (key,)).fetchone()
+            attempt = row[0] if row else 0
+        out: dict[str, list[tuple[int | None, float]]] = {}
+        for name, step, value in self.db.execute(
+            "SELECT name, step, value FROM metrics WHERE key=? AND attempt=? ORDER BY rowid", (key, attempt)
+        ):
+            out.setdefault(name, []).append((step, math.nan if value is None else value))
+        return out
+
+    def histories(self) -> dict[str, dict[str, list[tuple[int | None, float]]]]:
+        out: dict[str, dict[str, list[tuple[int | None, float]]]] = {}
+        sql = ("SELECT m.key, m.name, m.step, m.value FROM metrics m JOIN runs r "
+               "ON r.key = m.key AND r.attempt = m.attempt ORDER BY m.rowid")
+        for key, name, step, value in self.db.execute(sql):
+            out.setdefault(key, {}).setdefault(name, []).append((step, math.nan if value is None else value))
+        return out
+
+    def events(self, key: str | None = None, since: float | None = None, limit: int | None = None) -> list[Event]:
+        sql, args = "SELECT time, key, kind, reason, attempt FROM events WHERE 1", []
+        if key is not None:
+            sql += " AND key = ?"
+            args.append(key)
+        if since is not None:
+            sql += " AND time > ?"
+            args.append(since)
+        sql += " ORDER BY id"
+        if limit:
+            sql = f"SELECT * FROM ({sql.replace('ORDER BY id', 'ORDER BY id DESC')} LIMIT {int(limit)}) ORDER BY time"
+        return [Event(time=t, key=k, kind=kd, reason=r, attempt=a) for t, k, kd, r, a in self.db.execute(sql, args)]
+
+    def metric_count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
+
+    # ----------------------------------------------------------------- writing
+    def record_intents(self, new: Sequence[NewAttempt], now: float) -> None:
+        """Commit attempts about to be submitted, before submitting them."""
+        if not new:
+            return
+        with self.transaction():
+            (next_number,) = self.db.execute("SELECT COALESCE(MAX(number), 0) + 1 FROM runs").fetchone()
+            for n in new:
+                s = n.spec
+                essence = json.dumps(s.essence(), sort_keys=True, default=str)
+                params = json.dumps([[k, v] for k, v in s.params], default=str)
+                cur = self.db.execute(
+                    "UPDATE runs SET spec_hash=?, essence=?, params=?, attempt=?, orphaned=0 WHERE key=?",
+                    (s.spec_hash, essence, params, n.attempt, s.key),
+                )
+                if cur.rowcount == 0:
+                    self.db.execute(
+                        "INSERT INTO runs (key, number, experiment, spec_hash, essence, params, attempt, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (s.key, next_number, s.experiment, s.spec_hash, essence, params, n.attempt, now),
+                    )
+                    next_number += 1
+                self.db.execute(
+                    "INSERT OR REPLACE INTO attempts (key, attempt, state, cluster, run_dir, spec_hash, command, "
+                    "intent, parent, code_hash, git_commit, git_dirty, submitted_at) VALUES (?,?,?,?,?,?,?,1,?,?,?,?,?)",
+                    (s.key, n.attempt, RunState.PENDING.value, n.cluster, n.run_dir, s.spec_hash, n.command,
+                     n.parent, n.code_hash, n.git_commit, int(n.git_dirty), now),
+                )
+                self._event(Event(now, s.key, "submitting", f"attempt {n.attempt} on {n.cluster}", n.attempt))
+
+    def apply(self, updates: Iterable[Update], events: Iterable[Event] = (), orphaned: Iterable[tuple[str, bool]] = ()) -> None:
+        """Apply one pass's observations, metric points and events in one transaction."""
+        with self.transaction():
+            for u in updates:
+                self._apply(u)
+            for e in events:
+                self._event(e)
+            for key, flag in orphaned:
+                self.db.execute("UPDATE runs SET orphaned=? WHERE key=?", (int(flag), key))
+
+    def _apply(self, u: Update) -> None:
+        sets: list[str] = []
+        args: list[object] = []
+        simple = {
+            "state": u.state.value if u.state else None, "reason": u.reason, "job_id": u.job_id,
+            "host": u.host, "started_at": u.started_at, "ended_at": u.ended_at,
+            "exit_code": u.exit_code, "heartbeat_at": u.heartbeat_at,
+            "intent": None if u.intent is None else int(u.intent),
+            "stop_requested": u.stop_requested, "step": u.step,
+            "last": None if u.last is None else _json_num(u.last),
+            "best": None if u.best is None else _json_num(u.best),
+        }
+        for col, val in simple.items():
+            if val is not None:
+                sets.append(f"{col}=?")
+                args.append(val)
+        if u.offsets is not None:
+            sets += ["off_stdout=?", "off_stderr=?", "off_metrics=?", "off_resources=?"]
+            args += [u.offsets.stdout, u.offsets.stderr, u.offsets.metrics, u.offsets.resources]
+        if u.samples:
+            rss = [s.rss_mb for s in u.samples if s.rss_mb is not None]
+            gpu = [s.gpu_mem_mb for s in u.samples if s.gpu_mem_mb is not None]
+            disk = [s.disk_free_mb for s in u.samples if s.disk_free_mb is not None]
+            if rss:
+                sets.append("peak_rss=MAX(COALESCE(peak_rss, 0), ?)")
+                args.append(max(rss))
+            if gpu:
+                sets.append("peak_gpu=MAX(COALESCE(peak_gpu, 0), ?)")
+                args.append(max(gpu))
+            if disk:
+                sets.append("min_disk=MIN(COALESCE(min_disk, 1e18), ?)")
+                args.append(min(disk))
+        if sets:
+            self.db.execute(f"UPDATE attempts SET {', '.join(sets)} WHERE key=? AND attempt=?", (*args, u.key, u.attempt))
+        if u.points:
+            self.db.executemany(
+                "INSERT INTO metrics (key, attempt, name, step, value, time, source) VALUES (?,?,?,?,?,?,?)",
+                [(u.key, u.attempt, p.name, p.step, None if math.isnan(p.value) else p.value, p.time, p.source)
+                 for p in u.points],
+            )
+        for e in u.events:
+            self._event(e)
+
+    def _event(self, e: Event) -> None:
+        self.db.execute(
+            "INSERT INTO events (time, key, attempt, kind, reason) VALUES (?,?,?,?,?)",
+            (e.time, e.key, e.attempt, e.kind, e.reason),
+        )
+
+    # ----------------------------------------------------------------- outbox
+    def enqueue_mail(self, kind: str, subject: str, payload: dict, now: float | None = None) -> int:
+        with self.transaction():
+            cur = self.db.execute(
+                "INSERT INTO outbox (created_at, kind, subject, payload) VALUES (?,?,?,?)",
+                (now or time.time(), kind, subject, json.dumps(payload)),
+            )
+            return int(cur.lastrowid or 0)
+
+    def unsent_mail(self) -> list[tuple[int, str, str, dict]]:
+        rows = self.db.execute("SELECT id, kind, subject, payload FROM outbox WHERE sent_at IS NULL ORDER BY id")
+        return [(i, k, s, json.loads(p)) for i, k, s, p in rows]
+
+    def mark_sent(self, mail_id: int, now: float) -> None:
+        with self.transaction():
+            self.db.execute("UPDATE outbox SET sent_at=? WHERE id=?", (now, mail_id))
+
+    def mark_failed(self, mail_id: int, error: str) -> None:
+        with self.transaction():
+            self.db.execute("UPDATE outbox SET tries=tries+1, last_error=? WHERE id=?", (error[:500], mail_id))
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb):
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False
+

@@ -1,0 +1,128 @@
+"""Variation expansion, run keys, spec hashes and the pure planner."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from orchestrator.model import (
+    ActionKind, Cluster, Desired, Experiment, RunRecord, RunState, Variation, Workbook,
+)
+from orchestrator.plan import plan
+from orchestrator.spec import diff_essence, expand, parse_cell, run_key, slug
+
+
+def exp(id="e", row=2, **kw) -> Experiment:
+    params = kw.pop("params", (("lr", Variation("[0.1, 0.01]", (0.1, 0.01))), ("epochs", 5)))
+    return Experiment(id=id, row=row, command=kw.pop("command", "python t.py --lr {{ lr }}"), clusters=("local",),
+                      desired=kw.pop("desired", Desired.RUN), params=params, **kw)
+
+
+def wb(*exps) -> Workbook:
+    return Workbook(path="x.xlsx", experiments=tuple(exps), clusters=(Cluster("local"),))
+
+
+def rec_for(spec, state=RunState.RUNNING, number=1, **kw) -> RunRecord:
+    return RunRecord(key=spec.key, number=number, experiment=spec.experiment, spec_hash=spec.spec_hash,
+                     essence=json.dumps(spec.essence()), params=spec.params, state=state, attempt=1,
+                     cluster="local", **kw)
+
+
+def test_variations_expand_to_a_grid_with_stable_keys():
+    e = exp(params=(("lr", parse_cell("[0.1, 0.01]")), ("layers", parse_cell("range(1, 3)")), ("act", "relu")))
+    keys = [s.key for s in expand(wb(e))]
+    assert keys == ["e[lr=0.1,layers=1]", "e[lr=0.1,layers=2]", "e[lr=0.01,layers=1]", "e[lr=0.01,layers=2]"]
+    # inserting a value in a list renumbers nothing: the old keys are all still there
+    e2 = replace(e, params=(("lr", parse_cell("[0.5, 0.1, 0.01]")),) + e.params[1:])
+    assert set(keys) < {s.key for s in expand(wb(e2))}
+
+
+def test_linspace_and_logspace_values_are_readable():
+    assert parse_cell("linspace(0, 1, 11)").values[3] == 0.3
+    assert parse_cell("logspace(-4, -1, 4)").values == (0.0001, 0.001, 0.01, 0.1)
+    assert run_key("x", [("lr", 0.1 + 0.2)]) == "x[lr=0.3]"
+
+
+@pytest.mark.parametrize("bad", ["[1, 2", "range(a)", "linspace(0, 1)", "[1,,2]", "range(1.5, 3)", "logspace(0,1,-2)", "range(5, 1)"])
+def test_bad_variations_say_what_to_write(bad):
+    with pytest.raises(ValueError):
+        parse_cell(bad)
+
+
+def test_spec_hash_ignores_rules_notify_notes_but_not_command():
+    base = expand(wb(exp()))[0]
+    same = expand(wb(exp(rules="isnan(loss)", notify=("failed",))))[0]
+    other = expand(wb(exp(command="python t.py --lr {{ lr }} --x")))[0]
+    assert base.spec_hash == same.spec_hash
+    assert base.spec_hash != other.spec_hash
+
+
+def test_slug_is_filesystem_safe_and_unique():
+    a, b = slug("e[a=x'; rm -rf ~]"), slug("e[a=x'; rm -rf /]")
+    assert "/" not in a and "'" not in a and a != b
+
+
+def test_plan_new_runs_are_submitted_then_nothing():
+    specs = expand(wb(exp()))
+    p = plan(specs, {}, {"local": 8})
+    assert [a.kind for a in p.actions] == [ActionKind.SUBMIT, ActionKind.SUBMIT]
+    assert all(a.cluster == "local" for a in p.actions)
+    snap = {s.key: rec_for(s, number=i) for i, s in enumerate(specs, 1)}
+    p2 = plan(specs, snap, {"local": 8})
+    assert p2.actions == () and p2.unchanged == 2
+
+
+def test_plan_restart_names_what_changed():
+    old = expand(wb(exp()))
+    snap = {s.key: rec_for(s, number=i) for i, s in enumerate(old, 1)}
+    new = expand(wb(exp(params=(("lr", Variation("[0.1, 0.01]", (0.1, 0.01))), ("epochs", 6)))))
+    p = plan(new, snap, {"local": 8})
+    assert {a.kind for a in p.actions} == {ActionKind.RESTART}
+    assert all(a.reason == "epochs: 5 → 6" for a in p.actions)
+
+
+def test_plan_stop_orphan_prune_and_hold():
+    specs = expand(wb(exp(), exp(id="gone", row=3)))
+    snap = {s.key: rec_for(s, number=i) for i, s in enumerate(specs, 1)}
+    stopped = expand(wb(exp(desired=Desired.STOP), exp(id="new", row=4, desired=Desired.HOLD)))
+    p = plan(stopped, snap, {"local": 8})
+    kinds = sorted((a.kind.value, a.key) for a in p.actions)
+    assert kinds == [
+        ("cancel", "e[lr=0.01]"), ("cancel", "e[lr=0.1]"),
+        ("held", "new[lr=0.01]"), ("held", "new[lr=0.1]"),
+        ("orphaned", "gone[lr=0.01]"), ("orphaned", "gone[lr=0.1]"),
+    ]
+    assert all("state=stop" in a.reason for a in p.of(ActionKind.CANCEL))
+    pruned = plan(stopped, snap, {"local": 8}, prune=True)
+    assert len(pruned.of(ActionKind.CANCEL)) == 4 and not pruned.of(ActionKind.ORPHAN)
+    # finished orphans are not reported
+    done = {k: replace(r, state=RunState.COMPLETED) for k, r in snap.items()}
+    assert not plan(expand(wb(exp())), done, {"local": 8}).actions
+
+
+def test_plan_respects_capacity_and_priority():
+    specs = expand(wb(exp(id="low", row=2), exp(id="high", row=3, priority=5)))
+    p = plan(specs, {}, {"local": 2})
+    running = [a.key for a in p.actions if a.cluster]
+    assert running == ["high[lr=0.1]", "high[lr=0.01]"]
+    assert all("no free slot" in a.waiting for a in p.actions if not a.cluster)
+
+
+def test_plan_after_waits_then_holds_on_failure():
+    first, second = exp(id="a", row=2), exp(id="b", row=3, after=("a",))
+    specs = expand(wb(first, second))
+    p = plan(specs, {}, {"local": 8})
+    assert all(a.waiting.startswith("after a: 0/2") for a in p.actions if a.key.startswith("b"))
+    snap = {s.key: rec_for(s, state=RunState.COMPLETED, number=i) for i, s in enumerate(specs[:2], 1)}
+    snap[specs[1].key] = replace(snap[specs[1].key], state=RunState.FAILED)
+    p = plan(specs, snap, {"local": 8})
+    held = p.of(ActionKind.HOLD)
+    assert len(held) == 2 and "failed" in held[0].reason
+
+
+def test_diff_essence_lists_each_change():
+    a = {"command": "x", "params": {"lr": 0.1, "b": 1}, "clusters": ["local"], "resources": {}, "setup": "", "workdir": "", "template": ""}
+    b = {**a, "params": {"lr": 0.2, "b": 1, "c": 3}, "setup": "module load x"}
+    assert diff_essence(a, b) == ["lr: 0.1 → 0.2", "c: (none) → 3", "setup: (empty) → module load x"]
