@@ -26,6 +26,12 @@ STATE_STYLE = {
 }
 
 
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
 def _console(stderr: bool = False):
     from rich.console import Console
 
@@ -169,7 +175,7 @@ def print_plan(p) -> None:
         for a in p.actions:
             s, style = sym[a.kind]
             where = f"→ {a.cluster}" if a.cluster else (a.waiting or "")
-            t.add_row(f"[{style}]{s}[/]", f"[{style}]{a.kind.value}[/]", a.key, a.reason, where)
+            t.add_row(f"[{style}]{s}[/]", f"[{style}]{a.kind.value}[/]", escape(a.key), escape(a.reason), escape(where))
         con.print(t)
     counts = {k: len(p.of(k)) for k in ActionKind}
     parts = [f"{counts[k]} to {k.value}" for k in (ActionKind.SUBMIT, ActionKind.RESTART, ActionKind.CANCEL) if counts[k]]
@@ -231,7 +237,7 @@ def _print_report(report, quiet: bool) -> None:
         style = STATE_STYLE.get(e.kind, "")
         stamp = time.strftime("%H:%M:%S", time.localtime(e.time))
         kind = f"[{style}]{e.kind}[/]" if style else e.kind
-        con.print(f"{stamp} {kind:<12} {e.key}  [dim]{e.reason}[/]", soft_wrap=True)
+        con.print(f"{stamp} {kind:<12} {escape(e.key)}  [dim]{escape(e.reason)}[/]", soft_wrap=True)
 
 
 def print_plan_summary(rec, report) -> None:
@@ -348,8 +354,8 @@ def _status_table(runs, now: float, show_all: bool) -> None:
         metrics = "  ".join(f"{k}={_num(r.last[k])}" for k in shown) + (" …" if len(names) > len(shown) else "")
         style = STATE_STYLE.get(r.state.value, "")
         state = r.state.value + (" (orphaned)" if r.orphaned else "")
-        t.add_row(str(r.number), r.key, f"[{style}]{state}[/]", r.cluster, _duration(r.runtime(now)),
-                  "" if r.step is None else str(r.step), metrics, r.reason)
+        t.add_row(str(r.number), escape(r.key), f"[{style}]{state}[/]", escape(r.cluster), _duration(r.runtime(now)),
+                  "" if r.step is None else str(r.step), escape(metrics), escape(r.reason))
     con.print(t)
 
 

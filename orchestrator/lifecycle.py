@@ -56,10 +56,13 @@ def _last_line(data: bytes) -> str:
 def observe(rec: RunRecord, st: JobStatus, now: float, defs: Sequence[MetricDef] = (),
             goals: Mapping[str, str] | None = None) -> Update:
     goals = goals or {}
-    out_pts, out_n = parse_output(st.stdout, defs, now)
-    err_pts, err_n = parse_output(st.stderr, defs, now)
-    trk_pts, trk_n = parse_track(st.metrics)
-    samples, res_n = parse_resources(st.resources)
+    # once the job has written its exit code its files are complete: a last line
+    # without a newline is read too
+    final = st.exit_code is not None and st.complete
+    out_pts, out_n = parse_output(st.stdout, defs, now, source="stdout", final=final)
+    err_pts, err_n = parse_output(st.stderr, defs, now, source="stderr", final=final)
+    trk_pts, trk_n = parse_track(st.metrics, final=final)
+    samples, res_n = parse_resources(st.resources, final=final)
     points = tuple(out_pts + err_pts + trk_pts)
     o = st.offsets
     offsets = Offsets(o.stdout + out_n, o.stderr + err_n, o.metrics + trk_n, o.resources + res_n)
@@ -105,6 +108,10 @@ def observe(rec: RunRecord, st: JobStatus, now: float, defs: Sequence[MetricDef]
         ended = True
         state, reason = RunState.LOST, f"no heartbeat for {now - st.heartbeat:.0f} s"
 
+    if ended and not st.complete:
+        # more output than one pass reads: finish reading before the run is closed
+        state, reason, ended, ended_at, exit_code = rec.state, None, False, None, None
+        events = [e for e in events if e.kind == "started"]
     if ended:
         ended_at = now
         events.append(Event(now, rec.key, state.value, reason or "", rec.attempt))

@@ -357,6 +357,7 @@ class JobStatus:
     scheduler_state: str = ""
     scheduler_reason: str = ""
     stderr_tail: bytes = b""  # the end of stderr.log, read once the job has ended
+    complete: bool = True  # the chunks reach the end of the files (no read limit hit)
 
 
 @dataclass(frozen=True)

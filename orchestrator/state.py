@@ -186,6 +186,8 @@ class Store:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writes = 0
+        self._cache: tuple[tuple[int, int], dict[str, RunRecord]] | None = None
         try:
             self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -214,11 +216,17 @@ class Store:
         self.db.close()
 
     def transaction(self):
+        self._writes += 1
         return _Tx(self.db)
 
     # ----------------------------------------------------------------- reading
     def snapshot(self) -> dict[str, RunRecord]:
-        return {row[0]: _record(row) for row in self.db.execute(_SNAPSHOT_SQL)}
+        """Every run with its current attempt. Cached until this store or another
+        process commits a change (SQLite's data_version tells the latter)."""
+        version = (self.db.execute("PRAGMA data_version").fetchone()[0], self._writes)
+        if self._cache is None or self._cache[0] != version:
+            self._cache = (version, {row[0]: _record(row) for row in self.db.execute(_SNAPSHOT_SQL)})
+        return dict(self._cache[1])
 
     def record(self, key: str) -> RunRecord | None:
         row = self.db.execute(_SNAPSHOT_SQL + " WHERE r.key = ?", (key,)).fetchone()

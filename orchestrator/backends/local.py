@@ -124,12 +124,12 @@ class LocalBackend:
         pid_text = h.job_id or _read_text(d / "pid") or ""
         alive = pid_text.isdigit() and process_alive(int(pid_text), h.run_dir)
         o = h.offsets
+        chunks = [read_from(d / "stdout.log", o.stdout), read_from(d / "stderr.log", o.stderr),
+                  read_from(d / "metrics.jsonl", o.metrics), read_from(d / "resources.jsonl", o.resources)]
         return JobStatus(
             key=h.key, attempt=h.attempt, alive=alive, started=started, exit_code=exit_code,
-            heartbeat=heartbeat,
-            stdout=read_from(d / "stdout.log", o.stdout), stderr=read_from(d / "stderr.log", o.stderr),
-            metrics=read_from(d / "metrics.jsonl", o.metrics), resources=read_from(d / "resources.jsonl", o.resources),
-            offsets=o,
+            heartbeat=heartbeat, stdout=chunks[0], stderr=chunks[1], metrics=chunks[2], resources=chunks[3],
+            offsets=o, complete=all(len(c) < MAX_READ for c in chunks),
             stderr_tail=_tail(d / "stderr.log") if exit_code is not None or not alive else b"",
         )
 

@@ -1,0 +1,81 @@
+"""Shared fixtures: run the real `nero` CLI, write real workbooks, clean up real jobs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def nero(*args: str, cwd: Path | str | None = None, timeout: float = 180, check: bool = False,
+         env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the real command line, as a user would (`python -m orchestrator` = `nero`)."""
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"nero {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def write_workbook(path: Path, experiments: Iterable[Mapping[str, object]], clusters: Iterable[Mapping[str, object]] = (),
+                   settings: Mapping[str, object] | None = None, metrics: Iterable[Mapping[str, object]] = ()) -> Path:
+    """A real xlsx written with openpyxl, the way a user's spreadsheet looks."""
+    from openpyxl import Workbook
+
+    wb = Workbook()
+    ws = wb.active
+    ws.title = "Experiments"
+    rows = list(experiments)
+    headers: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in headers:
+                headers.append(k)
+    ws.append(headers)
+    for r in rows:
+        ws.append([r.get(h) for h in headers])
+    for title, data in (("Clusters", list(clusters)), ("Metrics", list(metrics))):
+        if data:
+            s = wb.create_sheet(title)
+            hs = list(dict.fromkeys(k for d in data for k in d))
+            s.append(hs)
+            for d in data:
+                s.append([d.get(h) for h in hs])
+    if settings:
+        s = wb.create_sheet("Settings")
+        s.append(["key", "value"])
+        for k, v in settings.items():
+            s.append([k, v])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wb.save(path)
+    return path
+
+
+def kill_jobs(root: Path) -> None:
+    for pid_file in root.rglob("runs/**/pid"):
+        if (pid_file.parent / "exit_code").exists():
+            continue
+        try:
+            os.killpg(int(pid_file.read_text().strip()), signal.SIGKILL)
+        except (ValueError, ProcessLookupError, PermissionError):
+            pass
+
+
+@pytest.fixture
+def project(tmp_path: Path):
+    """A project folder whose leftover jobs are killed after the test."""
+    yield tmp_path
+    kill_jobs(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
