@@ -35,7 +35,10 @@ def escape(text: str) -> str:
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    con = Console(stderr=stderr, highlight=False)
+    if not con.is_terminal and "COLUMNS" not in os.environ:
+        con = Console(stderr=stderr, highlight=False, width=160)  # logs and pipes: do not fold at 80
+    return con
 
 
 def resolve_workbook(arg: str | None) -> Path:
@@ -171,7 +174,7 @@ def print_plan(p) -> None:
     if p.actions:
         t = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
         for col in ("", "action", "run", "reason", "where"):
-            t.add_column(col, overflow="fold")
+            t.add_column(col, overflow="fold", no_wrap=col in ("", "action", "run"))
         for a in p.actions:
             s, style = sym[a.kind]
             where = f"→ {a.cluster}" if a.cluster else (a.waiting or "")
@@ -236,8 +239,9 @@ def _print_report(report, quiet: bool) -> None:
     for e in report.events:
         style = STATE_STYLE.get(e.kind, "")
         stamp = time.strftime("%H:%M:%S", time.localtime(e.time))
-        kind = f"[{style}]{e.kind}[/]" if style else e.kind
-        con.print(f"{stamp} {kind:<12} {escape(e.key)}  [dim]{escape(e.reason)}[/]", soft_wrap=True)
+        kind = f"{e.kind:<10}"
+        kind = f"[{style}]{kind}[/]" if style else kind
+        con.print(f"{stamp} {kind} {escape(e.key)}  [dim]{escape(e.reason)}[/]", soft_wrap=True)
 
 
 def print_plan_summary(rec, report) -> None:
@@ -335,8 +339,26 @@ def status(workbook: str | None, as_json: bool, show_all: bool) -> None:
             } for r in snap], indent=2))
             return
         _status_table(snap, now, show_all)
+        _not_started(rec)
     finally:
         rec.close()
+
+
+def _not_started(rec) -> None:
+    """One line about runs the sheet asks for that have not started (needs the workbook)."""
+    from collections import Counter
+
+    try:
+        rec.load()
+        p = rec.plan()
+    except NeroError as e:
+        click.echo(f"(the workbook does not read: {str(e).splitlines()[0]})", err=True)
+        return
+    kinds = Counter("held" if a.kind.value == "held" else "waiting" if a.waiting else "to submit"
+                    for a in p.actions if a.kind.value in ("submit", "held") or (a.kind.value == "restart"))
+    if kinds:
+        parts = ", ".join(f"{n} {k}" for k, n in kinds.items())
+        click.echo(f"Not started: {parts} (`nero plan` says why).")
 
 
 def _status_table(runs, now: float, show_all: bool) -> None:
@@ -344,7 +366,7 @@ def _status_table(runs, now: float, show_all: bool) -> None:
 
     con = _console()
     t = Table(header_style="bold", box=None, pad_edge=False)
-    for col, kw in (("#", {"justify": "right"}), ("run", {"overflow": "fold"}), ("state", {}), ("cluster", {}),
+    for col, kw in (("#", {"justify": "right"}), ("run", {"no_wrap": True}), ("state", {"no_wrap": True}), ("cluster", {}),
                     ("runtime", {"justify": "right"}), ("step", {"justify": "right"}), ("metrics", {"overflow": "fold"}),
                     ("reason", {"overflow": "fold", "max_width": 60})):
         t.add_column(col, **kw)

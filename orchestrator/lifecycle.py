@@ -113,7 +113,8 @@ def observe(rec: RunRecord, st: JobStatus, now: float, defs: Sequence[MetricDef]
         state, reason, ended, ended_at, exit_code = rec.state, None, False, None, None
         events = [e for e in events if e.kind == "started"]
     if ended:
-        ended_at = now
+        # the job's last heartbeat is written just before its exit code: the real end
+        ended_at = st.heartbeat if st.exit_code is not None and st.heartbeat else now
         events.append(Event(now, rec.key, state.value, reason or "", rec.attempt))
 
     last = best = None

@@ -1,6 +1,6 @@
 """The `local` backend: jobs are detached bash processes on this machine.
 
-A job runs as `setsid bash job.sh`, in its own session and process group, so it survives
+A job runs as `bash job.sh` in its own session and process group, so it survives
 nero's exit, Ctrl-C and SIGKILL. Its process id is the job id. Cancelling sends SIGTERM
 to the job's process group and SIGKILL after a grace period. Polling reads the status
 files the job script writes and the bytes appended to its outputs since the last pass.
@@ -70,6 +70,7 @@ class LocalBackend:
     def __init__(self, cluster: Cluster, project_dir: str):
         self.cluster = cluster
         self.project_dir = project_dir
+        self._children: list[subprocess.Popen] = []  # reaped as they end, so none lingers as a zombie
 
     def capacity(self) -> int:
         return self.cluster.max_jobs or os.cpu_count() or 1
@@ -83,11 +84,11 @@ class LocalBackend:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_atomic(run_dir / "params.json", job.params_json)
             write_atomic(run_dir / "job.sh", job.text)
-            out = subprocess.run(
-                ["bash", "-c", 'setsid bash job.sh </dev/null >/dev/null 2>&1 & echo $!'],
-                cwd=run_dir, capture_output=True, text=True, timeout=30, check=True,
-            )
-            pid = out.stdout.strip()
+            # its own session and process group: survives nero, Ctrl-C and SIGKILL of nero
+            proc = subprocess.Popen(["bash", "job.sh"], cwd=run_dir, start_new_session=True, close_fds=True,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self._children.append(proc)
+            pid = str(proc.pid)
             write_atomic(run_dir / "job_id", pid + "\n")
             return Submission(job.key, job.attempt, job_id=pid)
         except (OSError, subprocess.SubprocessError) as e:
@@ -106,6 +107,7 @@ class LocalBackend:
         return None
 
     def poll(self, handles: Sequence[Handle]) -> list[JobStatus]:
+        self._children = [p for p in self._children if p.poll() is None]
         return [self._poll_one(h) for h in handles]
 
     def _poll_one(self, h: Handle) -> JobStatus:
