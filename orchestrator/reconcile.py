@@ -146,6 +146,7 @@ class Reconciler:
         report = PassReport(plan=Plan((), 0))
         self._recover(now, report)
         self._poll(now, report)
+        self._rules(now, report)
         plan = make_plan(self.specs, self.store.snapshot(), self.capacity(), prune=prune)
         report.plan = plan
         self._cancel(plan, now, report)
@@ -215,6 +216,59 @@ class Reconciler:
                 report.events.extend(u.events)
         if updates:
             self.store.apply(updates)
+
+    def _rules(self, now: float, report: PassReport) -> None:
+        """Evaluate each live run's rules on its metrics; stop rules terminate the run."""
+        from .expr import Facts
+        from .rules import evaluate, first_stop, parse_rules
+
+        assert self.workbook is not None
+        specs = {s.key: s for s in self.specs if s.rules}
+        if not specs:
+            return
+        goals = {m.name: m.goal for m in self.workbook.metrics}
+        stops: dict[str, list[tuple[RunRecord, str]]] = {}
+        updates: list[Update] = []
+        for rec in self.store.snapshot().values():
+            spec = specs.get(rec.key)
+            if spec is None or not rec.state.live or rec.intent or rec.stop_requested:
+                continue
+            try:
+                rules = parse_rules(spec.rules)
+            except NeroError as e:  # validated with the sheet; an old state may still differ
+                report.warnings.append(f"{rec.key}: rules not evaluated: {e}")
+                continue
+            facts = Facts.of(rec, now, self.store.history(rec.key), {**{k: self.workbook.goal(k) for k in rec.last}, **goals})
+            verdicts = evaluate(rules, facts)
+            stop = first_stop(verdicts)
+            if stop is not None:
+                stops.setdefault(rec.cluster, []).append((rec, stop.message))
+            for v in verdicts:
+                if not v.warning:
+                    continue
+                rule = str(v.rule.source)
+                if any(e.kind == "warn" and e.attempt == rec.attempt and (e.reason == rule or e.reason.startswith(rule + " ("))
+                       for e in self.store.events(rec.key)):
+                    continue  # a warning is recorded once per attempt
+                ev = Event(now, rec.key, "warn", v.message, rec.attempt)
+                updates.append(Update(rec.key, rec.attempt, events=(ev,)))
+                report.events.append(ev)
+        for cluster, items in stops.items():
+            try:
+                errors = self.backend(cluster).cancel([self._handle(r) for r, _ in items])
+            except NeroError as e:
+                report.warnings.append(f"{e}; rules could not stop its runs this pass")
+                continue
+            for rec, message in items:
+                if rec.key in errors:
+                    report.warnings.append(f"{rec.key}: {errors[rec.key]}")
+                    continue
+                ev = Event(now, rec.key, "terminate", message, rec.attempt)
+                updates.append(Update(rec.key, rec.attempt, stop_requested=f"terminated: {message}", events=(ev,)))
+                report.events.append(ev)
+        if updates:
+            self.store.apply(updates)
+            report.changed = True
 
     def _cancel(self, plan: Plan, now: float, report: PassReport) -> None:
         snap = self.store.snapshot()

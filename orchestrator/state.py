@@ -136,6 +136,34 @@ def _record(row: tuple) -> RunRecord:
     )
 
 
+_SOURCE_RANK = {"track": 2, "stdout": 1, "stderr": 0}
+
+
+def _merge(rows: Iterable[Sequence]) -> dict[str, list[tuple[int | None, float]]]:
+    """(name, step, value, source) rows → name → [(step, value)], one point per step.
+
+    A program that prints `loss=…` and also logs it through `orchestrator.track` reports
+    each value twice; the track point wins, then stdout, then stderr. Points without a
+    step are kept in the order they came."""
+    out: dict[str, list[tuple[int | None, float]]] = {}
+    where: dict[tuple[str, int], tuple[int, int]] = {}  # (name, step) -> (index, rank)
+    for name, step, value, source in rows:
+        v = math.nan if value is None else value
+        points = out.setdefault(name, [])
+        if step is None:
+            points.append((None, v))
+            continue
+        rank = _SOURCE_RANK.get(source, 0)
+        seen = where.get((name, step))
+        if seen is None:
+            where[(name, step)] = (len(points), rank)
+            points.append((step, v))
+        elif rank >= seen[1]:
+            points[seen[0]] = (step, v)
+            where[(name, step)] = (seen[0], rank)
+    return out
+
+
 @dataclass(frozen=True)
 class NewAttempt:
     """An attempt about to be submitted (the intent record)."""
@@ -237,23 +265,22 @@ class Store:
         return [_record(row) for row in self.db.execute(sql, (key,))]
 
     def history(self, key: str, attempt: int | None = None) -> dict[str, list[tuple[int | None, float]]]:
+        """The metric histories of one attempt (default: the current one), see `_merge`."""
         if attempt is None:
             row = self.db.execute("SELECT attempt FROM runs WHERE key=?", (key,)).fetchone()
             attempt = row[0] if row else 0
-        out: dict[str, list[tuple[int | None, float]]] = {}
-        for name, step, value in self.db.execute(
-            "SELECT name, step, value FROM metrics WHERE key=? AND attempt=? ORDER BY rowid", (key, attempt)
-        ):
-            out.setdefault(name, []).append((step, math.nan if value is None else value))
-        return out
+        rows = self.db.execute(
+            "SELECT name, step, value, source FROM metrics WHERE key=? AND attempt=? ORDER BY rowid", (key, attempt))
+        return _merge(rows)
 
     def histories(self) -> dict[str, dict[str, list[tuple[int | None, float]]]]:
-        out: dict[str, dict[str, list[tuple[int | None, float]]]] = {}
-        sql = ("SELECT m.key, m.name, m.step, m.value FROM metrics m JOIN runs r "
+        """The histories of every run's current attempt."""
+        per_run: dict[str, list[tuple]] = {}
+        sql = ("SELECT m.key, m.name, m.step, m.value, m.source FROM metrics m JOIN runs r "
                "ON r.key = m.key AND r.attempt = m.attempt ORDER BY m.rowid")
-        for key, name, step, value in self.db.execute(sql):
-            out.setdefault(key, {}).setdefault(name, []).append((step, math.nan if value is None else value))
-        return out
+        for key, *rest in self.db.execute(sql):
+            per_run.setdefault(key, []).append(rest)
+        return {k: _merge(rows) for k, rows in per_run.items()}
 
     def events(self, key: str | None = None, since: float | None = None, limit: int | None = None) -> list[Event]:
         sql, args = "SELECT time, key, kind, reason, attempt FROM events WHERE 1", []

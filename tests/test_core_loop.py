@@ -73,12 +73,16 @@ def test_demo_from_init_runs_to_completion_and_results_hold_the_printed_metrics(
     summary = pd.read_excel(project / "demo" / "results.xlsx", sheet_name="Summary")
     assert len(summary) == len(runs)
     for r in completed:
-        printed = {}
+        printed: dict[str, str] = {}
         for line in (Path(r["run_dir"]) / "stdout.log").read_text().splitlines():
-            printed.update({k: float(v) for k, v in re.findall(r"(\w+)=([-+0-9.eE]+|nan)", line)})
+            printed.update(dict(re.findall(r"(\w+)=([-+0-9.eE]+|nan)", line)))
         row = summary[summary["run"] == r["run"]].iloc[0]
         for metric in ("loss", "val_loss", "acc"):
-            assert row[f"last:{metric}"] == pytest.approx(printed[metric], rel=1e-9), (r["run"], metric)
+            # the program prints rounded values and logs exact ones through track:
+            # they agree to the printed precision
+            text = printed[metric]
+            decimals = len(text.split(".")[1]) if "." in text else 0
+            assert abs(row[f"last:{metric}"] - float(text)) <= 0.5 * 10 ** -decimals + 1e-12, (r["run"], metric)
 
 
 # --------------------------------------------------------------------------- Must show 2

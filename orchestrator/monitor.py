@@ -1,0 +1,423 @@
+"""Monitoring, the pure part: what the bytes a job appended mean (no I/O, no clock).
+
+A backend hands over the bytes appended to a run's `stdout.log` / `stderr.log`,
+`metrics.jsonl` and `resources.jsonl` since the last pass (DESIGN.md §4). The parsers
+here turn them into `MetricPoint` and `ResourceSample` values and say how many bytes
+they consumed: up to and including the last `\\n`. A trailing partial line is not
+consumed, so the caller keeps its offset there and re-reads that line, complete, next
+pass. Parsing a stream in any chunking therefore yields exactly the points of parsing
+it whole, and a reconciler that crashes between passes loses and duplicates nothing.
+
+Sections:
+  1. Process output (`parse_output`): `name=value` / `name: value` pairs and the
+     Metrics sheet's regexes.
+  2. `orchestrator.track` files (`parse_track`) and resource samples (`parse_resources`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from typing import Any
+
+from .model import MetricDef, MetricPoint, ResourceSample
+
+# ─────────────────────────────────────────────────────────────────────────────
+# 1. Process output
+# ─────────────────────────────────────────────────────────────────────────────
+#
+# Default capture, without a Metrics-sheet pattern: `name=value` (spaces allowed around
+# `=`) and `name: value` pairs whose value is a number (int, float, exponent, nan, inf,
+# -inf, any case). What keeps it from reading garbage off a real log:
+#
+# * a name is a whole token that starts with a letter or `_` (`[A-Za-z_][\w.\-/]*`,
+#   optionally quoted as in a printed dict: `'loss': 0.41`), so `20:32:05` has no name;
+# * a colon right after a digit needs a space after it (`top5: 0.9`), so clock times
+#   such as `t=20:32:05` or `0:00:02.69` never pair up; `==`, `<=`, `>=`, `!=` are not
+#   separators;
+# * the value must end the number: not followed by a letter, digit, `.`, `:`, `/`, `-`,
+#   `+` or `=` (`12.3s`, `1/2`, `2015-05-13`, `1.2.3`, `20:32` are rejected), except a
+#   full stop that ends a sentence;
+# * after whitespace the next token must be punctuation (`- acc: …`, `| …`, `[…`) or
+#   another key; a plain word is read as a unit or prose (`Temp-dir: 0 mb`,
+#   `Found: 3 GPUs`) and the pair is dropped;
+# * quoted values are strings (`dropout='0.10'`), and pairs inside `Namespace(…)`
+#   (argparse's echo of the command line) are parameters, not measurements.
+#
+# A line's step: if it has a key `epoch`, `step`, `global_step`, `iteration` or `iter`
+# (any case) with a plain integer value, that is the step of the other values on the
+# line and not itself a point. If several are present, the first in that order wins
+# (`epoch` before `step`) and the others are ordinary points. A step never carries over
+# to the next line, so the result does not depend on how the stream was chunked.
+#
+# How it is fast: running a pair regex at every position of a log costs ~30–50 ns a
+# character in `re`, and a log is mostly text without a pair. So the scan starts at the
+# separator instead: one regex per separator (`=`, `:`), each beginning with its literal
+# so `re` skips between them in C, checks the value side forward. Only those hits reach
+# Python, which reads the key as the last token before the separator (cached per
+# token) and groups the hits of one line to find its step. A noise line costs no
+# Python code; a captured point costs ~1.5 µs, most of it building the MetricPoint.
+
+_NUMBER = (
+    r"[-+]?(?:\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?"
+    r"|[nN][aA][nN]|[iI][nN][fF](?:[iI][nN][iI][tT][yY])?)"
+)
+_VALUE_END = (
+    r"(?=[ \t]*(?:$|[\r\n])"  # end of line
+    r"|[^\w\s.:/\-+=]"  # punctuation: , ; | ) ] } % ± …
+    r"|\.(?:[ \t\r\n]|$)"  # a full stop ending a sentence
+    r"|[ \t]+(?:[^\w\s]|['\"]?[A-Za-z_][\w.\-/]*+['\"]?[ \t]*[=:]))"  # punctuation or a key
+)
+_SEPARATORS = (  # the separator and the value after it; the key is checked in Python
+    rf"=[ \t]*((?>{_NUMBER})){_VALUE_END}",
+    rf":(?:[ \t]+|(?<![0-9]:))((?>{_NUMBER})){_VALUE_END}",  # `12:30` is a time
+)
+_KEY = r"['\"]?([\w.\-/]*)['\"]?\Z"  # the name at the end of the token before a separator
+_NAMESPACE = r"(?<![\w.])Namespace\((?:[^()\n]|\([^()\n]*\))*\)?"
+_WINDOW = 64  # characters looked back for the key; a longer token is re-read whole
+_STEP_RANK = {"epoch": 0, "step": 1, "global_step": 2, "iteration": 3, "iter": 4}
+
+
+class _Grammar:
+    """The default-capture regexes compiled for one text type: bytes (the fast path,
+    no decoding; names are ASCII by construction) or str (used with Metrics patterns)."""
+
+    def __init__(self, kind: type[str] | type[bytes]) -> None:
+        def rx(p: str) -> re.Pattern:
+            return re.compile(p.encode() if kind is bytes else p, re.M | re.A)
+
+        def lit(s: str) -> Any:
+            return s.encode() if kind is bytes else s
+
+        self.separators = tuple(rx(s) for s in _SEPARATORS)
+        self.key_regex = rx(_KEY)
+        self.namespace = rx(_NAMESPACE)
+        self.namespace_literal = lit("Namespace(")
+        self.newline = lit("\n")
+        # token before a separator -> (name, step rank or None), or None if no name
+        self.keys: dict[Any, tuple[str, int | None] | None] = {}
+
+    def key(self, token: Any) -> tuple[str, int | None] | None:
+        """Read (and cache) the key in a token: the name chars at its end, if they
+        start with a letter or `_` (`{'loss'` -> loss, `INFO:root:loss` -> loss)."""
+        m = self.key_regex.search(token)
+        raw = m.group(1) if m else token[:0]
+        name = raw.decode("ascii") if isinstance(raw, bytes) else raw
+        info = None
+        if name and (name[0].isalpha() or name[0] == "_"):
+            info = (name, _STEP_RANK.get(name.lower()))
+        if len(self.keys) < 10_000:
+            self.keys[token] = info
+        return info
+
+    def token_before(self, text: Any, s: int) -> Any:
+        """The last whitespace-separated token before position `s` on its line."""
+        a = text.rfind(self.newline, 0, s) + 1
+        w = text[a:s].rsplit(None, 1)
+        return w[-1] if w else text[:0]
+
+
+_GRAMMAR = {bytes: _Grammar(bytes), str: _Grammar(str)}
+
+
+def _fast_point_constructor() -> bool:
+    """Whether a MetricPoint can be built by filling its `__dict__` (2.5× faster than
+    the frozen dataclass `__init__`, which dominates parsing on metric-dense output).
+    Checked once against the real constructor, so a change to model.py (slots, a
+    `__post_init__`) falls back to `MetricPoint(...)` instead of building wrong points."""
+    try:
+        p = object.__new__(MetricPoint)
+        p.__dict__.update(name="x", value=1.0, step=2, time=3.0, source="stdout")
+    except (AttributeError, TypeError):
+        return False
+    ok = p == MetricPoint("x", 1.0, 2, 3.0, "stdout")
+    return ok and not hasattr(MetricPoint, "__post_init__")
+
+
+_FAST_POINTS = _fast_point_constructor()
+
+# One default pair on a line: (separator position, name, step rank or None, value text).
+_Pair = tuple[int, str, "int | None", Any]
+
+
+def _hits(g: _Grammar, text: Any, end: int) -> list[tuple[int, Any]]:
+    """(separator position, value text) of every separator with a valid value side."""
+    hits: list[tuple[int, Any]] = []
+    kinds = 0
+    for rx in g.separators:
+        more = [(m.start(), m.group(1)) for m in rx.finditer(text, 0, end)]
+        if more:
+            hits += more
+            kinds += 1
+    if kinds > 1:
+        hits.sort()
+    return hits
+
+
+def _lines(g: _Grammar, text: Any, end: int) -> Iterator[tuple[int, list[_Pair]]]:
+    """(line end, its default pairs) for each line of text[:end] with a pair, in order."""
+    find, rfind, nl = text.find, text.rfind, g.newline
+    keys = g.keys.get
+    line: list[_Pair] = []
+    line_start = line_end = -1
+    for s, value in _hits(g, text, end):
+        if s > line_end:
+            if line:
+                yield line_end, line
+                line = []
+            line_start = rfind(nl, 0, s) + 1
+            line_end = find(nl, s, end)
+            if line_end < 0:
+                line_end = end
+        w = text[s - _WINDOW if s - _WINDOW > line_start else line_start:s]
+        try:
+            token = w.rsplit(None, 1)[-1]  # `key=`, `key =`, `- key:`, `{'key':`, `\tkey:`
+        except IndexError:  # nothing before the separator on its line
+            continue
+        info = keys(token, False)
+        if info is False or len(token) == _WINDOW:  # a new token, or one that goes on
+            token = g.token_before(text, s)
+            info = g.key(token) if token else None
+        if info is not None:
+            line.append((s, info[0], info[1], value))
+    if line:
+        yield line_end, line
+
+
+def _outside_namespace(g: _Grammar, text: Any, line_end: int, line: list[_Pair]) -> list[_Pair]:
+    a = text.rfind(g.newline, 0, line_end) + 1
+    if text.find(g.namespace_literal, a, line_end) < 0:
+        return line
+    spans = [(m.start(), m.end()) for m in g.namespace.finditer(text, a, line_end)]
+    return [p for p in line if not any(s < p[0] < e for s, e in spans)]
+
+
+def _pick_step(line: list[_Pair]) -> tuple[int | None, int]:
+    """The line's step and the index of the pair that gave it (-1 if none)."""
+    step, chosen, best = None, -1, 99
+    for i, (_, _, rank, value) in enumerate(line):
+        if rank is not None and rank < best and value.isdigit():
+            step, chosen, best = int(value), i, rank
+    return step, chosen
+
+
+def _default_points(
+    text: Any, end: int, time: float | None, source: str, skip: frozenset[str],
+    out: list[MetricPoint], lines: list[tuple[int, int]] | None = None,
+) -> None:
+    """Append the default-capture points of text[:end] (complete lines) to `out`. With
+    `lines`, also record (line end, index in `out` of its first point) per line."""
+    g = _GRAMMAR[type(text)]
+    namespaces = text.find(g.namespace_literal, 0, end) >= 0
+    append = out.append
+    new = object.__new__
+    fast = _FAST_POINTS
+    for line_end, line in _lines(g, text, end):
+        if namespaces:
+            line = _outside_namespace(g, text, line_end, line)
+        step = None
+        for p in line:
+            if p[2] is not None:
+                step, chosen = _pick_step(line)
+                if chosen >= 0:
+                    del line[chosen]
+                break
+        if lines is not None:
+            lines.append((line_end, len(out)))
+        for _, name, _, value in line:
+            if skip and name.lower() in skip:
+                continue
+            if fast:
+                p = new(MetricPoint)
+                d = p.__dict__
+                d["name"] = name
+                d["value"] = float(value)
+                d["step"] = step
+                d["time"] = time
+                d["source"] = source
+                append(p)
+            else:
+                append(MetricPoint(name, float(value), step, time, source))
+
+
+def _line_step(text: str, b: int) -> int | None:
+    """The step given by the default keys of the line ending at `b`."""
+    line = text[text.rfind("\n", 0, b) + 1:b]
+    g = _GRAMMAR[str]
+    for _, pairs in _lines(g, line, len(line)):
+        return _pick_step(_outside_namespace(g, line, len(line), pairs))[0]
+    return None
+
+
+@lru_cache(maxsize=256)
+def compile_metric_pattern(pattern: str) -> re.Pattern[str]:
+    """Compile a Metrics-sheet pattern (multi-line mode: `^`/`$` match at each line).
+
+    The value is its group named `value`, else its first group, else the whole match;
+    an optional group named `step` gives the step. Raises ValueError with the reason
+    for a pattern that does not compile (the sheet validator reports it with its cell).
+    """
+    try:
+        return re.compile(pattern, re.M)
+    except re.error as e:
+        raise ValueError(f"invalid metric pattern {pattern!r}: {e}") from None
+
+
+def _as_step(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            f = float(text)
+        except ValueError:
+            return None
+        return int(f) if f.is_integer() else None
+
+
+def _pattern_points(
+    text: str, name: str, rx: re.Pattern[str], time: float | None, source: str,
+    line_steps: dict[int, int | None], found: list[tuple[int, int, MetricPoint]],
+) -> None:
+    if "value" in rx.groupindex:
+        group: int | str = "value"
+    else:
+        group = 1 if rx.groups else 0
+    has_step = "step" in rx.groupindex
+    for m in rx.finditer(text):
+        raw = m.group(group)
+        if raw is None:
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            continue
+        b = text.find("\n", m.start())
+        b = len(text) if b < 0 else b
+        step = _as_step(m.group("step")) if has_step else None
+        if step is None:
+            if b not in line_steps:
+                line_steps[b] = _line_step(text, b)
+            step = line_steps[b]
+        found.append((b, m.start(), MetricPoint(name, value, step, time, source)))
+
+
+def _complete(data: bytes, final: bool) -> int:
+    """Bytes of `data` that form complete lines (all of them if `final`)."""
+    return len(data) if final else data.rfind(b"\n") + 1
+
+
+def parse_output(
+    data: bytes, defs: Sequence[MetricDef] = (), time: float | None = None, *,
+    source: str = "stdout", final: bool = False,
+) -> tuple[list[MetricPoint], int]:
+    """Metric points in the complete lines of a job's output, and the bytes consumed.
+
+    `defs` with a pattern are read by their regex (see `compile_metric_pattern`);
+    every other `name=value` / `name: value` pair is captured by default, except
+    names that a pattern owns (compared ignoring case). Points come in the order of the lines they are on; all
+    are returned (a metric logged twice at a step appears twice, the caller dedups).
+    `time` (the poll time) is stamped on every point. `final=True` (the job has ended)
+    also parses a last line without a newline. Lines decode as UTF-8, errors replaced.
+    """
+    end = _complete(data, final)
+    if not end:
+        return [], 0
+    patterned = [(d.name, compile_metric_pattern(d.pattern)) for d in defs if d.pattern]
+    out: list[MetricPoint] = []
+    if not patterned:  # the fast path: the bytes as they are, no decoding
+        _default_points(data, end, time, source, frozenset(), out)
+        return out, end
+    text = data[:end].decode("utf-8", "replace")
+    lines: list[tuple[int, int]] = []
+    owned = frozenset(n.lower() for n, _ in patterned)
+    _default_points(text, len(text), time, source, owned, out, lines)
+    found: list[tuple[int, int, MetricPoint]] = []
+    line_steps: dict[int, int | None] = {}
+    for name, rx in patterned:
+        _pattern_points(text, name, rx, time, source, line_steps, found)
+    if not found:
+        return out, end
+    # Merge by line: a line's default points first, then its pattern points by position.
+    bounds = [i for _, i in lines] + [len(out)]
+    merged = [(b, 0, k, out[bounds[k]:bounds[k + 1]]) for k, (b, _) in enumerate(lines)]
+    merged += [(b, 1, pos, [p]) for b, pos, p in found]
+    merged.sort(key=lambda e: (e[0], e[1], e[2]))
+    return [p for *_, ps in merged for p in ps], end
+
+
+# ─────────────────────────────────────────────────────────────────────────────
+# 2. metrics.jsonl (orchestrator.track) and resources.jsonl
+# ─────────────────────────────────────────────────────────────────────────────
+
+
+def _json_lines(data: bytes, final: bool) -> tuple[list[dict], int]:
+    """The JSON objects on the complete lines of `data`; corrupt lines are skipped."""
+    end = _complete(data, final)
+    if not end:
+        return [], 0
+    lines = [ln for ln in data[:end].decode("utf-8", "replace").split("\n") if ln.strip()]
+    try:  # one decoder call for the whole chunk; per line only if some line is corrupt
+        rows = json.loads("[" + ",".join(lines) + "]")
+        if len(rows) != len(lines):  # a line holding two values, `1, 2`
+            raise ValueError
+    except ValueError:
+        rows = []
+        for ln in lines:
+            try:
+                rows.append(json.loads(ln))
+            except ValueError:
+                continue
+    return [r for r in rows if isinstance(r, dict)], end
+
+
+def _number(v: object) -> float | None:
+    if isinstance(v, (int, float)):  # bool included: True -> 1.0
+        return float(v)
+    return None
+
+
+def parse_track(data: bytes, *, final: bool = False) -> tuple[list[MetricPoint], int]:
+    """Metric points (source "track") in the complete lines of `metrics.jsonl`
+    written by `orchestrator.track.log`, and the bytes consumed.
+
+    Each line is `{"t": time, "step": step, name: value, ...}`; numbers (and booleans,
+    as 0/1) become points, strings and nulls are skipped; a corrupt line is skipped.
+    """
+    rows, end = _json_lines(data, final)
+    out: list[MetricPoint] = []
+    for row in rows:
+        t = _number(row.get("t"))
+        step = row.get("step")
+        if isinstance(step, float) and step.is_integer():
+            step = int(step)
+        elif not isinstance(step, int) or isinstance(step, bool):
+            step = None
+        for name, v in row.items():
+            if name == "t" or name == "step":
+                continue
+            value = _number(v)
+            if value is not None:
+                out.append(MetricPoint(name, value, step, t, "track"))
+    return out, end
+
+
+def parse_resources(data: bytes, *, final: bool = False) -> tuple[list[ResourceSample], int]:
+    """Resource samples in the complete lines of `resources.jsonl`
+    (`{"t": …, "rss_mb": …, "gpu_mem_mb": …, "disk_free_mb": …}`), and the bytes
+    consumed. A line without a numeric `t` or that does not parse is skipped; a missing
+    or null field is None."""
+    rows, end = _json_lines(data, final)
+    out: list[ResourceSample] = []
+    for row in rows:
+        t = _number(row.get("t"))
+        if t is None:
+            continue
+        out.append(ResourceSample(
+            t, _number(row.get("rss_mb")), _number(row.get("gpu_mem_mb")),
+            _number(row.get("disk_free_mb")),
+        ))
+    return out, end
