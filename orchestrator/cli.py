@@ -269,7 +269,13 @@ def _loop(rec, interval: float | None, until_done: bool, prune: bool, quiet: boo
     done = {"flag": False}
     progress = None
     if until_done and sys.stdout.isatty() and not quiet:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         progress = Progress(TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                             TextColumn("{task.description}"), console=_console())
@@ -300,6 +306,7 @@ def _loop(rec, interval: float | None, until_done: bool, prune: bool, quiet: boo
         if progress is not None:
             progress.stop()
         click.echo("\nStopped watching. Jobs keep running; `nero reconcile --watch` picks them up again.", err=True)
+        rec.write_results(charts=True)
         return
     if progress is not None:
         progress.stop()
@@ -307,7 +314,9 @@ def _loop(rec, interval: float | None, until_done: bool, prune: bool, quiet: boo
     bad = [r for r in snap.values() if r.state in (RunState.FAILED, RunState.LOST, RunState.TIMEOUT, RunState.PREEMPTED)]
     from .reconcile import PassReport
 
-    print_plan_summary(rec, PassReport(plan=rec.plan(prune=prune)))
+    final = rec.plan(prune=prune)
+    rec.write_results(final, charts=True)  # the curves as they ended
+    print_plan_summary(rec, PassReport(plan=final))
     if bad:
         click.echo(f"{len(bad)} run{'s' if len(bad) != 1 else ''} did not complete: " +
                    ", ".join(f"{r.key} ({r.state.value})" for r in bad[:10]), err=True)
@@ -315,33 +324,59 @@ def _loop(rec, interval: float | None, until_done: bool, prune: bool, quiet: boo
 
 
 @main.command()
-@WORKBOOK_ARG
+@click.argument("args", nargs=-1, metavar="[WORKBOOK] [SELECTOR]")
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
 @click.option("--all", "show_all", is_flag=True, help="Include every metric, not only the first few.")
-def status(workbook: str | None, as_json: bool, show_all: bool) -> None:
-    """A table of runs: number, run, state, cluster, runtime, latest metrics, reason."""
+def status(args: tuple[str, ...], as_json: bool, show_all: bool) -> None:
+    """A table of runs: number, run, state, cluster, runtime, latest metrics, reason.
+
+    \b
+    SELECTOR narrows the table, in the forms of `nero abort` (see `nero abort --help`):
+      nero status failed        nero status 'lr-sweep*'        nero status 'val_loss < 0.2'
+    """
     from .reconcile import Reconciler, state_path
 
+    workbook, selector = _workbook_and_selector(args)
     path = resolve_workbook(workbook)
     if not state_path(path).exists():
         click.echo("No runs yet: `nero reconcile` starts them.")
         return
     rec = Reconciler(path)
     try:
-        snap = sorted(rec.store.snapshot().values(), key=lambda r: r.number)
         now = time.time()
+        if selector:
+            keys = {c.key for c in _candidates(rec, selector)}
+            snap = sorted((r for r in rec.store.snapshot().values() if r.key in keys), key=lambda r: r.number)
+        else:
+            snap = sorted(rec.store.snapshot().values(), key=lambda r: r.number)
         if as_json:
             click.echo(json.dumps([{
                 "number": r.number, "run": r.key, "state": r.state.value, "cluster": r.cluster, "attempt": r.attempt,
                 "job_id": r.job_id, "host": r.host, "runtime_s": r.runtime(now), "reason": r.reason,
                 "metrics": {k: (v if v == v else None) for k, v in r.last.items()}, "step": r.step,
-                "run_dir": r.run_dir, "orphaned": r.orphaned,
+                "run_dir": r.run_dir, "orphaned": r.orphaned, "retry": r.retry,
             } for r in snap], indent=2))
             return
         _status_table(snap, now, show_all)
-        _not_started(rec)
+        if not selector:
+            _not_started(rec)
     finally:
         rec.close()
+
+
+def _workbook_and_selector(args: tuple[str, ...], selector_required: bool = False) -> tuple[str | None, str | None]:
+    """`[WORKBOOK] [SELECTOR]`: a lone argument is the workbook if such a file or folder exists."""
+    if len(args) > 2:
+        raise click.UsageError("give at most a workbook and a selector (quote a selector with spaces)")
+    if len(args) == 2:
+        return args[0], args[1]
+    if len(args) == 1:
+        p = Path(args[0]).expanduser()
+        is_path = (p.exists() or args[0].endswith(".xlsx")) and not selector_required
+        return (args[0], None) if is_path else (None, args[0])
+    if selector_required:
+        raise click.UsageError("which runs? give a SELECTOR, e.g. failed, 12-18 or 'lr-sweep*'")
+    return None, None
 
 
 def _not_started(rec) -> None:
@@ -438,6 +473,192 @@ def _follow(rec, key: str, path: Path) -> None:
             time.sleep(0.5)
     except KeyboardInterrupt:
         return
+
+
+# ------------------------------------------------------------------ selecting and acting on runs
+class Candidate:
+    """A run a selector can match: a stored run, or one the sheet asks for that never started."""
+
+    def __init__(self, key: str, facts, record=None, spec=None):
+        self.key, self.facts, self.record, self.spec = key, facts, record, spec
+
+
+def _candidates(rec, selector_text: str, need_workbook: bool = False) -> list[Candidate]:
+    from .expr import ExprTerm, Facts, parse_selector
+
+    try:
+        selector = parse_selector(selector_text)
+    except NeroError as e:
+        _fail(e)
+    try:
+        rec.load()
+    except NeroError as e:
+        if need_workbook:
+            _fail(e)
+        click.echo(f"warning: the workbook does not read, so only runs nero started are considered: "
+                   f"{str(e).splitlines()[0]}", err=True)
+    now = time.time()
+    snap = rec.store.snapshot()
+    goals = {m.name: m.goal for m in rec.workbook.metrics} if rec.workbook else {}
+    histories = rec.store.histories() if any(isinstance(t, ExprTerm) for t in selector.terms) else {}
+    out = []
+    for r in sorted(snap.values(), key=lambda r: r.number):
+        facts = Facts.of(r, now, histories.get(r.key), goals)
+        if selector.matches(facts):
+            out.append(Candidate(r.key, facts, record=r))
+    for spec in rec.specs:
+        if spec.key in snap:
+            continue
+        facts = Facts(key=spec.key, number=0, experiment=spec.experiment, state="pending",
+                      cluster=spec.clusters[0] if spec.clusters else "", params=dict(spec.params))
+        if selector.matches(facts):
+            out.append(Candidate(spec.key, facts, spec=spec))
+    return out
+
+
+def _confirm(verb: str, found: list[Candidate], yes: bool) -> bool:
+    from rich.table import Table
+
+    if not found:
+        click.echo(f"No run matches; nothing to {verb}. `nero status` lists the runs.")
+        return False
+    t = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("#", "run", "state", "cluster"):
+        t.add_column(col, no_wrap=col != "run")
+    for c in found:
+        r = c.record
+        style = STATE_STYLE.get(c.facts.state, "")
+        t.add_row(str(r.number) if r else "-", escape(c.key), f"[{style}]{c.facts.state}[/]", escape(c.facts.cluster))
+    _console().print(t)
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise click.ClickException(f"{len(found)} runs match; add --yes to {verb} them without asking")
+    return click.confirm(f"{verb.capitalize()} these {len(found)} runs?", default=False)
+
+
+def _apply_now(rec) -> None:
+    """Run a pass right away unless a watching reconcile holds the lock (it applies it then)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(rec.store.path.parent / "reconcile.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        click.echo("A running `nero reconcile --watch` applies this in its next pass.")
+        return
+    try:
+        rec.load()
+        report = rec.run_pass()
+        _print_report(report, quiet=False)
+    except NeroError as e:
+        click.echo(f"warning: recorded, but the pass failed: {e}; the next `nero reconcile` applies it", err=True)
+    finally:
+        lock.release()
+
+
+def _override_command(verb: str, kind_name: str | None, doc: str):
+    @main.command(name=verb, help=doc)
+    @click.argument("args", nargs=-1, required=True, metavar="[WORKBOOK] SELECTOR")
+    @click.option("-w", "--workbook", default=None, help="The experiments workbook (file or folder).")
+    @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+    @click.option("--resume", is_flag=True, hidden=verb != "restart",
+                  help="Start the new attempt with NERO_RESUME=1 and NERO_PREV_RUN_DIR set.")
+    def command(args: tuple[str, ...], workbook: str | None, yes: bool, resume: bool) -> None:
+        from .model import Event, Override, OverrideKind
+        from .reconcile import Reconciler
+
+        given, selector = _workbook_and_selector(args, selector_required=True)
+        workbook = workbook or given
+        rec = Reconciler(resolve_workbook(workbook))
+        try:
+            found = _candidates(rec, selector, need_workbook=verb in ("restart", "hold"))
+            if verb == "release":
+                held = rec.store.overrides()
+                found = [c for c in found if c.key in held]
+            if not _confirm(verb, found, yes):
+                return
+            now = time.time()
+            events = [Event(now, c.key, verb, f"`nero {verb} {selector}`", c.record.attempt if c.record else 0)
+                      for c in found]
+            if kind_name is None:
+                n = rec.store.drop_overrides([c.key for c in found], events=events)
+                click.echo(f"Released {n} run{'s' if n != 1 else ''}.")
+            else:
+                specs = {s.key: s for s in rec.specs}
+                items = []
+                for c in found:
+                    spec = specs.get(c.key)
+                    if spec is None:
+                        click.echo(f"warning: {c.key} is no longer in the workbook; skipped", err=True)
+                        continue
+                    items.append(Override(c.key, OverrideKind(kind_name), spec.spec_hash,
+                                          c.record.attempt if c.record else 0, now, resume))
+                rec.store.set_overrides(items, events)
+                click.echo(f"Recorded {verb} for {len(items)} run{'s' if len(items) != 1 else ''}; "
+                           "`nero plan` shows it until the row changes.")
+            _apply_now(rec)
+        finally:
+            rec.close()
+
+    return command
+
+
+abort = _override_command("abort", "abort", """Cancel the runs matching SELECTOR (and keep the matching
+    runs that have not started from starting), until their rows change.
+
+    \b
+    SELECTOR is a comma-separated union of: run numbers and ranges from `nero status`
+    (`12-18,21`), state words (`failed`, `running`, `live`, `crashed`, `all`), id globs
+    (`lr-sweep*`, `demo[lr=0.1*`), and conditions (`runtime > 2h and val_err > 0.4`).
+    Example: nero abort 'runtime > 1m and loss > 0.5'""")
+restart = _override_command("restart", "restart", """Start a new attempt of the runs matching SELECTOR
+    (cancelling those still running). --resume sets NERO_RESUME=1 and NERO_PREV_RUN_DIR.
+
+    \b
+    Example: nero restart failed        nero restart 'crashed,144-149,170' --resume""")
+hold = _override_command("hold", "hold", """Keep the runs matching SELECTOR from starting (running ones
+    go on) until `nero release` or until their rows change.""")
+release = _override_command("release", None, """Undo `nero hold` / `nero abort` for the runs matching SELECTOR.""")
+
+
+@main.command()
+@click.argument("args", nargs=-1, metavar="[WORKBOOK] [SELECTOR]")
+@click.option("-w", "--workbook", default=None, help="The experiments workbook (file or folder).")
+@click.option("--json", "as_json", is_flag=True, help="Print the events as JSON.")
+@click.option("-n", "--last", type=int, default=0, help="Only the last N events.")
+def history(args: tuple[str, ...], workbook: str | None, as_json: bool, last: int) -> None:
+    """The event timeline (submissions, starts, ends with reasons, rules, manual actions)
+    of the runs matching SELECTOR (default: all)."""
+    from rich.table import Table
+
+    from .reconcile import Reconciler
+
+    given, selector = _workbook_and_selector(args)
+    workbook, selector = workbook or given, selector or "all"
+
+    rec = Reconciler(resolve_workbook(workbook))
+    try:
+        found = {c.key: c for c in _candidates(rec, selector)}
+        events = [e for e in rec.store.events() if e.key in found]
+        if last:
+            events = events[-last:]
+        if as_json:
+            click.echo(json.dumps([{"time": e.time, "run": e.key, "attempt": e.attempt, "event": e.kind,
+                                    "reason": e.reason} for e in events], indent=2))
+            return
+        t = Table(box=None, header_style="bold", pad_edge=False)
+        for col in ("time", "#", "run", "attempt", "event", "reason"):
+            t.add_column(col, no_wrap=col in ("time", "#", "attempt", "event"), overflow="fold")
+        for e in events:
+            c = found[e.key]
+            style = STATE_STYLE.get(e.kind, "")
+            t.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time)),
+                      str(c.record.number) if c.record else "-", escape(e.key), str(e.attempt or ""),
+                      f"[{style}]{e.kind}[/]" if style else e.kind, escape(e.reason))
+        _console().print(t)
+    finally:
+        rec.close()
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ Expressions::
 - functions: `isnan(x)`, `isinf(x)`, `abs(x)`; over a metric's history: `best(m)` (best value so
   far in the metric's goal direction), `min(m)`, `max(m)`, and `plateau(m, n[, delta])`: the
   metric has at least n+1 evaluations and the best of the last n does not improve on the best
-  before them (by more than delta) in its goal direction.
+  before them by more than delta in its goal direction (default: 0.01 % of that best, so a
+  run creeping forward by rounding noise counts as stalled).
 
 Missing data never makes a condition true: a comparison involving a name the run does not have
 (yet) is *unknown*; `not`, `and`, `or` follow three-valued logic (unknown `and` false is false,
@@ -66,6 +67,7 @@ import fnmatch
 import keyword
 import math
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -89,6 +91,7 @@ FUNCTIONS: Mapping[str, str] = {
     "min": "min(metric)",
     "plateau": "plateau(metric, n[, delta])",
 }
+PLATEAU_RELATIVE_DELTA = 1e-4  # plateau(m, n) without delta: smaller gains do not count
 _HISTORY_FUNCTIONS = frozenset({"best", "min", "max", "plateau"})
 _CONDITION_FUNCTIONS = frozenset({"isnan", "isinf", "plateau"})
 
@@ -941,11 +944,14 @@ class _Evaluator:
             return result
         self.note_name(m, latest, "metric")
         n = int(node.args[1].value)  # type: ignore[attr-defined]
-        delta = node.args[2].value if len(node.args) == 3 else 0.0  # type: ignore[attr-defined]
         if len(series) < n + 1:
             return None
         goal = self.facts.goal(m)
         before, recent = _best(series[:-n], goal), _best(series[-n:], goal)
+        if len(node.args) == 3:
+            delta = node.args[2].value  # type: ignore[attr-defined]
+        else:  # improvements below 0.01 % of the best are noise, not progress
+            delta = PLATEAU_RELATIVE_DELTA * abs(before) if before is not None and math.isfinite(before) else 0.0
         if recent is None:
             improved = False
         elif before is None:
@@ -1021,13 +1027,14 @@ def format_value(v: Value | Any, name: str = "") -> str:
 # Selectors
 
 
-class Term:
+class Term(ABC):
     """One comma-separated part of a selector."""
 
     __slots__ = ()
 
+    @abstractmethod
     def matches(self, facts: Facts) -> bool:
-        raise NotImplementedError
+        """Whether the run with these facts is selected by this term."""
 
 
 @dataclass(frozen=True)

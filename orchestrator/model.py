@@ -232,6 +232,7 @@ class RunRecord:
     parent_attempt: int | None = None
     code_hash: str = ""
     offsets: Offsets = field(default_factory=lambda: Offsets())
+    retry: int = 0  # 0 for a fresh attempt, k for the k-th automatic retry in a row
     stop_requested: str = ""  # why nero asked the job to stop ("cancelled: …", "terminated: …")
 
     def runtime(self, now: float) -> float | None:
@@ -265,6 +266,29 @@ class Action:
     spec: RunSpec | None = None
     cluster: str = ""
     waiting: str = ""  # a submit that has no free slot this pass says why
+    resume: bool = False  # the new attempt gets NERO_RESUME=1 and the previous run dir
+    retry: int = 0  # the automatic retry this restart is (0: not a retry)
+
+
+class OverrideKind(StrEnum):
+    HOLD = "hold"
+    ABORT = "abort"
+    RESTART = "restart"
+
+
+@dataclass(frozen=True)
+class Override:
+    """A manual action from `nero hold|abort|restart` that the plan honours.
+
+    Hold and abort persist until the run's row changes (its spec hash); a restart is
+    used up by the attempt it starts."""
+
+    key: str
+    kind: OverrideKind
+    spec_hash: str
+    attempt: int  # the run's attempt when it was asked for (0: never submitted)
+    time: float
+    resume: bool = False
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@ Pure: no backend, file or clock. Decisions, in order:
 * a run whose spec hash changed → `restart`, naming what changed (`lr: 0.1 → 0.2`);
 * a live run whose row says state=stop → `cancel`;
 * a live run whose row disappeared → `orphaned` (reported, left running) unless `prune`;
+* a failed, timed-out, preempted or lost run is retried (resuming) up to its `retries`;
+* manual overrides: `nero hold` / `nero abort` hold or cancel a run until its row changes,
+  `nero restart` starts a new attempt once;
 * `after` holds a run until the named experiments completed (held for good if one failed);
 * submits and restarts are given a cluster in priority order while clusters have free
   slots; the rest stay in the plan with `waiting` saying why.
@@ -15,10 +18,22 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from collections.abc import Mapping, Sequence
 
-from .model import Action, ActionKind, Desired, Plan, RunRecord, RunSpec, RunState
+from .model import Action, ActionKind, Desired, Override, OverrideKind, Plan, RunRecord, RunSpec, RunState
 from .spec import diff_essence
+
+RETRYABLE = frozenset({RunState.FAILED, RunState.TIMEOUT, RunState.PREEMPTED, RunState.LOST})
+
+
+def active_override(o: Override | None, spec: RunSpec, rec: RunRecord | None) -> Override | None:
+    """An override still in force: its row did not change, and a restart not yet used."""
+    if o is None or o.spec_hash != spec.spec_hash:
+        return None
+    if o.kind is OverrideKind.RESTART and rec is not None and rec.attempt > o.attempt:
+        return None
+    return o
 
 
 def plan(
@@ -26,9 +41,11 @@ def plan(
     snapshot: Mapping[str, RunRecord],
     capacity: Mapping[str, int],
     prune: bool = False,
+    overrides: Mapping[str, Override] | None = None,
 ) -> Plan:
+    overrides = overrides or {}
     actions: list[Action] = []
-    wanted: list[tuple[RunSpec, ActionKind, str]] = []
+    wanted: list[tuple[RunSpec, ActionKind, str, Action | None]] = []
     unchanged = 0
     seen: set[str] = set()
     by_experiment: dict[str, list[RunSpec]] = {}
@@ -38,19 +55,36 @@ def plan(
     for spec in specs:
         seen.add(spec.key)
         rec = snapshot.get(spec.key)
-        if spec.desired is Desired.STOP:
-            if rec is not None and (rec.state.live or rec.intent):
-                actions.append(Action(ActionKind.CANCEL, spec.key, f"state=stop in Experiments row {spec.row}", spec, rec.cluster))
+        live = rec is not None and (rec.state.live or rec.intent)
+        override = active_override(overrides.get(spec.key), spec, rec)
+        manual = override.kind if override else None
+        if spec.desired is Desired.STOP or manual is OverrideKind.ABORT:
+            why = f"state=stop in Experiments row {spec.row}" if spec.desired is Desired.STOP else "aborted with `nero abort`"
+            if live and not (rec and rec.stop_requested):
+                actions.append(Action(ActionKind.CANCEL, spec.key, why, spec, rec.cluster if rec else ""))
+            elif rec is None and manual is OverrideKind.ABORT:
+                actions.append(Action(ActionKind.HOLD, spec.key, f"{why}: not started", spec))
             else:
                 unchanged += 1
             continue
+        template: Action | None = None
         if rec is None:
             kind, reason = ActionKind.SUBMIT, "new run"
         elif rec.spec_hash != spec.spec_hash:
             changed = diff_essence(json.loads(rec.essence), spec.essence())
             kind, reason = ActionKind.RESTART, "; ".join(changed) or "spec changed"
+        elif manual is OverrideKind.RESTART:
+            kind, reason = ActionKind.RESTART, "requested with `nero restart`" + (" --resume" if override and override.resume else "")
+            template = Action(kind, spec.key, reason, spec, resume=bool(override and override.resume))
+        elif rec.state in RETRYABLE and rec.retry < spec.retries and not rec.intent:
+            n = rec.retry + 1
+            kind, reason = ActionKind.RESTART, f"retry {n}/{spec.retries} after {rec.state.value}" + (f": {rec.reason}" if rec.reason else "")
+            template = Action(kind, spec.key, reason, spec, resume=True, retry=n)
         else:
             unchanged += 1
+            continue
+        if manual is OverrideKind.HOLD:
+            actions.append(Action(ActionKind.HOLD, spec.key, f"held with `nero hold` ({reason})", spec))
             continue
         if spec.desired is Desired.HOLD:
             what = "not started" if kind is ActionKind.SUBMIT else f"restart deferred ({reason})"
@@ -60,7 +94,7 @@ def plan(
         if blocked and blocked[0]:
             actions.append(Action(ActionKind.HOLD, spec.key, blocked[1], spec))
             continue
-        wanted.append((spec, kind, reason if not blocked else f"{reason}|{blocked[1]}"))
+        wanted.append((spec, kind, reason if not blocked else f"{reason}|{blocked[1]}", template))
 
     for key, rec in snapshot.items():
         if key in seen or not (rec.state.live or rec.intent):
@@ -94,24 +128,26 @@ def _dependencies(spec: RunSpec, by_experiment: Mapping[str, list[RunSpec]], sna
     return None
 
 
-def _assign(wanted: list[tuple[RunSpec, ActionKind, str]], snapshot: Mapping[str, RunRecord], capacity: Mapping[str, int]) -> list[Action]:
+def _assign(wanted: list[tuple[RunSpec, ActionKind, str, Action | None]], snapshot: Mapping[str, RunRecord],
+            capacity: Mapping[str, int]) -> list[Action]:
     used = Counter(r.cluster for r in snapshot.values() if r.state.live or r.intent)
     out: list[Action] = []
     # a restart's own cancel frees its slot
-    for spec, kind, _ in wanted:
+    for spec, kind, _, _ in wanted:
         rec = snapshot.get(spec.key)
         if kind is ActionKind.RESTART and rec is not None and (rec.state.live or rec.intent):
             used[rec.cluster] -= 1
-    for spec, kind, reason in sorted(wanted, key=lambda w: (-w[0].priority, w[0].row)):
+    for spec, kind, reason, template in sorted(wanted, key=lambda w: (-w[0].priority, w[0].row)):
         reason, _, dep_wait = reason.partition("|")
+        base = template or Action(kind, spec.key, reason, spec)
         if dep_wait:
-            out.append(Action(kind, spec.key, reason, spec, "", dep_wait))
+            out.append(replace(base, reason=reason, waiting=dep_wait))
             continue
         chosen = next((c for c in spec.clusters if used[c] < capacity.get(c, 1)), "")
         if chosen:
             used[chosen] += 1
-            out.append(Action(kind, spec.key, reason, spec, chosen))
+            out.append(replace(base, reason=reason, cluster=chosen))
         else:
             full = ", ".join(f"{c} {used[c]}/{capacity.get(c, 1)}" for c in spec.clusters)
-            out.append(Action(kind, spec.key, reason, spec, "", f"no free slot ({full})"))
+            out.append(replace(base, reason=reason, waiting=f"no free slot ({full})"))
     return out

@@ -76,6 +76,7 @@ class Reconciler:
         self._stamp: tuple[int, int] | None = None
         self._backends: dict[str, Backend] = {}
         self._results_fingerprint = ""
+        self._retry: dict[str, tuple[int, str]] = {}  # run key -> (retry number, reason) of the attempt being submitted
 
     # ------------------------------------------------------------ workbook
     def load(self, keep_last_good: bool = False) -> list[str]:
@@ -137,7 +138,8 @@ class Reconciler:
     # ------------------------------------------------------------ plan
     def plan(self, prune: bool = False) -> Plan:
         assert self.workbook is not None
-        return make_plan(self.specs, self.store.snapshot(), self.capacity(), prune=prune)
+        return make_plan(self.specs, self.store.snapshot(), self.capacity(), prune=prune,
+                         overrides=self.store.overrides())
 
     # ------------------------------------------------------------ one pass
     def run_pass(self, prune: bool = False, results: bool = True) -> PassReport:
@@ -147,11 +149,13 @@ class Reconciler:
         self._recover(now, report)
         self._poll(now, report)
         self._rules(now, report)
-        plan = make_plan(self.specs, self.store.snapshot(), self.capacity(), prune=prune)
+        overrides = self.store.overrides()
+        plan = make_plan(self.specs, self.store.snapshot(), self.capacity(), prune=prune, overrides=overrides)
         report.plan = plan
         self._cancel(plan, now, report)
         self._submit(plan, now, report)
         self._mark_orphans(plan)
+        self._expire_overrides(overrides)
         if results and (report.changed or not self._results_fingerprint):
             report.results_written = self.write_results(plan)
         return report
@@ -310,9 +314,11 @@ class Reconciler:
                 continue
             prev = snap.get(a.key)
             attempt = (prev.attempt + 1) if prev else 1
-            job = self._job(a.spec, a.cluster, attempt, self.run_dir(a.spec, a.cluster, attempt), resume=False,
-                            prev_dir="")
+            prev_dir = prev.run_dir if (prev and a.resume) else ""
+            job = self._job(a.spec, a.cluster, attempt, self.run_dir(a.spec, a.cluster, attempt), resume=a.resume,
+                            prev_dir=prev_dir)
             by_cluster.setdefault(a.cluster, []).append((job, prev))
+            self._retry[a.key] = (a.retry, a.reason)
         for cluster, jobs in by_cluster.items():
             self._dispatch(cluster, jobs, now, report)
 
@@ -328,8 +334,10 @@ class Reconciler:
                 if wd not in git_cache:
                     git_cache[wd] = git_info(wd)
                 commit, dirty = git_cache[wd]
+                retry, why = self._retry.pop(job.key, (0, ""))
                 intents.append(NewAttempt(spec, job.attempt, cluster, job.run_dir, _command_line(job),
-                                          commit, dirty, parent=prev.attempt if prev else None))
+                                          commit, dirty, parent=prev.attempt if prev else None,
+                                          retry=retry, reason=why))
             self.store.record_intents(intents, now)
         try:
             results = self.backend(cluster).submit([j for j, _ in jobs])
@@ -349,6 +357,19 @@ class Reconciler:
             report.events.append(ev)
         self.store.apply(updates)
         report.changed = True
+
+    def _expire_overrides(self, overrides) -> None:
+        """Drop overrides whose row changed or whose restart was used up."""
+        from .plan import active_override
+
+        if not overrides:
+            return
+        specs = {s.key: s for s in self.specs}
+        snap = self.store.snapshot()
+        stale = [k for k, o in overrides.items()
+                 if k in specs and active_override(o, specs[k], snap.get(k)) is None]
+        if stale:
+            self.store.drop_overrides(stale)
 
     def _mark_orphans(self, plan: Plan) -> None:
         orphans = {a.key for a in plan.of(ActionKind.ORPHAN)}
@@ -424,16 +445,16 @@ class Reconciler:
         p = Path(os.path.expanduser(self.workbook.settings.results or "results.xlsx"))
         return p if p.is_absolute() else self.project_dir / p
 
-    def write_results(self, plan: Plan | None = None) -> bool:
-        from .results import fingerprint, write_results
+    def write_results(self, plan: Plan | None = None, charts: bool | None = None) -> bool:
+        """Rewrite the results workbook if what it shows changed (results.py decides;
+        `charts=True` forces fresh curves, e.g. when the loop ends)."""
+        from .results import write_results
 
-        data = self.results_input(plan)
-        fp = fingerprint(data)
-        if fp == self._results_fingerprint and self.results_path().exists():
-            return False
-        write_results(self.results_path(), data)
-        self._results_fingerprint = fp
-        return True
+        assert self.workbook is not None
+        remote = {c.name: c.host for c in self.workbook.clusters if c.kind is not ClusterKind.LOCAL and c.host}
+        written = write_results(self.results_path(), self.results_input(plan), charts=charts, remote_hosts=remote)
+        self._results_fingerprint = "written"
+        return written
 
     # ------------------------------------------------------------ queries
     def outstanding(self, plan: Plan) -> int:

@@ -211,11 +211,20 @@ def plot_curves(data_runs: Sequence[RunRecord], histories: Mapping[str, Mapping[
     n = len(lines)
     fig = Figure(figsize=(10, 5.6), dpi=110, layout="constrained")
     ax = fig.subplots()
+    firsts = sorted(vs[0] for _, _, vs in lines)
+    cap = _axis_cap(goal, [max(vs) for _, _, vs in lines], firsts[len(firsts) // 2])
     for i, (key, steps, values) in enumerate(lines):
+        off = cap is not None and min(values) > cap
         ax.plot(steps, values, color=PALETTE[i % 10], linestyle="--" if (i // 10) % 2 else "-",
-                linewidth=1.4, marker="o" if len(steps) < 3 else None, markersize=3, label=key)
-    if _log_scale(v for _, _, vs in lines for v in vs):
+                linewidth=1.4, marker="o" if len(steps) < 3 else None, markersize=3,
+                label=f"{key} (off the chart)" if off else key)
+    shown = [v for _, _, vs in lines for v in vs if cap is None or v <= cap]
+    log = _log_scale(shown + ([cap] if cap is not None else []))
+    if log:
         ax.set_yscale("log")
+    if cap is not None:  # a diverging run's line leaves the top, as in the workbook's charts
+        low = min(shown)
+        ax.set_ylim(low / 1.5 if log else min(0.0, low), cap)
     ax.set_xlabel("step")
     ax.set_ylabel(metric)
     ax.set_title(title or f"{metric} ({goal} is better), {n} run{'s' if n != 1 else ''}")
@@ -964,10 +973,17 @@ def _write_curves(book: Any, ws: Any, data_ws: Any, view: _View, fmt: _Formats) 
             page_top = y
         for k, (exp, m, chunk, part) in enumerate(charts):
             goal = view.goal(m)
+            firsts = sorted(s.y_first for s in chunk)
+            cap = _axis_cap(goal, [s.y_max for s in chunk], firsts[len(firsts) // 2])
+            shown = [v for s in chunk for v in (s.y_min, s.y_max) if cap is None or v <= cap]
+            log = _log_scale(shown + ([cap] if cap is not None else []))
+            if log and cap is not None:
+                cap = 10 ** math.ceil(math.log10(cap))
             chart = book.add_chart({"type": "scatter", "subtype": "straight"})
             for i, s in enumerate(chunk):
+                off = cap is not None and s.y_min > cap  # diverged from the start: say so
                 chart.add_series({
-                    "name": s.label,
+                    "name": _chart_text(s.label + " (off the chart)") if off else s.label,
                     "categories": ["Curve data", s.row, 5, s.row, 5 + s.n - 1],
                     "values": ["Curve data", s.row + 1, 5, s.row + 1, 5 + s.n - 1],
                     "line": {"color": PALETTE[i % 10], "width": 1.5,
@@ -983,13 +999,8 @@ def _write_curves(book: Any, ws: Any, data_ws: Any, view: _View, fmt: _Formats) 
             y_axis: dict[str, Any] = {"name": _chart_text(m), "name_font": {"size": 9, "bold": False},
                                       "num_font": {"size": 8},
                                       "major_gridlines": {"visible": True, "line": {"color": "#E4E4E4"}}}
-            firsts = sorted(s.y_first for s in chunk)
-            cap = _axis_cap(goal, [s.y_max for s in chunk], firsts[len(firsts) // 2])
-            shown = [v for s in chunk for v in (s.y_min, s.y_max) if cap is None or v <= cap]
-            if _log_scale(shown + ([cap] if cap is not None else [])):
+            if log:
                 y_axis["log_base"] = 10
-                if cap is not None:
-                    cap = 10 ** math.ceil(math.log10(cap))
             if cap is not None:  # a diverging run's line leaves the top of the chart
                 y_axis["max"] = cap
             chart.set_y_axis(y_axis)

@@ -1008,11 +1008,12 @@ EXAMPLE_EXPERIMENTS = (
     ("id", "state", "command", "lr", "layers", "epochs", "cluster", "rules", "notify", "retries",
      "priority", "after", "time", "cpus", "mem", "gpus", "partition", "account", "setup", "workdir",
      "template", "notes"),
-    ("demo", "run", EXAMPLE_COMMAND, "[0.01, 0.1, 3.0]", "[1, 2]", 20, "local",
+    ("demo", "run", EXAMPLE_COMMAND, "[0.01, 0.1, 3.0]", "[0, 2]", 20, "local",
      "isnan(loss); plateau(val_loss, 5)", "failed, terminated", None, None, None, None, None, None,
      None, None, None, None, None, None,
      "3 learning rates × 2 depths = 6 runs of about 6 s. lr=3.0 diverges to NaN and the isnan "
-     "rule stops it. Edit a cell and run nero plan to see what would change."),
+     "rule stops it; the linear model (layers=0) with lr=0.1 stalls and plateau stops it. "
+     "Edit a cell and run nero plan to see what would change."),
     ("demo-hold", "hold", EXAMPLE_COMMAND, "logspace(-3, -1, 3)", 3, 20, "local", "isnan(loss)",
      "failed", 1, None, "demo", None, None, None, None, None, None, None, None, None,
      "Held: nothing starts until you set state to run; then it waits for demo (after) and "

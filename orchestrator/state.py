@@ -3,7 +3,8 @@
 Tables: `runs` (identity and essence of each run the sheet ever asked for and nero
 submitted), `attempts` (each submission of a run: job id, run directory, state, read
 offsets, last/best metrics), `metrics` (every metric point), `events` (every transition
-with its reason), `outbox` (e-mails with a sent mark), `meta` (schema version).
+with its reason), `outbox` (e-mails: the exact message, its delivery status and a sent
+mark), `meta` (schema version, the e-mail event cursor and last digest time).
 
 Crash safety rests on two rules. (1) An attempt row is committed with `intent=1`
 *before* its job is submitted; the row is confirmed with the job id afterwards, so after
@@ -17,13 +18,14 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import StateError
-from .model import Event, MetricPoint, Offsets, ResourceSample, RunRecord, RunState, RunSpec
+from .model import (
+    Event, MetricPoint, Offsets, Override, OverrideKind, ResourceSample, RunRecord, RunSpec, RunState,
+)
 
 SCHEMA_VERSION = 1
 
@@ -62,6 +64,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     exit_code INTEGER,
     heartbeat_at REAL,
     stop_requested TEXT NOT NULL DEFAULT '',
+    retry INTEGER NOT NULL DEFAULT 0,
     off_stdout INTEGER NOT NULL DEFAULT 0,
     off_stderr INTEGER NOT NULL DEFAULT 0,
     off_metrics INTEGER NOT NULL DEFAULT 0,
@@ -93,15 +96,29 @@ CREATE TABLE IF NOT EXISTS events (
     reason TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS events_by_run ON events (key);
+CREATE TABLE IF NOT EXISTS overrides (
+    key TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    spec_hash TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    time REAL NOT NULL,
+    resume INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     created_at REAL NOT NULL,
     kind TEXT NOT NULL,
     subject TEXT NOT NULL,
-    payload TEXT NOT NULL,
+    payload TEXT NOT NULL DEFAULT '{}',
     sent_at REAL,
     tries INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT NOT NULL DEFAULT ''
+    last_error TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL DEFAULT 'queued',
+    message_id TEXT NOT NULL DEFAULT '',
+    sender TEXT NOT NULL DEFAULT '',
+    recipients TEXT NOT NULL DEFAULT '',
+    eml TEXT NOT NULL DEFAULT '',
+    message BLOB
 );
 """
 
@@ -111,7 +128,7 @@ SELECT r.key, r.number, r.experiment, r.spec_hash, r.essence, r.params, r.orphan
        a.submitted_at, a.started_at, a.ended_at, a.exit_code, a.git_commit, a.git_dirty,
        a.intent, a.last, a.best, a.step, a.heartbeat_at, a.command, a.peak_rss, a.peak_gpu,
        a.min_disk, a.parent, a.code_hash, a.off_stdout, a.off_stderr, a.off_metrics,
-       a.off_resources, a.stop_requested
+       a.off_resources, a.stop_requested, a.retry
 FROM runs r JOIN attempts a ON a.key = r.key AND a.attempt = r.attempt
 """
 
@@ -132,7 +149,7 @@ def _record(row: tuple) -> RunRecord:
         intent=bool(row[20]), last=_loads(row[21]), best=_loads(row[22]), step=row[23],
         heartbeat_at=row[24], command=row[25], peak_rss_mb=row[26], peak_gpu_mem_mb=row[27],
         min_disk_free_mb=row[28], parent_attempt=row[29], code_hash=row[30],
-        offsets=Offsets(row[31], row[32], row[33], row[34]), stop_requested=row[35],
+        offsets=Offsets(row[31], row[32], row[33], row[34]), stop_requested=row[35], retry=row[36],
     )
 
 
@@ -177,6 +194,28 @@ class NewAttempt:
     git_dirty: bool = False
     code_hash: str = ""
     parent: int | None = None
+    retry: int = 0
+    reason: str = ""  # why it is submitted (new run, what changed, retry …), for the event
+
+
+@dataclass(frozen=True)
+class Mail:
+    """One e-mail in the outbox: `message` holds the exact MIME bytes that are written to
+    its .eml file and handed to the SMTP server (dropped from the store once sent)."""
+
+    kind: str  # "notice" or "digest"
+    subject: str
+    message_id: str
+    sender: str
+    recipients: tuple[str, ...]
+    message: bytes
+    eml: str  # the file name in the outbox folder (a pattern with `{id}` before it is stored)
+    status: str = "queued"
+    id: int = 0
+    created_at: float = 0.0
+    tries: int = 0
+    last_error: str = ""
+    sent_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -322,11 +361,12 @@ class Store:
                     next_number += 1
                 self.db.execute(
                     "INSERT OR REPLACE INTO attempts (key, attempt, state, cluster, run_dir, spec_hash, command, "
-                    "intent, parent, code_hash, git_commit, git_dirty, submitted_at) VALUES (?,?,?,?,?,?,?,1,?,?,?,?,?)",
+                    "intent, parent, code_hash, git_commit, git_dirty, submitted_at, retry) VALUES (?,?,?,?,?,?,?,1,?,?,?,?,?,?)",
                     (s.key, n.attempt, RunState.PENDING.value, n.cluster, n.run_dir, s.spec_hash, n.command,
-                     n.parent, n.code_hash, n.git_commit, int(n.git_dirty), now),
+                     n.parent, n.code_hash, n.git_commit, int(n.git_dirty), now, n.retry),
                 )
-                self._event(Event(now, s.key, "submitting", f"attempt {n.attempt} on {n.cluster}", n.attempt))
+                why = f": {n.reason}" if n.reason else ""
+                self._event(Event(now, s.key, "submitting", f"attempt {n.attempt} on {n.cluster}{why}", n.attempt))
 
     def apply(self, updates: Iterable[Update], events: Iterable[Event] = (), orphaned: Iterable[tuple[str, bool]] = ()) -> None:
         """Apply one pass's observations, metric points and events in one transaction."""
@@ -387,26 +427,121 @@ class Store:
             (e.time, e.key, e.attempt, e.kind, e.reason),
         )
 
+    # ----------------------------------------------------------------- overrides
+    def overrides(self) -> dict[str, Override]:
+        rows = self.db.execute("SELECT key, kind, spec_hash, attempt, time, resume FROM overrides")
+        return {k: Override(k, OverrideKind(kind), h, a, t, bool(r)) for k, kind, h, a, t, r in rows}
+
+    def set_overrides(self, items: Sequence[Override], events: Iterable[Event] = ()) -> None:
+        with self.transaction():
+            for o in items:
+                self.db.execute("INSERT OR REPLACE INTO overrides VALUES (?,?,?,?,?,?)",
+                                (o.key, o.kind.value, o.spec_hash, o.attempt, o.time, int(o.resume)))
+            for e in events:
+                self._event(e)
+
+    def drop_overrides(self, keys: Iterable[str], kinds: Iterable[OverrideKind] | None = None,
+                       events: Iterable[Event] = ()) -> int:
+        n = 0
+        with self.transaction():
+            for k in keys:
+                if kinds is None:
+                    n += self.db.execute("DELETE FROM overrides WHERE key=?", (k,)).rowcount
+                else:
+                    for kind in kinds:
+                        n += self.db.execute("DELETE FROM overrides WHERE key=? AND kind=?", (k, kind.value)).rowcount
+            for e in events:
+                self._event(e)
+        return n
+
     # ----------------------------------------------------------------- outbox
-    def enqueue_mail(self, kind: str, subject: str, payload: dict, now: float | None = None) -> int:
-        with self.transaction():
-            cur = self.db.execute(
-                "INSERT INTO outbox (created_at, kind, subject, payload) VALUES (?,?,?,?)",
-                (now or time.time(), kind, subject, json.dumps(payload)),
-            )
-            return int(cur.lastrowid or 0)
+    # Statuses: `queued` (to deliver) → `sending` (committed just before the message's
+    # data goes on the wire) → `sent`; `failed` (refused for good), `uncertain` (the
+    # connection broke after the data went out, or nero died in between: maybe delivered,
+    # never resent), `local` (no SMTP configured: the .eml file is all there is).
+    # notify.py explains the delivery guarantees.
+    def _outbox_columns(self) -> None:
+        """Add the outbox columns a state store from before e-mail delivery lacks (once)."""
+        if getattr(self, "_outbox_checked", False):
+            return
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(outbox)")}
+        wanted = {"status": "TEXT NOT NULL DEFAULT 'queued'", "message_id": "TEXT NOT NULL DEFAULT ''",
+                  "sender": "TEXT NOT NULL DEFAULT ''", "recipients": "TEXT NOT NULL DEFAULT ''",
+                  "eml": "TEXT NOT NULL DEFAULT ''", "message": "BLOB"}
+        missing = [(c, t) for c, t in wanted.items() if c not in have]
+        if missing:
+            with self.transaction():
+                for column, decl in missing:
+                    self.db.execute(f"ALTER TABLE outbox ADD COLUMN {column} {decl}")
+                self.db.execute("UPDATE outbox SET status='sent' WHERE sent_at IS NOT NULL")
+        self._outbox_checked = True
 
-    def unsent_mail(self) -> list[tuple[int, str, str, dict]]:
-        rows = self.db.execute("SELECT id, kind, subject, payload FROM outbox WHERE sent_at IS NULL ORDER BY id")
-        return [(i, k, s, json.loads(p)) for i, k, s, p in rows]
-
-    def mark_sent(self, mail_id: int, now: float) -> None:
+    def enqueue_mail(self, mails: Sequence[Mail], now: float, meta: dict[str, str] | None = None) -> list[Mail]:
+        """Store new messages (each `Mail.eml` is a pattern with `{id}`) and `meta` values
+        in one transaction; returns the messages with their ids and file names."""
+        self._outbox_columns()
+        out = []
         with self.transaction():
-            self.db.execute("UPDATE outbox SET sent_at=? WHERE id=?", (now, mail_id))
+            for m in mails:
+                cur = self.db.execute(
+                    "INSERT INTO outbox (created_at, kind, subject, status, message_id, sender, recipients, message) "
+                    "VALUES (?,?,?,?,?,?,?,?)",
+                    (now, m.kind, m.subject, m.status, m.message_id, m.sender, ",".join(m.recipients), m.message))
+                mail_id = int(cur.lastrowid or 0)
+                eml = m.eml.format(id=mail_id)
+                self.db.execute("UPDATE outbox SET eml=? WHERE id=?", (eml, mail_id))
+                out.append(replace(m, id=mail_id, eml=eml, created_at=now))
+            for key, value in (meta or {}).items():
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        return out
 
-    def mark_failed(self, mail_id: int, error: str) -> None:
+    def mail(self, statuses: Iterable[str] = ("queued",), kind: str | None = None,
+             limit: int | None = None, newest_first: bool = False) -> list[Mail]:
+        """Messages in the given statuses, oldest first (message bytes included)."""
+        self._outbox_columns()
+        wanted = list(statuses)
+        sql = (f"SELECT id, created_at, kind, subject, status, message_id, sender, recipients, eml, "
+               f"COALESCE(message, X''), tries, last_error, sent_at FROM outbox "
+               f"WHERE status IN ({','.join('?' * len(wanted))})")
+        args: list[object] = list(wanted)
+        if kind is not None:
+            sql += " AND kind=?"
+            args.append(kind)
+        sql += " ORDER BY id" + (" DESC" if newest_first else "") + (f" LIMIT {int(limit)}" if limit else "")
+        return [Mail(id=r[0], created_at=r[1], kind=r[2], subject=r[3], status=r[4], message_id=r[5], sender=r[6],
+                     recipients=tuple(a for a in r[7].split(",") if a), eml=r[8], message=bytes(r[9]),
+                     tries=r[10], last_error=r[11], sent_at=r[12]) for r in self.db.execute(sql, args)]
+
+    def claim_mail(self, mail_id: int) -> bool:
+        """queued → sending, committed before the message goes out; False if it is not queued."""
         with self.transaction():
-            self.db.execute("UPDATE outbox SET tries=tries+1, last_error=? WHERE id=?", (error[:500], mail_id))
+            cur = self.db.execute("UPDATE outbox SET status='sending', tries=tries+1 WHERE id=? AND status='queued'",
+                                  (mail_id,))
+            return cur.rowcount == 1
+
+    def settle_mail(self, mail_id: int, status: str, now: float, error: str = "") -> None:
+        """Record how a delivery ended: `sent` (the message bytes are dropped; the .eml file
+        keeps them), `queued` (not delivered: retried later), `failed` or `uncertain`."""
+        with self.transaction():
+            if status == "sent":
+                self.db.execute("UPDATE outbox SET status='sent', sent_at=?, message=NULL, last_error='' WHERE id=?",
+                                (now, mail_id))
+            else:
+                self.db.execute("UPDATE outbox SET status=?, last_error=? WHERE id=?", (status, error[:500], mail_id))
+
+    def events_after(self, event_id: int) -> list[tuple[int, Event]]:
+        """Events recorded after the event with this id, with their ids, in order."""
+        rows = self.db.execute("SELECT id, time, key, kind, reason, attempt FROM events WHERE id > ? ORDER BY id",
+                               (event_id,))
+        return [(i, Event(time=t, key=k, kind=kd, reason=r, attempt=a)) for i, t, k, kd, r, a in rows]
+
+    def last_event_id(self, before: float | None = None) -> int:
+        """The id of the newest event (recorded before the time `before`); 0 if none."""
+        if before is None:
+            row = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()
+        else:
+            row = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM events WHERE time < ?", (before,)).fetchone()
+        return int(row[0])
 
     def get_meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()

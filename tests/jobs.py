@@ -16,3 +16,32 @@ with open(os.path.join(os.environ["NERO_RUN_DIR"], "argv.json"), "w") as f:
     json.dump(sys.argv[1:], f)
 print("done=1")
 '''
+
+CONSTANT = r'''
+import sys, time
+loss = float(sys.argv[1]); fail = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+for i in range(1, 10_000):
+    print(f"step={i} loss={loss}", flush=True)
+    if fail and i >= fail:
+        sys.exit(1)
+    time.sleep(0.1)
+'''
+
+RESUMER = r'''
+import json, os, sys
+prev = os.environ.get("NERO_PREV_RUN_DIR", "")
+done = 0
+if os.environ.get("NERO_RESUME") == "1" and prev:
+    done = json.load(open(os.path.join(prev, "ckpt.json")))["done"]
+for step in range(done + 1, done + 6):
+    print(f"step={step} loss={1 / step:.4f}", flush=True)
+json.dump({"done": done + 5, "resume": os.environ.get("NERO_RESUME"), "prev": prev},
+          open(os.path.join(os.environ["NERO_RUN_DIR"], "ckpt.json"), "w"))
+sys.exit(0 if done + 5 >= 15 else 2)
+'''
+
+SLEEPER = r'''
+import sys, time
+time.sleep(float(sys.argv[1]))
+print("done=1")
+'''

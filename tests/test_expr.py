@@ -222,6 +222,8 @@ def test_plateau() -> None:
     assert p([3, 2, 1], 2) is False
     assert p([3, 2, 1], 1) is False
     assert p([1, 1, 1], 2) is True                    # equal is no improvement
+    assert p([1, 0.99999, 0.99998], 2) is True        # nor is a gain below 0.01 % by default
+    assert p([1, 0.99999, 0.99998], 2, delta="0") is False
     assert p([1, 2], 2) is None                       # needs n+1 evaluations
     assert p([1, 2, 3], 2) is True and p([1, 0.95], 1, delta="0.1") is True and p([1, 0.85], 1, delta="0.1") is False
     assert p([1, 2, 3], 2, "max") is False and p([3, 2, 1], 2, "max") is True
@@ -686,7 +688,7 @@ def ref_condition(t: tuple) -> Fn:
             return UNKNOWN if x is MISSING else (is_number(x) and test(x))
         return check
     if kind == "plateau":
-        metric, n, delta = t[1], t[2], t[3] or 0.0
+        metric, n, given = t[1], t[2], t[3]
 
         def plateau(f: Facts) -> object:
             series = ref_series(f, metric)
@@ -699,7 +701,9 @@ def ref_condition(t: tuple) -> Fn:
                 return True
             if not before:
                 return False
-            return not (min(recent) < min(before) - delta)
+            best = min(before)
+            delta = given if given is not None else (1e-4 * abs(best) if math.isfinite(best) else 0.0)
+            return not (min(recent) < best - delta)
         return plateau
     if kind == "bool":
         return lambda f, b=t[1]: b

@@ -497,3 +497,27 @@ def test_large_histories_refresh_the_curves_at_most_every_five_minutes(tmp_path)
     assert write_results(path, dataclasses.replace(grown, now=NOW + 301))  # five minutes later
     assert points_of("lr-sweep[lr=0.001]") == 90
     assert write_results(path, dataclasses.replace(grown, now=NOW + 900)) is False
+
+
+def test_diverged_runs_do_not_flatten_the_charts(tmp_path):
+    """Like the demo's lr=3: finite but astronomically large losses, from the first step."""
+    data = make_input(tmp_path)
+    h = dict(data.histories)
+    h["lr-sweep[lr=0.01]"] = {"val_err": tuple((s, 10.0 ** (80 + 60 * s)) for s in range(1, 4)) + ((4, math.nan),),
+                              "loss": curve(100, 2.5)}
+    runs = tuple(dataclasses.replace(r, last={}, best={}) if r.number == 2 else r for r in data.runs)
+    data = dataclasses.replace(data, histories=h, runs=runs)
+    path = tmp_path / "results.xlsx"
+    write_results(path, data)
+    with zipfile.ZipFile(path) as z:
+        chart = next(c for c in (z.read(n).decode() for n in z.namelist() if n.startswith("xl/charts/"))
+                     if "lr-sweep: val_err" in c)
+        board = next(c for c in (z.read(n).decode() for n in z.namelist() if n.startswith("xl/charts/"))
+                     if "Leaderboard" in c)
+    assert "lr=0.01 (off the chart)" in chart
+    assert '<c:max val="10"/>' in chart  # the others keep a readable axis (log, up to 10)
+    assert "<c:max " in board and "0.00E+00" in board
+    s = pd.read_excel(path, sheet_name="Summary").set_index("run")
+    assert s.loc["lr-sweep[lr=0.01]", "best:val_err"] == pytest.approx(1e140)
+    out = plot_curves(data.runs, h, "val_err", tmp_path / "val_err.png")  # no overflow in the axis
+    assert out.stat().st_size > 10_000

@@ -1,0 +1,154 @@
+"""Selectors and bulk actions, retries with lineage, and queue order, on real local jobs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from conftest import nero, write_workbook
+from jobs import CONSTANT, RESUMER, SLEEPER
+from test_core_loop import status, wait_for
+
+
+@contextlib.contextmanager
+def db(project: Path):
+    con = sqlite3.connect(project / ".nero" / "state.db")
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+def reconcile(project: Path) -> None:
+    nero("reconcile", str(project), "-q", check=True)
+
+
+def test_abort_by_condition_touches_exactly_the_matching_runs(project: Path):
+    (project / "constant.py").write_text(CONSTANT)
+    rows = [{"id": "c", "command": "python constant.py {{ loss }}", "loss": "[0.2, 0.9]"}]
+    write_workbook(project / "experiments.xlsx", rows, clusters=[{"name": "local", "kind": "local", "max_jobs": 8}])
+    reconcile(project)
+    time.sleep(3.5)
+    # a run that starts later: high loss, but not yet running for long
+    time.sleep(1.1)
+    rows[0]["loss"] = "[0.2, 0.9, 0.95]"
+    write_workbook(project / "experiments.xlsx", rows, clusters=[{"name": "local", "kind": "local", "max_jobs": 8}])
+    reconcile(project)
+    wait_for(lambda: reconcile(project) or all(r["metrics"] for r in status(project)), what="metrics of every run")
+    proc = nero("abort", str(project), "runtime > 3s and loss > 0.5", "--yes")
+    assert proc.returncode == 0, proc.stderr
+    assert "c[loss=0.9]" in proc.stdout and "c[loss=0.2]" not in proc.stdout and "c[loss=0.95]" not in proc.stdout
+
+    def settled():
+        reconcile(project)
+        return {r["run"]: r["state"] for r in status(project)}
+
+    states = wait_for(lambda: (s := settled())["c[loss=0.9]"] == "cancelled" and s, timeout=30, what="cancelled")
+    assert states["c[loss=0.2]"] == "running" and states["c[loss=0.95]"] == "running"
+    # the abort persists: the plan does not start it again, and says why nothing changed
+    assert json.loads(nero("plan", str(project), "--json", check=True).stdout)["actions"] == []
+    hist = nero("history", str(project), "c[loss=0.9]", "--json", check=True).stdout
+    kinds = [e["event"] for e in json.loads(hist)]
+    assert kinds[-3:] == ["abort", "cancel", "cancelled"]
+    # a selector that matches nothing is said so, and hostile selectors are refused
+    assert "No run matches" in nero("abort", str(project), "loss > 100", "--yes", check=True).stdout
+    bad = nero("abort", str(project), "__import__('os').system('touch pwned')", "--yes")
+    assert bad.returncode == 2 and "error" in bad.stderr.lower() and not (project / "pwned").exists()
+
+
+def test_restart_failed_touches_exactly_the_failed_runs(project: Path):
+    (project / "constant.py").write_text(CONSTANT)
+    write_workbook(project / "experiments.xlsx", [
+        {"id": "f", "command": "python constant.py 0.5 {{ fail }}", "fail": "[0, 3]"},
+        {"id": "g", "command": "python constant.py 0.5 3"},
+        {"id": "ok", "command": "python constant.py 0.1 0", "state": "run"},
+    ], clusters=[{"name": "local", "kind": "local", "max_jobs": 8}])
+    # "ok" and f[fail=0] never end by themselves: they stay running
+    reconcile(project)
+    wait_for(lambda: reconcile(project) or sum(r["state"] == "failed" for r in status(project)) == 2,
+             timeout=30, what="two failures")
+    before = {r["run"]: r for r in status(project)}
+    proc = nero("restart", str(project), "failed", "--yes")
+    assert proc.returncode == 0, proc.stderr
+    after = {r["run"]: r for r in status(project)}
+    restarted = {k for k in after if after[k]["attempt"] == 2}
+    assert restarted == {"f[fail=3]", "g"}
+    assert all(after[k]["job_id"] == before[k]["job_id"] for k in after if k not in restarted)
+    # used up: the next plan is empty again
+    assert json.loads(nero("plan", str(project), "--json", check=True).stdout)["actions"] == []
+
+
+def test_retries_resume_and_keep_lineage(project: Path):
+    (project / "resumer.py").write_text(RESUMER)
+    write_workbook(project / "experiments.xlsx", [
+        {"id": "r", "command": "python resumer.py", "retries": 2},
+    ])
+    proc = nero("reconcile", str(project), "--until-done", "--interval", "0.3", timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = status(project)[0]
+    assert run["state"] == "completed" and run["attempt"] == 3 and run["retry"] == 2
+    with db(project) as con:
+        rows = con.execute("SELECT attempt, state, parent, retry, run_dir FROM attempts ORDER BY attempt").fetchall()
+    assert [(a, s, p, r) for a, s, p, r, _ in rows] == [(1, "failed", None, 0), (2, "failed", 1, 1), (3, "completed", 2, 2)]
+    ckpts = [json.loads((Path(d) / "ckpt.json").read_text()) for *_, d in rows]
+    assert [c["done"] for c in ckpts] == [5, 10, 15]
+    assert ckpts[1] == {"done": 10, "resume": "1", "prev": rows[0][4]}
+    assert ckpts[2]["prev"] == rows[1][4]
+    events = json.loads(nero("history", str(project), "--json", check=True).stdout)
+    submitting = [e["reason"] for e in events if e["event"] == "submitting"]
+    assert submitting == ["attempt 1 on local: new run", "attempt 2 on local: retry 1/2 after failed: exit code 2",
+                          "attempt 3 on local: retry 2/2 after failed: exit code 2"]
+    # the metrics shown are those of the attempt that completed
+    assert abs(run["metrics"]["loss"] - 1 / 15) < 1e-4 and run["step"] == 15
+
+
+def test_priority_after_and_max_jobs_order(project: Path):
+    (project / "sleeper.py").write_text(SLEEPER)
+    write_workbook(project / "experiments.xlsx", [
+        {"id": "low", "command": "python sleeper.py 1", "priority": 0},
+        {"id": "high", "command": "python sleeper.py 1", "priority": 5},
+        {"id": "dep", "command": "python sleeper.py 1", "priority": 10, "after": "high"},
+        {"id": "low2", "command": "python sleeper.py 1"},
+    ], clusters=[{"name": "local", "kind": "local", "max_jobs": 1}])
+    plan = json.loads(nero("plan", str(project), "--json", check=True).stdout)["actions"]
+    by_run = {a["run"]: a for a in plan}
+    assert by_run["high"]["cluster"] == "local"
+    assert by_run["dep"]["waiting"] == "after high: 0/1 runs completed"
+    assert by_run["low"]["waiting"].startswith("no free slot (local 1/1)")
+    proc = nero("reconcile", str(project), "--until-done", "--interval", "0.3", timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    runs = status(project)
+    order = [r["run"] for r in sorted(runs, key=lambda r: r["number"])]
+    assert order == ["high", "dep", "low", "low2"]
+    with db(project) as con:
+        spans = con.execute("SELECT key, started_at, ended_at FROM attempts ORDER BY started_at").fetchall()
+    for (_, _, end), (_, start, _) in zip(spans, spans[1:]):
+        assert start >= end - 0.05  # never two at once with max_jobs=1
+
+
+def test_after_a_failed_dependency_holds_with_the_reason(project: Path):
+    write_workbook(project / "experiments.xlsx", [
+        {"id": "first", "command": "exit 4"},
+        {"id": "second", "command": "echo never", "after": "first"},
+    ])
+    proc = nero("reconcile", str(project), "--until-done", "--interval", "0.3", timeout=60)
+    assert proc.returncode == 1
+    plan = json.loads(nero("plan", str(project), "--json", check=True).stdout)["actions"]
+    assert plan == [{"action": "held", "run": "second", "reason": "after first: first failed", "cluster": "", "waiting": ""}]
+
+
+def test_hold_and_release(project: Path):
+    (project / "sleeper.py").write_text(SLEEPER)
+    write_workbook(project / "experiments.xlsx", [{"id": "h", "command": "python sleeper.py 0.2", "n": "[1, 2]"}])
+    assert nero("hold", str(project), "h[n=2]", "--yes", check=True).returncode == 0
+    proc = nero("reconcile", str(project), "--until-done", "--interval", "0.3", timeout=60)
+    assert proc.returncode == 0
+    assert [r["run"] for r in status(project)] == ["h[n=1]"]
+    plan = json.loads(nero("plan", str(project), "--json", check=True).stdout)["actions"]
+    assert plan[0]["action"] == "held" and "nero hold" in plan[0]["reason"]
+    nero("release", str(project), "h*", "--yes", check=True)
+    nero("reconcile", str(project), "--until-done", "--interval", "0.3", timeout=60, check=True)
+    assert {r["run"]: r["state"] for r in status(project)} == {"h[n=1]": "completed", "h[n=2]": "completed"}
