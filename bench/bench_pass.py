@@ -63,7 +63,7 @@ def main() -> None:
         nochange = statistics.median(times)
 
         time.sleep(0.01)
-        write(path, side + 1, side, 11)  # one more lr value, and epochs changed
+        write(path, side, side + 1, 11)  # one more seed value (new runs), and epochs changed (restarts)
         t = time.perf_counter()
         rec.load(keep_last_good=True)
         p = rec.plan()

@@ -266,6 +266,7 @@ def _loop(rec, interval: float | None, until_done: bool, prune: bool, quiet: boo
 
     every = interval or (rec.workbook.settings.interval if rec.workbook else 30) or 30
     sched = schedule.Scheduler()
+    digests = _DigestLoop(rec, sched, quiet)
     done = {"flag": False}
     progress = None
     if until_done and sys.stdout.isatty() and not quiet:
@@ -287,6 +288,7 @@ def _loop(rec, interval: float | None, until_done: bool, prune: bool, quiet: boo
             click.echo(f"warning: {w}", err=True)
         report = rec.run_pass(prune=prune)
         _print_report(report, quiet)
+        digests.after_pass(report)
         if progress is not None:
             snap = rec.store.snapshot()
             finished = sum(1 for r in snap.values() if r.state.finished)
@@ -657,6 +659,163 @@ def history(args: tuple[str, ...], workbook: str | None, as_json: bool, last: in
                       str(c.record.number) if c.record else "-", escape(e.key), str(e.attempt or ""),
                       f"[{style}]{e.kind}[/]" if style else e.kind, escape(e.reason))
         _console().print(t)
+    finally:
+        rec.close()
+
+
+@main.command()
+@click.argument("args", nargs=-1, required=True, metavar="[WORKBOOK] SELECTOR METRIC")
+@click.option("-w", "--workbook", default=None, help="The experiments workbook (file or folder).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="The PNG to write (default: <metric>.png beside the workbook).")
+def plot(args: tuple[str, ...], workbook: str | None, output: str | None) -> None:
+    """Draw METRIC over steps for the runs matching SELECTOR, one line per run, to a PNG:
+    the curves of the results workbook, for a quick look.
+
+    \b
+    Example: nero plot 'demo*' val_loss -o val_loss.png"""
+    from .reconcile import Reconciler
+    from .results import plot_curves
+
+    if len(args) not in (2, 3):
+        raise click.UsageError("give SELECTOR and METRIC (and optionally the workbook first)")
+    given, selector, metric = (None, *args) if len(args) == 2 else args
+    rec = Reconciler(resolve_workbook(workbook or given))
+    try:
+        keys = {c.key for c in _candidates(rec, selector) if c.record is not None}
+        runs = sorted((r for r in rec.store.snapshot().values() if r.key in keys), key=lambda r: r.number)
+        if not runs:
+            raise click.ClickException(f"no started run matches {selector!r}; `nero status` lists the runs")
+        out = Path(output) if output else rec.project_dir / f"{metric.replace('/', '_')}.png"
+        goal = rec.workbook.goal(metric) if rec.workbook else None
+        try:
+            plot_curves(runs, rec.store.histories(), metric, out, goal=goal)
+        except NeroError as e:
+            _fail(e)
+        click.echo(f"Wrote {out} ({len(runs)} run{'s' if len(runs) != 1 else ''}).")
+    finally:
+        rec.close()
+
+
+# ------------------------------------------------------------------------------ e-mail digests
+class _DigestLoop:
+    """Settings `digest` inside the reconcile loop: a `schedule` job on the loop's scheduler
+    (every N minutes/hours, or daily at HH:MM), re-planned when the setting changes. When a
+    loop starts after a digest was missed (nero was not running), one is sent right away."""
+
+    def __init__(self, rec, sched, quiet: bool):
+        self.rec, self.sched, self.quiet = rec, sched, quiet
+        self.setting: str | None = None
+        self.job = None
+        self.plan = None
+
+    def after_pass(self, report) -> None:
+        from .notify import DIGEST_KEY, digest_overdue, parse_digest
+
+        self.plan = report.plan
+        setting = self.rec.workbook.settings.digest if self.rec.workbook else "off"
+        if setting == self.setting:
+            return
+        first = self.setting is None
+        self.setting = setting
+        if self.job is not None:
+            self.sched.cancel_job(self.job)
+            self.job = None
+        when = parse_digest(setting)
+        if when.off:
+            return
+        if when.every_s is not None:
+            self.job = getattr(self.sched.every(when.n), when.unit).do(self.send)
+        else:
+            self.job = self.sched.every().day.at(when.daily_at).do(self.send)
+        raw = self.rec.store.get_meta(DIGEST_KEY)
+        if first and digest_overdue(when, float(raw) if raw else None, self.rec.clock()):
+            self.send()
+
+    def send(self) -> None:
+        from .notify import Mailer
+
+        rec = self.rec
+        try:
+            mailer = Mailer.of(rec.store, rec.project_dir)
+            warnings: list[str] = []
+            now = rec.clock()
+            mail = mailer.digest(rec.results_input(self.plan), rec.results_path(), now, warnings=warnings)
+            if mail is not None:
+                warnings += mailer.deliver(rec.workbook.settings, now)
+                if not self.quiet:
+                    click.echo(f"{time.strftime('%H:%M:%S', time.localtime(now))} digest     {mail.subject}")
+        except Exception as e:  # a digest never stops the loop
+            warnings = [f"digest not built: {type(e).__name__}: {e}"]
+        for w in warnings:
+            click.echo(f"warning: {w}", err=True)
+
+
+@main.command()
+@WORKBOOK_ARG
+@click.option("--preview", "mode", flag_value="preview", default=True,
+              help="Build the digest as it would be sent now and show it (default); nothing is sent.")
+@click.option("--send", "mode", flag_value="send", help="Build a digest now and e-mail it (or write it to the outbox).")
+@click.option("--open", "open_browser", is_flag=True, help="With --preview: open the HTML in a web browser.")
+def digest(workbook: str | None, mode: str, open_browser: bool) -> None:
+    """The progress digest: counts by state, what changed since the last digest, the top
+    runs by primary_metric, learning curves per experiment, resources, and the results
+    workbook attached.
+
+    \b
+    --preview  prints the text version and writes .nero/preview/digest.html (with its
+               plots) and digest.eml beside it; the next digest still covers the same period
+    --send     e-mails it now through Settings smtp_host to email_to (password from
+               NERO_SMTP_PASSWORD or the keyring); without SMTP settings it is written to
+               .nero/outbox/ as an .eml file. Exit code 1 if it could not be delivered
+               (it stays queued and the next `nero reconcile` retries).
+
+    Settings `digest` (every 6 hours, daily at 08:00, off) sends it from `nero reconcile --watch`.
+    """
+    from .notify import Mailer, html_with_data_uris, text_of
+
+    rec = _open(workbook)
+    try:
+        try:
+            current_plan = rec.plan()
+        except NeroError:
+            current_plan = None
+        mailer = Mailer.of(rec.store, rec.project_dir)
+        warnings: list[str] = []
+        now = time.time()
+        data = rec.results_input(current_plan)
+        if mode == "preview":
+            mail = mailer.preview(data, rec.results_path(), now, warnings)
+            folder = rec.store.path.parent / "preview"
+            folder.mkdir(parents=True, exist_ok=True)
+            eml, page = folder / "digest.eml", folder / "digest.html"
+            eml.write_bytes(mail.message)
+            page.write_text(html_with_data_uris(mail.message), encoding="utf-8")
+            for w in warnings:
+                click.echo(f"warning: {w}", err=True)
+            click.echo(f"Subject: {mail.subject}\n")
+            click.echo(text_of(mail.message).rstrip())
+            click.echo(f"\nHTML with its plots: {page}\nThe message as it would be sent: {eml}")
+            if open_browser:
+                click.launch(str(page))
+            return
+        mail = mailer.digest(data, rec.results_path(), now, force=True, warnings=warnings)
+        assert mail is not None
+        warnings += mailer.deliver(rec.workbook.settings, now, force=True)
+        for w in warnings:
+            click.echo(f"warning: {w}", err=True)
+        status = next((m.status for m in rec.store.mail(("queued", "sending", "sent", "failed", "uncertain", "local"),
+                                                         kind="digest", limit=5, newest_first=True)
+                       if m.id == mail.id), "queued")
+        path = mailer.eml_path(mail)
+        if status == "sent":
+            click.echo(f"Sent {mail.subject!r} to {', '.join(mail.recipients)} (a copy: {path}).")
+        elif status == "local":
+            click.echo(f"Wrote {path}: no SMTP configured (set smtp_host and email_to in Settings to e-mail it).")
+        else:
+            click.echo(f"The digest is not delivered ({status}); it waits in {path} and the next "
+                       "`nero reconcile` retries.", err=True)
+            sys.exit(1)
     finally:
         rec.close()
 

@@ -111,6 +111,7 @@ class Cluster:
     account: str = ""
     template: str = ""
     gpus: str = ""
+    options: str = ""  # extra scheduler options (`--qos=high --constraint=a100`, `-l gpu=1`)
 
 
 @dataclass(frozen=True)
@@ -313,6 +314,56 @@ class JobScript:
     params_json: str
     cluster: str
     name: str
+    job_name: str = ""  # the scheduler's job name: carries the run key and attempt (adoption)
+    code: CodeSnapshot | None = None  # the workdir shipped to a remote cluster with the job
+
+
+@dataclass(frozen=True)
+class CodeSnapshot:
+    """The files of a run's workdir and their content hash, as shipped to a cluster."""
+
+    root: str  # the local folder
+    files: tuple[str, ...]  # paths relative to root
+    hash: str  # over names, exec bits and contents; the folder's name on the cluster
+    size: int = 0  # bytes
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """A Slurm partition or SGE queue as `nero resources` shows it."""
+
+    name: str
+    state: str = ""
+    free_slots: int | None = None
+    total_slots: int | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    index: int
+    name: str = ""
+    mem_used_mb: float | None = None
+    mem_total_mb: float | None = None
+    util_pct: float | None = None
+
+
+@dataclass(frozen=True)
+class ClusterResources:
+    """What a cluster has free: queues, GPUs, RAM, load, disk in its workdir."""
+
+    cluster: str
+    kind: str
+    host: str = ""
+    cpus: int | None = None
+    load: tuple[float, ...] = ()
+    mem_total_mb: float | None = None
+    mem_available_mb: float | None = None
+    disk_path: str = ""
+    disk_free_mb: float | None = None
+    queues: tuple[QueueInfo, ...] = ()
+    gpus: tuple[GpuInfo, ...] = ()
+    error: str = ""
 
 
 @dataclass(frozen=True)

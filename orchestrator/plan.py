@@ -18,10 +18,20 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from dataclasses import replace
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
-from .model import Action, ActionKind, Desired, Override, OverrideKind, Plan, RunRecord, RunSpec, RunState
+from .model import (
+    Action,
+    ActionKind,
+    Desired,
+    Override,
+    OverrideKind,
+    Plan,
+    RunRecord,
+    RunSpec,
+    RunState,
+)
 from .spec import diff_essence
 
 RETRYABLE = frozenset({RunState.FAILED, RunState.TIMEOUT, RunState.PREEMPTED, RunState.LOST})

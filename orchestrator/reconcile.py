@@ -24,8 +24,20 @@ from .backends import Backend, make_backend
 from .errors import BackendError, NeroError, WorkbookError
 from .lifecycle import observe
 from .model import (
-    Action, ActionKind, Cluster, ClusterKind, Event, Handle, JobScript, Plan, ResultsInput,
-    RunRecord, RunSpec, RunState, Workbook,
+    Action,
+    ActionKind,
+    Cluster,
+    ClusterKind,
+    CodeSnapshot,
+    Event,
+    Handle,
+    JobScript,
+    Plan,
+    ResultsInput,
+    RunRecord,
+    RunSpec,
+    RunState,
+    Workbook,
 )
 from .plan import plan as make_plan
 from .render import Shell, render_command, render_template
@@ -121,11 +133,13 @@ class Reconciler:
         return self._backends[name]
 
     def capacity(self) -> dict[str, int]:
+        """Free-slot limits per cluster; 0 for a cluster this pass found unreachable or short
+        of disk (its new runs wait, the warning says why)."""
         assert self.workbook is not None
         out = {}
         for c in self.workbook.clusters:
             try:
-                out[c.name] = self.backend(c.name).capacity()
+                out[c.name] = 0 if self._watch(c.name).hold else self.backend(c.name).capacity()
             except NeroError:
                 out[c.name] = 0
         return out
@@ -158,7 +172,17 @@ class Reconciler:
         self._expire_overrides(overrides)
         if results and (report.changed or not self._results_fingerprint):
             report.results_written = self.write_results(plan)
+        self._notify(report, now)
         return report
+
+    def _notify(self, report: PassReport, now: float) -> None:
+        """E-mail the notices that rows' `notify` asks for (every event recorded since the
+        last pass, so none is missed or mailed twice) and deliver the outbox. Problems are
+        warnings, never exceptions: see notify.py."""
+        from .notify import Mailer
+
+        assert self.workbook is not None
+        report.warnings.extend(Mailer.of(self.store, self.project_dir).on_pass(self.specs, self.workbook, now))
 
     def _handle(self, r: RunRecord) -> Handle:
         return Handle(r.key, r.attempt, r.job_id, r.run_dir, r.offsets, r.submitted_at)
@@ -169,20 +193,27 @@ class Reconciler:
         if not pending:
             return
         updates, resubmit = [], []
+        by_cluster: dict[str, list[RunRecord]] = {}
         for r in pending:
+            by_cluster.setdefault(r.cluster, []).append(r)
+        for cluster, recs in by_cluster.items():  # one adopt call (round trip) per cluster
             try:
-                found = self.backend(r.cluster).adopt(self._handle(r))
+                found = self.backend(cluster).adopt([self._handle(r) for r in recs])
             except NeroError as e:
-                report.warnings.append(str(e))
+                report.warnings.append(f"{e}; its unconfirmed submissions are checked again next pass")
                 continue
-            if found is not None:
-                ev = Event(now, r.key, "adopted", f"job {found.job_id or '(starting)'} found after a restart", r.attempt)
-                updates.append(Update(r.key, r.attempt, state=RunState.SUBMITTED, job_id=found.job_id, intent=False, events=(ev,)))
-                report.events.append(ev)
-            else:
-                resubmit.append(r)
+            for r in recs:
+                sub = found.get(r.key)
+                if sub is not None:
+                    ev = Event(now, r.key, "adopted", f"job {sub.job_id or '(starting)'} found after a restart", r.attempt)
+                    updates.append(Update(r.key, r.attempt, state=RunState.SUBMITTED, job_id=sub.job_id, intent=False,
+                                          events=(ev,)))
+                    report.events.append(ev)
+                else:
+                    resubmit.append(r)
         self.store.apply(updates)
         specs = {s.key: s for s in self.specs}
+        again: dict[str, list[tuple[JobScript, RunRecord | None]]] = {}
         for r in resubmit:
             spec = specs.get(r.key)
             if spec is None:
@@ -190,8 +221,14 @@ class Reconciler:
                 self.store.apply([Update(r.key, r.attempt, state=RunState.CANCELLED, reason=ev.reason, intent=False,
                                          ended_at=now, events=(ev,))])
                 continue
-            job = self._job(spec, r.cluster, r.attempt, r.run_dir, resume=False, prev_dir="")
-            self._dispatch(r.cluster, [(job, None)], now, report, intents_recorded=True)
+            try:
+                job = self._job(spec, r.cluster, r.attempt, r.run_dir, resume=False, prev_dir="")
+            except NeroError as e:
+                report.warnings.append(f"{r.key}: not resubmitted this pass: {e}")
+                continue
+            again.setdefault(r.cluster, []).append((job, None))
+        for cluster, jobs in again.items():
+            self._dispatch(cluster, jobs, now, report, intents_recorded=True)
         report.changed = True
 
     def _poll(self, now: float, report: PassReport) -> None:
@@ -200,26 +237,87 @@ class Reconciler:
         for r in self.store.snapshot().values():
             if r.state.live and not r.intent:
                 live.setdefault(r.cluster, []).append(r)
+        self._reach(now, report, set(live))
         goals = {m.name: m.goal for m in self.workbook.metrics}
         updates: list[Update] = []
         for cluster, recs in live.items():
+            watch = self._watch(cluster)
+            if watch.down:
+                continue  # reported by _reach; its runs keep their state
+            if watch.next_poll > now:
+                continue  # an idle remote cluster: polled with back-off
             try:
                 statuses = self.backend(cluster).poll([self._handle(r) for r in recs])
             except NeroError as e:
                 report.warnings.append(f"{e}; its runs keep their state")
                 continue
             by_key = {r.key: r for r in recs}
+            changed = False
             for st in statuses:
                 rec = by_key.get(st.key)
                 if rec is None:
                     continue
                 u = observe(rec, st, now, self.workbook.metrics, goals)
                 if u.state or u.points or u.offsets or u.host:
-                    report.changed = True
+                    report.changed = changed = True
+                if u.heartbeat_at is not None and u.heartbeat_at != rec.heartbeat_at:
+                    changed = True
                 updates.append(u)
                 report.events.extend(u.events)
+            if self._cluster(cluster).kind is not ClusterKind.LOCAL:
+                watch.polled(now, changed)
         if updates:
             self.store.apply(updates)
+
+    def _watch(self, name: str) -> ClusterWatch:
+        if self._watches is None:
+            self._watches = {}
+        return self._watches.setdefault(name, ClusterWatch())
+
+    _watches: dict[str, ClusterWatch] | None = None
+
+    def _reach(self, now: float, report: PassReport, live: set[str]) -> None:
+        """Reach each cluster that has work this pass (live runs, runs to submit); note the
+        ones that are unreachable or short of disk (Settings min_free_disk): no new runs
+        go there this pass, and the warning says why and what to do."""
+        from .backends.remote import size_mb
+
+        assert self.workbook is not None
+        wanted = self._wanted_clusters()
+        limit_text = self.workbook.settings.min_free_disk
+        limit = size_mb(limit_text) if limit_text else None
+        for name in sorted(live | wanted):
+            watch = self._watch(name)
+            watch.hold, watch.down = "", False
+            try:
+                backend = self.backend(name)
+                backend.connect()
+            except NeroError as e:
+                watch.hold, watch.down = "unreachable", True
+                what = "its runs keep their state" if name in live else "its new runs wait"
+                report.warnings.append(f"{e}; {what}")
+                continue
+            free = backend.free_disk_mb()
+            if limit and free is not None and free < limit and name in wanted:
+                watch.hold = (f"free disk in its workdir is {_size(free)}, below Settings min_free_disk "
+                              f"{limit_text}")
+                report.warnings.append(f"cluster {name!r}: {watch.hold}; its new runs are held until space is "
+                                       "freed (or min_free_disk is lowered)")
+
+    def _wanted_clusters(self) -> set[str]:
+        """Clusters that runs not yet submitted (or to be restarted) may go to."""
+        from .model import Desired
+
+        snap = self.store.snapshot()
+        out: set[str] = set()
+        for s in self.specs:
+            if s.desired is not Desired.RUN:
+                continue
+            rec = snap.get(s.key)
+            if rec is None or rec.spec_hash != s.spec_hash or (rec.state.finished and rec.state is not RunState.COMPLETED
+                                                                and s.retries):
+                out.update(s.clusters)
+        return out
 
     def _rules(self, now: float, report: PassReport) -> None:
         """Evaluate each live run's rules on its metrics; stop rules terminate the run."""
@@ -336,7 +434,8 @@ class Reconciler:
                 commit, dirty = git_cache[wd]
                 retry, why = self._retry.pop(job.key, (0, ""))
                 intents.append(NewAttempt(spec, job.attempt, cluster, job.run_dir, _command_line(job),
-                                          commit, dirty, parent=prev.attempt if prev else None,
+                                          commit, dirty, code_hash=job.code.hash if job.code else "",
+                                          parent=prev.attempt if prev else None,
                                           retry=retry, reason=why))
             self.store.record_intents(intents, now)
         try:
@@ -385,6 +484,9 @@ class Reconciler:
 
     def run_dir(self, spec: RunSpec, cluster: str, attempt: int) -> str:
         c = self._cluster(cluster)
+        if c.kind is not ClusterKind.LOCAL:  # a path on the cluster (its workdir, resolved there)
+            root = str(self.backend(cluster).run_root()).rstrip("/")
+            return f"{root}/{slug(spec.experiment)}/{slug(spec.key)}/{attempt}"
         base = Path(os.path.expanduser(c.workdir)) if c.workdir else self.project_dir / "runs"
         if not base.is_absolute():
             base = self.project_dir / base
@@ -405,19 +507,47 @@ class Reconciler:
         command = render_command(spec.command, variables)
         python = c.python or (sys.executable if c.kind is ClusterKind.LOCAL else "")
         setup = "\n".join(x for x in (c.setup, spec.setup) if x)
-        template = spec.template or c.template or f"{c.kind.value}.sh.j2"
+        from .backends import DEFAULT_TEMPLATES, job_name
+
+        template = spec.template or c.template or DEFAULT_TEMPLATES.get(c.kind, f"{c.kind.value}.sh.j2")
         if not template.endswith(".j2"):
             template += ".j2"
+        workdir, code = self._code(spec, c)
+        resources = dict(spec.resources)
+        name = job_name(spec.key, attempt)
         text = render_template(template, {
+            "job_name": name, "partition": _directive(str(resources.get("partition") or c.partition)),
+            "account": _directive(str(resources.get("account") or c.account)),
+            "options": _options(c.options, str(resources.get("options") or "")), "kind": c.kind.value,
+            "gpu_pool": _directive(c.gpus),
+            "gpu_claims": f"{run_dir.rsplit('/', 3)[0]}/.nero/gpus" if c.kind is ClusterKind.SSH else "",
             "key": spec.key, "experiment": spec.experiment, "attempt": attempt, "cluster": cluster,
-            "run_dir": run_dir, "workdir": self.workdir(spec), "command": Shell(command),
+            "run_dir": run_dir, "workdir": workdir, "command": Shell(command),
             "setup": Shell(setup), "resume": int(resume), "prev_run_dir": prev_dir,
             "env": [], "path_prepend": str(Path(python).parent) if python else "",
             "heartbeat": HEARTBEAT_S, "rendered_at": time.strftime("%Y-%m-%d %H:%M:%S"),
             "resources": dict(spec.resources), "params": params,
         }, str(self.project_dir))
         params_json = json.dumps({k: v for k, v in spec.params}, indent=2, default=format_value)
-        return JobScript(spec.key, attempt, run_dir, text, params_json, cluster, command)
+        return JobScript(spec.key, attempt, run_dir, text, params_json, cluster, command, job_name=name, code=code)
+
+    def _code(self, spec: RunSpec, c: Cluster) -> tuple[str, CodeSnapshot | None]:
+        """Where the run's command runs, and the code to ship there. On a remote cluster a
+        local workdir is shipped (once per content hash) and the job runs in the copy; a
+        workdir that does not exist here names a folder on the cluster, used as it is."""
+        local = self.workdir(spec)
+        if c.kind is ClusterKind.LOCAL:
+            return local, None
+        from .backends.code import snapshot
+        from .backends.remote import RemoteBackend
+
+        backend = self.backend(c.name)
+        if not isinstance(backend, RemoteBackend):
+            return local, None
+        if Path(local).is_dir():
+            snap = snapshot(local, c.name)
+            return backend.code_dir(snap.hash), snap
+        return backend.remote_path(spec.workdir), None
 
     # ------------------------------------------------------------ results
     def results_input(self, plan: Plan | None = None) -> ResultsInput:
@@ -462,6 +592,48 @@ class Reconciler:
         live = sum(1 for r in self.store.snapshot().values() if r.state.live or r.intent)
         waiting = sum(1 for a in plan.actions if a.kind in (ActionKind.SUBMIT, ActionKind.RESTART))
         return live + waiting
+
+
+@dataclass
+class ClusterWatch:
+    """What the reconciler remembers about a cluster between passes."""
+
+    hold: str = ""  # why no new runs go there this pass ("unreachable", low disk)
+    down: bool = False
+    unchanged: int = 0  # polls in a row that saw nothing new
+    next_poll: float = 0.0
+
+    def polled(self, now: float, changed: bool) -> None:
+        """Idle clusters are polled with back-off: after 3 polls that saw nothing new,
+        wait 5 s, 10 s, 20 s, … at most 60 s; anything new resets it."""
+        self.unchanged = 0 if changed else self.unchanged + 1
+        k = self.unchanged - 3
+        self.next_poll = 0.0 if k < 0 else now + min(60.0, 5.0 * 2 ** k)
+
+
+def _size(mb: float) -> str:
+    return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"
+
+
+def _directive(value: str) -> str:
+    """A value for a scheduler directive line: no line breaks or control characters."""
+    return "".join(ch if ch.isprintable() else " " for ch in value).strip()
+
+
+def _options(*texts: str) -> list[str]:
+    """Extra scheduler options (`--qos=high --constraint=a100`) as single-line tokens."""
+    import shlex
+
+    out: list[str] = []
+    for text in texts:
+        text = _directive(text or "")
+        if not text:
+            continue
+        try:
+            out += shlex.split(text)
+        except ValueError:
+            out.append(text)
+    return out
 
 
 def _command_line(job: JobScript) -> str:

@@ -24,7 +24,15 @@ from pathlib import Path
 
 from .errors import StateError
 from .model import (
-    Event, MetricPoint, Offsets, Override, OverrideKind, ResourceSample, RunRecord, RunSpec, RunState,
+    Event,
+    MetricPoint,
+    Offsets,
+    Override,
+    OverrideKind,
+    ResourceSample,
+    RunRecord,
+    RunSpec,
+    RunState,
 )
 
 SCHEMA_VERSION = 1
@@ -486,7 +494,8 @@ class Store:
                 cur = self.db.execute(
                     "INSERT INTO outbox (created_at, kind, subject, status, message_id, sender, recipients, message) "
                     "VALUES (?,?,?,?,?,?,?,?)",
-                    (now, m.kind, m.subject, m.status, m.message_id, m.sender, ",".join(m.recipients), m.message))
+                    (now, m.kind, m.subject, m.status, m.message_id, m.sender, ",".join(m.recipients),
+                     m.message if m.status in ("queued", "sending") else None))  # else the .eml file has it
                 mail_id = int(cur.lastrowid or 0)
                 eml = m.eml.format(id=mail_id)
                 self.db.execute("UPDATE outbox SET eml=? WHERE id=?", (eml, mail_id))
@@ -519,15 +528,17 @@ class Store:
                                   (mail_id,))
             return cur.rowcount == 1
 
-    def settle_mail(self, mail_id: int, status: str, now: float, error: str = "") -> None:
+    def settle_mail(self, mail_id: int, status: str, now: float, error: str = "", tried: bool = False) -> None:
         """Record how a delivery ended: `sent` (the message bytes are dropped; the .eml file
-        keeps them), `queued` (not delivered: retried later), `failed` or `uncertain`."""
+        keeps them), `queued` (not delivered: retried later), `failed` or `uncertain`.
+        `tried`: count a try that ended before the message was claimed (a refusal)."""
         with self.transaction():
             if status == "sent":
                 self.db.execute("UPDATE outbox SET status='sent', sent_at=?, message=NULL, last_error='' WHERE id=?",
                                 (now, mail_id))
             else:
-                self.db.execute("UPDATE outbox SET status=?, last_error=? WHERE id=?", (status, error[:500], mail_id))
+                self.db.execute("UPDATE outbox SET status=?, last_error=?, tries=tries+? WHERE id=?",
+                                (status, error[:500], int(tried), mail_id))
 
     def events_after(self, event_id: int) -> list[tuple[int, Event]]:
         """Events recorded after the event with this id, with their ids, in order."""

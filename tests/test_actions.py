@@ -125,7 +125,7 @@ def test_priority_after_and_max_jobs_order(project: Path):
     assert order == ["high", "dep", "low", "low2"]
     with db(project) as con:
         spans = con.execute("SELECT key, started_at, ended_at FROM attempts ORDER BY started_at").fetchall()
-    for (_, _, end), (_, start, _) in zip(spans, spans[1:]):
+    for (_, _, end), (_, start, _) in zip(spans, spans[1:], strict=False):
         assert start >= end - 0.05  # never two at once with max_jobs=1
 
 
@@ -152,3 +152,18 @@ def test_hold_and_release(project: Path):
     nero("release", str(project), "h*", "--yes", check=True)
     nero("reconcile", str(project), "--until-done", "--interval", "0.3", timeout=60, check=True)
     assert {r["run"]: r["state"] for r in status(project)} == {"h[n=1]": "completed", "h[n=2]": "completed"}
+
+
+def test_plot_draws_the_selected_runs(project: Path):
+    (project / "constant.py").write_text(CONSTANT)
+    write_workbook(project / "experiments.xlsx", [
+        {"id": "p", "command": "python constant.py {{ loss }} 5", "loss": "[0.3, 0.6]"},
+    ])
+    nero("reconcile", str(project), "--until-done", "--interval", "0.3", timeout=60)
+    out = project / "loss.png"
+    proc = nero("plot", str(project), "p*", "loss", "-o", str(out), check=True)
+    assert "2 runs" in proc.stdout
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    bad = nero("plot", str(project), "p*", "nosuch")
+    assert bad.returncode != 0 and "metrics with points: loss" in bad.stderr

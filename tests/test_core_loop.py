@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import nero, write_workbook
 from jobs import ARGV, STEPPER
 
@@ -275,7 +274,7 @@ def test_sigkill_of_the_watch_loop_loses_nothing_and_submits_nothing_twice(proje
     cmd = [sys.executable, "-m", "orchestrator", "reconcile", str(project), "--watch", "--interval", "0.3", "-q"]
     for round_ in range(3):
         loop = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_for(lambda: sum(len(v) for v in _metrics_in_db(project).values()) > 20 * (round_ + 1),
+        wait_for(lambda n=20 * (round_ + 1): sum(len(v) for v in _metrics_in_db(project).values()) > n,
                  timeout=60, what="metrics ingested")
         loop.send_signal(signal.SIGKILL)
         loop.wait()

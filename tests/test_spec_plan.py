@@ -8,7 +8,14 @@ from dataclasses import replace
 import pytest
 
 from orchestrator.model import (
-    ActionKind, Cluster, Desired, Experiment, RunRecord, RunState, Variation, Workbook,
+    ActionKind,
+    Cluster,
+    Desired,
+    Experiment,
+    RunRecord,
+    RunState,
+    Variation,
+    Workbook,
 )
 from orchestrator.plan import plan
 from orchestrator.spec import diff_essence, expand, parse_cell, run_key, slug

@@ -1,0 +1,310 @@
+"""Remote backends without a cluster: command builders and output parsers (Slurm, SGE),
+the agent's framing, code shipping, and the agent itself run on this machine through the
+local shell (detached processes, bounded reads, adoption, cancel)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.backends import code as codeship
+from orchestrator.backends.remote import (
+    AgentReply, RemoteBackend, SchedState, decode_reply, job_name, parse_nvidia_smi, size_mb,
+)
+from orchestrator.backends.sge import parse_qacct, parse_qacct_names, parse_qstat_g_c, parse_qstat_names, parse_qstat_xml
+from orchestrator.backends.slurm import (
+    array_script, expand_array_id, group, header, parse_exit_code, parse_limit, parse_names, parse_sacct,
+    parse_scontrol, parse_sinfo, parse_squeue,
+)
+from orchestrator.backends.ssh import SshBackend
+from orchestrator.model import Cluster, ClusterKind, Handle, JobScript, Offsets
+from orchestrator.render import render_template
+
+
+# --------------------------------------------------------------------------- names
+def test_job_name_carries_the_run_key_and_attempt_and_is_safe():
+    a = job_name("lr-sweep[lr=0.01,layers=2]", 1)
+    assert a.startswith("nero-lr-sweep_lr_0.01_layers_2-") and a.endswith("-a1")
+    assert job_name("lr-sweep[lr=0.01,layers=2]", 2) != a
+    # different keys that sanitize alike still differ (hash of the key)
+    assert job_name("x[a=1]", 1) != job_name("x[a_1]", 1)
+    hostile = job_name("x'; rm -rf ~ #" + "y" * 300, 3)
+    assert len(hostile) < 70 and all(c.isalnum() or c in "_.-" for c in hostile)
+    assert "," not in job_name("a[b=1,c=2]", 1)  # squeue/sacct --name take comma lists
+
+
+# --------------------------------------------------------------------------- slurm parsers
+def test_squeue_sacct_and_scontrol_text_parsing():
+    q = parse_squeue("514|FAILED|NonZeroExitCode\n515|OUT_OF_MEMORY|OutOfMemory\n516|CANCELLED|None\n"
+                     "517|RUNNING|None\n518_3|PENDING|Priority\n519|TIMEOUT|TimeLimit\n")
+    assert q["514"] == SchedState("FAILED", False, "NonZeroExitCode")
+    assert q["515"].state == "OUT_OF_MEMORY" and q["515"].reason == "OutOfMemory" and not q["515"].live
+    assert q["516"].reason == ""  # "None" is no reason
+    assert q["517"].live and q["518_3"].live and q["518_3"].reason == "Priority"
+    assert q["519"] == SchedState("TIMEOUT", False, "TimeLimit")
+
+    s = parse_sacct("514|FAILED|3:0|None\n515|OUT_OF_MEMORY|0:125|None\n516|CANCELLED by 1001|0:15|None\n"
+                    "520|COMPLETED|0:0|None\n521_[2-4,7%2]|PENDING|0:0|Priority\n522|NODE_FAIL|0:9|\n")
+    assert s["514"].exit_code == 3 and s["514"].state == "FAILED"
+    assert s["516"] == SchedState("CANCELLED", False, "by 1001", 143)
+    assert s["520"] == SchedState("COMPLETED", False, "", 0)
+    assert {k for k in s if k.startswith("521_")} == {"521_2", "521_3", "521_4", "521_7"}
+    assert s["521_3"].live and s["522"].exit_code == 137
+
+    c = parse_scontrol("JobId=530 JobName=x JobState=TIMEOUT Reason=TimeLimit Dependency=(null) ExitCode=0:15\n"
+                       "JobId=531 ArrayJobId=529 ArrayTaskId=4 JobState=RUNNING Reason=None ExitCode=0:0\n")
+    assert c["530"] == SchedState("TIMEOUT", False, "TimeLimit", 143)
+    assert c["529_4"].live
+
+
+def test_exit_codes_array_ids_names_and_limits():
+    assert parse_exit_code("3:0") == 3 and parse_exit_code("0:9") == 137 and parse_exit_code("") is None
+    assert expand_array_id("7_[0-2]") == ["7_0", "7_1", "7_2"] and expand_array_id("7_5") == ["7_5"]
+    names = parse_names("101|nero-a-1234-a1\n102_0|nero-batch-x\n102_1|nero-batch-x\n")
+    assert names == {"nero-a-1234-a1": ["101"], "nero-batch-x": ["102"]}
+    assert parse_limit("|500|\n") == 500 and parse_limit("||\n") is None
+
+
+def test_sinfo_partitions_and_nvidia_smi():
+    qs = parse_sinfo("debug|up|2/6/0/8|1|(null)|23640|infinite\ngpu|up|0/4/0/4|1|gpu:a100:4|512000|2-00:00:00\n"
+                     "gpu|up|4/0/0/4|1|gpu:a100:4|512000|2-00:00:00\n")
+    assert [(q.name, q.free_slots, q.total_slots) for q in qs] == [("debug", 6, 8), ("gpu", 4, 8)]
+    assert "gpu:a100:4" in qs[1].detail
+    gpus = parse_nvidia_smi("0, NVIDIA A100, 1024, 40960, 87\n1, NVIDIA A100, 0, 40960, 0\n")
+    assert gpus[0].mem_used_mb == 1024 and gpus[0].util_pct == 87 and gpus[1].index == 1
+    assert size_mb("10G") == 10240 and size_mb("500M") == 500 and size_mb("4000") == 4000 and size_mb("x") is None
+
+
+def _job(run_dir: str, extra: str = "") -> JobScript:
+    text = (f"#!/bin/bash\n#SBATCH --job-name=nero-{Path(run_dir).name}\n#SBATCH --output={run_dir}/slurm-%j.out\n"
+            f"#SBATCH --partition=debug\n{extra}# comment\nset -u\n#SBATCH --ignored-after-commands\n")
+    return JobScript(Path(run_dir).name, 1, run_dir, text, "{}", "c", "cmd", job_name=f"nero-{Path(run_dir).name}")
+
+
+def test_jobs_with_identical_resources_form_arrays_chunked_at_max_array_size():
+    assert header(_job("/w/a").text) == ("#SBATCH --partition=debug",)  # name/output/later lines excluded
+    jobs = [_job(f"/w/r{i}") for i in range(5)] + [_job("/w/big", "#SBATCH --mem=4000M\n")]
+    groups = group(jobs, max_array=2)
+    assert [[j.run_dir for j in g] for g in groups] == [["/w/r0", "/w/r1"], ["/w/r2", "/w/r3"], ["/w/r4"], ["/w/big"]]
+    script = array_script(header(jobs[0].text), "nero-batch-abc", "/w/.nero/batches/nero-batch-abc", 2)
+    assert "#SBATCH --array=0-1" in script and "#SBATCH --job-name=nero-batch-abc" in script
+    assert "#SBATCH --partition=debug" in script and "exec bash ./job.sh" in script
+    # the directives come before the first command: sbatch reads them
+    lines = script.splitlines()
+    first_cmd = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
+    assert all(not line.startswith("#SBATCH") for line in lines[first_cmd:])
+
+
+# --------------------------------------------------------------------------- sge parsers
+QSTAT_XML = """<?xml version='1.0'?>
+<job_info>
+  <queue_info>
+    <job_list state="running"><JB_job_number>23</JB_job_number><JB_name>nero-a-very-long-name-a1</JB_name>
+      <state>r</state></job_list>
+  </queue_info>
+  <job_info>
+    <job_list state="pending"><JB_job_number>25</JB_job_number><JB_name>nero-b-a1</JB_name><state>qw</state></job_list>
+    <job_list state="pending"><JB_job_number>26</JB_job_number><JB_name>nero-c-a1</JB_name><state>Eqw</state></job_list>
+  </job_info>
+</job_info>"""
+
+QACCT = """==============================================================
+qname        all.q
+hostname     vm
+jobname      nero-x
+jobnumber    18
+category     -u nerotest -l h_rt=5
+failed       37  : qmaster enforced h_rt, h_cpu, or h_vmem limit
+exit_status  137                  (Killed)
+ru_wallclock 6s
+==============================================================
+jobname      f.sh
+jobnumber    19
+failed       0
+exit_status  4
+==============================================================
+jobname      s.sh
+jobnumber    20
+failed       100 : assumedly after job
+exit_status  137                  (Killed)
+==============================================================
+jobname      ok.sh
+jobnumber    21
+failed       0
+exit_status  0
+"""
+
+
+def test_sge_qstat_qacct_and_queues():
+    st = parse_qstat_xml(QSTAT_XML)
+    assert st["23"].live and st["25"].live and st["25"].state == "qw"
+    assert not st["26"].live and "Eqw" in st["26"].reason
+    assert parse_qstat_names(QSTAT_XML)["nero-a-very-long-name-a1"] == ["23"]
+    acct = parse_qacct(QACCT)
+    assert acct["18"].state == "TIMEOUT" and "h_rt" in acct["18"].reason
+    assert acct["19"] == SchedState("FAILED", False, "exit_status 4", 4)
+    assert acct["20"].state == "CANCELLED"
+    assert acct["21"] == SchedState("COMPLETED", False, "", 0)
+    assert parse_qacct_names(QACCT)["nero-x"] == ["18"]
+    qs = parse_qstat_g_c("CLUSTER QUEUE  CQLOAD   USED    RES  AVAIL  TOTAL aoACDS  cdsuE\n"
+                         "--------------------------------------------------------------------------------\n"
+                         "all.q            0.96      0      0      2      2      0      0\n")
+    assert [(q.name, q.free_slots, q.total_slots) for q in qs] == [("all.q", 2, 2)]
+
+
+# --------------------------------------------------------------------------- framing
+def test_agent_reply_framing_skips_login_noise_and_detects_truncation():
+    head = json.dumps({"ok": True, "x": [0, 3]}).encode()
+    frame = b"NERO-AGENT/1 %d 3\n" % len(head) + head + b"abc"
+    reply = decode_reply(b"Welcome to the cluster!\nlast login ...\n" + frame)
+    assert reply.header["x"] == [0, 3] and reply.blob(reply.header["x"]) == b"abc"
+    with pytest.raises(ValueError):
+        decode_reply(frame[:-1])
+    with pytest.raises(ValueError):
+        decode_reply(b"bash: python3: command not found\n")
+
+
+def test_a_scheduler_still_running_a_job_withholds_its_exit_code():
+    """The job script wrote exit_code while Slurm is still tearing the job down (e.g.
+    TIMEOUT's SIGTERM): nero waits for the scheduler's final word instead of calling it
+    a plain failure."""
+    b = RemoteBackend(Cluster("c", ClusterKind.SLURM), "/p")
+    h = Handle("k", 1, "77", "/w/k/1", Offsets())
+    item = {"files": {"exit_code": "143", "heartbeat": "100"}, "chunks": [None] * 4, "complete": True}
+    reply = AgentReply({}, b"")
+    live = b._status(h, item, reply, {"77": SchedState("COMPLETING", True)}, 101.0, False)
+    assert live.alive and live.exit_code is None
+    final = b._status(h, item, reply, {"77": SchedState("TIMEOUT", False, "TimeLimit")}, 101.0, False)
+    assert not final.alive and final.exit_code == 143 and final.scheduler_state == "TIMEOUT"
+    # the scheduler forgot the job: alive only while the heartbeat is fresh
+    gone = dict(item, files={"heartbeat": "100"})
+    assert b._status(h, gone, reply, {}, 120.0, False).alive
+    assert not b._status(h, gone, reply, {}, 400.0, False).alive
+
+
+# --------------------------------------------------------------------------- templates
+def test_scheduler_templates_keep_hostile_values_on_their_directive_lines(tmp_path: Path):
+    from orchestrator.reconcile import _directive, _options
+
+    evil = "debug\n#SBATCH --wrap=touch /tmp/pwned"
+    common = {"key": "k", "experiment": "e", "attempt": 1, "cluster": "c", "run_dir": "/w/e/k/1", "workdir": "/w/code",
+              "command": "true", "setup": "", "resume": 0, "prev_run_dir": "", "env": [], "path_prepend": "",
+              "heartbeat": 10, "rendered_at": "now", "params": {}, "job_name": "nero-k-1-a1", "kind": "slurm",
+              "partition": _directive(evil), "account": _directive("acct'; echo x"), "gpu_pool": "", "gpu_claims": "",
+              "options": _options("--qos=high '--comment=a b'", "--constraint=\"a100\nb\""),
+              "resources": {"time": 90, "mem": 4000, "cpus": 2, "gpus": 1}}
+    text = render_template("slurm.sbatch.j2", common)
+    lines = text.splitlines()
+    directives = [line for line in lines if line.startswith("#SBATCH")]
+    assert "#SBATCH --time=90" in directives and "#SBATCH --mem=4000M" in directives
+    assert "#SBATCH --gres=gpu:1" in directives and "#SBATCH --cpus-per-task=2" in directives
+    assert "#SBATCH --qos=high" in directives and "#SBATCH '--comment=a b'" in directives
+    assert not any(line.startswith("#SBATCH --wrap") for line in lines)
+    assert any(line.startswith("#SBATCH --partition='debug #SBATCH --wrap=touch /tmp/pwned'") for line in lines)
+    sge = render_template("sge.sh.j2", {**common, "kind": "sge"})
+    assert "#$ -l h_rt=1:30:00" in sge and "#$ -l h_vmem=4000M" in sge and "#$ -pe smp 2" in sge
+    assert "#$ -N nero-k-1-a1" in sge
+    ssh = render_template("ssh.sh.j2", {**common, "kind": "ssh", "gpu_pool": "0,1", "gpu_claims": "/w/.nero/gpus"})
+    assert "NERO_GPUS_WANTED=1" in ssh and "NERO_GPU_POOL=0,1" in ssh
+    for name, script in (("slurm", text), ("sge", sge), ("ssh", ssh)):
+        p = tmp_path / f"{name}.sh"
+        p.write_text(script)
+        assert subprocess.run(["bash", "-n", str(p)]).returncode == 0, name
+
+
+# --------------------------------------------------------------------------- code shipping
+def test_code_snapshot_git_tracked_files_or_include_list(tmp_path: Path):
+    root = tmp_path / "code"
+    root.mkdir()
+    (root / "train.py").write_text("print(1)\n")
+    (root / "data.bin").write_bytes(b"x" * 10)
+    (root / "runs").mkdir()
+    (root / "runs" / "out.log").write_text("no")
+    plain = codeship.list_files(root)
+    assert plain == ["data.bin", "train.py"]  # no git, no include list: all but nero's/VCS/cache folders
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@x"}
+    subprocess.run(["git", "init", "-q", str(root)], check=True, env=env)
+    subprocess.run(["git", "-C", str(root), "add", "train.py"], check=True, env=env)
+    subprocess.run(["git", "-C", str(root), "commit", "-qm", "x"], check=True, env=env)
+    assert codeship.list_files(root) == ["train.py"]  # git-tracked only
+    codeship._snapshots.clear()
+    h1 = codeship.snapshot(root).hash
+    (root / "train.py").write_text("print(2)\n")  # an uncommitted edit counts
+    codeship._snapshots.clear()
+    h2 = codeship.snapshot(root).hash
+    assert h1 != h2
+    (root / ".neroinclude").write_text("# what the job needs\n*.py\ndata.bin\n!secret*\n")
+    (root / "secret.py").write_text("x")
+    assert codeship.list_files(root) == ["data.bin", "train.py"]
+    codeship._snapshots.clear()
+    snap = codeship.snapshot(root)
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(codeship.archive(snap)), mode="r:gz") as tar:
+        assert sorted(tar.getnames()) == ["data.bin", "train.py"]
+
+
+# --------------------------------------------------------------------------- the agent, locally
+def _wait(pred, timeout=20.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_agent_on_this_machine_submits_polls_adopts_and_cancels_detached_jobs(tmp_path: Path):
+    """The ssh backend through the local shell: the same agent, minus the network."""
+    work = tmp_path / "work"
+    b = SshBackend(Cluster("here", ClusterKind.SSH, workdir=str(work)), str(tmp_path))
+    info = b.connect()
+    assert info.workdir == str(work) and (work / ".nero").is_dir() and info.disk_free_mb > 0
+    body = ('cd "$(dirname "$0")"; echo $$ > pid; printf \'{"host": "h", "time": 1}\\n\' > started\n'
+            "for i in 1 2 3; do echo \"step=$i loss=0.$i\"; done >> stdout.log\n")
+    jobs = [JobScript("fast", 1, str(work / "fast"), body + "echo 0 > exit_code\n", "{}", "here", "c",
+                      job_name="nero-fast"),
+            JobScript("slow", 1, str(work / "slow"), body + "sleep 60\n", "{}", "here", "c", job_name="nero-slow")]
+    subs = b.submit(jobs)
+    assert all(s.job_id.isdigit() and not s.error for s in subs)
+    assert (work / "slow" / "job_id").read_text().strip() == subs[1].job_id
+    handles = [Handle(s.key, 1, s.job_id, j.run_dir, Offsets()) for s, j in zip(subs, jobs, strict=True)]
+    st = _wait(lambda: (lambda r: r if r[0].exit_code == 0 and r[1].stdout.count(b"\n") == 3 else None)(b.poll(handles)))
+    assert st[0].stdout == b"step=1 loss=0.1\nstep=2 loss=0.2\nstep=3 loss=0.3\n" and st[0].complete
+    assert not st[0].alive and st[1].alive and st[1].exit_code is None
+    # offsets: only what was appended since
+    later = b.poll([Handle("slow", 1, subs[1].job_id, jobs[1].run_dir, Offsets(stdout=len(st[1].stdout)))])
+    assert later[0].stdout == b""
+    # adoption finds the job by the id written in its run directory
+    found = b.adopt([Handle("slow", 1, "", jobs[1].run_dir, Offsets()), Handle("never", 1, "", str(work / "x"))])
+    assert found["slow"].job_id == subs[1].job_id and "never" not in found
+    assert b.cancel([handles[1]]) == {}
+    _wait(lambda: not b.poll([handles[1]])[0].alive)
+    assert b.shell.round_trips == 1 + 1 + 1 + _count_polls(b)  # hello, submit, adopt, cancel, polls
+
+
+def _count_polls(b: SshBackend) -> int:
+    return b.shell.round_trips - 3
+
+
+def test_agent_bounds_the_bytes_read_per_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import orchestrator.backends.remote as remote
+
+    work = tmp_path / "w"
+    d = work / "big"
+    d.mkdir(parents=True)
+    (d / "stdout.log").write_bytes(b"x=1\n" * 1000)
+    monkeypatch.setattr(remote, "PER_FILE_LIMIT", 1000)
+    b = SshBackend(Cluster("here", ClusterKind.SSH, workdir=str(work)), str(tmp_path))
+    st = b.poll([Handle("big", 1, "", str(d), Offsets())])[0]
+    assert len(st.stdout) == 1000 and not st.complete
+    st = b.poll([Handle("big", 1, "", str(d), Offsets(stdout=3000))])[0]
+    assert len(st.stdout) == 1000 and st.complete
