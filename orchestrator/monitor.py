@@ -58,7 +58,8 @@ from .model import MetricDef, MetricPoint, ResourceSample
 # so `re` skips between them in C, checks the value side forward. Only those hits reach
 # Python, which reads the key as the last token before the separator (cached per
 # token) and groups the hits of one line to find its step. A noise line costs no
-# Python code; a captured point costs ~1.5 µs, most of it building the MetricPoint.
+# Python code; each captured point costs a few µs of Python (the match object, the key,
+# the MetricPoint), which bounds throughput on metric-dense output (bench/README.md).
 
 _NUMBER = (
     r"[-+]?(?:\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?"
@@ -317,11 +318,12 @@ def parse_output(
     """Metric points in the complete lines of a job's output, and the bytes consumed.
 
     `defs` with a pattern are read by their regex (see `compile_metric_pattern`);
-    every other `name=value` / `name: value` pair is captured by default, except
-    names that a pattern owns (compared ignoring case). Points come in the order of the lines they are on; all
-    are returned (a metric logged twice at a step appears twice, the caller dedups).
-    `time` (the poll time) is stamped on every point. `final=True` (the job has ended)
-    also parses a last line without a newline. Lines decode as UTF-8, errors replaced.
+    every other `name=value` / `name: value` pair is captured by default (see the
+    rules above), except names a pattern owns (compared ignoring case). Points come
+    in the order of their lines; all are returned (a metric printed twice at a step
+    appears twice: the caller dedups). `time` (the poll time) is stamped on every
+    point; `source` names the stream. `final=True` (the job has ended) also parses a
+    last line without a newline. Lines decode as UTF-8 with errors replaced.
     """
     end = _complete(data, final)
     if not end:
@@ -362,8 +364,8 @@ def _json_lines(data: bytes, final: bool) -> tuple[list[dict], int]:
     lines = [ln for ln in data[:end].decode("utf-8", "replace").split("\n") if ln.strip()]
     try:  # one decoder call for the whole chunk; per line only if some line is corrupt
         rows = json.loads("[" + ",".join(lines) + "]")
-        if len(rows) != len(lines):  # a line holding two values, `1, 2`
-            raise ValueError
+        if len(rows) != len(lines) or not all(isinstance(r, dict) for r in rows):
+            raise ValueError  # torn lines joined into one value, or a line of two
     except ValueError:
         rows = []
         for ln in lines:
