@@ -88,6 +88,7 @@ class Reconciler:
         self._stamp: tuple[int, int] | None = None
         self._backends: dict[str, Backend] = {}
         self._results_fingerprint = ""
+        self._warned: tuple | None = None
         self._retry: dict[str, tuple[int, str]] = {}  # run key -> (retry number, reason) of the attempt being submitted
 
     # ------------------------------------------------------------ workbook
@@ -106,18 +107,25 @@ class Reconciler:
             return warnings
         lock = lock_file(self.workbook_path)
         if lock is not None and keep_last_good and self.workbook is not None:
-            return [f"{self.workbook_path.name} is open in a spreadsheet program ({lock.name}); "
-                    "keeping the last good plan until it is saved and closed"]
+            return self._once(("lock", stamp), f"{self.workbook_path.name} is open in a spreadsheet program ({lock.name}); "
+                              "keeping the last good plan until it is saved and closed")
         try:
             wb = read_workbook(self.workbook_path)
         except WorkbookError as e:
             if keep_last_good and self.workbook is not None:
-                return [f"{e}\n  keeping the last good plan; fix the workbook and save it"]
+                return self._once(("bad", stamp), f"{e}\n  keeping the last good plan; fix the workbook and save it")
             raise
         if lock is not None:
             warnings.append(f"{self.workbook_path.name} is open in a spreadsheet program ({lock.name}); using what is saved")
         self.workbook, self.specs, self._stamp = wb, expand(wb), stamp
         return warnings
+
+    def _once(self, what: tuple, warning: str) -> list[str]:
+        """A warning about the workbook is said once per saved version, not every pass."""
+        if self._warned == what:
+            return []
+        self._warned = what
+        return [warning]
 
     # ------------------------------------------------------------ backends
     def backend(self, name: str) -> Backend:

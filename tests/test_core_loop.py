@@ -378,3 +378,31 @@ def test_git_commit_and_dirty_flag_are_recorded(project: Path):
     nero("reconcile", str(project), "--until-done", "--interval", "0.3", check=True)
     with db(project) as con:
         assert con.execute("SELECT git_commit, git_dirty FROM attempts").fetchone() == (head, 1)
+
+
+def test_watch_keeps_the_last_good_plan_while_the_workbook_is_half_saved_or_open(project: Path):
+    (project / "stepper.py").write_text(STEPPER)
+    book = write_workbook(project / "experiments.xlsx", [
+        {"id": "w", "command": "python stepper.py steps=150 delay=0.1 tag={{ tag }}", "tag": "[1]"},
+    ])
+    good = book.read_bytes()
+    loop = subprocess.Popen([sys.executable, "-m", "orchestrator", "reconcile", str(project), "--watch", "--interval", "0.3"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: [r for r in status(project) if r["state"] == "running"], what="running")
+        book.write_bytes(good[: len(good) // 2])  # a half-saved file
+        time.sleep(1.5)
+        (project / ".~lock.experiments.xlsx#").write_text("someone,editing")
+        write_workbook(book, [{"id": "w", "command": "python stepper.py steps=150 delay=0.1 tag={{ tag }}",
+                               "tag": "[1, 2]"}])
+        time.sleep(1.5)
+        assert [r["run"] for r in status(project)] == ["w[tag=1]"]  # not applied while open elsewhere
+        (project / ".~lock.experiments.xlsx#").unlink()
+        wait_for(lambda: len(status(project)) == 2, timeout=20, what="the saved edit applied")
+        assert all(r["state"] in ("submitted", "running") for r in status(project))
+    finally:
+        loop.send_signal(signal.SIGINT)
+        _, err = loop.communicate(timeout=30)
+    assert "keeping the last good plan" in err
+    assert "is open in a spreadsheet program" in err
+    assert err.count("keeping the last good plan") <= 3  # warned when it changed, not every pass
