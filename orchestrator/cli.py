@@ -820,5 +820,23 @@ def digest(workbook: str | None, mode: str, open_browser: bool) -> None:
         rec.close()
 
 
+@main.command()
+@click.argument("workbook", required=False, metavar="[WORKBOOK]")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
+              help="runs.csv (+ runs-metrics.csv), runs.json, or runs.parquet (+ runs-metrics.parquet).")
+def export(workbook: str | None, output: str) -> None:
+    """Export every run (parameters, state, timings, last and best metrics) and every
+    metric point, for pandas, R or a spreadsheet. In Python: orchestrator.frames.load()."""
+    from .frames import export as write
+    from .frames import load
+
+    runs, metrics = load(resolve_workbook(workbook))
+    try:
+        paths = write(runs, metrics, Path(output))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"Wrote {', '.join(map(str, paths))}: {len(runs)} runs, {len(metrics)} metric points.")
+
+
 if __name__ == "__main__":
     main()

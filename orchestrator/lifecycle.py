@@ -65,6 +65,8 @@ def observe(rec: RunRecord, st: JobStatus, now: float, defs: Sequence[MetricDef]
     samples, res_n = parse_resources(st.resources, final=final)
     # a program that echoes its arguments (`lr=0.01 layers=2`) does not report metrics by it
     echoed = {name for name, _ in rec.params}
+    # a metric both printed (rounded) and logged through track (exact) counts once: the exact one
+    echoed |= {p.name for p in trk_pts}
     printed = [p for p in out_pts + err_pts if p.name not in echoed] if echoed else out_pts + err_pts
     points = tuple(printed + trk_pts)
     o = st.offsets

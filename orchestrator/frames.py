@@ -1,0 +1,99 @@
+"""Runs and metric histories as pandas DataFrames: the home of pandas.
+
+For analysis in a notebook and for `nero export`:
+
+    from orchestrator.frames import load
+    runs, metrics = load("experiments.xlsx")
+    runs.groupby("layers")["best:val_loss"].min()
+
+`runs` has one row per run (index: run key) with its number, experiment, parameters,
+state, reason, attempt, cluster, job id, host, start, end, runtime_s, git commit and the
+`last:`/`best:` value of every metric. `metrics` is tidy: one row per point of each run's
+current attempt (run, metric, step, value).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from .model import RunRecord
+
+
+def runs_frame(runs: Sequence[RunRecord], now: float):
+    import pandas as pd
+
+    rows = []
+    for r in runs:
+        row: dict[str, object] = {"run": r.key, "number": r.number, "experiment": r.experiment}
+        row.update({k: v for k, v in r.params})
+        row.update({
+            "state": r.state.value, "reason": r.reason, "attempt": r.attempt, "cluster": r.cluster,
+            "job_id": r.job_id, "host": r.host,
+            "start": pd.to_datetime(r.started_at, unit="s") if r.started_at else pd.NaT,
+            "end": pd.to_datetime(r.ended_at, unit="s") if r.ended_at else pd.NaT,
+            "runtime_s": r.runtime(now), "git_commit": r.git_commit, "git_dirty": r.git_dirty,
+        })
+        for name, value in sorted(r.last.items()):
+            row[f"last:{name}"] = value
+        for name, value in sorted(r.best.items()):
+            row[f"best:{name}"] = value
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    return frame.set_index("run") if len(frame) else frame
+
+
+def metrics_frame(histories: Mapping[str, Mapping[str, Sequence[tuple[int | None, float]]]]):
+    import pandas as pd
+
+    records = [(key, name, step, value) for key, per in histories.items() for name, points in per.items()
+               for step, value in points]
+    frame = pd.DataFrame.from_records(records, columns=["run", "metric", "step", "value"])
+    frame["step"] = frame["step"].astype("Int64")
+    return frame
+
+
+def load(workbook: str | Path):
+    """(runs, metrics) DataFrames of a project, read from its state store."""
+    import time
+
+    from .reconcile import Reconciler
+
+    rec = Reconciler(workbook)
+    try:
+        snap = sorted(rec.store.snapshot().values(), key=lambda r: r.number)
+        return runs_frame(snap, time.time()), metrics_frame(rec.store.histories())
+    finally:
+        rec.close()
+
+
+def export(runs, metrics, path: Path) -> list[Path]:
+    """Write the frames by the file's suffix: .csv or .parquet (two files), or .json."""
+    suffix = path.suffix.lower()
+    written: list[Path] = []
+    if suffix == ".csv":
+        metrics_path = path.with_name(f"{path.stem}-metrics.csv")
+        runs.to_csv(path)
+        metrics.to_csv(metrics_path, index=False)
+        written = [path, metrics_path]
+    elif suffix == ".json":
+        import json
+
+        payload = {"runs": json_ready(runs.reset_index().to_dict(orient="records")),
+                   "metrics": json_ready(metrics.to_dict(orient="records"))}
+        path.write_text(json.dumps(payload, indent=1, default=str))
+        written = [path]
+    elif suffix == ".parquet":
+        metrics_path = path.with_name(f"{path.stem}-metrics.parquet")
+        runs.to_parquet(path)
+        metrics.to_parquet(metrics_path)
+        written = [path, metrics_path]
+    else:
+        raise ValueError(f"cannot export to {path.name}: use a .csv, .json or .parquet file")
+    return written
+
+
+def json_ready(rows: list[dict]) -> list[dict]:
+    """NaN → None so the JSON is standard."""
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in rows]
