@@ -167,3 +167,14 @@ def test_plot_draws_the_selected_runs(project: Path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     bad = nero("plot", str(project), "p*", "nosuch")
     assert bad.returncode != 0 and "metrics with points: loss" in bad.stderr
+    # the same runs as DataFrames, and exported
+    from orchestrator.frames import load
+
+    runs, metrics = load(project / "experiments.xlsx")
+    assert sorted(runs.index) == ["p[loss=0.3]", "p[loss=0.6]"]
+    assert runs.loc["p[loss=0.6]", "last:loss"] == 0.6 and runs.loc["p[loss=0.3]", "state"] == "failed"
+    assert sorted(metrics[metrics["run"] == "p[loss=0.3]"]["step"]) == [1, 2, 3, 4, 5]
+    nero("export", str(project), "-o", str(project / "out.csv"), check=True)
+    import pandas as pd
+
+    assert pd.read_csv(project / "out-metrics.csv").shape == (10, 4)
