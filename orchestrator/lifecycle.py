@@ -63,11 +63,9 @@ def observe(rec: RunRecord, st: JobStatus, now: float, defs: Sequence[MetricDef]
     err_pts, err_n = parse_output(st.stderr, defs, now, source="stderr", final=final)
     trk_pts, trk_n = parse_track(st.metrics, final=final)
     samples, res_n = parse_resources(st.resources, final=final)
-    # a program that echoes its arguments (`lr=0.01 layers=2`) does not report metrics by it
-    echoed = {name for name, _ in rec.params}
     # a metric both printed (rounded) and logged through track (exact) counts once: the exact one
-    echoed |= {p.name for p in trk_pts}
-    printed = [p for p in out_pts + err_pts if p.name not in echoed] if echoed else out_pts + err_pts
+    logged = {p.name for p in trk_pts}
+    printed = [p for p in out_pts + err_pts if p.name not in logged] if logged else out_pts + err_pts
     points = tuple(printed + trk_pts)
     o = st.offsets
     offsets = Offsets(o.stdout + out_n, o.stderr + err_n, o.metrics + trk_n, o.resources + res_n)
