@@ -553,7 +553,7 @@ class Reconciler:
         if not isinstance(backend, RemoteBackend):
             return local, None
         if Path(local).is_dir():
-            snap = snapshot(local, c.name)
+            snap = snapshot(local, c.name, exclude=(str(self.workbook_path), str(self.results_path())))
             return backend.code_dir(snap.hash), snap
         return backend.remote_path(spec.workdir), None
 

@@ -484,12 +484,19 @@ class Store:
                 self.db.execute("UPDATE outbox SET status='sent' WHERE sent_at IS NOT NULL")
         self._outbox_checked = True
 
-    def enqueue_mail(self, mails: Sequence[Mail], now: float, meta: dict[str, str] | None = None) -> list[Mail]:
+    def enqueue_mail(self, mails: Sequence[Mail], now: float, meta: dict[str, str] | None = None,
+                     expect: tuple[str, str | None] | None = None) -> list[Mail]:
         """Store new messages (each `Mail.eml` is a pattern with `{id}`) and `meta` values
-        in one transaction; returns the messages with their ids and file names."""
+        in one transaction; returns the messages with their ids and file names. With
+        `expect` (a meta key and the value it was read with), nothing is stored if another
+        process changed that value meanwhile (then [] is returned)."""
         self._outbox_columns()
         out = []
         with self.transaction():
+            if expect is not None:
+                row = self.db.execute("SELECT value FROM meta WHERE key=?", (expect[0],)).fetchone()
+                if (row[0] if row else None) != expect[1]:
+                    return []
             for m in mails:
                 cur = self.db.execute(
                     "INSERT INTO outbox (created_at, kind, subject, status, message_id, sender, recipients, message) "

@@ -383,3 +383,30 @@ def test_the_watch_loop_schedules_digests_catches_up_and_follows_the_setting(tmp
         assert len(list((tmp_path / ".nero" / "outbox").glob("*-digest.eml"))) == 2
     finally:
         rec.close()
+
+
+def test_two_processes_never_queue_the_same_events(mailer: Mailer, tmp_path: Path):
+    """Queueing notices moves the event cursor by compare-and-set: a process that read the
+    cursor before another one moved it stores nothing."""
+    wb, specs = _project(tmp_path, 2)
+    mailer.queue_notices(specs, wb, time.time() - 1)
+    _events(mailer.store, specs)
+    other = Store(tmp_path / ".nero" / "state.db")
+    try:
+        stale = other.get_meta("notify.event_cursor")  # the other process reads the cursor …
+        assert len(mailer.queue_notices(specs, wb, time.time())) == 2  # … this one queues the events …
+        late = _queue(Mailer(other, tmp_path))[0]  # (a message to store, built from the stale view)
+        assert other.enqueue_mail([late], time.time(), meta={"notify.event_cursor": "999"},
+                                  expect=("notify.event_cursor", stale)) == []  # … and it stores nothing
+    finally:
+        other.close()
+    assert len(mailer.store.mail(("local",))) == 2 and len(mailer.store.mail(("queued",))) == 1
+
+
+def test_line_breaks_from_cells_never_reach_a_header():
+    data = compose(subject="run a\nb failed\r\nBcc: x@evil.example", sender=FROM, recipients=[TO], text="t",
+                   html="<p>t</p>", msg_id=message_id("t", FROM), date=time.time(),
+                   headers={"X-Nero-Run": "k[tag=a\nb]"})
+    msg = message_from_bytes(data, policy=default_policy)
+    assert msg["Subject"] == "run a b failed Bcc: x@evil.example" and msg["Bcc"] is None
+    assert msg["X-Nero-Run"] == "k[tag=a b]"

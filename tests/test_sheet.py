@@ -61,7 +61,7 @@ def test_example_reads_back_clean(tmp_path: Path) -> None:
     assert demo.notify == ("failed", "terminated")
     assert held.after == ("demo",)
     runs = [s for s in expand(wb) if s.experiment == "demo"]
-    assert len(runs) == 6 and "demo[lr=0.01,layers=1]" in {s.key for s in runs}
+    assert len(runs) == 6 and "demo[lr=0.01,layers=0]" in {s.key for s in runs}
     assert [c.name for c in wb.clusters] == ["local"] and wb.clusters[0].max_jobs is None
     assert [(m.name, m.goal) for m in wb.metrics] == [("loss", "min"), ("val_loss", "min"), ("acc", "max")]
     s = wb.settings
