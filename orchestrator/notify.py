@@ -264,13 +264,9 @@ def _breakable(text: Any) -> Any:
 
 @lru_cache(maxsize=8)
 def _environment(search: tuple[str, ...]) -> Any:
-    import jinja2
+    from .render import mail_environment
 
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(list(search)),
-        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=False),
-        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False,
-    )
+    env = mail_environment(search)
     env.filters.update(num=_num, when=_when, clock=_clock, duration=_duration, mb=_mb, one_line=_one_line,
                        state_color=lambda s: STATE_COLORS.get(str(s), "#1f2328"), breakable=_breakable)
     return env

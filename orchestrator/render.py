@@ -98,3 +98,14 @@ def render_template(name: str, variables: dict[str, object], project_dir: str | 
         raise TemplateError(f"template {name!r}: {e.message}") from None
     except jinja2.TemplateSyntaxError as e:
         raise TemplateError(f"template {name!r} line {e.lineno}: {e.message}") from None
+
+
+def mail_environment(search: tuple[str, ...]):
+    """A Jinja environment for e-mail templates: HTML-escaped (`*.html.j2`), not shell-quoted."""
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(list(search)),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=False),
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False,
+    )
