@@ -72,16 +72,9 @@ def _open(workbook: str | None, keep_last_good: bool = False):
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+    from .expr import format_duration
+
+    return "" if seconds is None else format_duration(seconds)
 
 
 def _num(v: float) -> str:

@@ -1047,41 +1047,6 @@ def _column_px(width: float) -> int:
     return int(width * 7 + 0.5) + 5
 
 
-def _decimals(values: Iterable[float]) -> int | None:
-    """Decimals showing about four significant digits of the typical value; None: scientific."""
-    mags = sorted(abs(v) for v in values if isinstance(v, int | float) and math.isfinite(v) and v != 0)
-    if not mags:
-        return 3
-    med = mags[len(mags) // 2]
-    if med >= 1e7 or med < 1e-5:
-        return None
-    return max(0, min(6, 3 - math.floor(math.log10(med))))
-
-
-def _axis_cap(goal: str, values: Sequence[float], typical: float) -> float | None:
-    """An upper axis bound that keeps diverged runs (huge values of a metric to minimise)
-    from flattening the others: ten times the typical value, when something exceeds it."""
-    if goal == "max" or not values or not typical > 0 or min(values) < 0:
-        return None
-    cap = 10 * typical
-    return _nice(cap) if max(values) > cap else None
-
-
-def _nice(x: float) -> float:
-    """The next 1, 2 or 5 × 10^k at or above x."""
-    e = 10 ** math.floor(math.log10(x))
-    return next(m * e for m in (1, 2, 5, 10) if m * e >= x)
-
-
-def _row_align(y: int) -> int:
-    return -(-y // 20) * 20
-
-
-def _column_px(width: float) -> int:
-    """Excel's pixel width of a column `width` characters wide (Calibri 11)."""
-    return int(width * 7 + 0.5) + 5
-
-
 def _label_format(values: Sequence[float]) -> str:
     mags = sorted(abs(v) for v in values if v)
     if not mags:
