@@ -55,7 +55,7 @@ class ClusterKind(StrEnum):
     SGE = "sge"
 
 
-RESOURCE_COLUMNS = ("time", "cpus", "mem", "gpus", "partition", "account")
+RESOURCE_COLUMNS = ("time", "cpus", "mem", "gpus", "partition", "account", "options")
 
 
 @dataclass(frozen=True)

@@ -305,7 +305,7 @@ class Reconciler:
                 what = "its runs keep their state" if name in live else "its new runs wait"
                 report.warnings.append(f"{e}; {what}")
                 continue
-            free = backend.free_disk_mb()
+            free = backend.free_disk_mb() if limit else None
             if limit and free is not None and free < limit and name in wanted:
                 watch.hold = (f"free disk in its workdir is {_size(free)}, below Settings min_free_disk "
                               f"{limit_text}")
@@ -313,17 +313,18 @@ class Reconciler:
                                        "freed (or min_free_disk is lowered)")
 
     def _wanted_clusters(self) -> set[str]:
-        """Clusters that runs not yet submitted (or to be restarted) may go to."""
-        from .model import Desired
+        """Clusters that runs not yet submitted, to be restarted or retried may go to."""
+        from .model import Desired, OverrideKind
 
         snap = self.store.snapshot()
+        restarts = {k for k, o in self.store.overrides().items() if o.kind is OverrideKind.RESTART}
         out: set[str] = set()
         for s in self.specs:
             if s.desired is not Desired.RUN:
                 continue
             rec = snap.get(s.key)
-            if rec is None or rec.spec_hash != s.spec_hash or (rec.state.finished and rec.state is not RunState.COMPLETED
-                                                                and s.retries):
+            if (rec is None or rec.spec_hash != s.spec_hash or s.key in restarts
+                    or (rec.state.finished and rec.state is not RunState.COMPLETED and s.retries)):
                 out.update(s.clusters)
         return out
 
@@ -522,7 +523,7 @@ class Reconciler:
             template += ".j2"
         workdir, code = self._code(spec, c)
         resources = dict(spec.resources)
-        name = job_name(spec.key, attempt)
+        name = job_name(spec.key, attempt, run_dir)
         text = render_template(template, {
             "job_name": name, "partition": _directive(str(resources.get("partition") or c.partition)),
             "account": _directive(str(resources.get("account") or c.account)),

@@ -50,7 +50,7 @@ EXPERIMENT_COLUMNS = (
 )
 CLUSTER_COLUMNS = (
     "name", "kind", "host", "user", "port", "workdir", "python", "setup", "max_jobs",
-    "partition", "account", "template", "gpus", "notes",
+    "partition", "account", "template", "gpus", "options", "notes",
 )
 METRIC_COLUMNS = ("name", "pattern", "goal", "notes")
 SETTING_KEYS = (
@@ -540,7 +540,7 @@ def _cluster(row: _Row) -> Cluster | None:
         python=row.get("python", _text, ""), setup=row.get("setup", _text, ""),
         max_jobs=row.get("max_jobs", _whole(1, 8), None), partition=row.get("partition", _text, ""),
         account=row.get("account", _text, ""), template=row.get("template", _text, ""),
-        gpus=row.get("gpus", _text, ""),
+        gpus=row.get("gpus", _text, ""), options=row.get("options", _text, ""),
     )
 
 
@@ -668,7 +668,7 @@ def _param_value(value: object) -> object:
 def _resources(row: _Row) -> tuple[tuple[str, Scalar], ...]:
     converters: dict[str, Callable[[Any, str], Scalar]] = {
         "time": _minutes, "cpus": _whole(1, 4), "mem": _megabytes, "gpus": _whole(0, 1),
-        "partition": _text, "account": _text,
+        "partition": _text, "account": _text, "options": _text,
     }
     out = []
     for name in RESOURCE_COLUMNS:
@@ -937,6 +937,8 @@ EXPERIMENT_HELP = {
     "cpus": "CPU cores per run (whole number).",
     "mem": "Memory per run: megabytes (4000) or 4G / 500M.",
     "gpus": "GPUs per run (whole number).",
+    "options": "Extra scheduler options for this row's runs, e.g. --qos=high (Slurm) or -l ssd=1 (SGE); "
+               "added to the cluster's options.",
     "partition": "Slurm partition or SGE queue. Empty: the cluster's partition.",
     "account": "Slurm account or SGE project to charge. Empty: the cluster's account.",
     "setup": "Shell lines run before the command, e.g.\nmodule load cuda\nsource venv/bin/activate",
@@ -975,8 +977,11 @@ CLUSTER_HELP = {
     "max_jobs": "At most this many runs at once on this cluster. Empty for local: the number of cores.",
     "partition": "Default Slurm partition / SGE queue for this cluster.",
     "account": "Default Slurm account / SGE project for this cluster.",
-    "template": "Default job template for this cluster, e.g. slurm.sh.j2.",
-    "gpus": "GPUs this machine offers (e.g. 4 or a100:4); informational for schedulers.",
+    "template": "Default job template for this cluster, e.g. slurm.sbatch.j2 (default for slurm), sge.sh.j2, ssh.sh.j2.",
+    "gpus": "ssh hosts: the GPUs runs may use, e.g. 0,1,2,3 (empty: all nvidia-smi shows). A run with gpus "
+            "gets CUDA_VISIBLE_DEVICES of free ones. Slurm/SGE: informational.",
+    "options": "Extra scheduler options for every job here, e.g. --qos=high --constraint=a100 (Slurm) "
+               "or -l gpu_type=a100 (SGE).",
     "notes": "Free text; nero ignores it.",
 }
 METRIC_HELP = {
@@ -1006,16 +1011,16 @@ SETTING_HELP = {
 EXAMPLE_COMMAND = "python train.py --lr {{ lr }} --layers {{ layers }} --epochs {{ epochs }}"
 EXAMPLE_EXPERIMENTS = (
     ("id", "state", "command", "lr", "layers", "epochs", "cluster", "rules", "notify", "retries",
-     "priority", "after", "time", "cpus", "mem", "gpus", "partition", "account", "setup", "workdir",
-     "template", "notes"),
+     "priority", "after", "time", "cpus", "mem", "gpus", "partition", "account", "options", "setup",
+     "workdir", "template", "notes"),
     ("demo", "run", EXAMPLE_COMMAND, "[0.01, 0.1, 3.0]", "[0, 2]", 20, "local",
      "isnan(loss); plateau(val_loss, 5)", "failed, terminated", None, None, None, None, None, None,
-     None, None, None, None, None, None,
+     None, None, None, None, None, None, None,
      "3 learning rates × 2 depths = 6 runs of about 6 s. lr=3.0 diverges to NaN and the isnan "
      "rule stops it; the linear model (layers=0) with lr=0.1 stalls and plateau stops it. "
      "Edit a cell and run nero plan to see what would change."),
     ("demo-hold", "hold", EXAMPLE_COMMAND, "logspace(-3, -1, 3)", 3, 20, "local", "isnan(loss)",
-     "failed", 1, None, "demo", None, None, None, None, None, None, None, None, None,
+     "failed", 1, None, "demo", None, None, None, None, None, None, None, None, None, None,
      "Held: nothing starts until you set state to run; then it waits for demo (after) and "
      "retries a failed run once, resuming from its checkpoint."),
 )

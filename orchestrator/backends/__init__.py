@@ -18,6 +18,7 @@ Cluster.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 from ..model import Cluster, ClusterKind, ClusterResources, Handle, JobScript, JobStatus, Submission
@@ -53,6 +54,9 @@ class Backend(Protocol):
 
     def connect(self) -> object:
         """Reach the cluster now (a no-op for local); BackendError if it cannot be reached."""
+
+    def run_root(self) -> str | Path:
+        """Where this cluster's run directories go (on the cluster; absolute)."""
 
     def free_disk_mb(self) -> float | None:
         """Free space where the cluster's run directories go, as last seen (None: unknown)."""

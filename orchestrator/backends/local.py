@@ -16,7 +16,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..model import Cluster, Handle, JobScript, JobStatus, Offsets, Submission
+from ..model import Cluster, ClusterResources, Handle, JobScript, JobStatus, Submission
 
 MAX_READ = 32 * 1024 * 1024  # bytes read per file per pass; the rest comes next pass
 KILL_GRACE_S = 15
@@ -94,7 +94,15 @@ class LocalBackend:
         except (OSError, subprocess.SubprocessError) as e:
             return Submission(job.key, job.attempt, error=f"could not start the job in {run_dir}: {e}")
 
-    def adopt(self, handle: Handle) -> Submission | None:
+    def adopt(self, handles: Sequence[Handle]) -> dict[str, Submission]:
+        found = {}
+        for h in handles:
+            sub = self._adopt_one(h)
+            if sub is not None:
+                found[h.key] = sub
+        return found
+
+    def _adopt_one(self, handle: Handle) -> Submission | None:
         run_dir = Path(handle.run_dir)
         for name in ("job_id", "pid"):
             text = _read_text(run_dir / name)
@@ -105,6 +113,35 @@ class LocalBackend:
             # shows life it becomes `lost`, which is safer than a second copy.
             return Submission(handle.key, handle.attempt, job_id="")
         return None
+
+    def connect(self) -> None:
+        pass
+
+    def run_root(self) -> Path:
+        base = Path(os.path.expanduser(self.cluster.workdir)) if self.cluster.workdir else Path(self.project_dir) / "runs"
+        return base if base.is_absolute() else Path(self.project_dir) / base
+
+    def free_disk_mb(self) -> float | None:
+        p = self.run_root()
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        try:
+            st = os.statvfs(p)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize / 2**20
+
+    def resources(self) -> ClusterResources:
+        from .remote import parse_nvidia_smi, run_agent_locally
+
+        reply = run_agent_locally({"op": "resources", "workdir": str(self.run_root())})
+        h = reply.header
+        return ClusterResources(
+            cluster=self.cluster.name, kind="local", host=h.get("host", ""), cpus=h.get("cpus"),
+            load=tuple(h.get("load") or ()), mem_total_mb=h.get("mem_total_mb"),
+            mem_available_mb=h.get("mem_available_mb"), disk_path=h.get("workdir", ""),
+            disk_free_mb=h.get("disk_free_mb"), gpus=parse_nvidia_smi(h.get("gpus")),
+        )
 
     def poll(self, handles: Sequence[Handle]) -> list[JobStatus]:
         self._children = [p for p in self._children if p.poll() is None]

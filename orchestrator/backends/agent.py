@@ -1,0 +1,580 @@
+# ruff: noqa: UP004, UP024, UP031, B905
+"""nero's agent: the small program nero runs on a cluster's login node (or SSH host) to
+do one request per round trip. nero is not installed there: this file's source is sent
+on stdin with every call (`remote.BOOTSTRAP` reads and runs it), so it uses only the
+standard library of Python >= 3.6 and knows nothing of workbooks or schedulers.
+The scheduler commands it runs and the parsing of their output are nero's (slurm.py,
+sge.py); the agent only runs what it is given and reads and writes files.
+
+stdin:  <n>\\n<this source> <m>\\n<zlib(JSON request)> <payload bytes: code archives>
+stdout: NERO-AGENT/1 <header length> <blob length>\\n<JSON header><blobs>
+
+Operations (request["op"]):
+  hello      home, user, host, CPUs, free disk in the workdir, which tools exist, and
+             the output of a few configuration commands (limits)
+  submit     under the workdir's submit lock: unpack code archives (once per content
+             hash), write run directories, run the submission commands (in parallel) or
+             start detached processes, record each job id in its run directory at once
+  poll       the scheduler's word on the live jobs (a listing, then details for the
+             jobs the listing lacks), then each run's status files and the bytes
+             appended to its outputs since the given offsets, bounded per file and in
+             total
+  adopt      under the submit lock: each run directory's job id / submission record and
+             the scheduler's listing of job names (finding jobs after a crash)
+  cancel     scheduler commands, or signals to detached process groups
+  resources  CPUs, load, RAM, GPUs (nvidia-smi), free disk, and queue commands' output
+"""
+
+import errno
+import fcntl
+import getpass
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+MAGIC = b"NERO-AGENT/1"
+HOME = os.path.expanduser("~")
+USER = getpass.getuser()
+STATUS_FILES = ("started", "exit_code", "heartbeat", "pid", "job_id")
+OUTPUTS = ("stdout.log", "stderr.log", "metrics.jsonl", "resources.jsonl")
+TAIL = 4096
+
+
+class Reply(object):
+    def __init__(self):
+        self.header = {}
+        self.blobs = []
+        self.size = 0
+
+    def blob(self, data):
+        ref = [self.size, len(data)]
+        self.blobs.append(data)
+        self.size += len(data)
+        return ref
+
+    def write(self, out):
+        head = json.dumps(self.header).encode("utf-8")
+        out.write(MAGIC + b" %d %d\n" % (len(head), self.size))
+        out.write(head)
+        for b in self.blobs:
+            out.write(b)
+        out.flush()
+
+
+def path(p):
+    p = os.path.expanduser(p)
+    return p if os.path.isabs(p) else os.path.join(HOME, p)
+
+
+def subst(argv, **values):
+    values.setdefault("user", USER)
+    out = []
+    for a in argv:
+        for k, v in values.items():
+            a = a.replace("{" + k + "}", v)
+        out.append(a)
+    return out
+
+
+def run(argv, cwd=None, timeout=120, env=None):
+    try:
+        p = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=env, close_fds=True)
+    except OSError as e:
+        code = 127 if e.errno == errno.ENOENT else 126
+        return {"rc": code, "out": b"", "err": "%s: %s" % (argv[0], e.strerror)}
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        return {"rc": 124, "out": out, "err": "%s: timed out after %d s" % (argv[0], timeout)}
+    return {"rc": p.returncode, "out": out, "err": err.decode("utf-8", "replace")[-2000:]}
+
+
+def disk_free_mb(p):
+    while p and not os.path.exists(p):
+        p = os.path.dirname(p)
+    try:
+        st = os.statvfs(p or "/")
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize / 1048576.0
+
+
+def read_small(p, limit=4096):
+    try:
+        with open(p, "rb") as f:
+            return f.read(limit).decode("utf-8", "replace").strip()
+    except (IOError, OSError):
+        return None
+
+
+def read_from(p, offset, limit):
+    if limit <= 0:
+        return b""
+    try:
+        with open(p, "rb") as f:
+            f.seek(offset)
+            return f.read(limit)
+    except (IOError, OSError):
+        return b""
+
+
+def tail(p, size=TAIL):
+    try:
+        with open(p, "rb") as f:
+            f.seek(0, 2)
+            end = f.tell()
+            f.seek(max(0, end - size))
+            return f.read()
+    except (IOError, OSError):
+        return b""
+
+
+def write_atomic(p, data, mode=None):
+    tmp = os.path.join(os.path.dirname(p), ".%s.tmp%d" % (os.path.basename(p), os.getpid()))
+    with open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if not isinstance(data, bytes) else data)
+    if mode is not None:
+        os.chmod(tmp, mode)
+    os.rename(tmp, p)
+
+
+def process_alive(pid, run_dir):
+    """A live (non-zombie) process whose working directory is run_dir."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            stat = f.read()
+        state = stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3]
+        if state in (b"Z", b"X"):
+            return False
+        return os.path.realpath("/proc/%d/cwd" % pid) == os.path.realpath(run_dir)
+    except (IOError, OSError, ValueError):
+        pass
+    try:  # no /proc (not Linux): the process exists
+        os.kill(pid, 0)
+        return not os.path.exists("/proc/self")
+    except OSError:
+        return False
+
+
+class Lock(object):
+    """The workdir's submit lock: a submission and an adoption never overlap."""
+
+    def __init__(self, workdir, wait=300):
+        d = os.path.join(workdir, ".nero")
+        if not os.path.isdir(d):
+            os.makedirs(d)
+        self.f = open(os.path.join(d, "submit.lock"), "a")
+        end = time.time() + wait
+        while True:
+            try:
+                fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except (IOError, OSError):
+                if time.time() > end:
+                    raise RuntimeError("another nero holds %s/submit.lock" % d) from None
+                time.sleep(0.1)
+
+    def release(self):
+        self.f.close()
+
+
+class Limited(object):
+    """Exactly `size` bytes of a stream, for one code archive."""
+
+    def __init__(self, f, size):
+        self.f, self.left = f, size
+
+    def read(self, n=-1):
+        if self.left <= 0:
+            return b""
+        n = self.left if n is None or n < 0 else min(n, self.left)
+        data = self.f.read(n)
+        self.left -= len(data)
+        return data
+
+    def drain(self):
+        while self.read(1 << 20):
+            pass
+
+
+def unpack(stream, target):
+    """Extract a tar.gz of plain files into `target` (atomically: complete or absent)."""
+    tmp = "%s.tmp%d" % (target, os.getpid())
+    with tarfile.open(fileobj=stream, mode="r|gz") as tar:
+        for m in tar:
+            name = os.path.normpath(m.name)
+            if name.startswith("..") or os.path.isabs(name) or not (m.isfile() or m.isdir()):
+                continue
+            dest = os.path.join(tmp, name)
+            if m.isdir():
+                if not os.path.isdir(dest):
+                    os.makedirs(dest)
+                continue
+            parent = os.path.dirname(dest)
+            if not os.path.isdir(parent):
+                os.makedirs(parent)
+            src = tar.extractfile(m)
+            with open(dest, "wb") as out:
+                shutil.copyfileobj(src, out)
+            os.chmod(dest, 0o755 if m.mode & 0o111 else 0o644)
+    if not os.path.isdir(tmp):
+        os.makedirs(tmp)
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another submission put it there first
+
+
+# ------------------------------------------------------------------------- operations
+def op_hello(req, inp, reply):
+    workdir = path(req.get("workdir") or "nero")
+    for d in (workdir, os.path.join(workdir, ".nero")):
+        if not os.path.isdir(d):
+            os.makedirs(d)
+    outputs = []
+    for argv in req.get("commands", []):
+        r = run(subst(argv), timeout=60)
+        r["out"] = reply.blob(r["out"])
+        outputs.append(r)
+    reply.header.update({
+        "home": HOME, "user": USER, "host": socket.gethostname(), "cpus": os.cpu_count(),
+        "workdir": workdir, "disk_free_mb": disk_free_mb(workdir),
+        "python": "%d.%d.%d" % sys.version_info[:3],
+        "tools": dict((t, shutil.which(t)) for t in req.get("tools", [])),
+        "outputs": outputs,
+    })
+
+
+def _scheduler(sched, ids, reply):
+    """The listing, then details for the ids the listing lacks (first alternative that works)."""
+    out = {}
+    listing = sched.get("list")
+    present = set()
+    if listing:
+        r = run(subst(listing), timeout=120)
+        pattern = re.compile(sched.get("present", r"^\s*(\S+)").encode("utf-8"), re.M)
+        if r["rc"] == 0:
+            present = set(m.group(1).decode("utf-8", "replace") for m in pattern.finditer(r["out"]))
+        r["out"] = reply.blob(r["out"])
+        out["list"] = r
+    missing = [i for i in ids if i not in present] if listing else list(ids)
+    out["details"] = []
+    if not missing:
+        return out
+    chunk = int(sched.get("chunk", 200))
+    for alt, template in enumerate(sched.get("detail", [])):
+        results, failed = [], 0
+        if any("{id}" in a for a in template):
+            groups = [[i] for i in missing]
+        else:
+            groups = [missing[k:k + chunk] for k in range(0, len(missing), chunk)]
+        for g in groups:
+            r = run(subst(template, ids=",".join(g), id=g[0]), timeout=120)
+            if r["rc"] != 0:
+                failed += 1
+            r["out"] = reply.blob(r["out"])
+            r["ids"] = g
+            r["alt"] = alt
+            results.append(r)
+        out["details"] = results
+        # `{id}` commands fail for unknown ids one by one; a chunked one fails as a whole
+        if failed < len(groups) or not groups:
+            break
+    return out
+
+
+def op_poll(req, inp, reply):
+    workdir = path(req.get("workdir") or "nero")
+    sched = req.get("scheduler")
+    if sched:
+        reply.header["scheduler"] = _scheduler(sched, req.get("ids", []), reply)
+    per_file = int(req.get("per_file", 8 << 20))
+    budget = int(req.get("budget", 64 << 20))
+    runs = []
+    for r in req.get("runs", []):
+        d = r["dir"]
+        files = dict((n, read_small(os.path.join(d, n))) for n in STATUS_FILES)
+        chunks, complete = [], True
+        for name, off in zip(OUTPUTS, r.get("off", [0, 0, 0, 0])):
+            limit = min(per_file, budget)
+            data = read_from(os.path.join(d, name), off, limit + 1)
+            if len(data) > limit:
+                data, complete = data[:limit], False
+            budget -= len(data)
+            chunks.append(reply.blob(data))
+        item = {"files": files, "chunks": chunks, "complete": complete}
+        if files.get("exit_code") is not None:
+            item["tail"] = reply.blob(tail(os.path.join(d, "stderr.log")))
+        if r.get("check_pid"):
+            pid = (r.get("pid") or files.get("pid") or "").strip()
+            item["alive"] = pid.isdigit() and process_alive(int(pid), d)
+        runs.append(item)
+    reply.header["runs"] = runs
+    reply.header["disk_free_mb"] = disk_free_mb(workdir)
+    reply.header["time"] = time.time()
+
+
+def write_new(p, data, mode=0o644):
+    """Write a file nobody reads yet (a run directory before its job is submitted): one
+    open/write/close, far fewer system calls than write_atomic."""
+    data = data.encode("utf-8") if not isinstance(data, bytes) else data
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def _write_job(job):
+    d = job["dir"]
+    if os.path.exists(os.path.join(d, "started")) or os.path.exists(os.path.join(d, "job_id")):
+        # a folder left by a job nero no longer knows (its state was deleted): kept aside,
+        # never mixed with the new job's output or mistaken for it
+        os.rename(d, "%s.replaced-%d" % (d, int(time.time() * 1000)))
+    try:
+        os.makedirs(d)
+    except OSError as e:
+        if e.errno != errno.EEXIST:
+            raise
+    for name, text in sorted(job.get("files", {}).items()):
+        write_new(os.path.join(d, name), text, 0o755 if name in job.get("exec", ()) else 0o644)
+    for name, target in job.get("links", {}).items():
+        p = os.path.join(d, name)
+        if not os.path.lexists(p):
+            os.symlink(target, p)
+
+
+def _job_id(out):
+    m = re.match(r"\s*([0-9][0-9.]*)", out.decode("utf-8", "replace"))
+    return m.group(1).split(".")[0] if m else ""
+
+
+def _submit_unit(unit):
+    for p, text in unit.get("files", {}).items():
+        parent = os.path.dirname(p)
+        if parent and not os.path.isdir(parent):
+            os.makedirs(parent)
+        write_atomic(p, text, 0o755 if p.endswith(".sh") else None)
+    if unit["kind"] == "spawn":
+        env = dict(os.environ)
+        env.update(unit.get("env", {}))
+        try:
+            with open(os.devnull, "r+b") as null:
+                p = subprocess.Popen(unit["argv"], cwd=unit["cwd"], stdin=null, stdout=null, stderr=null,
+                                     close_fds=True, env=env, start_new_session=True)
+        except OSError as e:
+            return {"rc": 126, "out": "", "err": "cannot start %s: %s" % (unit["argv"][0], e), "ids": []}
+        ids = [str(p.pid)]
+        result = {"rc": 0, "out": str(p.pid), "err": "", "ids": ids}
+    else:
+        r = run(unit["argv"], cwd=unit.get("cwd"), timeout=300)
+        jid = _job_id(r["out"]) if r["rc"] == 0 else ""
+        ids = []
+        if jid:
+            ids = ["%s_%d" % (jid, i) for i in range(len(unit["runs"]))] if unit.get("array") else [jid]
+        result = {"rc": r["rc"], "out": r["out"].decode("utf-8", "replace")[-2000:], "err": r["err"], "ids": ids}
+    pairs = list(zip(unit["runs"], ids))
+    with ThreadPoolExecutor(8 if len(pairs) > 8 else 1) as pool:  # read by adopt only under the submit lock
+        list(pool.map(lambda dj: write_new(os.path.join(dj[0], "job_id"), dj[1] + "\n"), pairs))
+    return result
+
+
+def op_submit(req, inp, reply):
+    workdir = path(req["workdir"])
+    t0 = time.time()
+    lock = Lock(workdir)
+    seconds = {"lock": time.time() - t0}
+    try:
+        shipped = []
+        for code in req.get("code", []):
+            stream = Limited(inp, int(code["size"]))
+            target = code["dir"]
+            if os.path.isdir(target):
+                stream.drain()
+                shipped.append(False)
+                continue
+            parent = os.path.dirname(target)
+            if not os.path.isdir(parent):
+                os.makedirs(parent)
+            unpack(stream, target)
+            stream.drain()
+            shipped.append(True)
+        reply.header["code"] = shipped
+        seconds["code"] = time.time() - t0 - sum(seconds.values())
+        # many small files: written by a few threads (system calls overlap; 10x faster on
+        # slow or network file systems)
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(_write_job, req.get("jobs", [])))
+        seconds["files"] = time.time() - t0 - sum(seconds.values())
+        units = req.get("units", [])
+        results = [None] * len(units)
+        cmds = [i for i, u in enumerate(units) if u["kind"] != "spawn"]
+        todo = list(cmds)
+        guard = threading.Lock()
+
+        def worker():
+            while True:
+                with guard:
+                    if not todo:
+                        return
+                    i = todo.pop(0)
+                try:
+                    results[i] = _submit_unit(units[i])
+                except Exception as e:  # noqa: BLE001 - reported per unit
+                    results[i] = {"rc": 125, "out": "", "err": "%s: %s" % (type(e).__name__, e), "ids": []}
+
+        threads = [threading.Thread(target=worker) for _ in range(max(1, min(int(req.get("parallel", 4)), len(cmds))))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i, u in enumerate(units):
+            if u["kind"] == "spawn":
+                try:
+                    results[i] = _submit_unit(u)
+                except Exception as e:  # noqa: BLE001
+                    results[i] = {"rc": 125, "out": "", "err": "%s: %s" % (type(e).__name__, e), "ids": []}
+        reply.header["units"] = results
+        seconds["submit"] = time.time() - t0 - sum(seconds.values())
+        reply.header["seconds"] = seconds
+        reply.header["disk_free_mb"] = disk_free_mb(workdir)
+    finally:
+        lock.release()
+
+
+def op_adopt(req, inp, reply):
+    workdir = path(req["workdir"])
+    lock = Lock(workdir)
+    try:
+        runs, names = [], []
+        for r in req.get("runs", []):
+            d = r["dir"]
+            item = {"job_id": read_small(os.path.join(d, "job_id")),
+                    "submit": read_small(os.path.join(d, "submit.json"), 65536),
+                    "pid": read_small(os.path.join(d, "pid")),
+                    "has_job": os.path.exists(os.path.join(d, "job.sh"))}
+            if r.get("check_pid") and item["job_id"]:
+                item["alive"] = item["job_id"].isdigit() and process_alive(int(item["job_id"]), d)
+            if not item["job_id"] and item["has_job"] and r.get("name"):
+                names.append(r["name"])
+            runs.append(item)
+        reply.header["runs"] = runs
+        out = {}
+        if req.get("list"):
+            rr = run(subst(req["list"]), timeout=120)
+            rr["out"] = reply.blob(rr["out"])
+            out["list"] = rr
+        details = []
+        if names and req.get("detail"):
+            template = req["detail"]
+            groups = [[n] for n in names] if any("{name}" in a for a in template) else \
+                [names[k:k + 100] for k in range(0, len(names), 100)]
+            for g in groups:
+                rr = run(subst(template, names=",".join(g), name=g[0]), timeout=120)
+                rr["out"] = reply.blob(rr["out"])
+                rr["names"] = g
+                details.append(rr)
+        out["details"] = details
+        reply.header["scheduler"] = out
+    finally:
+        lock.release()
+
+
+def _kill_later(pgid, run_dir, grace):
+    marker = os.path.join(run_dir, "exit_code")
+    script = 'sleep %d; [ -e "$1" ] || kill -KILL -- -%d 2>/dev/null' % (int(grace), pgid)
+    with open(os.devnull, "r+b") as null:
+        subprocess.Popen(["/bin/sh", "-c", script, "nero-kill", marker], stdin=null, stdout=null, stderr=null,
+                         close_fds=True, start_new_session=True)
+
+
+def op_cancel(req, inp, reply):
+    units = []
+    for argv in req.get("commands", []):
+        r = run(argv, timeout=120)
+        r["out"] = r["out"].decode("utf-8", "replace")[-2000:]
+        units.append(r)
+    kills = []
+    for k in req.get("kill", []):
+        pid = int(k["pid"])
+        if not process_alive(pid, k["dir"]):
+            kills.append("")
+            continue
+        try:
+            os.killpg(pid, signal.SIGTERM)
+            _kill_later(pid, k["dir"], k.get("grace", 15))
+            kills.append("")
+        except OSError as e:
+            kills.append("" if e.errno == errno.ESRCH else "cannot signal process group %d: %s" % (pid, e.strerror))
+    reply.header["commands"] = units
+    reply.header["kill"] = kills
+
+
+def op_resources(req, inp, reply):
+    workdir = path(req.get("workdir") or "nero")
+    mem = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("MemTotal", "MemAvailable"):
+                    mem[k] = float(v.split()[0]) / 1024.0
+    except (IOError, OSError):
+        pass
+    try:
+        load = list(os.getloadavg())
+    except OSError:
+        load = []
+    gpus = None
+    if shutil.which("nvidia-smi"):
+        r = run(["nvidia-smi", "--query-gpu=index,name,memory.used,memory.total,utilization.gpu",
+                 "--format=csv,noheader,nounits"], timeout=30)
+        gpus = r["out"].decode("utf-8", "replace") if r["rc"] == 0 else None
+    outputs = []
+    for argv in req.get("commands", []):
+        r = run(subst(argv), timeout=60)
+        r["out"] = reply.blob(r["out"])
+        outputs.append(r)
+    reply.header.update({
+        "host": socket.gethostname(), "cpus": os.cpu_count(), "load": load,
+        "mem_total_mb": mem.get("MemTotal"), "mem_available_mb": mem.get("MemAvailable"),
+        "workdir": workdir, "disk_free_mb": disk_free_mb(workdir), "gpus": gpus, "outputs": outputs,
+    })
+
+
+OPS = {"hello": op_hello, "poll": op_poll, "submit": op_submit, "adopt": op_adopt, "cancel": op_cancel,
+       "resources": op_resources}
+
+
+def main():
+    inp = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else sys.stdin
+    reply = Reply()
+    try:
+        n = int(inp.readline())
+        req = json.loads(zlib.decompress(inp.read(n)).decode("utf-8"))
+        OPS[req["op"]](req, inp, reply)
+        reply.header["ok"] = True
+    except Exception as e:  # noqa: BLE001 - everything goes back to nero
+        reply.header["ok"] = False
+        reply.header["error"] = "%s: %s" % (type(e).__name__, e)
+    out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else sys.stdout
+    reply.write(out)
+
+
+if __name__ in ("__main__", "nero_agent"):
+    main()

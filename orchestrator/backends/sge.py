@@ -1,0 +1,198 @@
+"""The `sge` backend (Son of / Univa / Open Grid Engine): pure command builders and
+output parsers, plus the thin class that connects them to nero's agent.
+
+* Submission: `qsub -terse job.sh` in the run directory (`templates/sge.sh.j2` carries
+  the `#$` directives: name, shell, output files, h_rt, h_vmem, queue, project).
+* State: `qstat -xml -u USER` lists the live jobs (full names, unlike the text form);
+  `qacct -j ID` tells how a job that left the listing ended (`failed`, `exit_status`).
+* Cancel: `qdel`.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from typing import Any
+
+from ..model import ClusterKind, Handle, JobScript, QueueInfo
+from .remote import AgentReply, RemoteBackend, SchedState
+
+QSTAT = ["qstat", "-xml", "-u", "{user}"]
+QACCT = ["qacct", "-j", "{id}"]
+QACCT_NAME = ["qacct", "-j", "{name}"]
+QSTAT_G = ["qstat", "-g", "c"]
+DEFAULT_CAPACITY = 2000
+
+
+def parse_qstat_xml(text: str) -> dict[str, SchedState]:
+    """`qstat -xml` → job id (array tasks `id.task`) → state; `E` (error) states end a job."""
+    out: dict[str, SchedState] = {}
+    try:
+        root = ET.fromstring(text.strip() or "<job_info/>")
+    except ET.ParseError:
+        return out
+    for job in root.iter("job_list"):
+        jid = (job.findtext("JB_job_number") or "").strip()
+        if not jid:
+            continue
+        state = (job.findtext("state") or "").strip()
+        tasks = (job.findtext("tasks") or "").strip()
+        key = f"{jid}.{tasks}" if tasks.isdigit() else jid
+        if "E" in state:
+            out[key] = SchedState("FAILED", False, f"SGE error state {state} (qstat -j {jid} says why)")
+        else:
+            out[key] = SchedState(state, True, "")
+    return out
+
+
+def parse_qstat_names(text: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    try:
+        root = ET.fromstring(text.strip() or "<job_info/>")
+    except ET.ParseError:
+        return out
+    for job in root.iter("job_list"):
+        jid = (job.findtext("JB_job_number") or "").strip()
+        name = (job.findtext("JB_name") or "").strip()
+        if jid and name:
+            out.setdefault(name, []).append(jid)
+    return out
+
+
+def _h_rt_seconds(category: str) -> float | None:
+    m = re.search(r"h_rt=(\S+)", category or "")
+    if not m:
+        return None
+    parts = m.group(1).split(":")
+    try:
+        nums = [float(p) for p in parts]
+    except ValueError:
+        return None
+    secs = 0.0
+    for n in nums:
+        secs = secs * 60 + n
+    return secs
+
+
+def parse_qacct(text: str) -> dict[str, SchedState]:
+    """`qacct -j ID` (one or more records) → job id → final state."""
+    out: dict[str, SchedState] = {}
+    for record in re.split(r"^=+\s*$", text, flags=re.M):
+        fields: dict[str, str] = {}
+        for line in record.splitlines():
+            k, _, v = line.partition(" ")
+            if k:
+                fields[k.strip()] = v.strip()
+        jid = fields.get("jobnumber", "")
+        if not jid.isdigit():
+            continue
+        failed = fields.get("failed", "0")
+        code_text = fields.get("exit_status", "0").split()[0] if fields.get("exit_status") else "0"
+        code = int(code_text) if code_text.lstrip("-").isdigit() else None
+        failed_no = failed.split()[0] if failed else "0"
+        detail = failed.split(":", 1)[1].strip() if ":" in failed else ""
+        if failed_no == "0" and code == 0:
+            st = SchedState("COMPLETED", False, "", 0)
+        elif failed_no == "37" or "h_rt" in detail:
+            limit = _h_rt_seconds(fields.get("category", ""))
+            wall = float(fields.get("ru_wallclock", "0").rstrip("s") or 0)
+            timed_out = limit is not None and wall >= limit - 1
+            st = SchedState("TIMEOUT" if timed_out else "OUT_OF_MEMORY", False, detail or f"failed {failed}", code)
+        elif failed_no == "100" and code in (137, 143):
+            st = SchedState("CANCELLED", False, f"killed ({detail or 'qdel'})", code)
+        elif failed_no != "0":
+            st = SchedState("FAILED", False, f"failed {failed}", code)
+        else:
+            st = SchedState("FAILED", False, f"exit_status {code}", code)
+        out[jid] = st
+    return out
+
+
+def parse_qacct_names(text: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for record in re.split(r"^=+\s*$", text, flags=re.M):
+        fields = {}
+        for line in record.splitlines():
+            k, _, v = line.partition(" ")
+            fields[k.strip()] = v.strip()
+        if fields.get("jobnumber", "").isdigit() and fields.get("jobname"):
+            out.setdefault(fields["jobname"], []).append(fields["jobnumber"])
+    return out
+
+
+def parse_qstat_g_c(text: str) -> tuple[QueueInfo, ...]:
+    """`qstat -g c` → cluster queues with available/total slots."""
+    out = []
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) >= 6 and not line.startswith(("CLUSTER", "-")) and f[3].isdigit() and f[4].isdigit() and f[5].isdigit():
+            out.append(QueueInfo(f[0], "", int(f[4]), int(f[5]), f"load {f[1]}, {f[2]} used, {f[3]} reserved"))
+    return tuple(out)
+
+
+class SgeBackend(RemoteBackend):
+    kind = ClusterKind.SGE
+    tools = ("qsub", "qstat", "qdel")
+    default_capacity = DEFAULT_CAPACITY
+
+    def units(self, jobs: Sequence[JobScript], root: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        import json
+
+        units, extras = [], {}
+        for j in jobs:
+            units.append({"kind": "cmd", "argv": ["qsub", "-terse", "job.sh"], "cwd": j.run_dir, "runs": [j.run_dir]})
+            extras[j.run_dir] = {"files": {"submit.json": json.dumps({"job_name": j.job_name})}}
+        return units, extras
+
+    def query(self, handles: Sequence[Handle]) -> dict[str, Any]:
+        return {"list": QSTAT, "present": r"<JB_job_number>(\d+)</JB_job_number>", "detail": [QACCT]}
+
+    def states(self, reply: AgentReply) -> dict[str, SchedState]:
+        from ..errors import BackendError
+
+        sched = reply.header.get("scheduler", {})
+        lst = sched.get("list") or {}
+        if lst.get("rc") != 0:
+            raise BackendError(self.cluster.name, f"qstat failed (exit code {lst.get('rc')}): "
+                               f"{(lst.get('err') or '').strip()[-300:]}",
+                               "is sge_qmaster up and SGE_ROOT set for non-interactive logins? runs keep their state")
+        states = parse_qstat_xml(reply.text(lst.get("out")))
+        for d in sched.get("details", []):
+            if d.get("rc") == 0:
+                for jid, st in parse_qacct(reply.text(d.get("out"))).items():
+                    states.setdefault(jid, st)
+        return states
+
+    def adopt_query(self) -> tuple[list[str], list[str]]:
+        return QSTAT, QACCT_NAME
+
+    def adopt_names(self, reply: AgentReply) -> dict[str, list[str]]:
+        sched = reply.header.get("scheduler", {})
+        names = parse_qstat_names(reply.text((sched.get("list") or {}).get("out")))
+        for d in sched.get("details", []):
+            if d.get("rc") == 0:
+                for name, ids in parse_qacct_names(reply.text(d.get("out"))).items():
+                    names.setdefault(name, []).extend(ids)
+        return names
+
+    def cancel_request(self, handles: Sequence[Handle]) -> dict[str, Any]:
+        ids = [h.job_id for h in handles if h.job_id]
+        return {"commands": [["qdel", *ids[k:k + 500]] for k in range(0, len(ids), 500)]}
+
+    def cancel_errors(self, handles: Sequence[Handle], req: dict[str, Any], reply: AgentReply) -> dict[str, str]:
+        errors = {}
+        for res in reply.header.get("commands", []):
+            text = f"{res.get('err', '')} {res.get('out', '')}"
+            if res.get("rc") == 0 or not re.search(r"not (?:the )?owner|permission denied|not allowed", text, re.I):
+                continue
+            for h in handles:
+                if h.job_id and h.job_id in text:
+                    errors[h.key] = f"qdel {h.job_id}: {text.strip()[-200:]}"
+        return errors
+
+    def resource_commands(self) -> list[list[str]]:
+        return [QSTAT_G]
+
+    def queues(self, outputs: list[tuple[int, str, str]]) -> tuple[QueueInfo, ...]:
+        return parse_qstat_g_c(outputs[0][1]) if outputs and outputs[0][0] == 0 else ()

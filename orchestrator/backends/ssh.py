@@ -1,0 +1,44 @@
+"""The `ssh` backend: a server with no scheduler. Jobs are detached `bash job.sh`
+processes (own session and process group, so they outlive the SSH session and nero);
+the process id is the job id. At most `max_jobs` run at once (default: the host's CPU
+count). A run that asks for `gpus` waits inside its job script until that many GPUs are
+free (`templates/ssh.sh.j2`: the cluster's `gpus` list or every GPU nvidia-smi shows,
+minus those claimed by live nero jobs or busy per nvidia-smi) and runs with
+`CUDA_VISIBLE_DEVICES` set to them. Cancel: SIGTERM to the process group, SIGKILL after
+a grace period unless the job wrote its exit code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from ..model import ClusterKind, Handle, JobScript
+from .remote import AgentReply, RemoteBackend
+
+KILL_GRACE_S = 15
+
+
+class SshBackend(RemoteBackend):
+    kind = ClusterKind.SSH
+    tools = ("bash",)
+    default_capacity = 4
+
+    def site_capacity(self) -> int | None:
+        return self.info.cpus if self.info and self.info.cpus else None
+
+    def units(self, jobs: Sequence[JobScript], root: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        units, extras = [], {}
+        for j in jobs:
+            units.append({"kind": "spawn", "argv": ["bash", "job.sh"], "cwd": j.run_dir, "runs": [j.run_dir]})
+            extras[j.run_dir] = {"files": {"submit.json": json.dumps({"job_name": j.job_name})}}
+        return units, extras
+
+    def cancel_request(self, handles: Sequence[Handle]) -> dict[str, Any]:
+        return {"kill": [{"pid": h.job_id, "dir": h.run_dir, "grace": KILL_GRACE_S}
+                         for h in handles if h.job_id.isdigit()]}
+
+    def cancel_errors(self, handles: Sequence[Handle], req: dict[str, Any], reply: AgentReply) -> dict[str, str]:
+        with_pid = [h for h in handles if h.job_id.isdigit()]
+        return {h.key: err for h, err in zip(with_pid, reply.header.get("kill", []), strict=False) if err}
