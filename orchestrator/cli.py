@@ -349,7 +349,8 @@ def status(args: tuple[str, ...], as_json: bool, show_all: bool) -> None:
                 "number": r.number, "run": r.key, "state": r.state.value, "cluster": r.cluster, "attempt": r.attempt,
                 "job_id": r.job_id, "host": r.host, "runtime_s": r.runtime(now), "reason": r.reason,
                 "metrics": {k: (v if v == v else None) for k, v in r.last.items()}, "step": r.step,
-                "run_dir": r.run_dir, "orphaned": r.orphaned, "retry": r.retry,
+                "run_dir": r.run_dir, "orphaned": r.orphaned, "retry": r.retry, "code_hash": r.code_hash,
+                "git_commit": r.git_commit, "git_dirty": r.git_dirty,
             } for r in snap], indent=2))
             return
         _status_table(snap, now, show_all)

@@ -144,4 +144,5 @@ def _scheduler(st: JobStatus) -> tuple[RunState, str]:
     reason = st.scheduler_state + (f": {st.scheduler_reason}" if st.scheduler_reason else "")
     if st.exit_code is not None and st.exit_code != 0:
         reason += f" (exit code {st.exit_code})"
-    return state, reason
+    tail = _last_line(st.stderr_tail) if state is RunState.FAILED else ""
+    return state, reason + (f": {tail}" if tail else "")

@@ -74,11 +74,16 @@ def command_variables(command: str) -> set[str]:
     return set(meta.find_undeclared_variables(ast))
 
 
+@lru_cache(maxsize=256)
+def _command_template(command: str):
+    return _environment(()).from_string(command)
+
+
 def render_command(command: str, variables: dict[str, object]) -> str:
     import jinja2
 
     try:
-        return _environment(()).from_string(command).render(**variables)
+        return _command_template(command).render(**variables)
     except jinja2.UndefinedError as e:
         raise TemplateError(f"command {command!r}: {e.message}") from None
     except jinja2.TemplateSyntaxError as e:
