@@ -413,8 +413,11 @@ def test_sshd_stopped_during_watch_local_runs_go_on_and_no_metric_is_lost(remote
                                 env={**os.environ, "COLUMNS": "200", **remote.nero_env})
     stopped = False
     try:
-        wait_for(lambda: all(r["state"] == "running" and (r["step"] or 0) >= 3 for r in remote.status().values())
-                 and len(remote.status()) == 2, timeout=60, what="both runs running")
+        def both_running() -> bool:
+            runs = remote.status()  # one snapshot: both runs seen together
+            return len(runs) == 2 and all(r["state"] == "running" and (r["step"] or 0) >= 3 for r in runs.values())
+
+        wait_for(both_running, timeout=60, what="both runs running")
         remote.close()
         _stop_sshd(tb, port)
         stopped = True
@@ -566,7 +569,7 @@ def test_state_stop_cancels_running_jobs_on_every_remote_kind(remote: Remote):
             for c in ("slurm", "sge", "ssh")]
     write_workbook(remote.project / "experiments.xlsx", rows, clusters=remote.clusters())
     wait_for(lambda: remote.nero("reconcile", str(remote.project), "-q") and
-             all(r["state"] == "running" for r in remote.status().values()) and len(remote.status()) == 3,
+             len(runs := remote.status()) == 3 and all(r["state"] == "running" for r in runs.values()),
              timeout=60, what="three running jobs")
     time.sleep(1.1)
     write_workbook(remote.project / "experiments.xlsx", [dict(r, state="stop") for r in rows],
