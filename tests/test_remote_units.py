@@ -15,7 +15,6 @@ import pytest
 from orchestrator.backends import code as codeship
 from orchestrator.backends.remote import (
     AgentReply,
-    RemoteBackend,
     SchedState,
     decode_reply,
     job_name,
@@ -30,6 +29,7 @@ from orchestrator.backends.sge import (
     parse_qstat_xml,
 )
 from orchestrator.backends.slurm import (
+    SlurmBackend,
     array_script,
     expand_array_id,
     group,
@@ -194,7 +194,7 @@ def test_a_scheduler_still_running_a_job_withholds_its_exit_code():
     """The job script wrote exit_code while Slurm is still tearing the job down (e.g.
     TIMEOUT's SIGTERM): nero waits for the scheduler's final word instead of calling it
     a plain failure."""
-    b = RemoteBackend(Cluster("c", ClusterKind.SLURM), "/p")
+    b = SlurmBackend(Cluster("c", ClusterKind.SLURM), "/p")
     h = Handle("k", 1, "77", "/w/k/1", Offsets())
     item = {"files": {"exit_code": "143", "heartbeat": "100"}, "chunks": [None] * 4, "complete": True}
     reply = AgentReply({}, b"")

@@ -22,6 +22,7 @@ import json
 import re
 import time
 import zlib
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -157,7 +158,7 @@ def parse_nvidia_smi(text: str | None) -> tuple[GpuInfo, ...]:
 
 
 # --------------------------------------------------------------------------- the backend
-class RemoteBackend:
+class RemoteBackend(ABC):
     """A cluster reached through a Shell and nero's agent. Subclasses say how jobs are
     submitted, listed, cancelled and found by name."""
 
@@ -255,13 +256,13 @@ class RemoteBackend:
     def hello_commands(self) -> list[list[str]]:
         return []
 
-    def learn(self, info: HostInfo) -> None:
+    def learn(self, info: HostInfo) -> None:  # noqa: B027 (optional hook: most kinds learn nothing)
         """Read limits from the hello commands' output."""
 
+    @abstractmethod
     def units(self, jobs: Sequence[JobScript], root: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
         """Submission units (commands or processes to start) and, per run directory, extra
         files/links to write; every job appears in exactly one unit's `runs`."""
-        raise NotImplementedError
 
     def query(self, handles: Sequence[Handle]) -> dict[str, Any] | None:
         """The scheduler commands of a poll (listing + details), or None."""
@@ -277,8 +278,9 @@ class RemoteBackend:
         """Job name → job ids (array jobs: the array's id) from the adopt listing."""
         return {}
 
+    @abstractmethod
     def cancel_request(self, handles: Sequence[Handle]) -> dict[str, Any]:
-        raise NotImplementedError
+        """The agent request that stops these jobs (scancel, qdel, or signals)."""
 
     def resource_commands(self) -> list[list[str]]:
         return []
