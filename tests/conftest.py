@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -23,6 +26,27 @@ def nero(*args: str, cwd: Path | str | None = None, timeout: float = 180, check:
     if check and proc.returncode != 0:
         raise AssertionError(f"nero {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def wait_for(predicate, timeout: float = 60, every: float = 0.2, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy (returned), or fail after `timeout`."""
+    end = time.time() + timeout
+    while time.time() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@contextlib.contextmanager
+def state_db(project: Path):
+    """A connection to a project's real state store, closed afterwards."""
+    con = sqlite3.connect(project / ".nero" / "state.db")
+    try:
+        yield con
+    finally:
+        con.close()
 
 
 def write_workbook(path: Path, experiments: Iterable[Mapping[str, object]], clusters: Iterable[Mapping[str, object]] = (),

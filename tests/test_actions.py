@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
 import time
 from pathlib import Path
 
-from conftest import nero, write_workbook
+from conftest import nero, state_db, wait_for, write_workbook
 from jobs import CONSTANT, RESUMER, SLEEPER
-from test_core_loop import status, wait_for
-
-
-@contextlib.contextmanager
-def db(project: Path):
-    con = sqlite3.connect(project / ".nero" / "state.db")
-    try:
-        yield con
-    finally:
-        con.close()
+from test_core_loop import status
 
 
 def reconcile(project: Path) -> None:
@@ -89,7 +78,7 @@ def test_retries_resume_and_keep_lineage(project: Path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run = status(project)[0]
     assert run["state"] == "completed" and run["attempt"] == 3 and run["retry"] == 2
-    with db(project) as con:
+    with state_db(project) as con:
         rows = con.execute("SELECT attempt, state, parent, retry, run_dir FROM attempts ORDER BY attempt").fetchall()
     assert [(a, s, p, r) for a, s, p, r, _ in rows] == [(1, "failed", None, 0), (2, "failed", 1, 1), (3, "completed", 2, 2)]
     ckpts = [json.loads((Path(d) / "ckpt.json").read_text()) for *_, d in rows]
@@ -122,7 +111,7 @@ def test_priority_after_and_max_jobs_order(project: Path):
     runs = status(project)
     order = [r["run"] for r in sorted(runs, key=lambda r: r["number"])]
     assert order == ["high", "dep", "low", "low2"]
-    with db(project) as con:
+    with state_db(project) as con:
         spans = con.execute("SELECT key, started_at, ended_at FROM attempts ORDER BY started_at").fetchall()
     for (_, _, end), (_, start, _) in zip(spans, spans[1:], strict=False):
         assert start >= end - 0.05  # never two at once with max_jobs=1

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import nero, write_workbook
+from conftest import nero, state_db, wait_for, write_workbook
 from jobs import ARGV, STEPPER
-
-
-def wait_for(predicate, timeout: float = 60, every: float = 0.2, what: str = "condition"):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def status(project: Path) -> list[dict]:
@@ -39,17 +27,8 @@ def running_after_pass(project: Path) -> list[dict]:
     return [r for r in status(project) if r["state"] == "running"]
 
 
-@contextlib.contextmanager
-def db(project: Path):
-    con = sqlite3.connect(project / ".nero" / "state.db")
-    try:
-        yield con
-    finally:
-        con.close()
-
-
 def dump_state(project: Path) -> list[str]:
-    with db(project) as con:
+    with state_db(project) as con:
         return list(con.iterdump())
 
 
@@ -148,7 +127,7 @@ def test_edits_make_plan_print_the_expected_actions_and_reconcile_carries_them_o
     assert after["d"]["state"] == "running" and after["d"]["orphaned"]
     assert after["a[tag=1]"]["job_id"] == before["a[tag=1]"]["job_id"]  # untouched
     # the restarted run's first attempt was cancelled with the reason
-    with db(project) as con:
+    with state_db(project) as con:
         old = con.execute("SELECT state, reason FROM attempts WHERE key='b' AND attempt=1").fetchone()
     assert old == ("cancelled", "restarted: steps: 400 → 500")
 
@@ -254,7 +233,7 @@ def test_invalid_workbook_is_reported_cell_by_cell_and_touches_nothing(project: 
 def _metrics_in_db(project: Path) -> dict[str, list[int]]:
     if not (project / ".nero" / "state.db").exists():
         return {}
-    with db(project) as con:
+    with state_db(project) as con:
         rows = con.execute("SELECT key, step FROM metrics WHERE name='loss' AND source='stdout' ORDER BY rowid").fetchall()
     out: dict[str, list[int]] = {}
     for key, step in rows:
@@ -282,7 +261,7 @@ def test_sigkill_of_the_watch_loop_loses_nothing_and_submits_nothing_twice(proje
     runs = status(project)
     assert {r["run"]: r["job_id"] for r in runs} == jobs_before  # same jobs, never resubmitted
     assert all(r["attempt"] == 1 and r["state"] == "completed" for r in runs)
-    with db(project) as con:
+    with state_db(project) as con:
         assert con.execute("SELECT COUNT(*) FROM attempts").fetchone()[0] == 4
     # every printed step ingested exactly once, in order
     for key, steps in _metrics_in_db(project).items():
@@ -306,7 +285,7 @@ def test_crash_between_submit_and_record_adopts_the_job(project: Path):
     )
     proc = subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 9, proc.stderr
-    with db(project) as con:
+    with state_db(project) as con:
         assert con.execute("SELECT intent, job_id FROM attempts").fetchall() == [(1, "")]
     proc = nero("reconcile", str(project), "--until-done", "--interval", "0.3", timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -373,7 +352,7 @@ def test_git_commit_and_dirty_flag_are_recorded(project: Path):
     write_workbook(project / "experiments.xlsx", [{"id": "g", "command": "python stepper.py steps=2 delay=0"}])
     (project / "stepper.py").write_text(STEPPER + "\n# edited\n")
     nero("reconcile", str(project), "--until-done", "--interval", "0.3", check=True)
-    with db(project) as con:
+    with state_db(project) as con:
         assert con.execute("SELECT git_commit, git_dirty FROM attempts").fetchone() == (head, 1)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import kill_jobs, nero, write_workbook
+from conftest import kill_jobs, nero, wait_for, write_workbook
 from jobs import STEPPER
 
 UP = "bash tests/testbed/up.sh"
@@ -63,16 +63,6 @@ def need(*names: str) -> dict[str, str]:
             pytest.fail(msg + "; NERO_REQUIRE_TESTBED=1 forbids skipping")
         pytest.skip(msg)
     return {n: os.environ[n] for n in names}
-
-
-def wait_for(predicate, timeout: float = 60, every: float = 0.5, what: str = "condition"):
-    end = time.time() + timeout
-    while time.time() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Remote:
