@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from .backends import Backend, make_backend
 from .errors import BackendError, NeroError, WorkbookError
@@ -364,51 +365,53 @@ class Reconciler:
                 ev = Event(now, rec.key, "warn", v.message, rec.attempt)
                 updates.append(Update(rec.key, rec.attempt, events=(ev,)))
                 report.events.append(ev)
-        for cluster, items in stops.items():
-            try:
-                errors = self.backend(cluster).cancel([self._handle(r) for r, _ in items])
-            except NeroError as e:
-                report.warnings.append(f"{e}; rules could not stop its runs this pass")
-                continue
-            for rec, message in items:
-                if rec.key in errors:
-                    report.warnings.append(f"{rec.key}: {errors[rec.key]}")
-                    continue
-                ev = Event(now, rec.key, "terminate", message, rec.attempt)
-                updates.append(Update(rec.key, rec.attempt, stop_requested=f"terminated: {message}", events=(ev,)))
-                report.events.append(ev)
+        def terminate(rec: RunRecord, message: str) -> Update:
+            ev = Event(now, rec.key, "terminate", message, rec.attempt)
+            return Update(rec.key, rec.attempt, stop_requested=f"terminated: {message}", events=(ev,))
+
+        updates += self._stop_jobs(stops, terminate, report, "rules could not stop its runs this pass")
         if updates:
             self.store.apply(updates)
             report.changed = True
 
+    def _stop_jobs(self, groups: dict[str, list[tuple[RunRecord, Any]]], record: Callable[[RunRecord, Any], Update],
+                   report: PassReport, failed: str) -> list[Update]:
+        """Ask each cluster's backend to stop its jobs (one call per cluster); the updates
+        `record` makes for those it could ask, with their events in the report."""
+        updates: list[Update] = []
+        for cluster, items in groups.items():
+            try:
+                errors = self.backend(cluster).cancel([self._handle(r) for r, _ in items])
+            except NeroError as e:
+                report.warnings.append(f"{e}; {failed}")
+                continue
+            for rec, why in items:
+                if rec.key in errors:
+                    report.warnings.append(f"{rec.key}: {errors[rec.key]}")
+                    continue
+                u = record(rec, why)
+                updates.append(u)
+                report.events.extend(u.events)
+        return updates
+
     def _cancel(self, plan: Plan, now: float, report: PassReport) -> None:
         snap = self.store.snapshot()
-        todo: dict[str, list[tuple[Action, RunRecord]]] = {}
+        todo: dict[str, list[tuple[RunRecord, Action]]] = {}
         for a in plan.actions:
             rec = snap.get(a.key)
             if rec is None or not (rec.state.live or rec.intent):
                 continue
             if a.kind in (ActionKind.CANCEL, ActionKind.RESTART) and not (a.kind is ActionKind.RESTART and a.waiting):
-                todo.setdefault(rec.cluster, []).append((a, rec))
-        updates = []
-        for cluster, items in todo.items():
-            try:
-                errors = self.backend(cluster).cancel([self._handle(r) for _, r in items])
-            except NeroError as e:
-                report.warnings.append(str(e))
-                continue
-            for a, rec in items:
-                if rec.key in errors:
-                    report.warnings.append(f"{rec.key}: {errors[rec.key]}")
-                    continue
-                if a.kind is ActionKind.RESTART:
-                    ev = Event(now, rec.key, "cancelled", f"restarted: {a.reason}", rec.attempt)
-                    updates.append(Update(rec.key, rec.attempt, state=RunState.CANCELLED, reason=ev.reason,
-                                          stop_requested=f"cancelled: restarted: {a.reason}", ended_at=now, events=(ev,)))
-                else:
-                    ev = Event(now, rec.key, "cancel", a.reason, rec.attempt)
-                    updates.append(Update(rec.key, rec.attempt, stop_requested=f"cancelled: {a.reason}", events=(ev,)))
-                report.events.append(ev)
+                todo.setdefault(rec.cluster, []).append((rec, a))
+        def cancel(rec: RunRecord, a: Action) -> Update:
+            if a.kind is ActionKind.RESTART:
+                ev = Event(now, rec.key, "cancelled", f"restarted: {a.reason}", rec.attempt)
+                return Update(rec.key, rec.attempt, state=RunState.CANCELLED, reason=ev.reason,
+                              stop_requested=f"cancelled: restarted: {a.reason}", ended_at=now, events=(ev,))
+            ev = Event(now, rec.key, "cancel", a.reason, rec.attempt)
+            return Update(rec.key, rec.attempt, stop_requested=f"cancelled: {a.reason}", events=(ev,))
+
+        updates = self._stop_jobs(todo, cancel, report, "its runs could not be stopped this pass")
         if updates:
             self.store.apply(updates)
             report.changed = True
