@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.model import Event, ResultsInput, RunRecord, RunState, Settings  # noqa: E402
+from orchestrator.model import Event, ResultsInput, RunRecord, RunState, Series, Settings  # noqa: E402
 
 METRICS = ("val_err", "train_err", "loss", "val_acc", "lr")
 
@@ -62,8 +62,8 @@ def build(runs: int, points: int, metrics: int, seed: int = 7) -> ResultsInput:
             tau = rnd.uniform(30, 120)
             for m in names:
                 scale = {"loss": 3.0, "val_acc": -1.0}.get(m, 1.0)
-                h[m] = tuple((s, (1.0 if scale < 0 else 0.0) + scale * (0.9 * math.exp(-s / tau) + 0.05 * rnd.random()))
-                             for s in range(1, points + 1))
+                h[m] = Series.of((s, (1.0 if scale < 0 else 0.0) + scale * (0.9 * math.exp(-s / tau) + 0.05 * rnd.random()))
+                                 for s in range(1, points + 1))
             histories[key] = h
             events += [Event(started - 10, key, "submitted", "", 1), Event(started, key, "started", "on node01", 1)]
             if ended is not None:

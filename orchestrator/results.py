@@ -52,7 +52,11 @@ every pass. Curves and Curve data are the expensive part (seconds for 1,000 runs
 the file's curves were built from the same histories, or when a caller accepts curves
 a few minutes old (`charts=None`, the default, rebuilds them at most every five minutes
 once histories are large; `charts=False` never), those two sheets are copied from the
-existing file byte for byte and only the rest is rebuilt — about 0.4 s for 1,000 runs.
+existing file byte for byte and only the rest is rebuilt — about 0.3 s for 1,000 runs.
+xlsxwriter writes every sheet's frame (columns, comments, filters, conditional formats,
+links, charts, page setup) and the rows of Curves and Curve data; nero writes the rows of
+the other sheets itself (`_Cells`: a cell is one f-string, against ~6 µs through
+xlsxwriter) and `_assemble` splices them in. Histories come as `model.Series` (arrays).
 `plot_curves` draws the same curves with matplotlib for `nero plot` and the e-mail digest.
 """
 
@@ -70,6 +74,7 @@ import zipfile
 import zlib
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import itemgetter
@@ -78,7 +83,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .errors import NeroError
-from .model import MAX_GOAL_NAMES, Event, ResultsInput, RunRecord, RunState, Scalar
+from .model import MAX_GOAL_NAMES, Event, ResultsInput, RunRecord, RunState, Scalar, Series
 
 FORMAT_VERSION = "1"
 SHEETS = ("Summary", "Curves", "Curve data", "Events", "Resources", "Queue")
@@ -153,18 +158,21 @@ def write_results(path: str | Path, data: ResultsInput, *, charts: bool | None =
         return False
     directory = path.parent if str(path.parent) else Path(".")
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp, base = (_temp(directory, f".{path.name}.", suffix) for suffix in (".tmp", ".base"))
     try:
         done = False
         if old is not None and (old.curves_fp == curves_fp or not charts):
-            done = _write_reusing_curves(view, old, tmp, summary_fp)
+            rows = _write_book(base, view, summary_fp, old.curves_fp, curves=False, curves_at=old.curves_at)
+            try:
+                _assemble(base, tmp, rows, old.path)
+                done = True
+            except (_CannotReuse, OSError, zipfile.BadZipFile, KeyError, struct.error, UnicodeDecodeError):
+                pass  # the old file's curves cannot be taken over: build them
         if not done:
-            _write_book(tmp, view, summary_fp, curves_fp, curves=True)
+            _assemble(base, tmp, _write_book(base, view, summary_fp, curves_fp, curves=True))
         _fsync(tmp)
         os.replace(tmp, path)
-    except OSError as exc:
+    except (OSError, _CannotReuse) as exc:
         raise NeroError(f"cannot write the results workbook {path}: {exc}") from exc
     except Exception as exc:
         if type(exc).__module__.startswith("xlsxwriter"):
@@ -172,7 +180,14 @@ def write_results(path: str | Path, data: ResultsInput, *, charts: bool | None =
         raise
     finally:
         tmp.unlink(missing_ok=True)
+        base.unlink(missing_ok=True)
     return True
+
+
+def _temp(directory: Path, prefix: str, suffix: str) -> Path:
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
+    os.close(fd)
+    return Path(name)
 
 
 def fingerprint(data: ResultsInput, remote_hosts: Mapping[str, str] | None = None) -> str:
@@ -245,20 +260,23 @@ def _default_goal(metric: str) -> str:
 def _normalize(points: Iterable[tuple[int | None, float]]) -> tuple[Sequence[float], Sequence[float]]:
     """Steps ascending (a step logged twice keeps its latest value); a missing step is the
     previous step + 1 (the first is 1)."""
-    pts = points if isinstance(points, tuple | list) else tuple(points)
-    if not pts:
-        return (), ()
-    steps = list(map(_FIRST, pts))
-    values = list(map(_SECOND, pts))
-    try:
-        ordered = sorted(steps)  # None among numbers (or two Nones) cannot be ordered
-        if steps[0] is None:
-            raise TypeError
-    except TypeError:
+    if isinstance(points, Series):  # no step is NaN; a sum is NaN if one is
+        steps, values = points.steps.tolist(), points.values.tolist()
+        if not steps:
+            return (), ()
+        missing = math.isnan(sum(steps))
+    else:
+        pts = points if isinstance(points, tuple | list) else tuple(points)
+        if not pts:
+            return (), ()
+        steps = list(map(_FIRST, pts))
+        values = list(map(_SECOND, pts))
+        missing = None in steps
+    if missing:
         prev: float = 0
         for i, s in enumerate(steps):
-            prev = steps[i] = prev + 1 if s is None else s
-        ordered = sorted(steps)
+            prev = steps[i] = prev + 1 if s is None or s != s else s
+    ordered = sorted(steps)
     if ordered == steps:  # the usual case, checked at C speed; bisect finds the latest duplicate
         return steps, values
     latest = dict(zip(steps, values, strict=True))
@@ -573,6 +591,8 @@ class _Formats:
         pin = getattr(self.best, "_get_dxf_index", None)
         if pin is not None:
             pin()
+        # the style numbers of the cells nero writes itself (_Cells)
+        self.xf: dict[int, int] = {id(f): f.xf_index for f in ordered if getattr(f, "xf_index", None) is not None}
 
     def metric(self, values: Iterable[float]) -> Any:
         """About four significant digits at the column's typical magnitude."""
@@ -583,6 +603,71 @@ class _Formats:
         """The column's format, or a scientific one for a value it would show badly."""
         a = abs(v)
         return self.sci if a >= 1e7 or 0 < a < 1e-6 else column
+
+
+# ------------------------------------------------------------------------------ cell rows
+_ESCAPED = re.compile(r"(_x[0-9a-fA-F]{4}_)")
+
+
+class _Cells:
+    """The rows of one sheet as SpreadsheetML (`<sheetData>`), written here and spliced into
+    the sheet xlsxwriter writes around them (columns, comments, filter, conditional
+    formats, links, page setup; see `_assemble`).
+
+    Summary, Events, Resources and Queue are plain values, rewritten on every refresh;
+    through xlsxwriter each cell cost about 6 µs (stored, then serialised), most of a
+    summary-only refresh. Here a cell is one f-string. Strings are inline (`t="inlineStr"`),
+    as xlsxwriter writes them in constant-memory mode, so they never are formulas; a
+    literal `_xHHHH_` is escaped as Excel expects (xlsxwriter does the same)."""
+
+    def __init__(self, ncols: int, fmt: _Formats):
+        from xlsxwriter.utility import xl_col_to_name
+
+        self._names = [xl_col_to_name(c) for c in range(max(ncols, 1))]
+        self._s = {f: f' s="{xf}"' for f, xf in fmt.xf.items() if xf}  # id(format) -> style attribute
+        self._rows: list[str] = []
+        self._cells: list[str] = []
+        self._open = ""  # the current row's start tag
+        self._r = "0"  # the current row's number (1-based, as text)
+        self.rows = 0  # rows started
+
+    def row(self, row: int, height: float | None = None) -> None:
+        """Start row `row` (0-based, ascending)."""
+        self._flush()
+        self._r = str(row + 1)
+        extra = f' ht="{height:g}" customHeight="1"' if height else ""
+        self._open = f'<row r="{self._r}"{extra}>'
+        self.rows = row + 1
+
+    def number(self, col: int, v: float, fmt: Any = None) -> None:
+        """A finite number (the caller checks)."""
+        self._cells.append(f'<c r="{self._names[col]}{self._r}"{self._s.get(id(fmt), "")}><v>{v!r}</v></c>')
+
+    def string(self, col: int, s: str, fmt: Any = None) -> None:
+        """A string already made safe for a cell by `_text`."""
+        if "_x" in s:
+            s = _ESCAPED.sub(r"_x005F\1", s)
+        if "&" in s or "<" in s or ">" in s:
+            s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        t = '<t xml:space="preserve">' if s[:1].isspace() or s[-1:].isspace() else "<t>"
+        self._cells.append(f'<c r="{self._names[col]}{self._r}"{self._s.get(id(fmt), "")} t="inlineStr">'
+                           f"<is>{t}{s}</t></is></c>")
+
+    def boolean(self, col: int, v: bool, fmt: Any = None) -> None:
+        self._cells.append(f'<c r="{self._names[col]}{self._r}"{self._s.get(id(fmt), "")} t="b"><v>{int(v)}</v></c>')
+
+    def _flush(self) -> None:
+        if self._open:
+            self._rows.append(self._open + "".join(self._cells) + "</row>")
+        self._open, self._cells = "", []
+
+    def xml(self) -> str:
+        self._flush()
+        return "".join(self._rows)
+
+    def dimension(self) -> str:
+        last = self._names[-1]
+        return f"A1:{last}{max(self.rows, 1)}" if self.rows else "A1"
 
 
 # ------------------------------------------------------------------------------ writing
@@ -611,8 +696,10 @@ def _new_book(path: Path, view: _View, summary_fp: str, curves_fp: str, curves_a
 
 
 def _write_book(path: Path, view: _View, summary_fp: str, curves_fp: str, *, curves: bool,
-                curves_at: float | None = None) -> None:
-    """Write the whole workbook; with curves=False, Curves and Curve data stay empty."""
+                curves_at: float | None = None) -> dict[str, _Cells]:
+    """Write the workbook's frame with xlsxwriter: every sheet, with the rows of Curves and
+    Curve data (empty sheets with curves=False); returns the rows of the other sheets, by
+    part name, for `_assemble`."""
     stamp = curves_at if curves_at is not None else view.data.now
     # xlsxwriter keeps each sheet's rows in a temporary file until close and leaves those of
     # empty sheets (or of a failed write) behind: give it a directory of its own
@@ -620,13 +707,14 @@ def _write_book(path: Path, view: _View, summary_fp: str, curves_fp: str, *, cur
         book = _new_book(path, view, summary_fp, curves_fp, stamp, tmpdir, big=curves)
         fmt = _Formats(book)
         sheets = {name: book.add_worksheet(name) for name in SHEETS}
-        _write_summary(sheets["Summary"], view, fmt)
+        rows = {"Summary": _write_summary(sheets["Summary"], view, fmt)}
         if curves:
             _write_curves(book, sheets["Curves"], sheets["Curve data"], view, fmt)
-        _write_events(sheets["Events"], view, fmt)
-        _write_resources(sheets["Resources"], view, fmt)
-        _write_queue(sheets["Queue"], view, fmt)
+        rows["Events"] = _write_events(sheets["Events"], view, fmt)
+        rows["Resources"] = _write_resources(sheets["Resources"], view, fmt)
+        rows["Queue"] = _write_queue(sheets["Queue"], view, fmt)
         book.close()
+    return {f"xl/worksheets/sheet{SHEETS.index(name) + 1}.xml": cells for name, cells in rows.items()}
 
 
 class _Widths:
@@ -644,9 +732,17 @@ class _Widths:
             ws.set_column(c, c, min(max(w, 6), self.cap.get(c, default_cap)))
 
 
-def _header(ws: Any, headers: Sequence[str], fmt: _Formats, comments: Mapping[int, str] | None = None) -> None:
+def _header(ws: Any, headers: Sequence[str], fmt: _Formats, comments: Mapping[int, str] | None = None,
+            cells: _Cells | None = None, height: float | None = None) -> None:
+    """The header row (into `cells` when nero writes the sheet's rows) and its comments."""
+    if cells is not None:
+        cells.row(0, height)
+        ws.set_row(0, height)  # xlsxwriter needs to know the row its comments are in
     for c, h in enumerate(headers):
-        ws.write_string(0, c, _text(h), fmt.header)
+        if cells is not None:
+            cells.string(c, _text(h), fmt.header)
+        else:
+            ws.write_string(0, c, _text(h), fmt.header)
     for c, note in (comments or {}).items():
         ws.write_comment(0, c, note, {"x_scale": 2.2, "y_scale": 1.4})
 
@@ -659,25 +755,25 @@ def _page(ws: Any, landscape: bool = True) -> None:
     ws.set_margins(left=0.4, right=0.4, top=0.5, bottom=0.5)
 
 
-def _write_value(ws: Any, row: int, col: int, v: Scalar, fmt: _Formats, num_fmt: Any = None) -> int:
-    """Write one value by type; returns the display length (for column widths)."""
+def _write_value(cells: _Cells, col: int, v: Scalar, fmt: _Formats, num_fmt: Any = None) -> int:
+    """Write one value by type into the current row; returns the display length (for widths)."""
     if v is None or v == "":
         return 0
     if isinstance(v, bool):
-        ws.write_boolean(row, col, v, fmt.bool)
+        cells.boolean(col, v, fmt.bool)
         return 5
     if isinstance(v, int | float):
         if math.isfinite(v):
-            ws.write_number(row, col, v, num_fmt)
+            cells.number(col, v, num_fmt)
             return min(len(repr(v)), 12)
-        ws.write_string(row, col, _nonfinite(v), fmt.nonfinite)
+        cells.string(col, _nonfinite(v), fmt.nonfinite)
         return 4
     s = _text(v)
-    ws.write_string(row, col, s, num_fmt)
+    cells.string(col, s, num_fmt)
     return len(s)
 
 
-def _write_summary(ws: Any, view: _View, fmt: _Formats) -> None:
+def _write_summary(ws: Any, view: _View, fmt: _Formats) -> _Cells:
     runs = view.prepared()
     params: dict[str, None] = {}
     for run in runs:
@@ -723,11 +819,12 @@ def _write_summary(ws: Any, view: _View, fmt: _Formats) -> None:
             cp = view.checkpoints[what]
             comments[m0 + i] = (f"{m} at step {cp}: the last point with step ≤ {cp}; empty if the run "
                                 f"has not reached step {cp}")
-    _header(ws, head, fmt, comments)
+    cells = _Cells(len(head), fmt)
+    _header(ws, head, fmt, comments, cells, height=30)
     widths = _Widths(head, {1: 48, g0: 12, g0 + 2: 60, g0 + 3: 60})
 
     # metric column values first, so each column gets a number format fitting its magnitude
-    cells: list[list[float | None]] = []
+    values: list[list[float | None]] = []
     for run in runs:
         row: list[float | None] = []
         for _, m, what in metric_cols:
@@ -738,60 +835,63 @@ def _write_summary(ws: Any, view: _View, fmt: _Formats) -> None:
             else:
                 at = run.at.get(m)
                 row.append(at[what] if at is not None else None)
-        cells.append(row)
-    col_fmt = [fmt.metric(row[i] for row in cells if row[i] is not None) for i in range(len(metric_cols))]
+        values.append(row)
+    col_fmt = [fmt.metric(row[i] for row in values if row[i] is not None) for i in range(len(metric_cols))]
 
     links = 0
     now = view.data.now
-    write_string, write_number = ws.write_string, ws.write_number
+    string, number = cells.string, cells.number
     for i, run in enumerate(runs):
         r = run.record
         row = i + 1
         if row >= MAX_ROWS:
             break
-        write_number(row, 0, r.number, fmt.int)
-        write_string(row, 1, _text(r.key))
+        cells.row(row)
+        number(0, r.number, fmt.int)
+        string(1, _text(r.key))
         widths.see(row, 1, len(r.key))
-        write_string(row, 2, _text(r.experiment))
+        string(2, _text(r.experiment))
         widths.see(row, 2, len(r.experiment))
         pvals = dict(r.params)
         for j, name in enumerate(param_names):
             if name in pvals:
-                widths.see(row, p0 + j, _write_value(ws, row, p0 + j, pvals[name], fmt))
-        write_string(row, s0, r.state.value, fmt.state.get(r.state))
+                widths.see(row, p0 + j, _write_value(cells, p0 + j, pvals[name], fmt))
+        string(s0, r.state.value, fmt.state.get(r.state))
         widths.see(row, s0, len(r.state.value))
         for j, v in enumerate((r.reason, r.attempt, r.cluster, r.job_id, r.host), start=1):
-            widths.see(row, s0 + j, _write_value(ws, row, s0 + j, v, fmt, fmt.int if j == 2 else None))
+            widths.see(row, s0 + j, _write_value(cells, s0 + j, v, fmt, fmt.int if j == 2 else None))
         start, end = _excel_time(r.started_at), _excel_time(r.ended_at)
         if start is not None:
-            write_number(row, s0 + 6, start, fmt.datetime)
+            number(s0 + 6, start, fmt.datetime)
         if end is not None:
-            write_number(row, s0 + 7, end, fmt.datetime)
+            number(s0 + 7, end, fmt.datetime)
         runtime = r.runtime(now)
         if runtime is not None and math.isfinite(runtime):
-            write_number(row, s0 + 8, round(runtime, 3), fmt.seconds)
-            write_number(row, s0 + 9, runtime / 86400.0, fmt.duration)
-        for j, v in enumerate(cells[i]):
+            number(s0 + 8, round(runtime, 3), fmt.seconds)
+            number(s0 + 9, runtime / 86400.0, fmt.duration)
+        for j, v in enumerate(values[i]):
             if v is None:
                 continue
             if v - v == 0:  # finite
-                write_number(row, m0 + j, v, fmt.fit(v, col_fmt[j]))
+                number(m0 + j, v, fmt.fit(v, col_fmt[j]))
             else:
-                write_string(row, m0 + j, _nonfinite(v), fmt.nonfinite)
+                string(m0 + j, _nonfinite(v), fmt.nonfinite)
         if r.git_commit:
-            write_string(row, g0, _text(r.git_commit), fmt.mono)
-        ws.write_boolean(row, g0 + 1, bool(r.git_dirty), fmt.dirty if r.git_dirty else fmt.bool)
+            string(g0, _text(r.git_commit), fmt.mono)
+        cells.boolean(g0 + 1, bool(r.git_dirty), fmt.dirty if r.git_dirty else fmt.bool)
         if r.command:
-            write_string(row, g0 + 2, _text(r.command), fmt.mono)
+            string(g0 + 2, _text(r.command), fmt.mono)
             widths.see(row, g0 + 2, len(r.command))
         text, url = view.run_dir_cell(r)
         if text:
             widths.see(row, g0 + 3, len(text))
             if url is not None and links < MAX_LINKS and len(url) < 2000:
+                # xlsxwriter keeps the link (and writes a cell _assemble replaces by this one)
                 ws.write_url(row, g0 + 3, url, fmt.link, _text(text))
+                string(g0 + 3, _text(text), fmt.link)
                 links += 1
             else:
-                write_string(row, g0 + 3, _text(text))
+                string(g0 + 3, _text(text))
     for j in range(len(metric_cols)):
         widths.w[m0 + j] = max(widths.w[m0 + j], 9)
     widths.w[s0 + 6] = widths.w[s0 + 7] = 17
@@ -810,7 +910,6 @@ def _write_summary(ws: Any, view: _View, fmt: _Formats) -> None:
                 "criteria": f"=AND(ISNUMBER({col}2),{col}2={best}({col}$2:{col}${n + 1}))"})
     ws.freeze_panes(1, 2)
     ws.autofilter(0, 0, n, len(head) - 1)
-    ws.set_row(0, 30)
     ws.set_landscape()
     ws.set_paper(9)
     ws.set_print_scale(60)
@@ -818,6 +917,7 @@ def _write_summary(ws: Any, view: _View, fmt: _Formats) -> None:
     ws.set_margins(left=0.4, right=0.4, top=0.5, bottom=0.5)
     ws.repeat_rows(0)
     ws.repeat_columns(0, 1)
+    return cells
 
 
 def _points_per_series(n_series: int) -> int:
@@ -1060,23 +1160,25 @@ def _place(ws: Any, chart: Any, col: int, x: int, y: int) -> None:
     ws.insert_chart(y // 20, col, chart, {"x_offset": x, "y_offset": y % 20, "object_position": 3})
 
 
-def _write_events(ws: Any, view: _View, fmt: _Formats) -> None:
+def _write_events(ws: Any, view: _View, fmt: _Formats) -> _Cells:
     head = ["time", "run", "attempt", "kind", "reason"]
     zone = _zone()
-    _header(ws, head, fmt, {0: f"Local time of the machine that wrote this file ({zone})"})
+    cells = _Cells(len(head), fmt)
+    _header(ws, head, fmt, {0: f"Local time of the machine that wrote this file ({zone})"}, cells)
     events: list[Event] = sorted(view.data.events, key=lambda e: e.time)[-MAX_EVENTS:]
     widths = _Widths(head, {4: 80})
     for row, e in enumerate(events, start=1):
+        cells.row(row)
         t = _excel_time(e.time)
         if t is not None:
-            ws.write_number(row, 0, t, fmt.datetime_s)
+            cells.number(0, t, fmt.datetime_s)
         key = _text(e.key)
-        ws.write_string(row, 1, key)
-        ws.write_number(row, 2, e.attempt, fmt.int)
-        ws.write_string(row, 3, _text(e.kind))
+        cells.string(1, key)
+        cells.number(2, e.attempt, fmt.int)
+        cells.string(3, _text(e.kind))
         if e.reason:
             reason = _text(e.reason)
-            ws.write_string(row, 4, reason)
+            cells.string(4, reason)
             widths.see(row, 4, len(reason))
         widths.see(row, 1, len(key))
         widths.see(row, 3, len(e.kind))
@@ -1085,12 +1187,14 @@ def _write_events(ws: Any, view: _View, fmt: _Formats) -> None:
     ws.freeze_panes(1, 0)
     ws.autofilter(0, 0, len(events), len(head) - 1)
     _page(ws)
+    return cells
 
 
-def _write_resources(ws: Any, view: _View, fmt: _Formats) -> None:
+def _write_resources(ws: Any, view: _View, fmt: _Formats) -> _Cells:
     head = ["run", "peak_rss_mb", "peak_gpu_mem_mb", "min_disk_free_mb"]
+    cells = _Cells(len(head), fmt)
     _header(ws, head, fmt, {1: "Peak resident memory of the job (MB)", 2: "Peak GPU memory (MB)",
-                            3: "Lowest free disk space seen in the run directory (MB)"})
+                            3: "Lowest free disk space seen in the run directory (MB)"}, cells)
     widths = _Widths(head)
     row = 0
     for r in view.runs:
@@ -1098,32 +1202,37 @@ def _write_resources(ws: Any, view: _View, fmt: _Formats) -> None:
         if all(v is None for v in vals):
             continue
         row += 1
+        cells.row(row)
         key = _text(r.key)
-        ws.write_string(row, 0, key)
+        cells.string(0, key)
         widths.see(row, 0, len(key))
         for c, v in enumerate(vals, start=1):
-            _write_value(ws, row, c, v, fmt, fmt.mb)
+            _write_value(cells, c, v, fmt, fmt.mb)
     widths.apply(ws, 48)
     ws.freeze_panes(1, 0)
     ws.autofilter(0, 0, row, len(head) - 1)
     _page(ws, landscape=False)
+    return cells
 
 
-def _write_queue(ws: Any, view: _View, fmt: _Formats) -> None:
+def _write_queue(ws: Any, view: _View, fmt: _Formats) -> _Cells:
     head = ["run", "reason"]
-    _header(ws, head, fmt)
+    cells = _Cells(len(head), fmt)
+    _header(ws, head, fmt, cells=cells)
     widths = _Widths(head, {1: 80})
     for row, (key, reason) in enumerate(view.data.queue, start=1):
+        cells.row(row)
         k, why = _text(key), _text(reason)
-        ws.write_string(row, 0, k)
+        cells.string(0, k)
         if why:
-            ws.write_string(row, 1, why)
+            cells.string(1, why)
         widths.see(row, 0, len(k))
         widths.see(row, 1, len(why))
     widths.apply(ws, 48)
     ws.freeze_panes(1, 0)
     ws.autofilter(0, 0, len(view.data.queue), 1)
     _page(ws, landscape=False)
+    return cells
 
 
 def _fsync(path: Path) -> None:
@@ -1174,79 +1283,94 @@ class _Existing:
         return cls(path, props.get("nero_summary", ""), props.get("nero_curves", ""), curves_at)
 
 
-def _write_reusing_curves(view: _View, old: _Existing, out: Path, summary_fp: str) -> bool:
-    """Build everything but the curves, then copy Curves and Curve data from `old`."""
-    fd, base_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".base", dir=out.parent)
-    os.close(fd)
-    base = Path(base_name)
-    try:
-        _write_book(base, view, summary_fp, old.curves_fp, curves=False, curves_at=old.curves_at)
-        try:
-            _merge(base, old.path, out)
-        except (_CannotReuse, OSError, zipfile.BadZipFile, KeyError, struct.error, UnicodeDecodeError):
-            return False
-        return True
-    finally:
-        base.unlink(missing_ok=True)
-
-
 def _rels(z: zipfile.ZipFile, name: str) -> list[dict[str, str]]:
     if name not in z.NameToInfo:
         return []
     return [dict(_ATTR.findall(m)) for m in _REL.findall(z.read(name).decode())]
 
 
-def _merge(base: Path, old: Path, out: Path) -> None:
-    with zipfile.ZipFile(base) as zb, zipfile.ZipFile(old) as zo:
-        if zb.read("xl/styles.xml") != zo.read("xl/styles.xml"):
-            raise _CannotReuse("styles differ")
-        for z in (zb, zo):
-            if tuple(_SHEET.findall(z.read("xl/workbook.xml").decode())) != SHEETS:
-                raise _CannotReuse("sheets differ")
-        replace: dict[str, zipfile.ZipInfo] = {}
-        extra: list[zipfile.ZipInfo] = []
-        for i in CURVE_SHEETS:
-            sheet = f"xl/worksheets/sheet{i}.xml"
-            rels = f"xl/worksheets/_rels/sheet{i}.xml.rels"
-            if rels in zb.NameToInfo:
-                raise _CannotReuse("placeholder sheet has relationships")
-            replace[sheet] = zo.getinfo(sheet)
-            sheet_rels = _rels(zo, rels)
-            if sheet_rels:
-                extra.append(zo.getinfo(rels))
-            for rel in sheet_rels:
-                target = rel.get("Target", "")
-                if not re.fullmatch(r"\.\./drawings/drawing\d+\.xml", target):
-                    raise _CannotReuse(f"unexpected relationship {target}")
-                drawing = target.rsplit("/", 1)[1]
-                extra += [zo.getinfo(f"xl/drawings/{drawing}"), zo.getinfo(f"xl/drawings/_rels/{drawing}.rels")]
-                for crel in _rels(zo, f"xl/drawings/_rels/{drawing}.rels"):
-                    ctarget = crel.get("Target", "")
-                    if not re.fullmatch(r"\.\./charts/chart\d+\.xml", ctarget):
-                        raise _CannotReuse(f"unexpected relationship {ctarget}")
-                    extra.append(zo.getinfo("xl/charts/" + ctarget.rsplit("/", 1)[1]))
-        if any(info.filename in zb.NameToInfo for info in extra):
-            raise _CannotReuse("part names collide")
-        old_types = dict(_OVERRIDE.findall(zo.read("[Content_Types].xml").decode()))
-        overrides = "".join(
-            f'<Override PartName="/{info.filename}" ContentType="{old_types["/" + info.filename]}"/>'
-            for info in extra if "/" + info.filename in old_types)
-        types = zb.read("[Content_Types].xml").decode()
-        if "</Types>" not in types:
-            raise _CannotReuse("content types unreadable")
-        types = types.replace("</Types>", overrides + "</Types>")
-        with open(out, "wb") as f, open(base, "rb") as fb, open(old, "rb") as fo:
+_DIMENSION = re.compile(r'<dimension ref="[^"]*"/>')
+
+
+def _splice(sheet: bytes, cells: _Cells) -> bytes:
+    """xlsxwriter's sheet XML with `cells` as its rows (and their extent)."""
+    text = sheet.decode("utf-8")
+    start = text.find("<sheetData")
+    if start < 0:
+        raise _CannotReuse("a sheet without sheetData")
+    if text.startswith("<sheetData/>", start):
+        end = start + len("<sheetData/>")
+    else:
+        end = text.index("</sheetData>", start) + len("</sheetData>")
+    text = (_DIMENSION.sub(f'<dimension ref="{cells.dimension()}"/>', text[:start], count=1)
+            + "<sheetData>" + cells.xml() + "</sheetData>" + text[end:])
+    return text.encode("utf-8", "replace")
+
+
+def _assemble(base: Path, out: Path, rows: Mapping[str, _Cells], old: Path | None = None) -> None:
+    """Write `out`: the parts of `base` (xlsxwriter's file) copied as they are, the sheets
+    named in `rows` with those rows spliced in, and, given `old`, Curves and Curve data
+    (sheets, drawings, charts) copied byte for byte from `old` over `base`'s empty ones.
+    Raises _CannotReuse when `old`'s curves do not fit `base`."""
+    with zipfile.ZipFile(base) as zb, (zipfile.ZipFile(old) if old is not None else nullcontext()) as zo:
+        replace, extra, types = _curves_of(zb, zo) if old is not None else ({}, [], None)
+        with open(out, "wb") as f, open(base, "rb") as fb, (open(old, "rb") if old is not None else nullcontext()) as fo:
             w = _ZipWriter(f)
             for info in zb.infolist():
-                if info.filename == "[Content_Types].xml":
-                    w.add_bytes(info.filename, types.encode(), info.date_time)
-                elif info.filename in replace:
-                    w.add_raw(fo, replace[info.filename])
+                name = info.filename
+                if name in rows:
+                    w.add_bytes(name, _splice(zb.read(name), rows[name]), info.date_time)
+                elif name == "[Content_Types].xml" and types is not None:
+                    w.add_bytes(name, types, info.date_time)
+                elif name in replace:
+                    w.add_raw(fo, replace[name])
                 else:
                     w.add_raw(fb, info)
             for info in extra:
                 w.add_raw(fo, info)
             w.close()
+
+
+def _curves_of(zb: zipfile.ZipFile, zo: zipfile.ZipFile) -> tuple[dict[str, zipfile.ZipInfo], list[zipfile.ZipInfo], bytes]:
+    """What of `zo` replaces `zb`'s empty curve sheets: (sheet parts to swap, parts to add,
+    the content types of the result)."""
+    if zb.read("xl/styles.xml") != zo.read("xl/styles.xml"):
+        raise _CannotReuse("styles differ")
+    for z in (zb, zo):
+        if tuple(_SHEET.findall(z.read("xl/workbook.xml").decode())) != SHEETS:
+            raise _CannotReuse("sheets differ")
+    replace: dict[str, zipfile.ZipInfo] = {}
+    extra: list[zipfile.ZipInfo] = []
+    for i in CURVE_SHEETS:
+        sheet = f"xl/worksheets/sheet{i}.xml"
+        rels = f"xl/worksheets/_rels/sheet{i}.xml.rels"
+        if rels in zb.NameToInfo:
+            raise _CannotReuse("an empty curve sheet has relationships")
+        replace[sheet] = zo.getinfo(sheet)
+        sheet_rels = _rels(zo, rels)
+        if sheet_rels:
+            extra.append(zo.getinfo(rels))
+        for rel in sheet_rels:
+            target = rel.get("Target", "")
+            if not re.fullmatch(r"\.\./drawings/drawing\d+\.xml", target):
+                raise _CannotReuse(f"unexpected relationship {target}")
+            drawing = target.rsplit("/", 1)[1]
+            extra += [zo.getinfo(f"xl/drawings/{drawing}"), zo.getinfo(f"xl/drawings/_rels/{drawing}.rels")]
+            for crel in _rels(zo, f"xl/drawings/_rels/{drawing}.rels"):
+                ctarget = crel.get("Target", "")
+                if not re.fullmatch(r"\.\./charts/chart\d+\.xml", ctarget):
+                    raise _CannotReuse(f"unexpected relationship {ctarget}")
+                extra.append(zo.getinfo("xl/charts/" + ctarget.rsplit("/", 1)[1]))
+    if any(info.filename in zb.NameToInfo for info in extra):
+        raise _CannotReuse("part names collide")
+    old_types = dict(_OVERRIDE.findall(zo.read("[Content_Types].xml").decode()))
+    overrides = "".join(
+        f'<Override PartName="/{info.filename}" ContentType="{old_types["/" + info.filename]}"/>'
+        for info in extra if "/" + info.filename in old_types)
+    types = zb.read("[Content_Types].xml").decode()
+    if "</Types>" not in types:
+        raise _CannotReuse("content types unreadable")
+    return replace, extra, types.replace("</Types>", overrides + "</Types>").encode()
 
 
 class _ZipWriter:
@@ -1289,7 +1413,9 @@ class _ZipWriter:
                     info.date_time, data)
 
     def add_bytes(self, name: str, data: bytes, dt: tuple[int, ...]) -> None:
-        c = zlib.compressobj(6, zlib.DEFLATED, -15)
+        # level 1: the sheets rewritten on every refresh compress 3× faster than at the default
+        # level 6, for a file about 1 % larger
+        c = zlib.compressobj(1, zlib.DEFLATED, -15)
         packed = c.compress(data) + c.flush()
         self._entry(name, zipfile.ZIP_DEFLATED, zlib.crc32(data), len(packed), len(data), dt, packed)
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from orchestrator.errors import NeroError
-from orchestrator.model import Event, ResultsInput, RunRecord, RunState, Settings
+from orchestrator.model import Event, ResultsInput, RunRecord, RunState, Series, Settings
 from orchestrator.results import (
     MAX_POINTS_PER_SERIES,
     SERIES_PER_CHART,
@@ -90,6 +90,12 @@ def make_input(tmp_path: Path, checkpoints: tuple[int, ...] = CHECKPOINTS, extra
         settings=Settings(primary_metric="val_err", checkpoints=checkpoints),
         goals={"val_err": "min", "loss": "min"}, runs=tuple(runs), histories=h, events=tuple(events),
         queue=(("rnn[act=gelu]", "waiting for a free slot"), ("rnn[act=selu]", HOSTILE)), now=NOW)
+
+
+def as_series(data: ResultsInput) -> ResultsInput:
+    """The same input with its histories as the state store hands them out (Series)."""
+    return dataclasses.replace(data, histories={k: {m: Series.of(p) for m, p in h.items()}
+                                                for k, h in data.histories.items()})
 
 
 def expected_at(points, cp: int) -> float | None:
@@ -176,9 +182,12 @@ def test_pandas_reads_every_sheet_with_documented_columns_and_types(written):
 
 
 # ---------------------------------------------------------------------------- must show 3
+@pytest.mark.parametrize("series", [False, True], ids=["tuples", "series"])
 @pytest.mark.parametrize("checkpoints", [CHECKPOINTS, (5, 25), ()])
-def test_checkpoint_columns_follow_settings_and_match_stored_metrics(tmp_path, checkpoints):
+def test_checkpoint_columns_follow_settings_and_match_stored_metrics(tmp_path, checkpoints, series):
     data = make_input(tmp_path, checkpoints=checkpoints)
+    if series:
+        data = as_series(data)
     path = tmp_path / "results.xlsx"
     write_results(path, data)
     s = pd.read_excel(path, sheet_name="Summary")
@@ -249,6 +258,45 @@ def test_text_from_logs_and_the_sheet_never_becomes_a_formula(written):
     # the raw XML holds it as an inline string, not a <f> element
     with zipfile.ZipFile(path) as z:
         assert all(b"<f>" not in z.read(n) for n in z.namelist() if n.startswith("xl/worksheets/"))
+
+
+def test_series_histories_write_the_same_workbook_as_tuples(tmp_path, written):
+    path, data = written
+    other = tmp_path / "series.xlsx"
+    assert write_results(other, as_series(data))
+    assert fingerprint(as_series(data)) == fingerprint(data)
+    a, b = pd.read_excel(path, sheet_name=None), pd.read_excel(other, sheet_name=None)
+    for name in SHEETS:
+        pd.testing.assert_frame_equal(a[name], b[name], obj=name)
+
+
+@pytest.mark.parametrize("text", [
+    "  two leading spaces", "trailing tab\t", "a & b < c > d", "_x0041_ stays literal", "line one\nline two",
+    "emoji 🧪 and ünïcode", '"quoted" \'both\'', "]]> <![CDATA[", "&amp; already escaped"])
+def test_text_reads_back_exactly_as_written(tmp_path, text):
+    import openpyxl
+
+    data = make_input(tmp_path)
+    runs = list(data.runs)
+    runs[0] = dataclasses.replace(runs[0], reason=text, params=(("lr", 0.1), ("note", text)))
+    data = dataclasses.replace(data, runs=tuple(runs), events=(Event(NOW, runs[0].key, "warn", text, 1),),
+                               queue=((runs[0].key, text),))
+    path = tmp_path / "results.xlsx"
+    write_results(path, data)
+    if "_x0041_" in text:
+        # Excel and LibreOffice read _xHHHH_ as an escaped character: the text's own is
+        # escaped in turn (_x005F_ is "_"), which they show as written; openpyxl does not
+        # unescape, so pandas shows the escape
+        with zipfile.ZipFile(path) as z:
+            assert b"_x005F_x0041_ stays literal" in z.read("xl/worksheets/sheet6.xml")
+        text = "_x005F" + text
+    wb = openpyxl.load_workbook(path)
+    head = [c.value for c in wb["Summary"][1]]
+    assert wb["Summary"].cell(row=2, column=head.index("reason") + 1).value == text
+    assert wb["Summary"].cell(row=2, column=head.index("note") + 1).value == text
+    assert wb["Events"].cell(row=2, column=5).value == text
+    assert wb["Queue"].cell(row=2, column=2).value == text
+    assert pd.read_excel(path, sheet_name="Queue")["reason"].iloc[0] == text
 
 
 def test_summary_layout(written):
