@@ -73,7 +73,7 @@ import time
 import zipfile
 import zlib
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -612,19 +612,23 @@ _ESCAPED = re.compile(r"(_x[0-9a-fA-F]{4}_)")
 class _Cells:
     """The rows of one sheet as SpreadsheetML (`<sheetData>`), written here and spliced into
     the sheet xlsxwriter writes around them (columns, comments, filter, conditional
-    formats, links, page setup; see `_assemble`).
+    formats, links, charts, page setup; see `_assemble`).
 
-    Summary, Events, Resources and Queue are plain values, rewritten on every refresh;
-    through xlsxwriter each cell cost about 6 µs (stored, then serialised), most of a
-    summary-only refresh. Here a cell is one f-string. Strings are inline (`t="inlineStr"`),
-    as xlsxwriter writes them in constant-memory mode, so they never are formulas; a
-    literal `_xHHHH_` is escaped as Excel expects (xlsxwriter does the same)."""
+    Every sheet holds plain values: through xlsxwriter each cell cost about 6 µs (stored,
+    then serialised) — most of a summary-only refresh, and 1.2 million Curve data cells in
+    a full write. Here a cell is one f-string. Strings are inline (`t="inlineStr"`), as
+    xlsxwriter writes them in constant-memory mode, so they never are formulas; a literal
+    `_xHHHH_` is escaped as Excel expects (xlsxwriter does the same). Rows go to a spooled
+    temporary file, so a large sheet does not sit in memory."""
+
+    _SPOOL_ROWS = 256  # rows kept as strings before they are encoded into the spool
 
     def __init__(self, ncols: int, fmt: _Formats):
         from xlsxwriter.utility import xl_col_to_name
 
         self._names = [xl_col_to_name(c) for c in range(max(ncols, 1))]
         self._s = {f: f' s="{xf}"' for f, xf in fmt.xf.items() if xf}  # id(format) -> style attribute
+        self._spool = tempfile.SpooledTemporaryFile(max_size=8 << 20)
         self._rows: list[str] = []
         self._cells: list[str] = []
         self._open = ""  # the current row's start tag
@@ -656,14 +660,28 @@ class _Cells:
     def boolean(self, col: int, v: bool, fmt: Any = None) -> None:
         self._cells.append(f'<c r="{self._names[col]}{self._r}"{self._s.get(id(fmt), "")} t="b"><v>{int(v)}</v></c>')
 
+    def numbers(self, col: int, values: Iterable[float]) -> None:
+        """Finite numbers without a format from column `col` on."""
+        names, r = self._names, self._r
+        self._cells.append("".join([f'<c r="{names[c]}{r}"><v>{v!r}</v></c>' for c, v in enumerate(values, col)]))
+
     def _flush(self) -> None:
         if self._open:
             self._rows.append(self._open + "".join(self._cells) + "</row>")
+            if len(self._rows) >= self._SPOOL_ROWS:
+                self._spool.write("".join(self._rows).encode("utf-8", "replace"))
+                self._rows = []
         self._open, self._cells = "", []
 
-    def xml(self) -> str:
+    def chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
+        """The rows' XML, a chunk at a time (once)."""
         self._flush()
-        return "".join(self._rows)
+        self._spool.write("".join(self._rows).encode("utf-8", "replace"))
+        self._rows = []
+        self._spool.seek(0)
+        while chunk := self._spool.read(size):
+            yield chunk
+        self._spool.close()
 
     def dimension(self) -> str:
         last = self._names[-1]
@@ -671,13 +689,11 @@ class _Cells:
 
 
 # ------------------------------------------------------------------------------ writing
-def _new_book(path: Path, view: _View, summary_fp: str, curves_fp: str, curves_at: float, tmpdir: str,
-              big: bool) -> Any:
+def _new_book(path: Path, view: _View, summary_fp: str, curves_fp: str, curves_at: float) -> Any:
     import xlsxwriter
 
     book = xlsxwriter.Workbook(str(path), {
-        # rows stream to disk when the curves are written; the rest is small and faster in memory
-        "constant_memory": big, "in_memory": not big, "tmpdir": tmpdir,
+        "in_memory": True,  # the sheets' rows are written by _Cells: xlsxwriter's part is small
         "strings_to_formulas": False, "strings_to_urls": False, "strings_to_numbers": False,
         "nan_inf_to_errors": False,
     })
@@ -697,23 +713,19 @@ def _new_book(path: Path, view: _View, summary_fp: str, curves_fp: str, curves_a
 
 def _write_book(path: Path, view: _View, summary_fp: str, curves_fp: str, *, curves: bool,
                 curves_at: float | None = None) -> dict[str, _Cells]:
-    """Write the workbook's frame with xlsxwriter: every sheet, with the rows of Curves and
-    Curve data (empty sheets with curves=False); returns the rows of the other sheets, by
-    part name, for `_assemble`."""
+    """Write the workbook's frame with xlsxwriter (every sheet, Curves and Curve data empty
+    with curves=False); returns the sheets' rows, by part name, for `_assemble`."""
     stamp = curves_at if curves_at is not None else view.data.now
-    # xlsxwriter keeps each sheet's rows in a temporary file until close and leaves those of
-    # empty sheets (or of a failed write) behind: give it a directory of its own
-    with tempfile.TemporaryDirectory(prefix="nero-results-") as tmpdir:
-        book = _new_book(path, view, summary_fp, curves_fp, stamp, tmpdir, big=curves)
-        fmt = _Formats(book)
-        sheets = {name: book.add_worksheet(name) for name in SHEETS}
-        rows = {"Summary": _write_summary(sheets["Summary"], view, fmt)}
-        if curves:
-            _write_curves(book, sheets["Curves"], sheets["Curve data"], view, fmt)
-        rows["Events"] = _write_events(sheets["Events"], view, fmt)
-        rows["Resources"] = _write_resources(sheets["Resources"], view, fmt)
-        rows["Queue"] = _write_queue(sheets["Queue"], view, fmt)
-        book.close()
+    book = _new_book(path, view, summary_fp, curves_fp, stamp)
+    fmt = _Formats(book)
+    sheets = {name: book.add_worksheet(name) for name in SHEETS}
+    rows = {"Summary": _write_summary(sheets["Summary"], view, fmt)}
+    if curves:
+        rows["Curves"], rows["Curve data"] = _write_curves(book, sheets["Curves"], sheets["Curve data"], view, fmt)
+    rows["Events"] = _write_events(sheets["Events"], view, fmt)
+    rows["Resources"] = _write_resources(sheets["Resources"], view, fmt)
+    rows["Queue"] = _write_queue(sheets["Queue"], view, fmt)
+    book.close()
     return {f"xl/worksheets/sheet{SHEETS.index(name) + 1}.xml": cells for name, cells in rows.items()}
 
 
@@ -937,7 +949,8 @@ class _Placed:
     y_first: float
 
 
-def _write_curves(book: Any, ws: Any, data_ws: Any, view: _View, fmt: _Formats) -> None:
+def _write_curves(book: Any, ws: Any, data_ws: Any, view: _View, fmt: _Formats) -> tuple[_Cells, _Cells]:
+    """Curves and Curve data; returns their rows."""
     runs = view.prepared()
     # ---- Curve data: two rows per run × metric, grouped by experiment then metric
     experiments: dict[str, list[_Run]] = {}
@@ -952,13 +965,14 @@ def _write_curves(book: Any, ws: Any, data_ws: Any, view: _View, fmt: _Formats) 
     n_series = sum(len(rs) for _, _, rs in order)
     per = _points_per_series(n_series)
     head = ["experiment", "run", "metric", "axis", "points"]
-    _header(data_ws, head, fmt)
+    data_cells = _Cells(len(head) + per, fmt)
+    _header(data_ws, head, fmt, cells=data_cells)
     for k in range(per):
-        data_ws.write_number(0, 5 + k, k + 1, fmt.header)
+        data_cells.number(5 + k, k + 1, fmt.header)
     placed: dict[tuple[str, str], list[_Placed]] = {}
     widths = _Widths(head)
     row = 1
-    write_string, write_number = data_ws.write_string, data_ws.write_number
+    string = data_cells.string
     for exp, m, with_m in order:
         slot = placed.setdefault((exp, m), [])
         exp_t, m_t = _text(exp), _text(m)
@@ -971,13 +985,13 @@ def _write_curves(book: Any, ws: Any, data_ws: Any, view: _View, fmt: _Formats) 
             key = _text(run.record.key)
             n = len(steps)
             for axis, seq in (("step", steps), ("value", values)):
-                write_string(row, 0, exp_t)
-                write_string(row, 1, key)
-                write_string(row, 2, m_t)
-                write_string(row, 3, axis)
-                write_number(row, 4, n)
-                for k, v in enumerate(seq, start=5):
-                    write_number(row, k, v)
+                data_cells.row(row)
+                string(0, exp_t)
+                string(1, key)
+                string(2, m_t)
+                string(3, axis)
+                data_cells.number(4, n)
+                data_cells.numbers(5, seq)
                 row += 1
             widths.see(row, 0, len(exp_t))
             widths.see(row, 1, len(key))
@@ -993,16 +1007,18 @@ def _write_curves(book: Any, ws: Any, data_ws: Any, view: _View, fmt: _Formats) 
     board = view.leaderboard()
     value_head = f"best:{view.primary}" if view.primary else "best"
     head = ["rank", "run", "experiment", value_head]
-    _header(ws, head, fmt)
+    cells = _Cells(len(head), fmt)
+    _header(ws, head, fmt, cells=cells)
     lw = _Widths(head, {1: 44})
     values = [v for _, v in board]
     vfmt = fmt.metric(values)
     for i, (run, v) in enumerate(board, start=1):
-        ws.write_number(i, 0, i, fmt.int)
+        cells.row(i)
+        cells.number(0, i, fmt.int)
         key = _text(run.record.key)
-        ws.write_string(i, 1, key)
-        ws.write_string(i, 2, _text(run.record.experiment))
-        ws.write_number(i, 3, v, fmt.fit(v, vfmt))
+        cells.string(1, key)
+        cells.string(2, _text(run.record.experiment))
+        cells.number(3, v, fmt.fit(v, vfmt))
         lw.see(i, 1, len(key))
         lw.see(i, 2, len(run.record.experiment))
     lw.w[3] = max(lw.w[3], 12)
@@ -1047,6 +1063,8 @@ def _write_curves(book: Any, ws: Any, data_ws: Any, view: _View, fmt: _Formats) 
         chart.add_series({
             "name": _chart_text(value_head),
             "categories": ["Curves", 1, 1, n, 1], "values": ["Curves", 1, 3, n, 3],
+            # the chart's cached copy of its cells (xlsxwriter cannot see the rows _Cells writes)
+            "categories_data": [_text(run.record.key) for run, _ in board], "values_data": values,
             "fill": {"color": PALETTE[0]}, "border": {"none": True}, "gap": 60,
             "data_labels": {"value": True, "num_format": label, "font": {"size": 8}},
         })
@@ -1086,6 +1104,8 @@ def _write_curves(book: Any, ws: Any, data_ws: Any, view: _View, fmt: _Formats) 
                     "name": _chart_text(s.label + " (off the chart)") if off else s.label,
                     "categories": ["Curve data", s.row, 5, s.row, 5 + s.n - 1],
                     "values": ["Curve data", s.row + 1, 5, s.row + 1, 5 + s.n - 1],
+                    # no cached copy of the points: spreadsheet programs draw from the cells
+                    "categories_data": [], "values_data": [],
                     "line": {"color": PALETTE[i % 10], "width": 1.5,
                              "dash_type": "dash" if (i // 10) % 2 else "solid"},
                     "marker": ({"type": "circle", "size": 4, "fill": {"color": PALETTE[i % 10]},
@@ -1110,6 +1130,7 @@ def _write_curves(book: Any, ws: Any, data_ws: Any, view: _View, fmt: _Formats) 
         y = _row_align(y + row_height + gap)
     if breaks:
         ws.set_h_pagebreaks(breaks[:1000])
+    return cells, data_cells
 
 
 def _decimals(values: Iterable[float]) -> int | None:
@@ -1292,8 +1313,8 @@ def _rels(z: zipfile.ZipFile, name: str) -> list[dict[str, str]]:
 _DIMENSION = re.compile(r'<dimension ref="[^"]*"/>')
 
 
-def _splice(sheet: bytes, cells: _Cells) -> bytes:
-    """xlsxwriter's sheet XML with `cells` as its rows (and their extent)."""
+def _splice(sheet: bytes, cells: _Cells) -> Iterator[bytes]:
+    """xlsxwriter's sheet XML with `cells` as its rows (and their extent), in chunks."""
     text = sheet.decode("utf-8")
     start = text.find("<sheetData")
     if start < 0:
@@ -1302,9 +1323,10 @@ def _splice(sheet: bytes, cells: _Cells) -> bytes:
         end = start + len("<sheetData/>")
     else:
         end = text.index("</sheetData>", start) + len("</sheetData>")
-    text = (_DIMENSION.sub(f'<dimension ref="{cells.dimension()}"/>', text[:start], count=1)
-            + "<sheetData>" + cells.xml() + "</sheetData>" + text[end:])
-    return text.encode("utf-8", "replace")
+    yield (_DIMENSION.sub(f'<dimension ref="{cells.dimension()}"/>', text[:start], count=1)
+           + "<sheetData>").encode()
+    yield from cells.chunks()
+    yield ("</sheetData>" + text[end:]).encode()
 
 
 def _assemble(base: Path, out: Path, rows: Mapping[str, _Cells], old: Path | None = None) -> None:
@@ -1319,9 +1341,9 @@ def _assemble(base: Path, out: Path, rows: Mapping[str, _Cells], old: Path | Non
             for info in zb.infolist():
                 name = info.filename
                 if name in rows:
-                    w.add_bytes(name, _splice(zb.read(name), rows[name]), info.date_time)
+                    w.add_chunks(name, _splice(zb.read(name), rows[name]), info.date_time)
                 elif name == "[Content_Types].xml" and types is not None:
-                    w.add_bytes(name, types, info.date_time)
+                    w.add_chunks(name, [types], info.date_time)
                 elif name in replace:
                     w.add_raw(fo, replace[name])
                 else:
@@ -1412,12 +1434,26 @@ class _ZipWriter:
         self._entry(info.filename, info.compress_type, info.CRC, info.compress_size, info.file_size,
                     info.date_time, data)
 
-    def add_bytes(self, name: str, data: bytes, dt: tuple[int, ...]) -> None:
+    def add_chunks(self, name: str, chunks: Iterable[bytes], dt: tuple[int, ...]) -> None:
+        """A member compressed from `chunks` as they come: its local header is written
+        first and completed once the sizes are known."""
         # level 1: the sheets rewritten on every refresh compress 3× faster than at the default
-        # level 6, for a file about 1 % larger
+        # level 6, for a file a few % larger
         c = zlib.compressobj(1, zlib.DEFLATED, -15)
-        packed = c.compress(data) + c.flush()
-        self._entry(name, zipfile.ZIP_DEFLATED, zlib.crc32(data), len(packed), len(data), dt, packed)
+        start = self.f.tell()
+        self._entry(name, zipfile.ZIP_DEFLATED, 0, 0, 0, dt, b"")
+        crc = size = 0
+        for chunk in chunks:
+            crc = zlib.crc32(chunk, crc)
+            size += len(chunk)
+            self.f.write(c.compress(chunk))
+        self.f.write(c.flush())
+        end = self.f.tell()
+        self.central.pop()
+        self.f.seek(start)
+        packed = end - start - 30 - len(name.encode("utf-8"))
+        self._entry(name, zipfile.ZIP_DEFLATED, crc, packed, size, dt, b"")
+        self.f.seek(end)
 
     def close(self) -> None:
         start = self.f.tell()
