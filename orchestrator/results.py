@@ -48,15 +48,15 @@ Writing. The workbook goes to a temporary file in the target's directory and is 
 into place, so a reader never sees half a file; a failed write leaves the old file
 intact. `write_results` skips the write when the file already holds the same content
 (`fingerprint`; the time of the write alone is not a change), so the loop may call it
-every pass. Curves and Curve data are the expensive part (seconds for 1,000 runs): when
-the file's curves were built from the same histories, or when a caller accepts curves
-a few minutes old (`charts=None`, the default, rebuilds them at most every five minutes
-once histories are large; `charts=False` never), those two sheets are copied from the
-existing file byte for byte and only the rest is rebuilt — about 0.3 s for 1,000 runs.
-xlsxwriter writes every sheet's frame (columns, comments, filters, conditional formats,
-links, charts, page setup) and the rows of Curves and Curve data; nero writes the rows of
-the other sheets itself (`_Cells`: a cell is one f-string, against ~6 µs through
-xlsxwriter) and `_assemble` splices them in. Histories come as `model.Series` (arrays).
+every pass. Curves and Curve data are the expensive part (about 2 s for 1,000 runs ×
+1,500 points): when the file's curves were built from the same histories, or when a
+caller accepts curves a few minutes old (`charts=None`, the default, rebuilds them at
+most every five minutes once histories are large; `charts=False` never), those two
+sheets are copied from the existing file byte for byte and only the rest is rebuilt —
+about 0.25 s for 1,000 runs. xlsxwriter writes each sheet's frame (columns, comments,
+filters, conditional formats, links, charts, page setup); nero writes the rows itself
+(`_Cells`: a cell is one f-string, against ~6 µs through xlsxwriter) and `_assemble`
+splices them in. Histories come as `model.Series` (arrays of steps and values).
 `plot_curves` draws the same curves with matplotlib for `nero plot` and the e-mail digest.
 """
 
