@@ -68,13 +68,14 @@ import keyword
 import math
 import re
 from abc import ABC, abstractmethod
+from array import array
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 from .errors import ExpressionError
-from .model import FINISHED_STATES, LIVE_STATES, MAX_GOAL_NAMES, RunRecord, RunState
+from .model import FINISHED_STATES, LIVE_STATES, MAX_GOAL_NAMES, RunRecord, RunState, Series
 
 MAX_LENGTH = 2000
 MAX_DEPTH = 50
@@ -145,11 +146,15 @@ class Facts:
         history: Mapping[str, Sequence[float] | Sequence[tuple[int | None, float]]] | None = None,
         goals: Mapping[str, str] | None = None,
     ) -> Facts:
-        """The facts of a stored run at time `now`; `history` may hold plain values or the
-        `(step, value)` points of `ResultsInput.histories`."""
-        hist: dict[str, tuple[float, ...]] = {}
+        """The facts of a stored run at time `now`; `history` may hold plain values, the
+        `(step, value)` points of `ResultsInput.histories` or their Series (whose values
+        are used as they are)."""
+        hist: dict[str, Sequence[float]] = {}
         for name, points in (history or {}).items():
-            hist[name] = tuple(p[1] if isinstance(p, tuple) else p for p in points)
+            if isinstance(points, Series):
+                hist[name] = points.values
+            else:
+                hist[name] = tuple(p[1] if isinstance(p, tuple) else p for p in points)
         return cls(
             key=record.key,
             number=record.number,
@@ -171,6 +176,8 @@ class Facts:
         """Every value of a metric so far (the latest alone when no history was given)."""
         values = self.history.get(metric)
         if values:
+            if isinstance(values, array):  # a Series' values: floats already
+                return tuple(values)
             return tuple(_as_number(v) for v in values)
         if metric in self.metrics:
             return (_as_number(self.metrics[metric]),)

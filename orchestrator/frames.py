@@ -15,10 +15,11 @@ current attempt (run, metric, step, value).
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .model import RunRecord
+from .model import RunRecord, Series
 
 
 def runs_frame(runs: Sequence[RunRecord], now: float):
@@ -45,13 +46,24 @@ def runs_frame(runs: Sequence[RunRecord], now: float):
 
 
 def metrics_frame(histories: Mapping[str, Mapping[str, Sequence[tuple[int | None, float]]]]):
+    """The tidy frame of histories (best given as Series: their arrays become the step and
+    value columns without a Python object per point). A point without a step has <NA>."""
+    import numpy as np
     import pandas as pd
 
-    records = [(key, name, step, value) for key, per in histories.items() for name, points in per.items()
-               for step, value in points]
-    frame = pd.DataFrame.from_records(records, columns=["run", "metric", "step", "value"])
-    frame["step"] = frame["step"].astype("Int64")
-    return frame
+    runs: list[str] = []
+    metrics: list[str] = []
+    steps, values = array("d"), array("d")
+    for key, per in histories.items():
+        for name, points in per.items():
+            series = Series.of(points)
+            runs += [key] * len(series)
+            metrics += [name] * len(series)
+            steps += series.steps
+            values += series.values
+    step = pd.array(np.frombuffer(steps, dtype=np.float64), dtype="Float64").astype("Int64")
+    return pd.DataFrame({"run": pd.Series(runs, dtype="str"), "metric": pd.Series(metrics, dtype="str"),
+                         "step": step, "value": np.frombuffer(values, dtype=np.float64).copy()})
 
 
 def load(workbook: str | Path):

@@ -486,7 +486,7 @@ class Series(Sequence[tuple[int | None, float]]):
         return (None if s != s else int(s), self.values[i])
 
     def __iter__(self) -> Iterator[tuple[int | None, float]]:
-        for s, v in zip(self.steps, self.values):
+        for s, v in zip(self.steps, self.values, strict=True):
             yield (None if s != s else int(s), v)
 
     def __eq__(self, other: object) -> bool:

@@ -67,6 +67,7 @@ import contextlib
 import hashlib
 import html as html_lib
 import math
+import operator
 import os
 import re
 import socket
@@ -79,7 +80,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .model import FINISHED_STATES, Event, ResultsInput, RunRecord, RunSpec, Settings, Workbook
+from .model import (
+    FINISHED_STATES,
+    Event,
+    ResultsInput,
+    RunRecord,
+    RunSpec,
+    Series,
+    Settings,
+    Workbook,
+)
 from .state import Mail, Store
 
 EVENT_WORDS = {
@@ -383,8 +393,10 @@ def _series(points: Iterable[tuple[int | None, float]]) -> tuple[list[float], li
     ys: list[float] = []
     bad = None
     prev = 0.0
-    for step, value in points:
-        x = float(step) if step is not None else prev + 1
+    pairs = (zip(points.steps, points.values, strict=True) if isinstance(points, Series)  # NaN: no step
+             else ((math.nan if step is None else float(step), value) for step, value in points))
+    for step, value in pairs:
+        x = step if step == step else prev + 1
         prev = x
         if value is None or not math.isfinite(value):
             if bad is None:
@@ -393,6 +405,14 @@ def _series(points: Iterable[tuple[int | None, float]]) -> tuple[list[float], li
         xs.append(x)
         ys.append(float(value))
     return xs, ys, bad
+
+
+def _by_step(points: Sequence[tuple[int | None, float]]) -> Sequence[tuple[int | None, float]]:
+    """The points in step order, those without a step last; a Series whose steps already
+    ascend (the usual case) as it is."""
+    if isinstance(points, Series) and all(map(operator.lt, points.steps, points.steps[1:])):
+        return points
+    return sorted(points, key=lambda p: (p[0] is None, p[0] or 0))
 
 
 def _integer_steps(ax: Any, xs: Sequence[float]) -> None:
@@ -460,8 +480,7 @@ def experiment_curves_png(runs: Sequence[RunRecord], histories: Mapping[str, Map
 
     lines = []
     for r in runs:
-        pts = sorted(histories.get(r.key, {}).get(metric, ()), key=lambda p: (p[0] is None, p[0] or 0))
-        xs, ys, bad = _series(pts)
+        xs, ys, bad = _series(_by_step(histories.get(r.key, {}).get(metric, ())))
         if xs:
             label = r.key[len(r.experiment):].strip("[]") if r.key.startswith(r.experiment + "[") else r.key
             lines.append((label or r.key, xs, ys, bad))

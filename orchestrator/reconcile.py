@@ -32,6 +32,7 @@ from .model import (
     CodeSnapshot,
     Event,
     Handle,
+    Histories,
     JobScript,
     Plan,
     ResultsInput,
@@ -341,6 +342,7 @@ class Reconciler:
         goals = {m.name: m.goal for m in self.workbook.metrics}
         stops: dict[str, list[tuple[RunRecord, str]]] = {}
         updates: list[Update] = []
+        histories: Histories | None = None  # read once, when a live run has rules
         for rec in self.store.snapshot().values():
             spec = specs.get(rec.key)
             if spec is None or not rec.state.live or rec.intent or rec.stop_requested:
@@ -350,7 +352,9 @@ class Reconciler:
             except NeroError as e:  # validated with the sheet; an old state may still differ
                 report.warnings.append(f"{rec.key}: rules not evaluated: {e}")
                 continue
-            facts = Facts.of(rec, now, self.store.history(rec.key), {**{k: self.workbook.goal(k) for k in rec.last}, **goals})
+            if histories is None:
+                histories = self.store.histories()
+            facts = Facts.of(rec, now, histories.get(rec.key), {**{k: self.workbook.goal(k) for k in rec.last}, **goals})
             verdicts = evaluate(rules, facts)
             stop = first_stop(verdicts)
             if stop is not None:
@@ -566,7 +570,6 @@ class Reconciler:
         assert self.workbook is not None
         wb = self.workbook
         snap = self.store.snapshot()
-        histories = {k: {m: tuple(pts) for m, pts in h.items()} for k, h in self.store.histories().items()}
         queue = []
         if plan is not None:
             for a in plan.actions:
@@ -578,7 +581,7 @@ class Reconciler:
                 goals.setdefault(name, wb.goal(name))
         return ResultsInput(
             experiments_path=str(self.workbook_path), settings=wb.settings, goals=goals,
-            runs=tuple(sorted(snap.values(), key=lambda r: r.number)), histories=histories,
+            runs=tuple(sorted(snap.values(), key=lambda r: r.number)), histories=self.store.histories(),
             events=tuple(self.store.events()), queue=tuple(queue), now=self.clock(),
         )
 

@@ -11,6 +11,11 @@ Crash safety rests on two rules. (1) An attempt row is committed with `intent=1`
 a crash in between the next pass adopts the job instead of submitting it again.
 (2) Metric points and the read offsets they came from are committed in the same
 transaction, so a restart neither loses nor duplicates a point.
+
+Metric histories are what the loop reads most (rules and the results workbook, every
+pass): each Store keeps those of the runs' current attempts as compact Series and reads
+only the metric rows added since its last read (the table is append-only), see
+`Store.histories`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from collections.abc import Iterable, Sequence
+from array import array
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -33,6 +39,7 @@ from .model import (
     RunRecord,
     RunSpec,
     RunState,
+    Series,
 )
 
 SCHEMA_VERSION = 1
@@ -162,31 +169,134 @@ def _record(row: tuple) -> RunRecord:
 
 
 _SOURCE_RANK = {"track": 2, "stdout": 1, "stderr": 0}
+_RANK_SQL = "CASE source " + " ".join(f"WHEN '{s}' THEN {r}" for s, r in _SOURCE_RANK.items()) + " ELSE 0 END"
+_METRIC_ROWS = f"SELECT key, attempt, name, step, value, {_RANK_SQL} FROM metrics"
+_NEAR = 8  # a step logged again is looked for among this many latest points first
+
+# The metrics table is append-only (nothing in nero updates or deletes a point), which lets
+# a Store read only the rows added since its last read. Should anything change or delete
+# rows all the same (a hand edit, a future clean-up), these triggers count it, and every
+# Store that sees the count change reads the table afresh.
+_REWRITES = "metrics_rewrites"
+_TRIGGERS = {
+    f"metrics_{event.lower()}": (
+        f"CREATE TRIGGER IF NOT EXISTS metrics_{event.lower()} AFTER {event} ON metrics BEGIN "
+        f"INSERT OR REPLACE INTO meta VALUES ('{_REWRITES}', "
+        f"COALESCE((SELECT value FROM meta WHERE key = '{_REWRITES}'), 0) + 1); END"
+    )
+    for event in ("UPDATE", "DELETE")
+}
 
 
-def _merge(rows: Iterable[Sequence]) -> dict[str, list[tuple[int | None, float]]]:
-    """(name, step, value, source) rows → name → [(step, value)], one point per step.
+class _Curve:
+    """One metric's history while it is merged (see `_merge`): the arrays of its Series,
+    the source rank of each point and the largest step so far, so that a point with a new,
+    larger step (nearly every point) costs three appends.
 
-    A program that prints `loss=…` and also logs it through `orchestrator.track` reports
-    each value twice; the track point wins, then stdout, then stderr. Points without a
-    step are kept in the order they came."""
-    out: dict[str, list[tuple[int | None, float]]] = {}
-    where: dict[tuple[str, int], tuple[int, int]] = {}  # (name, step) -> (index, rank)
-    for name, step, value, source in rows:
-        v = math.nan if value is None else value
-        points = out.setdefault(name, [])
-        if step is None:
-            points.append((None, v))
+    `series` is the Series last handed out over these arrays. A handed-out Series never
+    changes: `own` copies the arrays before the first change after that."""
+
+    __slots__ = ("steps", "values", "ranks", "top", "series")
+
+    def __init__(self) -> None:
+        self.steps, self.values, self.ranks = array("d"), array("d"), bytearray()
+        self.top: float = -math.inf
+        self.series: Series | None = None
+
+    def own(self) -> None:
+        if self.series is not None:
+            self.steps, self.values, self.series = self.steps[:], self.values[:], None
+
+    def place(self, step: float | None, value: float, rank: int) -> None:
+        """A point that is not simply appended: one without a step, or whose step is not
+        larger than every step so far (logged again, or out of order)."""
+        if step is not None:
+            i = self.find(step)
+            if i >= 0:
+                if rank >= self.ranks[i]:
+                    self.values[i] = value
+                    self.ranks[i] = rank
+                return
+        self.steps.append(math.nan if step is None else step)
+        self.values.append(value)
+        self.ranks.append(rank)
+
+    def find(self, step: float) -> int:
+        """The index of the point with this step, -1 if none: the latest points first (a
+        step logged twice nearly always is one of them), then the others, both at C speed."""
+        steps = self.steps
+        n = len(steps)
+        near = max(0, n - _NEAR)
+        for lo, hi in ((near, n), (0, near)):
+            try:
+                return steps.index(step, lo, hi)
+            except ValueError:
+                pass
+        return -1
+
+    def view(self) -> Series:
+        if self.series is None:
+            self.series = Series(self.steps, self.values)
+        return self.series
+
+
+class _Run:
+    """The histories of one attempt of a run, as a Store keeps them between reads."""
+
+    __slots__ = ("attempt", "curves")
+
+    def __init__(self, attempt: int) -> None:
+        self.attempt = attempt
+        self.curves: dict[str, _Curve] = {}  # in the order the metrics first appeared
+
+    def curve(self, name: str) -> _Curve:
+        """The curve of a metric, ready to change."""
+        curve = self.curves.get(name)
+        if curve is None:
+            curve = self.curves[name] = _Curve()
+        else:
+            curve.own()
+        return curve
+
+    def view(self) -> dict[str, Series]:
+        return {name: curve.view() for name, curve in self.curves.items()}
+
+
+def _merge(rows: Iterable[Sequence], runs: Mapping[str, _Run]) -> None:
+    """Merge metric rows (key, attempt, name, step, value, source rank), in the order they
+    were logged, into the histories of `runs`; rows of other runs or attempts are skipped.
+
+    One point per step: a program that prints `loss=…` and also logs it through
+    `orchestrator.track` reports each value twice; the track point wins, then stdout, then
+    stderr (of equal rank the later point), and it keeps the position where its step first
+    appeared. Points without a step are kept in the order they came. A missing value
+    (NULL) is NaN."""
+    nan = math.nan
+    sinks: dict[str, tuple[int | None, dict[str, tuple]]] = {}  # key -> (attempt, name -> sink)
+    last_key, wanted, names = None, None, {}
+    for key, attempt, name, step, value, rank in rows:
+        if key != last_key:  # a pass writes each run's points together
+            run = sinks.get(key)
+            if run is None:
+                cached = runs.get(key)
+                run = sinks[key] = (None if cached is None else cached.attempt, {})
+            last_key, (wanted, names) = key, run
+        if attempt != wanted:
             continue
-        rank = _SOURCE_RANK.get(source, 0)
-        seen = where.get((name, step))
-        if seen is None:
-            where[(name, step)] = (len(points), rank)
-            points.append((step, v))
-        elif rank >= seen[1]:
-            points[seen[0]] = (step, v)
-            where[(name, step)] = (seen[0], rank)
-    return out
+        sink = names.get(name)
+        if sink is None:
+            curve = runs[key].curve(name)
+            sink = names[name] = (curve, curve.steps.append, curve.values.append, curve.ranks.append)
+        curve, add_step, add_value, add_rank = sink
+        if value is None:
+            value = nan
+        if step is not None and step > curve.top:  # the usual case, inlined for speed
+            curve.top = step
+            add_step(step)
+            add_value(value)
+            add_rank(rank)
+        else:
+            curve.place(step, value, rank)
 
 
 @dataclass(frozen=True)
@@ -263,6 +373,12 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writes = 0
         self._cache: tuple[tuple[int, int], dict[str, RunRecord]] | None = None
+        # The histories of every run's current attempt, from the metric rows up to rowid
+        # `_read_to` (None: not read yet), as of `_histories_version`; see `_refresh`.
+        self._runs: dict[str, _Run] = {}
+        self._read_to: int | None = None
+        self._histories_version: tuple[int, int] | None = None
+        self._rewrites: str | None = None
         try:
             self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -286,6 +402,11 @@ class Store:
                     if statement.strip():
                         self.db.execute(statement)
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        have = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+        if not have.issuperset(_TRIGGERS):  # a store from before the triggers
+            with self.transaction():
+                for statement in _TRIGGERS.values():
+                    self.db.execute(statement)
 
     def close(self) -> None:
         self.db.close()
@@ -311,23 +432,65 @@ class Store:
         sql = _SNAPSHOT_SQL.replace("a.attempt = r.attempt", "1") + " WHERE r.key = ? ORDER BY a.attempt"
         return [_record(row) for row in self.db.execute(sql, (key,))]
 
-    def history(self, key: str, attempt: int | None = None) -> dict[str, list[tuple[int | None, float]]]:
-        """The metric histories of one attempt (default: the current one), see `_merge`."""
-        if attempt is None:
-            row = self.db.execute("SELECT attempt FROM runs WHERE key=?", (key,)).fetchone()
-            attempt = row[0] if row else 0
-        rows = self.db.execute(
-            "SELECT name, step, value, source FROM metrics WHERE key=? AND attempt=? ORDER BY rowid", (key, attempt))
-        return _merge(rows)
+    def history(self, key: str, attempt: int | None = None) -> dict[str, Series]:
+        """The metric histories of one attempt (default: the current one), see `_merge`;
+        from the histories kept since `histories()` was called, if they hold it."""
+        if self._read_to is not None:
+            self._refresh()
+            run = self._runs.get(key)
+            if run is not None and attempt in (None, run.attempt):
+                return run.view()
+        with _Read(self.db):
+            if attempt is None:
+                row = self.db.execute("SELECT attempt FROM runs WHERE key=?", (key,)).fetchone()
+                attempt = row[0] if row else 0
+            run = _Run(attempt)
+            _merge(self.db.execute(_METRIC_ROWS + " WHERE key=? AND attempt=? ORDER BY rowid", (key, attempt)),
+                   {key: run})
+        return run.view()
 
-    def histories(self) -> dict[str, dict[str, list[tuple[int | None, float]]]]:
-        """The histories of every run's current attempt."""
-        per_run: dict[str, list[tuple]] = {}
-        sql = ("SELECT m.key, m.name, m.step, m.value, m.source FROM metrics m JOIN runs r "
-               "ON r.key = m.key AND r.attempt = m.attempt ORDER BY m.rowid")
-        for key, *rest in self.db.execute(sql):
-            per_run.setdefault(key, []).append(rest)
-        return {k: _merge(rows) for k, rows in per_run.items()}
+    def histories(self) -> dict[str, dict[str, Series]]:
+        """The histories of every run's current attempt (runs without a metric point are
+        left out), in run number order. The store keeps them and reads only what was added
+        since, so a Series that did not change is the same object as last time."""
+        self._refresh()
+        return {key: run.view() for key, run in self._runs.items() if run.curves}
+
+    def _refresh(self) -> None:
+        """Bring the kept histories up to date with the database (another process may have
+        written to it too), in one read transaction so that runs and points agree:
+
+        * runs that vanished or moved on to a new attempt are dropped;
+        * the metric rows added since the last read (rowid above `_read_to`; the table is
+          append-only) are merged into the runs still kept;
+        * runs not kept yet (all of them the first time; later a new run or attempt) are
+          read up to the same rowid: the first time in one pass over the table, later each
+          by its index.
+        """
+        version = (self.db.execute("PRAGMA data_version").fetchone()[0], self._writes)
+        if version == self._histories_version:
+            return
+        with _Read(self.db):
+            rewrites = self.get_meta(_REWRITES)
+            if rewrites != self._rewrites:
+                self._runs, self._read_to, self._rewrites = {}, None, rewrites
+            current = self.db.execute("SELECT key, attempt FROM runs ORDER BY number").fetchall()
+            (top,) = self.db.execute("SELECT COALESCE(MAX(rowid), 0) FROM metrics").fetchone()
+            attempts = dict(current)
+            kept = {k: run for k, run in self._runs.items() if attempts.get(k) == run.attempt}
+            if self._read_to is not None and top > self._read_to:
+                _merge(self.db.execute(_METRIC_ROWS + " WHERE rowid > ? AND rowid <= ? ORDER BY rowid",
+                                       (self._read_to, top)), kept)
+            new = {k: _Run(a) for k, a in current if k not in kept}
+            if new and self._read_to is None:
+                _merge(self.db.execute(_METRIC_ROWS + " WHERE rowid <= ? ORDER BY rowid", (top,)), new)
+            else:
+                for key, run in new.items():
+                    _merge(self.db.execute(_METRIC_ROWS + " WHERE key=? AND attempt=? AND rowid <= ? ORDER BY rowid",
+                                           (key, run.attempt, top)), {key: run})
+            self._runs = {k: kept[k] if k in kept else new[k] for k, _ in current}
+            self._read_to = top
+        self._histories_version = version
 
     def events(self, key: str | None = None, since: float | None = None, limit: int | None = None) -> list[Event]:
         sql, args = "SELECT time, key, kind, reason, attempt FROM events WHERE 1", []
@@ -568,6 +731,21 @@ class Store:
     def set_meta(self, key: str, value: str) -> None:
         with self.transaction():
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+
+class _Read:
+    """A read transaction: the statements inside see one state of the database."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN")
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb):
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        return False
 
 
 class _Tx:
