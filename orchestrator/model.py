@@ -456,21 +456,28 @@ class Series(Sequence[tuple[int | None, float]]):
     numbers), so every history of a thousand-run study fits in a few tens of MB. It reads
     as a sequence of `(step, value)` tuples; code that wants speed uses `steps` (NaN where
     a point had no step) and `values` (NaN for a value that was not a number) directly.
-    The arrays must not be changed once the Series is built."""
+    `ordered` promises that every point has a step and the steps strictly ascend (the
+    usual history), so a reader need not sort them. The arrays must not be changed once
+    the Series is built."""
 
     steps: array
     values: array
+    ordered: bool = False
 
     @classmethod
     def of(cls, points: Iterable[tuple[int | None, float]]) -> Series:
         if isinstance(points, Series):
             return points
         steps, values = array("d"), array("d")
-        nan = math.nan
+        nan, top, ordered = math.nan, -math.inf, True
         for step, value in points:
+            if step is None or not step > top:
+                ordered = False
+            else:
+                top = step
             steps.append(nan if step is None else step)
             values.append(nan if value is None else value)
-        return cls(steps, values)
+        return cls(steps, values, ordered)
 
     def __len__(self) -> int:
         return len(self.values)
@@ -481,7 +488,7 @@ class Series(Sequence[tuple[int | None, float]]):
     def __getitem__(self, i: slice) -> Series: ...
     def __getitem__(self, i: int | slice) -> tuple[int | None, float] | Series:
         if isinstance(i, slice):
-            return Series(self.steps[i], self.values[i])
+            return Series(self.steps[i], self.values[i], self.ordered and (i.step or 1) > 0)
         s = self.steps[i]
         return (None if s != s else int(s), self.values[i])
 

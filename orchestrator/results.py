@@ -260,8 +260,10 @@ def _default_goal(metric: str) -> str:
 def _normalize(points: Iterable[tuple[int | None, float]]) -> tuple[Sequence[float], Sequence[float]]:
     """Steps ascending (a step logged twice keeps its latest value); a missing step is the
     previous step + 1 (the first is 1)."""
-    if isinstance(points, Series):  # no step is NaN; a sum is NaN if one is
-        steps, values = points.steps.tolist(), points.values.tolist()
+    if isinstance(points, Series):
+        if points.ordered:  # every step given, ascending: nothing to do
+            return points.steps, points.values
+        steps, values = points.steps.tolist(), points.values.tolist()  # no step is NaN
         if not steps:
             return (), ()
         missing = math.isnan(sum(steps))
@@ -306,14 +308,13 @@ def _downsample(steps: Sequence[float], values: Sequence[float], n: int) -> tupl
     buckets = max(1, (n - 2) // 2)
     inner = m - 2
     keep = [0]
-    get = values.__getitem__
     for b in range(buckets):
         lo = 1 + b * inner // buckets
         hi = 1 + (b + 1) * inner // buckets
         if lo >= hi:
             continue
-        seg = range(lo, hi)
-        i, j = min(seg, key=get), max(seg, key=get)
+        seg = values[lo:hi]  # slice, min, max and index all run at C speed
+        i, j = lo + seg.index(min(seg)), lo + seg.index(max(seg))
         if i == j:
             keep.append(i)
         else:
@@ -412,10 +413,10 @@ def _signature(p: Sequence[Any]) -> tuple[Any, ...]:
 
 
 def _stats(key: str, metric: str, points: Sequence[tuple[int | None, float]], goal: str,
-           checkpoints: tuple[int, ...]) -> _Stats | None:
+           checkpoints: tuple[int, ...], signature: tuple[Any, ...] | None = None) -> _Stats | None:
     if not points:
         return None
-    memo_key = (key, metric, _signature(points), goal, checkpoints)
+    memo_key = (key, metric, signature or _signature(points), goal, checkpoints)
     hit = _STATS_MEMO.get(memo_key)
     if hit is not None:
         return hit
@@ -454,6 +455,7 @@ class _View:
         self.metrics = list(seen)
         self.primary = data.settings.primary_metric or (self.metrics[0] if self.metrics else "")
         self._prepared: list[_Run] | None = None
+        self._signatures: dict[str, dict[str, tuple[Any, ...]]] = {}  # of the histories, once computed
 
     def points(self) -> int:
         return sum(len(p) for h in self.data.histories.values() for p in h.values())
@@ -465,7 +467,9 @@ class _View:
     # --------------------------------------------------------------- fingerprints
     def _history_signature(self, key: str) -> tuple[Any, ...]:
         h = self.data.histories.get(key, {})
-        return tuple((m, _signature(p)) for m, p in h.items())
+        sig = tuple((m, _signature(p)) for m, p in h.items())
+        self._signatures[key] = dict(sig)
+        return sig
 
     def fingerprints(self) -> tuple[str, str]:
         d = self.data
@@ -494,9 +498,10 @@ class _View:
             for r in self.runs:
                 run = _Run(r)
                 hist = self.data.histories.get(r.key, {})
+                sigs = self._signatures.get(r.key, {})
                 for m in self.metrics:
                     goal = self.goal(m)
-                    st = _stats(r.key, m, hist.get(m, ()), goal, cps)
+                    st = _stats(r.key, m, hist.get(m, ()), goal, cps, sigs.get(m))
                     if m in r.last:
                         run.last[m] = r.last[m]
                     elif st is not None:

@@ -196,11 +196,12 @@ class _Curve:
     `series` is the Series last handed out over these arrays. A handed-out Series never
     changes: `own` copies the arrays before the first change after that."""
 
-    __slots__ = ("steps", "values", "ranks", "top", "series")
+    __slots__ = ("steps", "values", "ranks", "top", "ordered", "series")
 
     def __init__(self) -> None:
         self.steps, self.values, self.ranks = array("d"), array("d"), bytearray()
         self.top: float = -math.inf
+        self.ordered = True  # every step given, ascending (see Series.ordered)
         self.series: Series | None = None
 
     def own(self) -> None:
@@ -217,6 +218,7 @@ class _Curve:
                     self.values[i] = value
                     self.ranks[i] = rank
                 return
+        self.ordered = False
         self.steps.append(math.nan if step is None else step)
         self.values.append(value)
         self.ranks.append(rank)
@@ -236,7 +238,7 @@ class _Curve:
 
     def view(self) -> Series:
         if self.series is None:
-            self.series = Series(self.steps, self.values)
+            self.series = Series(self.steps, self.values, self.ordered)
         return self.series
 
 

@@ -134,12 +134,17 @@ def test_incremental_histories_equal_a_fresh_read_and_the_merge_rules(tmp_path: 
             assert plain_all(fresh.histories()) == world.expected()
             fresh.close()
             assert all(isinstance(s, Series) for h in got.values() for s in h.values())
+            for h in got.values():  # `ordered` holds exactly when every step is given and ascends
+                for series in h.values():
+                    steps = [step for step, _ in series]
+                    assert series.ordered == (None not in steps and steps == sorted(set(steps))), steps
+            orders = {series.ordered for h in got.values() for series in h.values()}
             key = rng.choice(keys)
             assert plain(store.history(key)) == world.expected_attempt(key, world.current[key])
             past = rng.randint(1, world.current[key])
             assert plain(store.history(key, past)) == world.expected_attempt(key, past)
             checks += 1
-    assert checks > 50 and len(keys) > 10
+    assert checks > 50 and len(keys) > 10 and orders == {True, False}
     assert plain_all(store.histories()) == world.expected()
     store.close()
     other.close()
@@ -228,3 +233,12 @@ def test_rows_changed_behind_the_stores_back_are_read_afresh(tmp_path: Path) -> 
     assert store.histories() == fresh.histories() == {"a": {"loss": [(1, 1.0), (3, 3.0), (4, 7.0), (5, 5.0)]}}
     fresh.close()
     store.close()
+
+
+def test_series_of_marks_ordered_histories() -> None:
+    assert Series.of([(1, 0.5), (2, 0.4), (10, 0.3)]).ordered
+    assert Series.of([]).ordered
+    for points in ([(1, 0.5), (None, 0.4)], [(2, 0.5), (1, 0.4)], [(1, 0.5), (1, 0.4)]):
+        assert not Series.of(points).ordered, points
+    s = Series.of([(1, 0.5), (2, 0.4), (3, 0.3)])
+    assert s[1:].ordered and not s[::-1].ordered and list(s[::-1]) == [(3, 0.3), (2, 0.4), (1, 0.5)]
