@@ -420,7 +420,11 @@ def _status_table(runs, now: float, show_all: bool) -> None:
 @click.option("--stdout", "which", flag_value="stdout", default=True, help="Show stdout.log (default).")
 @click.option("-n", "--lines", type=int, default=0, help="Only the last N lines.")
 def logs(run: str, workbook: str | None, follow: bool, which: str, lines: int) -> None:
-    """Print a run's output. RUN is its key (`demo[lr=0.1,layers=2]`) or its number in `nero status`."""
+    """Print a run's output. RUN is its key (`demo[lr=0.1,layers=2]`) or its number in `nero status`.
+
+    A run on a remote cluster is read there over SSH (no `ssh` + `tail` needed); with
+    --follow new output is printed every 2 s until the job ends."""
+    from .backends.remote import RemoteBackend
     from .reconcile import Reconciler
 
     rec = Reconciler(resolve_workbook(workbook))
@@ -431,7 +435,21 @@ def logs(run: str, workbook: str | None, follow: bool, which: str, lines: int) -
             close = [k for k in snap if run in k][:5]
             raise click.ClickException(f"no run {run!r}" + (f"; did you mean: {', '.join(close)}" if close else
                                                               "; `nero status` lists the runs"))
-        path = Path(match.run_dir) / f"{which or 'stdout'}.log"
+        if not match.run_dir:
+            raise click.ClickException(f"{match.key} has no run directory yet ({match.state.value}); "
+                                       "it gets one when it is submitted")
+        name = f"{which or 'stdout'}.log"
+        backend = None
+        if match.cluster not in ("", "local"):
+            try:
+                rec.load()
+                backend = rec.backend(match.cluster)
+            except NeroError as e:
+                _fail(e)
+        if isinstance(backend, RemoteBackend):
+            _remote_logs(backend, match.run_dir, name, lines, follow)
+            return
+        path = Path(match.run_dir) / name
         _print_file(path, lines)
         if follow:
             _follow(rec, match.key, path)
@@ -439,14 +457,58 @@ def logs(run: str, workbook: str | None, follow: bool, which: str, lines: int) -
         rec.close()
 
 
+def _last_lines(data: bytes, lines: int) -> bytes:
+    return b"\n".join(data.splitlines()[-lines:]) + b"\n" if lines and data else data
+
+
+def _remote_logs(backend, run_dir: str, name: str, lines: int, follow: bool) -> None:
+    """`nero logs` of a run on a remote cluster: one agent round trip per read."""
+    where = f"{backend.cluster.name}:{run_dir}/{name}"
+    try:
+        if lines:  # the last N lines: the file's tail, generously sized
+            chunk = backend.read_output(run_dir, name, tail=max(64 << 10, lines * 1024))
+            sys.stdout.write(_last_lines(chunk.data, lines).decode("utf-8", "replace"))
+            offset = chunk.size or 0
+        else:  # the whole file, 8 MB a round trip
+            offset = 0
+            while True:
+                chunk = backend.read_output(run_dir, name, offset=offset)
+                sys.stdout.write(chunk.data.decode("utf-8", "replace"))
+                offset += len(chunk.data)
+                if not chunk.data or chunk.size is None or offset >= chunk.size:
+                    break
+        sys.stdout.flush()
+        if not chunk.dir_exists:
+            raise click.ClickException(f"the run directory {backend.cluster.name}:{run_dir} does not exist "
+                                       "(any more): its output is gone")
+        if chunk.size is None:
+            click.echo(f"({where} does not exist yet)", err=True)
+        while follow and not chunk.ended:
+            time.sleep(2.0)
+            chunk = backend.read_output(run_dir, name, offset=offset)
+            if chunk.size is not None and chunk.size < offset:  # the file was truncated or replaced
+                offset = 0
+                continue
+            sys.stdout.write(chunk.data.decode("utf-8", "replace"))
+            sys.stdout.flush()
+            offset += len(chunk.data)
+            if chunk.ended:  # what the job wrote after its last read
+                while (chunk := backend.read_output(run_dir, name, offset=offset)).data:
+                    sys.stdout.write(chunk.data.decode("utf-8", "replace"))
+                    offset += len(chunk.data)
+                sys.stdout.flush()
+    except KeyboardInterrupt:
+        return
+    except NeroError as e:
+        _fail(e)
+
+
 def _print_file(path: Path, lines: int) -> int:
     if not path.exists():
         click.echo(f"({path} does not exist yet)", err=True)
         return 0
     data = path.read_bytes()
-    if lines:
-        data = b"\n".join(data.splitlines()[-lines:]) + b"\n"
-    sys.stdout.write(data.decode("utf-8", "replace"))
+    sys.stdout.write(_last_lines(data, lines).decode("utf-8", "replace"))
     sys.stdout.flush()
     return path.stat().st_size
 

@@ -447,6 +447,16 @@ class Event:
     attempt: int = 0
 
 
+@dataclass(frozen=True)
+class OutputChunk:
+    """Bytes of a run's output file read on its cluster (`nero logs`)."""
+
+    data: bytes
+    size: int | None  # the file's size when read; None: no such file (yet)
+    ended: bool  # the job wrote its exit code
+    dir_exists: bool  # the run directory exists
+
+
 @dataclass(frozen=True, eq=False)
 class Series(Sequence[tuple[int | None, float]]):
     """One metric's history in one attempt: the points (step, value) in the order they

@@ -607,3 +607,27 @@ def test_ssh_runs_that_ask_for_gpus_get_distinct_free_ones(remote: Remote):
         for b in spans:
             if a is not b and a[2] == b[2]:
                 assert a[1] <= b[0] or b[1] <= a[0], "two runs held the same GPU at once"
+
+
+def test_logs_of_remote_runs_are_read_on_the_cluster_and_followed_to_the_end(remote: Remote):
+    rows = [{"id": f"talk-{c}", "command": "python3 stepper.py steps=40 delay=0.1", "cluster": c}
+            for c in ("slurm", "ssh")]
+    write_workbook(remote.project / "experiments.xlsx", rows, clusters=remote.clusters())
+    wait_for(lambda: remote.nero("reconcile", str(remote.project), "-q") and
+             len(runs := remote.status()) == 2 and all(r["state"] in ("running", "completed") for r in runs.values()),
+             timeout=60, what="two started jobs")
+    runs = remote.status()
+    for name, r in runs.items():
+        # the run directory is on the cluster's side, not this machine's: nero reads it there
+        assert r["cluster"] != "local"
+        followed = remote.nero("logs", "-w", str(remote.project), name, "--follow", timeout=120)
+        assert followed.returncode == 0, followed.stderr
+        assert followed.stdout.splitlines() == [f"step={i} loss={1.0 / i:.6f} tag=0" for i in range(1, 41)], name
+        last = remote.nero("logs", "-w", str(remote.project), str(r["number"]), "-n", "3")
+        assert last.returncode == 0 and last.stdout.splitlines() == [
+            f"step={i} loss={1.0 / i:.6f} tag=0" for i in (38, 39, 40)]
+        err = remote.nero("logs", "-w", str(remote.project), name, "--stderr")
+        assert err.returncode == 0 and err.stdout == ""
+    remote.ssh(f"rm -rf {remote.workdir}/talk-ssh*")
+    gone = remote.nero("logs", "-w", str(remote.project), "talk-ssh")
+    assert gone.returncode != 0 and "does not exist (any more)" in gone.stderr

@@ -23,6 +23,8 @@ Operations (request["op"]):
              the scheduler's listing of job names (finding jobs after a crash)
   cancel     scheduler commands, or signals to detached process groups
   resources  CPUs, load, RAM, GPUs (nvidia-smi), free disk, and queue commands' output
+  read       one output file of a run directory (`nero logs`): its last bytes, or the
+             bytes from an offset, with its size and whether the job has ended
 """
 
 import errno
@@ -557,8 +559,29 @@ def op_resources(req, inp, reply):
     })
 
 
+def op_read(req, inp, reply):
+    name = req["name"]
+    if name not in OUTPUTS:
+        raise ValueError("not a run output: %s" % name)
+    d = path(req["dir"])
+    p = os.path.join(d, name)
+    try:
+        size = os.path.getsize(p)
+    except OSError:
+        size = None
+    limit = int(req.get("limit", 8 << 20))
+    if req.get("tail") is not None:
+        data = tail(p, min(int(req["tail"]), limit))
+    else:
+        data = read_from(p, int(req.get("offset", 0)), limit)
+    reply.header["size"] = size
+    reply.header["data"] = reply.blob(data)
+    reply.header["ended"] = read_small(os.path.join(d, "exit_code")) is not None
+    reply.header["dir_exists"] = os.path.isdir(d)
+
+
 OPS = {"hello": op_hello, "poll": op_poll, "submit": op_submit, "adopt": op_adopt, "cancel": op_cancel,
-       "resources": op_resources}
+       "resources": op_resources, "read": op_read}
 
 
 def main():

@@ -38,6 +38,7 @@ from ..model import (
     Handle,
     JobScript,
     JobStatus,
+    OutputChunk,
     QueueInfo,
     Submission,
 )
@@ -50,7 +51,8 @@ PASS_BUDGET = 64 * 1024 * 1024  # bytes read per cluster per pass
 HELLO_REFRESH_S = 600.0
 UNKNOWN_HEARTBEAT_S = 60.0
 # seconds of silence before a command counts as hung (a pass must not block for long)
-OP_TIMEOUT_S = {"hello": 60.0, "poll": 120.0, "adopt": 300.0, "cancel": 120.0, "resources": 60.0, "submit": 900.0}  # a job the scheduler forgot is alive only while its heartbeat is this fresh
+OP_TIMEOUT_S = {"hello": 60.0, "poll": 120.0, "adopt": 300.0, "cancel": 120.0, "resources": 60.0, "submit": 900.0,
+                "read": 60.0}  # a job the scheduler forgot is alive only while its heartbeat is this fresh
 TRANSIENT = re.compile(r"unable to contact|socket timed out|temporarily unable|connection refused|timed out|"
                        r"try again|cannot reach|commlib error|unable to (?:connect|communicate)|"
                        r"slurm_persist_conn|qmaster", re.I)
@@ -444,6 +446,14 @@ class RemoteBackend(ABC):
         return {}
 
     # ------------------------------------------------------------ resources
+    def read_output(self, run_dir: str, name: str, *, offset: int = 0, tail: int | None = None,
+                    limit: int = 8 << 20) -> OutputChunk:
+        """Bytes of one output file of a run directory on the cluster (one round trip):
+        its last `tail` bytes, or up to `limit` bytes from `offset`."""
+        reply = self.call("read", {"dir": run_dir, "name": name, "offset": offset, "tail": tail, "limit": limit})
+        h = reply.header
+        return OutputChunk(reply.blob(h["data"]), h.get("size"), bool(h.get("ended")), bool(h.get("dir_exists")))
+
     def resources(self) -> ClusterResources:
         reply = self.call("resources", {"workdir": self.info.workdir if self.info else self.workdir_setting(),
                                         "commands": self.resource_commands()})
