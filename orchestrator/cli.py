@@ -876,6 +876,106 @@ def digest(workbook: str | None, mode: str, open_browser: bool) -> None:
         rec.close()
 
 
+MAIL_STYLE = {"sent": "green", "queued": "cyan", "sending": "cyan", "failed": "red", "uncertain": "yellow",
+              "local": "dim"}
+
+
+@main.command()
+@WORKBOOK_ARG
+@click.option("--resend", multiple=True, type=int, metavar="ID",
+              help="Put this failed, uncertain or outbox-only message back in the queue and send it now (repeatable).")
+@click.option("-y", "--yes", is_flag=True, help="Resend uncertain messages without asking.")
+@click.option("-n", "--last", type=int, default=30, show_default=True, help="How many of the newest messages to list.")
+@click.option("--json", "as_json", is_flag=True, help="The list as JSON.")
+def mail(workbook: str | None, resend: tuple[int, ...], yes: bool, last: int, as_json: bool) -> None:
+    """The e-mail outbox: what nero sent, what waits and what did not go out.
+
+    \b
+    status    sent: the server took it · queued: waits for the next delivery (a pass of
+              `nero reconcile`) · failed: the server refused it · uncertain: the
+              connection broke after the message went out, so it may have arrived; nero
+              never resends it by itself · local: no SMTP configured, only the .eml file
+              in .nero/outbox/ was written
+
+    --resend ID sends a failed, uncertain or local message again now, with its original
+    Message-ID (a mail program that got it already shows it once). An uncertain one may
+    reach people twice: nero asks first unless --yes.
+    """
+    import json
+
+    from .notify import MAIL_STATUSES, Mailer, smtp_config
+
+    rec = _open(workbook)
+    try:
+        assert rec.workbook is not None
+        mailer = Mailer.of(rec.store, rec.project_dir)
+        if resend:
+            if smtp_config(rec.workbook.settings) is None:
+                raise click.ClickException("no SMTP server is configured, so nothing can be sent: set smtp_host "
+                                           "(and email_to, email_from) in the workbook's Settings")
+            known = {m.id: m for m in rec.store.mail(MAIL_STATUSES)}
+            risky = [i for i in resend if i in known and known[i].status == "uncertain"]
+            question = (f"Message(s) {', '.join(map(str, risky))} may have been delivered already; resending may "
+                        "reach people twice. Resend?")
+            skipped = []
+            if risky and not yes and not (sys.stdin.isatty() and click.confirm(question, default=False, err=True)):
+                skipped = [f"message {i} is uncertain (it may have arrived): not resent; --yes resends it"
+                           for i in risky]
+                resend = tuple(i for i in resend if i not in risky)
+            done, problems = mailer.requeue(resend)
+            problems = skipped + problems
+            for problem in problems:
+                click.echo(f"error: {problem}", err=True)
+            warnings = mailer.deliver(rec.workbook.settings, force=True) if done else []
+            for w in warnings:
+                click.echo(f"warning: {w}", err=True)
+            now_known = {m.id: m for m in rec.store.mail(MAIL_STATUSES)}
+            failed = bool(problems)
+            for m in done:
+                status = now_known[m.id].status
+                if status == "sent":
+                    click.echo(f"Sent message {m.id} {m.subject!r} to {', '.join(m.recipients)}.")
+                else:
+                    failed = True
+                    if status == "queued":
+                        hint = "the next `nero reconcile` tries again (see the warning above)"
+                    else:
+                        hint = "see the warning above"
+                    click.echo(f"Message {m.id} {m.subject!r} is {status}, not sent: {hint}.", err=True)
+            sys.exit(1 if failed or (resend and not done) else 0)
+        mails = rec.store.mail(MAIL_STATUSES, limit=max(1, last), newest_first=True)
+        if as_json:
+            click.echo(json.dumps([{"id": m.id, "created": m.created_at, "kind": m.kind, "status": m.status,
+                                    "subject": m.subject, "to": list(m.recipients), "tries": m.tries,
+                                    "error": m.last_error, "sent": m.sent_at, "eml": str(mailer.eml_path(m))}
+                                   for m in mails], indent=2))
+            return
+        if not mails:
+            click.echo("The outbox is empty: no e-mail yet (rows' `notify` and Settings `digest` ask for them).")
+            return
+        from rich.table import Table
+
+        t = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
+        for col in ("id", "created", "kind", "status", "to", "subject", "error"):
+            t.add_column(col, overflow="fold", justify="right" if col == "id" else "left")
+        for m in mails:
+            style = MAIL_STYLE.get(m.status, "")
+            t.add_row(str(m.id), time.strftime("%Y-%m-%d %H:%M", time.localtime(m.created_at)), m.kind,
+                      f"[{style}]{m.status}[/]", escape(", ".join(m.recipients)), escape(m.subject),
+                      escape(m.last_error))
+        con = _console()
+        con.print(t)
+        stuck = [m.id for m in mails if m.status in ("failed", "uncertain")]
+        if any(m.status == "local" for m in mails):
+            con.print(f"local: written to {mailer.outbox} only (no SMTP server was configured; set smtp_host and "
+                      "email_to in Settings to e-mail them).")
+        if stuck:
+            con.print(f"{len(stuck)} not delivered: `nero mail --resend {stuck[0]}` sends one again "
+                      f"(copies in {mailer.outbox}).")
+    finally:
+        rec.close()
+
+
 @main.command()
 @click.argument("workbook", required=False, metavar="[WORKBOOK]")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,

@@ -58,7 +58,9 @@ Delivery guarantees: at most once, and in practice exactly once
     data went out, or nero dies between the 354 and the sent mark, the server may have
     accepted the message: the row becomes `uncertain` and is *not* resent, so nobody ever
     gets a message twice; a warning names it and its .eml file. That window is a single
-    round trip per message.
+    round trip per message. `nero mail` lists the outbox; `nero mail --resend ID` puts a
+    failed, uncertain or local message back in the queue (`Mailer.requeue`), asking first
+    for an uncertain one.
 """
 
 from __future__ import annotations
@@ -97,6 +99,9 @@ EVENT_WORDS = {
     "terminated": "terminated", "lost": "lost", "preempted": "lost", "warn": "warn",
 }
 ENDINGS = frozenset({"failed", "timeout", "terminated", "lost", "preempted"})
+# outbox statuses (see "Delivery guarantees"); `local`: written to the outbox only (no SMTP)
+MAIL_STATUSES = ("queued", "sending", "sent", "failed", "uncertain", "local")
+RESENDABLE = ("failed", "uncertain", "local")
 TAIL_LINES = 40
 GROUP_OVER = 10  # more notices of one kind in one pass than this: one message lists them
 DETAILED_IN_GROUP = 3
@@ -1086,7 +1091,37 @@ class Mailer:
 
     def _uncertain(self, m: Mail) -> str:
         return (f"e-mail: {m.subject!r} may or may not have been delivered (the connection broke after the "
-                f"message was sent); it is not resent, so nobody gets it twice. A copy: {self.eml_path(m)}")
+                f"message was sent); it is not resent, so nobody gets it twice (`nero mail --resend {m.id}` "
+                f"does). A copy: {self.eml_path(m)}")
+
+    def requeue(self, ids: Sequence[int]) -> tuple[list[Mail], list[str]]:
+        """Put failed, uncertain or outbox-only (`local`) messages back in the queue, for
+        `deliver` to send: the same bytes, Message-ID included, so a mail program shows a
+        message that did arrive twice as one. Returns the messages requeued and, for the
+        other ids, why not."""
+        known = {m.id: m for m in self.store.mail(MAIL_STATUSES)}
+        done: list[Mail] = []
+        problems: list[str] = []
+        for i in ids:
+            m = known.get(i)
+            if m is None:
+                problems.append(f"no message {i} in the outbox (`nero mail` lists them)")
+                continue
+            if m.status not in RESENDABLE:
+                problems.append(f"message {i} is {m.status}, not failed, uncertain or local: nothing to resend")
+                continue
+            data = m.message
+            if not data:
+                try:
+                    data = self.eml_path(m).read_bytes()
+                except OSError as e:
+                    problems.append(f"message {i}: its copy {self.eml_path(m)} cannot be read ({e.strerror})")
+                    continue
+            if self.store.requeue_mail(m.id, data, RESENDABLE):
+                done.append(m)
+            else:
+                problems.append(f"message {i} changed meanwhile (another nero process is delivering)")
+        return done, problems
 
 
 def _decode(b: bytes | str) -> str:

@@ -712,6 +712,15 @@ class Store:
                 self.db.execute("UPDATE outbox SET status=?, last_error=?, tries=tries+? WHERE id=?",
                                 (status, error[:500], int(tried), mail_id))
 
+    def requeue_mail(self, mail_id: int, message: bytes, statuses: Sequence[str]) -> bool:
+        """Put a message in one of `statuses` back in the queue, with these bytes and no
+        tries; False if it is not in one of them (any more)."""
+        with self.transaction():
+            cur = self.db.execute(
+                f"UPDATE outbox SET status='queued', tries=0, last_error='', message=? "
+                f"WHERE id=? AND status IN ({','.join('?' * len(statuses))})", (message, mail_id, *statuses))
+            return cur.rowcount == 1
+
     def events_after(self, event_id: int) -> list[tuple[int, Event]]:
         """Events recorded after the event with this id, with their ids, in order."""
         rows = self.db.execute("SELECT id, time, key, kind, reason, attempt FROM events WHERE id > ? ORDER BY id",

@@ -5,6 +5,7 @@ overrides, grouping, and the digest schedule of the watch loop."""
 
 from __future__ import annotations
 
+import json
 import time
 from email import message_from_bytes
 from email.policy import default as default_policy
@@ -410,3 +411,48 @@ def test_line_breaks_from_cells_never_reach_a_header():
     msg = message_from_bytes(data, policy=default_policy)
     assert msg["Subject"] == "run a b failed Bcc: x@evil.example" and msg["Bcc"] is None
     assert msg["X-Nero-Run"] == "k[tag=a b]"
+
+
+def test_nero_mail_lists_the_outbox_and_resends_failed_and_uncertain_messages(tmp_path: Path):
+    from conftest import nero
+
+    port = free_port()
+    workbook = write_workbook(tmp_path / "experiments.xlsx", [{"id": "x", "command": "true"}], settings={
+        "smtp_host": "127.0.0.1", "smtp_port": port, "smtp_security": "none", "email_to": TO, "email_from": FROM})
+    store = Store(tmp_path / ".nero" / "state.db")
+    mailer = Mailer(store, tmp_path, environ={}, keyring_get=lambda service, user: None)
+    refused, broken, fine = _queue(mailer, n=3)
+    handler = Refusing(data=["554 5.7.1 rejected"])
+    server = _server(handler, port)
+    server.start()
+    try:  # the first is refused for good; nero dies while sending the second
+        assert mailer.requeue([refused.id]) == ([], [f"message {refused.id} is queued, not failed, uncertain or "
+                                                     "local: nothing to resend"])
+        mailer.store.claim_mail(broken.id)  # nero died after the 354: uncertain on the next delivery
+        mailer.deliver(_settings(port), force=True)
+    finally:
+        server.stop()
+    store.close()
+    assert _statuses(Store(tmp_path / ".nero" / "state.db")) == ["failed", "uncertain", "sent"]
+
+    listed = nero("mail", str(workbook), "--json", check=True)
+    rows = {r["id"]: r for r in json.loads(listed.stdout)}
+    assert [rows[m.id]["status"] for m in (refused, broken, fine)] == ["failed", "uncertain", "sent"]
+    assert "554" in rows[refused.id]["error"]
+    table = nero("mail", str(workbook), check=True).stdout
+    assert "2 not delivered: `nero mail --resend" in table and "uncertain" in table and refused.subject in table
+
+    with SmtpServer(port) as inbox:
+        again = nero("mail", str(workbook), "--resend", str(refused.id), "--resend", str(broken.id))
+        assert again.returncode == 1  # the uncertain one needs --yes (no terminal to ask on)
+        assert f"Sent message {refused.id}" in again.stdout and f"message {broken.id} is uncertain" in again.stderr
+        sure = nero("mail", str(workbook), "--resend", str(broken.id), "--yes", check=True)
+        assert f"Sent message {broken.id}" in sure.stdout
+        twice = nero("mail", str(workbook), "--resend", str(broken.id), "--yes")
+        assert twice.returncode == 1 and "is sent, not failed" in twice.stderr
+        unknown = nero("mail", str(workbook), "--resend", "999")
+        assert unknown.returncode == 1 and "no message 999" in unknown.stderr
+    received = [message_from_bytes(d, policy=default_policy) for _, _, d in inbox.received]
+    assert [m["Subject"] for m in received] == [refused.subject, broken.subject]
+    assert received[0]["Message-ID"] == refused.message_id  # the original message, byte for byte
+    assert _statuses(Store(tmp_path / ".nero" / "state.db")) == ["sent", "sent", "sent"]
