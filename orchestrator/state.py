@@ -442,7 +442,7 @@ class Store:
             run = self._runs.get(key)
             if run is not None and attempt in (None, run.attempt):
                 return run.view()
-        with _Read(self.db):
+        with _Tx(self.db, "BEGIN"):
             if attempt is None:
                 row = self.db.execute("SELECT attempt FROM runs WHERE key=?", (key,)).fetchone()
                 attempt = row[0] if row else 0
@@ -472,7 +472,7 @@ class Store:
         version = (self.db.execute("PRAGMA data_version").fetchone()[0], self._writes)
         if version == self._histories_version:
             return
-        with _Read(self.db):
+        with _Tx(self.db, "BEGIN"):
             rewrites = self.get_meta(_REWRITES)
             if rewrites != self._rewrites:
                 self._runs, self._read_to, self._rewrites = {}, None, rewrites
@@ -744,27 +744,16 @@ class Store:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
 
-class _Read:
-    """A read transaction: the statements inside see one state of the database."""
-
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
-
-    def __enter__(self):
-        self.db.execute("BEGIN")
-        return self.db
-
-    def __exit__(self, exc_type, exc, tb):
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
-        return False
-
-
 class _Tx:
-    def __init__(self, db: sqlite3.Connection):
+    """A transaction: a write transaction (IMMEDIATE: it takes the write lock at once), or
+    with `begin="BEGIN"` a read transaction whose statements see one state of the database."""
+
+    def __init__(self, db: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE"):
         self.db = db
+        self.begin = begin
 
     def __enter__(self):
-        self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute(self.begin)
         return self.db
 
     def __exit__(self, exc_type, exc, tb):
