@@ -749,17 +749,13 @@ class _Widths:
             ws.set_column(c, c, min(max(w, 6), self.cap.get(c, default_cap)))
 
 
-def _header(ws: Any, headers: Sequence[str], fmt: _Formats, comments: Mapping[int, str] | None = None,
-            cells: _Cells | None = None, height: float | None = None) -> None:
-    """The header row (into `cells` when nero writes the sheet's rows) and its comments."""
-    if cells is not None:
-        cells.row(0, height)
-        ws.set_row(0, height)  # xlsxwriter needs to know the row its comments are in
+def _header(ws: Any, cells: _Cells, headers: Sequence[str], fmt: _Formats,
+            comments: Mapping[int, str] | None = None, height: float | None = None) -> None:
+    """The header row, into `cells`, and its comments, through xlsxwriter."""
+    cells.row(0, height)
+    ws.set_row(0, height)  # xlsxwriter needs to know the row its comments are in
     for c, h in enumerate(headers):
-        if cells is not None:
-            cells.string(c, _text(h), fmt.header)
-        else:
-            ws.write_string(0, c, _text(h), fmt.header)
+        cells.string(c, _text(h), fmt.header)
     for c, note in (comments or {}).items():
         ws.write_comment(0, c, note, {"x_scale": 2.2, "y_scale": 1.4})
 
@@ -837,7 +833,7 @@ def _write_summary(ws: Any, view: _View, fmt: _Formats) -> _Cells:
             comments[m0 + i] = (f"{m} at step {cp}: the last point with step ≤ {cp}; empty if the run "
                                 f"has not reached step {cp}")
     cells = _Cells(len(head), fmt)
-    _header(ws, head, fmt, comments, cells, height=30)
+    _header(ws, cells, head, fmt, comments, height=30)
     widths = _Widths(head, {1: 48, g0: 12, g0 + 2: 60, g0 + 3: 60})
 
     # metric column values first, so each column gets a number format fitting its magnitude
@@ -971,7 +967,7 @@ def _write_curves(book: Any, ws: Any, data_ws: Any, view: _View, fmt: _Formats) 
     per = _points_per_series(n_series)
     head = ["experiment", "run", "metric", "axis", "points"]
     data_cells = _Cells(len(head) + per, fmt)
-    _header(data_ws, head, fmt, cells=data_cells)
+    _header(data_ws, data_cells, head, fmt)
     for k in range(per):
         data_cells.number(5 + k, k + 1, fmt.header)
     placed: dict[tuple[str, str], list[_Placed]] = {}
@@ -1013,7 +1009,7 @@ def _write_curves(book: Any, ws: Any, data_ws: Any, view: _View, fmt: _Formats) 
     value_head = f"best:{view.primary}" if view.primary else "best"
     head = ["rank", "run", "experiment", value_head]
     cells = _Cells(len(head), fmt)
-    _header(ws, head, fmt, cells=cells)
+    _header(ws, cells, head, fmt)
     lw = _Widths(head, {1: 44})
     values = [v for _, v in board]
     vfmt = fmt.metric(values)
@@ -1190,7 +1186,7 @@ def _write_events(ws: Any, view: _View, fmt: _Formats) -> _Cells:
     head = ["time", "run", "attempt", "kind", "reason"]
     zone = _zone()
     cells = _Cells(len(head), fmt)
-    _header(ws, head, fmt, {0: f"Local time of the machine that wrote this file ({zone})"}, cells)
+    _header(ws, cells, head, fmt, {0: f"Local time of the machine that wrote this file ({zone})"})
     events: list[Event] = sorted(view.data.events, key=lambda e: e.time)[-MAX_EVENTS:]
     widths = _Widths(head, {4: 80})
     for row, e in enumerate(events, start=1):
@@ -1219,8 +1215,8 @@ def _write_events(ws: Any, view: _View, fmt: _Formats) -> _Cells:
 def _write_resources(ws: Any, view: _View, fmt: _Formats) -> _Cells:
     head = ["run", "peak_rss_mb", "peak_gpu_mem_mb", "min_disk_free_mb"]
     cells = _Cells(len(head), fmt)
-    _header(ws, head, fmt, {1: "Peak resident memory of the job (MB)", 2: "Peak GPU memory (MB)",
-                            3: "Lowest free disk space seen in the run directory (MB)"}, cells)
+    _header(ws, cells, head, fmt, {1: "Peak resident memory of the job (MB)", 2: "Peak GPU memory (MB)",
+                                   3: "Lowest free disk space seen in the run directory (MB)"})
     widths = _Widths(head)
     row = 0
     for r in view.runs:
@@ -1244,7 +1240,7 @@ def _write_resources(ws: Any, view: _View, fmt: _Formats) -> _Cells:
 def _write_queue(ws: Any, view: _View, fmt: _Formats) -> _Cells:
     head = ["run", "reason"]
     cells = _Cells(len(head), fmt)
-    _header(ws, head, fmt, cells=cells)
+    _header(ws, cells, head, fmt)
     widths = _Widths(head, {1: 80})
     for row, (key, reason) in enumerate(view.data.queue, start=1):
         cells.row(row)
