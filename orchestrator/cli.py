@@ -828,7 +828,7 @@ def digest(workbook: str | None, mode: str, open_browser: bool) -> None:
 
     Settings `digest` (every 6 hours, daily at 08:00, off) sends it from `nero reconcile --watch`.
     """
-    from .notify import Mailer, html_with_data_uris, text_of
+    from .notify import MAIL_STATUSES, Mailer, html_with_data_uris, text_of
 
     rec = _open(workbook)
     try:
@@ -860,8 +860,7 @@ def digest(workbook: str | None, mode: str, open_browser: bool) -> None:
         warnings += mailer.deliver(rec.workbook.settings, now, force=True)
         for w in warnings:
             click.echo(f"warning: {w}", err=True)
-        status = next((m.status for m in rec.store.mail(("queued", "sending", "sent", "failed", "uncertain", "local"),
-                                                         kind="digest", limit=5, newest_first=True)
+        status = next((m.status for m in rec.store.mail(MAIL_STATUSES, kind="digest", limit=5, newest_first=True)
                        if m.id == mail.id), "queued")
         path = mailer.eml_path(mail)
         if status == "sent":

@@ -69,7 +69,6 @@ import contextlib
 import hashlib
 import html as html_lib
 import math
-import operator
 import os
 import re
 import socket
@@ -413,9 +412,9 @@ def _series(points: Iterable[tuple[int | None, float]]) -> tuple[list[float], li
 
 
 def _by_step(points: Sequence[tuple[int | None, float]]) -> Sequence[tuple[int | None, float]]:
-    """The points in step order, those without a step last; a Series whose steps already
-    ascend (the usual case) as it is."""
-    if isinstance(points, Series) and all(map(operator.lt, points.steps, points.steps[1:])):
+    """The points in step order, those without a step last; an ordered Series (the usual
+    case) as it is."""
+    if isinstance(points, Series) and points.ordered:
         return points
     return sorted(points, key=lambda p: (p[0] is None, p[0] or 0))
 
