@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from .errors import NeroError
+from .paths import ProjectPaths
 
 EXIT_WORKBOOK = 2
 
@@ -201,7 +202,7 @@ def reconcile(workbook: str | None, watch: bool, interval: float | None, until_d
     from filelock import FileLock, Timeout
 
     rec = _open(workbook)
-    lock = FileLock(str(rec.store.path.parent / "reconcile.lock"))
+    lock = FileLock(str(ProjectPaths(rec.project_dir).reconcile_lock))
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -599,7 +600,7 @@ def _apply_now(rec) -> None:
     """Run a pass right away unless a watching reconcile holds the lock (it applies it then)."""
     from filelock import FileLock, Timeout
 
-    lock = FileLock(str(rec.store.path.parent / "reconcile.lock"))
+    lock = FileLock(str(ProjectPaths(rec.project_dir).reconcile_lock))
     try:
         lock.acquire(timeout=0)
     except Timeout:

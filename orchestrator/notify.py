@@ -81,6 +81,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from .files import write_atomically
 from .model import (
     FINISHED_STATES,
     Event,
@@ -91,6 +92,7 @@ from .model import (
     Settings,
     Workbook,
 )
+from .paths import ProjectPaths
 from .state import Mail, Store
 
 EVENT_WORDS = {
@@ -183,7 +185,7 @@ def smtp_password(user: str, environ: Mapping[str, str] | None = None,
 
 
 def outbox_dir(project_dir: str | Path) -> Path:
-    return Path(project_dir) / ".nero" / "outbox"
+    return ProjectPaths(Path(project_dir)).outbox
 
 
 # ---------------------------------------------------------------------------- formatting
@@ -376,17 +378,6 @@ def text_of(message: bytes) -> str:
 
     body = message_from_bytes(message, policy=default).get_body(preferencelist=("plain",))
     return body.get_content() if body is not None else ""
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------- plots
@@ -944,7 +935,7 @@ class Mailer:
     def _write_files(self, mails: Iterable[Mail], warnings: list[str]) -> None:
         for m in mails:
             try:
-                _write_atomically(self.eml_path(m), m.message)
+                write_atomically(self.eml_path(m), m.message)
             except OSError as e:
                 warnings.append(f"e-mail: cannot write {self.eml_path(m)}: {e}")
 

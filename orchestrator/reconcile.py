@@ -41,9 +41,10 @@ from .model import (
     RunState,
     Workbook,
 )
+from .paths import ClusterPaths, ProjectPaths, run_folder
 from .plan import plan as make_plan
 from .render import Shell, render_command, render_template
-from .spec import expand, format_value, slug
+from .spec import expand, format_value
 from .state import NewAttempt, Store, Update
 
 HEARTBEAT_S = 10
@@ -59,7 +60,7 @@ class PassReport:
 
 
 def state_path(workbook: Path) -> Path:
-    return workbook.resolve().parent / ".nero" / "state.db"
+    return ProjectPaths.of_workbook(workbook).state_db
 
 
 def git_info(workdir: str) -> tuple[str, bool]:
@@ -501,12 +502,11 @@ class Reconciler:
     def run_dir(self, spec: RunSpec, cluster: str, attempt: int) -> str:
         c = self._cluster(cluster)
         if c.kind is not ClusterKind.LOCAL:  # a path on the cluster (its workdir, resolved there)
-            root = str(self.backend(cluster).run_root()).rstrip("/")
-            return f"{root}/{slug(spec.experiment)}/{slug(spec.key)}/{attempt}"
-        base = Path(os.path.expanduser(c.workdir)) if c.workdir else self.project_dir / "runs"
+            return ClusterPaths(str(self.backend(cluster).run_root())).run(spec.experiment, spec.key, attempt)
+        base = Path(os.path.expanduser(c.workdir)) if c.workdir else ProjectPaths(self.project_dir).runs
         if not base.is_absolute():
             base = self.project_dir / base
-        return str(base / slug(spec.experiment) / slug(spec.key) / str(attempt))
+        return run_folder(str(base), spec.experiment, spec.key, attempt)
 
     def _cluster(self, name: str) -> Cluster:
         assert self.workbook is not None
@@ -536,7 +536,8 @@ class Reconciler:
             "account": _directive(str(resources.get("account") or c.account)),
             "options": _options(c.options, str(resources.get("options") or "")), "kind": c.kind.value,
             "gpu_pool": _directive(c.gpus),
-            "gpu_claims": f"{run_dir.rsplit('/', 3)[0]}/.nero/gpus" if c.kind is ClusterKind.SSH else "",
+            "gpu_claims": ClusterPaths(str(self.backend(cluster).run_root())).gpu_claims
+            if c.kind is ClusterKind.SSH else "",
             "key": spec.key, "experiment": spec.experiment, "attempt": attempt, "cluster": cluster,
             "run_dir": run_dir, "workdir": workdir, "command": Shell(command),
             "setup": Shell(setup), "resume": int(resume), "prev_run_dir": prev_dir,

@@ -14,7 +14,6 @@ numbers; empty cells are left out (of parameters and resources alike).
 from __future__ import annotations
 
 import math
-import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any, TypeVar
 
 from . import spec
 from .errors import ExpressionError, TemplateError, WorkbookError
+from .files import write_atomically
 from .model import (
     MAX_GOAL_NAMES,
     RESOURCE_COLUMNS,
@@ -1056,7 +1056,7 @@ def write_example_workbook(path: str | Path) -> Path:
     }.get)
     for row, (key, _) in enumerate(EXAMPLE_SETTINGS, start=2):
         settings.cell(row, 1).comment = _comment(SETTING_HELP[key])
-    _save_atomically(book, path)
+    write_atomically(path, book.save)
     return path
 
 
@@ -1103,13 +1103,3 @@ def _drop_down(ws: Any, col: int, options: Sequence[str], what: str) -> None:
     ws.add_data_validation(dv)
 
 
-def _save_atomically(book: Any, path: Path) -> None:
-    """Write beside the target and rename, so nobody ever opens half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.xlsx")
-    try:
-        book.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -148,15 +148,6 @@ def run_key(experiment: str, varied: Iterable[tuple[str, Scalar]]) -> str:
     return f"{experiment}[{','.join(parts)}]" if parts else experiment
 
 
-def slug(key: str) -> str:
-    """A file-system-safe, still readable folder name for a run key."""
-    s = re.sub(r"[^A-Za-z0-9_.=,+-]+", "_", key.replace("[", "_").replace("]", ""))
-    s = s.strip("._") or "run"
-    if len(s) > 120 or s != key.replace("[", "_").replace("]", ""):
-        s = f"{s[:100]}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
-    return s
-
-
 def spec_hash(essence: dict) -> str:
     blob = json.dumps(essence, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

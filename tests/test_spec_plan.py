@@ -17,8 +17,9 @@ from orchestrator.model import (
     Variation,
     Workbook,
 )
+from orchestrator.paths import slug
 from orchestrator.plan import plan
-from orchestrator.spec import diff_essence, expand, parse_cell, run_key, slug
+from orchestrator.spec import diff_essence, expand, parse_cell, run_key
 
 
 def exp(id="e", row=2, **kw) -> Experiment:

@@ -16,17 +16,11 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..files import write_atomically
 from ..model import Cluster, ClusterResources, Handle, JobScript, JobStatus, Submission
 
 MAX_READ = 32 * 1024 * 1024  # bytes read per file per pass; the rest comes next pass
 KILL_GRACE_S = 15
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
 
 
 def read_from(path: Path, offset: int, limit: int = MAX_READ) -> bytes:
@@ -82,14 +76,14 @@ class LocalBackend:
         run_dir = Path(job.run_dir)
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            write_atomic(run_dir / "params.json", job.params_json)
-            write_atomic(run_dir / "job.sh", job.text)
+            write_atomically(run_dir / "params.json", job.params_json, durable=False)
+            write_atomically(run_dir / "job.sh", job.text, durable=False)
             # its own session and process group: survives nero, Ctrl-C and SIGKILL of nero
             proc = subprocess.Popen(["bash", "job.sh"], cwd=run_dir, start_new_session=True, close_fds=True,
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             self._children.append(proc)
             pid = str(proc.pid)
-            write_atomic(run_dir / "job_id", pid + "\n")
+            write_atomically(run_dir / "job_id", pid + "\n", durable=False)
             return Submission(job.key, job.attempt, job_id=pid)
         except (OSError, subprocess.SubprocessError) as e:
             return Submission(job.key, job.attempt, error=f"could not start the job in {run_dir}: {e}")
