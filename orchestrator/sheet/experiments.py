@@ -22,10 +22,10 @@ from datetime import time as clock_time
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import spec
-from .errors import ExpressionError, TemplateError, WorkbookError
-from .files import write_atomically
-from .model import (
+from .. import spec
+from ..errors import ExpressionError, TemplateError, WorkbookError
+from ..files import write_atomically
+from ..model import (
     MAX_GOAL_NAMES,
     RESOURCE_COLUMNS,
     Cluster,
@@ -39,8 +39,8 @@ from .model import (
     Variation,
     Workbook,
 )
-from .render import command_variables
-from .rules import parse_rules
+from ..render import command_variables
+from ..rules import parse_rules
 
 T = TypeVar("T")
 
