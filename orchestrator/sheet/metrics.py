@@ -1,0 +1,53 @@
+"""The Metrics sheet: the metrics to capture from run output, each with a pattern and a goal."""
+
+from __future__ import annotations
+
+import re
+
+from ..model import MAX_GOAL_NAMES, MetricDef
+from .cells import choice, text
+from .table import Problems, Sheet, read_table, report_unknown_columns, table_rows
+
+__all__ = ["METRIC_COLUMNS", "read_metrics"]
+
+METRIC_COLUMNS = ("name", "pattern", "goal", "notes")
+
+
+def read_metrics(sheet: Sheet | None, problems: Problems) -> tuple[MetricDef, ...]:
+    """The metric definitions; none without the sheet (then every name=value is captured)."""
+    table = read_table(sheet, METRIC_COLUMNS, problems) if sheet else None
+    if table is None:
+        return ()
+    report_unknown_columns(table, METRIC_COLUMNS, problems)
+    if "name" not in table.columns:
+        problems.add(f"{table.sheet.title}!{table.header}", "the Metrics header row has no name column "
+                     f"(headers found: {', '.join(table.headers)}); add columns name, pattern, goal")
+        return ()
+    metrics: list[MetricDef] = []
+    seen: dict[str, str] = {}
+    for row in table_rows(table, problems):
+        name = row.require("name", text, "", "missing name; write the metric's name, e.g. val_loss")
+        pattern = row.get("pattern", _pattern, "")
+        default_goal = "max" if name.lower() in MAX_GOAL_NAMES else "min"
+        goal = row.get("goal", choice(("min", "max")), default_goal)
+        if not name:
+            continue
+        if name in seen:
+            problems.add(row.ref("name"), f"metric {name!r} is defined twice (also {seen[name]}); keep one row")
+            continue
+        seen[name] = row.ref("name")
+        metrics.append(MetricDef(name, pattern, goal))
+    return tuple(metrics)
+
+
+def _pattern(value: object, column: str) -> str:
+    pattern = text(value)
+    example = r"e.g. val_loss[=:]\s*([-+.\deE]+|nan)"
+    try:
+        compiled = re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"{pattern!r} is not a valid regular expression ({e}); {example}") from None
+    value_groups = compiled.groups - (1 if "step" in compiled.groupindex else 0)
+    if value_groups < 1:
+        raise ValueError(f"{pattern!r} has no capture group for the value; put the number in parentheses, {example}")
+    return pattern

@@ -1,0 +1,153 @@
+"""The workbook file as a whole: open the xlsx file (openpyxl's home for reading it),
+scan nero's sheets into rows, hand each to its sheet's reader, and report every problem
+at once, each anchored to its cell (`Experiments!D7: …`), as one `WorkbookError`.
+
+Nothing of openpyxl leaks out. A formula cell counts with the value last saved with it;
+a cell showing an error, or a formula without a saved value, is reported here and read
+as UNREADABLE, so no reader reports it again.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import WorkbookError
+from ..model import Problem, Workbook
+from .clusters import read_clusters
+from .commands import VariablesOf
+from .experiments import read_experiments
+from .metrics import read_metrics
+from .settings import read_settings
+from .table import UNREADABLE, Problems, Sheet
+
+__all__ = ["SHEETS", "lock_file", "read_workbook"]
+
+SHEETS = ("Experiments", "Clusters", "Metrics", "Settings")
+
+
+def read_workbook(path: str | Path, variables_of: VariablesOf) -> Workbook:
+    """Read and validate an experiments workbook; WorkbookError lists every problem.
+    `variables_of` names the variables a command template uses (see commands.py)."""
+    path = Path(path)
+    problems = Problems()
+    titles, sheets = _load(path, problems)
+    clusters = read_clusters(sheets.get("Clusters"), problems)
+    names = tuple(c.name for c in clusters)
+    experiments = read_experiments(sheets.get("Experiments"), titles, names, problems, variables_of)
+    metrics = read_metrics(sheets.get("Metrics"), problems)
+    settings = read_settings(sheets.get("Settings"), names, path, problems)
+    if problems.items:
+        raise WorkbookError(str(path), sorted(problems.items, key=_reading_order))
+    return Workbook(str(path), experiments, clusters, metrics, settings)
+
+
+def lock_file(path: str | Path) -> Path | None:
+    """The lock file a spreadsheet program keeps beside an open workbook, if any."""
+    p = Path(path)
+    candidates = [p.with_name(f".~lock.{p.name}#"), p.with_name(f"~${p.name}")]
+    if len(p.name) > 2:
+        candidates.append(p.with_name(f"~${p.name[2:]}"))  # Office shortens long names
+    return next((c for c in candidates if c.exists()), None)
+
+
+def _reading_order(problem: Problem) -> tuple[int, int, int]:
+    """Sheets in the order Experiments, Clusters, Metrics, Settings; then row, then column."""
+    sheet, _, cell = problem.where.partition("!")
+    rank = next((i for i, s in enumerate(SHEETS) if s.lower() == sheet.strip().lower()), -1)
+    m = re.match(r"^([A-Z]*)(\d+)$", cell)
+    if not m:
+        return rank, 0, 0
+    col = 0
+    for letter in m.group(1):
+        col = col * 26 + ord(letter) - 64
+    return rank, int(m.group(2)), col
+
+
+def _load(path: Path, problems: Problems) -> tuple[list[str], dict[str, Sheet]]:
+    """The sheet titles and nero's sheets by canonical name; file-level trouble raises."""
+    if not path.is_file():
+        what = "is a folder, not a workbook" if path.is_dir() else "was not found"
+        hint = "give the path of an .xlsx file, or create an example with `nero init`"
+        raise WorkbookError(str(path), [Problem(path.name, f"{path} {what}; {hint}")])
+    try:
+        formulas: _Formulas = {}
+        titles, sheets = _scan_file(path, False, formulas, problems)
+        if formulas:  # only then is the second pass, for the values saved with them, needed
+            titles, sheets = _scan_file(path, True, formulas, problems)
+    except Exception as e:  # zipfile, zlib, XML and openpyxl errors all mean "unreadable"
+        raise WorkbookError(str(path), [Problem(path.name, _unreadable(path, e))]) from None
+    return titles, sheets
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    if path.suffix.lower() == ".xls":
+        return "this is an old .xls file; save it as an Excel Workbook (.xlsx) and point nero at that"
+    if path.suffix.lower() not in (".xlsx", ".xlsm"):
+        return f"{path.name} is not an .xlsx workbook ({error}); save the sheet as Excel Workbook (.xlsx)"
+    return (f"the file cannot be read as an .xlsx workbook ({type(error).__name__}: {error}); "
+            "it may be half-saved or damaged: save it again from Excel or LibreOffice, "
+            "or restore a good copy")
+
+
+_Formulas = dict[tuple[str, int, int], str]  # (sheet, row, column) -> formula text
+
+
+def _scan_file(path: Path, saved: bool, formulas: _Formulas,
+               problems: Problems) -> tuple[list[str], dict[str, Sheet]]:
+    """One read of the file: formulas as text (saved=False) or their saved values (True)."""
+    import openpyxl
+
+    book = openpyxl.load_workbook(path, read_only=True, data_only=saved, keep_links=False)
+    try:
+        titles = list(book.sheetnames)
+        sheets: dict[str, Sheet] = {}
+        for title in titles:
+            canonical = _canonical_sheet(title)
+            ws = book[title]
+            if canonical is None or canonical in sheets or not hasattr(ws, "reset_dimensions"):
+                continue  # not nero's, a second copy, or a chart sheet
+            ws.reset_dimensions()  # don't trust the writer's stored sheet size
+            sheet = Sheet(title, [])
+            _scan_sheet(sheet, ws.iter_rows(), canonical, saved, formulas, problems)
+            sheets[canonical] = sheet
+        return titles, sheets
+    finally:
+        book.close()
+
+
+def _canonical_sheet(title: str) -> str | None:
+    key = title.strip().lower()
+    return next((s for s in SHEETS if s.lower() == key), None)
+
+
+def _scan_sheet(sheet: Sheet, rows: Iterable[Sequence[Any]], canonical: str, saved: bool,
+                formulas: _Formulas, problems: Problems) -> None:
+    """Collect non-blank rows; cells showing an error or lacking a formula's value are
+    reported here and become UNREADABLE, so nothing downstream reports them twice."""
+    for r, cells in enumerate(rows, start=1):
+        values: list[object] = []
+        for c, cell in enumerate(cells):
+            value, kind = cell.value, getattr(cell, "data_type", None)
+            formula = formulas.get((canonical, r, c))
+            if kind == "f":
+                formulas[(canonical, r, c)] = str(getattr(value, "text", value))
+            elif kind == "e":
+                problems.add(sheet.ref(r, c), f"the cell shows the error {value}; fix the formula or type the value")
+                value = UNREADABLE
+            elif saved and formula is not None and value is None:
+                problems.add(sheet.ref(r, c), f"formula {formula} has no saved value; open and save the "
+                             "workbook in Excel or LibreOffice, or type the value")
+                value = UNREADABLE
+            values.append(_clean(value))
+        if any(v is not None for v in values):
+            sheet.rows.append((r, values))
+
+
+def _clean(value: object) -> object:
+    if isinstance(value, str):
+        value = value.strip()
+        return value or None
+    return value
