@@ -81,8 +81,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .files import write_atomically
-from .model import (
+from ..files import write_atomically
+from ..model import (
     FINISHED_STATES,
     Event,
     ResultsInput,
@@ -92,8 +92,8 @@ from .model import (
     Settings,
     Workbook,
 )
-from .paths import ProjectPaths
-from .state import Mail, Store
+from ..paths import ProjectPaths
+from ..state import Mail, Store
 
 EVENT_WORDS = {
     "started": "started", "completed": "completed", "failed": "failed", "timeout": "failed",
@@ -210,7 +210,7 @@ def _clock(t: float | None) -> str:
 
 
 def _duration(seconds: float | None) -> str:
-    from .expr import format_duration
+    from ..expr import format_duration
 
     return "" if seconds is None else format_duration(seconds)
 
@@ -254,7 +254,7 @@ def tail(path: str | Path, lines: int = TAIL_LINES, max_bytes: int = 64 * 1024) 
 
 # ---------------------------------------------------------------------------- templates
 def _search_path(project_dir: str | Path | None) -> tuple[str, ...]:
-    from .render import builtin_templates
+    from ..render import builtin_templates
 
     search = []
     if project_dir and (Path(project_dir) / "templates" / "email").is_dir():
@@ -273,7 +273,7 @@ def _breakable(text: Any) -> Any:
 
 @lru_cache(maxsize=8)
 def _environment(search: tuple[str, ...]) -> Any:
-    from .render import mail_environment
+    from ..render import mail_environment
 
     env = mail_environment(search)
     env.filters.update(num=_num, when=_when, clock=_clock, duration=_duration, mb=_mb, one_line=_one_line,
@@ -322,7 +322,7 @@ def compose(*, subject: str, sender: str, recipients: Sequence[str], text: str, 
     from email.policy import SMTP
     from email.utils import formatdate
 
-    from . import __version__
+    from .. import __version__
 
     msg = EmailMessage(policy=SMTP)
     msg["Subject"] = _header(subject)
@@ -471,7 +471,7 @@ def experiment_curves_png(runs: Sequence[RunRecord], histories: Mapping[str, Map
 
     from matplotlib.figure import Figure
 
-    from .results import PALETTE
+    from ..results import PALETTE
 
     lines = []
     for r in runs:
