@@ -767,7 +767,7 @@ class _DigestLoop:
         self.plan = None
 
     def after_pass(self, report) -> None:
-        from .notify import DIGEST_KEY, digest_overdue, parse_digest
+        from .mail import DIGEST_KEY, digest_overdue, parse_digest
 
         self.plan = report.plan
         setting = self.rec.workbook.settings.digest if self.rec.workbook else "off"
@@ -790,7 +790,7 @@ class _DigestLoop:
             self.send()
 
     def send(self) -> None:
-        from .notify import Mailer
+        from .mail import Mailer
 
         rec = self.rec
         try:
@@ -829,7 +829,7 @@ def digest(workbook: str | None, mode: str, open_browser: bool) -> None:
 
     Settings `digest` (every 6 hours, daily at 08:00, off) sends it from `nero reconcile --watch`.
     """
-    from .notify import MAIL_STATUSES, Mailer, html_with_data_uris, text_of
+    from .mail import MAIL_STATUSES, Mailer, html_with_data_uris, text_of
 
     rec = _open(workbook)
     try:
@@ -903,7 +903,7 @@ def mail(workbook: str | None, resend: tuple[int, ...], yes: bool, last: int, as
     """
     import json
 
-    from .notify import MAIL_STATUSES, Mailer, smtp_config
+    from .mail import MAIL_STATUSES, Mailer, smtp_config
 
     rec = _open(workbook)
     try:

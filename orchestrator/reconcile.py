@@ -190,7 +190,7 @@ class Reconciler:
         """E-mail the notices that rows' `notify` asks for (every event recorded since the
         last pass, so none is missed or mailed twice) and deliver the outbox. Problems are
         warnings, never exceptions: see notify.py."""
-        from .notify import Mailer
+        from .mail import Mailer
 
         assert self.workbook is not None
         report.warnings.extend(Mailer.of(self.store, self.project_dir).on_pass(self.specs, self.workbook, now))

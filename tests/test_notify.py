@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import nero, write_workbook
 
-from orchestrator.notify import EVENT_WORDS
+from orchestrator.mail import EVENT_WORDS
 from orchestrator.results import PALETTE
 
 TO = "researcher@example.org"

@@ -15,8 +15,7 @@ import pytest
 from conftest import write_workbook
 from test_notify import FROM, TO, Inbox, SmtpServer, free_port, set_settings
 
-from orchestrator.model import Event, Settings
-from orchestrator.notify import (
+from orchestrator.mail import (
     GROUP_OVER,
     Mailer,
     compose,
@@ -24,6 +23,7 @@ from orchestrator.notify import (
     message_id,
     parse_digest,
 )
+from orchestrator.model import Event, Settings
 from orchestrator.state import Mail, Store
 
 
@@ -356,7 +356,7 @@ def test_the_watch_loop_schedules_digests_catches_up_and_follows_the_setting(tmp
     import schedule
 
     from orchestrator.cli import _DigestLoop
-    from orchestrator.notify import DIGEST_KEY
+    from orchestrator.mail import DIGEST_KEY
     from orchestrator.reconcile import Reconciler
 
     (tmp_path / "ok.py").write_text("print('loss=1')\n")

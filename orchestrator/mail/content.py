@@ -1,0 +1,336 @@
+"""What a notice and a digest say, computed from plain data that the caller gathers (the
+outbox reads the store and the log files; nothing here does I/O of its own but the
+e-mail templates).
+
+Notices
+    For the events a row names in its `notify` cell. The words map to event kinds:
+    `started`; `completed`; `failed` (exit code ≠ 0, a failed submission, and also a
+    scheduler `timeout`: the run did not complete by its own doing); `terminated` (a rule
+    stopped it); `lost` (no heartbeat or scheduler record, and also `preempted`: the run
+    was interrupted from outside); `warn` (a warning rule fired). A `cancelled` run is never
+    notified: the user or the sheet asked for it. The subject names run and event; notices
+    of endings carry the reason (exit code, the scheduler's reason, or the rule with its
+    values), the last 40 lines of stderr and stdout (for runs whose folder is on this
+    machine; remote runs name `nero logs`), the run's learning curves and its metrics.
+    More than `GROUP_OVER` notices of one kind from one pass become one message listing
+    them (a grid failing on a typo sends one e-mail, not two hundred); it shows the
+    details of its first `DETAILED_IN_GROUP` runs.
+
+Digests
+    Counts by state, what changed since the last digest, the top runs by `primary_metric`,
+    one learning-curve plot per experiment (inline images), a resources summary, and the
+    results workbook attached (or why not).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html as html_lib
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..model import FINISHED_STATES, Event, ResultsInput, RunRecord, RunSpec, Workbook
+from .compose import Draft, Part, compose, message_id, render_message
+from .formats import _num, local_time, one_line
+
+__all__ = [
+    "CHANGE_KINDS", "DETAILED_IN_GROUP", "DIGEST_CHANGES", "DIGEST_PLOTS", "DIGEST_TOP", "ENDINGS", "EVENT_WORDS",
+    "GROUP_OVER", "STATE_ORDER", "TAIL_LINES", "RunFacts", "build_digest", "build_notice", "fallback_notice",
+    "is_detailed", "needs_details", "notice_batches", "notice_item", "slug_name",
+]
+
+EVENT_WORDS = {
+    "started": "started", "completed": "completed", "failed": "failed", "timeout": "failed",
+    "terminated": "terminated", "lost": "lost", "preempted": "lost", "warn": "warn",
+}
+ENDINGS = frozenset({"failed", "timeout", "terminated", "lost", "preempted"})
+TAIL_LINES = 40
+GROUP_OVER = 10  # more notices of one kind in one pass than this: one message lists them
+DETAILED_IN_GROUP = 3
+DIGEST_TOP = 10
+DIGEST_PLOTS = 8
+DIGEST_CHANGES = 25
+STATE_ORDER = ("running", "submitted", "pending", "completed", "failed", "terminated", "timeout",
+               "preempted", "lost", "cancelled")
+CHANGE_KINDS = ("started", "completed", "failed", "terminated", "timeout", "preempted", "lost",
+                "cancelled", "warn", "adopted")
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the caller gathered about the run an event is about: the attempt record (None
+    when the store has none) and, when `needs_details`, its metric history and, for an
+    ending whose run folder is on this machine (`output_here`), the tails of its logs."""
+
+    record: RunRecord | None
+    history: Mapping[str, Sequence[tuple[int | None, float]]] = field(default_factory=dict)
+    stderr: str | None = None
+    stdout: str | None = None
+    output_here: bool = False
+
+
+def slug_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:60] or "x"
+
+
+def _metric_order(metrics: Iterable[str], primary: str) -> list[str]:
+    names = list(dict.fromkeys(metrics))
+    return ([primary] if primary in names else []) + sorted(n for n in names if n != primary)
+
+
+def _primary(data: ResultsInput) -> str:
+    if data.settings.primary_metric:
+        return data.settings.primary_metric
+    for r in data.runs:
+        for name in r.last:
+            return name
+    return ""
+
+
+def _cid(kind: str, n: int, token: str) -> str:
+    return f"{kind}-{n}.{token}@nero"
+
+
+def _token(msg_id: str) -> str:
+    """A short tag of one message for the Content-IDs of its images."""
+    return hashlib.blake2b(msg_id.encode(), digest_size=4).hexdigest()
+
+
+# ---------------------------------------------------------------------------- notices
+def notice_batches(events: Sequence[Event], specs: Mapping[str, RunSpec]) -> list[list[Event]]:
+    """The events whose row's `notify` names them, as one notice each, or one notice for
+    all of a kind when there are more than GROUP_OVER of it."""
+    groups: dict[str, list[Event]] = {}
+    for e in events:
+        word = EVENT_WORDS.get(e.kind)
+        spec = specs.get(e.key)
+        if word and spec is not None and word in spec.notify:
+            groups.setdefault(word, []).append(e)
+    batches: list[list[Event]] = []
+    for group in groups.values():
+        batches += [group] if len(group) > GROUP_OVER else [[e] for e in group]
+    return batches
+
+
+def is_detailed(index: int, count: int) -> bool:
+    """Whether the `index`-th of `count` events in one notice shows its run's details."""
+    return index < (1 if count == 1 else DETAILED_IN_GROUP)
+
+
+def needs_details(event: Event, detailed: bool) -> bool:
+    """Whether a notice item shows metrics, curves and (for endings) logs: the caller
+    gathers the history and log tails for it only then."""
+    return detailed and event.kind != "started"
+
+
+def _params(rec: RunRecord | None, spec: RunSpec | None) -> list[tuple[str, str]]:
+    pairs = rec.params if rec is not None else (spec.params if spec is not None else ())
+    return [(k, _num(v)) for k, v in pairs]
+
+
+def notice_item(event: Event, spec: RunSpec | None, facts: RunFacts, workbook: Workbook, n: int, token: str,
+                images: list[Part], detailed: bool = True) -> dict[str, Any]:
+    """The template context for one event's notice (and its curve image, appended to `images`)."""
+    from ..plots import run_curves_png
+
+    rec = facts.record
+    settings = workbook.settings
+    item: dict[str, Any] = {
+        "key": event.key, "kind": event.kind, "word": EVENT_WORDS.get(event.kind, event.kind),
+        "title": "warning" if event.kind == "warn" else event.kind, "reason": event.reason,
+        "short_reason": one_line(event.reason, 70), "time": event.time, "attempt": event.attempt,
+        "experiment": spec.experiment if spec else (rec.experiment if rec else ""),
+        "params": _params(rec, spec), "number": rec.number if rec else None,
+        "state": rec.state.value if rec else "", "cluster": rec.cluster if rec else "",
+        "host": rec.host if rec else "", "run_dir": rec.run_dir if rec else "",
+        "job_id": rec.job_id if rec else "", "command": rec.command if rec else "",
+        "started_at": rec.started_at if rec else None, "ended_at": rec.ended_at if rec else None,
+        "runtime": rec.runtime(event.time) if rec else None, "exit_code": rec.exit_code if rec else None,
+        "step": rec.step if rec else None, "metrics": [], "image": None, "stderr": None, "stdout": None,
+        "output_elsewhere": "", "ending": event.kind in ENDINGS, "detailed": detailed,
+    }
+    if rec is None or not needs_details(event, detailed):
+        return item
+    goals = {m: workbook.goal(m) for m in rec.last}
+    order = _metric_order(rec.last, settings.primary_metric)
+    item["metrics"] = [{"name": m, "last": rec.last.get(m), "best": rec.best.get(m), "goal": goals[m]} for m in order]
+    history = facts.history
+    png = run_curves_png(history, _metric_order(history, settings.primary_metric),
+                         {m: workbook.goal(m) for m in history}, f"{rec.key} (attempt {rec.attempt})")
+    if png is not None:
+        cid = _cid("curve", n, token)
+        images.append(Part(png, f"curves-{n}.png", cid=cid))
+        item["image"] = cid
+    if item["ending"]:
+        if facts.output_here:
+            item["stderr"] = facts.stderr
+            item["stdout"] = facts.stdout
+        elif rec.run_dir:
+            item["output_elsewhere"] = f"the run's output is on {rec.cluster or 'its cluster'}: {rec.run_dir}"
+    return item
+
+
+def build_notice(events: Sequence[Event], facts: Sequence[RunFacts], specs: Mapping[str, RunSpec],
+                 workbook: Workbook, project_dir: Path, sender: str, recipients: tuple[str, ...], now: float,
+                 warnings: list[str]) -> Draft:
+    """One notice for `events` (one, or a batch of one kind), `facts[i]` about `events[i]`."""
+    word = EVENT_WORDS.get(events[0].kind, events[0].kind)
+    msg_id = message_id(word, sender)
+    token = _token(msg_id)
+    images: list[Part] = []
+    items = [notice_item(e, specs.get(e.key), f, workbook, i, token, images, detailed=is_detailed(i, len(events)))
+             for i, (e, f) in enumerate(zip(events, facts, strict=True))]
+    ctx = {"items": items, "item": items[0], "word": word, "project": project_dir.name,
+           "workbook": str(workbook.path), "now": now, "grouped": len(items) > 1, "tail_lines": TAIL_LINES,
+           "title": items[0]["title"] if len(items) == 1 else f"{len(items)} runs {word}"}
+    subject, text, html = render_message("notice", ctx, project_dir, warnings)
+    headers = {"X-Nero-Kind": "notice", "X-Nero-Event": word, "X-Nero-Project": project_dir.name}
+    if len(events) == 1:
+        headers["X-Nero-Run"] = events[0].key
+        thread = hashlib.blake2b(f"{project_dir}:{events[0].key}".encode(), digest_size=8).hexdigest()
+        headers["References"] = f"<run.{thread}@nero>"
+    data = compose(subject=subject, sender=sender, recipients=recipients, text=text, html=html, images=images,
+                   msg_id=msg_id, date=now, headers=headers)
+    label = slug_name(f"{word}-{events[0].key if len(events) == 1 else len(events)}")
+    return Draft("notice", subject, msg_id, data, label)
+
+
+def fallback_notice(event: Event, error: Exception, project_dir: Path, sender: str, recipients: tuple[str, ...],
+                    now: float) -> Draft:
+    """A plain notice for when building the full one failed: the event is never lost."""
+    subject = f"[nero] {event.key} {event.kind}: {one_line(event.reason, 70)}"
+    text = (f"{event.key} {event.kind} at {local_time(event.time)} (attempt {event.attempt}).\n\n{event.reason}\n\n"
+            f"(nero could not build the full notice: {type(error).__name__}: {error})\n")
+    msg_id = message_id(event.kind, sender)
+    data = compose(subject=subject, sender=sender, recipients=recipients, text=text,
+                   html=f"<pre>{html_lib.escape(text)}</pre>", msg_id=msg_id, date=now,
+                   headers={"X-Nero-Kind": "notice", "X-Nero-Event": EVENT_WORDS.get(event.kind, event.kind),
+                            "X-Nero-Run": event.key, "X-Nero-Project": project_dir.name})
+    return Draft("notice", subject, msg_id, data, event.kind)
+
+
+# ---------------------------------------------------------------------------- digest
+def _counts(data: ResultsInput) -> list[dict[str, Any]]:
+    """Runs by state, then the runs the sheet asks for that have not started (held, or
+    waiting for a slot or for the experiments named in `after`)."""
+    counts = Counter(r.state.value for r in data.runs)
+    rows = [{"state": s, "n": counts[s]} for s in STATE_ORDER if counts.get(s)]
+    rows += [{"state": s, "n": n} for s, n in sorted(counts.items()) if s not in STATE_ORDER]
+    known = {r.key for r in data.runs if not r.state.finished}
+    waiting = len({k for k, _ in data.queue if k not in known})
+    if waiting:
+        rows.append({"state": "not started", "n": waiting})
+    return rows
+
+
+def _leaderboard(data: ResultsInput, metric: str) -> list[dict[str, Any]]:
+    if not metric:
+        return []
+    goal = data.goals.get(metric, "min")
+    ranked = [(r, r.best[metric]) for r in data.runs if metric in r.best and math.isfinite(r.best[metric])]
+    ranked.sort(key=lambda x: x[1], reverse=goal == "max")
+    return [{"rank": i + 1, "key": r.key, "state": r.state.value, "best": v, "last": r.last.get(metric),
+             "step": r.step, "runtime": r.runtime(data.now)} for i, (r, v) in enumerate(ranked[:DIGEST_TOP])]
+
+
+def _resources(data: ResultsInput) -> dict[str, Any]:
+    by_cluster: dict[str, list[RunRecord]] = {}
+    for r in data.runs:
+        by_cluster.setdefault(r.cluster or "?", []).append(r)
+    clusters = []
+    for name, runs in sorted(by_cluster.items()):
+        rss = [r.peak_rss_mb for r in runs if r.peak_rss_mb is not None]
+        gpu = [r.peak_gpu_mem_mb for r in runs if r.peak_gpu_mem_mb is not None]
+        disk = [r.min_disk_free_mb for r in runs if r.min_disk_free_mb is not None]
+        cpu_s = sum(r.runtime(data.now) or 0.0 for r in runs)
+        clusters.append({
+            "name": name, "live": sum(1 for r in runs if r.state.live), "runs": len(runs),
+            "runtime": cpu_s, "peak_rss": max(rss) if rss else None, "peak_gpu": max(gpu) if gpu else None,
+            "min_disk": min(disk) if disk else None,
+        })
+    hungry = sorted((r for r in data.runs if r.peak_rss_mb is not None), key=lambda r: -(r.peak_rss_mb or 0))[:3]
+    return {"clusters": clusters, "hungry": [{"key": r.key, "rss": r.peak_rss_mb, "gpu": r.peak_gpu_mem_mb}
+                                            for r in hungry]}
+
+
+def _changes(data: ResultsInput, since: float | None) -> dict[str, Any]:
+    events = [e for e in data.events if (since is None or e.time > since) and e.kind in CHANGE_KINDS]
+    submitted = sum(1 for e in data.events if (since is None or e.time > since) and e.kind == "submitted")
+    counts = Counter(e.kind for e in events)
+    return {
+        "counts": [{"kind": k, "n": counts[k]} for k in CHANGE_KINDS if counts.get(k)],
+        "submitted": submitted, "total": len(events),
+        "events": [{"time": e.time, "key": e.key, "kind": e.kind, "reason": e.reason, "attempt": e.attempt}
+                   for e in events[-DIGEST_CHANGES:][::-1]],
+    }
+
+
+def _experiment_plots(data: ResultsInput, metric: str, token: str,
+                      warnings: list[str]) -> tuple[list[dict[str, Any]], list[Part], int]:
+    """One plot of `metric` (else the experiment's first metric) per experiment, the most
+    recently active experiments first; returns (plots, images, experiments left out)."""
+    from ..plots import experiment_curves_png
+
+    last_seen: dict[str, float] = {}
+    for r in data.runs:
+        t = max(x for x in (r.ended_at, r.heartbeat_at, r.started_at, r.submitted_at, 0.0) if x is not None)
+        last_seen[r.experiment] = max(last_seen.get(r.experiment, 0.0), t)
+    experiments = sorted(last_seen, key=lambda e: -last_seen[e])
+    plots: list[dict[str, Any]] = []
+    images: list[Part] = []
+    skipped = 0
+    for experiment in experiments:
+        runs = [r for r in data.runs if r.experiment == experiment]
+        names = [m for r in runs for m, pts in data.histories.get(r.key, {}).items() if pts]
+        if not names:
+            continue
+        if len(plots) >= DIGEST_PLOTS:
+            skipped += 1
+            continue
+        chosen = metric if metric in names else sorted(set(names))[0]
+        goal = data.goals.get(chosen, "min")
+        try:
+            png = experiment_curves_png(runs, data.histories, chosen, goal,
+                                        f"{experiment}: {chosen} ({goal} is better)")
+        except Exception as e:  # a plot must not cost the digest
+            warnings.append(f"digest: no plot for {experiment}: {type(e).__name__}: {e}")
+            continue
+        if png is None:
+            continue
+        cid = _cid("experiment", len(plots), token)
+        images.append(Part(png, f"{slug_name(experiment)}-{slug_name(chosen)}.png", cid=cid))
+        plots.append({"experiment": experiment, "metric": chosen, "image": cid, "runs": len(runs)})
+    return plots, images, skipped
+
+
+def build_digest(data: ResultsInput, attachments: Sequence[Part], attachment_note: str, since: float | None,
+                 project_dir: Path, sender: str, recipients: tuple[str, ...], now: float,
+                 warnings: list[str]) -> Draft:
+    """The digest of `data` since the last one (`since`; None: the first), with the
+    results workbook attached (`attachments`) or `attachment_note` saying why not."""
+    metric = _primary(data)
+    msg_id = message_id("digest", sender)
+    token = _token(msg_id)
+    plots, images, skipped = _experiment_plots(data, metric, token, warnings)
+    counts = _counts(data)
+    live = sum(1 for r in data.runs if r.state.live)
+    ctx = {
+        "project": project_dir.name, "workbook": data.experiments_path, "now": now, "since": since,
+        "counts": counts, "total": len(data.runs), "live": live,
+        "summary": ", ".join(f"{c['n']} {c['state']}" for c in counts) or "no runs yet",
+        "changes": _changes(data, since), "metric": metric, "goal": data.goals.get(metric, "min"),
+        "leaders": _leaderboard(data, metric), "plots": plots, "plots_skipped": skipped,
+        "resources": _resources(data), "attachment": attachments[0].filename if attachments else "",
+        "attachment_note": attachment_note,
+        "finished": sum(1 for r in data.runs if r.state in FINISHED_STATES),
+    }
+    subject, text, html = render_message("digest", ctx, project_dir, warnings)
+    data_bytes = compose(subject=subject, sender=sender, recipients=recipients, text=text, html=html, images=images,
+                         attachments=attachments, msg_id=msg_id, date=now,
+                         headers={"X-Nero-Kind": "digest", "X-Nero-Project": project_dir.name})
+    return Draft("digest", subject, msg_id, data_bytes, "digest")
