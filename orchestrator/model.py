@@ -1,7 +1,8 @@
 """Frozen dataclasses and enums shared by every layer of nero.
 
 Only these types cross module boundaries: no openpyxl cell, sqlite row or DataFrame
-leaks out of its home module. Everything here is stdlib-only and immutable.
+leaks out of its home module. Everything here is stdlib-only and immutable (the rules
+about metric values, such as a metric's default goal, live in metrics.py).
 """
 
 from __future__ import annotations
@@ -13,11 +14,29 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, overload
 
+from .metrics import MAX_GOAL_NAMES, default_goal
+
+__all__ = [
+    "Scalar", "RunState", "FINISHED_STATES", "LIVE_STATES", "Desired", "ClusterKind", "RESOURCE_COLUMNS",
+    "Problem", "Variation", "Experiment", "Cluster", "MetricDef", "Settings", "Workbook", "MAX_GOAL_NAMES",
+    "RunSpec", "RunRecord", "ActionKind", "Action", "OverrideKind", "Override", "Plan", "JobScript",
+    "CodeSnapshot", "QueueInfo", "GpuInfo", "ClusterResources", "Submission", "MetricPoint",
+    "ResourceSample", "Offsets", "Handle", "JobStatus", "Event", "Update", "NewAttempt", "OutputChunk",
+    "Series", "Histories", "ResultsInput",
+]
+
 Scalar = str | int | float | bool | None
 
 
 class RunState(StrEnum):
-    """The life cycle of one attempt of a run (DESIGN.md §5)."""
+    """The life cycle of one attempt of a run.
+
+    pending → submitted → running → one finished state: completed (exit code 0), failed
+    (another exit code, a failed submission, the scheduler's FAILED / OUT_OF_MEMORY /
+    BOOT_FAIL), terminated (a stop rule), cancelled (state=stop, `nero abort`, a restart,
+    the scheduler), timeout and preempted (the scheduler's word), lost (the job vanished
+    without an exit code, its heartbeat stopped, it never started, or its node failed).
+    lifecycle.py decides each transition from what a poll saw."""
 
     PENDING = "pending"
     SUBMITTED = "submitted"
@@ -155,14 +174,14 @@ class Workbook:
                 return c
         raise KeyError(name)
 
+    @property
+    def goals(self) -> dict[str, str]:
+        """The goal each Metrics row declares, in the sheet's order."""
+        return {m.name: m.goal for m in self.metrics}
+
     def goal(self, metric: str) -> str:
-        for m in self.metrics:
-            if m.name == metric:
-                return m.goal
-        return "max" if metric.split("@")[0].lower() in MAX_GOAL_NAMES else "min"
-
-
-MAX_GOAL_NAMES = frozenset({"acc", "accuracy", "val_acc", "test_acc", "f1", "auc", "bleu", "r2", "reward", "score", "precision", "recall"})
+        """The metric's goal: its Metrics row's, else its default (see metrics.default_goal)."""
+        return default_goal(metric, self.goals)
 
 
 @dataclass(frozen=True)
@@ -244,14 +263,6 @@ class RunRecord:
             return None
         end = self.ended_at if self.ended_at is not None else now
         return max(0.0, end - self.started_at)
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    runs: dict[str, RunRecord]
-
-    def live(self) -> list[RunRecord]:
-        return [r for r in self.runs.values() if r.state.live]
 
 
 class ActionKind(StrEnum):
@@ -445,6 +456,49 @@ class Event:
     kind: str
     reason: str = ""
     attempt: int = 0
+
+
+@dataclass(frozen=True)
+class Update:
+    """What one pass learned about one attempt; the state store applies it in the pass's
+    transaction (None: unchanged)."""
+
+    key: str
+    attempt: int
+    state: RunState | None = None
+    reason: str | None = None
+    job_id: str | None = None
+    host: str | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+    heartbeat_at: float | None = None
+    intent: bool | None = None
+    stop_requested: str | None = None
+    offsets: Offsets | None = None
+    points: tuple[MetricPoint, ...] = ()
+    samples: tuple[ResourceSample, ...] = ()
+    last: dict[str, float] | None = None
+    best: dict[str, float] | None = None
+    step: int | None = None
+    events: tuple[Event, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class NewAttempt:
+    """An attempt about to be submitted (the intent record)."""
+
+    spec: RunSpec
+    attempt: int
+    cluster: str
+    run_dir: str
+    command: str
+    git_commit: str = ""
+    git_dirty: bool = False
+    code_hash: str = ""
+    parent: int | None = None
+    retry: int = 0
+    reason: str = ""  # why it is submitted (new run, what changed, retry …), for the event
 
 
 @dataclass(frozen=True)

@@ -25,22 +25,24 @@ import math
 import sqlite3
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import StateError
+from .metrics import SOURCE_RANK, supersedes
 from .model import (
     Event,
-    MetricPoint,
+    NewAttempt,
     Offsets,
     Override,
     OverrideKind,
-    ResourceSample,
     RunRecord,
-    RunSpec,
     RunState,
     Series,
+    Update,
 )
+
+__all__ = ["SCHEMA_VERSION", "Store", "Mail"]
 
 SCHEMA_VERSION = 1
 
@@ -168,8 +170,8 @@ def _record(row: tuple) -> RunRecord:
     )
 
 
-_SOURCE_RANK = {"track": 2, "stdout": 1, "stderr": 0}
-_RANK_SQL = "CASE source " + " ".join(f"WHEN '{s}' THEN {r}" for s, r in _SOURCE_RANK.items()) + " ELSE 0 END"
+# each point's source rank (metrics.source_rank), computed by SQLite as the rows are read
+_RANK_SQL = "CASE source " + " ".join(f"WHEN '{s}' THEN {r}" for s, r in SOURCE_RANK.items()) + " ELSE 0 END"
 _METRIC_ROWS = f"SELECT key, attempt, name, step, value, {_RANK_SQL} FROM metrics"
 _NEAR = 8  # a step logged again is looked for among this many latest points first
 
@@ -214,7 +216,7 @@ class _Curve:
         if step is not None:
             i = self.find(step)
             if i >= 0:
-                if rank >= self.ranks[i]:
+                if supersedes(rank, self.ranks[i]):
                     self.values[i] = value
                     self.ranks[i] = rank
                 return
@@ -269,9 +271,9 @@ def _merge(rows: Iterable[Sequence], runs: Mapping[str, _Run]) -> None:
     were logged, into the histories of `runs`; rows of other runs or attempts are skipped.
 
     One point per step: a program that prints `loss=…` and also logs it through
-    `orchestrator.track` reports each value twice; the track point wins, then stdout, then
-    stderr (of equal rank the later point), and it keeps the position where its step first
-    appeared. Points without a step are kept in the order they came. A missing value
+    `orchestrator.track` reports each value twice; the point of the higher source rank
+    wins, of equal rank the later one (metrics.supersedes: track, then stdout, then
+    stderr), and it keeps the position where its step first appeared. Points without a step are kept in the order they came. A missing value
     (NULL) is NaN."""
     nan = math.nan
     sinks: dict[str, tuple[int | None, dict[str, tuple]]] = {}  # key -> (attempt, name -> sink)
@@ -302,23 +304,6 @@ def _merge(rows: Iterable[Sequence], runs: Mapping[str, _Run]) -> None:
 
 
 @dataclass(frozen=True)
-class NewAttempt:
-    """An attempt about to be submitted (the intent record)."""
-
-    spec: RunSpec
-    attempt: int
-    cluster: str
-    run_dir: str
-    command: str
-    git_commit: str = ""
-    git_dirty: bool = False
-    code_hash: str = ""
-    parent: int | None = None
-    retry: int = 0
-    reason: str = ""  # why it is submitted (new run, what changed, retry …), for the event
-
-
-@dataclass(frozen=True)
 class Mail:
     """One e-mail in the outbox: `message` holds the exact MIME bytes that are written to
     its .eml file and handed to the SMTP server (dropped from the store once sent)."""
@@ -336,31 +321,6 @@ class Mail:
     tries: int = 0
     last_error: str = ""
     sent_at: float | None = None
-
-
-@dataclass(frozen=True)
-class Update:
-    """What one pass learned about one attempt; applied in the pass's transaction."""
-
-    key: str
-    attempt: int
-    state: RunState | None = None
-    reason: str | None = None
-    job_id: str | None = None
-    host: str | None = None
-    started_at: float | None = None
-    ended_at: float | None = None
-    exit_code: int | None = None
-    heartbeat_at: float | None = None
-    intent: bool | None = None
-    stop_requested: str | None = None
-    offsets: Offsets | None = None
-    points: tuple[MetricPoint, ...] = ()
-    samples: tuple[ResourceSample, ...] = ()
-    last: dict[str, float] | None = None
-    best: dict[str, float] | None = None
-    step: int | None = None
-    events: tuple[Event, ...] = field(default=())
 
 
 def _json_num(d: dict[str, float]) -> str:
@@ -506,9 +466,6 @@ class Store:
         if limit:
             sql = f"SELECT * FROM ({sql.replace('ORDER BY id', 'ORDER BY id DESC')} LIMIT {int(limit)}) ORDER BY time"
         return [Event(time=t, key=k, kind=kd, reason=r, attempt=a) for t, k, kd, r, a in self.db.execute(sql, args)]
-
-    def metric_count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
 
     # ----------------------------------------------------------------- writing
     def record_intents(self, new: Sequence[NewAttempt], now: float) -> None:
