@@ -614,4 +614,3 @@ class ClusterWatch:
 
 def _size(mb: float) -> str:
     return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"
-
