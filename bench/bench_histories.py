@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.expr import Facts  # noqa: E402
-from orchestrator.model import MetricPoint  # noqa: E402
-from orchestrator.state import Store, Update  # noqa: E402
+from orchestrator.model import MetricPoint, Update  # noqa: E402
+from orchestrator.state import Store  # noqa: E402
 
 NAMES = ("val_err", "train_err", "loss", "val_acc", "lr")
 PASS_STEPS = 10

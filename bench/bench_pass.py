@@ -21,9 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from openpyxl import Workbook  # noqa: E402
 
-from orchestrator.model import RunState  # noqa: E402
+from orchestrator.model import NewAttempt, RunState, Update  # noqa: E402
 from orchestrator.reconcile import Reconciler  # noqa: E402
-from orchestrator.state import NewAttempt, Update  # noqa: E402
 
 
 def write(path: Path, a: int, b: int, epochs: int) -> None:

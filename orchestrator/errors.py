@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 from .model import Problem
 
+__all__ = ["NeroError", "WorkbookError", "ExpressionError", "StateError", "BackendError", "TemplateError"]
+
 
 class NeroError(Exception):
     """Base of every error nero reports on purpose."""

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from .model import RunRecord, Series
 
+__all__ = ["runs_frame", "metrics_frame", "load", "export", "json_ready"]
+
 
 def runs_frame(runs: Sequence[RunRecord], now: float):
     import pandas as pd

@@ -2,23 +2,39 @@
 
 Given the attempt as the store knows it and what the backend saw (status files, the
 bytes appended to its outputs, the scheduler's word), `observe` returns one `Update`:
-the new state and reason (DESIGN.md §5), metric points and resource samples parsed from
-the complete lines only, the advanced read offsets, and the events to record.
+the new state and reason (the states are described at model.RunState), metric points and
+resource samples parsed from the complete lines only, the advanced read offsets, and the
+events to record.
+
+How a poll decides the state, first match wins (a stop nero asked for, `stop_requested`,
+makes any ending cancelled or terminated):
+
+* the job wrote an exit code: the scheduler's final state if it has one and the code is
+  not 0, else completed (0) or failed (with the last line of stderr);
+* no exit code but a final scheduler state (SCHEDULER_STATES: TIMEOUT, PREEMPTED, …);
+* not alive: lost if it had started or has waited longer than START_GRACE_S since its
+  submission (else it is still starting: unchanged);
+* alive, not known to a scheduler, heartbeat older than HEARTBEAT_TIMEOUT_S: lost.
+
+An ending is deferred while the poll could not read the job's files to their end, so a
+run is closed only with all its output read. A first sign of life (`started`) moves a
+pending or submitted attempt to running.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
-from .model import Event, JobStatus, MetricDef, MetricPoint, Offsets, RunRecord, RunState
+from .metrics import default_goal, improves, prefer_tracked
+from .model import Event, JobStatus, MetricDef, MetricPoint, Offsets, RunRecord, RunState, Update
 from .monitor import parse_output, parse_resources, parse_track
-from .state import Update
+
+__all__ = ["START_GRACE_S", "HEARTBEAT_TIMEOUT_S", "SCHEDULER_STATES", "fold_metrics", "observe"]
 
 START_GRACE_S = 120.0  # a submitted job that shows no sign of life for this long is lost
 HEARTBEAT_TIMEOUT_S = 300.0
 
-_SCHEDULER_STATES = {
+SCHEDULER_STATES = {  # a scheduler's final word for a job -> the attempt's state
     "TIMEOUT": RunState.TIMEOUT, "PREEMPTED": RunState.PREEMPTED, "NODE_FAIL": RunState.LOST,
     "OUT_OF_MEMORY": RunState.FAILED, "FAILED": RunState.FAILED, "CANCELLED": RunState.CANCELLED,
     "BOOT_FAIL": RunState.FAILED, "DEADLINE": RunState.TIMEOUT,
@@ -27,22 +43,20 @@ _SCHEDULER_STATES = {
 
 def fold_metrics(points: Sequence[MetricPoint], last: Mapping[str, float], best: Mapping[str, float],
                  goals: Mapping[str, str]) -> tuple[dict[str, float], dict[str, float], int | None]:
-    """New last/best values and the latest step after `points`."""
+    """New last/best values (metrics.last, metrics.improves) and the largest step of
+    `points`; `goals` are the declared ones, the others default (metrics.default_goal)."""
     new_last, new_best = dict(last), dict(best)
     step = None
+    goal_of: dict[str, str] = {}
     for p in points:
         new_last[p.name] = p.value
         if p.step is not None:
             step = p.step if step is None else max(step, p.step)
-        if math.isnan(p.value):
-            continue
-        old = new_best.get(p.name)
-        if old is None or math.isnan(old):
+        goal = goal_of.get(p.name)
+        if goal is None:
+            goal = goal_of[p.name] = default_goal(p.name, goals)
+        if improves(goal, p.value, new_best.get(p.name)):
             new_best[p.name] = p.value
-        elif goals.get(p.name, "min") == "max":
-            new_best[p.name] = max(old, p.value)
-        else:
-            new_best[p.name] = min(old, p.value)
     return new_last, new_best, step
 
 
@@ -55,6 +69,8 @@ def _last_line(data: bytes) -> str:
 
 def observe(rec: RunRecord, st: JobStatus, now: float, defs: Sequence[MetricDef] = (),
             goals: Mapping[str, str] | None = None) -> Update:
+    """What one poll of a live attempt means: the Update to apply (only what changed)
+    and its events. `defs` are the Metrics rows (patterns), `goals` the declared goals."""
     goals = goals or {}
     # once the job has written its exit code its files are complete: a last line
     # without a newline is read too
@@ -64,9 +80,7 @@ def observe(rec: RunRecord, st: JobStatus, now: float, defs: Sequence[MetricDef]
     trk_pts, trk_n = parse_track(st.metrics, final=final)
     samples, res_n = parse_resources(st.resources, final=final)
     # a metric both printed (rounded) and logged through track (exact) counts once: the exact one
-    logged = {p.name for p in trk_pts}
-    printed = [p for p in out_pts + err_pts if p.name not in logged] if logged else out_pts + err_pts
-    points = tuple(printed + trk_pts)
+    points = tuple(prefer_tracked(out_pts + err_pts, trk_pts))
     o = st.offsets
     offsets = Offsets(o.stdout + out_n, o.stderr + err_n, o.metrics + trk_n, o.resources + res_n)
 
@@ -85,7 +99,7 @@ def observe(rec: RunRecord, st: JobStatus, now: float, defs: Sequence[MetricDef]
         ended, exit_code = True, st.exit_code
         if rec.stop_requested:
             state, reason = _stopped(rec.stop_requested)
-        elif st.scheduler_state in _SCHEDULER_STATES and st.exit_code != 0:
+        elif st.scheduler_state in SCHEDULER_STATES and st.exit_code != 0:
             state, reason = _scheduler(st)
         elif st.exit_code == 0:
             state, reason = RunState.COMPLETED, "exit code 0"
@@ -93,7 +107,7 @@ def observe(rec: RunRecord, st: JobStatus, now: float, defs: Sequence[MetricDef]
             tail = _last_line(st.stderr_tail)
             state = RunState.FAILED
             reason = f"exit code {st.exit_code}" + (f": {tail}" if tail else "")
-    elif st.scheduler_state in _SCHEDULER_STATES:
+    elif st.scheduler_state in SCHEDULER_STATES:
         ended = True
         state, reason = _stopped(rec.stop_requested) if rec.stop_requested else _scheduler(st)
     elif not st.alive:
@@ -140,7 +154,7 @@ def _stopped(request: str) -> tuple[RunState, str]:
 
 
 def _scheduler(st: JobStatus) -> tuple[RunState, str]:
-    state = _SCHEDULER_STATES[st.scheduler_state]
+    state = SCHEDULER_STATES[st.scheduler_state]
     reason = st.scheduler_state + (f": {st.scheduler_reason}" if st.scheduler_reason else "")
     if st.exit_code is not None and st.exit_code != 0:
         reason += f" (exit code {st.exit_code})"

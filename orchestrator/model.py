@@ -1,23 +1,41 @@
 """Frozen dataclasses and enums shared by every layer of nero.
 
 Only these types cross module boundaries: no openpyxl cell, sqlite row or DataFrame
-leaks out of its home module. Everything here is stdlib-only and immutable.
+leaks out of its home module. Everything here is stdlib-only and immutable (the rules
+about metric values, such as a metric's default goal, live in metrics.py).
 """
 
 from __future__ import annotations
 
-import math
-from array import array
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, overload
+from typing import Any
+
+from .metrics import MAX_GOAL_NAMES, default_goal
+from .series import Histories, Series
+
+__all__ = [
+    "Scalar", "RunState", "FINISHED_STATES", "LIVE_STATES", "Desired", "ClusterKind", "RESOURCE_COLUMNS",
+    "Problem", "Variation", "Experiment", "Cluster", "MetricDef", "Settings", "Workbook", "MAX_GOAL_NAMES",
+    "RunSpec", "RunRecord", "ActionKind", "Action", "OverrideKind", "Override", "Plan", "JobScript",
+    "CodeSnapshot", "QueueInfo", "GpuInfo", "ClusterResources", "Submission", "MetricPoint",
+    "ResourceSample", "Offsets", "Handle", "JobStatus", "Event", "Update", "NewAttempt", "OutputChunk",
+    "Series", "Histories", "ResultsInput",
+]
 
 Scalar = str | int | float | bool | None
 
 
 class RunState(StrEnum):
-    """The life cycle of one attempt of a run (DESIGN.md §5)."""
+    """The life cycle of one attempt of a run.
+
+    pending → submitted → running → one finished state: completed (exit code 0), failed
+    (another exit code, a failed submission, the scheduler's FAILED / OUT_OF_MEMORY /
+    BOOT_FAIL), terminated (a stop rule), cancelled (state=stop, `nero abort`, a restart,
+    the scheduler), timeout and preempted (the scheduler's word), lost (the job vanished
+    without an exit code, its heartbeat stopped, it never started, or its node failed).
+    lifecycle.py decides each transition from what a poll saw."""
 
     PENDING = "pending"
     SUBMITTED = "submitted"
@@ -155,14 +173,14 @@ class Workbook:
                 return c
         raise KeyError(name)
 
+    @property
+    def goals(self) -> dict[str, str]:
+        """The goal each Metrics row declares, in the sheet's order."""
+        return {m.name: m.goal for m in self.metrics}
+
     def goal(self, metric: str) -> str:
-        for m in self.metrics:
-            if m.name == metric:
-                return m.goal
-        return "max" if metric.split("@")[0].lower() in MAX_GOAL_NAMES else "min"
-
-
-MAX_GOAL_NAMES = frozenset({"acc", "accuracy", "val_acc", "test_acc", "f1", "auc", "bleu", "r2", "reward", "score", "precision", "recall"})
+        """The metric's goal: its Metrics row's, else its default (see metrics.default_goal)."""
+        return default_goal(metric, self.goals)
 
 
 @dataclass(frozen=True)
@@ -244,14 +262,6 @@ class RunRecord:
             return None
         end = self.ended_at if self.ended_at is not None else now
         return max(0.0, end - self.started_at)
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    runs: dict[str, RunRecord]
-
-    def live(self) -> list[RunRecord]:
-        return [r for r in self.runs.values() if r.state.live]
 
 
 class ActionKind(StrEnum):
@@ -448,6 +458,49 @@ class Event:
 
 
 @dataclass(frozen=True)
+class Update:
+    """What one pass learned about one attempt; the state store applies it in the pass's
+    transaction (None: unchanged)."""
+
+    key: str
+    attempt: int
+    state: RunState | None = None
+    reason: str | None = None
+    job_id: str | None = None
+    host: str | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+    heartbeat_at: float | None = None
+    intent: bool | None = None
+    stop_requested: str | None = None
+    offsets: Offsets | None = None
+    points: tuple[MetricPoint, ...] = ()
+    samples: tuple[ResourceSample, ...] = ()
+    last: dict[str, float] | None = None
+    best: dict[str, float] | None = None
+    step: int | None = None
+    events: tuple[Event, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class NewAttempt:
+    """An attempt about to be submitted (the intent record)."""
+
+    spec: RunSpec
+    attempt: int
+    cluster: str
+    run_dir: str
+    command: str
+    git_commit: str = ""
+    git_dirty: bool = False
+    code_hash: str = ""
+    parent: int | None = None
+    retry: int = 0
+    reason: str = ""  # why it is submitted (new run, what changed, retry …), for the event
+
+
+@dataclass(frozen=True)
 class OutputChunk:
     """Bytes of a run's output file read on its cluster (`nero logs`)."""
 
@@ -455,72 +508,6 @@ class OutputChunk:
     size: int | None  # the file's size when read; None: no such file (yet)
     ended: bool  # the job wrote its exit code
     dir_exists: bool  # the run directory exists
-
-
-@dataclass(frozen=True, eq=False)
-class Series(Sequence[tuple[int | None, float]]):
-    """One metric's history in one attempt: the points (step, value) in the order they
-    were logged, one point per step; a point logged without a step has step None.
-
-    Compact (two `array('d')`: 16 bytes a point, against ~100 for a tuple of Python
-    numbers), so every history of a thousand-run study fits in a few tens of MB. It reads
-    as a sequence of `(step, value)` tuples; code that wants speed uses `steps` (NaN where
-    a point had no step) and `values` (NaN for a value that was not a number) directly.
-    `ordered` promises that every point has a step and the steps strictly ascend (the
-    usual history), so a reader need not sort them. The arrays must not be changed once
-    the Series is built."""
-
-    steps: array
-    values: array
-    ordered: bool = False
-
-    @classmethod
-    def of(cls, points: Iterable[tuple[int | None, float]]) -> Series:
-        if isinstance(points, Series):
-            return points
-        steps, values = array("d"), array("d")
-        nan, top, ordered = math.nan, -math.inf, True
-        for step, value in points:
-            if step is None or not step > top:
-                ordered = False
-            else:
-                top = step
-            steps.append(nan if step is None else step)
-            values.append(nan if value is None else value)
-        return cls(steps, values, ordered)
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    @overload
-    def __getitem__(self, i: int) -> tuple[int | None, float]: ...
-    @overload
-    def __getitem__(self, i: slice) -> Series: ...
-    def __getitem__(self, i: int | slice) -> tuple[int | None, float] | Series:
-        if isinstance(i, slice):
-            return Series(self.steps[i], self.values[i], self.ordered and (i.step or 1) > 0)
-        s = self.steps[i]
-        return (None if s != s else int(s), self.values[i])
-
-    def __iter__(self) -> Iterator[tuple[int | None, float]]:
-        for s, v in zip(self.steps, self.values, strict=True):
-            yield (None if s != s else int(s), v)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Series):
-            return self.steps.tobytes() == other.steps.tobytes() and self.values.tobytes() == other.values.tobytes()
-        if isinstance(other, Sequence) and not isinstance(other, str):
-            return list(self) == list(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        tail = f", last={self[-1]}" if len(self) else ""
-        return f"Series(n={len(self)}{tail})"
-
-
-Histories = dict[str, dict[str, Series]]  # run key -> metric -> its history (current attempt)
 
 
 @dataclass(frozen=True)

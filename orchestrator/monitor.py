@@ -1,12 +1,14 @@
 """Monitoring, the pure part: what the bytes a job appended mean (no I/O, no clock).
 
 A backend hands over the bytes appended to a run's `stdout.log` / `stderr.log`,
-`metrics.jsonl` and `resources.jsonl` since the last pass (DESIGN.md §4). The parsers
-here turn them into `MetricPoint` and `ResourceSample` values and say how many bytes
-they consumed: up to and including the last `\\n`. A trailing partial line is not
-consumed, so the caller keeps its offset there and re-reads that line, complete, next
-pass. Parsing a stream in any chunking therefore yields exactly the points of parsing
-it whole, and a reconciler that crashes between passes loses and duplicates nothing.
+`metrics.jsonl` and `resources.jsonl` since the last pass (the job script and
+`orchestrator.track` write them in the run directory; nero keeps a read offset per
+file). The parsers here turn them into `MetricPoint` and `ResourceSample` values and say
+how many bytes they consumed: up to and including the last `\\n`. A trailing partial
+line is not consumed, so the caller keeps its offset there and re-reads that line,
+complete, next pass. Parsing a stream in any chunking therefore yields exactly the
+points of parsing it whole, and a reconciler that crashes between passes loses and
+duplicates nothing.
 
 Sections:
   1. Process output (`parse_output`): `name=value` / `name: value` pairs and the
@@ -23,6 +25,8 @@ from functools import lru_cache
 from typing import Any
 
 from .model import MetricDef, MetricPoint, ResourceSample
+
+__all__ = ["parse_output", "parse_track", "parse_resources", "compile_metric_pattern"]
 
 # ─────────────────────────────────────────────────────────────────────────────
 # 1. Process output

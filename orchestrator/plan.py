@@ -34,6 +34,8 @@ from .model import (
 )
 from .spec import diff_essence
 
+__all__ = ["RETRYABLE", "active_override", "plan"]
+
 RETRYABLE = frozenset({RunState.FAILED, RunState.TIMEOUT, RunState.PREEMPTED, RunState.LOST})
 
 

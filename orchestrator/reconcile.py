@@ -11,19 +11,20 @@ with exit code 2 before anything is dispatched, cancelled or written).
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .backends import Backend, make_backend
 from .errors import BackendError, NeroError, WorkbookError
+from .jobs import command_variables, params_json, script_context
 from .lifecycle import observe
+from .metrics import goals_of
 from .model import (
     Action,
     ActionKind,
@@ -34,20 +35,22 @@ from .model import (
     Handle,
     Histories,
     JobScript,
+    NewAttempt,
     Plan,
     ResultsInput,
     RunRecord,
     RunSpec,
     RunState,
+    Update,
     Workbook,
 )
 from .paths import ClusterPaths, ProjectPaths, run_folder
 from .plan import plan as make_plan
-from .render import Shell, render_command, render_template
-from .spec import expand, format_value
-from .state import NewAttempt, Store, Update
+from .render import render_command, render_template
+from .spec import expand
+from .state import Store
 
-HEARTBEAT_S = 10
+__all__ = ["PassReport", "Reconciler", "ClusterWatch", "state_path", "git_info"]
 
 
 @dataclass
@@ -249,7 +252,7 @@ class Reconciler:
             if r.state.live and not r.intent:
                 live.setdefault(r.cluster, []).append(r)
         self._reach(now, report, set(live))
-        goals = {m.name: m.goal for m in self.workbook.metrics}
+        goals = self.workbook.goals
         updates: list[Update] = []
         for cluster, recs in live.items():
             watch = self._watch(cluster)
@@ -340,7 +343,7 @@ class Reconciler:
         specs = {s.key: s for s in self.specs if s.rules}
         if not specs:
             return
-        goals = {m.name: m.goal for m in self.workbook.metrics}
+        goals = self.workbook.goals
         stops: dict[str, list[tuple[RunRecord, str]]] = {}
         updates: list[Update] = []
         histories: Histories | None = None  # read once, when a live run has rules
@@ -355,7 +358,7 @@ class Reconciler:
                 continue
             if histories is None:
                 histories = self.store.histories()
-            facts = Facts.of(rec, now, histories.get(rec.key), {**{k: self.workbook.goal(k) for k in rec.last}, **goals})
+            facts = Facts.of(rec, now, histories.get(rec.key), goals_of(rec.last, goals))
             verdicts = evaluate(rules, facts)
             stop = first_stop(verdicts)
             if stop is not None:
@@ -450,7 +453,7 @@ class Reconciler:
                     git_cache[wd] = git_info(wd)
                 commit, dirty = git_cache[wd]
                 retry, why = self._retry.pop(job.key, (0, ""))
-                intents.append(NewAttempt(spec, job.attempt, cluster, job.run_dir, _command_line(job),
+                intents.append(NewAttempt(spec, job.attempt, cluster, job.run_dir, job.name,
                                           commit, dirty, code_hash=job.code.hash if job.code else "",
                                           parent=prev.attempt if prev else None,
                                           retry=retry, reason=why))
@@ -517,36 +520,21 @@ class Reconciler:
 
     def _job(self, spec: RunSpec, cluster: str, attempt: int, run_dir: str, resume: bool, prev_dir: str) -> JobScript:
         c = self._cluster(cluster)
-        params = dict(spec.params)
-        variables: dict[str, object] = {**dict(spec.resources), **params, "run_key": spec.key, "run_dir": run_dir,
-                                        "attempt": attempt, "experiment": spec.experiment, "resume": int(resume)}
-        command = render_command(spec.command, variables)
+        command = render_command(spec.command, command_variables(spec, run_dir, attempt, resume))
         python = c.python or (sys.executable if c.kind is ClusterKind.LOCAL else "")
-        setup = "\n".join(x for x in (c.setup, spec.setup) if x)
         from .backends import DEFAULT_TEMPLATES, job_name
 
         template = spec.template or c.template or DEFAULT_TEMPLATES.get(c.kind, f"{c.kind.value}.sh.j2")
         if not template.endswith(".j2"):
             template += ".j2"
         workdir, code = self._code(spec, c)
-        resources = dict(spec.resources)
         name = job_name(spec.key, attempt, run_dir)
-        text = render_template(template, {
-            "job_name": name, "partition": _directive(str(resources.get("partition") or c.partition)),
-            "account": _directive(str(resources.get("account") or c.account)),
-            "options": _options(c.options, str(resources.get("options") or "")), "kind": c.kind.value,
-            "gpu_pool": _directive(c.gpus),
-            "gpu_claims": ClusterPaths(str(self.backend(cluster).run_root())).gpu_claims
-            if c.kind is ClusterKind.SSH else "",
-            "key": spec.key, "experiment": spec.experiment, "attempt": attempt, "cluster": cluster,
-            "run_dir": run_dir, "workdir": workdir, "command": Shell(command),
-            "setup": Shell(setup), "resume": int(resume), "prev_run_dir": prev_dir,
-            "env": [], "path_prepend": str(Path(python).parent) if python else "",
-            "heartbeat": HEARTBEAT_S, "rendered_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "resources": dict(spec.resources), "params": params,
-        }, str(self.project_dir))
-        params_json = json.dumps({k: v for k, v in spec.params}, indent=2, default=format_value)
-        return JobScript(spec.key, attempt, run_dir, text, params_json, cluster, command, job_name=name, code=code)
+        gpu_claims = ClusterPaths(str(self.backend(cluster).run_root())).gpu_claims if c.kind is ClusterKind.SSH else ""
+        text = render_template(template, script_context(
+            spec, c, attempt=attempt, run_dir=run_dir, workdir=workdir, command=command, python=python,
+            resume=resume, prev_run_dir=prev_dir, job_name=name, gpu_claims=gpu_claims,
+            rendered_at=time.strftime("%Y-%m-%d %H:%M:%S")), str(self.project_dir))
+        return JobScript(spec.key, attempt, run_dir, text, params_json(spec), cluster, command, job_name=name, code=code)
 
     def _code(self, spec: RunSpec, c: Cluster) -> tuple[str, CodeSnapshot | None]:
         """Where the run's command runs, and the code to ship there. On a remote cluster a
@@ -576,10 +564,7 @@ class Reconciler:
             for a in plan.actions:
                 if a.kind is ActionKind.HOLD or a.waiting:
                     queue.append((a.key, a.reason if a.kind is ActionKind.HOLD else a.waiting))
-        goals = {m.name: m.goal for m in wb.metrics}
-        for r in snap.values():
-            for name in r.last:
-                goals.setdefault(name, wb.goal(name))
+        goals = goals_of((name for r in snap.values() for name in r.last), wb.goals)
         return ResultsInput(
             experiments_path=str(self.workbook_path), settings=wb.settings, goals=goals,
             runs=tuple(sorted(snap.values(), key=lambda r: r.number)), histories=self.store.histories(),
@@ -629,32 +614,3 @@ class ClusterWatch:
 
 def _size(mb: float) -> str:
     return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"
-
-
-def _directive(value: str) -> str:
-    """A value for a scheduler directive line: no line breaks or control characters."""
-    return "".join(ch if ch.isprintable() else " " for ch in value).strip()
-
-
-def _options(*texts: str) -> list[str]:
-    """Extra scheduler options (`--qos=high --constraint=a100`) as single-line tokens."""
-    import shlex
-
-    out: list[str] = []
-    for text in texts:
-        text = _directive(text or "")
-        if not text:
-            continue
-        try:
-            out += shlex.split(text)
-        except ValueError:
-            out.append(text)
-    return out
-
-
-def _command_line(job: JobScript) -> str:
-    return job.name
-
-
-def with_spec(rec: RunRecord, **changes) -> RunRecord:
-    return replace(rec, **changes)

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from .errors import TemplateError
 
+__all__ = ["Shell", "builtin_templates", "environment", "command_variables", "render_command", "render_template",
+           "mail_environment"]
+
 
 class Shell(str):
     """Shell code that goes into a script verbatim (never quoted)."""

@@ -8,7 +8,8 @@
         track.log(step, loss=loss, acc=acc)
 
 `log` appends one JSON line `{"t": <unix time>, "step": <step>, "loss": ..., ...}` to
-`metrics.jsonl` in the run directory (DESIGN.md §4), which nero reads incrementally.
+`metrics.jsonl` in the run directory, which nero reads incrementally (from the offset it
+reached the pass before, see monitor.py).
 Each line goes to the OS in a single `os.write` on a file descriptor opened once with
 `O_APPEND`: nothing is buffered in Python, so a job killed at any instant leaves only
 whole lines, and processes sharing the file (DataLoader workers, `torchrun` ranks)

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from conftest import nero, state_db, wait_for, write_workbook
 from jobs import CONSTANT, RESUMER, SLEEPER
 from test_core_loop import status
@@ -15,6 +16,7 @@ def reconcile(project: Path) -> None:
     nero("reconcile", str(project), "-q", check=True)
 
 
+@pytest.mark.slow  # waits 9 s for the first runs to age, then several passes
 def test_abort_by_condition_touches_exactly_the_matching_runs(project: Path):
     (project / "constant.py").write_text(CONSTANT)
     rows = [{"id": "c", "command": "python constant.py {{ loss }}", "loss": "[0.2, 0.9]"}]

@@ -162,6 +162,7 @@ def remote(tmp_path: Path):
 
 
 # --------------------------------------------------------------------------- Must show 1
+@pytest.mark.slow  # a run waits for its 1-minute Slurm time limit
 def test_a_grid_across_slurm_sge_and_ssh_runs_to_completion_with_slurm_reasons(remote: Remote):
     """51 runs over the three remote kinds; a failing run, an OUT_OF_MEMORY and a TIMEOUT
     on Slurm come back with Slurm's reason; the results workbook holds job ids, hosts,

@@ -210,14 +210,14 @@ def test_a_scheduler_still_running_a_job_withholds_its_exit_code():
 
 # --------------------------------------------------------------------------- templates
 def test_scheduler_templates_keep_hostile_values_on_their_directive_lines(tmp_path: Path):
-    from orchestrator.reconcile import _directive, _options
+    from orchestrator.jobs import directive, scheduler_options
 
     evil = "debug\n#SBATCH --wrap=touch /tmp/pwned"
     common = {"key": "k", "experiment": "e", "attempt": 1, "cluster": "c", "run_dir": "/w/e/k/1", "workdir": "/w/code",
               "command": "true", "setup": "", "resume": 0, "prev_run_dir": "", "env": [], "path_prepend": "",
               "heartbeat": 10, "rendered_at": "now", "params": {}, "job_name": "nero-k-1-a1", "kind": "slurm",
-              "partition": _directive(evil), "account": _directive("acct'; echo x"), "gpu_pool": "", "gpu_claims": "",
-              "options": _options("--qos=high '--comment=a b'", "--constraint=\"a100\nb\""),
+              "partition": directive(evil), "account": directive("acct'; echo x"), "gpu_pool": "", "gpu_claims": "",
+              "options": scheduler_options("--qos=high '--comment=a b'", "--constraint=\"a100\nb\""),
               "resources": {"time": 90, "mem": 4000, "cpus": 2, "gpus": 1}}
     text = render_template("slurm.sbatch.j2", common)
     lines = text.splitlines()

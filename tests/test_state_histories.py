@@ -10,8 +10,8 @@ import random
 import sqlite3
 from pathlib import Path
 
-from orchestrator.model import Desired, MetricPoint, RunSpec, Series
-from orchestrator.state import NewAttempt, Store, Update
+from orchestrator.model import Desired, MetricPoint, NewAttempt, RunSpec, Series, Update
+from orchestrator.state import Store
 
 RANK = {"track": 2, "stdout": 1, "stderr": 0}
 METRICS = ("loss", "acc", "val_err")

@@ -23,24 +23,25 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
-from array import array
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .errors import StateError
-from .model import (
+from ..errors import StateError
+from ..model import (
     Event,
-    MetricPoint,
+    NewAttempt,
     Offsets,
     Override,
     OverrideKind,
-    ResourceSample,
     RunRecord,
-    RunSpec,
     RunState,
     Series,
+    Update,
 )
+from .histories import METRIC_ROWS, RunHistories, merge
+from .outbox import Outbox
+
+__all__ = ["SCHEMA_VERSION", "Store"]
 
 SCHEMA_VERSION = 1
 
@@ -168,11 +169,6 @@ def _record(row: tuple) -> RunRecord:
     )
 
 
-_SOURCE_RANK = {"track": 2, "stdout": 1, "stderr": 0}
-_RANK_SQL = "CASE source " + " ".join(f"WHEN '{s}' THEN {r}" for s, r in _SOURCE_RANK.items()) + " ELSE 0 END"
-_METRIC_ROWS = f"SELECT key, attempt, name, step, value, {_RANK_SQL} FROM metrics"
-_NEAR = 8  # a step logged again is looked for among this many latest points first
-
 # The metrics table is append-only (nothing in nero updates or deletes a point), which lets
 # a Store read only the rows added since its last read. Should anything change or delete
 # rows all the same (a hand edit, a future clean-up), these triggers count it, and every
@@ -188,186 +184,11 @@ _TRIGGERS = {
 }
 
 
-class _Curve:
-    """One metric's history while it is merged (see `_merge`): the arrays of its Series,
-    the source rank of each point and the largest step so far, so that a point with a new,
-    larger step (nearly every point) costs three appends.
-
-    `series` is the Series last handed out over these arrays. A handed-out Series never
-    changes: `own` copies the arrays before the first change after that."""
-
-    __slots__ = ("steps", "values", "ranks", "top", "ordered", "series")
-
-    def __init__(self) -> None:
-        self.steps, self.values, self.ranks = array("d"), array("d"), bytearray()
-        self.top: float = -math.inf
-        self.ordered = True  # every step given, ascending (see Series.ordered)
-        self.series: Series | None = None
-
-    def own(self) -> None:
-        if self.series is not None:
-            self.steps, self.values, self.series = self.steps[:], self.values[:], None
-
-    def place(self, step: float | None, value: float, rank: int) -> None:
-        """A point that is not simply appended: one without a step, or whose step is not
-        larger than every step so far (logged again, or out of order)."""
-        if step is not None:
-            i = self.find(step)
-            if i >= 0:
-                if rank >= self.ranks[i]:
-                    self.values[i] = value
-                    self.ranks[i] = rank
-                return
-        self.ordered = False
-        self.steps.append(math.nan if step is None else step)
-        self.values.append(value)
-        self.ranks.append(rank)
-
-    def find(self, step: float) -> int:
-        """The index of the point with this step, -1 if none: the latest points first (a
-        step logged twice nearly always is one of them), then the others, both at C speed."""
-        steps = self.steps
-        n = len(steps)
-        near = max(0, n - _NEAR)
-        for lo, hi in ((near, n), (0, near)):
-            try:
-                return steps.index(step, lo, hi)
-            except ValueError:
-                pass
-        return -1
-
-    def view(self) -> Series:
-        if self.series is None:
-            self.series = Series(self.steps, self.values, self.ordered)
-        return self.series
-
-
-class _Run:
-    """The histories of one attempt of a run, as a Store keeps them between reads."""
-
-    __slots__ = ("attempt", "curves")
-
-    def __init__(self, attempt: int) -> None:
-        self.attempt = attempt
-        self.curves: dict[str, _Curve] = {}  # in the order the metrics first appeared
-
-    def curve(self, name: str) -> _Curve:
-        """The curve of a metric, ready to change."""
-        curve = self.curves.get(name)
-        if curve is None:
-            curve = self.curves[name] = _Curve()
-        else:
-            curve.own()
-        return curve
-
-    def view(self) -> dict[str, Series]:
-        return {name: curve.view() for name, curve in self.curves.items()}
-
-
-def _merge(rows: Iterable[Sequence], runs: Mapping[str, _Run]) -> None:
-    """Merge metric rows (key, attempt, name, step, value, source rank), in the order they
-    were logged, into the histories of `runs`; rows of other runs or attempts are skipped.
-
-    One point per step: a program that prints `loss=…` and also logs it through
-    `orchestrator.track` reports each value twice; the track point wins, then stdout, then
-    stderr (of equal rank the later point), and it keeps the position where its step first
-    appeared. Points without a step are kept in the order they came. A missing value
-    (NULL) is NaN."""
-    nan = math.nan
-    sinks: dict[str, tuple[int | None, dict[str, tuple]]] = {}  # key -> (attempt, name -> sink)
-    last_key, wanted, names = None, None, {}
-    for key, attempt, name, step, value, rank in rows:
-        if key != last_key:  # a pass writes each run's points together
-            run = sinks.get(key)
-            if run is None:
-                cached = runs.get(key)
-                run = sinks[key] = (None if cached is None else cached.attempt, {})
-            last_key, (wanted, names) = key, run
-        if attempt != wanted:
-            continue
-        sink = names.get(name)
-        if sink is None:
-            curve = runs[key].curve(name)
-            sink = names[name] = (curve, curve.steps.append, curve.values.append, curve.ranks.append)
-        curve, add_step, add_value, add_rank = sink
-        if value is None:
-            value = nan
-        if step is not None and step > curve.top:  # the usual case, inlined for speed
-            curve.top = step
-            add_step(step)
-            add_value(value)
-            add_rank(rank)
-        else:
-            curve.place(step, value, rank)
-
-
-@dataclass(frozen=True)
-class NewAttempt:
-    """An attempt about to be submitted (the intent record)."""
-
-    spec: RunSpec
-    attempt: int
-    cluster: str
-    run_dir: str
-    command: str
-    git_commit: str = ""
-    git_dirty: bool = False
-    code_hash: str = ""
-    parent: int | None = None
-    retry: int = 0
-    reason: str = ""  # why it is submitted (new run, what changed, retry …), for the event
-
-
-@dataclass(frozen=True)
-class Mail:
-    """One e-mail in the outbox: `message` holds the exact MIME bytes that are written to
-    its .eml file and handed to the SMTP server (dropped from the store once sent)."""
-
-    kind: str  # "notice" or "digest"
-    subject: str
-    message_id: str
-    sender: str
-    recipients: tuple[str, ...]
-    message: bytes
-    eml: str  # the file name in the outbox folder (a pattern with `{id}` before it is stored)
-    status: str = "queued"
-    id: int = 0
-    created_at: float = 0.0
-    tries: int = 0
-    last_error: str = ""
-    sent_at: float | None = None
-
-
-@dataclass(frozen=True)
-class Update:
-    """What one pass learned about one attempt; applied in the pass's transaction."""
-
-    key: str
-    attempt: int
-    state: RunState | None = None
-    reason: str | None = None
-    job_id: str | None = None
-    host: str | None = None
-    started_at: float | None = None
-    ended_at: float | None = None
-    exit_code: int | None = None
-    heartbeat_at: float | None = None
-    intent: bool | None = None
-    stop_requested: str | None = None
-    offsets: Offsets | None = None
-    points: tuple[MetricPoint, ...] = ()
-    samples: tuple[ResourceSample, ...] = ()
-    last: dict[str, float] | None = None
-    best: dict[str, float] | None = None
-    step: int | None = None
-    events: tuple[Event, ...] = field(default=())
-
-
 def _json_num(d: dict[str, float]) -> str:
     return json.dumps({k: (v if math.isfinite(v) else str(v)) for k, v in d.items()})
 
 
-class Store:
+class Store(Outbox):
     """One SQLite database in WAL mode; every write method is one transaction."""
 
     def __init__(self, path: str | Path):
@@ -377,7 +198,7 @@ class Store:
         self._cache: tuple[tuple[int, int], dict[str, RunRecord]] | None = None
         # The histories of every run's current attempt, from the metric rows up to rowid
         # `_read_to` (None: not read yet), as of `_histories_version`; see `_refresh`.
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, RunHistories] = {}
         self._read_to: int | None = None
         self._histories_version: tuple[int, int] | None = None
         self._rewrites: str | None = None
@@ -435,7 +256,7 @@ class Store:
         return [_record(row) for row in self.db.execute(sql, (key,))]
 
     def history(self, key: str, attempt: int | None = None) -> dict[str, Series]:
-        """The metric histories of one attempt (default: the current one), see `_merge`;
+        """The metric histories of one attempt (default: the current one), see `histories.merge`;
         from the histories kept since `histories()` was called, if they hold it."""
         if self._read_to is not None:
             self._refresh()
@@ -446,8 +267,8 @@ class Store:
             if attempt is None:
                 row = self.db.execute("SELECT attempt FROM runs WHERE key=?", (key,)).fetchone()
                 attempt = row[0] if row else 0
-            run = _Run(attempt)
-            _merge(self.db.execute(_METRIC_ROWS + " WHERE key=? AND attempt=? ORDER BY rowid", (key, attempt)),
+            run = RunHistories(attempt)
+            merge(self.db.execute(METRIC_ROWS + " WHERE key=? AND attempt=? ORDER BY rowid", (key, attempt)),
                    {key: run})
         return run.view()
 
@@ -481,14 +302,14 @@ class Store:
             attempts = dict(current)
             kept = {k: run for k, run in self._runs.items() if attempts.get(k) == run.attempt}
             if self._read_to is not None and top > self._read_to:
-                _merge(self.db.execute(_METRIC_ROWS + " WHERE rowid > ? AND rowid <= ? ORDER BY rowid",
+                merge(self.db.execute(METRIC_ROWS + " WHERE rowid > ? AND rowid <= ? ORDER BY rowid",
                                        (self._read_to, top)), kept)
-            new = {k: _Run(a) for k, a in current if k not in kept}
+            new = {k: RunHistories(a) for k, a in current if k not in kept}
             if new and self._read_to is None:
-                _merge(self.db.execute(_METRIC_ROWS + " WHERE rowid <= ? ORDER BY rowid", (top,)), new)
+                merge(self.db.execute(METRIC_ROWS + " WHERE rowid <= ? ORDER BY rowid", (top,)), new)
             else:
                 for key, run in new.items():
-                    _merge(self.db.execute(_METRIC_ROWS + " WHERE key=? AND attempt=? AND rowid <= ? ORDER BY rowid",
+                    merge(self.db.execute(METRIC_ROWS + " WHERE key=? AND attempt=? AND rowid <= ? ORDER BY rowid",
                                            (key, run.attempt, top)), {key: run})
             self._runs = {k: kept[k] if k in kept else new[k] for k, _ in current}
             self._read_to = top
@@ -506,9 +327,6 @@ class Store:
         if limit:
             sql = f"SELECT * FROM ({sql.replace('ORDER BY id', 'ORDER BY id DESC')} LIMIT {int(limit)}) ORDER BY time"
         return [Event(time=t, key=k, kind=kd, reason=r, attempt=a) for t, k, kd, r, a in self.db.execute(sql, args)]
-
-    def metric_count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
 
     # ----------------------------------------------------------------- writing
     def record_intents(self, new: Sequence[NewAttempt], now: float) -> None:
@@ -626,100 +444,6 @@ class Store:
             for e in events:
                 self._event(e)
         return n
-
-    # ----------------------------------------------------------------- outbox
-    # Statuses: `queued` (to deliver) → `sending` (committed just before the message's
-    # data goes on the wire) → `sent`; `failed` (refused for good), `uncertain` (the
-    # connection broke after the data went out, or nero died in between: maybe delivered,
-    # never resent), `local` (no SMTP configured: the .eml file is all there is).
-    # notify.py explains the delivery guarantees.
-    def _outbox_columns(self) -> None:
-        """Add the outbox columns a state store from before e-mail delivery lacks (once)."""
-        if getattr(self, "_outbox_checked", False):
-            return
-        have = {row[1] for row in self.db.execute("PRAGMA table_info(outbox)")}
-        wanted = {"status": "TEXT NOT NULL DEFAULT 'queued'", "message_id": "TEXT NOT NULL DEFAULT ''",
-                  "sender": "TEXT NOT NULL DEFAULT ''", "recipients": "TEXT NOT NULL DEFAULT ''",
-                  "eml": "TEXT NOT NULL DEFAULT ''", "message": "BLOB"}
-        missing = [(c, t) for c, t in wanted.items() if c not in have]
-        if missing:
-            with self.transaction():
-                for column, decl in missing:
-                    self.db.execute(f"ALTER TABLE outbox ADD COLUMN {column} {decl}")
-                self.db.execute("UPDATE outbox SET status='sent' WHERE sent_at IS NOT NULL")
-        self._outbox_checked = True
-
-    def enqueue_mail(self, mails: Sequence[Mail], now: float, meta: dict[str, str] | None = None,
-                     expect: tuple[str, str | None] | None = None) -> list[Mail]:
-        """Store new messages (each `Mail.eml` is a pattern with `{id}`) and `meta` values
-        in one transaction; returns the messages with their ids and file names. With
-        `expect` (a meta key and the value it was read with), nothing is stored if another
-        process changed that value meanwhile (then [] is returned)."""
-        self._outbox_columns()
-        out = []
-        with self.transaction():
-            if expect is not None:
-                row = self.db.execute("SELECT value FROM meta WHERE key=?", (expect[0],)).fetchone()
-                if (row[0] if row else None) != expect[1]:
-                    return []
-            for m in mails:
-                cur = self.db.execute(
-                    "INSERT INTO outbox (created_at, kind, subject, status, message_id, sender, recipients, message) "
-                    "VALUES (?,?,?,?,?,?,?,?)",
-                    (now, m.kind, m.subject, m.status, m.message_id, m.sender, ",".join(m.recipients),
-                     m.message if m.status in ("queued", "sending") else None))  # else the .eml file has it
-                mail_id = int(cur.lastrowid or 0)
-                eml = m.eml.format(id=mail_id)
-                self.db.execute("UPDATE outbox SET eml=? WHERE id=?", (eml, mail_id))
-                out.append(replace(m, id=mail_id, eml=eml, created_at=now))
-            for key, value in (meta or {}).items():
-                self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-        return out
-
-    def mail(self, statuses: Iterable[str] = ("queued",), kind: str | None = None,
-             limit: int | None = None, newest_first: bool = False) -> list[Mail]:
-        """Messages in the given statuses, oldest first (message bytes included)."""
-        self._outbox_columns()
-        wanted = list(statuses)
-        sql = (f"SELECT id, created_at, kind, subject, status, message_id, sender, recipients, eml, "
-               f"COALESCE(message, X''), tries, last_error, sent_at FROM outbox "
-               f"WHERE status IN ({','.join('?' * len(wanted))})")
-        args: list[object] = list(wanted)
-        if kind is not None:
-            sql += " AND kind=?"
-            args.append(kind)
-        sql += " ORDER BY id" + (" DESC" if newest_first else "") + (f" LIMIT {int(limit)}" if limit else "")
-        return [Mail(id=r[0], created_at=r[1], kind=r[2], subject=r[3], status=r[4], message_id=r[5], sender=r[6],
-                     recipients=tuple(a for a in r[7].split(",") if a), eml=r[8], message=bytes(r[9]),
-                     tries=r[10], last_error=r[11], sent_at=r[12]) for r in self.db.execute(sql, args)]
-
-    def claim_mail(self, mail_id: int) -> bool:
-        """queued → sending, committed before the message goes out; False if it is not queued."""
-        with self.transaction():
-            cur = self.db.execute("UPDATE outbox SET status='sending', tries=tries+1 WHERE id=? AND status='queued'",
-                                  (mail_id,))
-            return cur.rowcount == 1
-
-    def settle_mail(self, mail_id: int, status: str, now: float, error: str = "", tried: bool = False) -> None:
-        """Record how a delivery ended: `sent` (the message bytes are dropped; the .eml file
-        keeps them), `queued` (not delivered: retried later), `failed` or `uncertain`.
-        `tried`: count a try that ended before the message was claimed (a refusal)."""
-        with self.transaction():
-            if status == "sent":
-                self.db.execute("UPDATE outbox SET status='sent', sent_at=?, message=NULL, last_error='' WHERE id=?",
-                                (now, mail_id))
-            else:
-                self.db.execute("UPDATE outbox SET status=?, last_error=?, tries=tries+? WHERE id=?",
-                                (status, error[:500], int(tried), mail_id))
-
-    def requeue_mail(self, mail_id: int, message: bytes, statuses: Sequence[str]) -> bool:
-        """Put a message in one of `statuses` back in the queue, with these bytes and no
-        tries; False if it is not in one of them (any more)."""
-        with self.transaction():
-            cur = self.db.execute(
-                f"UPDATE outbox SET status='queued', tries=0, last_error='', message=? "
-                f"WHERE id=? AND status IN ({','.join('?' * len(statuses))})", (message, mail_id, *statuses))
-            return cur.rowcount == 1
 
     def events_after(self, event_id: int) -> list[tuple[int, Event]]:
         """Events recorded after the event with this id, with their ids, in order."""

@@ -1,0 +1,163 @@
+"""What a metric history means: every rule about metric values, in one place (pure).
+
+A metric is a name with a history of points (step, value) per attempt of a run. Every
+module that ranks, folds, plots or checks metric values asks these functions, so that
+the stored best, the results workbook, the e-mails, the exports and the rules agree.
+
+    rule                  function                  the rule
+    ────────────────────  ────────────────────────  ──────────────────────────────────────────
+    goal                  default_goal(m, goals)    the Metrics row's goal ("min" / "max");
+                          goals_of(names, goals)    else "max" for accuracy-like names
+                                                    (MAX_GOAL_NAMES, case and a `@checkpoint`
+                                                    suffix ignored: `Acc@50` → max); else "min"
+    better                better(goal, a, b)        a is strictly larger (max) / smaller (min)
+    best                  best(values, goal)        the best value, NaN skipped (±inf counts);
+                          improves(goal, v, best)   None if none. Folded point by point: a NaN
+                                                    never improves, anything replaces a missing
+                                                    or NaN best, a tie keeps the earlier value
+    best shown            best_finite(values, goal) the best finite value (NaN and ±inf
+                                                    skipped): what the results workbook shows
+                                                    as `best:` (a diverged run's inf is not
+                                                    its best); None if none
+    ranking               rank_key(goal, value)     sort key: the best first
+    last                  last(values)              the latest value logged, NaN included
+    step numbering        number_steps(steps)       a point without a step is one past the
+                                                    previous point's step (the first is 1)
+    checkpoint            value_at(steps, vs, cp)   the value at the latest step ≤ cp, once
+                                                    the run reached cp (its last step ≥ cp);
+                                                    steps ascending; None before
+    source precedence     SOURCE_RANK, source_rank  track (exact) > stdout > stderr (printed,
+                          supersedes(rank, old)     rounded): one point per step, the higher
+                          prefer_tracked(p, t)      rank wins, of equal rank the later point;
+                                                    in one read of a job's files, a metric
+                                                    logged through track drops its printed
+                                                    points
+
+Stdlib only and no import of the rest of nero (model.py builds on it), so any layer may
+use it. Values are floats; NaN stands for "not a number" (a diverged run), None for "no
+value at all".
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model import MetricPoint
+
+__all__ = [
+    "GOALS", "MAX_GOAL_NAMES", "SOURCE_RANK",
+    "default_goal", "goals_of", "better", "improves", "best", "best_finite", "rank_key", "last",
+    "number_steps", "value_at", "source_rank", "supersedes", "prefer_tracked",
+]
+
+GOALS = ("min", "max")
+MAX_GOAL_NAMES = frozenset({"acc", "accuracy", "val_acc", "test_acc", "f1", "auc", "bleu", "r2", "reward",
+                            "score", "precision", "recall"})
+SOURCE_RANK = {"track": 2, "stdout": 1, "stderr": 0}  # an unknown source ranks 0
+
+
+# ------------------------------------------------------------------------------ goals
+def default_goal(metric: str, declared_goals: Mapping[str, str] | None = None) -> str:
+    """The goal of a metric: its declared goal (the Metrics sheet's) if it is "min" or
+    "max", else "max" for an accuracy-like name, else "min"."""
+    goal = declared_goals.get(metric) if declared_goals else None
+    if goal in GOALS:
+        return goal  # type: ignore[return-value]
+    return "max" if metric.split("@")[0].lower() in MAX_GOAL_NAMES else "min"
+
+
+def goals_of(names: Iterable[str], declared_goals: Mapping[str, str]) -> dict[str, str]:
+    """The declared goals (in their order), then every other name with its default goal."""
+    goals = dict(declared_goals)
+    for name in names:
+        if name not in goals:
+            goals[name] = default_goal(name)
+    return goals
+
+
+# ------------------------------------------------------------------------------ values
+def better(goal: str, a: float, b: float) -> bool:
+    """Whether `a` is strictly better than `b` ("max": larger, else smaller)."""
+    return a > b if goal == "max" else a < b
+
+
+def improves(goal: str, value: float, best: float | None) -> bool:
+    """Whether `value` becomes the running best after `best` (None: no best yet)."""
+    if value != value:  # NaN
+        return False
+    return best is None or best != best or better(goal, value, best)
+
+
+def best(values: Iterable[float], goal: str) -> float | None:
+    """The best value, NaN skipped (±inf counts); None if there is none. Equal to folding
+    `improves` over the values."""
+    kept = [v for v in values if not math.isnan(v)]
+    if not kept:
+        return None
+    return max(kept) if goal == "max" else min(kept)
+
+
+def best_finite(values: Iterable[object], goal: str) -> float | None:
+    """The best finite number among `values` (NaN, ±inf and non-numbers skipped; of equal
+    values the first); None if there is none."""
+    found: float | None = None
+    for v in values:
+        if isinstance(v, int | float) and math.isfinite(v) and (found is None or better(goal, v, found)):
+            found = v
+    return found
+
+
+def rank_key(goal: str, value: float) -> float:
+    """Sort key that puts the best value first."""
+    return -value if goal == "max" else value
+
+
+def last(values: Sequence[float]) -> float | None:
+    """The latest value logged (NaN included); None for an empty history."""
+    return values[-1] if len(values) else None
+
+
+# ------------------------------------------------------------------------------ steps
+def number_steps(steps: Iterable[float | None]) -> list[float]:
+    """The steps with every missing one (None or NaN) numbered one past the previous
+    point's step; the first point's, if missing, is 1."""
+    out: list[float] = []
+    prev: float = 0
+    for s in steps:
+        prev = prev + 1 if s is None or s != s else s
+        out.append(prev)
+    return out
+
+
+def value_at(steps: Sequence[float], values: Sequence[float], checkpoint: float) -> float | None:
+    """The value at checkpoint step `checkpoint`: the latest point at or before it, once
+    the run got there (its last step ≥ checkpoint); None before. Steps ascending."""
+    if not steps or steps[-1] < checkpoint:
+        return None
+    i = bisect_right(steps, checkpoint) - 1
+    return values[i] if i >= 0 else None
+
+
+# ------------------------------------------------------------------------------ sources
+def source_rank(source: str) -> int:
+    """How much a point from `source` is trusted when a step is logged twice."""
+    return SOURCE_RANK.get(source, 0)
+
+
+def supersedes(rank: int, old_rank: int) -> bool:
+    """Whether a point of source rank `rank` replaces an earlier point logged at the same
+    step with `old_rank` (the higher rank wins; of equal rank the later point)."""
+    return rank >= old_rank
+
+
+def prefer_tracked(printed: Sequence[MetricPoint], tracked: Sequence[MetricPoint]) -> list[MetricPoint]:
+    """The points of one read of a job's files: the printed ones (stdout, stderr) of the
+    metrics not logged through track in it, then the tracked ones."""
+    if not tracked:
+        return list(printed)
+    logged = {p.name for p in tracked}
+    return [p for p in printed if p.name not in logged] + list(tracked)

@@ -1,0 +1,14 @@
+"""The state store (`.nero/state.db`): runs, attempts, metric points, events, overrides
+and the e-mail outbox, in SQLite (the home of sqlite3).
+
+    store.py      Store: the schema, reading runs and histories, one transaction per write
+    histories.py  the metric histories a Store keeps, and how metric rows merge into them
+    outbox.py     Mail and the outbox methods of Store
+"""
+
+from __future__ import annotations
+
+from .outbox import Mail
+from .store import SCHEMA_VERSION, Store
+
+__all__ = ["SCHEMA_VERSION", "Store", "Mail"]
