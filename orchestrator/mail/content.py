@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..metrics import default_goal, rank_key
 from ..model import FINISHED_STATES, Event, ResultsInput, RunRecord, RunSpec, Workbook
 from .compose import Draft, Part, compose, message_id, render_message
 from .formats import _num, local_time, one_line
@@ -231,9 +232,9 @@ def _counts(data: ResultsInput) -> list[dict[str, Any]]:
 def _leaderboard(data: ResultsInput, metric: str) -> list[dict[str, Any]]:
     if not metric:
         return []
-    goal = data.goals.get(metric, "min")
+    goal = default_goal(metric, data.goals)
     ranked = [(r, r.best[metric]) for r in data.runs if metric in r.best and math.isfinite(r.best[metric])]
-    ranked.sort(key=lambda x: x[1], reverse=goal == "max")
+    ranked.sort(key=lambda x: rank_key(goal, x[1]))
     return [{"rank": i + 1, "key": r.key, "state": r.state.value, "best": v, "last": r.last.get(metric),
              "step": r.step, "runtime": r.runtime(data.now)} for i, (r, v) in enumerate(ranked[:DIGEST_TOP])]
 
@@ -293,7 +294,7 @@ def _experiment_plots(data: ResultsInput, metric: str, token: str,
             skipped += 1
             continue
         chosen = metric if metric in names else sorted(set(names))[0]
-        goal = data.goals.get(chosen, "min")
+        goal = default_goal(chosen, data.goals)
         try:
             png = experiment_curves_png(runs, data.histories, chosen, goal,
                                         f"{experiment}: {chosen} ({goal} is better)")
@@ -323,7 +324,7 @@ def build_digest(data: ResultsInput, attachments: Sequence[Part], attachment_not
         "project": project_dir.name, "workbook": data.experiments_path, "now": now, "since": since,
         "counts": counts, "total": len(data.runs), "live": live,
         "summary": ", ".join(f"{c['n']} {c['state']}" for c in counts) or "no runs yet",
-        "changes": _changes(data, since), "metric": metric, "goal": data.goals.get(metric, "min"),
+        "changes": _changes(data, since), "metric": metric, "goal": default_goal(metric, data.goals),
         "leaders": _leaderboard(data, metric), "plots": plots, "plots_skipped": skipped,
         "resources": _resources(data), "attachment": attachments[0].filename if attachments else "",
         "attachment_note": attachment_note,

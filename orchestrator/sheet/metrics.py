@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from ..model import MAX_GOAL_NAMES, MetricDef
+from ..metrics import GOALS, default_goal
+from ..model import MetricDef
 from .cells import choice, text
 from .table import Problems, Sheet, read_table, report_unknown_columns, table_rows
 
@@ -28,8 +29,7 @@ def read_metrics(sheet: Sheet | None, problems: Problems) -> tuple[MetricDef, ..
     for row in table_rows(table, problems):
         name = row.require("name", text, "", "missing name; write the metric's name, e.g. val_loss")
         pattern = row.get("pattern", _pattern, "")
-        default_goal = "max" if name.lower() in MAX_GOAL_NAMES else "min"
-        goal = row.get("goal", choice(("min", "max")), default_goal)
+        goal = row.get("goal", choice(GOALS), default_goal(name))
         if not name:
             continue
         if name in seen:
