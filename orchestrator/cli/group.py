@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import click
 
@@ -28,6 +28,8 @@ from ..project import Candidate, Project
 
 if TYPE_CHECKING:
     from ..reconcile import Reconciler
+
+_Opened = TypeVar("_Opened", "Project", "Reconciler")
 
 __all__ = ["WORKBOOK_ARG", "WORKBOOK_OPTION", "clock", "fail", "main", "open_project", "open_reconciler",
            "resolve_workbook", "select", "warn", "workbook_and_selector"]
@@ -90,7 +92,7 @@ def warn(message: str) -> None:
     click.echo(f"warning: {message}", err=True)
 
 
-def _loaded(opened, keep_last_good: bool):
+def _loaded(opened: _Opened, keep_last_good: bool) -> _Opened:
     """`opened` after reading its workbook (warnings printed); exits if it does not read."""
     try:
         for w in opened.load(keep_last_good=keep_last_good):
