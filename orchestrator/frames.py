@@ -70,16 +70,10 @@ def metrics_frame(histories: Mapping[str, Mapping[str, Sequence[tuple[int | None
 
 def load(workbook: str | Path):
     """(runs, metrics) DataFrames of a project, read from its state store."""
-    import time
+    from .project import Project
 
-    from .reconcile import Reconciler
-
-    rec = Reconciler(workbook)
-    try:
-        snap = sorted(rec.store.snapshot().values(), key=lambda r: r.number)
-        return runs_frame(snap, time.time()), metrics_frame(rec.store.histories())
-    finally:
-        rec.close()
+    with Project(workbook) as project:
+        return runs_frame(project.runs(), project.clock()), metrics_frame(project.histories())
 
 
 def export(runs, metrics, path: Path) -> list[Path]:

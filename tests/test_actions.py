@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,16 @@ def test_abort_by_condition_touches_exactly_the_matching_runs(project: Path):
     rows = [{"id": "c", "command": "python constant.py {{ loss }}", "loss": "[0.2, 0.9]"}]
     write_workbook(project / "experiments.xlsx", rows, clusters=[{"name": "local", "kind": "local", "max_jobs": 8}])
     reconcile(project)
-    time.sleep(9)
     # a run that starts later: high loss, but not yet running for long
     rows[0]["loss"] = "[0.2, 0.9, 0.95]"
     write_workbook(project / "experiments.xlsx", rows, clusters=[{"name": "local", "kind": "local", "max_jobs": 8}])
     reconcile(project)
     wait_for(lambda: reconcile(project) or all(r["metrics"] for r in status(project)), what="metrics of every run")
-    proc = nero("abort", str(project), "runtime > 8s and loss > 0.5", "--yes")
+    # the abort sees a clock (NERO_NOW) over 8 s after the first runs started, under 8 s after the late one
+    with state_db(project) as con:
+        started = dict(con.execute("SELECT key, started_at FROM attempts"))
+    now = (started["c[loss=0.9]"] + started["c[loss=0.95]"]) / 2 + 8
+    proc = nero("abort", str(project), "runtime > 8s and loss > 0.5", "--yes", env={"NERO_NOW": repr(now)})
     assert proc.returncode == 0, proc.stderr
     assert "c[loss=0.9]" in proc.stdout and "c[loss=0.2]" not in proc.stdout and "c[loss=0.95]" not in proc.stdout
 

@@ -355,20 +355,22 @@ def test_digest_settings_parse_and_a_missed_digest_is_overdue():
 def test_the_watch_loop_schedules_digests_catches_up_and_follows_the_setting(tmp_path: Path):
     import schedule
 
-    from orchestrator.cli import _DigestLoop
+    from orchestrator.cli import DigestLoop
     from orchestrator.mail import DIGEST_KEY
-    from orchestrator.reconcile import Reconciler
+    from orchestrator.project import Project
 
     (tmp_path / "ok.py").write_text("print('loss=1')\n")
     wb = write_workbook(tmp_path / "experiments.xlsx", [{"id": "ok", "command": "python ok.py"}],
                         settings={"digest": "every 6 hours"})
-    rec = Reconciler(wb)
+    project = Project(wb)
     try:
-        rec.load()
-        report = rec.run_pass()
-        rec.store.set_meta(DIGEST_KEY, repr(time.time() - 7 * 3600))  # the last one was 7 h ago
+        project.load()
+        report = project.reconcile()
+        store = Store(tmp_path / ".nero" / "state.db")
+        store.set_meta(DIGEST_KEY, repr(time.time() - 7 * 3600))  # the last one was 7 h ago
+        store.close()
         sched = schedule.Scheduler()
-        loop = _DigestLoop(rec, sched, quiet=True)
+        loop = DigestLoop(project, sched, quiet=True)
         loop.after_pass(report)
         assert (loop.job.interval, loop.job.unit) == (6, "hours")
         digests = list((tmp_path / ".nero" / "outbox").glob("*-digest.eml"))
@@ -377,13 +379,13 @@ def test_the_watch_loop_schedules_digests_catches_up_and_follows_the_setting(tmp
         assert len(list((tmp_path / ".nero" / "outbox").glob("*-digest.eml"))) == 1
         time.sleep(1.1)
         set_settings(wb, digest="daily at 08:00")
-        rec.load()
+        project.load()
         loop.after_pass(report)
         assert len(sched.jobs) == 1 and (sched.jobs[0].unit, str(sched.jobs[0].at_time)) == ("days", "08:00:00")
         loop.send()  # what the scheduler calls
         assert len(list((tmp_path / ".nero" / "outbox").glob("*-digest.eml"))) == 2
     finally:
-        rec.close()
+        project.close()
 
 
 def test_two_processes_never_queue_the_same_events(mailer: Mailer, tmp_path: Path):

@@ -1,0 +1,25 @@
+"""The `nero` command line (click for parsing, rich for tables and progress, schedule for
+the loop). Each command parses its options, asks a `Project` (orchestrator/project.py),
+and prints; `group.py` holds the click group and what the commands share.
+
+    group      the `nero` group, the workbook argument, opening the project, errors,
+               selectors, the clock (`$NERO_NOW`, a test hook)
+    console    rich output: console, escaping, state colours, a pass's events
+    scaffold   init
+    runs       plan, status, history
+    loop       reconcile (one pass, --watch, --until-done) and its scheduled digests
+    actions    abort, restart, hold, release
+    logs       logs
+    mail       digest, mail
+    data       export, plot, resources
+"""
+
+from __future__ import annotations
+
+from . import actions, data, logs, loop, mail, runs, scaffold
+from .group import main
+from .loop import DigestLoop
+
+__all__ = ["DigestLoop", "main"]
+
+_COMMANDS = (scaffold, runs, loop, actions, logs, mail, data)  # imported for their commands on `main`

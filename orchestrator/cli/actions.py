@@ -1,0 +1,104 @@
+"""The commands that act on runs a selector picks: `nero abort`, `restart`, `hold` and
+`release`. Each shows the runs, asks (unless --yes), records the override, and applies it
+with a pass right away unless a watching reconcile will."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import NeroError
+from ..project import Candidate, Project
+from .console import STATE_STYLE, console, escape, print_report
+from .group import WORKBOOK_OPTION, main, open_project, select, warn, workbook_and_selector
+
+__all__ = ["abort", "hold", "release", "restart"]
+
+
+def _confirm(verb: str, found: list[Candidate], yes: bool) -> bool:
+    from rich.table import Table
+
+    if not found:
+        click.echo(f"No run matches; nothing to {verb}. `nero status` lists the runs.")
+        return False
+    t = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("#", "run", "state", "cluster"):
+        t.add_column(col, no_wrap=col != "run")
+    for c in found:
+        r = c.record
+        style = STATE_STYLE.get(c.facts.state, "")
+        t.add_row(str(r.number) if r else "-", escape(c.key), f"[{style}]{c.facts.state}[/]", escape(c.facts.cluster))
+    console().print(t)
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise click.ClickException(f"{len(found)} runs match; add --yes to {verb} them without asking")
+    return click.confirm(f"{verb.capitalize()} these {len(found)} runs?", default=False)
+
+
+def _apply_now(project: Project) -> None:
+    """Run a pass right away unless a watching reconcile holds the lock (it applies it then)."""
+    try:
+        report = project.apply_now()
+    except NeroError as e:
+        warn(f"recorded, but the pass failed: {e}; the next `nero reconcile` applies it")
+        return
+    if report is None:
+        click.echo("A running `nero reconcile --watch` applies this in its next pass.")
+    else:
+        print_report(report, quiet=False)
+
+
+def _override_command(verb: str, doc: str) -> click.Command:
+    @main.command(name=verb, help=doc)
+    @click.argument("args", nargs=-1, required=True, metavar="[WORKBOOK] SELECTOR")
+    @WORKBOOK_OPTION
+    @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+    @click.option("--resume", is_flag=True, hidden=verb != "restart",
+                  help="Start the new attempt with NERO_RESUME=1 and NERO_PREV_RUN_DIR set.")
+    def command(args: tuple[str, ...], workbook: str | None, yes: bool, resume: bool) -> None:
+        given, selector = workbook_and_selector(args, selector_required=True)
+        assert selector is not None
+        with open_project(workbook or given, load=False) as project:
+            found = select(project, selector, need_workbook=verb in ("restart", "hold"))
+            if verb == "release":
+                held = project.overrides()
+                found = [c for c in found if c.key in held]
+            if not _confirm(verb, found, yes):
+                return
+            reason = f"`nero {verb} {selector}`"
+            if verb == "release":
+                n = project.release(found, reason)
+                click.echo(f"Released {n} run{'s' if n != 1 else ''}.")
+            else:
+                if verb == "restart":
+                    done = project.restart(found, reason, resume=resume)
+                else:
+                    done = project.abort(found, reason) if verb == "abort" else project.hold(found, reason)
+                for key in done.skipped:
+                    warn(f"{key} is no longer in the workbook; skipped")
+                n = len(done.keys)
+                click.echo(f"Recorded {verb} for {n} run{'s' if n != 1 else ''}; "
+                           "`nero plan` shows it until the row changes.")
+            _apply_now(project)
+
+    return command
+
+
+abort = _override_command("abort", """Cancel the runs matching SELECTOR (and keep the matching
+    runs that have not started from starting), until their rows change.
+
+    \b
+    SELECTOR is a comma-separated union of: run numbers and ranges from `nero status`
+    (`12-18,21`), state words (`failed`, `running`, `live`, `crashed`, `all`), id globs
+    (`lr-sweep*`, `demo[lr=0.1*`), and conditions (`runtime > 2h and val_err > 0.4`).
+    Example: nero abort 'runtime > 1m and loss > 0.5'""")
+restart = _override_command("restart", """Start a new attempt of the runs matching SELECTOR
+    (cancelling those still running). --resume sets NERO_RESUME=1 and NERO_PREV_RUN_DIR.
+
+    \b
+    Example: nero restart failed        nero restart 'crashed,144-149,170' --resume""")
+hold = _override_command("hold", """Keep the runs matching SELECTOR from starting (running ones
+    go on) until `nero release` or until their rows change.""")
+release = _override_command("release", """Undo `nero hold` / `nero abort` for the runs matching SELECTOR.""")

@@ -1,0 +1,54 @@
+"""How the commands print: a rich console that does not fold piped output, markup
+escaping, the colour of each run state, and the events of a pass."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+from .group import warn
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..reconcile import PassReport
+
+__all__ = ["STATE_STYLE", "console", "escape", "print_report"]
+
+STATE_STYLE = {
+    "pending": "dim", "submitted": "cyan", "running": "blue", "completed": "green", "failed": "red",
+    "terminated": "dark_orange", "cancelled": "magenta", "timeout": "red", "preempted": "yellow", "lost": "red",
+}
+
+
+def escape(text: str) -> str:
+    """`text` with rich markup made literal."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+def console(stderr: bool = False) -> Console:
+    """A rich console; 160 columns wide when not a terminal (logs and pipes: do not fold at 80)."""
+    from rich.console import Console
+
+    con = Console(stderr=stderr, highlight=False)
+    if not con.is_terminal and "COLUMNS" not in os.environ:
+        con = Console(stderr=stderr, highlight=False, width=160)
+    return con
+
+
+def print_report(report: PassReport, quiet: bool) -> None:
+    """A pass's warnings (always), then its events, one line each (unless `quiet`)."""
+    for w in report.warnings:
+        warn(w)
+    if quiet:
+        return
+    con = console()
+    for e in report.events:
+        style = STATE_STYLE.get(e.kind, "")
+        stamp = time.strftime("%H:%M:%S", time.localtime(e.time))
+        kind = f"{e.kind:<10}"
+        kind = f"[{style}]{kind}[/]" if style else kind
+        con.print(f"{stamp} {kind} {escape(e.key)}  [dim]{escape(e.reason)}[/]", soft_wrap=True)

@@ -1,0 +1,146 @@
+"""The commands that take data out of a project: `nero export` (runs and metric points
+as files), `nero plot` (curves to a PNG) and `nero resources` (what each cluster has free)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import NeroError
+from .console import console as _console
+from .console import escape
+from .group import WORKBOOK_OPTION, fail, main, open_project, resolve_workbook, select
+from .group import open_reconciler as _open
+
+__all__ = ["export", "plot", "resources"]
+
+
+@main.command()
+@click.argument("workbook", required=False, metavar="[WORKBOOK]")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
+              help="runs.csv (+ runs-metrics.csv), runs.json, or runs.parquet (+ runs-metrics.parquet).")
+def export(workbook: str | None, output: str) -> None:
+    """Export every run (parameters, state, timings, last and best metrics) and every
+    metric point, for pandas, R or a spreadsheet. In Python: orchestrator.frames.load()."""
+    from ..frames import export as write
+    from ..frames import load
+
+    runs, metrics = load(resolve_workbook(workbook))
+    try:
+        paths = write(runs, metrics, Path(output))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"Wrote {', '.join(map(str, paths))}: {len(runs)} runs, {len(metrics)} metric points.")
+
+
+@main.command()
+@click.argument("args", nargs=-1, required=True, metavar="[WORKBOOK] SELECTOR METRIC")
+@WORKBOOK_OPTION
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="The PNG to write (default: <metric>.png beside the workbook).")
+def plot(args: tuple[str, ...], workbook: str | None, output: str | None) -> None:
+    """Draw METRIC over steps for the runs matching SELECTOR, one line per run, to a PNG:
+    the curves of the results workbook, for a quick look.
+
+    \b
+    Example: nero plot 'demo*' val_loss -o val_loss.png"""
+    from ..results import plot_curves
+
+    if len(args) not in (2, 3):
+        raise click.UsageError("give SELECTOR and METRIC (and optionally the workbook first)")
+    given, selector, metric = (None, *args) if len(args) == 2 else args
+    with open_project(workbook or given, load=False) as project:
+        runs = [c.record for c in select(project, selector) if c.record is not None]
+        if not runs:
+            raise click.ClickException(f"no started run matches {selector!r}; `nero status` lists the runs")
+        out = Path(output) if output else project.directory / f"{metric.replace('/', '_')}.png"
+        goal = project.workbook.goal(metric) if project.workbook else None
+        try:
+            plot_curves(runs, project.histories(), metric, out, goal=goal)
+        except NeroError as e:
+            fail(e)
+        click.echo(f"Wrote {out} ({len(runs)} run{'s' if len(runs) != 1 else ''}).")
+
+
+# ---------------------------------------------------------------- nero resources
+@main.command()
+@click.argument("cluster", required=False)
+@click.option("-w", "--workbook", default=None, help="The experiments workbook (file or folder).")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def resources(cluster: str | None, workbook: str | None, as_json: bool) -> None:
+    """What each cluster has free: partitions/queues and free slots, GPU memory and
+    utilisation, RAM, load, and free disk in its workdir. One round trip per cluster.
+
+    \b
+    Example: nero resources slurm -w demo"""
+    import dataclasses
+
+    rec = _open(workbook)
+    try:
+        assert rec.workbook is not None
+        names = [c.name for c in rec.workbook.clusters]
+        if cluster and cluster not in names:
+            raise click.ClickException(f"no cluster {cluster!r}; clusters defined: {', '.join(names)}")
+        live: dict[str, int] = {}
+        for r in rec.store.snapshot().values():
+            if r.state.live or r.intent:
+                live[r.cluster] = live.get(r.cluster, 0) + 1
+        found = []
+        for name in [cluster] if cluster else names:
+            try:
+                res = rec.backend(name).resources()
+            except NeroError as e:
+                from ..model import ClusterResources
+
+                c = rec.workbook.cluster(name)
+                res = ClusterResources(cluster=name, kind=c.kind.value, host=c.host, error=str(e))
+            found.append(res)
+    finally:
+        rec.close()
+    if as_json:
+        click.echo(json.dumps([{**dataclasses.asdict(r), "nero_live": live.get(r.cluster, 0)} for r in found], indent=2))
+        if any(r.error for r in found):
+            sys.exit(1)
+        return
+    _resources_tables(found, live)
+    if any(r.error for r in found):
+        sys.exit(1)
+
+
+def _resources_tables(found, live: dict[str, int]) -> None:
+    from rich.table import Table
+
+    def mb(v: float | None) -> str:
+        if v is None:
+            return "?"
+        return f"{v / 1024:.1f} GB" if v >= 1024 else f"{v:.0f} MB"
+
+    con = _console()
+    for r in found:
+        head = f"[bold]{escape(r.cluster)}[/] ({r.kind}{', ' + escape(r.host) if r.host else ''})"
+        if r.error:
+            con.print(f"{head}: [red]{escape(r.error)}[/]")
+            continue
+        load = "/".join(f"{x:.2f}" for x in r.load) or "?"
+        ram = f"{mb(r.mem_available_mb)} free of {mb(r.mem_total_mb)}"
+        con.print(f"{head}: {r.cpus or '?'} CPUs, load {load}, RAM {ram}, free disk {mb(r.disk_free_mb)} "
+                  f"in {escape(r.disk_path)}; nero runs live here: {live.get(r.cluster, 0)}")
+        if r.queues:
+            t = Table(box=None, header_style="bold", pad_edge=False)
+            for col in ("partition/queue", "state", "free", "total", "detail"):
+                t.add_column(col, justify="right" if col in ("free", "total") else "left")
+            for q in r.queues:
+                t.add_row(escape(q.name), q.state, "?" if q.free_slots is None else str(q.free_slots),
+                          "?" if q.total_slots is None else str(q.total_slots), escape(q.detail))
+            con.print(t)
+        if r.gpus:
+            t = Table(box=None, header_style="bold", pad_edge=False)
+            for col in ("gpu", "name", "memory used", "memory total", "utilisation"):
+                t.add_column(col)
+            for g in r.gpus:
+                t.add_row(str(g.index), escape(g.name), mb(g.mem_used_mb), mb(g.mem_total_mb),
+                          "?" if g.util_pct is None else f"{g.util_pct:.0f}%")
+            con.print(t)

@@ -1,0 +1,186 @@
+"""`nero reconcile`: one pass, or the loop that keeps reconciling (`--watch`,
+`--until-done`) and sends the scheduled digests."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import click
+
+from ..errors import NeroError
+from ..project import Project
+from .console import console, print_report
+from .group import WORKBOOK_ARG, fail, main, open_project, warn
+
+if TYPE_CHECKING:
+    from schedule import Job, Scheduler
+
+    from ..model import Plan
+    from ..reconcile import PassReport
+
+__all__ = ["DigestLoop", "print_plan_summary", "reconcile"]
+
+
+@main.command()
+@WORKBOOK_ARG
+@click.option("--watch", is_flag=True, help="Keep reconciling every --interval seconds until Ctrl-C.")
+@click.option("--interval", type=float, default=None, help="Seconds between passes (default: Settings interval, else 30).")
+@click.option("--until-done", is_flag=True, help="Loop until nothing is pending or running; exit 1 if any run failed.")
+@click.option("--prune", is_flag=True, help="Cancel running runs whose rows were removed from the sheet.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only warnings and the final summary.")
+def reconcile(workbook: str | None, watch: bool, interval: float | None, until_done: bool, prune: bool, quiet: bool) -> None:
+    """Make the runs match the workbook: submit, restart, cancel, and collect metrics.
+
+    One pass by default. With --watch it loops, re-reading the workbook only when it
+    changed; a workbook that becomes invalid or is open in Excel keeps the last good plan.
+    Ctrl-C ends the loop, never the jobs: they keep running and the next reconcile picks
+    them up. Exit code 2 when the workbook is invalid (nothing is touched then).
+    """
+    with open_project(workbook) as project, project.exclusive() as held:
+        if not held:
+            raise click.ClickException(
+                f"another `nero reconcile` is running for {project.workbook_path} "
+                f"(lock {project.paths.reconcile_lock}); stop it first, or use `nero status` to watch")
+        try:
+            if not (watch or until_done):
+                report = project.reconcile(prune=prune)
+                print_report(report, quiet)
+                print_plan_summary(project, report.plan)
+                return
+            _loop(project, interval, until_done, prune, quiet)
+        except NeroError as e:
+            fail(e)
+
+
+def print_plan_summary(project: Project, plan: Plan) -> None:
+    """One line: the runs by state, how many wait or are held, and the results workbook."""
+    from collections import Counter
+
+    counts = Counter(r.state.value for r in project.runs())
+    waiting = sum(1 for a in plan.actions if a.waiting)
+    held = len([a for a in plan.actions if a.kind.value == "held"])
+    parts = [f"{n} {s}" for s, n in sorted(counts.items())]
+    if waiting:
+        parts.append(f"{waiting} waiting")
+    if held:
+        parts.append(f"{held} held")
+    results = project.results_path()
+    click.echo(f"runs: {', '.join(parts) or 'none'}" + (f"; results in {results}" if results.exists() else ""))
+
+
+def _loop(project: Project, interval: float | None, until_done: bool, prune: bool, quiet: bool) -> None:
+    import schedule
+
+    from ..model import RunState
+
+    every = interval or (project.workbook.settings.interval if project.workbook else 30) or 30
+    sched = schedule.Scheduler()
+    digests = DigestLoop(project, sched, quiet)
+    done = {"flag": False}
+    progress = None
+    if until_done and sys.stdout.isatty() and not quiet:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        progress = Progress(TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TextColumn("{task.description}"), console=console())
+        progress.start()
+        task = progress.add_task("", total=None)
+
+    def tick() -> None:
+        for w in project.load(keep_last_good=True):
+            warn(w)
+        report = project.reconcile(prune=prune)
+        print_report(report, quiet)
+        digests.after_pass(report)
+        if progress is not None:
+            runs = project.runs()
+            finished = sum(1 for r in runs if r.state.finished)
+            total = len(runs) + sum(1 for a in report.plan.actions if a.kind.value == "submit")
+            live = sum(1 for r in runs if r.state.live)
+            progress.update(task, completed=finished, total=total, description=f"{live} live")
+        if until_done and project.outstanding(report.plan) == 0:
+            done["flag"] = True
+
+    sched.every(every).seconds.do(tick)
+    try:
+        tick()
+        while not done["flag"]:
+            sched.run_pending()
+            time.sleep(min(0.2, max(0.0, sched.idle_seconds or 0.2)))
+    except KeyboardInterrupt:
+        if progress is not None:
+            progress.stop()
+        click.echo("\nStopped watching. Jobs keep running; `nero reconcile --watch` picks them up again.", err=True)
+        project.write_results(charts=True)
+        return
+    if progress is not None:
+        progress.stop()
+    bad = [r for r in project.runs() if r.state in (RunState.FAILED, RunState.LOST, RunState.TIMEOUT, RunState.PREEMPTED)]
+    final = project.plan(prune=prune)
+    project.write_results(final, charts=True)  # the curves as they ended
+    print_plan_summary(project, final)
+    if bad:
+        click.echo(f"{len(bad)} run{'s' if len(bad) != 1 else ''} did not complete: " +
+                   ", ".join(f"{r.key} ({r.state.value})" for r in bad[:10]), err=True)
+        sys.exit(1)
+
+
+class DigestLoop:
+    """Settings `digest` inside the reconcile loop: a `schedule` job on the loop's scheduler
+    (every N minutes/hours, or daily at HH:MM), re-planned when the setting changes. When a
+    loop starts after a digest was missed (nero was not running), one is sent right away."""
+
+    def __init__(self, project: Project, sched: Scheduler, quiet: bool) -> None:
+        self.project, self.sched, self.quiet = project, sched, quiet
+        self.setting: str | None = None
+        self.job: Job | None = None
+        self.plan: Plan | None = None
+
+    def after_pass(self, report: PassReport) -> None:
+        """Follow the setting as the pass read it; a first look sends a missed digest."""
+        from ..mail import digest_overdue, parse_digest
+
+        self.plan = report.plan
+        setting = self.project.workbook.settings.digest if self.project.workbook else "off"
+        if setting == self.setting:
+            return
+        first = self.setting is None
+        self.setting = setting
+        if self.job is not None:
+            self.sched.cancel_job(self.job)
+            self.job = None
+        when = parse_digest(setting)
+        if when.off:
+            return
+        if when.every_s is not None:
+            self.job = getattr(self.sched.every(when.n), when.unit).do(self.send)
+        else:
+            self.job = self.sched.every().day.at(when.daily_at).do(self.send)
+        if first and digest_overdue(when, self.project.last_digest(), self.project.clock()):
+            self.send()
+
+    def send(self) -> None:
+        """Build a digest and deliver it (what the scheduler calls); never raises."""
+        project = self.project
+        try:
+            mailer = project.mailer()
+            warnings: list[str] = []
+            now = project.clock()
+            mail = mailer.digest(project.results_input(self.plan), project.results_path(), now, warnings=warnings)
+            if mail is not None:
+                assert project.workbook is not None
+                warnings += mailer.deliver(project.workbook.settings, now)
+                if not self.quiet:
+                    click.echo(f"{time.strftime('%H:%M:%S', time.localtime(now))} digest     {mail.subject}")
+        except Exception as e:  # a digest never stops the loop
+            warnings = [f"digest not built: {type(e).__name__}: {e}"]
+        for w in warnings:
+            warn(w)

@@ -1,0 +1,200 @@
+"""The commands that look at runs: `nero plan` (what a pass would do), `nero status` (the
+table of runs) and `nero history` (the event timeline)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING
+
+import click
+
+from ..errors import NeroError
+from ..project import Project
+from .console import STATE_STYLE, console, escape
+from .group import (
+    WORKBOOK_ARG,
+    WORKBOOK_OPTION,
+    fail,
+    main,
+    open_project,
+    resolve_workbook,
+    select,
+    workbook_and_selector,
+)
+
+if TYPE_CHECKING:
+    from ..model import Plan, RunRecord
+
+__all__ = ["history", "plan", "print_plan", "status"]
+
+
+@main.command()
+@WORKBOOK_ARG
+@click.option("--prune", is_flag=True, help="Cancel running runs whose rows were removed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(workbook: str | None, prune: bool, as_json: bool) -> None:
+    """Show what `nero reconcile` would do, and why (no side effects).
+
+    \b
+    + submit    a run the sheet asks for that never ran
+    ~ restart   a run whose command, parameters, cluster, resources, setup or template changed
+    - cancel    a live run whose row says state=stop (or whose row is gone, with --prune)
+    ! orphaned  a live run whose row was removed: left running, reported
+    = held      a run that is not started: state=hold, or `after` is not satisfied
+    """
+    with open_project(workbook) as project:
+        try:
+            p = project.plan(prune=prune)
+        except NeroError as e:
+            fail(e)
+    if as_json:
+        click.echo(json.dumps({
+            "actions": [{"action": a.kind.value, "run": a.key, "reason": a.reason, "cluster": a.cluster,
+                         "waiting": a.waiting} for a in p.actions],
+            "unchanged": p.unchanged,
+        }, indent=2))
+        return
+    print_plan(p)
+
+
+def print_plan(p: Plan) -> None:
+    """The plan as a table of actions with their reasons, and a line of counts."""
+    from rich.table import Table
+
+    from ..model import ActionKind
+
+    sym = {ActionKind.SUBMIT: ("+", "green"), ActionKind.RESTART: ("~", "yellow"), ActionKind.CANCEL: ("-", "red"),
+           ActionKind.ORPHAN: ("!", "magenta"), ActionKind.HOLD: ("=", "dim")}
+    con = console()
+    if p.actions:
+        t = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
+        for col in ("", "action", "run", "reason", "where"):
+            t.add_column(col, overflow="fold", no_wrap=col in ("", "action", "run"))
+        for a in p.actions:
+            s, style = sym[a.kind]
+            where = f"→ {a.cluster}" if a.cluster else (a.waiting or "")
+            t.add_row(f"[{style}]{s}[/]", f"[{style}]{a.kind.value}[/]", escape(a.key), escape(a.reason), escape(where))
+        con.print(t)
+    counts = {k: len(p.of(k)) for k in ActionKind}
+    parts = [f"{counts[k]} to {k.value}" for k in (ActionKind.SUBMIT, ActionKind.RESTART, ActionKind.CANCEL) if counts[k]]
+    parts += [f"{counts[k]} {k.value}" for k in (ActionKind.ORPHAN, ActionKind.HOLD) if counts[k]]
+    if not p.changes:
+        con.print(f"No changes. {p.unchanged} run{'s' if p.unchanged != 1 else ''} unchanged" +
+                  (f"; {', '.join(parts)}." if parts else "."))
+    else:
+        con.print(f"Plan: {', '.join(parts)}; {p.unchanged} unchanged.")
+
+
+@main.command()
+@click.argument("args", nargs=-1, metavar="[WORKBOOK] [SELECTOR]")
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+@click.option("--all", "show_all", is_flag=True, help="Include every metric, not only the first few.")
+def status(args: tuple[str, ...], as_json: bool, show_all: bool) -> None:
+    """A table of runs: number, run, state, cluster, runtime, latest metrics, reason.
+
+    \b
+    SELECTOR narrows the table, in the forms of `nero abort` (see `nero abort --help`):
+      nero status failed        nero status 'lr-sweep*'        nero status 'val_loss < 0.2'
+    """
+    workbook, selector = workbook_and_selector(args)
+    path = resolve_workbook(workbook)
+    if not Project.has_state(path):
+        click.echo("No runs yet: `nero reconcile` starts them.")
+        return
+    with open_project(path, load=False) as project:
+        now = project.clock()
+        runs = [c.record for c in select(project, selector) if c.record] if selector else project.runs()
+        if as_json:
+            click.echo(json.dumps([{
+                "number": r.number, "run": r.key, "state": r.state.value, "cluster": r.cluster, "attempt": r.attempt,
+                "job_id": r.job_id, "host": r.host, "runtime_s": r.runtime(now), "reason": r.reason,
+                "metrics": {k: (v if v == v else None) for k, v in r.last.items()}, "step": r.step,
+                "run_dir": r.run_dir, "orphaned": r.orphaned, "retry": r.retry, "code_hash": r.code_hash,
+                "git_commit": r.git_commit, "git_dirty": r.git_dirty,
+            } for r in runs], indent=2))
+            return
+        _status_table(runs, now, show_all)
+        if not selector:
+            _not_started(project)
+
+
+def _not_started(project: Project) -> None:
+    """One line about runs the sheet asks for that have not started (needs the workbook)."""
+    from collections import Counter
+
+    try:
+        project.load()
+        p = project.plan()
+    except NeroError as e:
+        click.echo(f"(the workbook does not read: {str(e).splitlines()[0]})", err=True)
+        return
+    kinds = Counter("held" if a.kind.value == "held" else "waiting" if a.waiting else "to submit"
+                    for a in p.actions if a.kind.value in ("submit", "held") or (a.kind.value == "restart"))
+    if kinds:
+        parts = ", ".join(f"{n} {k}" for k, n in kinds.items())
+        click.echo(f"Not started: {parts} (`nero plan` says why).")
+
+
+def _status_table(runs: list[RunRecord], now: float, show_all: bool) -> None:
+    from rich.table import Table
+
+    t = Table(header_style="bold", box=None, pad_edge=False)
+    for col, kw in (("#", {"justify": "right"}), ("run", {"no_wrap": True}), ("state", {"no_wrap": True}), ("cluster", {}),
+                    ("runtime", {"justify": "right"}), ("step", {"justify": "right"}), ("metrics", {"overflow": "fold"}),
+                    ("reason", {"overflow": "fold", "max_width": 60})):
+        t.add_column(col, **kw)
+    for r in runs:
+        names = sorted(r.last)
+        shown = names if show_all else names[:4]
+        metrics = "  ".join(f"{k}={_num(r.last[k])}" for k in shown) + (" …" if len(names) > len(shown) else "")
+        style = STATE_STYLE.get(r.state.value, "")
+        state = r.state.value + (" (orphaned)" if r.orphaned else "")
+        t.add_row(str(r.number), escape(r.key), f"[{style}]{state}[/]", escape(r.cluster), _duration(r.runtime(now)),
+                  "" if r.step is None else str(r.step), escape(metrics), escape(r.reason))
+    console().print(t)
+
+
+def _duration(seconds: float | None) -> str:
+    from ..expr import format_duration
+
+    return "" if seconds is None else format_duration(seconds)
+
+
+def _num(v: float) -> str:
+    return f"{v:.4g}"
+
+
+
+@main.command()
+@click.argument("args", nargs=-1, metavar="[WORKBOOK] [SELECTOR]")
+@WORKBOOK_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the events as JSON.")
+@click.option("-n", "--last", type=int, default=0, help="Only the last N events.")
+def history(args: tuple[str, ...], workbook: str | None, as_json: bool, last: int) -> None:
+    """The event timeline (submissions, starts, ends with reasons, rules, manual actions)
+    of the runs matching SELECTOR (default: all)."""
+    from rich.table import Table
+
+    given, selector = workbook_and_selector(args)
+    workbook, selector = workbook or given, selector or "all"
+
+    with open_project(workbook, load=False) as project:
+        found = {c.key: c for c in select(project, selector)}
+        events = [e for e in project.events() if e.key in found]
+        if last:
+            events = events[-last:]
+        if as_json:
+            click.echo(json.dumps([{"time": e.time, "run": e.key, "attempt": e.attempt, "event": e.kind,
+                                    "reason": e.reason} for e in events], indent=2))
+            return
+        t = Table(box=None, header_style="bold", pad_edge=False)
+        for col in ("time", "#", "run", "attempt", "event", "reason"):
+            t.add_column(col, no_wrap=col in ("time", "#", "attempt", "event"), overflow="fold")
+        for e in events:
+            c = found[e.key]
+            style = STATE_STYLE.get(e.kind, "")
+            t.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time)),
+                      str(c.record.number) if c.record else "-", escape(e.key), str(e.attempt or ""),
+                      f"[{style}]{e.kind}[/]" if style else e.kind, escape(e.reason))
+        console().print(t)

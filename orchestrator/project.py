@@ -1,0 +1,288 @@
+"""A nero project as one object: the door through which commands reach a project's state.
+
+`Project(workbook)` opens what nero keeps beside an experiments workbook (`.nero/`, the
+state store) without reading the workbook; `load()` reads it. A project answers what the
+commands ask (its runs with their numbers, the runs a selector matches, the event
+timeline, the manual overrides, the e-mail outbox) and does what they do (plan,
+reconcile, abort, restart, hold, release), so no command touches the state store.
+
+    from orchestrator.project import Project
+
+    with Project("experiments.xlsx") as project:
+        project.load()
+        for run in project.runs("failed"):
+            print(run.number, run.key, run.reason)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .paths import ProjectPaths
+
+if TYPE_CHECKING:
+    from .expr import Facts, Selector
+    from .mail import Mailer
+    from .model import (
+        Event,
+        Override,
+        OverrideKind,
+        Plan,
+        ResultsInput,
+        RunRecord,
+        RunSpec,
+        Series,
+        Workbook,
+    )
+    from .reconcile import PassReport
+    from .state import Mail
+
+__all__ = ["Candidate", "Overridden", "Project"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A run a selector matched: a run nero started (`record`), or one the workbook asks
+    for that never started (`spec`); `facts` are what the selector was evaluated on."""
+
+    key: str
+    facts: Facts
+    record: RunRecord | None = None
+    spec: RunSpec | None = None
+
+
+@dataclass(frozen=True)
+class Overridden:
+    """What `abort`, `restart` or `hold` recorded: the runs it now applies to, and the
+    runs skipped because their rows are no longer in the workbook."""
+
+    keys: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+class Project:
+    """An experiments workbook and the state nero keeps beside it.
+
+    `clock` (seconds since the epoch) is the time every query and action of this project
+    takes as now: run times, the time stamps of events and overrides, a pass's clock."""
+
+    def __init__(self, workbook: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+        from .reconcile import Reconciler
+
+        self._rec = Reconciler(workbook, clock=clock)
+        self.clock = clock
+
+    @staticmethod
+    def has_state(workbook: str | Path) -> bool:
+        """Whether nero keeps state for this workbook (a reconcile ran), without creating it."""
+        return ProjectPaths.of_workbook(workbook).state_db.exists()
+
+    def close(self) -> None:
+        """Close the state store and every cluster connection."""
+        self._rec.close()
+
+    def __enter__(self) -> Project:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ the workbook
+    @property
+    def workbook_path(self) -> Path:
+        """The experiments workbook (absolute)."""
+        return self._rec.workbook_path
+
+    @property
+    def directory(self) -> Path:
+        """The project's folder: the workbook's."""
+        return self._rec.project_dir
+
+    @property
+    def paths(self) -> ProjectPaths:
+        """The files nero keeps for this project."""
+        return ProjectPaths(self.directory)
+
+    @property
+    def workbook(self) -> Workbook | None:
+        """The workbook as last read by `load()`; None before."""
+        return self._rec.workbook
+
+    def load(self, keep_last_good: bool = False) -> list[str]:
+        """Read the workbook if it changed since the last read; returns warnings. Raises
+        WorkbookError unless `keep_last_good` and a good workbook was read before."""
+        return self._rec.load(keep_last_good=keep_last_good)
+
+    # ------------------------------------------------------------ plan and reconcile
+    def plan(self, prune: bool = False) -> Plan:
+        """What a reconcile pass would do now, and why (nothing is touched)."""
+        return self._rec.plan(prune=prune)
+
+    def reconcile(self, prune: bool = False) -> PassReport:
+        """One reconcile pass: submit, restart, cancel, collect metrics, apply the rules."""
+        return self._rec.run_pass(prune=prune)
+
+    def outstanding(self, plan: Plan) -> int:
+        """Runs still pending or live under `plan` (held runs do not count)."""
+        return self._rec.outstanding(plan)
+
+    @contextmanager
+    def exclusive(self) -> Iterator[bool]:
+        """The project's reconcile lock (one reconciling process at a time), held while the
+        block runs if no other process holds it; yields whether this one got it. Never waits."""
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self.paths.reconcile_lock))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
+    def apply_now(self) -> PassReport | None:
+        """Run a pass right away (re-reading the workbook) unless a watching reconcile holds
+        the lock, which applies what changed in its next pass: the pass's report, or None
+        when the lock is held. Raises NeroError when the pass fails."""
+        with self.exclusive() as held:
+            if not held:
+                return None
+            self.load()
+            return self.reconcile()
+
+    # ------------------------------------------------------------ results
+    def results_path(self) -> Path:
+        """The results workbook (Settings `results`, else results.xlsx beside the workbook)."""
+        return self._rec.results_path()
+
+    def results_input(self, plan: Plan | None = None) -> ResultsInput:
+        """Everything the results workbook and the digest show, as of now."""
+        return self._rec.results_input(plan)
+
+    def write_results(self, plan: Plan | None = None, charts: bool | None = None) -> bool:
+        """Rewrite the results workbook if what it shows changed (`charts=True`: fresh curves)."""
+        return self._rec.write_results(plan, charts=charts)
+
+    # ------------------------------------------------------------ runs
+    def runs(self, selector: str | Selector | None = None) -> list[RunRecord]:
+        """The runs nero started, by number; with a selector only those it matches."""
+        if selector is not None:
+            return [c.record for c in self.select(selector) if c.record is not None]
+        return sorted(self._rec.store.snapshot().values(), key=lambda r: r.number)
+
+    def select(self, selector: str | Selector) -> list[Candidate]:
+        """The runs a selector (`nero abort --help` has the forms) matches: runs nero started,
+        by number, then the runs the loaded workbook asks for that never started. Raises
+        ExpressionError for a selector that does not parse."""
+        from .expr import ExprTerm, Facts, parse_selector
+
+        if isinstance(selector, str):
+            selector = parse_selector(selector)
+        store, wb = self._rec.store, self._rec.workbook
+        now = self.clock()
+        snap = store.snapshot()
+        goals = {m.name: m.goal for m in wb.metrics} if wb else {}
+        histories = store.histories() if any(isinstance(t, ExprTerm) for t in selector.terms) else {}
+        out = []
+        for r in sorted(snap.values(), key=lambda r: r.number):
+            facts = Facts.of(r, now, histories.get(r.key), goals)
+            if selector.matches(facts):
+                out.append(Candidate(r.key, facts, record=r))
+        for spec in self._rec.specs:
+            if spec.key in snap:
+                continue
+            facts = Facts(key=spec.key, number=0, experiment=spec.experiment, state="pending",
+                          cluster=spec.clusters[0] if spec.clusters else "", params=dict(spec.params))
+            if selector.matches(facts):
+                out.append(Candidate(spec.key, facts, spec=spec))
+        return out
+
+    def histories(self) -> dict[str, dict[str, Series]]:
+        """Every run's metric histories (its current attempt): run key → metric → points."""
+        return self._rec.store.histories()
+
+    def events(self, key: str | None = None) -> list[Event]:
+        """The event timeline, oldest first (of one run with `key`)."""
+        return self._rec.store.events(key)
+
+    # ------------------------------------------------------------ manual overrides
+    def overrides(self) -> dict[str, Override]:
+        """The manual overrides in force (hold, abort, restart), by run key."""
+        return self._rec.store.overrides()
+
+    def abort(self, runs: Sequence[Candidate], reason: str) -> Overridden:
+        """Cancel these runs, and keep those not started from starting, until their rows change."""
+        from .model import OverrideKind
+
+        return self._override(OverrideKind.ABORT, runs, reason)
+
+    def restart(self, runs: Sequence[Candidate], reason: str, resume: bool = False) -> Overridden:
+        """Start a new attempt of these runs (cancelling live ones); `resume` starts it with
+        NERO_RESUME=1 and NERO_PREV_RUN_DIR set."""
+        from .model import OverrideKind
+
+        return self._override(OverrideKind.RESTART, runs, reason, resume)
+
+    def hold(self, runs: Sequence[Candidate], reason: str) -> Overridden:
+        """Keep these runs from starting (running ones go on) until released or their rows change."""
+        from .model import OverrideKind
+
+        return self._override(OverrideKind.HOLD, runs, reason)
+
+    def release(self, runs: Sequence[Candidate], reason: str) -> int:
+        """Undo hold and abort for these runs; returns how many overrides were dropped."""
+        events = self._events("release", runs, reason, self.clock())
+        return self._rec.store.drop_overrides([c.key for c in runs], events=events)
+
+    def _override(self, kind: OverrideKind, runs: Sequence[Candidate], reason: str,
+                  resume: bool = False) -> Overridden:
+        """Record `kind` for the runs still in the workbook, and an event for every run."""
+        from .model import Override
+
+        now = self.clock()
+        events = self._events(kind.value, runs, reason, now)
+        specs = {s.key: s for s in self._rec.specs}
+        items, skipped = [], []
+        for c in runs:
+            spec = specs.get(c.key)
+            if spec is None:
+                skipped.append(c.key)
+                continue
+            items.append(Override(c.key, kind, spec.spec_hash, c.record.attempt if c.record else 0, now, resume))
+        self._rec.store.set_overrides(items, events)
+        return Overridden([o.key for o in items], skipped)
+
+    @staticmethod
+    def _events(kind: str, runs: Iterable[Candidate], reason: str, now: float) -> list[Event]:
+        from .model import Event
+
+        return [Event(now, c.key, kind, reason, c.record.attempt if c.record else 0) for c in runs]
+
+    # ------------------------------------------------------------ e-mail
+    def mailer(self) -> Mailer:
+        """The project's e-mail: notices, digests, the outbox and its delivery."""
+        from .mail import Mailer
+
+        return Mailer.of(self._rec.store, self.directory)
+
+    def messages(self, kind: str | None = None, limit: int | None = None,
+                 newest_first: bool = False) -> list[Mail]:
+        """The e-mail outbox in every status, oldest first (of one `kind`: notice, digest)."""
+        from .mail import MAIL_STATUSES
+
+        return self._rec.store.mail(MAIL_STATUSES, kind=kind, limit=limit, newest_first=newest_first)
+
+    def last_digest(self) -> float | None:
+        """When the last digest was built (seconds since the epoch); None if never."""
+        from .mail import DIGEST_KEY
+
+        raw = self._rec.store.get_meta(DIGEST_KEY)
+        return float(raw) if raw else None
