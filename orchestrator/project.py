@@ -189,7 +189,7 @@ class Project:
         store, wb = self._rec.store, self._rec.workbook
         now = self.clock()
         snap = store.snapshot()
-        goals = {m.name: m.goal for m in wb.metrics} if wb else {}
+        goals = wb.goals if wb else {}
         histories = store.histories() if any(isinstance(t, ExprTerm) for t in selector.terms) else {}
         out = []
         for r in sorted(snap.values(), key=lambda r: r.number):
