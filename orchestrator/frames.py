@@ -2,8 +2,9 @@
 
 For analysis in a notebook and for `nero export`:
 
-    from orchestrator.frames import load
-    runs, metrics = load("experiments.xlsx")
+    from orchestrator.project import Project
+    with Project("experiments.xlsx") as project:
+        runs, metrics = project.frames()
     runs.groupby("layers")["best:val_loss"].min()
 
 `runs` has one row per run (index: run key) with its number, experiment, parameters,
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from .model import RunRecord, Series
 
-__all__ = ["runs_frame", "metrics_frame", "load", "export", "json_ready"]
+__all__ = ["runs_frame", "metrics_frame", "export", "json_ready"]
 
 
 def runs_frame(runs: Sequence[RunRecord], now: float):
@@ -66,14 +67,6 @@ def metrics_frame(histories: Mapping[str, Mapping[str, Sequence[tuple[int | None
     step = pd.array(np.frombuffer(steps, dtype=np.float64), dtype="Float64").astype("Int64")
     return pd.DataFrame({"run": pd.Series(runs, dtype="str"), "metric": pd.Series(metrics, dtype="str"),
                          "step": step, "value": np.frombuffer(values, dtype=np.float64).copy()})
-
-
-def load(workbook: str | Path):
-    """(runs, metrics) DataFrames of a project, read from its state store."""
-    from .project import Project
-
-    with Project(workbook) as project:
-        return runs_frame(project.runs(), project.clock()), metrics_frame(project.histories())
 
 
 def export(runs, metrics, path: Path) -> list[Path]:

@@ -18,8 +18,7 @@ import json
 import shlex
 from pathlib import Path
 
-from .model import Cluster, RunSpec
-from .render import Shell
+from .model import Cluster, RunSpec, Shell
 from .spec import format_value
 
 __all__ = ["HEARTBEAT_S", "directive", "scheduler_options", "command_variables", "script_context", "params_json"]

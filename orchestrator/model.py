@@ -16,7 +16,7 @@ from .metrics import MAX_GOAL_NAMES, default_goal
 from .series import Histories, Series
 
 __all__ = [
-    "Scalar", "RunState", "FINISHED_STATES", "LIVE_STATES", "Desired", "ClusterKind", "RESOURCE_COLUMNS",
+    "Scalar", "Shell", "RunState", "FINISHED_STATES", "LIVE_STATES", "Desired", "ClusterKind", "RESOURCE_COLUMNS",
     "Problem", "Variation", "Experiment", "Cluster", "MetricDef", "Settings", "Workbook", "MAX_GOAL_NAMES",
     "RunSpec", "RunRecord", "ActionKind", "Action", "OverrideKind", "Override", "Plan", "JobScript",
     "CodeSnapshot", "QueueInfo", "GpuInfo", "ClusterResources", "Submission", "MetricPoint",
@@ -25,6 +25,10 @@ __all__ = [
 ]
 
 Scalar = str | int | float | bool | None
+
+
+class Shell(str):
+    """Shell code that goes into a script verbatim (render.py shell-quotes every other value)."""
 
 
 class RunState(StrEnum):

@@ -209,6 +209,13 @@ class Project:
         """Every run's metric histories (its current attempt): run key → metric → points."""
         return self._rec.store.histories()
 
+    def frames(self):
+        """(runs, metrics) as pandas DataFrames (see `orchestrator.frames`): one row per run
+        with its parameters, state, timings and `last:`/`best:` values; one row per point."""
+        from .frames import metrics_frame, runs_frame
+
+        return runs_frame(self.runs(), self.clock()), metrics_frame(self.histories())
+
     def events(self, key: str | None = None) -> list[Event]:
         """The event timeline, oldest first (of one run with `key`)."""
         return self._rec.store.events(key)

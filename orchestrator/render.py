@@ -13,13 +13,10 @@ from functools import lru_cache
 from pathlib import Path
 
 from .errors import TemplateError
+from .model import Shell
 
 __all__ = ["Shell", "builtin_templates", "environment", "command_variables", "render_command", "render_template",
            "mail_environment"]
-
-
-class Shell(str):
-    """Shell code that goes into a script verbatim (never quoted)."""
 
 
 def _finalize(value: object) -> str:

@@ -160,9 +160,10 @@ def test_plot_draws_the_selected_runs(project: Path):
     bad = nero("plot", str(project), "p*", "nosuch")
     assert bad.returncode != 0 and "metrics with points: loss" in bad.stderr
     # the same runs as DataFrames, and exported
-    from orchestrator.frames import load
+    from orchestrator.project import Project
 
-    runs, metrics = load(project / "experiments.xlsx")
+    with Project(project / "experiments.xlsx") as p:
+        runs, metrics = p.frames()
     assert sorted(runs.index) == ["p[loss=0.3]", "p[loss=0.6]"]
     assert runs.loc["p[loss=0.6]", "last:loss"] == 0.6 and runs.loc["p[loss=0.3]", "state"] == "failed"
     assert sorted(metrics[metrics["run"] == "p[loss=0.3]"]["step"]) == [1, 2, 3, 4, 5]

@@ -12,7 +12,7 @@ import click
 from ..errors import NeroError
 from .console import console as _console
 from .console import escape
-from .group import WORKBOOK_OPTION, fail, main, open_project, resolve_workbook, select
+from .group import WORKBOOK_OPTION, fail, main, open_project, select
 from .group import open_reconciler as _open
 
 __all__ = ["export", "plot", "resources"]
@@ -24,11 +24,11 @@ __all__ = ["export", "plot", "resources"]
               help="runs.csv (+ runs-metrics.csv), runs.json, or runs.parquet (+ runs-metrics.parquet).")
 def export(workbook: str | None, output: str) -> None:
     """Export every run (parameters, state, timings, last and best metrics) and every
-    metric point, for pandas, R or a spreadsheet. In Python: orchestrator.frames.load()."""
+    metric point, for pandas, R or a spreadsheet. In Python: Project(workbook).frames()."""
     from ..frames import export as write
-    from ..frames import load
 
-    runs, metrics = load(resolve_workbook(workbook))
+    with open_project(workbook, load=False) as project:
+        runs, metrics = project.frames()
     try:
         paths = write(runs, metrics, Path(output))
     except ValueError as e:
