@@ -424,8 +424,9 @@ def logs(run: str, workbook: str | None, follow: bool, which: str, lines: int) -
     """Print a run's output. RUN is its key (`demo[lr=0.1,layers=2]`) or its number in `nero status`.
 
     A run on a remote cluster is read there over SSH (no `ssh` + `tail` needed); with
-    --follow new output is printed every 2 s until the job ends."""
-    from .backends.remote import RemoteBackend
+    --follow new output is printed every 2 s (every 0.5 s on this machine) until the job ends."""
+    from .backends import make_backend
+    from .model import Cluster
     from .reconcile import Reconciler
 
     rec = Reconciler(resolve_workbook(workbook))
@@ -440,20 +441,15 @@ def logs(run: str, workbook: str | None, follow: bool, which: str, lines: int) -
             raise click.ClickException(f"{match.key} has no run directory yet ({match.state.value}); "
                                        "it gets one when it is submitted")
         name = f"{which or 'stdout'}.log"
-        backend = None
-        if match.cluster not in ("", "local"):
+        if match.cluster in ("", "local"):  # this machine: no need for the workbook
+            backend = make_backend(Cluster(name="local"), str(rec.project_dir))
+        else:
             try:
                 rec.load()
                 backend = rec.backend(match.cluster)
             except NeroError as e:
                 _fail(e)
-        if isinstance(backend, RemoteBackend):
-            _remote_logs(backend, match.run_dir, name, lines, follow)
-            return
-        path = Path(match.run_dir) / name
-        _print_file(path, lines)
-        if follow:
-            _follow(rec, match.key, path)
+        _print_output(backend, match.run_dir, name, lines, follow)
     finally:
         rec.close()
 
@@ -462,8 +458,9 @@ def _last_lines(data: bytes, lines: int) -> bytes:
     return b"\n".join(data.splitlines()[-lines:]) + b"\n" if lines and data else data
 
 
-def _remote_logs(backend, run_dir: str, name: str, lines: int, follow: bool) -> None:
-    """`nero logs` of a run on a remote cluster: one agent round trip per read."""
+def _print_output(backend, run_dir: str, name: str, lines: int, follow: bool) -> None:
+    """`nero logs`: one output file of a run, read through its cluster's backend (one
+    round trip per read on a remote cluster)."""
     where = f"{backend.cluster.name}:{run_dir}/{name}"
     try:
         if lines:  # the last N lines: the file's tail, generously sized
@@ -485,7 +482,7 @@ def _remote_logs(backend, run_dir: str, name: str, lines: int, follow: bool) -> 
         if chunk.size is None:
             click.echo(f"({where} does not exist yet)", err=True)
         while follow and not chunk.ended:
-            time.sleep(2.0)
+            time.sleep(2.0 if backend.remote else 0.5)
             chunk = backend.read_output(run_dir, name, offset=offset)
             if chunk.size is not None and chunk.size < offset:  # the file was truncated or replaced
                 offset = 0

@@ -13,14 +13,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.backends import code as codeship
-from orchestrator.backends.remote import (
-    AgentReply,
-    SchedState,
-    decode_reply,
-    job_name,
-    parse_nvidia_smi,
-    size_mb,
-)
+from orchestrator.backends.client import SchedState, job_name, parse_nvidia_smi, size_mb
 from orchestrator.backends.sge import (
     parse_qacct,
     parse_qacct_names,
@@ -43,6 +36,7 @@ from orchestrator.backends.slurm import (
     parse_squeue,
 )
 from orchestrator.backends.ssh import SshBackend
+from orchestrator.backends.wire import AgentReply, decode_reply
 from orchestrator.model import Cluster, ClusterKind, Handle, JobScript, Offsets
 from orchestrator.render import render_template
 
@@ -315,7 +309,7 @@ def test_agent_on_this_machine_submits_polls_adopts_and_cancels_detached_jobs(tm
 
 
 def test_agent_bounds_the_bytes_read_per_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import orchestrator.backends.remote as remote
+    import orchestrator.backends.client as remote
 
     work = tmp_path / "w"
     d = work / "big"
