@@ -143,9 +143,9 @@ class SgeBackend(AgentBackend):
     kind = ClusterKind.SGE
     tools = ("qsub", "qstat", "qdel")
     default_capacity = DEFAULT_CAPACITY
-    listing_hint = "is sge_qmaster up and SGE_ROOT set for non-interactive logins? runs keep their state"
     cancel_command = ("qdel",)
-    cancel_refused = re.compile(r"not (?:the )?owner|permission denied|not allowed", re.I)
+    cancel_refused = re.compile(r"not (?:the )?owner|permission denied|not allowed", re.I)  # not `denied: no such job`
+    listing_hint = "is sge_qmaster up and SGE_ROOT set for non-interactive logins? runs keep their state"
 
     def units(self, jobs: Sequence[JobScript], root: str) -> Units:
         return one_unit_per_job(jobs, "cmd", ["qsub", "-terse", "job.sh"])
