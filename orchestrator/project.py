@@ -23,9 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .errors import NeroError
+from .model import Cluster, ClusterResources
 from .paths import ProjectPaths
 
 if TYPE_CHECKING:
+    from .backends import Backend
     from .expr import Facts, Selector
     from .mail import Mailer
     from .model import (
@@ -117,6 +120,45 @@ class Project:
         """Read the workbook if it changed since the last read; returns warnings. Raises
         WorkbookError unless `keep_last_good` and a good workbook was read before."""
         return self._rec.load(keep_last_good=keep_last_good)
+
+    # ------------------------------------------------------------ clusters
+    def backend(self, cluster: str) -> Backend:
+        """The backend of a cluster (any kind: every one offers the same operations). The
+        local cluster needs no workbook; another loads it if it was not read yet."""
+        if cluster in ("", "local") and (self.workbook is None or "local" not in
+                                         {c.name for c in self.workbook.clusters}):
+            from .backends import make_backend
+
+            return make_backend(Cluster(name="local"), str(self.directory))
+        if self.workbook is None:
+            self.load()
+        return self._rec.backend(cluster)
+
+    def resources(self, cluster: str | None = None) -> list[ClusterResources]:
+        """What each cluster (or the one named) has free, one round trip each; a cluster
+        that cannot be asked comes back with its `error` set."""
+        if self.workbook is None:
+            self.load()
+        assert self.workbook is not None
+        names = [c.name for c in self.workbook.clusters]
+        if cluster and cluster not in names:
+            raise NeroError(f"no cluster {cluster!r}; clusters defined: {', '.join(names)}")
+        found = []
+        for name in [cluster] if cluster else names:
+            try:
+                found.append(self.backend(name).resources())
+            except NeroError as e:
+                c = self.workbook.cluster(name)
+                found.append(ClusterResources(cluster=name, kind=c.kind.value, host=c.host, error=str(e)))
+        return found
+
+    def live_counts(self) -> dict[str, int]:
+        """How many of nero's runs are live (or being submitted) per cluster."""
+        live: dict[str, int] = {}
+        for r in self._rec.store.snapshot().values():
+            if r.state.live or r.intent:
+                live[r.cluster] = live.get(r.cluster, 0) + 1
+        return live
 
     # ------------------------------------------------------------ plan and reconcile
     def plan(self, prune: bool = False) -> Plan:

@@ -44,7 +44,7 @@ from .model import (
     Update,
     Workbook,
 )
-from .paths import ClusterPaths, ProjectPaths, run_folder
+from .paths import ClusterPaths, ProjectPaths
 from .plan import plan as make_plan
 from .render import render_command, render_template
 from .spec import expand
@@ -261,7 +261,8 @@ class Reconciler:
             if watch.next_poll > now:
                 continue  # an idle remote cluster: polled with back-off
             try:
-                statuses = self.backend(cluster).poll([self._handle(r) for r in recs])
+                backend = self.backend(cluster)
+                statuses = backend.poll([self._handle(r) for r in recs])
             except NeroError as e:
                 report.warnings.append(f"{e}; its runs keep their state")
                 continue
@@ -278,7 +279,7 @@ class Reconciler:
                     changed = True
                 updates.append(u)
                 report.events.extend(u.events)
-            if self._cluster(cluster).kind is not ClusterKind.LOCAL:
+            if backend.remote:  # polling costs a round trip: an idle cluster is polled less often
                 watch.polled(now, changed)
         if updates:
             self.store.apply(updates)
@@ -294,7 +295,7 @@ class Reconciler:
         """Reach each cluster that has work this pass (live runs, runs to submit); note the
         ones that are unreachable or short of disk (Settings min_free_disk): no new runs
         go there this pass, and the warning says why and what to do."""
-        from .backends.remote import size_mb
+        from .backends.client import size_mb
 
         assert self.workbook is not None
         wanted = self._wanted_clusters()
@@ -503,13 +504,8 @@ class Reconciler:
         return str(wd if wd.is_absolute() else (self.project_dir / wd).resolve())
 
     def run_dir(self, spec: RunSpec, cluster: str, attempt: int) -> str:
-        c = self._cluster(cluster)
-        if c.kind is not ClusterKind.LOCAL:  # a path on the cluster (its workdir, resolved there)
-            return ClusterPaths(str(self.backend(cluster).run_root())).run(spec.experiment, spec.key, attempt)
-        base = Path(os.path.expanduser(c.workdir)) if c.workdir else ProjectPaths(self.project_dir).runs
-        if not base.is_absolute():
-            base = self.project_dir / base
-        return run_folder(str(base), spec.experiment, spec.key, attempt)
+        """The attempt's run folder: a path on the cluster, below its run root."""
+        return ClusterPaths(self.backend(cluster).run_root()).run(spec.experiment, spec.key, attempt)
 
     def _cluster(self, name: str) -> Cluster:
         assert self.workbook is not None
@@ -540,19 +536,8 @@ class Reconciler:
         """Where the run's command runs, and the code to ship there. On a remote cluster a
         local workdir is shipped (once per content hash) and the job runs in the copy; a
         workdir that does not exist here names a folder on the cluster, used as it is."""
-        local = self.workdir(spec)
-        if c.kind is ClusterKind.LOCAL:
-            return local, None
-        from .backends.code import snapshot
-        from .backends.remote import RemoteBackend
-
-        backend = self.backend(c.name)
-        if not isinstance(backend, RemoteBackend):
-            return local, None
-        if Path(local).is_dir():
-            snap = snapshot(local, c.name, exclude=(str(self.workbook_path), str(self.results_path())))
-            return backend.code_dir(snap.hash), snap
-        return backend.remote_path(spec.workdir), None
+        return self.backend(c.name).ship_code(self.workdir(spec), spec.workdir,
+                                              exclude=(str(self.workbook_path), str(self.results_path())))
 
     # ------------------------------------------------------------ results
     def results_input(self, plan: Plan | None = None) -> ResultsInput:

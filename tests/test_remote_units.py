@@ -13,14 +13,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.backends import code as codeship
-from orchestrator.backends.remote import (
-    AgentReply,
-    SchedState,
-    decode_reply,
-    job_name,
-    parse_nvidia_smi,
-    size_mb,
-)
+from orchestrator.backends.client import SchedState, job_name, parse_nvidia_smi, size_mb
 from orchestrator.backends.sge import (
     parse_qacct,
     parse_qacct_names,
@@ -43,6 +36,7 @@ from orchestrator.backends.slurm import (
     parse_squeue,
 )
 from orchestrator.backends.ssh import SshBackend
+from orchestrator.backends.wire import AgentReply, decode_reply
 from orchestrator.model import Cluster, ClusterKind, Handle, JobScript, Offsets
 from orchestrator.render import render_template
 
@@ -314,8 +308,44 @@ def test_agent_on_this_machine_submits_polls_adopts_and_cancels_detached_jobs(tm
     _wait(lambda: not b.poll([handles[1]])[0].alive)
 
 
+def test_every_kind_of_backend_implements_the_whole_protocol(tmp_path: Path):
+    from orchestrator.backends import Backend, make_backend
+
+    members = [m for m in dir(Backend) if not m.startswith("_")] + list(Backend.__annotations__)
+    for kind in ClusterKind:
+        b = make_backend(Cluster(kind.value, kind, host="" if kind is ClusterKind.LOCAL else "h"), str(tmp_path))
+        assert [m for m in members if not hasattr(b, m)] == [], kind
+        assert b.remote is (kind is not ClusterKind.LOCAL)
+
+
+def test_local_backend_runs_the_agents_operations_in_process(tmp_path: Path):
+    """Local jobs: detached processes started, polled, read, adopted and cancelled by the
+    agent's own operations, in this process (no shell, no round trip), and reaped."""
+    from orchestrator.backends import make_backend
+    from orchestrator.backends.agent import SPAWNED
+
+    b = make_backend(Cluster("local"), str(tmp_path))
+    root = b.run_root()
+    assert root == str(tmp_path / "runs") and b.ship_code(str(tmp_path), "") == (str(tmp_path), None)
+    body = 'echo $$ > pid; printf \'{"host": "h", "time": 1}\\n\' > started\necho "step=1 loss=0.5" >> stdout.log\n'
+    jobs = [JobScript("fast", 1, f"{root}/fast", body + "echo 0 > exit_code\n", "{}", "local", "c"),
+            JobScript("slow", 1, f"{root}/slow", body + "sleep 60\n", "{}", "local", "c")]
+    subs = b.submit(jobs)
+    assert all(s.job_id.isdigit() and not s.error for s in subs)
+    handles = [Handle(s.key, 1, s.job_id, j.run_dir, Offsets()) for s, j in zip(subs, jobs, strict=True)]
+    st = _wait(lambda: (lambda r: r if r[0].exit_code == 0 and r[1].stdout else None)(b.poll(handles)))
+    assert st[0].stdout == b"step=1 loss=0.5\n" and not st[0].alive and st[1].alive
+    assert b.read_output(jobs[0].run_dir, "stdout.log", tail=5).data == b"=0.5\n"
+    assert b.read_output(jobs[0].run_dir, "stdout.log", offset=5).ended
+    found = b.adopt([Handle("slow", 1, "", jobs[1].run_dir, Offsets())])
+    assert found["slow"].job_id == subs[1].job_id
+    assert b.cancel([handles[1]]) == {}
+    _wait(lambda: not b.poll([handles[1]])[0].alive)
+    assert not [p for p in SPAWNED if p.pid in {int(s.job_id) for s in subs}]  # reaped: no zombie left
+
+
 def test_agent_bounds_the_bytes_read_per_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import orchestrator.backends.remote as remote
+    import orchestrator.backends.client as remote
 
     work = tmp_path / "w"
     d = work / "big"

@@ -1,30 +1,62 @@
-"""Backends: how jobs reach a cluster. One interface for every kind of cluster.
-
-A backend is pure command builders and output parsers plus a thin class that connects
-them to a shell. `poll` reads every live job of its cluster in one go and is never asked
-about finished jobs again; `submit` takes all of a pass's new jobs at once.
+"""Backends: how jobs reach a cluster. One protocol, `Backend`, for every kind of cluster;
+reconcile.py and the CLI use only it and never ask which kind they hold.
 
     local   detached bash processes on this machine            local.py
     ssh     detached bash processes on a server, over SSH      ssh.py
     slurm   sbatch / job arrays, squeue + sacct, scancel       slurm.py
     sge     qsub, qstat + qacct, qdel                          sge.py
 
-The remote kinds share `remote.py` (nero's agent, one round trip per operation),
-`connection.py` (the SSH connection: fabric, host keys checked) and `code.py` (the
-workdir shipped once per content hash). Backends know nothing of the workbook but their
+Every kind is an `AgentBackend` (`client.py`): each operation is one request to nero's
+agent (`agent.py`, stdlib Python), sent over the cluster's connection (`wire.py` frames
+it; `shell.py` runs it here, `connection.py` over SSH with fabric, host keys checked) or,
+for the local cluster, run in nero's own process. `code.py` picks and packs the workdir
+files shipped once per content hash. Backends know nothing of the workbook but their
 Cluster.
+
+The `Backend` protocol:
+
+    cluster              the Clusters sheet's row
+    remote               True: each operation is a round trip to another machine (an idle
+                         cluster is polled with back-off; `nero logs -f` reads less often)
+    connect()            reach the cluster now; BackendError if it cannot be reached
+    capacity()           how many jobs may be live at once
+    run_root()           where its run folders go (absolute, on the cluster)
+    free_disk_mb()       free space there, as last seen (None: unknown)
+    ship_code(local, setting, exclude)
+                         where a run whose workdir is `local` here runs there, and the
+                         code snapshot `submit` ships with it (None: nothing to ship)
+    submit(jobs)         create each job's run folder, write its files, start it; all of
+                         a pass's jobs at once
+    poll(handles)        status and appended output of every given live job, in one go;
+                         a finished job is never asked about again
+    adopt(handles)       after a crash between submitting and recording: the jobs that
+                         exist, by run key
+    cancel(handles)      ask jobs to stop; run key → error for those it could not ask
+    read_output(run_dir, name, offset=, tail=, limit=)
+                         bytes of one output file of a run (`nero logs`)
+    resources()          queues and free slots, GPUs, RAM, load, free disk (`nero resources`)
+    close()              drop the connection
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Protocol
 
-from ..model import Cluster, ClusterKind, ClusterResources, Handle, JobScript, JobStatus, Submission
-from .remote import job_name
+from ..model import (
+    Cluster,
+    ClusterKind,
+    ClusterResources,
+    CodeSnapshot,
+    Handle,
+    JobScript,
+    JobStatus,
+    OutputChunk,
+    Submission,
+)
+from .client import job_name
 
-__all__ = ["Backend", "make_backend", "job_name", "DEFAULT_TEMPLATES"]
+__all__ = ["DEFAULT_TEMPLATES", "Backend", "job_name", "make_backend"]
 
 DEFAULT_TEMPLATES = {
     ClusterKind.LOCAL: "local.sh.j2",
@@ -35,36 +67,50 @@ DEFAULT_TEMPLATES = {
 
 
 class Backend(Protocol):
+    """What nero asks of a cluster (see the module docstring)."""
+
     cluster: Cluster
+    remote: bool
 
-    def submit(self, jobs: Sequence[JobScript]) -> list[Submission]:
-        """Create each job's run directory, write its files and start it."""
-
-    def adopt(self, handles: Sequence[Handle]) -> dict[str, Submission]:
-        """After a crash between submitting and recording: the jobs that exist, by run key."""
-
-    def poll(self, handles: Sequence[Handle]) -> list[JobStatus]:
-        """Status and appended output of every given live job, in one round trip."""
-
-    def cancel(self, handles: Sequence[Handle]) -> dict[str, str]:
-        """Ask jobs to stop; returns run key → error for those that could not be asked."""
+    def connect(self) -> object:
+        """Reach the cluster now (once, then as needed); BackendError if it cannot be reached."""
 
     def capacity(self) -> int:
         """How many jobs may be live at once (max_jobs, else the cluster's default)."""
 
-    def connect(self) -> object:
-        """Reach the cluster now (a no-op for local); BackendError if it cannot be reached."""
-
-    def run_root(self) -> str | Path:
-        """Where this cluster's run directories go (on the cluster; absolute)."""
+    def run_root(self) -> str:
+        """Where this cluster's run folders go (on the cluster; absolute)."""
 
     def free_disk_mb(self) -> float | None:
-        """Free space where the cluster's run directories go, as last seen (None: unknown)."""
+        """Free space where the cluster's run folders go, as last seen (None: unknown)."""
+
+    def ship_code(self, local: str, setting: str, exclude: Sequence[str] = ()) -> tuple[str, CodeSnapshot | None]:
+        """Where a run whose workdir is `local` on this machine (`setting` as the sheet
+        wrote it) runs on the cluster, and the snapshot of its files that `submit` ships
+        there (None: nothing to ship). `exclude`: files never shipped (the workbooks)."""
+
+    def submit(self, jobs: Sequence[JobScript]) -> list[Submission]:
+        """Create each job's run folder, write its files and start it."""
+
+    def poll(self, handles: Sequence[Handle]) -> list[JobStatus]:
+        """Status and appended output of every given live job, in one round trip."""
+
+    def adopt(self, handles: Sequence[Handle]) -> dict[str, Submission]:
+        """After a crash between submitting and recording: the jobs that exist, by run key."""
+
+    def cancel(self, handles: Sequence[Handle]) -> dict[str, str]:
+        """Ask jobs to stop; returns run key → error for those that could not be asked."""
+
+    def read_output(self, run_dir: str, name: str, *, offset: int = 0, tail: int | None = None,
+                    limit: int = 8 << 20) -> OutputChunk:
+        """One output file of a run folder (`stdout.log`, …): its last `tail` bytes, or up
+        to `limit` bytes from `offset`, with its size and whether the job has ended."""
 
     def resources(self) -> ClusterResources:
         """Queues and free slots, GPUs, RAM, load and free disk (`nero resources`)."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Drop the connection (jobs keep running)."""
 
 
 def make_backend(cluster: Cluster, project_dir: str) -> Backend:

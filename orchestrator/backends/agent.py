@@ -1,10 +1,11 @@
 # ruff: noqa: UP004, UP024, UP031, B905
 """nero's agent: the small program nero runs on a cluster's login node (or SSH host) to
 do one request per round trip. nero is not installed there: this file's source is sent
-on stdin with every call (`remote.BOOTSTRAP` reads and runs it), so it uses only the
+on stdin with every call (`wire.BOOTSTRAP` reads and runs it), so it uses only the
 standard library of Python >= 3.6 and knows nothing of workbooks or schedulers.
 The scheduler commands it runs and the parsing of their output are nero's (slurm.py,
-sge.py); the agent only runs what it is given and reads and writes files.
+sge.py); the agent only runs what it is given and reads and writes files. The local
+cluster runs the same operations in nero's own process (`wire.serve_in_process`).
 
 stdin:  <n>\\n<this source> <m>\\n<zlib(JSON request)> <payload bytes: code archives>
 stdout: NERO-AGENT/1 <header length> <blob length>\\n<JSON header><blobs>
@@ -44,9 +45,24 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
+__all__ = ["OPS", "SPAWNED", "Reply", "disk_free_mb", "main", "serve"]
+
 MAGIC = b"NERO-AGENT/1"
+# nero's folder and lock below a workdir: orchestrator/paths.py names them on nero's side;
+# this file is shipped alone, so it repeats them
+NERO_DIR = ".nero"
+SUBMIT_LOCK = "submit.lock"
 HOME = os.path.expanduser("~")
-USER = getpass.getuser()
+
+
+def _user():
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name (a container's uid without a passwd entry)
+        return str(os.getuid())
+
+
+USER = _user()
 STATUS_FILES = ("started", "exit_code", "heartbeat", "pid", "job_id")
 OUTPUTS = ("stdout.log", "stderr.log", "metrics.jsonl", "resources.jsonl")
 TAIL = 4096
@@ -175,10 +191,10 @@ class Lock(object):
     """The workdir's submit lock: a submission and an adoption never overlap."""
 
     def __init__(self, workdir, wait=300):
-        d = os.path.join(workdir, ".nero")
+        d = os.path.join(workdir, NERO_DIR)
         if not os.path.isdir(d):
             os.makedirs(d)
-        self.f = open(os.path.join(d, "submit.lock"), "a")
+        self.f = open(os.path.join(d, SUBMIT_LOCK), "a")
         end = time.time() + wait
         while True:
             try:
@@ -186,7 +202,7 @@ class Lock(object):
                 return
             except (IOError, OSError):
                 if time.time() > end:
-                    raise RuntimeError("another nero holds %s/submit.lock" % d) from None
+                    raise RuntimeError("another nero holds %s/%s" % (d, SUBMIT_LOCK)) from None
                 time.sleep(0.1)
 
     def release(self):
@@ -240,17 +256,23 @@ def unpack(stream, target):
         shutil.rmtree(tmp, ignore_errors=True)  # another submission put it there first
 
 
-# ------------------------------------------------------------------------- operations
-def op_hello(req, inp, reply):
-    workdir = path(req.get("workdir") or "nero")
-    for d in (workdir, os.path.join(workdir, ".nero")):
-        if not os.path.isdir(d):
-            os.makedirs(d)
+def run_all(commands, reply):
+    """Run configuration or queue commands one after the other; their outputs as blobs."""
     outputs = []
-    for argv in req.get("commands", []):
+    for argv in commands:
         r = run(subst(argv), timeout=60)
         r["out"] = reply.blob(r["out"])
         outputs.append(r)
+    return outputs
+
+
+# ------------------------------------------------------------------------- operations
+def op_hello(req, inp, reply):
+    workdir = path(req.get("workdir") or "nero")
+    for d in (workdir, os.path.join(workdir, NERO_DIR)):
+        if not os.path.isdir(d):
+            os.makedirs(d)
+    outputs = run_all(req.get("commands", []), reply)
     reply.header.update({
         "home": HOME, "user": USER, "host": socket.gethostname(), "cpus": os.cpu_count(),
         "workdir": workdir, "disk_free_mb": disk_free_mb(workdir),
@@ -366,6 +388,11 @@ def _job_id(out):
     return m.group(1).split(".")[0] if m else ""
 
 
+# processes started by `spawn` units: a long-lived caller that runs these operations in
+# its own process (the local cluster) reaps them as they end
+SPAWNED = []
+
+
 def _submit_unit(unit):
     for p, text in unit.get("files", {}).items():
         parent = os.path.dirname(p)
@@ -381,6 +408,7 @@ def _submit_unit(unit):
                                      close_fds=True, env=env, start_new_session=True)
         except OSError as e:
             return {"rc": 126, "out": "", "err": "cannot start %s: %s" % (unit["argv"][0], e), "ids": []}
+        SPAWNED.append(p)
         ids = [str(p.pid)]
         result = {"rc": 0, "out": str(p.pid), "err": "", "ids": ids}
     else:
@@ -390,9 +418,13 @@ def _submit_unit(unit):
         if jid:
             ids = ["%s_%d" % (jid, i) for i in range(len(unit["runs"]))] if unit.get("array") else [jid]
         result = {"rc": r["rc"], "out": r["out"].decode("utf-8", "replace")[-2000:], "err": r["err"], "ids": ids}
-    pairs = list(zip(unit["runs"], ids))
-    with ThreadPoolExecutor(8 if len(pairs) > 8 else 1) as pool:  # read by adopt only under the submit lock
-        list(pool.map(lambda dj: write_new(os.path.join(dj[0], "job_id"), dj[1] + "\n"), pairs))
+    pairs = list(zip(unit["runs"], ids))  # read by adopt only under the submit lock
+    if len(pairs) > 8:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda dj: write_new(os.path.join(dj[0], "job_id"), dj[1] + "\n"), pairs))
+    else:
+        for d, jid in pairs:
+            write_new(os.path.join(d, "job_id"), jid + "\n")
     return result
 
 
@@ -513,8 +545,10 @@ def op_cancel(req, inp, reply):
         units.append(r)
     kills = []
     for k in req.get("kill", []):
-        pid = int(k["pid"])
-        if not process_alive(pid, k["dir"]):
+        # a job adopted before it recorded its id: the pid its script wrote
+        text = (k.get("pid") or read_small(os.path.join(k["dir"], "pid")) or "").strip()
+        pid = int(text) if text.isdigit() else 0
+        if not pid or not process_alive(pid, k["dir"]):
             kills.append("")
             continue
         try:
@@ -547,11 +581,7 @@ def op_resources(req, inp, reply):
         r = run(["nvidia-smi", "--query-gpu=index,name,memory.used,memory.total,utilization.gpu",
                  "--format=csv,noheader,nounits"], timeout=30)
         gpus = r["out"].decode("utf-8", "replace") if r["rc"] == 0 else None
-    outputs = []
-    for argv in req.get("commands", []):
-        r = run(subst(argv), timeout=60)
-        r["out"] = reply.blob(r["out"])
-        outputs.append(r)
+    outputs = run_all(req.get("commands", []), reply)
     reply.header.update({
         "host": socket.gethostname(), "cpus": os.cpu_count(), "load": load,
         "mem_total_mb": mem.get("MemTotal"), "mem_available_mb": mem.get("MemAvailable"),
@@ -584,19 +614,26 @@ OPS = {"hello": op_hello, "poll": op_poll, "submit": op_submit, "adopt": op_adop
        "resources": op_resources, "read": op_read}
 
 
-def main():
-    inp = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else sys.stdin
+def serve(req, inp):
+    """One request (None: read it from `inp` first): its operation's reply, or the error
+    it raised, which nero reports."""
     reply = Reply()
     try:
-        n = int(inp.readline())
-        req = json.loads(zlib.decompress(inp.read(n)).decode("utf-8"))
+        if req is None:
+            n = int(inp.readline())
+            req = json.loads(zlib.decompress(inp.read(n)).decode("utf-8"))
         OPS[req["op"]](req, inp, reply)
         reply.header["ok"] = True
     except Exception as e:  # noqa: BLE001 - everything goes back to nero
         reply.header["ok"] = False
         reply.header["error"] = "%s: %s" % (type(e).__name__, e)
+    return reply
+
+
+def main():
+    inp = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else sys.stdin
     out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else sys.stdout
-    reply.write(out)
+    serve(None, inp).write(out)
 
 
 if __name__ in ("__main__", "nero_agent"):

@@ -24,9 +24,12 @@ from pathlib import Path
 
 from ..errors import BackendError
 from ..model import CodeSnapshot
+from ..paths import NERO_DIR
+
+__all__ = ["INCLUDE_FILE", "MAX_BYTES", "MAX_FILES", "archive", "list_files", "snapshot"]
 
 INCLUDE_FILE = ".neroinclude"
-SKIP_DIRS = frozenset({".git", ".hg", ".svn", ".nero", "runs", "__pycache__", ".venv", "venv", "env",
+SKIP_DIRS = frozenset({".git", ".hg", ".svn", NERO_DIR, "runs", "__pycache__", ".venv", "venv", "env",
                        "node_modules", ".ipynb_checkpoints", ".mypy_cache", ".pytest_cache", ".ruff_cache",
                        ".tox", "wandb", "mlruns"})
 SKIP_SUFFIXES = (".pyc", ".pyo", ".tmp", ".swp")
@@ -55,7 +58,7 @@ def _git_files(root: Path) -> list[str] | None:
 def _walk(root: Path) -> list[str]:
     files = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith(".nero"))
+        dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith(NERO_DIR))
         for f in filenames:
             if f.endswith(SKIP_SUFFIXES) or f.startswith("~$") or f.startswith(".~lock."):
                 continue

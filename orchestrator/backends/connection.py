@@ -29,6 +29,8 @@ from ..errors import BackendError
 from ..model import Cluster
 from .shell import Completed
 
+__all__ = ["SshShell", "ssh_config_path"]
+
 CONNECT_TIMEOUT_S = 15.0
 KEEPALIVE_S = 30
 BACKOFF_S = (2, 4, 8, 16, 32, 60)

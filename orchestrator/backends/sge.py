@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..model import ClusterKind, Handle, JobScript, QueueInfo
-from .remote import AgentReply, RemoteBackend, SchedState
+from .client import AgentBackend, SchedState, Units, one_unit_per_job
+
+__all__ = ["QACCT", "QSTAT", "SgeBackend", "parse_qacct", "parse_qacct_names", "parse_qstat_g_c", "parse_qstat_names",
+           "parse_qstat_xml"]
 
 QSTAT = ["qstat", "-xml", "-u", "{user}"]
 QACCT = ["qacct", "-j", "{id}"]
@@ -25,14 +28,19 @@ QSTAT_G = ["qstat", "-g", "c"]
 DEFAULT_CAPACITY = 2000
 
 
-def parse_qstat_xml(text: str) -> dict[str, SchedState]:
-    """`qstat -xml` → job id (array tasks `id.task`) → state; `E` (error) states end a job."""
-    out: dict[str, SchedState] = {}
+def _qstat_jobs(text: str) -> Iterator[ET.Element]:
+    """The `job_list` elements of `qstat -xml` output (none if it does not parse)."""
     try:
         root = ET.fromstring(text.strip() or "<job_info/>")
     except ET.ParseError:
-        return out
-    for job in root.iter("job_list"):
+        return iter(())
+    return root.iter("job_list")
+
+
+def parse_qstat_xml(text: str) -> dict[str, SchedState]:
+    """`qstat -xml` → job id (array tasks `id.task`) → state; `E` (error) states end a job."""
+    out: dict[str, SchedState] = {}
+    for job in _qstat_jobs(text):
         jid = (job.findtext("JB_job_number") or "").strip()
         if not jid:
             continue
@@ -47,12 +55,9 @@ def parse_qstat_xml(text: str) -> dict[str, SchedState]:
 
 
 def parse_qstat_names(text: str) -> dict[str, list[str]]:
+    """`qstat -xml` → job name → job ids."""
     out: dict[str, list[str]] = {}
-    try:
-        root = ET.fromstring(text.strip() or "<job_info/>")
-    except ET.ParseError:
-        return out
-    for job in root.iter("job_list"):
+    for job in _qstat_jobs(text):
         jid = (job.findtext("JB_job_number") or "").strip()
         name = (job.findtext("JB_name") or "").strip()
         if jid and name:
@@ -75,15 +80,21 @@ def _h_rt_seconds(category: str) -> float | None:
     return secs
 
 
-def parse_qacct(text: str) -> dict[str, SchedState]:
-    """`qacct -j ID` (one or more records) → job id → final state."""
-    out: dict[str, SchedState] = {}
+def _qacct_records(text: str) -> Iterator[dict[str, str]]:
+    """The records of `qacct -j` output (separated by lines of `=`), as field → value."""
     for record in re.split(r"^=+\s*$", text, flags=re.M):
         fields: dict[str, str] = {}
         for line in record.splitlines():
             k, _, v = line.partition(" ")
             if k:
                 fields[k.strip()] = v.strip()
+        yield fields
+
+
+def parse_qacct(text: str) -> dict[str, SchedState]:
+    """`qacct -j ID` (one or more records) → job id → final state."""
+    out: dict[str, SchedState] = {}
+    for fields in _qacct_records(text):
         jid = fields.get("jobnumber", "")
         if not jid.isdigit():
             continue
@@ -110,12 +121,9 @@ def parse_qacct(text: str) -> dict[str, SchedState]:
 
 
 def parse_qacct_names(text: str) -> dict[str, list[str]]:
+    """`qacct -j NAME` → job name → job ids."""
     out: dict[str, list[str]] = {}
-    for record in re.split(r"^=+\s*$", text, flags=re.M):
-        fields = {}
-        for line in record.splitlines():
-            k, _, v = line.partition(" ")
-            fields[k.strip()] = v.strip()
+    for fields in _qacct_records(text):
         if fields.get("jobnumber", "").isdigit() and fields.get("jobname"):
             out.setdefault(fields["jobname"], []).append(fields["jobnumber"])
     return out
@@ -131,65 +139,31 @@ def parse_qstat_g_c(text: str) -> tuple[QueueInfo, ...]:
     return tuple(out)
 
 
-class SgeBackend(RemoteBackend):
+class SgeBackend(AgentBackend):
     kind = ClusterKind.SGE
     tools = ("qsub", "qstat", "qdel")
     default_capacity = DEFAULT_CAPACITY
+    cancel_command = ("qdel",)
+    cancel_refused = re.compile(r"not (?:the )?owner|permission denied|not allowed", re.I)  # not `denied: no such job`
+    listing_hint = "is sge_qmaster up and SGE_ROOT set for non-interactive logins? runs keep their state"
 
-    def units(self, jobs: Sequence[JobScript], root: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-        import json
-
-        units, extras = [], {}
-        for j in jobs:
-            units.append({"kind": "cmd", "argv": ["qsub", "-terse", "job.sh"], "cwd": j.run_dir, "runs": [j.run_dir]})
-            extras[j.run_dir] = {"files": {"submit.json": json.dumps({"job_name": j.job_name})}}
-        return units, extras
+    def units(self, jobs: Sequence[JobScript], root: str) -> Units:
+        return one_unit_per_job(jobs, "cmd", ["qsub", "-terse", "job.sh"])
 
     def query(self, handles: Sequence[Handle]) -> dict[str, Any]:
         return {"list": QSTAT, "present": r"<JB_job_number>(\d+)</JB_job_number>", "detail": [QACCT]}
 
-    def states(self, reply: AgentReply) -> dict[str, SchedState]:
-        from ..errors import BackendError
+    def parse_listing(self, text: str) -> dict[str, SchedState]:
+        return parse_qstat_xml(text)
 
-        sched = reply.header.get("scheduler", {})
-        lst = sched.get("list") or {}
-        if lst.get("rc") != 0:
-            raise BackendError(self.cluster.name, f"qstat failed (exit code {lst.get('rc')}): "
-                               f"{(lst.get('err') or '').strip()[-300:]}",
-                               "is sge_qmaster up and SGE_ROOT set for non-interactive logins? runs keep their state")
-        states = parse_qstat_xml(reply.text(lst.get("out")))
-        for d in sched.get("details", []):
-            if d.get("rc") == 0:
-                for jid, st in parse_qacct(reply.text(d.get("out"))).items():
-                    states.setdefault(jid, st)
-        return states
+    def parse_detail(self, text: str, alt: int, rc: int) -> dict[str, SchedState]:
+        return parse_qacct(text) if rc == 0 else {}
 
     def adopt_query(self) -> tuple[list[str], list[str]]:
         return QSTAT, QACCT_NAME
 
-    def adopt_names(self, reply: AgentReply) -> dict[str, list[str]]:
-        sched = reply.header.get("scheduler", {})
-        names = parse_qstat_names(reply.text((sched.get("list") or {}).get("out")))
-        for d in sched.get("details", []):
-            if d.get("rc") == 0:
-                for name, ids in parse_qacct_names(reply.text(d.get("out"))).items():
-                    names.setdefault(name, []).extend(ids)
-        return names
-
-    def cancel_request(self, handles: Sequence[Handle]) -> dict[str, Any]:
-        ids = [h.job_id for h in handles if h.job_id]
-        return {"commands": [["qdel", *ids[k:k + 500]] for k in range(0, len(ids), 500)]}
-
-    def cancel_errors(self, handles: Sequence[Handle], req: dict[str, Any], reply: AgentReply) -> dict[str, str]:
-        errors = {}
-        for res in reply.header.get("commands", []):
-            text = f"{res.get('err', '')} {res.get('out', '')}"
-            if res.get("rc") == 0 or not re.search(r"not (?:the )?owner|permission denied|not allowed", text, re.I):
-                continue
-            for h in handles:
-                if h.job_id and h.job_id in text:
-                    errors[h.key] = f"qdel {h.job_id}: {text.strip()[-200:]}"
-        return errors
+    def parse_names(self, text: str, detail: bool) -> dict[str, list[str]]:
+        return parse_qacct_names(text) if detail else parse_qstat_names(text)
 
     def resource_commands(self) -> list[list[str]]:
         return [QSTAT_G]

@@ -16,6 +16,8 @@ from typing import Protocol
 
 from ..errors import BackendError
 
+__all__ = ["Completed", "LocalShell", "Shell"]
+
 
 @dataclass(frozen=True)
 class Completed:

@@ -25,8 +25,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..model import Cluster, ClusterKind, Handle, JobScript, QueueInfo
-from .remote import AgentReply, HostInfo, RemoteBackend, SchedState, job_name
+from ..paths import ClusterPaths
+from .client import AgentBackend, HostInfo, SchedState, Units, one_unit_per_job
 from .shell import Shell
+
+__all__ = ["SACCT", "SCONTROL", "SQUEUE", "SlurmBackend", "array_script", "batch_name", "expand_array_id", "group",
+           "header", "parse_config", "parse_exit_code", "parse_limit", "parse_names", "parse_sacct", "parse_scontrol",
+           "parse_sinfo", "parse_squeue"]
 
 FINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
                    "BOOT_FAIL", "DEADLINE", "REVOKED"})
@@ -217,10 +222,13 @@ def batch_name(dirs: Sequence[str]) -> str:
     return "nero-batch-" + hashlib.sha1("\n".join(dirs).encode()).hexdigest()[:12]
 
 
-class SlurmBackend(RemoteBackend):
+class SlurmBackend(AgentBackend):
     kind = ClusterKind.SLURM
     tools = ("sbatch", "squeue", "scancel")
     default_capacity = DEFAULT_CAPACITY
+    listing_hint = "is slurmctld up? `squeue` on the login node should answer; runs keep their state"
+    cancel_command = ("scancel",)
+    cancel_refused = re.compile(r"denied|not permitted|access", re.I)
 
     def __init__(self, cluster: Cluster, project_dir: str, shell: Shell | None = None, arrays: bool = True):
         super().__init__(cluster, project_dir, shell)
@@ -248,18 +256,17 @@ class SlurmBackend(RemoteBackend):
     def site_capacity(self) -> int | None:
         return min(self.site_limit, DEFAULT_CAPACITY) if self.site_limit else None
 
-    def units(self, jobs: Sequence[JobScript], root: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    def units(self, jobs: Sequence[JobScript], root: str) -> Units:
         units, extras = [], {}
         for g in group(jobs, self.max_array) if self.arrays else [[j] for j in jobs]:
             if len(g) == 1:
-                j = g[0]
-                units.append({"kind": "cmd", "argv": ["sbatch", "--parsable", "job.sh"], "cwd": j.run_dir,
-                              "runs": [j.run_dir]})
-                extras[j.run_dir] = {"files": {"submit.json": json.dumps({"job_name": j.job_name})}}
+                one, extra = one_unit_per_job(g, "cmd", ["sbatch", "--parsable", "job.sh"])
+                units += one
+                extras.update(extra)
                 continue
             dirs = [j.run_dir for j in g]
             name = batch_name(dirs)
-            bdir = f"{root}/.nero/batches/{name}"
+            bdir = ClusterPaths(root).batch(name)
             units.append({"kind": "cmd", "argv": ["sbatch", "--parsable", f"{bdir}/array.sh"], "cwd": bdir,
                           "runs": dirs, "array": True,
                           "files": {f"{bdir}/tasks": "\n".join(dirs) + "\n",
@@ -273,58 +280,22 @@ class SlurmBackend(RemoteBackend):
     def query(self, handles: Sequence[Handle]) -> dict[str, Any]:
         return {"list": SQUEUE, "present": r"^(\S+?)\|", "detail": [SACCT, SCONTROL], "chunk": 300}
 
-    def states(self, reply: AgentReply) -> dict[str, SchedState]:
-        from ..errors import BackendError
+    def parse_listing(self, text: str) -> dict[str, SchedState]:
+        return parse_squeue(text)
 
-        sched = reply.header.get("scheduler", {})
-        lst = sched.get("list") or {}
-        if lst.get("rc") != 0:
-            raise BackendError(self.cluster.name, f"squeue failed (exit code {lst.get('rc')}): "
-                               f"{(lst.get('err') or '').strip()[-300:]}",
-                               "is slurmctld up? `squeue` on the login node should answer; runs keep their state")
-        states = parse_squeue(reply.text(lst.get("out")))
-        for d in sched.get("details", []):
-            if d.get("rc") != 0 and d.get("alt") == 0:
-                continue
-            text = reply.text(d.get("out"))
-            found = parse_sacct(text) if d.get("alt") == 0 else parse_scontrol(text)
-            for jid, st in found.items():
-                states.setdefault(jid, st)
-        return states
+    def parse_detail(self, text: str, alt: int, rc: int) -> dict[str, SchedState]:
+        if alt == 0:  # sacct: a failure means accounting is off; scontrol fails for each unknown id
+            return parse_sacct(text) if rc == 0 else {}
+        return parse_scontrol(text)
 
     def adopt_query(self) -> tuple[list[str], list[str]]:
         return SQUEUE_NAMES, SACCT_NAMES
 
-    def adopt_names(self, reply: AgentReply) -> dict[str, list[str]]:
-        sched = reply.header.get("scheduler", {})
-        names = parse_names(reply.text((sched.get("list") or {}).get("out")))
-        for d in sched.get("details", []):
-            if d.get("rc") == 0:
-                for name, ids in parse_names(reply.text(d.get("out"))).items():
-                    names.setdefault(name, []).extend(i for i in ids if i not in names.get(name, []))
-        return names
-
-    def cancel_request(self, handles: Sequence[Handle]) -> dict[str, Any]:
-        ids = [h.job_id for h in handles if h.job_id]
-        return {"commands": [["scancel", *ids[k:k + 500]] for k in range(0, len(ids), 500)]}
-
-    def cancel_errors(self, handles: Sequence[Handle], req: dict[str, Any], reply: AgentReply) -> dict[str, str]:
-        errors = {}
-        for res in reply.header.get("commands", []):
-            text = f"{res.get('err', '')} {res.get('out', '')}"
-            if res.get("rc") == 0 or not re.search(r"denied|not permitted|access", text, re.I):
-                continue  # already finished or unknown jobs are not errors
-            for h in handles:
-                if h.job_id and h.job_id in text:
-                    errors[h.key] = f"scancel {h.job_id}: {text.strip()[-200:]}"
-        return errors
+    def parse_names(self, text: str, detail: bool) -> dict[str, list[str]]:
+        return parse_names(text)
 
     def resource_commands(self) -> list[list[str]]:
         return [SINFO]
 
     def queues(self, outputs: list[tuple[int, str, str]]) -> tuple[QueueInfo, ...]:
         return parse_sinfo(outputs[0][1]) if outputs and outputs[0][0] == 0 else ()
-
-
-__all__ = ["SlurmBackend", "job_name", "parse_squeue", "parse_sacct", "parse_scontrol", "parse_names",
-           "parse_exit_code", "expand_array_id", "header", "group", "array_script"]

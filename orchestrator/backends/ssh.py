@@ -10,17 +10,19 @@ a grace period unless the job wrote its exit code.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from ..model import ClusterKind, Handle, JobScript
-from .remote import AgentReply, RemoteBackend
+from .client import AgentBackend, Units, one_unit_per_job
+from .wire import AgentReply
+
+__all__ = ["KILL_GRACE_S", "SshBackend"]
 
 KILL_GRACE_S = 15
 
 
-class SshBackend(RemoteBackend):
+class SshBackend(AgentBackend):
     kind = ClusterKind.SSH
     tools = ("bash",)
     default_capacity = 4
@@ -28,17 +30,12 @@ class SshBackend(RemoteBackend):
     def site_capacity(self) -> int | None:
         return self.info.cpus if self.info and self.info.cpus else None
 
-    def units(self, jobs: Sequence[JobScript], root: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
-        units, extras = [], {}
-        for j in jobs:
-            units.append({"kind": "spawn", "argv": ["bash", "job.sh"], "cwd": j.run_dir, "runs": [j.run_dir]})
-            extras[j.run_dir] = {"files": {"submit.json": json.dumps({"job_name": j.job_name})}}
-        return units, extras
+    def units(self, jobs: Sequence[JobScript], root: str) -> Units:
+        return one_unit_per_job(jobs, "spawn", ["bash", "job.sh"])
 
     def cancel_request(self, handles: Sequence[Handle]) -> dict[str, Any]:
-        return {"kill": [{"pid": h.job_id, "dir": h.run_dir, "grace": KILL_GRACE_S}
-                         for h in handles if h.job_id.isdigit()]}
+        # no job id (adopted before it recorded one): the agent reads the pid its script wrote
+        return {"kill": [{"pid": h.job_id, "dir": h.run_dir, "grace": KILL_GRACE_S} for h in handles]}
 
     def cancel_errors(self, handles: Sequence[Handle], req: dict[str, Any], reply: AgentReply) -> dict[str, str]:
-        with_pid = [h for h in handles if h.job_id.isdigit()]
-        return {h.key: err for h, err in zip(with_pid, reply.header.get("kill", []), strict=False) if err}
+        return {h.key: err for h, err in zip(handles, reply.header.get("kill", []), strict=False) if err}

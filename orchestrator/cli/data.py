@@ -13,7 +13,6 @@ from ..errors import NeroError
 from .console import console as _console
 from .console import escape
 from .group import WORKBOOK_OPTION, fail, main, open_project, select
-from .group import open_reconciler as _open
 
 __all__ = ["export", "plot", "resources"]
 
@@ -78,28 +77,12 @@ def resources(cluster: str | None, workbook: str | None, as_json: bool) -> None:
     Example: nero resources slurm -w demo"""
     import dataclasses
 
-    rec = _open(workbook)
-    try:
-        assert rec.workbook is not None
-        names = [c.name for c in rec.workbook.clusters]
-        if cluster and cluster not in names:
-            raise click.ClickException(f"no cluster {cluster!r}; clusters defined: {', '.join(names)}")
-        live: dict[str, int] = {}
-        for r in rec.store.snapshot().values():
-            if r.state.live or r.intent:
-                live[r.cluster] = live.get(r.cluster, 0) + 1
-        found = []
-        for name in [cluster] if cluster else names:
-            try:
-                res = rec.backend(name).resources()
-            except NeroError as e:
-                from ..model import ClusterResources
-
-                c = rec.workbook.cluster(name)
-                res = ClusterResources(cluster=name, kind=c.kind.value, host=c.host, error=str(e))
-            found.append(res)
-    finally:
-        rec.close()
+    with open_project(workbook) as project:
+        try:
+            found = project.resources(cluster)
+        except NeroError as e:
+            raise click.ClickException(str(e)) from None
+        live = project.live_counts()
     if as_json:
         click.echo(json.dumps([{**dataclasses.asdict(r), "nero_live": live.get(r.cluster, 0)} for r in found], indent=2))
         if any(r.error for r in found):

@@ -19,19 +19,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, TypeVar
+from typing import NoReturn
 
 import click
 
 from ..errors import NeroError
 from ..project import Candidate, Project
 
-if TYPE_CHECKING:
-    from ..reconcile import Reconciler
-
-_Opened = TypeVar("_Opened", "Project", "Reconciler")
-
-__all__ = ["WORKBOOK_ARG", "WORKBOOK_OPTION", "clock", "fail", "main", "open_project", "open_reconciler",
+__all__ = ["WORKBOOK_ARG", "WORKBOOK_OPTION", "clock", "fail", "main", "open_project",
            "resolve_workbook", "select", "warn", "workbook_and_selector"]
 
 WORKBOOK_ARG = click.argument("workbook", required=False, metavar="[WORKBOOK]")
@@ -92,7 +87,7 @@ def warn(message: str) -> None:
     click.echo(f"warning: {message}", err=True)
 
 
-def _loaded(opened: _Opened, keep_last_good: bool) -> _Opened:
+def _loaded(opened: Project, keep_last_good: bool) -> Project:
     """`opened` after reading its workbook (warnings printed); exits if it does not read."""
     try:
         for w in opened.load(keep_last_good=keep_last_good):
@@ -108,14 +103,6 @@ def open_project(workbook: str | Path | None, load: bool = True, keep_last_good:
     workbook is read (a workbook that does not read ends the command)."""
     project = Project(resolve_workbook(workbook), clock=clock())
     return _loaded(project, keep_last_good) if load else project
-
-
-def open_reconciler(workbook: str | None, keep_last_good: bool = False) -> Reconciler:
-    """A Reconciler with its workbook read, for `nero resources`, which still asks the
-    reconciler for its cluster backends (being reshaped with the backends)."""
-    from ..reconcile import Reconciler
-
-    return _loaded(Reconciler(resolve_workbook(workbook)), keep_last_good)
 
 
 def workbook_and_selector(args: tuple[str, ...], selector_required: bool = False) -> tuple[str | None, str | None]:

@@ -1,6 +1,7 @@
-"""Remote clusters, the shared part: every operation is one call of nero's agent
-(`agent.py`, stdlib Python on the login node), so one pass costs one round trip per
-cluster for polling and one for submitting, over one reused connection.
+"""`AgentBackend`: the one implementation of the `Backend` protocol. Every operation is
+one request to nero's agent (`agent.py`): on a remote cluster over a reused `Shell`
+connection, so one pass costs one round trip per cluster for polling and one for
+submitting; on the local cluster in nero's own process.
 
     hello   once per connection: home, workdir, free disk, tools, scheduler limits
     submit  one transfer: code archives (once per content hash) + every job's files
@@ -10,9 +11,12 @@ cluster for polling and one for submitting, over one reused connection.
     adopt   after a crash: job ids written in the run directories, else the scheduler's
             jobs by name
     cancel  one command for all jobs of the pass
+    read    one output file of a run (`nero logs`)
+    resources  CPUs, load, RAM, GPUs, free disk and the queues (`nero resources`)
 
-`RemoteBackend` is the thin class; the scheduler specifics (commands to build, output
-to parse) live in `slurm.py`, `sge.py` and `ssh.py` as pure functions and small hooks.
+The kinds (`local.py`, `ssh.py`, `slurm.py`, `sge.py`) say how jobs are submitted,
+listed, cancelled and found by name: scheduler commands to build and their output to
+parse, as pure functions and small hooks; the loops over the agent's replies live here.
 """
 
 from __future__ import annotations
@@ -21,11 +25,9 @@ import hashlib
 import json
 import re
 import time
-import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from ..model import (
     Cluster,
     ClusterKind,
     ClusterResources,
+    CodeSnapshot,
     GpuInfo,
     Handle,
     JobScript,
@@ -42,20 +45,27 @@ from ..model import (
     QueueInfo,
     Submission,
 )
+from ..paths import ClusterPaths
 from .shell import LocalShell, Shell
+from .wire import BOOTSTRAP, AgentReply, decode_reply, encode_request
 
-MAGIC = b"NERO-AGENT/1"
-BOOTSTRAP = "python3 -c 'import sys;b=sys.stdin.buffer;n=int(b.readline());exec(compile(b.read(n),\"nero_agent\",\"exec\"))'"
+__all__ = ["AgentBackend", "HostInfo", "SchedState", "Units", "job_name", "one_unit_per_job", "parse_nvidia_smi",
+           "size_mb"]
+
 PER_FILE_LIMIT = 8 * 1024 * 1024  # bytes read per output file per pass; the rest comes next pass
 PASS_BUDGET = 64 * 1024 * 1024  # bytes read per cluster per pass
 HELLO_REFRESH_S = 600.0
-UNKNOWN_HEARTBEAT_S = 60.0
+UNKNOWN_HEARTBEAT_S = 60.0  # a job the scheduler forgot is alive only while its heartbeat is this fresh
 # seconds of silence before a command counts as hung (a pass must not block for long)
 OP_TIMEOUT_S = {"hello": 60.0, "poll": 120.0, "adopt": 300.0, "cancel": 120.0, "resources": 60.0, "submit": 900.0,
-                "read": 60.0}  # a job the scheduler forgot is alive only while its heartbeat is this fresh
+                "read": 60.0}
 TRANSIENT = re.compile(r"unable to contact|socket timed out|temporarily unable|connection refused|timed out|"
                        r"try again|cannot reach|commlib error|unable to (?:connect|communicate)|"
                        r"slurm_persist_conn|qmaster", re.I)
+CANCEL_CHUNK = 500  # job ids per scancel / qdel command
+
+# submission units (commands or processes to start) and, per run directory, extra files/links
+Units = tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -66,48 +76,6 @@ def job_name(key: str, attempt: int, run_dir: str = "") -> str:
     base = re.sub(r"[^A-Za-z0-9_.-]+", "_", key).strip("._-")[:40] or "run"
     digest = hashlib.sha1(f"{key}\0{run_dir}".encode()).hexdigest()[:8]
     return f"nero-{base}-{digest}-a{attempt}"
-
-
-@lru_cache(maxsize=1)
-def agent_source() -> bytes:
-    return (Path(__file__).resolve().parent / "agent.py").read_bytes()
-
-
-def encode_request(request: dict[str, Any], payload: bytes = b"") -> bytes:
-    """stdin for BOOTSTRAP: the agent's source, then the compressed JSON request, then payload."""
-    src = agent_source()
-    body = zlib.compress(json.dumps(request, separators=(",", ":")).encode(), 6)
-    return b"%d\n" % len(src) + src + b"%d\n" % len(body) + body + payload
-
-
-@dataclass(frozen=True)
-class AgentReply:
-    header: dict[str, Any]
-    data: bytes
-
-    def blob(self, ref: Sequence[int] | None) -> bytes:
-        if not ref:
-            return b""
-        off, n = ref
-        return self.data[off:off + n]
-
-    def text(self, ref: Sequence[int] | None) -> str:
-        return self.blob(ref).decode("utf-8", "replace")
-
-
-def decode_reply(stdout: bytes) -> AgentReply:
-    """The agent's framed reply; anything a login script printed before it is skipped."""
-    at = stdout.find(MAGIC + b" ")
-    if at < 0:
-        raise ValueError("no reply from nero's agent")
-    nl = stdout.index(b"\n", at)
-    _, hlen, blen = stdout[at:nl].split()
-    head_end = nl + 1 + int(hlen)
-    header = json.loads(stdout[nl + 1:head_end])
-    data = stdout[head_end:head_end + int(blen)]
-    if len(data) != int(blen):
-        raise ValueError("nero's agent reply was cut short")
-    return AgentReply(header, data)
 
 
 @dataclass(frozen=True)
@@ -159,14 +127,29 @@ def parse_nvidia_smi(text: str | None) -> tuple[GpuInfo, ...]:
     return tuple(out)
 
 
+def one_unit_per_job(jobs: Sequence[JobScript], kind: str, argv: list[str]) -> Units:
+    """One submission per job, run in its run directory (`sbatch job.sh`, `qsub job.sh`,
+    or a detached `bash job.sh`), its job name kept in `submit.json` for adoption."""
+    units, extras = [], {}
+    for j in jobs:
+        units.append({"kind": kind, "argv": argv, "cwd": j.run_dir, "runs": [j.run_dir]})
+        extras[j.run_dir] = {"files": {"submit.json": json.dumps({"job_name": j.job_name})}}
+    return units, extras
+
+
 # --------------------------------------------------------------------------- the backend
-class RemoteBackend(ABC):
-    """A cluster reached through a Shell and nero's agent. Subclasses say how jobs are
-    submitted, listed, cancelled and found by name."""
+class AgentBackend(ABC):
+    """A cluster driven through nero's agent. Subclasses say how jobs are submitted,
+    listed, cancelled and found by name; `exchange` says how a request reaches the agent
+    (through the cluster's Shell here)."""
 
     kind = ClusterKind.SSH
-    tools: tuple[str, ...] = ()
+    tools: tuple[str, ...] = ()  # commands that must exist on the cluster
     default_capacity = 4
+    remote = True  # each operation is a round trip to another machine
+    listing_hint = ""  # what to check when the scheduler's listing fails
+    cancel_command: tuple[str, ...] = ()  # scancel / qdel: the job ids follow
+    cancel_refused = re.compile(r"(?!)")  # a cancel command's output saying the user may not cancel
 
     def __init__(self, cluster: Cluster, project_dir: str, shell: Shell | None = None):
         self.cluster = cluster
@@ -189,10 +172,19 @@ class RemoteBackend(ABC):
         return self._shell
 
     def call(self, op: str, request: dict[str, Any], payload: bytes = b"", timeout: float | None = None) -> AgentReply:
-        timeout = timeout or OP_TIMEOUT_S.get(op, 120.0)
-        done = self.shell.run(BOOTSTRAP, encode_request({"op": op, **request}, payload), timeout=timeout)
+        """One agent operation; BackendError if it could not run or failed."""
+        reply = self.exchange({"op": op, **request}, payload, timeout or OP_TIMEOUT_S.get(op, 120.0))
+        if not reply.header.get("ok"):
+            raise BackendError(self.cluster.name, f"nero's agent failed on {self.shell.host} ({op}): "
+                               f"{reply.header.get('error', 'unknown error')}",
+                               "check the cluster's workdir is writable and the disk is not full")
+        return reply
+
+    def exchange(self, request: dict[str, Any], payload: bytes, timeout: float) -> AgentReply:
+        """Send one request to the agent and read its reply: one command over the shell."""
+        done = self.shell.run(BOOTSTRAP, encode_request(request, payload), timeout=timeout)
         try:
-            reply = decode_reply(done.stdout)
+            return decode_reply(done.stdout)
         except (ValueError, json.JSONDecodeError):
             where = self.shell.host
             err = done.err_text() or done.stdout.decode("utf-8", "replace")[-300:]
@@ -200,11 +192,6 @@ class RemoteBackend(ABC):
                     if done.rc in (126, 127) or "python3" in err else "check that `ssh` to the host gives a working shell")
             raise BackendError(self.cluster.name, f"nero's agent did not run on {where} (exit code {done.rc}): {err}",
                                hint) from None
-        if not reply.header.get("ok"):
-            raise BackendError(self.cluster.name, f"nero's agent failed on {self.shell.host} ({op}): "
-                               f"{reply.header.get('error', 'unknown error')}",
-                               "check the cluster's workdir is writable and the disk is not full")
-        return reply
 
     def workdir_setting(self) -> str:
         return self.cluster.workdir or f"nero/{Path(self.project_dir).name or 'project'}"
@@ -216,9 +203,8 @@ class RemoteBackend(ABC):
         reply = self.call("hello", {"workdir": self.workdir_setting(), "tools": list(self.tools),
                                     "commands": self.hello_commands()})
         h = reply.header
-        outputs = [(o["rc"], reply.text(o["out"]), o.get("err", "")) for o in h.get("outputs", [])]
         self.info = HostInfo(h["home"], h["user"], h["host"], h.get("cpus"), h["workdir"], h.get("disk_free_mb"),
-                             h.get("tools", {}), outputs)
+                             h.get("tools", {}), _outputs(reply))
         missing = [t for t in self.tools if not self.info.tools.get(t)]
         if missing:
             raise BackendError(self.cluster.name, f"{', '.join(missing)} not found on {self.shell.host} "
@@ -237,7 +223,18 @@ class RemoteBackend(ABC):
         return self.connect().workdir
 
     def code_dir(self, code_hash: str) -> str:
-        return f"{self.run_root()}/.nero/code/{code_hash}"
+        return ClusterPaths(self.run_root()).code(code_hash)
+
+    def ship_code(self, local: str, setting: str, exclude: Sequence[str] = ()) -> tuple[str, CodeSnapshot | None]:
+        """A local workdir is shipped (once per content hash, with the next submission) and
+        the job runs in the copy; a workdir that does not exist here names a folder on the
+        cluster (`setting` as the Experiments sheet wrote it), used as it is."""
+        if Path(local).is_dir():
+            from .code import snapshot
+
+            snap = snapshot(local, self.cluster.name, exclude=exclude)
+            return self.code_dir(snap.hash), snap
+        return self.remote_path(setting), None
 
     def free_disk_mb(self) -> float | None:
         return self.info.disk_free_mb if self.info else None
@@ -249,6 +246,10 @@ class RemoteBackend(ABC):
 
     def site_capacity(self) -> int | None:
         return None
+
+    def read_limits(self) -> tuple[int, int]:
+        """Bytes read per output file and per cluster in one poll."""
+        return PER_FILE_LIMIT, PASS_BUDGET
 
     def close(self) -> None:
         if self._shell is not None:
@@ -262,27 +263,50 @@ class RemoteBackend(ABC):
         """Read limits from the hello commands' output."""
 
     @abstractmethod
-    def units(self, jobs: Sequence[JobScript], root: str) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    def units(self, jobs: Sequence[JobScript], root: str) -> Units:
         """Submission units (commands or processes to start) and, per run directory, extra
         files/links to write; every job appears in exactly one unit's `runs`."""
 
     def query(self, handles: Sequence[Handle]) -> dict[str, Any] | None:
-        """The scheduler commands of a poll (listing + details), or None."""
+        """The scheduler commands of a poll (listing + details), or None: the job's
+        process is checked instead (a detached process, not a scheduler's job)."""
         return None
 
-    def states(self, reply: AgentReply) -> dict[str, SchedState]:
+    def parse_listing(self, text: str) -> dict[str, SchedState]:
+        """The poll's listing (squeue, qstat) → job id → state."""
+        return {}
+
+    def parse_detail(self, text: str, alt: int, rc: int) -> dict[str, SchedState]:
+        """A detail command's output (`alt`: which of the query's alternatives) → job id → state."""
         return {}
 
     def adopt_query(self) -> tuple[list[str] | None, list[str] | None]:
+        """The listing of the user's jobs by name, and the command that finds names the
+        listing lacks (`{names}` or `{name}`), or None, None."""
         return None, None
 
-    def adopt_names(self, reply: AgentReply) -> dict[str, list[str]]:
-        """Job name → job ids (array jobs: the array's id) from the adopt listing."""
+    def parse_names(self, text: str, detail: bool) -> dict[str, list[str]]:
+        """Job name → job ids (array jobs: the array's id) from the adopt listing or,
+        with `detail`, from the detail command's output."""
         return {}
 
-    @abstractmethod
     def cancel_request(self, handles: Sequence[Handle]) -> dict[str, Any]:
-        """The agent request that stops these jobs (scancel, qdel, or signals)."""
+        """The agent request that stops these jobs: `cancel_command` with their ids."""
+        ids = [h.job_id for h in handles if h.job_id]
+        return {"commands": [[*self.cancel_command, *ids[k:k + CANCEL_CHUNK]]
+                             for k in range(0, len(ids), CANCEL_CHUNK)]}
+
+    def cancel_errors(self, handles: Sequence[Handle], req: dict[str, Any], reply: AgentReply) -> dict[str, str]:
+        """Jobs the cancel command refused (already finished or unknown jobs are not errors)."""
+        errors = {}
+        for res in reply.header.get("commands", []):
+            text = f"{res.get('err', '')} {res.get('out', '')}"
+            if res.get("rc") == 0 or not self.cancel_refused.search(text):
+                continue
+            for h in handles:
+                if h.job_id and h.job_id in text:
+                    errors[h.key] = f"{self.cancel_command[0]} {h.job_id}: {text.strip()[-200:]}"
+        return errors
 
     def resource_commands(self) -> list[list[str]]:
         return []
@@ -344,7 +368,8 @@ class RemoteBackend(ABC):
         info = self.connect()
         query = self.query(handles)
         check_pid = query is None
-        req = {"workdir": info.workdir, "per_file": PER_FILE_LIMIT, "budget": PASS_BUDGET,
+        per_file, budget = self.read_limits()
+        req = {"workdir": info.workdir, "per_file": per_file, "budget": budget,
                "runs": [{"dir": h.run_dir, "off": [h.offsets.stdout, h.offsets.stderr, h.offsets.metrics,
                                                     h.offsets.resources],
                          "pid": h.job_id, "check_pid": check_pid} for h in handles]}
@@ -355,10 +380,24 @@ class RemoteBackend(ABC):
         self.last_poll_bytes = len(reply.data)
         if reply.header.get("disk_free_mb") is not None:
             info.disk_free_mb = reply.header["disk_free_mb"]
-        states = self.states(reply) if query is not None else {}
+        states = self.states(reply, query["list"]) if query is not None else {}
         remote_now = float(reply.header.get("time") or time.time())
         return [self._status(h, item, reply, states, remote_now, check_pid)
                 for h, item in zip(handles, reply.header["runs"], strict=True)]
+
+    def states(self, reply: AgentReply, listing: list[str]) -> dict[str, SchedState]:
+        """The scheduler's word on each job: its listing, then the details of the jobs the
+        listing lacks. A failed listing is an error (the runs keep their state)."""
+        sched = reply.header.get("scheduler", {})
+        lst = sched.get("list") or {}
+        if lst.get("rc") != 0:
+            raise BackendError(self.cluster.name, f"{listing[0]} failed (exit code {lst.get('rc')}): "
+                               f"{(lst.get('err') or '').strip()[-300:]}", self.listing_hint)
+        states = self.parse_listing(reply.text(lst.get("out")))
+        for d in sched.get("details", []):
+            for jid, st in self.parse_detail(reply.text(d.get("out")), d.get("alt", 0), d.get("rc", 0)).items():
+                states.setdefault(jid, st)
+        return states
 
     def _status(self, h: Handle, item: dict[str, Any], reply: AgentReply, states: dict[str, SchedState],
                 now: float, check_pid: bool) -> JobStatus:
@@ -412,7 +451,12 @@ class RemoteBackend(ABC):
         if lst is not None and lst.get("rc") != 0:
             raise BackendError(self.cluster.name, f"{listing[0] if listing else 'listing'} failed: {lst.get('err', '')}",
                                "the jobs are looked for again next pass")
-        names = self.adopt_names(reply)
+        names = self.parse_names(reply.text((lst or {}).get("out")), detail=False)
+        for d in sched.get("details", []):
+            if d.get("rc") == 0:
+                for name, ids in self.parse_names(reply.text(d.get("out")), detail=True).items():
+                    known = names.setdefault(name, [])
+                    known.extend(i for i in ids if i not in known)
         found: dict[str, Submission] = {}
         for h, item in zip(handles, reply.header["runs"], strict=True):
             jid = (item.get("job_id") or "").strip()
@@ -442,10 +486,7 @@ class RemoteBackend(ABC):
         reply = self.call("cancel", {"workdir": info.workdir, **req})
         return self.cancel_errors(handles, req, reply)
 
-    def cancel_errors(self, handles: Sequence[Handle], req: dict[str, Any], reply: AgentReply) -> dict[str, str]:
-        return {}
-
-    # ------------------------------------------------------------ resources
+    # ------------------------------------------------------------ output and resources
     def read_output(self, run_dir: str, name: str, *, offset: int = 0, tail: int | None = None,
                     limit: int = 8 << 20) -> OutputChunk:
         """Bytes of one output file of a run directory on the cluster (one round trip):
@@ -458,24 +499,18 @@ class RemoteBackend(ABC):
         reply = self.call("resources", {"workdir": self.info.workdir if self.info else self.workdir_setting(),
                                         "commands": self.resource_commands()})
         h = reply.header
-        outputs = [(o["rc"], reply.text(o["out"]), o.get("err", "")) for o in h.get("outputs", [])]
         return ClusterResources(
             cluster=self.cluster.name, kind=self.kind.value, host=h.get("host", ""), cpus=h.get("cpus"),
             load=tuple(h.get("load") or ()), mem_total_mb=h.get("mem_total_mb"),
             mem_available_mb=h.get("mem_available_mb"), disk_path=h.get("workdir", ""),
-            disk_free_mb=h.get("disk_free_mb"), queues=self.queues(outputs), gpus=parse_nvidia_smi(h.get("gpus")),
+            disk_free_mb=h.get("disk_free_mb"), queues=self.queues(_outputs(reply)),
+            gpus=parse_nvidia_smi(h.get("gpus")),
         )
 
 
-def run_agent_locally(request: dict[str, Any], python: str = "") -> AgentReply:
-    """Run an agent request on this machine (the local cluster's `nero resources`)."""
-    import subprocess
-    import sys
-
-    boot = "import sys;b=sys.stdin.buffer;n=int(b.readline());exec(compile(b.read(n),'nero_agent','exec'))"
-    proc = subprocess.run([python or sys.executable, "-c", boot], input=encode_request(request),
-                          capture_output=True, timeout=120)
-    return decode_reply(proc.stdout)
+def _outputs(reply: AgentReply) -> list[tuple[int, str, str]]:
+    """(rc, stdout, stderr) of the commands a hello or resources request ran."""
+    return [(o["rc"], reply.text(o["out"]), o.get("err", "")) for o in reply.header.get("outputs", [])]
 
 
 def _int(text: str | None) -> int | None:
