@@ -1,6 +1,7 @@
-"""E-mail: event notices and progress digests (the home of yagmail, and of matplotlib for
-the plots in e-mails). Nothing here raises into the reconcile loop: every problem becomes a
-warning in the pass report, and the message waits in the outbox for a later pass.
+"""E-mail: event notices and progress digests (the home of yagmail; the plots in e-mails
+come from `orchestrator.plots`). Nothing here raises into the reconcile loop: every
+problem becomes a warning in the pass report, and the message waits in the outbox for a
+later pass.
 
 What is sent
     Notices, for the events a row names in its `notify` cell. The words map to event kinds:
@@ -88,11 +89,11 @@ from .model import (
     ResultsInput,
     RunRecord,
     RunSpec,
-    Series,
     Settings,
     Workbook,
 )
 from .paths import ProjectPaths
+from .plots import experiment_curves_png, run_curves_png
 from .state import Mail, Store
 
 EVENT_WORDS = {
@@ -113,7 +114,6 @@ ATTACH_MAX_BYTES = 15 * 1024 * 1024
 DIGEST_TOP = 10
 DIGEST_PLOTS = 8
 DIGEST_CHANGES = 25
-PLOT_DPI = 150  # images are 1092 px wide, shown at 728: sharp on high-density screens
 KEEP_DAYS = 30  # .eml files of settled messages older than this are removed
 CURSOR_KEY = "notify.event_cursor"
 DIGEST_KEY = "digest.last_at"
@@ -378,143 +378,6 @@ def text_of(message: bytes) -> str:
 
     body = message_from_bytes(message, policy=default).get_body(preferencelist=("plain",))
     return body.get_content() if body is not None else ""
-
-
-# ---------------------------------------------------------------------------- plots
-def _series(points: Iterable[tuple[int | None, float]]) -> tuple[list[float], list[float], tuple[float, float] | None]:
-    """Finite (step, value) pairs; points without a step count one past the previous one.
-    Also the first non-finite point (step, value), where a run diverged."""
-    xs: list[float] = []
-    ys: list[float] = []
-    bad = None
-    prev = 0.0
-    pairs = (zip(points.steps, points.values, strict=True) if isinstance(points, Series)  # NaN: no step
-             else ((math.nan if step is None else float(step), value) for step, value in points))
-    for step, value in pairs:
-        x = step if step == step else prev + 1
-        prev = x
-        if value is None or not math.isfinite(value):
-            if bad is None:
-                bad = (x, value if value is not None else math.nan)
-            continue
-        xs.append(x)
-        ys.append(float(value))
-    return xs, ys, bad
-
-
-def _by_step(points: Sequence[tuple[int | None, float]]) -> Sequence[tuple[int | None, float]]:
-    """The points in step order, those without a step last; an ordered Series (the usual
-    case) as it is."""
-    if isinstance(points, Series) and points.ordered:
-        return points
-    return sorted(points, key=lambda p: (p[0] is None, p[0] or 0))
-
-
-def _integer_steps(ax: Any, xs: Sequence[float]) -> None:
-    """Whole-number step ticks; a lone step sits in the middle of a short axis."""
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if xs and min(xs) == max(xs):
-        ax.set_xlim(xs[0] - 1, xs[0] + 1)
-
-
-def run_curves_png(history: Mapping[str, Sequence[tuple[int | None, float]]], metrics: Sequence[str],
-                   goals: Mapping[str, str], title: str) -> bytes | None:
-    """One small panel per metric (at most four) of one run's learning curves, as PNG bytes."""
-    import io
-
-    from matplotlib.figure import Figure
-
-    def enough(m: str) -> bool:  # a curve needs two points (or one and where it diverged)
-        xs, _, bad = _series(history.get(m, ()))
-        return len(xs) + (bad is not None) >= 2
-
-    shown = [m for m in metrics if enough(m)][:4]
-    if not shown:
-        return None
-    cols = 1 if len(shown) == 1 else 2
-    rows = math.ceil(len(shown) / cols)
-    fig = Figure(figsize=(7.28, 2.7 * rows + 0.4), dpi=PLOT_DPI, layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        if i >= len(shown):
-            ax.set_visible(False)
-            continue
-        metric = shown[i]
-        xs, ys, bad = _series(history.get(metric, ()))
-        ax.plot(xs, ys, color="#1F77B4", linewidth=1.6, marker="o" if len(xs) < 30 else None, markersize=3)
-        if ys and min(ys) > 0 and max(ys) / min(ys) > 50:
-            ax.set_yscale("log")
-        if bad is not None:
-            ax.axvline(bad[0], color="#D62728", linestyle="--", linewidth=1)
-            ax.annotate(f"{_num(bad[1])} at step {bad[0]:g}", xy=(bad[0], 0.92), xycoords=("data", "axes fraction"),
-                        ha="right", color="#D62728", fontsize=9)
-        ax.set_title(f"{metric} ({goals.get(metric, 'min')} is better)", fontsize=10)
-        ax.set_xlabel("step", fontsize=9)
-        _integer_steps(ax, xs)
-        ax.tick_params(labelsize=8.5)
-        ax.grid(True, color="#DDDDDD", linewidth=0.6)
-    fig.suptitle(title, fontsize=10.5)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def experiment_curves_png(runs: Sequence[RunRecord], histories: Mapping[str, Mapping[str, Sequence[tuple[int | None, float]]]],
-                          metric: str, goal: str, title: str) -> bytes | None:
-    """`metric` over steps, one line per run, sized for an e-mail column (728 px) with the
-    legend below: the curves of the results workbook (`results.plot_curves`), readable in
-    a mail client. A diverged run of a metric to minimise leaves the top of the chart (ten
-    times the typical first value) instead of flattening the others."""
-    import io
-
-    from matplotlib.figure import Figure
-
-    from .results import PALETTE
-
-    lines = []
-    for r in runs:
-        xs, ys, bad = _series(_by_step(histories.get(r.key, {}).get(metric, ())))
-        if xs:
-            label = r.key[len(r.experiment):].strip("[]") if r.key.startswith(r.experiment + "[") else r.key
-            lines.append((label or r.key, xs, ys, bad))
-    if not lines:
-        return None
-    firsts = sorted(ys[0] for _, _, ys, _ in lines)
-    typical = firsts[len(firsts) // 2]
-    top = max(max(ys) for _, _, ys, _ in lines)
-    cap = None
-    if goal != "max" and typical > 0 and min(min(ys) for _, _, ys, _ in lines) >= 0 and top > 10 * typical:
-        e = 10 ** math.floor(math.log10(10 * typical))
-        cap = next(m * e for m in (1, 2, 5, 10) if m * e >= 10 * typical)
-    shown = [v for _, _, ys, _ in lines for v in ys if cap is None or v <= cap]
-    log = bool(shown) and min(shown) > 0 and max(shown) / min(shown) >= 50
-    n = len(lines)
-    legend_rows = math.ceil(n / 2) if n <= 24 else 0
-    fig = Figure(figsize=(7.28, 3.7 + 0.2 * legend_rows), dpi=PLOT_DPI, layout="constrained")
-    ax = fig.subplots()
-    for i, (label, xs, ys, bad) in enumerate(lines):
-        off = cap is not None and min(ys) > cap
-        note = " (off the chart)" if off else (f" ({_num(bad[1])} at step {bad[0]:g})" if bad else "")
-        ax.plot(xs, ys, color=PALETTE[i % len(PALETTE)], linestyle="--" if (i // len(PALETTE)) % 2 else "-",
-                linewidth=1.6, marker="o" if len(xs) < 3 else None, markersize=3.5, label=label + note)
-    if log:
-        ax.set_yscale("log")
-    if cap is not None and shown:
-        low = min(shown)
-        ax.set_ylim(low / 1.5 if log else min(0.0, low), cap)
-    ax.set_title(title, fontsize=10.5)
-    ax.set_xlabel("step", fontsize=9)
-    ax.set_ylabel(metric, fontsize=9)
-    _integer_steps(ax, [x for _, xs, _, _ in lines for x in xs])
-    ax.tick_params(labelsize=8.5)
-    ax.grid(True, color="#DDDDDD", linewidth=0.6)
-    if legend_rows:
-        fig.legend(loc="outside lower center", ncols=2 if n > 1 else 1, fontsize=8.5, frameon=False)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
 
 
 def slug_name(text: str) -> str:
