@@ -1,4 +1,4 @@
-"""Benchmark of the results workbook (orchestrator/results.py).
+"""Benchmark of the results workbook (the package orchestrator/results/).
 
     python bench/bench_results.py [--runs 1000] [--points 500] [--metrics 3]
 

@@ -1,32 +1,94 @@
-"""Plots of learning curves as PNG images (the home of matplotlib): one run's metrics, and
-one metric over the runs of an experiment, sized for an e-mail column."""
+"""Learning-curve plots drawn with matplotlib (its one home): the PNG of `nero plot` and
+the images of the e-mail notices and digests.
+
+The curves are those of the results workbook's charts, with the same colours (`PALETTE`)
+and scales: only finite points, a diverged run of a metric to minimise leaving the top of
+the chart instead of flattening the others, a log axis when values span a factor 50.
+matplotlib is imported inside the functions, so importing this module is cheap.
+"""
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from .mail.formats import _num
-from .model import RunRecord, Series
+from .curves import PALETTE, Points, axis_cap, finite, log_scale, nice, nonfinite_text, normalize
+from .errors import NeroError
+from .metrics import default_goal
+from .model import RunRecord
 
-__all__ = ["PLOT_DPI", "experiment_curves_png", "run_curves_png"]
+__all__ = ["PALETTE", "PLOT_DPI", "experiment_curves_png", "plot_curves", "run_curves_png"]
 
-PLOT_DPI = 150  # images are 1092 px wide, shown at 728: sharp on high-density screens
+PLOT_DPI = 150  # e-mail images are 1092 px wide, shown at 728: sharp on high-density screens
+
+History = Sequence[tuple[int | None, float]]
 
 
+def plot_curves(data_runs: Sequence[RunRecord], histories: Mapping[str, Mapping[str, Points]],
+                metric: str, out: str | Path, *, goal: str | None = None,
+                title: str | None = None) -> Path:
+    """Draw `metric` over step for each run (one line per run, legend with run keys) to a PNG.
+
+    The same curves as the workbook's charts, at full resolution: only finite points,
+    steps normalised the same way, the same colours. Raises NeroError, naming the metrics
+    that have points, when none of the runs has points for `metric`."""
+    from matplotlib.figure import Figure
+
+    out = Path(out)
+    lines: list[tuple[str, Sequence[float], Sequence[float]]] = []
+    available: set[str] = set()
+    for r in data_runs:
+        h = histories.get(r.key, {})
+        available.update(m for m, pts in h.items() if pts)
+        steps, values = finite(*normalize(h.get(metric, ())))
+        if steps:
+            lines.append((r.key, steps, values))
+    if not lines:
+        have = ", ".join(sorted(available)) or "none"
+        raise NeroError(f"no points for metric {metric!r} in the {len(data_runs)} selected "
+                        f"run(s); metrics with points: {have}")
+    goal = goal or default_goal(metric)
+    n = len(lines)
+    fig = Figure(figsize=(10, 5.6), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    firsts = sorted(vs[0] for _, _, vs in lines)
+    cap = axis_cap(goal, [max(vs) for _, _, vs in lines], firsts[len(firsts) // 2])
+    for i, (key, steps, values) in enumerate(lines):
+        off = cap is not None and min(values) > cap
+        ax.plot(steps, values, color=PALETTE[i % 10], linestyle="--" if (i // 10) % 2 else "-",
+                linewidth=1.4, marker="o" if len(steps) < 3 else None, markersize=3,
+                label=f"{key} (off the chart)" if off else key)
+    shown = [v for _, _, vs in lines for v in vs if cap is None or v <= cap]
+    log = log_scale(shown + ([cap] if cap is not None else []))
+    if log:
+        ax.set_yscale("log")
+    if cap is not None:  # a diverging run's line leaves the top, as in the workbook's charts
+        low = min(shown)
+        ax.set_ylim(low / 1.5 if log else min(0.0, low), cap)
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.set_title(title or f"{metric} ({goal} is better), {n} run{'s' if n != 1 else ''}")
+    ax.grid(True, color="#DDDDDD", linewidth=0.6)
+    if n <= 40:
+        ax.legend(fontsize=7 if n > 12 else 8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  ncols=1 if n <= 20 else 2, frameon=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    return out
+
+
+# ---------------------------------------------------------------------------- e-mail images
 def _series(points: Iterable[tuple[int | None, float]]) -> tuple[list[float], list[float], tuple[float, float] | None]:
-    """Finite (step, value) pairs; points without a step count one past the previous one.
-    Also the first non-finite point (step, value), where a run diverged."""
+    """The finite points of a history as the workbook's charts draw them (`curves.normalize`:
+    steps numbered and ascending), and the first non-finite point (step, value), where a run
+    diverged."""
     xs: list[float] = []
     ys: list[float] = []
     bad = None
-    prev = 0.0
-    pairs = (zip(points.steps, points.values, strict=True) if isinstance(points, Series)  # NaN: no step
-             else ((math.nan if step is None else float(step), value) for step, value in points))
-    for step, value in pairs:
-        x = step if step == step else prev + 1
-        prev = x
+    for x, value in zip(*normalize(points), strict=True):
         if value is None or not math.isfinite(value):
             if bad is None:
                 bad = (x, value if value is not None else math.nan)
@@ -34,14 +96,6 @@ def _series(points: Iterable[tuple[int | None, float]]) -> tuple[list[float], li
         xs.append(x)
         ys.append(float(value))
     return xs, ys, bad
-
-
-def _by_step(points: Sequence[tuple[int | None, float]]) -> Sequence[tuple[int | None, float]]:
-    """The points in step order, those without a step last; an ordered Series (the usual
-    case) as it is."""
-    if isinstance(points, Series) and points.ordered:
-        return points
-    return sorted(points, key=lambda p: (p[0] is None, p[0] or 0))
 
 
 def _integer_steps(ax: Any, xs: Sequence[float]) -> None:
@@ -53,11 +107,15 @@ def _integer_steps(ax: Any, xs: Sequence[float]) -> None:
         ax.set_xlim(xs[0] - 1, xs[0] + 1)
 
 
-def run_curves_png(history: Mapping[str, Sequence[tuple[int | None, float]]], metrics: Sequence[str],
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def run_curves_png(history: Mapping[str, History], metrics: Sequence[str],
                    goals: Mapping[str, str], title: str) -> bytes | None:
     """One small panel per metric (at most four) of one run's learning curves, as PNG bytes."""
-    import io
-
     from matplotlib.figure import Figure
 
     def enough(m: str) -> bool:  # a curve needs two points (or one and where it diverged)
@@ -82,34 +140,28 @@ def run_curves_png(history: Mapping[str, Sequence[tuple[int | None, float]]], me
             ax.set_yscale("log")
         if bad is not None:
             ax.axvline(bad[0], color="#D62728", linestyle="--", linewidth=1)
-            ax.annotate(f"{_num(bad[1])} at step {bad[0]:g}", xy=(bad[0], 0.92), xycoords=("data", "axes fraction"),
-                        ha="right", color="#D62728", fontsize=9)
-        ax.set_title(f"{metric} ({goals.get(metric, 'min')} is better)", fontsize=10)
+            ax.annotate(f"{nonfinite_text(bad[1])} at step {bad[0]:g}", xy=(bad[0], 0.92),
+                        xycoords=("data", "axes fraction"), ha="right", color="#D62728", fontsize=9)
+        ax.set_title(f"{metric} ({default_goal(metric, goals)} is better)", fontsize=10)
         ax.set_xlabel("step", fontsize=9)
         _integer_steps(ax, xs)
         ax.tick_params(labelsize=8.5)
         ax.grid(True, color="#DDDDDD", linewidth=0.6)
     fig.suptitle(title, fontsize=10.5)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return _png(fig)
 
 
-def experiment_curves_png(runs: Sequence[RunRecord], histories: Mapping[str, Mapping[str, Sequence[tuple[int | None, float]]]],
+def experiment_curves_png(runs: Sequence[RunRecord], histories: Mapping[str, Mapping[str, History]],
                           metric: str, goal: str, title: str) -> bytes | None:
     """`metric` over steps, one line per run, sized for an e-mail column (728 px) with the
-    legend below: the curves of the results workbook (`results.plot_curves`), readable in
-    a mail client. A diverged run of a metric to minimise leaves the top of the chart (ten
-    times the typical first value) instead of flattening the others."""
-    import io
-
+    legend below: the curves of the results workbook (`plot_curves`), readable in a mail
+    client. A diverged run of a metric to minimise leaves the top of the chart (ten times
+    the typical first value) instead of flattening the others."""
     from matplotlib.figure import Figure
-
-    from .results import PALETTE
 
     lines = []
     for r in runs:
-        xs, ys, bad = _series(_by_step(histories.get(r.key, {}).get(metric, ())))
+        xs, ys, bad = _series(histories.get(r.key, {}).get(metric, ()))
         if xs:
             label = r.key[len(r.experiment):].strip("[]") if r.key.startswith(r.experiment + "[") else r.key
             lines.append((label or r.key, xs, ys, bad))
@@ -120,17 +172,16 @@ def experiment_curves_png(runs: Sequence[RunRecord], histories: Mapping[str, Map
     top = max(max(ys) for _, _, ys, _ in lines)
     cap = None
     if goal != "max" and typical > 0 and min(min(ys) for _, _, ys, _ in lines) >= 0 and top > 10 * typical:
-        e = 10 ** math.floor(math.log10(10 * typical))
-        cap = next(m * e for m in (1, 2, 5, 10) if m * e >= 10 * typical)
+        cap = nice(10 * typical)
     shown = [v for _, _, ys, _ in lines for v in ys if cap is None or v <= cap]
-    log = bool(shown) and min(shown) > 0 and max(shown) / min(shown) >= 50
+    log = log_scale(shown)
     n = len(lines)
     legend_rows = math.ceil(n / 2) if n <= 24 else 0
     fig = Figure(figsize=(7.28, 3.7 + 0.2 * legend_rows), dpi=PLOT_DPI, layout="constrained")
     ax = fig.subplots()
     for i, (label, xs, ys, bad) in enumerate(lines):
         off = cap is not None and min(ys) > cap
-        note = " (off the chart)" if off else (f" ({_num(bad[1])} at step {bad[0]:g})" if bad else "")
+        note = " (off the chart)" if off else (f" ({nonfinite_text(bad[1])} at step {bad[0]:g})" if bad else "")
         ax.plot(xs, ys, color=PALETTE[i % len(PALETTE)], linestyle="--" if (i // len(PALETTE)) % 2 else "-",
                 linewidth=1.6, marker="o" if len(xs) < 3 else None, markersize=3.5, label=label + note)
     if log:
@@ -146,6 +197,4 @@ def experiment_curves_png(runs: Sequence[RunRecord], histories: Mapping[str, Map
     ax.grid(True, color="#DDDDDD", linewidth=0.6)
     if legend_rows:
         fig.legend(loc="outside lower center", ncols=2 if n > 1 else 1, fontsize=8.5, frameon=False)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return _png(fig)

@@ -1,4 +1,4 @@
-"""The results workbook (orchestrator/results.py): real xlsx files, read back with pandas and
+"""The results workbook (orchestrator/results/): real xlsx files, read back with pandas and
 openpyxl, rendered by LibreOffice when it is installed."""
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from orchestrator.curves import downsample
 from orchestrator.errors import NeroError
 from orchestrator.model import Event, ResultsInput, RunRecord, RunState, Series, Settings
+from orchestrator.plots import plot_curves
 from orchestrator.results import (
     MAX_POINTS_PER_SERIES,
     SERIES_PER_CHART,
     SHEETS,
-    _downsample,
     fingerprint,
-    plot_curves,
     write_results,
 )
 
@@ -99,7 +99,7 @@ def as_series(data: ResultsInput) -> ResultsInput:
 
 
 def expected_at(points, cp: int) -> float | None:
-    """The value at checkpoint cp, computed independently of results.py."""
+    """The value at checkpoint cp, computed independently of orchestrator.results."""
     latest: dict[float, float] = {}
     prev = 0
     for s, v in points:
@@ -435,10 +435,10 @@ def test_downsampling_keeps_first_last_and_extremes():
     steps = list(range(5000))
     values = [math.sin(s / 50) for s in steps]
     values[1234], values[4321] = 7.0, -9.0
-    s, v = _downsample(steps, values, 200)
+    s, v = downsample(steps, values, 200)
     assert len(s) <= 200 and s[0] == 0 and s[-1] == 4999 and s == sorted(s)
     assert 7.0 in v and -9.0 in v
-    assert _downsample(steps[:150], values[:150], 200) == (steps[:150], values[:150])
+    assert downsample(steps[:150], values[:150], 200) == (steps[:150], values[:150])
 
 
 # ---------------------------------------------------------------------------- plot

@@ -46,7 +46,7 @@ def plot(args: tuple[str, ...], workbook: str | None, output: str | None) -> Non
 
     \b
     Example: nero plot 'demo*' val_loss -o val_loss.png"""
-    from ..results import plot_curves
+    from ..plots import plot_curves
 
     if len(args) not in (2, 3):
         raise click.UsageError("give SELECTOR and METRIC (and optionally the workbook first)")

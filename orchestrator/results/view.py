@@ -1,0 +1,273 @@
+"""What the results workbook shows, computed from a state-store snapshot (`ResultsInput`).
+
+Pure: no xlsxwriter, no files written. The per-run values of the Summary (last, best and
+checkpoint values of each metric), the leaderboard, the curves as the charts draw them
+(steps normalised, non-finite points dropped, downsampled), the chart scales shared with
+`orchestrator.plots`, cell text made safe, and the fingerprints that tell whether a
+workbook already shows a snapshot. The sheet modules lay these values out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import marshal
+import math
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from ..curves import finite, normalize
+from ..metrics import best_finite, default_goal, last, value_at
+from ..model import ResultsInput, RunRecord
+
+__all__ = [
+    "CHEAP_POINTS", "CURVES_MAX_AGE", "CURVE_SHEETS", "FORMAT_VERSION", "LEADERBOARD_SIZE",
+    "MAX_POINTS_PER_SERIES", "MAX_TEXT", "MIN_POINTS_PER_SERIES", "MAX_TOTAL_POINTS",
+    "SERIES_PER_CHART", "SHEETS",
+    "RunView", "View",
+    "cell_text", "chart_text", "excel_time", "fingerprint", "points_per_series", "short_label", "time_zone",
+]
+
+FORMAT_VERSION = "1"
+SHEETS = ("Summary", "Curves", "Curve data", "Events", "Resources", "Queue")
+CURVE_SHEETS = (2, 3)  # 1-based positions of the sheets copied on a summary-only refresh
+MAX_POINTS_PER_SERIES = 200
+MIN_POINTS_PER_SERIES = 32
+MAX_TOTAL_POINTS = 600_000
+SERIES_PER_CHART = 20
+LEADERBOARD_SIZE = 30
+MAX_TEXT = 32_767
+CHEAP_POINTS = 100_000  # histories this small get fresh curves on every write
+CURVES_MAX_AGE = 300.0  # seconds: how stale curves may get between full writes (charts=None)
+
+# ------------------------------------------------------------------------------ curves
+def points_per_series(n_series: int) -> int:
+    """The points each of `n_series` downsampled histories keeps in Curve data."""
+    if n_series <= 0:
+        return MAX_POINTS_PER_SERIES
+    return max(MIN_POINTS_PER_SERIES, min(MAX_POINTS_PER_SERIES, MAX_TOTAL_POINTS // n_series))
+
+
+# ------------------------------------------------------------------------------ cell values
+_ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|[@-Z\\-_])")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffe\uffff]")
+
+
+def cell_text(s: Any) -> str:
+    """A cell string: no control characters, no ANSI codes, within Excel's length limit."""
+    s = str(s)
+    if not s.isprintable():
+        s = _CONTROL.sub("\ufffd", _ANSI.sub("", s))
+    if len(s) > MAX_TEXT:
+        s = s[: MAX_TEXT - 1] + "…"
+    return s
+
+
+def short_label(key: str, experiment: str) -> str:
+    """`lr-sweep[lr=0.01,layers=2]` → `lr=0.01,layers=2` inside a chart of `lr-sweep`."""
+    if key.startswith(experiment + "[") and key.endswith("]") and len(key) > len(experiment) + 2:
+        key = key[len(experiment) + 1:-1]
+    return chart_text(key)
+
+
+def chart_text(s: str) -> str:
+    """A chart's title or series name (xlsxwriter reads a leading = as a reference)."""
+    s = cell_text(s)[:255]
+    return " " + s if s.startswith("=") else s
+
+
+def excel_time(ts: float | None) -> float | None:
+    """A Unix time as an Excel date serial in local time (what write_datetime would store)."""
+    if ts is None or not math.isfinite(ts):
+        return None
+    return (ts + time.localtime(ts).tm_gmtoff) / 86400.0 + 25569.0
+
+
+def time_zone() -> str:
+    """The local zone as the header comments name it, e.g. `CET, UTC+01:00`."""
+    t = time.localtime()
+    off = t.tm_gmtoff // 60
+    sign = "+" if off >= 0 else "-"
+    return f"{t.tm_zone}, UTC{sign}{abs(off) // 60:02d}:{abs(off) % 60:02d}"
+
+
+# ------------------------------------------------------------------------------ per-run values
+@dataclass
+class RunView:
+    """One run as the Summary shows it: its record and, per metric, the last and best value
+    and the value at each checkpoint."""
+
+    record: RunRecord
+    last: dict[str, float] = field(default_factory=dict)
+    best: dict[str, float] = field(default_factory=dict)
+    at: dict[str, tuple[float | None, ...]] = field(default_factory=dict)  # per checkpoint
+
+
+@dataclass(frozen=True)
+class _Stats:
+    """What the Summary shows of one history."""
+
+    last: float
+    best: float | None  # the best finite value; None if no value was finite
+    at: tuple[float | None, ...]  # the value at each checkpoint, None if not reached
+
+
+# Histories of finished runs do not change: their statistics are remembered between writes
+# of a long-lived process (bounded), so a refresh does not sort every history again.
+_STATS_MEMO: dict[tuple[Any, ...], _Stats] = {}
+_STATS_MEMO_MAX = 200_000
+
+
+def _signature(p: Sequence[Any]) -> tuple[Any, ...]:
+    n = len(p)
+    return (n, p[0], p[n // 4], p[n // 2], p[3 * n // 4], p[-1]) if n else (0,)
+
+
+def _stats(key: str, metric: str, points: Sequence[tuple[int | None, float]], goal: str,
+           checkpoints: tuple[int, ...], signature: tuple[Any, ...] | None = None) -> _Stats | None:
+    if not points:
+        return None
+    memo_key = (key, metric, signature or _signature(points), goal, checkpoints)
+    hit = _STATS_MEMO.get(memo_key)
+    if hit is not None:
+        return hit
+    steps, values = normalize(points)
+    stats = _Stats(last(values), best_finite(values, goal), tuple(value_at(steps, values, cp) for cp in checkpoints))
+    if len(_STATS_MEMO) >= _STATS_MEMO_MAX:
+        _STATS_MEMO.clear()
+    _STATS_MEMO[memo_key] = stats
+    return stats
+
+
+class View:
+    """What the workbook shows, computed once from a ResultsInput."""
+
+    def __init__(self, data: ResultsInput, remote_hosts: Mapping[str, str] | None):
+        self.data = data
+        self.remote_hosts = dict(remote_hosts) if remote_hosts is not None else None
+        self.runs = sorted(data.runs, key=lambda r: (r.number, r.key))
+        self.checkpoints = tuple(sorted({int(c) for c in data.settings.checkpoints}))
+        seen: dict[str, None] = {}
+        if data.settings.primary_metric:
+            seen[data.settings.primary_metric] = None
+        seen.update(dict.fromkeys(data.goals))
+        for r in self.runs:
+            seen.update(dict.fromkeys(r.last))
+            seen.update(dict.fromkeys(r.best))
+            seen.update(dict.fromkeys(data.histories.get(r.key, {})))
+        self.metrics = list(seen)
+        self.primary = data.settings.primary_metric or (self.metrics[0] if self.metrics else "")
+        self._prepared: list[RunView] | None = None
+        self._signatures: dict[str, dict[str, tuple[Any, ...]]] = {}  # of the histories, once computed
+
+    def points(self) -> int:
+        return sum(len(p) for h in self.data.histories.values() for p in h.values())
+
+    def goal(self, metric: str) -> str:
+        return default_goal(metric, self.data.goals)
+
+    # --------------------------------------------------------------- fingerprints
+    def _history_signature(self, key: str) -> tuple[Any, ...]:
+        h = self.data.histories.get(key, {})
+        sig = tuple((m, _signature(p)) for m, p in h.items())
+        self._signatures[key] = dict(sig)
+        return sig
+
+    def fingerprints(self) -> tuple[str, str]:
+        """(what the sheets but Curves and Curve data show, what those two show), hashed."""
+        d = self.data
+        common = (FORMAT_VERSION, self.primary, sorted(d.goals.items()), self.metrics)
+        curves = [common]
+        summary = [common, self.checkpoints, d.experiments_path, sorted((self.remote_hosts or {}).items()),
+                   self.remote_hosts is None]
+        for r in self.runs:
+            hist = self._history_signature(r.key)
+            curves.append((r.number, r.key, r.experiment, r.best.get(self.primary), hist))
+            summary.append((
+                r.number, r.key, r.experiment, r.params, r.state.value, r.reason, r.attempt,
+                r.cluster, r.job_id, r.host, r.started_at, r.ended_at,
+                sorted(r.last.items()), sorted(r.best.items()), r.git_commit, r.git_dirty,
+                r.command, r.run_dir, r.peak_rss_mb, r.peak_gpu_mem_mb, r.min_disk_free_mb, hist,
+            ))
+        summary.append((len(d.events), [(e.time, e.key, e.kind, e.reason, e.attempt) for e in d.events[-50:]]))
+        summary.append(d.queue)
+        return _hash(summary), _hash(curves)
+
+    # --------------------------------------------------------------- per-run values
+    def prepared(self) -> list[RunView]:
+        if self._prepared is None:
+            self._prepared = [self._prepare(r) for r in self.runs]
+        return self._prepared
+
+    def _prepare(self, r: RunRecord) -> RunView:
+        run = RunView(r)
+        hist = self.data.histories.get(r.key, {})
+        sigs = self._signatures.get(r.key, {})
+        for m in self.metrics:
+            goal = self.goal(m)
+            st = _stats(r.key, m, hist.get(m, ()), goal, self.checkpoints, sigs.get(m))
+            if m in r.last:
+                run.last[m] = r.last[m]
+            elif st is not None:
+                run.last[m] = st.last
+            candidates = [r.best[m]] if m in r.best else []
+            if st is not None:
+                run.at[m] = st.at
+                if st.best is not None:
+                    candidates.append(st.best)
+            best = best_finite(candidates, goal)
+            if best is not None:
+                run.best[m] = best
+            elif candidates or st is not None:
+                run.best[m] = math.nan  # seen, but never finite: a diverged run
+        return run
+
+    def series(self, run: RunView, metric: str) -> tuple[Sequence[float], Sequence[float]]:
+        """The finite points of a history, steps ascending."""
+        return finite(*normalize(self.data.histories.get(run.record.key, {}).get(metric, ())))
+
+    def leaderboard(self) -> list[tuple[RunView, float]]:
+        m = self.primary
+        if not m:
+            return []
+        ranked = [(run, run.best[m]) for run in self.prepared()
+                  if m in run.best and math.isfinite(run.best[m])]
+        ranked.sort(key=lambda rv: (-rv[1] if self.goal(m) == "max" else rv[1], rv[0].record.number))
+        return ranked[:LEADERBOARD_SIZE]
+
+    def run_dir_cell(self, r: RunRecord) -> tuple[str, str | None]:
+        """(text, file URL or None) for the run directory."""
+        if not r.run_dir:
+            return "", None
+        remote: str | None
+        if self.remote_hosts is not None:
+            remote = (self.remote_hosts.get(r.cluster) or r.cluster) if r.cluster in self.remote_hosts else None
+        elif r.cluster in ("", "local") or os.path.isdir(r.run_dir):
+            remote = None
+        else:
+            remote = r.cluster or r.host
+        if remote is not None:
+            return f"{remote}:{r.run_dir}", None
+        p = os.path.abspath(os.path.expanduser(r.run_dir))
+        return r.run_dir, "File://" + quote(p if p.startswith("/") else "/" + p, safe="/:@")
+
+
+def _hash(obj: Any) -> str:
+    try:
+        raw = marshal.dumps(obj, 2)  # version 2 has no back-references: equal values, equal bytes
+    except ValueError:  # a type marshal does not know (a str or float subclass, …)
+        raw = repr(obj).encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+def fingerprint(data: ResultsInput, remote_hosts: Mapping[str, str] | None = None) -> str:
+    """A cheap hash of what `write_results` would show (the time of the pass excluded).
+
+    Histories enter by their length and first, middle and last points, which catches the
+    way they change (appended points); a runtime that only grew is not a change."""
+    s, c = View(data, remote_hosts).fingerprints()
+    return hashlib.blake2b(f"{s}:{c}".encode(), digest_size=16).hexdigest()
