@@ -74,8 +74,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from .errors import ExpressionError
-from .model import FINISHED_STATES, LIVE_STATES, MAX_GOAL_NAMES, RunRecord, RunState, Series
+from ..errors import ExpressionError
+from ..model import FINISHED_STATES, LIVE_STATES, MAX_GOAL_NAMES, RunRecord, RunState, Series
 
 MAX_LENGTH = 2000
 MAX_DEPTH = 50
