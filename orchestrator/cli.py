@@ -18,6 +18,7 @@ import click
 
 from .errors import NeroError
 from .paths import ProjectPaths
+from .units import format_duration, format_significant
 
 EXIT_WORKBOOK = 2
 
@@ -70,16 +71,6 @@ def _open(workbook: str | None, keep_last_good: bool = False):
         rec.close()
         _fail(e)
     return rec
-
-
-def _duration(seconds: float | None) -> str:
-    from .expr import format_duration
-
-    return "" if seconds is None else format_duration(seconds)
-
-
-def _num(v: float) -> str:
-    return f"{v:.4g}"
 
 
 WORKBOOK_ARG = click.argument("workbook", required=False, metavar="[WORKBOOK]")
@@ -405,10 +396,10 @@ def _status_table(runs, now: float, show_all: bool) -> None:
     for r in runs:
         names = sorted(r.last)
         shown = names if show_all else names[:4]
-        metrics = "  ".join(f"{k}={_num(r.last[k])}" for k in shown) + (" …" if len(names) > len(shown) else "")
+        metrics = "  ".join(f"{k}={format_significant(r.last[k])}" for k in shown) + (" …" if len(names) > len(shown) else "")
         style = STATE_STYLE.get(r.state.value, "")
         state = r.state.value + (" (orphaned)" if r.orphaned else "")
-        t.add_row(str(r.number), escape(r.key), f"[{style}]{state}[/]", escape(r.cluster), _duration(r.runtime(now)),
+        t.add_row(str(r.number), escape(r.key), f"[{style}]{state}[/]", escape(r.cluster), format_duration(r.runtime(now)),
                   "" if r.step is None else str(r.step), escape(metrics), escape(r.reason))
     con.print(t)
 
@@ -767,7 +758,8 @@ class _DigestLoop:
         self.plan = None
 
     def after_pass(self, report) -> None:
-        from .notify import DIGEST_KEY, digest_overdue, parse_digest
+        from .digest_schedule import digest_overdue, parse_digest
+        from .notify import DIGEST_KEY
 
         self.plan = report.plan
         setting = self.rec.workbook.settings.digest if self.rec.workbook else "off"

@@ -76,7 +76,7 @@ import time
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -94,6 +94,7 @@ from .model import (
 )
 from .paths import ProjectPaths
 from .state import Mail, Store
+from .units import format_duration, format_megabytes, format_metric
 
 EVENT_WORDS = {
     "started": "started", "completed": "completed", "failed": "failed", "timeout": "failed",
@@ -189,36 +190,12 @@ def outbox_dir(project_dir: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------- formatting
-def _num(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return f"{v:.4g}"
-    return str(v)
-
-
 def _when(t: float | None) -> str:
     return "" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
 def _clock(t: float | None) -> str:
     return "" if t is None else time.strftime("%m-%d %H:%M", time.localtime(t))
-
-
-def _duration(seconds: float | None) -> str:
-    from .expr import format_duration
-
-    return "" if seconds is None else format_duration(seconds)
-
-
-def _mb(v: float | None) -> str:
-    if v is None:
-        return ""
-    return f"{v / 1024:.1f} GB" if v >= 1024 else f"{v:.0f} MB"
 
 
 def _one_line(text: str, limit: int = 80) -> str:
@@ -276,7 +253,7 @@ def _environment(search: tuple[str, ...]) -> Any:
     from .render import mail_environment
 
     env = mail_environment(search)
-    env.filters.update(num=_num, when=_when, clock=_clock, duration=_duration, mb=_mb, one_line=_one_line,
+    env.filters.update(num=format_metric, when=_when, clock=_clock, duration=format_duration, mb=format_megabytes, one_line=_one_line,
                        state_color=lambda s: STATE_COLORS.get(str(s), "#1f2328"), breakable=_breakable)
     return env
 
@@ -448,7 +425,7 @@ def run_curves_png(history: Mapping[str, Sequence[tuple[int | None, float]]], me
             ax.set_yscale("log")
         if bad is not None:
             ax.axvline(bad[0], color="#D62728", linestyle="--", linewidth=1)
-            ax.annotate(f"{_num(bad[1])} at step {bad[0]:g}", xy=(bad[0], 0.92), xycoords=("data", "axes fraction"),
+            ax.annotate(f"{format_metric(bad[1])} at step {bad[0]:g}", xy=(bad[0], 0.92), xycoords=("data", "axes fraction"),
                         ha="right", color="#D62728", fontsize=9)
         ax.set_title(f"{metric} ({goals.get(metric, 'min')} is better)", fontsize=10)
         ax.set_xlabel("step", fontsize=9)
@@ -496,7 +473,7 @@ def experiment_curves_png(runs: Sequence[RunRecord], histories: Mapping[str, Map
     ax = fig.subplots()
     for i, (label, xs, ys, bad) in enumerate(lines):
         off = cap is not None and min(ys) > cap
-        note = " (off the chart)" if off else (f" ({_num(bad[1])} at step {bad[0]:g})" if bad else "")
+        note = " (off the chart)" if off else (f" ({format_metric(bad[1])} at step {bad[0]:g})" if bad else "")
         ax.plot(xs, ys, color=PALETTE[i % len(PALETTE)], linestyle="--" if (i // len(PALETTE)) % 2 else "-",
                 linewidth=1.6, marker="o" if len(xs) < 3 else None, markersize=3.5, label=label + note)
     if log:
@@ -542,7 +519,7 @@ def _cid(kind: str, n: int, token: str) -> str:
 
 def _params(rec: RunRecord | None, spec: RunSpec | None) -> list[tuple[str, str]]:
     pairs = rec.params if rec is not None else (spec.params if spec is not None else ())
-    return [(k, _num(v)) for k, v in pairs]
+    return [(k, format_metric(v)) for k, v in pairs]
 
 
 def notice_item(store: Store, event: Event, spec: RunSpec | None, workbook: Workbook, project_dir: Path,
@@ -997,14 +974,14 @@ class Mailer:
                     delay = self._backoff(now)
                     warnings.append(f"e-mail: no password for {cfg.user} at {cfg.where}: set NERO_SMTP_PASSWORD or "
                                     f"run `keyring set nero {cfg.user}`; {len(queued)} message(s) wait in the outbox, "
-                                    f"next try in {_duration(delay)}")
+                                    f"next try in {format_duration(delay)}")
                     return warnings
             try:
                 transport = _Transport(cfg, password)
             except Exception as e:
                 delay = self._backoff(now)
                 warnings.append(f"e-mail: cannot deliver through {cfg.where} ({_smtp_error(e)}); {len(queued)} "
-                                f"message(s) wait in the outbox, next try in {_duration(delay)}")
+                                f"message(s) wait in the outbox, next try in {format_duration(delay)}")
                 return warnings
             try:
                 for m in queued:
@@ -1014,7 +991,7 @@ class Mailer:
                         left = len(self.store.mail(("queued",)))
                         delay = self._backoff(now)
                         warnings.append(f"e-mail: the connection to {cfg.where} broke ({e}); {left} message(s) "
-                                        f"wait in the outbox, next try in {_duration(delay)}")
+                                        f"wait in the outbox, next try in {format_duration(delay)}")
                         return warnings
                 self._failures, self._retry_at = 0, 0.0
             finally:
@@ -1128,46 +1105,3 @@ def _smtp_error(e: Exception) -> str:
     if isinstance(e, TimeoutError | socket.timeout):
         return f"no answer within {SMTP_TIMEOUT_S:.0f} s"
     return _one_line(f"{type(e).__name__}: {e}", 200)
-
-
-# ---------------------------------------------------------------------------- schedule
-@dataclass(frozen=True)
-class DigestSchedule:
-    """A parsed Settings `digest`: every N minutes/hours, daily at HH:MM, or off."""
-
-    every_s: float | None = None
-    daily_at: str = ""
-    text: str = "off"
-    unit: str = field(default="", compare=False)
-    n: int = field(default=0, compare=False)
-
-    @property
-    def off(self) -> bool:
-        return self.every_s is None and not self.daily_at
-
-
-def parse_digest(text: str) -> DigestSchedule:
-    t = " ".join((text or "off").lower().split())
-    m = re.fullmatch(r"every (\d+) (minute|hour)s?", t)
-    if m and int(m.group(1)) >= 1:
-        n = int(m.group(1))
-        return DigestSchedule(every_s=n * (60 if m.group(2) == "minute" else 3600), text=t, unit=m.group(2) + "s", n=n)
-    m = re.fullmatch(r"daily at (\d{1,2}):(\d{2})", t)
-    if m and int(m.group(1)) < 24 and int(m.group(2)) < 60:
-        return DigestSchedule(daily_at=f"{int(m.group(1)):02d}:{m.group(2)}", text=t)
-    return DigestSchedule()
-
-
-def digest_overdue(schedule: DigestSchedule, last: float | None, now: float) -> bool:
-    """Whether a digest was missed while nero was not watching (checked when a loop starts):
-    the period passed since the last one, or today's time of day passed after it. Never
-    before a first digest: that one comes on schedule."""
-    if schedule.off or last is None:
-        return False
-    if schedule.every_s is not None:
-        return now - last >= schedule.every_s
-    hour, minute = (int(x) for x in schedule.daily_at.split(":"))
-    lt = time.localtime(now)
-    today = time.mktime((lt.tm_year, lt.tm_mon, lt.tm_mday, hour, minute, 0, 0, 0, -1))
-    due = today if today <= now else today - 86400
-    return last < due

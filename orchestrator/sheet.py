@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import spec
+from .digest_schedule import read_digest
 from .errors import ExpressionError, TemplateError, WorkbookError
 from .files import write_atomically
 from .model import (
@@ -41,6 +42,7 @@ from .model import (
 )
 from .render import command_variables
 from .rules import parse_rules
+from .units import parse_duration, parse_size_mb
 
 T = TypeVar("T")
 
@@ -68,14 +70,6 @@ SHEETS = ("Experiments", "Clusters", "Metrics", "Settings")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _PARAMETER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
-_CLOCK = re.compile(r"^(?:(\d+)-)?(\d+):([0-5]\d):([0-5]\d)$")
-_UNIT = r"(\d+(?:\.\d+)?)\s*(days?|d|hours?|hrs?|h|minutes?|mins?|m|seconds?|secs?|s)"
-_UNITS = re.compile(rf"^(?:\s*{_UNIT}\s*)+$", re.I)
-_UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?$", re.I)
-_SIZE_MB = {"": 1, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
-_DIGEST_EVERY = re.compile(r"^every\s+(\d+)\s+(minute|hour)s?$")
-_DIGEST_DAILY = re.compile(r"^daily\s+at\s+([01]?\d|2[0-3]):([0-5]\d)$")
 
 
 class _Unreadable:
@@ -408,20 +402,6 @@ def _whole(minimum: int, example: int, maximum: int | None = None) -> Callable[[
     return convert
 
 
-def _seconds(text: str, bare_unit: float) -> float | None:
-    """A duration in seconds: a bare number (× bare_unit), [D-]HH:MM:SS, or 1h30m-style units."""
-    t = text.strip().lower()
-    if _NUMBER.match(t):
-        return float(t) * bare_unit
-    m = _CLOCK.match(t)
-    if m:
-        d, h, mi, s = (int(x or 0) for x in m.groups())
-        return d * 86400 + h * 3600 + mi * 60 + s
-    if _UNITS.match(t):
-        return sum(float(n) * _UNIT_SECONDS[u[0]] for n, u in re.findall(_UNIT, t, re.I))
-    return None
-
-
 def _minutes(value: object, column: str) -> int:
     """A wall-time limit in whole minutes (rounded up)."""
     seconds: float | None
@@ -434,7 +414,7 @@ def _minutes(value: object, column: str) -> int:
     elif isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, str):
-        seconds = _seconds(value, 60)
+        seconds = parse_duration(value, bare_unit=60)
     else:
         seconds = None
     if seconds is None or not seconds > 0:
@@ -446,8 +426,7 @@ def _minutes(value: object, column: str) -> int:
 def _megabytes(value: object, column: str) -> int:
     n = _number(value)
     if n is None and isinstance(value, str):
-        m = _SIZE.match(value.strip())
-        n = float(m.group(1)) * _SIZE_MB[m.group(2).lower()] if m else None
+        n = parse_size_mb(value)
     if n is None or not n > 0:
         raise ValueError(f"{_show(value)} is not a memory size for {column}; write megabytes (4000) or 4G / 500M")
     return math.ceil(n)
@@ -879,24 +858,18 @@ def _results_name(value: object, column: str) -> str:
 
 
 def _interval(value: object, column: str) -> float:
-    seconds = _number(value) if not isinstance(value, str) else _seconds(value, 1)
+    seconds = _number(value) if not isinstance(value, str) else parse_duration(value)
     if seconds is None or not seconds > 0:
         raise ValueError(f"{_show(value)} is not a valid interval; write seconds between passes (30) or 30s / 5m")
     return float(seconds)
 
 
 def _digest(value: object, column: str) -> str:
-    text = re.sub(r"\s+", " ", _text(value).lower())
-    every, daily = _DIGEST_EVERY.match(text), _DIGEST_DAILY.match(text)
-    if text == "off":
-        return text
-    if every and int(every.group(1)) >= 1:
-        n = int(every.group(1))
-        return f"every {n} {every.group(2)}{'s' if n != 1 else ''}"
-    if daily:
-        return f"daily at {int(daily.group(1)):02d}:{daily.group(2)}"
-    raise ValueError(f"{_show(value)} is not a digest schedule; write every 6 hours, every 30 minutes, "
-                     "daily at 08:00, or off")
+    schedule = read_digest(_text(value))
+    if schedule is None:
+        raise ValueError(f"{_show(value)} is not a digest schedule; write every 6 hours, every 30 minutes, "
+                         "daily at 08:00, or off")
+    return schedule.setting
 
 
 def _email(value: object, column: str) -> str:
