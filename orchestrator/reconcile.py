@@ -49,6 +49,7 @@ from .plan import plan as make_plan
 from .render import render_command, render_template
 from .spec import expand
 from .state import Store
+from .units import format_megabytes
 
 __all__ = ["PassReport", "Reconciler", "ClusterWatch", "state_path", "git_info"]
 
@@ -295,12 +296,12 @@ class Reconciler:
         """Reach each cluster that has work this pass (live runs, runs to submit); note the
         ones that are unreachable or short of disk (Settings min_free_disk): no new runs
         go there this pass, and the warning says why and what to do."""
-        from .backends.client import size_mb
+        from .units import parse_size_mb
 
         assert self.workbook is not None
         wanted = self._wanted_clusters()
         limit_text = self.workbook.settings.min_free_disk
-        limit = size_mb(limit_text) if limit_text else None
+        limit = parse_size_mb(limit_text) if limit_text else None
         for name in sorted(live | wanted):
             watch = self._watch(name)
             watch.hold, watch.down = "", False
@@ -314,7 +315,7 @@ class Reconciler:
                 continue
             free = backend.free_disk_mb() if limit else None
             if limit and free is not None and free < limit and name in wanted:
-                watch.hold = (f"free disk in its workdir is {_size(free)}, below Settings min_free_disk "
+                watch.hold = (f"free disk in its workdir is {format_megabytes(free)}, below Settings min_free_disk "
                               f"{limit_text}")
                 report.warnings.append(f"cluster {name!r}: {watch.hold}; its new runs are held until space is "
                                        "freed (or min_free_disk is lowered)")
@@ -595,7 +596,3 @@ class ClusterWatch:
         self.unchanged = 0 if changed else self.unchanged + 1
         k = self.unchanged - 3
         self.next_poll = 0.0 if k < 0 else now + min(60.0, 5.0 * 2 ** k)
-
-
-def _size(mb: float) -> str:
-    return f"{mb / 1024:.1f} GB" if mb >= 1024 else f"{mb:.0f} MB"

@@ -1,6 +1,7 @@
 """Autotermination rules: the `rules` column parsed into rules, and their verdicts (pure).
 
-A rules cell is a `;`-separated list of rules; empty parts are ignored::
+A rules cell is a `;`-separated list of rules (a `;` in quotes does not split; the cell is
+read as the tokens of `orchestrator.tokens`); empty parts are ignored::
 
     rules := rule (";" rule)*
     rule  := ["warn:"] condition ["after" N]
@@ -21,19 +22,30 @@ Deciding when to evaluate (every pass on new metrics) and recording events is th
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 from .errors import ExpressionError
 from .expr import MAX_LENGTH, Expr, Facts, explain, parse_at
 from .expr import names as expr_names
+from .tokens import Token, tokenize, trim
+
+__all__ = [
+    "MAX_RULES_LENGTH",
+    "Rule",
+    "Verdict",
+    "evaluate",
+    "first_stop",
+    "names",
+    "parse_rules",
+    "verdict",
+]
 
 MAX_RULES_LENGTH = 10 * MAX_LENGTH
 
-_WARN = re.compile(r"\s*warn\s*:\s*", re.IGNORECASE)
-_AFTER = re.compile(r"(?<![A-Za-z0-9_.@/])after\s+(\d+)\s*$", re.IGNORECASE)
-_AFTER_WORD = re.compile(r"(?<![A-Za-z0-9_.@/])after(?![A-Za-z0-9_])", re.IGNORECASE)
+_AFTER_WORD = re.compile(r"after(?![A-Za-z0-9_])", re.IGNORECASE)  # at the start of a name token
+_STEP = re.compile(r"\d+")
 
 
 @dataclass(frozen=True)
@@ -67,74 +79,53 @@ class Verdict:
         return self.fired and self.rule.warn
 
 
-def _split(text: str) -> Iterator[tuple[int, int]]:
-    """(start, end) of each `;`-separated part; `;` inside quotes does not split."""
-    start, quote, i = 0, "", 0
-    for i, ch in enumerate(text):
-        if quote:
-            if ch in quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "\u2018\u2019":
-            quote = "\u2018\u2019"
-        elif ch in "\u201c\u201d":
-            quote = "\u201c\u201d"
-        elif ch == ";":
-            yield start, i
-            start = i + 1
-    yield start, len(text)
-
-
 @lru_cache(maxsize=1024)
 def parse_rules(text: str) -> tuple[Rule, ...]:
     """Parse a rules cell; ExpressionError names the rule and the character that is wrong."""
     if len(text) > MAX_RULES_LENGTH:
         raise ExpressionError(text, f"the rules are {len(text)} characters long; at most {MAX_RULES_LENGTH} are allowed")
     rules: list[Rule] = []
-    for start, end in _split(text):
-        while start < end and text[start].isspace():
-            start += 1
-        while end > start and text[end - 1].isspace():
-            end -= 1
-        if start == end:
-            continue
-        label = f"rule {len(rules) + 1}"
-        if end - start > MAX_LENGTH:
-            raise ExpressionError(text, f"{label} is {end - start} characters long; at most {MAX_LENGTH} are allowed", start)
-        warn = False
-        m = _WARN.match(text, start, end)
-        if m:
-            warn, start = True, m.end()
-        body_end, after = end, None
-        m = _AFTER.search(text, start, end)
-        if m:
-            body_end, after = m.start(), int(m.group(1))
-            if body_end == start or not text[start:body_end].strip():
-                raise ExpressionError(text, f"{label}: 'after {m.group(1)}' needs a condition before it, "
-                                      "e.g. 'val_err > 0.4 after 500'", start)
-        else:
-            word = _AFTER_WORD.search(text, start, end)
-            if word and _outside_quotes(text, start, word.start()):
-                raise ExpressionError(text, f"{label}: 'after' takes a whole step number and ends the rule, "
-                                      "e.g. 'val_err > 0.4 after 500'", word.start())
-        expr = parse_at(text, start, body_end, label=label)
-        source = " ".join(text[start:end].split())
-        rules.append(Rule(source=source, expr=expr, after=after, warn=warn))
+    part: list[Token] = []
+    for tok in tokenize(text):
+        if tok.kind != "end" and not (tok.kind == "char" and tok.text == ";"):
+            part.append(tok)
+        elif part:
+            rules.append(_rule(text, part, f"rule {len(rules) + 1}"))
+            part = []
     return tuple(rules)
 
 
-def _outside_quotes(text: str, start: int, pos: int) -> bool:
-    quote = ""
-    for ch in text[start:pos]:
-        if quote:
-            if ch in quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "\u2018\u2019\u201c\u201d":
-            quote = "\u2018\u2019" if ch in "\u2018\u2019" else "\u201c\u201d"
-    return not quote
+def _rule(text: str, tokens: list[Token], label: str) -> Rule:
+    """One rule from its tokens (at least one)."""
+    start, end = trim(text, tokens[0].pos, tokens[-1].stop)
+    if end - start > MAX_LENGTH:
+        raise ExpressionError(text, f"{label} is {end - start} characters long; at most {MAX_LENGTH} are allowed", start)
+    warn = len(tokens) > 1 and tokens[0].text.lower() == "warn" and tokens[0].kind == "name" and tokens[1].text == ":"
+    if warn:
+        tokens = tokens[2:]
+        start = tokens[0].pos if tokens else end
+    body_end, after = end, None
+    if (len(tokens) >= 2 and tokens[-2].text.lower() == "after" and _is_after(text, tokens[-2])
+            and tokens[-1].kind == "num" and _STEP.fullmatch(tokens[-1].text)):
+        body_end, after = tokens[-2].pos, int(tokens[-1].text)
+        if len(tokens) == 2:
+            raise ExpressionError(text, f"{label}: 'after {tokens[-1].text}' needs a condition before it, "
+                                  "e.g. 'val_err > 0.4 after 500'", start)
+    else:
+        word = next((t for t in tokens if _is_after(text, t)), None)
+        if word is not None:
+            raise ExpressionError(text, f"{label}: 'after' takes a whole step number and ends the rule, "
+                                  "e.g. 'val_err > 0.4 after 500'", word.pos)
+    expr = parse_at(text, start, body_end, label=label)
+    source = " ".join(text[start:end].split())
+    return Rule(source=source, expr=expr, after=after, warn=warn)
+
+
+def _is_after(text: str, tok: Token) -> bool:
+    """Whether the token is the word `after` (a name starting with it, as in `after.x`, counts
+    unless a `.`, `@` or `/` comes right before it)."""
+    return (tok.kind == "name" and _AFTER_WORD.match(tok.text) is not None
+            and (tok.pos == 0 or text[tok.pos - 1] not in ".@/"))
 
 
 def verdict(rule: Rule, facts: Facts) -> Verdict:

@@ -1,7 +1,8 @@
 """Variation expansion, stable run keys and spec hashes (pure).
 
 A parameter cell is a scalar or a variation: `[0.1, 0.01]`, `range(1, 5)`,
-`linspace(0, 1, 5)`, `logspace(-4, -1, 4)`. Several variations in one row form a grid.
+`linspace(0, 1, 5)`, `logspace(-4, -1, 4)` (read as the tokens of `orchestrator.tokens`:
+commas inside quotes do not split a list). Several variations in one row form a grid.
 A run's key is `experiment[name=value,…]` over the varied parameters, in column order,
 so inserting rows or list values renumbers nothing. The spec hash covers only what
 changes the job (command, parameters, cluster, resources, template, setup, workdir).
@@ -17,11 +18,25 @@ import re
 from collections.abc import Iterable, Iterator
 
 from .model import Experiment, RunSpec, Scalar, Variation, Workbook
+from .tokens import PLAIN_QUOTES, number, scan, spans, tokenize
+
+__all__ = [
+    "MAX_VALUES",
+    "count_runs",
+    "diff_essence",
+    "expand",
+    "expand_experiment",
+    "format_value",
+    "normalize",
+    "parse_cell",
+    "parse_scalar",
+    "run_key",
+    "spec_hash",
+]
 
 MAX_VALUES = 100_000
-_FUNC = re.compile(r"^\s*(range|linspace|logspace)\s*\((.*)\)\s*$", re.S)
-_INT = re.compile(r"^[-+]?\d+$")
-_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+_FUNCTIONS = ("range", "linspace", "logspace")
+_FUNCTION_WORD = re.compile(r"(?:range|linspace|logspace)\b")  # at the start of a name token
 
 
 def normalize(v: Scalar) -> Scalar:
@@ -46,10 +61,9 @@ def parse_scalar(text: str) -> Scalar:
     t = text.strip()
     if len(t) >= 2 and t[0] == t[-1] and t[0] in "'\"":
         return t[1:-1]
-    if _INT.match(t):
-        return int(t)
-    if _FLOAT.match(t):
-        return normalize(float(t))
+    n = number(t)
+    if n is not None:
+        return int(t) if t.lstrip("+-").isdigit() else normalize(n)
     low = t.lower()
     if low in ("true", "false"):
         return low == "true"
@@ -59,33 +73,34 @@ def parse_scalar(text: str) -> Scalar:
 
 
 def _number(text: str, what: str) -> float:
-    t = text.strip()
-    if not (_INT.match(t) or _FLOAT.match(t)):
-        raise ValueError(f"{t!r} is not a number in {what}")
-    return float(t)
+    """One argument of range/linspace/logspace: a number, its sign written against it."""
+    n = number(text)
+    if n is None:
+        raise ValueError(f"{text.strip()!r} is not a number in {what}")
+    return n
 
 
-def _split_list(body: str) -> list[str]:
-    items, cur, quote = [], [], ""
-    for ch in body:
-        if quote:
-            cur.append(ch)
-            if ch == quote:
-                quote = ""
-        elif ch in "'\"":
-            quote = ch
-            cur.append(ch)
-        elif ch == ",":
-            items.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    if quote:
+def _list_items(text: str) -> list[str]:
+    """The comma-separated items of `[…]` (commas inside '…' or "…" do not count)."""
+    tokens = tokenize(text, 1, len(text) - 1, quotes=PLAIN_QUOTES)
+    if len(tokens) > 1 and tokens[-2].kind == "unclosed":  # an unclosed quote runs to the end
         raise ValueError("unclosed quote in list")
-    items.append("".join(cur))
+    items = [text[start:end] for start, end in spans(tokens, ",", 1, len(text) - 1)]
     if items and not items[-1].strip():
         items.pop()  # trailing comma
     return items
+
+
+def _function_call(text: str) -> tuple[str, list[str]] | None:
+    """`("range", ["1", " 5"])` for `range(1, 5)`; None when the cell is no such call."""
+    tokens = tokenize(text, quotes={})
+    name = tokens[0]
+    if name.kind != "name" or name.text not in _FUNCTIONS:
+        return None
+    if len(tokens) < 4 or tokens[1].text != "(" or tokens[-2].text != ")":
+        return None
+    start, end = tokens[1].stop, tokens[-2].pos
+    return name.text, [text[a:b] for a, b in spans(tokens[2:-2], ",", start, end)]
 
 
 def parse_cell(value: object) -> Scalar | Variation:
@@ -100,18 +115,18 @@ def parse_cell(value: object) -> Scalar | Variation:
     if text.startswith("["):
         if not text.endswith("]"):
             raise ValueError(f"list {text[:40]!r} is missing its closing ']' (write e.g. [0.1, 0.01])")
-        items = _split_list(text[1:-1])
+        items = _list_items(text)
         if not items or any(not i.strip() for i in items):
             raise ValueError(f"list {text[:40]!r} has an empty value (write e.g. [0.1, 0.01])")
         vals = tuple(parse_scalar(i) for i in items)
         if len(set(map(repr, vals))) != len(vals):
             raise ValueError(f"list {text[:40]!r} repeats a value; each value makes one run")
         return Variation(text, vals)
-    m = _FUNC.match(text)
-    if m:
-        fn, args = m.group(1), [a for a in m.group(2).split(",")]
+    call = _function_call(text) if text.startswith(_FUNCTIONS) else None
+    if call:
+        fn, args = call
         return Variation(text, _expand_function(fn, args, text))
-    if text.endswith("]") or re.match(r"^\s*(range|linspace|logspace)\b", text):
+    if text.endswith("]") or (text.startswith(_FUNCTIONS) and _FUNCTION_WORD.match(next(scan(text)).text)):
         raise ValueError(f"{text[:40]!r} is not a valid variation; use [a, b], range(a, b[, step]), linspace(a, b, n) or logspace(a, b, n)")
     return value
 

@@ -36,7 +36,6 @@ from orchestrator.expr import (
     StateTerm,
     evaluate,
     explain,
-    format_duration,
     names,
     parse,
     parse_selector,
@@ -44,6 +43,7 @@ from orchestrator.expr import (
     unparse,
 )
 from orchestrator.model import MAX_GOAL_NAMES, RunRecord, RunState
+from orchestrator.units import format_duration
 
 NAN, INF = math.nan, math.inf
 

@@ -15,13 +15,12 @@ import pytest
 from conftest import write_workbook
 from test_notify import FROM, TO, Inbox, SmtpServer, free_port, set_settings
 
+from orchestrator.digest_schedule import digest_overdue, parse_digest
 from orchestrator.mail import (
     GROUP_OVER,
     Mailer,
     compose,
-    digest_overdue,
     message_id,
-    parse_digest,
 )
 from orchestrator.model import Event, Settings
 from orchestrator.state import Mail, Store

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.backends import code as codeship
-from orchestrator.backends.client import SchedState, job_name, parse_nvidia_smi, size_mb
+from orchestrator.backends.client import SchedState, job_name, parse_nvidia_smi
 from orchestrator.backends.sge import (
     parse_qacct,
     parse_qacct_names,
@@ -39,6 +39,7 @@ from orchestrator.backends.ssh import SshBackend
 from orchestrator.backends.wire import AgentReply, decode_reply
 from orchestrator.model import Cluster, ClusterKind, Handle, JobScript, Offsets
 from orchestrator.render import render_template
+from orchestrator.units import parse_size_mb as size_mb
 
 
 # --------------------------------------------------------------------------- names

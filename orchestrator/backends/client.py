@@ -49,8 +49,7 @@ from ..paths import ClusterPaths
 from .shell import LocalShell, Shell
 from .wire import BOOTSTRAP, AgentReply, decode_reply, encode_request
 
-__all__ = ["AgentBackend", "HostInfo", "SchedState", "Units", "job_name", "one_unit_per_job", "parse_nvidia_smi",
-           "size_mb"]
+__all__ = ["AgentBackend", "HostInfo", "SchedState", "Units", "job_name", "one_unit_per_job", "parse_nvidia_smi"]
 
 PER_FILE_LIMIT = 8 * 1024 * 1024  # bytes read per output file per pass; the rest comes next pass
 PASS_BUDGET = 64 * 1024 * 1024  # bytes read per cluster per pass
@@ -99,15 +98,6 @@ class HostInfo:
     tools: dict[str, str | None]
     outputs: list[tuple[int, str, str]]  # (rc, stdout, stderr) of the hello commands
     at: float = field(default_factory=time.monotonic)
-
-
-def size_mb(text: str) -> float | None:
-    """'10G', '500M', '2T', '4000' (MB) → megabytes; None if empty or unreadable."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgtp]?)i?b?\s*", str(text or ""), re.I)
-    if not m:
-        return None
-    factor = {"": 1, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 ** 2, "p": 1024 ** 3}[m.group(2).lower()]
-    return float(m.group(1)) * factor
 
 
 def parse_nvidia_smi(text: str | None) -> tuple[GpuInfo, ...]:

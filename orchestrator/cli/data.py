@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ..errors import NeroError
+from ..units import format_megabytes
 from .console import console as _console
 from .console import escape
 from .group import WORKBOOK_OPTION, fail, main, open_project, select
@@ -97,9 +98,7 @@ def _resources_tables(found, live: dict[str, int]) -> None:
     from rich.table import Table
 
     def mb(v: float | None) -> str:
-        if v is None:
-            return "?"
-        return f"{v / 1024:.1f} GB" if v >= 1024 else f"{v:.0f} MB"
+        return format_megabytes(v, missing="?")
 
     con = _console()
     for r in found:

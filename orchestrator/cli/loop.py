@@ -146,7 +146,7 @@ class DigestLoop:
 
     def after_pass(self, report: PassReport) -> None:
         """Follow the setting as the pass read it; a first look sends a missed digest."""
-        from ..mail import digest_overdue, parse_digest
+        from ..digest_schedule import digest_overdue, parse_digest
 
         self.plan = report.plan
         setting = self.project.workbook.settings.digest if self.project.workbook else "off"

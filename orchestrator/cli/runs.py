@@ -11,6 +11,7 @@ import click
 
 from ..errors import NeroError
 from ..project import Project
+from ..units import format_duration, format_significant
 from .console import STATE_STYLE, console, escape
 from .group import (
     WORKBOOK_ARG,
@@ -147,22 +148,12 @@ def _status_table(runs: list[RunRecord], now: float, show_all: bool) -> None:
     for r in runs:
         names = sorted(r.last)
         shown = names if show_all else names[:4]
-        metrics = "  ".join(f"{k}={_num(r.last[k])}" for k in shown) + (" …" if len(names) > len(shown) else "")
+        metrics = "  ".join(f"{k}={format_significant(r.last[k])}" for k in shown) + (" …" if len(names) > len(shown) else "")
         style = STATE_STYLE.get(r.state.value, "")
         state = r.state.value + (" (orphaned)" if r.orphaned else "")
-        t.add_row(str(r.number), escape(r.key), f"[{style}]{state}[/]", escape(r.cluster), _duration(r.runtime(now)),
+        t.add_row(str(r.number), escape(r.key), f"[{style}]{state}[/]", escape(r.cluster), format_duration(r.runtime(now)),
                   "" if r.step is None else str(r.step), escape(metrics), escape(r.reason))
     console().print(t)
-
-
-def _duration(seconds: float | None) -> str:
-    from ..expr import format_duration
-
-    return "" if seconds is None else format_duration(seconds)
-
-
-def _num(v: float) -> str:
-    return f"{v:.4g}"
 
 
 

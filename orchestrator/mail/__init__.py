@@ -8,10 +8,10 @@
     formats.py   numbers, sizes, durations and times as e-mails show them
 """
 
+from ..digest_schedule import DigestSchedule, digest_overdue, parse_digest
 from .compose import Part, compose, html_with_data_uris, message_id, render_mail, text_of
 from .content import EVENT_WORDS, GROUP_OVER
 from .outbox import DIGEST_KEY, MAIL_STATUSES, Mailer, tail
-from .schedule import DigestSchedule, digest_overdue, parse_digest
 from .smtp import SmtpConfig, sender_address, smtp_config, smtp_password
 
 __all__ = [

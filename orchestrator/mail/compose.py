@@ -20,7 +20,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .formats import _duration, _mb, _num, local_time, one_line, short_time
+from ..units import format_duration, format_megabytes, format_metric
+from .formats import local_time, one_line, short_time
 
 __all__ = [
     "STATE_COLORS", "Draft", "Part", "compose", "html_with_data_uris", "message_id", "render_mail", "render_message",
@@ -58,7 +59,7 @@ def _environment(search: tuple[str, ...]) -> Any:
     from ..render import mail_environment
 
     env = mail_environment(search)
-    env.filters.update(num=_num, when=local_time, clock=short_time, duration=_duration, mb=_mb,
+    env.filters.update(num=format_metric, when=local_time, clock=short_time, duration=format_duration, mb=format_megabytes,
                        one_line=one_line, state_color=lambda s: STATE_COLORS.get(str(s), "#1f2328"),
                        breakable=_breakable)
     return env

@@ -36,8 +36,9 @@ from typing import Any
 
 from ..metrics import default_goal, rank_key
 from ..model import FINISHED_STATES, Event, ResultsInput, RunRecord, RunSpec, Workbook
+from ..units import format_metric
 from .compose import Draft, Part, compose, message_id, render_message
-from .formats import _num, local_time, one_line
+from .formats import local_time, one_line
 
 __all__ = [
     "CHANGE_KINDS", "DETAILED_IN_GROUP", "DIGEST_CHANGES", "DIGEST_PLOTS", "DIGEST_TOP", "ENDINGS", "EVENT_WORDS",
@@ -131,7 +132,7 @@ def needs_details(event: Event, detailed: bool) -> bool:
 
 def _params(rec: RunRecord | None, spec: RunSpec | None) -> list[tuple[str, str]]:
     pairs = rec.params if rec is not None else (spec.params if spec is not None else ())
-    return [(k, _num(v)) for k, v in pairs]
+    return [(k, format_metric(v)) for k, v in pairs]
 
 
 def notice_item(event: Event, spec: RunSpec | None, facts: RunFacts, workbook: Workbook, n: int, token: str,

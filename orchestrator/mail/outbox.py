@@ -50,6 +50,7 @@ from ..files import write_atomically
 from ..model import Event, ResultsInput, RunSpec, Settings, Workbook
 from ..paths import ProjectPaths
 from ..state import Mail, Store
+from ..units import format_duration
 from .compose import Draft, Part
 from .content import (
     ENDINGS,
@@ -62,7 +63,6 @@ from .content import (
     needs_details,
     notice_batches,
 )
-from .formats import _duration
 from .smtp import (
     Broken,
     Refused,
@@ -315,7 +315,7 @@ class Mailer:
     def _waiting(self, now: float, problem: str, waiting: int) -> str:
         """Back off after `problem` stopped delivery; the warning that says so."""
         delay = self._backoff(now)
-        return f"e-mail: {problem}; {waiting} message(s) wait in the outbox, next try in {_duration(delay)}"
+        return f"e-mail: {problem}; {waiting} message(s) wait in the outbox, next try in {format_duration(delay)}"
 
     def _deliver(self, settings: Settings, now: float, force: bool) -> list[str]:
         from filelock import FileLock, Timeout

@@ -19,7 +19,7 @@ from ..model import RESOURCE_COLUMNS, Desired, Experiment, Scalar, Variation
 from ..rules import parse_rules
 from .cells import choice, identifier, names, one_of, text, whole
 from .commands import BUILTIN_VARIABLES, VariablesOf, check_command
-from .quantities import _megabytes, _minutes
+from .quantities import megabytes_cell, minutes_cell
 from .table import UNREADABLE, Problems, Row, Sheet, Table, read_table, table_rows
 
 __all__ = ["EXPERIMENT_COLUMNS", "MAX_RUNS_PER_ROW", "NOTIFY_EVENTS", "read_experiments"]
@@ -158,7 +158,7 @@ def _param_value(value: object) -> object:
 
 def _resources(row: Row) -> tuple[tuple[str, Scalar], ...]:
     converters: dict[str, Callable[[Any, str], Scalar]] = {
-        "time": _minutes, "cpus": whole(1, 4), "mem": _megabytes, "gpus": whole(0, 1),
+        "time": minutes_cell, "cpus": whole(1, 4), "mem": megabytes_cell, "gpus": whole(0, 1),
         "partition": text, "account": text, "options": text,
     }
     out = []

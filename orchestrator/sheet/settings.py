@@ -8,7 +8,7 @@ from typing import Any
 
 from ..model import Settings
 from .cells import choice, names, number, show, text, whole
-from .quantities import _digest, _interval, _size_text
+from .quantities import digest_cell, interval_cell, size_text_cell
 from .table import UNREADABLE, Problems, Sheet, header_key
 
 __all__ = ["SETTING_KEYS", "SMTP_SECURITY", "read_settings"]
@@ -73,11 +73,11 @@ def _unknown_setting(key: str) -> str:
 
 def _setting_parsers() -> dict[str, Callable[[Any, str], Any]]:
     return {
-        "results": _results_name, "interval": _interval, "digest": _digest,
+        "results": _results_name, "interval": interval_cell, "digest": digest_cell,
         "email_to": _emails, "email_from": _email, "smtp_host": text,
         "smtp_port": whole(1, 587, 65535), "smtp_user": text,
         "smtp_security": choice(SMTP_SECURITY), "primary_metric": text,
-        "checkpoints": _checkpoints, "min_free_disk": _size_text, "default_cluster": text,
+        "checkpoints": _checkpoints, "min_free_disk": size_text_cell, "default_cluster": text,
     }
 
 

@@ -1,0 +1,196 @@
+"""The syntax tree of nero's expression language: its nodes, walking them, and writing a tree
+back as canonical text (pure).
+
+Nodes are frozen dataclasses, so trees compare, hash and cache by value; `parse` in
+`orchestrator.expr.parser` builds them and `unparse` here writes them back so that
+`parse(unparse(t)) == t`. Durations are numbers of seconds once parsed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from ..units import format_number
+
+__all__ = [
+    "BUILTIN_NAMES",
+    "Arith",
+    "Bool",
+    "Call",
+    "Compare",
+    "Expr",
+    "Literal",
+    "Logic",
+    "Name",
+    "Neg",
+    "Not",
+    "Num",
+    "Str",
+    "Unary",
+    "children",
+    "max_depth",
+    "unparse",
+    "walk",
+]
+
+BUILTIN_NAMES = frozenset({"runtime", "step", "state", "cluster", "experiment", "id", "key"})
+
+V = TypeVar("V", float, str, bool)
+
+
+class Expr:
+    """A node of a parsed expression (frozen dataclasses below)."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True)
+class Literal(Expr, Generic[V]):
+    """A constant written in the expression."""
+
+    value: V
+
+
+class Num(Literal[float]):
+    """A number; nan and inf included, durations in seconds."""
+
+
+class Str(Literal[str]):
+    """Quoted text."""
+
+
+class Bool(Literal[bool]):
+    """true or false."""
+
+
+@dataclass(frozen=True)
+class Name(Expr):
+    name: str
+
+
+@dataclass(frozen=True)
+class Unary(Expr):
+    """An operator on one operand."""
+
+    operand: Expr
+
+
+class Neg(Unary):
+    """-x"""
+
+
+class Not(Unary):
+    """not c"""
+
+
+@dataclass(frozen=True)
+class Arith(Expr):
+    op: str  # + - * /
+    left: Expr
+    right: Expr
+
+
+@dataclass(frozen=True)
+class Compare(Expr):
+    operands: tuple[Expr, ...]
+    ops: tuple[str, ...]  # < <= > >= == !=, one fewer than operands
+
+
+@dataclass(frozen=True)
+class Logic(Expr):
+    op: str  # and | or
+    operands: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
+class Call(Expr):
+    func: str
+    args: tuple[Expr, ...]
+
+
+def children(node: Expr) -> tuple[Expr, ...]:
+    """A node's operands and arguments, left to right."""
+    if isinstance(node, Unary):
+        return (node.operand,)
+    if isinstance(node, Arith):
+        return (node.left, node.right)
+    if isinstance(node, Compare | Logic):
+        return node.operands
+    if isinstance(node, Call):
+        return node.args
+    return ()
+
+
+def walk(node: Expr) -> Iterator[Expr]:
+    """Every node, parents before children, left to right (iterative)."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        yield n
+        stack.extend(reversed(children(n)))
+
+
+_PRECEDENCE = {"or": 1, "and": 2, "not": 3, "cmp": 4, "+": 5, "-": 5, "*": 6, "/": 6, "neg": 7}
+
+
+def _precedence(node: Expr) -> int:
+    if isinstance(node, Logic):
+        return _PRECEDENCE[node.op]
+    if isinstance(node, Not):
+        return _PRECEDENCE["not"]
+    if isinstance(node, Compare):
+        return _PRECEDENCE["cmp"]
+    if isinstance(node, Arith):
+        return _PRECEDENCE[node.op]
+    if isinstance(node, Neg) or (isinstance(node, Num) and (node.value < 0)):
+        return _PRECEDENCE["neg"]
+    return 9
+
+
+def unparse(node: Expr) -> str:
+    """Canonical text for a tree; `parse(unparse(t)) == t` for every tree `parse` returns."""
+
+    def wrap(child: Expr, least: int) -> str:
+        text = unparse(child)
+        return f"({text})" if _precedence(child) < least else text
+
+    if isinstance(node, Num):
+        return format_number(node.value, exact=True)
+    if isinstance(node, Str):
+        quote = "'" if "'" not in node.value else '"'
+        return f"{quote}{node.value}{quote}"
+    if isinstance(node, Bool):
+        return "true" if node.value else "false"
+    if isinstance(node, Name):
+        return node.name
+    if isinstance(node, Neg):
+        return "-" + wrap(node.operand, _PRECEDENCE["neg"])
+    if isinstance(node, Not):
+        return "not " + wrap(node.operand, _PRECEDENCE["not"])
+    if isinstance(node, Arith):
+        p = _PRECEDENCE[node.op]
+        return f"{wrap(node.left, p)} {node.op} {wrap(node.right, p + 1)}"
+    if isinstance(node, Compare):
+        parts = [wrap(node.operands[0], _PRECEDENCE["cmp"] + 1)]
+        for op, operand in zip(node.ops, node.operands[1:], strict=True):
+            parts += [op, wrap(operand, _PRECEDENCE["cmp"] + 1)]
+        return " ".join(parts)
+    if isinstance(node, Logic):
+        p = _PRECEDENCE[node.op]
+        return f" {node.op} ".join(wrap(o, p + 1) for o in node.operands)
+    if isinstance(node, Call):
+        return f"{node.func}({', '.join(unparse(a) for a in node.args)})"
+    raise TypeError(f"not an expression node: {node!r}")
+
+
+def max_depth(node: Expr) -> int:
+    """The depth of a tree, computed without recursion."""
+    deepest = 0
+    stack = [(node, 1)]
+    while stack:
+        n, d = stack.pop()
+        deepest = max(deepest, d)
+        stack.extend((c, d + 1) for c in children(n))
+    return deepest
