@@ -40,6 +40,11 @@ def run_folder(root: str, experiment: str, key: str, attempt: int) -> str:
     return f"{root.rstrip('/')}/{slug(experiment)}/{slug(key)}/{attempt}"
 
 
+def _below(*parts: str, doc: str) -> property:
+    """A path below the project folder, as a read-only attribute."""
+    return property(lambda self: self.root.joinpath(*parts), doc=doc)
+
+
 @dataclass(frozen=True)
 class ProjectPaths:
     """The files of one project on the user's machine; `root` is the workbook's folder."""
@@ -50,35 +55,13 @@ class ProjectPaths:
     def of_workbook(cls, workbook: str | Path) -> ProjectPaths:
         return cls(Path(workbook).resolve().parent)
 
-    @property
-    def nero(self) -> Path:
-        return self.root / NERO_DIR
-
-    @property
-    def state_db(self) -> Path:
-        return self.nero / "state.db"
-
-    @property
-    def reconcile_lock(self) -> Path:
-        return self.nero / "reconcile.lock"
-
-    @property
-    def outbox(self) -> Path:
-        return self.nero / "outbox"
-
-    @property
-    def preview(self) -> Path:
-        return self.nero / "preview"
-
-    @property
-    def runs(self) -> Path:
-        """The default root of local run folders (a Clusters `workdir` overrides it)."""
-        return self.root / "runs"
-
-    @property
-    def templates(self) -> Path:
-        """The project's own templates, which override the built-in ones by name."""
-        return self.root / "templates"
+    nero = _below(NERO_DIR, doc="nero's own folder: state, locks, outbox, previews")
+    state_db = _below(NERO_DIR, "state.db", doc="the SQLite state store")
+    reconcile_lock = _below(NERO_DIR, "reconcile.lock", doc="held by the one reconcile loop of the project")
+    outbox = _below(NERO_DIR, "outbox", doc="every e-mail as an .eml file")
+    preview = _below(NERO_DIR, "preview", doc="`nero digest --preview` writes here")
+    runs = _below("runs", doc="the default root of local run folders (a Clusters `workdir` overrides it)")
+    templates = _below("templates", doc="the project's own templates, which override the built-in ones by name")
 
 
 @dataclass(frozen=True)
