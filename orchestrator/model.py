@@ -154,9 +154,9 @@ class Settings:
     email_to: tuple[str, ...] = ()
     email_from: str = ""
     smtp_host: str = ""
-    smtp_port: int | None = None
     smtp_user: str = ""
     smtp_security: str = "starttls"
+    smtp_port: int | None = None
     primary_metric: str = ""
     checkpoints: tuple[int, ...] = ()
     min_free_disk: str = ""
@@ -351,9 +351,9 @@ class QueueInfo:
 
     name: str
     state: str = ""
+    detail: str = ""
     free_slots: int | None = None
     total_slots: int | None = None
-    detail: str = ""
 
 
 @dataclass(frozen=True)

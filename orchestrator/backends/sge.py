@@ -135,7 +135,7 @@ def parse_qstat_g_c(text: str) -> tuple[QueueInfo, ...]:
     for line in text.splitlines():
         f = line.split()
         if len(f) >= 6 and not line.startswith(("CLUSTER", "-")) and f[3].isdigit() and f[4].isdigit() and f[5].isdigit():
-            out.append(QueueInfo(f[0], "", int(f[4]), int(f[5]), f"load {f[1]}, {f[2]} used, {f[3]} reserved"))
+            out.append(QueueInfo(f[0], "", f"load {f[1]}, {f[2]} used, {f[3]} reserved", int(f[4]), int(f[5])))
     return tuple(out)
 
 

@@ -177,7 +177,7 @@ def parse_sinfo(text: str) -> tuple[QueueInfo, ...]:
         detail = f"{p['nodes']} node{'s' if p['nodes'] != 1 else ''}, {p['mem']} MB/node, time limit {p['limit']}"
         if p["gres"]:
             detail += f", gres {', '.join(sorted(p['gres']))}"
-        out.append(QueueInfo(name, p["state"], p["idle"], p["total"], detail))
+        out.append(QueueInfo(name, p["state"], detail, p["idle"], p["total"]))
     return tuple(out)
 
 
