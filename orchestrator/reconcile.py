@@ -63,6 +63,9 @@ class PassReport:
     results_written: bool = False
 
 
+UNCONFIRMED_GRACE_S = 60.0  # above Slurm's and SGE's default message timeouts
+
+
 def state_path(workbook: Path) -> Path:
     return ProjectPaths.of_workbook(workbook).state_db
 
@@ -84,12 +87,13 @@ class Reconciler:
 
     def __init__(self, workbook: str | Path, store: Store | None = None,
                  backend_factory: Callable[[Cluster, str], Backend] = make_backend,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, unconfirmed_grace_s: float = UNCONFIRMED_GRACE_S):
         self.workbook_path = Path(workbook).resolve()
         self.project_dir = self.workbook_path.parent
         self.store = store or Store(state_path(self.workbook_path))
         self.backend_factory = backend_factory
         self.clock = clock
+        self.unconfirmed_grace_s = unconfirmed_grace_s  # see _recover
         self.workbook: Workbook | None = None
         self.specs: list[RunSpec] = []
         self._stamp: tuple[int, int] | None = None
@@ -217,10 +221,26 @@ class Reconciler:
             except NeroError as e:
                 report.warnings.append(f"{e}; its unconfirmed submissions are checked again next pass")
                 continue
+            missing = [r for r in recs if r.key not in found]
+            # A scheduler may queue a job whose submit command timed out a while after it
+            # answered: a job not found stays unconfirmed until that cannot happen any more.
+            late = self.backend(cluster).late_submissions
+            wait = [r for r in missing if late and now - (r.submitted_at or 0) < self.unconfirmed_grace_s]
+            parts = [f"{len(found)} were found on the cluster and adopted"]
+            if wait:
+                parts.append(f"{len(wait)} were not found yet and are looked for again next pass (submitted again "
+                             f"only if still missing {self.unconfirmed_grace_s:.0f} s after their submission)")
+            if len(missing) > len(wait):
+                parts.append(f"{len(missing) - len(wait)} were not there and are submitted now")
+            report.warnings.append(f"cluster {cluster!r}: of {len(recs)} unconfirmed submission(s), " + "; ".join(parts))
+            waiting = {r.key for r in wait}
             for r in recs:
+                if r.key in waiting:
+                    continue
                 sub = found.get(r.key)
                 if sub is not None:
-                    ev = Event(now, r.key, "adopted", f"job {sub.job_id or '(starting)'} found after a restart", r.attempt)
+                    ev = Event(now, r.key, "adopted", f"job {sub.job_id or '(starting)'} found on the cluster "
+                               "(its submission was not confirmed)", r.attempt)
                     updates.append(Update(r.key, r.attempt, state=RunState.SUBMITTED, job_id=sub.job_id, intent=False,
                                           events=(ev,)))
                     report.events.append(ev)
@@ -462,8 +482,9 @@ class Reconciler:
             self.store.record_intents(intents, now)
         try:
             results = self.backend(cluster).submit([j for j, _ in jobs])
-        except NeroError as e:
-            report.warnings.append(f"{e}; the runs stay pending and are retried next pass")
+        except NeroError as e:  # the request may have been carried out: never submit these again blindly
+            report.warnings.append(f"{e}; {len(jobs)} run(s) stay unconfirmed until the next pass has looked "
+                                   "for them on the cluster")
             return
         updates = []
         for sub in results:

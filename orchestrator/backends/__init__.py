@@ -18,6 +18,9 @@ The `Backend` protocol:
     cluster              the Clusters sheet's row
     remote               True: each operation is a round trip to another machine (an idle
                          cluster is polled with back-off; `nero logs -f` reads less often)
+    late_submissions     True: a job whose submit command failed or timed out may still be
+                         queued a while later (a scheduler's controller answering slowly), so
+                         a job not found by `adopt` is not yet proof that it was never taken
     connect()            reach the cluster now; BackendError if it cannot be reached
     capacity()           how many jobs may be live at once
     run_root()           where its run folders go (absolute, on the cluster)
@@ -71,6 +74,7 @@ class Backend(Protocol):
 
     cluster: Cluster
     remote: bool
+    late_submissions: bool
 
     def connect(self) -> object:
         """Reach the cluster now (once, then as needed); BackendError if it cannot be reached."""

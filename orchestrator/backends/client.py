@@ -137,6 +137,7 @@ class AgentBackend(ABC):
     tools: tuple[str, ...] = ()  # commands that must exist on the cluster
     default_capacity = 4
     remote = True  # each operation is a round trip to another machine
+    late_submissions = False  # a scheduler's controller may queue a job after its submit command gave up
     listing_hint = ""  # what to check when the scheduler's listing fails
     cancel_command: tuple[str, ...] = ()  # scancel / qdel: the job ids follow
     cancel_refused = re.compile(r"(?!)")  # a cancel command's output saying the user may not cancel
@@ -342,9 +343,12 @@ class AgentBackend(ABC):
                 transient.append(text)
             for d in unit["runs"]:
                 by_dir[d] = Submission("", 0, error=text)
-        if transient:
-            raise BackendError(self.cluster.name, f"the scheduler did not take the jobs: {transient[0]}",
-                               "nero tries again next pass (jobs it did take are adopted, not resubmitted)")
+        if transient:  # the scheduler may have taken the jobs all the same (Slurm documents it)
+            tool = transient[0].split(":", 1)[0]
+            raise BackendError(self.cluster.name, f"{tool} did not answer in time, so whether the scheduler took "
+                               f"the jobs is unknown: {transient[0]}",
+                               "the next pass looks for them by name, adopts those it finds and submits only "
+                               "the others")
         out = []
         for j in jobs:
             s = by_dir.get(j.run_dir) or Submission("", 0, error="no answer from the submission")
