@@ -12,7 +12,8 @@ duplicates nothing.
 
 Sections:
   1. Process output (`parse_output`): `name=value` / `name: value` pairs and the
-     Metrics sheet's regexes.
+     Metrics sheet's regexes (which group is the value: `metric_patterns.py`);
+     `trace_output`, the same parse with each point's line and pattern.
   2. `orchestrator.track` files (`parse_track`) and resource samples (`parse_resources`).
 """
 
@@ -21,12 +22,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Sequence
-from functools import lru_cache
+from dataclasses import dataclass
 from typing import Any
 
+from .metric_patterns import MetricPattern, compile_metric_pattern
 from .model import MetricDef, MetricPoint, ResourceSample
 
-__all__ = ["parse_output", "parse_track", "parse_resources", "compile_metric_pattern"]
+__all__ = ["Capture", "parse_output", "parse_resources", "parse_track", "trace_output"]
 
 # ─────────────────────────────────────────────────────────────────────────────
 # 1. Process output
@@ -256,20 +258,6 @@ def _line_step(text: str, b: int) -> int | None:
     return None
 
 
-@lru_cache(maxsize=256)
-def compile_metric_pattern(pattern: str) -> re.Pattern[str]:
-    """Compile a Metrics-sheet pattern (multi-line mode: `^`/`$` match at each line).
-
-    The value is its group named `value`, else its first group, else the whole match;
-    an optional group named `step` gives the step. Raises ValueError with the reason
-    for a pattern that does not compile (the sheet validator reports it with its cell).
-    """
-    try:
-        return re.compile(pattern, re.M)
-    except re.error as e:
-        raise ValueError(f"invalid metric pattern {pattern!r}: {e}") from None
-
-
 def _as_step(text: str | None) -> int | None:
     if text is None:
         return None
@@ -284,15 +272,11 @@ def _as_step(text: str | None) -> int | None:
 
 
 def _pattern_points(
-    text: str, name: str, rx: re.Pattern[str], time: float | None, source: str,
+    text: str, name: str, mp: MetricPattern, time: float | None, source: str,
     line_steps: dict[int, int | None], found: list[tuple[int, int, MetricPoint]],
 ) -> None:
-    if "value" in rx.groupindex:
-        group: int | str = "value"
-    else:
-        group = 1 if rx.groups else 0
-    has_step = "step" in rx.groupindex
-    for m in rx.finditer(text):
+    group = mp.value
+    for m in mp.regex.finditer(text):
         raw = m.group(group)
         if raw is None:
             continue
@@ -302,7 +286,7 @@ def _pattern_points(
             continue
         b = text.find("\n", m.start())
         b = len(text) if b < 0 else b
-        step = _as_step(m.group("step")) if has_step else None
+        step = _as_step(m.group("step")) if mp.step else None
         if step is None:
             if b not in line_steps:
                 line_steps[b] = _line_step(text, b)
@@ -321,7 +305,7 @@ def parse_output(
 ) -> tuple[list[MetricPoint], int]:
     """Metric points in the complete lines of a job's output, and the bytes consumed.
 
-    `defs` with a pattern are read by their regex (see `compile_metric_pattern`);
+    `defs` with a pattern are read by their regex (see metric_patterns.py);
     every other `name=value` / `name: value` pair is captured by default (see the
     rules above), except names a pattern owns (compared ignoring case). Points come
     in the order of their lines; all are returned (a metric printed twice at a step
@@ -329,30 +313,78 @@ def parse_output(
     point; `source` names the stream. `final=True` (the job has ended) also parses a
     last line without a newline. Lines decode as UTF-8 with errors replaced.
     """
+    return _read_output(data, defs, time, source, final, None)
+
+
+@dataclass(frozen=True)
+class Capture:
+    """One point `parse_output` takes from a log, with where it came from: its line
+    (1-based) and the Metrics pattern that took it ("" for the default capture)."""
+
+    line: int
+    point: MetricPoint
+    pattern: str
+
+
+def trace_output(data: bytes, defs: Sequence[MetricDef] = ()) -> list[Capture]:
+    """Every point `parse_output(data, defs, final=True)` returns, in its order, each
+    with its line and the pattern that took it: what `nero metrics test` shows."""
+    where: list[tuple[int, str]] = []
+    points, _ = _read_output(data, defs, None, "stdout", True, where)
+    return [Capture(line, p, pattern) for (line, pattern), p in zip(where, points, strict=True)]
+
+
+def _read_output(
+    data: bytes, defs: Sequence[MetricDef], time: float | None, source: str, final: bool,
+    where: list[tuple[int, str]] | None,
+) -> tuple[list[MetricPoint], int]:
+    """`parse_output`; with `where`, also (line number, pattern or "") per point."""
     end = _complete(data, final)
     if not end:
         return [], 0
     patterned = [(d.name, compile_metric_pattern(d.pattern)) for d in defs if d.pattern]
     out: list[MetricPoint] = []
+    lines: list[tuple[int, int]] | None = None if where is None else []
     if not patterned:  # the fast path: the bytes as they are, no decoding
-        _default_points(data, end, time, source, frozenset(), out)
+        _default_points(data, end, time, source, frozenset(), out, lines)
+        if where is not None:
+            _locate(data, _by_line(lines, out), where)
         return out, end
     text = data[:end].decode("utf-8", "replace")
-    lines: list[tuple[int, int]] = []
+    lines = []
     owned = frozenset(n.lower() for n, _ in patterned)
     _default_points(text, len(text), time, source, owned, out, lines)
     found: list[tuple[int, int, MetricPoint]] = []
     line_steps: dict[int, int | None] = {}
-    for name, rx in patterned:
-        _pattern_points(text, name, rx, time, source, line_steps, found)
-    if not found:
+    for name, mp in patterned:
+        _pattern_points(text, name, mp, time, source, line_steps, found)
+    if not found and where is None:
         return out, end
     # Merge by line: a line's default points first, then its pattern points by position.
-    bounds = [i for _, i in lines] + [len(out)]
-    merged = [(b, 0, k, out[bounds[k]:bounds[k + 1]]) for k, (b, _) in enumerate(lines)]
-    merged += [(b, 1, pos, [p]) for b, pos, p in found]
+    merged = [(b, 0, k, "", ps) for k, (b, _, ps) in enumerate(_by_line(lines, out))]
+    by_name = {d.name: d.pattern for d in defs if d.pattern}
+    merged += [(b, 1, pos, by_name[p.name], [p]) for b, pos, p in found]
     merged.sort(key=lambda e: (e[0], e[1], e[2]))
+    if where is not None:
+        _locate(text, [(b, pattern, ps) for b, _, _, pattern, ps in merged], where)
     return [p for *_, ps in merged for p in ps], end
+
+
+def _by_line(lines: list[tuple[int, int]], out: list[MetricPoint]) -> list[tuple[int, str, list[MetricPoint]]]:
+    """The default points grouped by line: (line end, "", its points), from `lines`
+    ((line end, index in `out` of its first point) as `_default_points` records them)."""
+    bounds = [i for _, i in lines] + [len(out)]
+    return [(b, "", out[bounds[k]:bounds[k + 1]]) for k, (b, _) in enumerate(lines)]
+
+
+def _locate(text: Any, runs: list[tuple[int, str, list[MetricPoint]]], where: list[tuple[int, str]]) -> None:
+    """Append (line number, pattern) per point of `runs` (line end, pattern, points), in order."""
+    line, at = 1, 0
+    newline = "\n" if isinstance(text, str) else b"\n"
+    for b, pattern, points in runs:
+        line += text.count(newline, at, b)
+        at = b
+        where += [(line, pattern)] * len(points)
 
 
 # ─────────────────────────────────────────────────────────────────────────────

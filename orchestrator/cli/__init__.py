@@ -12,14 +12,15 @@ and prints; `group.py` holds the click group and what the commands share.
     logs       logs
     mail       digest, mail
     data       export, plot, resources
+    metrics    metrics test (what the Metrics patterns take from a log)
 """
 
 from __future__ import annotations
 
-from . import actions, data, logs, loop, mail, runs, scaffold
+from . import actions, data, logs, loop, mail, metrics, runs, scaffold
 from .group import main
 from .loop import DigestLoop
 
 __all__ = ["DigestLoop", "main"]
 
-_COMMANDS = (scaffold, runs, loop, actions, logs, mail, data)  # imported for their commands on `main`
+_COMMANDS = (scaffold, runs, loop, actions, logs, mail, data, metrics)  # imported for their commands on `main`

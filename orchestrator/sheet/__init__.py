@@ -2,7 +2,8 @@
 
 `read_workbook` reads the sheets Experiments (required), Clusters, Metrics and Settings,
 checks every cell and reports all problems at once, each anchored to its cell
-(`Experiments!D7: …`), as one `WorkbookError`. `write_example_workbook` creates the
+(`Experiments!D7: …`), as one `WorkbookError`; `read_metric_definitions` reads the
+Metrics sheet alone (for `nero metrics test`). `write_example_workbook` creates the
 annotated worked example that `nero init` copies; `lock_file` finds a spreadsheet
 program's lock file beside a workbook.
 
@@ -25,7 +26,7 @@ from .experiments import EXPERIMENT_COLUMNS, MAX_RUNS_PER_ROW, NOTIFY_EVENTS
 from .metrics import METRIC_COLUMNS
 from .settings import SETTING_KEYS, SMTP_SECURITY
 from .table import column_letter
-from .workbook import SHEETS, lock_file
+from .workbook import SHEETS, lock_file, read_metric_definitions
 
 __all__ = [
     "BUILTIN_VARIABLES",
@@ -40,6 +41,7 @@ __all__ = [
     "SMTP_SECURITY",
     "column_letter",
     "lock_file",
+    "read_metric_definitions",
     "read_workbook",
     "write_example_workbook",
 ]

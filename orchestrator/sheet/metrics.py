@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import re
-
+from ..metric_patterns import compile_metric_pattern
 from ..metrics import GOALS, default_goal
 from ..model import MetricDef
 from .cells import choice, text
@@ -41,13 +40,8 @@ def read_metrics(sheet: Sheet | None, problems: Problems) -> tuple[MetricDef, ..
 
 
 def _pattern(value: object, column: str) -> str:
+    """A pattern cell: a regex whose groups say which is the value and which the step
+    (the rule and its error messages are `compile_metric_pattern`'s, the parser's own)."""
     pattern = text(value)
-    example = r"e.g. val_loss[=:]\s*([-+.\deE]+|nan)"
-    try:
-        compiled = re.compile(pattern)
-    except re.error as e:
-        raise ValueError(f"{pattern!r} is not a valid regular expression ({e}); {example}") from None
-    value_groups = compiled.groups - (1 if "step" in compiled.groupindex else 0)
-    if value_groups < 1:
-        raise ValueError(f"{pattern!r} has no capture group for the value; put the number in parentheses, {example}")
+    compile_metric_pattern(pattern)
     return pattern

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import WorkbookError
-from ..model import Problem, Workbook
+from ..model import MetricDef, Problem, Workbook
 from .clusters import read_clusters
 from .commands import VariablesOf
 from .experiments import read_experiments
@@ -23,7 +23,7 @@ from .metrics import read_metrics
 from .settings import read_settings
 from .table import UNREADABLE, Problems, Sheet
 
-__all__ = ["SHEETS", "lock_file", "read_workbook"]
+__all__ = ["SHEETS", "lock_file", "read_metric_definitions", "read_workbook"]
 
 SHEETS = ("Experiments", "Clusters", "Metrics", "Settings")
 
@@ -42,6 +42,24 @@ def read_workbook(path: str | Path, variables_of: VariablesOf) -> Workbook:
     if problems.items:
         raise WorkbookError(str(path), sorted(problems.items, key=_reading_order))
     return Workbook(str(path), experiments, clusters, metrics, settings)
+
+
+def read_metric_definitions(path: str | Path) -> tuple[MetricDef, ...]:
+    """The Metrics sheet alone (what `nero metrics test` applies); WorkbookError lists its
+    problems and the file's. The other sheets are not checked, so a half-edited
+    Experiments sheet does not stop a test of the patterns."""
+    path = Path(path)
+    scanned = Problems()
+    _, sheets = _load(path, scanned)
+    sheet = sheets.get("Metrics")
+    problems = Problems()
+    for p in scanned.items:
+        if sheet and p.where.startswith(f"{sheet.title}!"):
+            problems.add(p.where, p.message)
+    metrics = read_metrics(sheet, problems)
+    if problems.items:
+        raise WorkbookError(str(path), sorted(problems.items, key=_reading_order))
+    return metrics
 
 
 def lock_file(path: str | Path) -> Path | None:
