@@ -115,6 +115,9 @@ class Remote:
                       look_for_keys=False, allow_agent=False, timeout=15)
             self._client = c
         _, out, err = self._client.exec_command(command, timeout=timeout)
+        if not out.channel.status_event.wait(timeout):  # recv_exit_status() alone waits forever
+            out.channel.close()
+            raise AssertionError(f"{command!r} did not finish within {timeout:.0f} s")
         rc = out.channel.recv_exit_status()
         text = out.read().decode()
         if rc != 0:

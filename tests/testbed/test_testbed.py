@@ -74,6 +74,10 @@ def ssh():
 def run(client: paramiko.SSHClient, cmd: str, timeout: float = 60) -> tuple[int, str, str]:
     """Run cmd in a non-interactive session (as nero will), return (rc, stdout, stderr)."""
     _, out, err = client.exec_command(cmd, timeout=timeout)
+    # recv_exit_status() waits forever: every wait on the testbed has its own deadline
+    if not out.channel.status_event.wait(timeout):
+        out.channel.close()
+        raise AssertionError(f"{cmd!r} did not finish within {timeout:.0f} s")
     rc = out.channel.recv_exit_status()
     return rc, out.read().decode(), err.read().decode()
 

@@ -312,6 +312,9 @@ sge_configure() {
     sge_edit "s/^qname .*/qname all.q/;s/^hostlist .*/hostlist @allhosts/;s/^pe_list .*/pe_list NONE/;s/^slots .*/slots ${slots}/;s|^shell .*|shell /bin/bash|" qconf -aq all.q
   fi
   qconf -sq all.q | grep -qE "^slots +${slots}\$" || qconf -mattr queue slots "$slots" all.q >/dev/null 2>&1
+  # a busy machine (CI under load) must not put the queue into load alarm ('a'), where SGE
+  # schedules nothing: no load thresholds
+  qconf -sq all.q | grep -qE '^load_thresholds +NONE$' || qconf -rattr queue load_thresholds NONE all.q >/dev/null 2>&1
   # schedule every second instead of every 15 s
   qconf -ssconf | grep -qE '^schedule_interval +0:0:1$' || \
     sge_edit 's/^schedule_interval .*/schedule_interval 0:0:1/;s/^flush_submit_sec .*/flush_submit_sec 1/;s/^flush_finish_sec .*/flush_finish_sec 1/' qconf -msconf
