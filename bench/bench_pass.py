@@ -64,12 +64,15 @@ def main() -> None:
         time.sleep(0.01)
         write(path, side, side + 1, 11)  # one more seed value (new runs), and epochs changed (restarts)
         t = time.perf_counter()
-        rec.load(keep_last_good=True)
+        rec.load()  # a refused workbook raises here: the benchmark never measures nothing
         p = rec.plan()
         edit = time.perf_counter() - t
         restarts = sum(1 for a in p.actions if a.kind.value == "restart")
         submits = sum(1 for a in p.actions if a.kind.value == "submit")
         rec.close()
+    if restarts != n or submits != side:
+        sys.exit(f"bench_pass: the edit should plan {n} restarts and {side} submits, the plan has "
+                 f"{restarts} and {submits}: the figures below would measure something else")
 
     print(f"{'benchmark':<40} {'runs':>7} {'time':>9} {'target':>8}")
     print(f"{'no-change pass (warm loop, median of 7)':<40} {n:>7} {nochange * 1000:>7.1f}ms {'< 200ms':>8}")
