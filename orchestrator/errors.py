@@ -35,7 +35,7 @@ class WorkbookError(NeroError):
         self.path = path
         self.problems = tuple(problems)
         n = len(self.problems)
-        head = f"{path}: {n} problem{'s' if n != 1 else ''} in the workbook; nothing was dispatched, cancelled or written."
+        head = f"{path + ': ' if path else ''}{n} problem{'s' if n != 1 else ''} in the workbook; nothing was dispatched, cancelled or written."
         super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))
 
 

@@ -119,6 +119,11 @@ class Experiment:
     retries: int = 0
     rules: str = ""
     notify: tuple[str, ...] = ()
+    cells: tuple[tuple[str, str], ...] = ()  # (column, cell) of the id and each parameter: ("lr", "Experiments!E3")
+
+    def cell(self, column: str) -> str:
+        """Where `column` was read (`Experiments!E3`); empty for a row not read from a sheet."""
+        return dict(self.cells).get(column, "")
 
 
 @dataclass(frozen=True)
@@ -208,6 +213,7 @@ class RunSpec:
     rules: str
     notify: tuple[str, ...]
     spec_hash: str
+    where: str = ""  # the cell its key comes from: its first varied parameter's, else its id's ("" off a sheet)
 
     def essence(self) -> dict[str, Any]:
         """The fields whose change restarts the run (spec hash input)."""

@@ -2,6 +2,7 @@
 
 Pure: no backend, file or clock. Decisions, in order:
 
+* two specs with one run key → a WorkbookError, and no plan at all;
 * a run the sheet asks for and nero never submitted → `submit` (or `held` for state=hold);
 * a run whose spec hash changed → `restart`, naming what changed (`lr: 0.1 → 0.2`);
 * a live run whose row says state=stop → `cancel`;
@@ -21,6 +22,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
+from .errors import WorkbookError
 from .model import (
     Action,
     ActionKind,
@@ -28,11 +30,12 @@ from .model import (
     Override,
     OverrideKind,
     Plan,
+    Problem,
     RunRecord,
     RunSpec,
     RunState,
 )
-from .spec import diff_essence
+from .spec import diff_essence, key_clashes
 
 __all__ = ["RETRYABLE", "active_override", "plan"]
 
@@ -55,6 +58,7 @@ def plan(
     prune: bool = False,
     overrides: Mapping[str, Override] | None = None,
 ) -> Plan:
+    _one_spec_per_key(specs)
     overrides = overrides or {}
     actions: list[Action] = []
     wanted: list[tuple[RunSpec, ActionKind, str, Action | None]] = []
@@ -121,6 +125,21 @@ def plan(
     order = {ActionKind.CANCEL: 0, ActionKind.RESTART: 1, ActionKind.SUBMIT: 2, ActionKind.ORPHAN: 3, ActionKind.HOLD: 4}
     actions.sort(key=lambda a: order[a.kind])
     return Plan(tuple(actions), unchanged)
+
+
+def _one_spec_per_key(specs: Sequence[RunSpec]) -> None:
+    """The last guard of run keys: two specs with one key would share a folder and restart
+    each other every pass, so the planner refuses them as a workbook error, before any
+    action. The sheet reports every such case first (sheet/experiments.py); this holds
+    even for a variation that forgets to."""
+    def cell(s: RunSpec) -> str:
+        return s.where or f"Experiments row {s.row}"
+
+    problems = [Problem(cell(b), f"the run key {key} is made twice (by {cell(a)} and {cell(b)}); nero plans one run "
+                                 "per key: change one of the values so each run has its own key")
+                for key, a, b in key_clashes((s.key, s) for s in specs)]
+    if problems:
+        raise WorkbookError("", problems)
 
 
 def _dependencies(spec: RunSpec, by_experiment: Mapping[str, list[RunSpec]], snapshot: Mapping[str, RunRecord]) -> tuple[bool, str] | None:

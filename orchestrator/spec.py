@@ -4,7 +4,10 @@ A parameter cell is a scalar or a variation: `[0.1, 0.01]`, `range(1, 5)`,
 `linspace(0, 1, 5)`, `logspace(-4, -1, 4)` (read as the tokens of `orchestrator.tokens`:
 commas inside quotes do not split a list). Several variations in one row form a grid.
 A run's key is `experiment[name=value,…]` over the varied parameters, in column order,
-so inserting rows or list values renumbers nothing. The spec hash covers only what
+so inserting rows or list values renumbers nothing. A key names one run: values that
+render one key (`[1, 1.0]`, a `linspace` finer than 12 significant digits) and numbers that
+overflow or underflow are errors at their cell, and `key_clashes` finds any key given twice
+(the sheet's check and the planner's last guard). The spec hash covers only what
 changes the job (command, parameters, cluster, resources, template, setup, workdir).
 """
 
@@ -15,7 +18,9 @@ import itertools
 import json
 import math
 import re
+import sys
 from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 from .model import Experiment, RunSpec, Scalar, Variation, Workbook
 from .tokens import PLAIN_QUOTES, number, scan, spans, tokenize
@@ -27,14 +32,18 @@ __all__ = [
     "expand",
     "expand_experiment",
     "format_value",
+    "key_cell",
+    "key_clashes",
     "normalize",
     "parse_cell",
     "parse_scalar",
     "run_key",
+    "run_keys",
     "spec_hash",
 ]
 
 MAX_VALUES = 100_000
+_SMALLEST = sys.float_info.min  # the smallest float that keeps all its digits (2.2e-308)
 _FUNCTIONS = ("range", "linspace", "logspace")
 _FUNCTION_WORD = re.compile(r"(?:range|linspace|logspace)\b")  # at the start of a name token
 
@@ -77,7 +86,77 @@ def _number(text: str, what: str) -> float:
     n = number(text)
     if n is None:
         raise ValueError(f"{text.strip()!r} is not a number in {what}")
+    if math.isinf(n):
+        raise ValueError(f"{what}: {text.strip()} is too large for a number (it would read as inf)")
     return n
+
+
+def _whole(text: str, what: str) -> float | int:
+    """An argument of range: a whole number written as digits is read exactly."""
+    t = text.strip()
+    return int(t) if t.lstrip("+-").isdigit() else _number(t, what)
+
+
+def _shown(text: str) -> str:
+    """A cell's text in a message (long cells cut short)."""
+    return text if len(text) <= 60 else text[:57] + "…"
+
+
+def _list_value(item: str, text: str) -> Scalar:
+    """One value of a list; a number too large or too close to 0 for a float is an error,
+    not a silent inf or 0 (`[1e-400, 0]` would otherwise be 0 twice)."""
+    v = parse_scalar(item)
+    if isinstance(v, float) and number(item) is not None:
+        mantissa = re.split("[eE]", item)[0]
+        if math.isinf(v):
+            raise ValueError(f"{_shown(text)}: {item} is too large for a number (it would read as inf); "
+                             "write a smaller number, or inf if you mean it")
+        if (v == 0 and any(c in "123456789" for c in mantissa)) or 0 < abs(v) < _SMALLEST:
+            raise ValueError(f"{_shown(text)}: {item} is too close to 0 for a number (below 2.2e-308 it loses its "
+                             "digits, then reads as 0); scale the parameter, e.g. pass its logarithm")
+    return v
+
+
+def _first_repeat(values: tuple[Scalar, ...]) -> tuple[int, int, str] | None:
+    """(i, j, key text) of the first two values that render the same run key, else None."""
+    seen: dict[str, int] = {}
+    for j, v in enumerate(values):
+        shown = format_value(v)
+        i = seen.setdefault(shown, j)
+        if i != j:
+            return i, j, shown
+    return None
+
+
+def _check_list_repeats(text: str, written: list[str], values: tuple[Scalar, ...]) -> None:
+    """Two values of a list that render the same run key are one run: an error naming both."""
+    repeat = _first_repeat(values)
+    if repeat is None:
+        return
+    i, j, shown = repeat
+    a, b = written[i], written[j]
+    why = ""
+    if a != b:
+        digits = ": a run key keeps 12 significant digits" if _numbers_differ(values[i], values[j], a, b) else ""
+        why = f" ({a} and {b} name the same run{digits})"
+    raise ValueError(f"{_shown(text)} lists {shown} twice{why}; remove one")
+
+
+def _numbers_differ(x: Scalar, y: Scalar, a: str, b: str) -> bool:
+    """Whether two written numbers differ as numbers although they render alike."""
+    if number(a) is None or number(b) is None or isinstance(x, bool | str) or isinstance(y, bool | str):
+        return False
+    return float(a) != float(b)
+
+
+def _check_generated_repeats(text: str, values: tuple[Scalar, ...]) -> None:
+    """A variation function that gives one run key twice is an error with a fix."""
+    repeat = _first_repeat(values)
+    if repeat is not None:
+        i, j, shown = repeat
+        raise ValueError(f"{_shown(text)} gives {shown} twice (values {i + 1} and {j + 1}): its values differ "
+                         "only past the 12 significant digits a run key keeps (or not at all); use fewer values "
+                         "or ends further apart")
 
 
 def _list_items(text: str) -> list[str]:
@@ -118,14 +197,16 @@ def parse_cell(value: object) -> Scalar | Variation:
         items = _list_items(text)
         if not items or any(not i.strip() for i in items):
             raise ValueError(f"list {text[:40]!r} has an empty value (write e.g. [0.1, 0.01])")
-        vals = tuple(parse_scalar(i) for i in items)
-        if len(set(map(repr, vals))) != len(vals):
-            raise ValueError(f"list {text[:40]!r} repeats a value; each value makes one run")
+        written = [i.strip() for i in items]
+        vals = tuple(_list_value(w, text) for w in written)
+        _check_list_repeats(text, written, vals)
         return Variation(text, vals)
     call = _function_call(text) if text.startswith(_FUNCTIONS) else None
     if call:
         fn, args = call
-        return Variation(text, _expand_function(fn, args, text))
+        values = _expand_function(fn, args, text)
+        _check_generated_repeats(text, values)
+        return Variation(text, values)
     if text.endswith("]") or (text.startswith(_FUNCTIONS) and _FUNCTION_WORD.match(next(scan(text)).text)):
         raise ValueError(f"{text[:40]!r} is not a valid variation; use [a, b], range(a, b[, step]), linspace(a, b, n) or logspace(a, b, n)")
     return value
@@ -135,8 +216,8 @@ def _expand_function(fn: str, args: list[str], text: str) -> tuple[Scalar, ...]:
     if fn == "range":
         if not 1 <= len(args) <= 3:
             raise ValueError(f"{text!r}: range takes 1 to 3 arguments: range(stop), range(start, stop[, step])")
-        nums = [_number(a, text) for a in args]
-        if not all(n.is_integer() for n in nums):
+        nums = [_whole(a, text) for a in args]
+        if not all(float(n).is_integer() for n in nums):
             raise ValueError(f"{text!r}: range takes whole numbers; use linspace for fractions")
         r = range(*(int(n) for n in nums))
         if len(r) == 0:
@@ -154,8 +235,30 @@ def _expand_function(fn: str, args: list[str], text: str) -> tuple[Scalar, ...]:
     count = int(n)
     pts = [a] if count == 1 else [a + (b - a) * i / (count - 1) for i in range(count)]
     if fn == "logspace":
-        pts = [10.0**p for p in pts]
+        pts = [_power_of_ten(p, text) for p in pts]
+    for i, p in enumerate(pts, 1):
+        if not math.isfinite(p):
+            raise ValueError(f"{_shown(text)}: value {i} overflows (it would read as {format_value(p)}): the span "
+                             "from start to stop is too large for a number; use ends closer together")
+        if 0 < abs(p) < _SMALLEST:
+            raise ValueError(f"{_shown(text)}: value {i} ({p:.3g}) is too close to 0 for a number (below 2.2e-308 "
+                             "it loses its digits); scale the parameter, e.g. use logspace for its exponent")
     return tuple(normalize(float(p)) for p in pts)
+
+
+def _power_of_ten(p: float, text: str) -> float:
+    """10^p, or an error when it does not fit a number (exponents from -307 to 308)."""
+    try:
+        v = 10.0**p
+    except OverflowError:
+        v = math.inf
+    if math.isnan(v):
+        v = math.inf
+    if math.isinf(v) or v < _SMALLEST:
+        what = "too large for a number (it would read as inf)" if v > 1 else "too close to 0 for a number (it would read as 0)"
+        raise ValueError(f"{_shown(text)}: 10^{format_value(p)} is {what}; logspace takes exponents from "
+                         "-307 to 308, e.g. logspace(-4, -1, 4)")
+    return v
 
 
 def run_key(experiment: str, varied: Iterable[tuple[str, Scalar]]) -> str:
@@ -168,19 +271,45 @@ def spec_hash(essence: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def expand_experiment(exp: Experiment, default_cluster: str = "local") -> Iterator[RunSpec]:
+def run_keys(exp: Experiment) -> Iterator[tuple[str, tuple[tuple[str, Scalar], ...]]]:
+    """(key, parameters) of every run of a row, in grid order (its first variation varies slowest)."""
     names = [n for n, _ in exp.params]
     choices = [v.values if isinstance(v, Variation) else (v,) for _, v in exp.params]
     varied = [isinstance(v, Variation) for _, v in exp.params]
-    clusters = exp.clusters or (default_cluster,)
     for combo in itertools.product(*choices):
         params = tuple(zip(names, combo, strict=True))
-        key = run_key(exp.id, (p for p, is_var in zip(params, varied, strict=True) if is_var))
+        yield run_key(exp.id, (p for p, is_var in zip(params, varied, strict=True) if is_var)), params
+
+
+def key_cell(exp: Experiment) -> str:
+    """The cell a row's run keys come from: its first varied parameter's, else its id's."""
+    first = next((n for n, v in exp.params if isinstance(v, Variation)), "id")
+    return exp.cell(first) or exp.cell("id")
+
+
+_T = TypeVar("_T")
+
+
+def key_clashes(runs: Iterable[tuple[str, _T]]) -> Iterator[tuple[str, _T, _T]]:
+    """(key, first, again) for every run key given a second time. A key names one run (one
+    folder, one attempt count), so the sheet reports these and the planner refuses them."""
+    first: dict[str, _T] = {}
+    for key, what in runs:
+        if key in first:
+            yield key, first[key], what
+        else:
+            first[key] = what
+
+
+def expand_experiment(exp: Experiment, default_cluster: str = "local") -> Iterator[RunSpec]:
+    clusters = exp.clusters or (default_cluster,)
+    where = key_cell(exp)
+    for key, params in run_keys(exp):
         spec = RunSpec(
             key=key, experiment=exp.id, row=exp.row, params=params, command=exp.command,
             clusters=clusters, resources=exp.resources, setup=exp.setup, workdir=exp.workdir,
             template=exp.template, desired=exp.desired, priority=exp.priority, after=exp.after,
-            retries=exp.retries, rules=exp.rules, notify=exp.notify, spec_hash="",
+            retries=exp.retries, rules=exp.rules, notify=exp.notify, spec_hash="", where=where,
         )
         yield _with_hash(spec)
 

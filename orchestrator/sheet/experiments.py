@@ -67,6 +67,7 @@ def read_experiments(sheet: Sheet | None, titles: list[str], clusters: tuple[str
             continue
         ids[exp.id.lower()] = row.ref("id")
         experiments.append(exp)
+    _check_keys(experiments, problems)
     _check_after(experiments, table, problems)
     return tuple(experiments)
 
@@ -103,6 +104,7 @@ def _experiment(row: Row, parameters: list[tuple[str, int]], clusters: tuple[str
         template=row.get("template", text, ""), priority=row.get("priority", whole(-10**9, 10), 0),
         after=row.get("after", names, ()), retries=row.get("retries", whole(0, 2), 0),
         rules=row.get("rules", _rules, ""), notify=row.get("notify", one_of(NOTIFY_EVENTS, "event"), ()),
+        cells=(("id", row.ref("id")), *((name, row.ref_at(c)) for name, c in parameters)),
     )
     if command:
         check_command(row, exp, {name for name, _ in parameters}, unreadable, variables_of)
@@ -177,6 +179,31 @@ def _check_grid(row: Row, exp: Experiment) -> None:
         sizes = " × ".join(f"{n}: {len(v.values)}" for n, v in exp.params if isinstance(v, Variation))
         row.problems.add(row.ref("id"), f"this row expands to {runs:,} runs ({sizes}); at most {MAX_RUNS_PER_ROW:,} "
                          "per row: use fewer values or split it into several rows")
+
+
+def _check_keys(experiments: list[Experiment], problems: Problems) -> None:
+    """No run key twice, in a row's grid or across rows: a key names one run (its folder,
+    its attempts), so two runs with one key would restart each other forever. Each list
+    and function cell is already free of repeats (spec.parse_cell); here a grid's values
+    holding ',' and '=' can still spell one key twice. One problem per row."""
+    made = ((key, (e, params)) for e in experiments if spec.count_runs(e) <= MAX_RUNS_PER_ROW
+            for key, params in spec.run_keys(e))
+    reported: set[int] = set()
+    for key, (first, p1), (again, p2) in spec.key_clashes(made):
+        if again.row in reported:
+            continue
+        reported.add(again.row)
+        if first is again:
+            differ = [n for (n, a), (_, b) in zip(p1, p2, strict=True) if spec.format_value(a) != spec.format_value(b)
+                      or type(a) is not type(b)]
+            shown = " and ".join(", ".join(f"{n}={spec.format_value(v)!r}" for n, v in p if n in differ) for p in (p1, p2))
+            problems.add(again.cell(differ[0] if differ else "id") or spec.key_cell(again),
+                         f"two runs of this row get the run key {key} ({shown}): a value holding ',' or '=' reads as "
+                         "another parameter in the key; change that value")
+        else:
+            problems.add(spec.key_cell(again) or f"Experiments!{again.row}",
+                         f"this row's run key {key} is also a run of row {first.row} ({spec.key_cell(first)}); a key "
+                         "names one run: change a value or the id")
 
 
 def _check_after(experiments: list[Experiment], table: Table, problems: Problems) -> None:
