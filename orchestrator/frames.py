@@ -9,8 +9,13 @@ For analysis in a notebook and for `nero export`:
 
 `runs` has one row per run (index: run key) with its number, experiment, parameters,
 state, reason, attempt, cluster, job id, host, start, end, runtime_s, git commit and the
-`last:`/`best:` value of every metric. `metrics` is tidy: one row per point of each run's
-current attempt (run, metric, step, value).
+`last:`/`best:` value of every metric, all of its current attempt. `metrics` is tidy: one
+row per point of every attempt of each run (run, attempt, metric, step, value), by run
+number, then attempt, so `metrics[metrics.attempt == runs.attempt[metrics.run]]` are the
+current attempts' points. `project.attempts_frame()` (`attempts_frame`) has one row per
+attempt before a run's current one (a restart, a retry): `run`, `attempt`, then the
+columns of `runs` but the parameters (the state store keeps a run's parameters as they
+are now), each for that attempt.
 """
 
 from __future__ import annotations
@@ -22,7 +27,11 @@ from pathlib import Path
 
 from .model import RunRecord, Series
 
-__all__ = ["runs_frame", "metrics_frame", "export", "json_ready"]
+__all__ = ["ATTEMPT_COLUMNS", "attempts_frame", "runs_frame", "metrics_frame", "export", "json_ready"]
+
+# the attempts frame's columns before the `last:`/`best:` ones (all of them when it is empty)
+ATTEMPT_COLUMNS = ("run", "attempt", "number", "experiment", "state", "reason", "cluster", "job_id", "host",
+                   "start", "end", "runtime_s", "git_commit", "git_dirty")
 
 
 def runs_frame(runs: Sequence[RunRecord], now: float):
@@ -48,29 +57,55 @@ def runs_frame(runs: Sequence[RunRecord], now: float):
     return frame.set_index("run") if len(frame) else frame
 
 
-def metrics_frame(histories: Mapping[str, Mapping[str, Sequence[tuple[int | None, float]]]]):
-    """The tidy frame of histories (best given as Series: their arrays become the step and
-    value columns without a Python object per point). A point without a step has <NA>."""
+def attempts_frame(attempts: Sequence[RunRecord], now: float):
+    """One row per earlier attempt (`Store.earlier_attempts`): `run`, `attempt`, then the
+    columns of `runs_frame` but the parameters, each for that attempt."""
+    import pandas as pd
+
+    frame = runs_frame(attempts, now)
+    if not len(frame):
+        return pd.DataFrame(columns=list(ATTEMPT_COLUMNS))
+    params = {name for r in attempts for name, _ in r.params}
+    frame = frame.reset_index().drop(columns=[c for c in frame.columns if c in params and c not in ATTEMPT_COLUMNS])
+    return frame[["run", "attempt", *[c for c in frame.columns if c not in ("run", "attempt")]]]
+
+
+def metrics_frame(histories: Mapping[str | tuple[str, int], Mapping[str, Sequence[tuple[int | None, float]]]],
+                  attempts: Mapping[str, int] | None = None):
+    """The tidy frame (run, attempt, metric, step, value) of histories (best given as
+    Series: their arrays become the step and value columns without a Python object per
+    point), in their order. `histories` maps a (run key, attempt) pair, or a run key whose
+    attempt `attempts` gives (else <NA>), to its metrics. A point without a step has <NA>."""
     import numpy as np
     import pandas as pd
 
     runs: list[str] = []
+    numbers = array("d")
     metrics: list[str] = []
     steps, values = array("d"), array("d")
-    for key, per in histories.items():
+    attempts = attempts or {}
+    for at, per in histories.items():
+        key, attempt = at if isinstance(at, tuple) else (at, attempts.get(at))
         for name, points in per.items():
             series = Series.of(points)
             runs += [key] * len(series)
+            numbers += array("d", [math.nan if attempt is None else attempt]) * len(series)
             metrics += [name] * len(series)
             steps += series.steps
             values += series.values
-    step = pd.array(np.frombuffer(steps, dtype=np.float64), dtype="Float64").astype("Int64")
-    return pd.DataFrame({"run": pd.Series(runs, dtype="str"), "metric": pd.Series(metrics, dtype="str"),
-                         "step": step, "value": np.frombuffer(values, dtype=np.float64).copy()})
+
+    def ints(a: array):
+        return pd.array(np.frombuffer(a, dtype=np.float64), dtype="Float64").astype("Int64")
+
+    return pd.DataFrame({"run": pd.Series(runs, dtype="str"), "attempt": ints(numbers),
+                         "metric": pd.Series(metrics, dtype="str"), "step": ints(steps),
+                         "value": np.frombuffer(values, dtype=np.float64).copy()})
 
 
-def export(runs, metrics, path: Path) -> list[Path]:
-    """Write the frames by the file's suffix: .csv or .parquet (two files), or .json."""
+def export(runs, metrics, path: Path, attempts=None) -> list[Path]:
+    """Write the frames by the file's suffix: .csv or .parquet (two files, three with
+    `attempts`: `<stem>-metrics` and `<stem>-attempts` beside `path`), or .json (one file,
+    with the keys `runs`, `metrics` and `attempts`)."""
     suffix = path.suffix.lower()
     written: list[Path] = []
     if suffix == ".csv":
@@ -78,11 +113,16 @@ def export(runs, metrics, path: Path) -> list[Path]:
         runs.to_csv(path)
         metrics.to_csv(metrics_path, index=False)
         written = [path, metrics_path]
+        if attempts is not None:
+            written.append(path.with_name(f"{path.stem}-attempts.csv"))
+            attempts.to_csv(written[-1], index=False)
     elif suffix == ".json":
         import json
 
         payload = {"runs": json_ready(runs.reset_index().to_dict(orient="records")),
                    "metrics": json_ready(metrics.to_dict(orient="records"))}
+        if attempts is not None:
+            payload["attempts"] = json_ready(attempts.to_dict(orient="records"))
         path.write_text(json.dumps(payload, indent=1, default=str))
         written = [path]
     elif suffix == ".parquet":
@@ -90,6 +130,9 @@ def export(runs, metrics, path: Path) -> list[Path]:
         runs.to_parquet(path)
         metrics.to_parquet(metrics_path)
         written = [path, metrics_path]
+        if attempts is not None:
+            written.append(path.with_name(f"{path.stem}-attempts.parquet"))
+            attempts.to_parquet(written[-1], index=False)
     else:
         raise ValueError(f"cannot export to {path.name}: use a .csv, .json or .parquet file")
     return written

@@ -532,3 +532,8 @@ class ResultsInput:
     events: tuple[Event, ...]
     queue: tuple[tuple[str, str], ...]  # (run key, why it waits or is held)
     now: float
+    # the attempts before each run's current one (a restart, a retry), by run number then
+    # attempt, and their histories by (run key, attempt): the Attempts sheet
+    attempts: tuple[RunRecord, ...] = ()
+    attempt_histories: Mapping[tuple[str, int], Mapping[str, Sequence[tuple[int | None, float]]]] = field(
+        default_factory=dict)

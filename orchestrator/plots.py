@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +21,40 @@ from .errors import NeroError
 from .metrics import default_goal
 from .model import RunRecord
 
-__all__ = ["PALETTE", "PLOT_DPI", "experiment_curves_png", "plot_curves", "run_curves_png"]
+__all__ = ["PALETTE", "PLOT_DPI", "Drawn", "draw_curves", "experiment_curves_png", "plot_curves", "run_curves_png"]
 
 PLOT_DPI = 150  # e-mail images are 1092 px wide, shown at 728: sharp on high-density screens
 
 History = Sequence[tuple[int | None, float]]
 
 
+@dataclass(frozen=True)
+class Drawn:
+    """What `draw_curves` drew: the PNG, and how many curves of current and of earlier attempts."""
+
+    path: Path
+    current: int
+    earlier: int
+
+    @property
+    def curves(self) -> int:
+        return self.current + self.earlier
+
+
 def plot_curves(data_runs: Sequence[RunRecord], histories: Mapping[str, Mapping[str, Points]],
                 metric: str, out: str | Path, *, goal: str | None = None,
                 title: str | None = None) -> Path:
-    """Draw `metric` over step for each run (one line per run, legend with run keys) to a PNG.
+    """Draw `metric` over step for each run (one line per run, legend with run keys) to a
+    PNG; returns its path (see `draw_curves`)."""
+    return draw_curves(data_runs, histories, metric, out, goal=goal, title=title).path
+
+
+def draw_curves(data_runs: Sequence[RunRecord], histories: Mapping[str, Mapping[str, Points]],
+                metric: str, out: str | Path, *, goal: str | None = None, title: str | None = None,
+                earlier: Mapping[tuple[str, int], Mapping[str, Points]] | None = None) -> Drawn:
+    """Draw `metric` over step for each run (one line per run, legend with run keys) to a PNG,
+    with `earlier` (histories by (run key, attempt)) the runs' earlier attempts as well:
+    dashed in their run's colour, labelled `#<run number> (attempt <n>)`.
 
     The same curves as the workbook's charts, at full resolution: only finite points,
     steps normalised the same way, the same colours. Raises NeroError, naming the metrics
@@ -38,30 +62,43 @@ def plot_curves(data_runs: Sequence[RunRecord], histories: Mapping[str, Mapping[
     from matplotlib.figure import Figure
 
     out = Path(out)
-    lines: list[tuple[str, Sequence[float], Sequence[float]]] = []
+    by_run: dict[str, list[tuple[int, Mapping[str, Points]]]] = {}
+    for (key, attempt), h in sorted((earlier or {}).items(), key=lambda item: item[0][1]):
+        by_run.setdefault(key, []).append((attempt, h))
+    # (label, steps, values, the run's position, the how-manieth earlier attempt drawn of the run: 0 none)
+    lines: list[tuple[str, Sequence[float], Sequence[float], int, int]] = []
     available: set[str] = set()
+    runs_drawn = 0
     for r in data_runs:
-        h = histories.get(r.key, {})
-        available.update(m for m, pts in h.items() if pts)
-        steps, values = finite(*normalize(h.get(metric, ())))
-        if steps:
-            lines.append((r.key, steps, values))
+        drawn, old = len(lines), 0
+        for label, h, earlier_one in [(r.key, histories.get(r.key, {}), False),
+                                      *((f"#{r.number} (attempt {a})", h, True) for a, h in by_run.get(r.key, ()))]:
+            available.update(m for m, pts in h.items() if pts)
+            steps, values = finite(*normalize(h.get(metric, ())))
+            if steps:
+                old += earlier_one
+                lines.append((label, steps, values, runs_drawn, old if earlier_one else 0))
+        runs_drawn += len(lines) > drawn
     if not lines:
         have = ", ".join(sorted(available)) or "none"
         raise NeroError(f"no points for metric {metric!r} in the {len(data_runs)} selected "
                         f"run(s); metrics with points: {have}")
     goal = goal or default_goal(metric)
-    n = len(lines)
+    n, n_earlier = runs_drawn, sum(1 for line in lines if line[4])
     fig = Figure(figsize=(10, 5.6), dpi=110, layout="constrained")
     ax = fig.subplots()
-    firsts = sorted(vs[0] for _, _, vs in lines)
-    cap = axis_cap(goal, [max(vs) for _, _, vs in lines], firsts[len(firsts) // 2])
-    for i, (key, steps, values) in enumerate(lines):
+    firsts = sorted(vs[0] for _, _, vs, _, _ in lines)
+    cap = axis_cap(goal, [max(vs) for _, _, vs, _, _ in lines], firsts[len(firsts) // 2])
+    for label, steps, values, i, old in lines:
         off = cap is not None and min(values) > cap
-        ax.plot(steps, values, color=PALETTE[i % 10], linestyle="--" if (i // 10) % 2 else "-",
-                linewidth=1.4, marker="o" if len(steps) < 3 else None, markersize=3,
-                label=f"{key} (off the chart)" if off else key)
-    shown = [v for _, _, vs in lines for v in vs if cap is None or v <= cap]
+        style = "--" if (i // 10) % 2 else "-"
+        if old:  # an earlier attempt: dashed, lighter; its run's attempts by dash pattern
+            dashes = (":", "-.") if style == "--" else ("--", "-.", ":")
+            style = dashes[(old - 1) % len(dashes)]
+        ax.plot(steps, values, color=PALETTE[i % 10], linestyle=style, alpha=0.75 if old else 1.0,
+                linewidth=1.1 if old else 1.4, marker="o" if len(steps) < 3 else None, markersize=3,
+                label=f"{label} (off the chart)" if off else label)
+    shown = [v for _, _, vs, _, _ in lines for v in vs if cap is None or v <= cap]
     log = log_scale(shown + ([cap] if cap is not None else []))
     if log:
         ax.set_yscale("log")
@@ -70,14 +107,15 @@ def plot_curves(data_runs: Sequence[RunRecord], histories: Mapping[str, Mapping[
         ax.set_ylim(low / 1.5 if log else min(0.0, low), cap)
     ax.set_xlabel("step")
     ax.set_ylabel(metric)
-    ax.set_title(title or f"{metric} ({goal} is better), {n} run{'s' if n != 1 else ''}")
+    older = f", {n_earlier} earlier attempt{'s' if n_earlier != 1 else ''}" if n_earlier else ""
+    ax.set_title(title or f"{metric} ({goal} is better), {n} run{'s' if n != 1 else ''}{older}")
     ax.grid(True, color="#DDDDDD", linewidth=0.6)
-    if n <= 40:
-        ax.legend(fontsize=7 if n > 12 else 8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                  ncols=1 if n <= 20 else 2, frameon=False)
+    if len(lines) <= 40:
+        ax.legend(fontsize=7 if len(lines) > 12 else 8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  ncols=1 if len(lines) <= 20 else 2, frameon=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png")
-    return out
+    return Drawn(out, len(lines) - n_earlier, n_earlier)
 
 
 # ---------------------------------------------------------------------------- e-mail images

@@ -251,12 +251,48 @@ class Project:
         """Every run's metric histories (its current attempt): run key → metric → points."""
         return self._rec.store.histories()
 
+    def earlier_attempts(self, keys: Iterable[str] | None = None) -> list[RunRecord]:
+        """The attempts before each run's current one (restarted after a row edit or by
+        `restart`, or retried), by run number then attempt; of the runs `keys` if given."""
+        found = self._rec.store.earlier_attempts()
+        if keys is None:
+            return found
+        wanted = set(keys)
+        return [r for r in found if r.key in wanted]
+
+    def earlier_histories(self) -> dict[tuple[str, int], dict[str, Series]]:
+        """The metric histories of `earlier_attempts()`: (run key, attempt) → metric → points."""
+        return self._rec.store.earlier_histories()
+
+    def attempt_histories(self) -> dict[tuple[str, int], dict[str, Series]]:
+        """Every attempt's metric histories, earlier and current, by run number then attempt:
+        (run key, attempt) → metric → points (attempts without a point left out)."""
+        earlier: dict[str, list[tuple[int, dict[str, Series]]]] = {}
+        for (key, attempt), h in self.earlier_histories().items():
+            earlier.setdefault(key, []).append((attempt, h))
+        current = self.histories()
+        out: dict[tuple[str, int], dict[str, Series]] = {}
+        for r in self.runs():
+            for attempt, h in earlier.get(r.key, ()):
+                out[(r.key, attempt)] = h
+            if r.key in current:
+                out[(r.key, r.attempt)] = current[r.key]
+        return out
+
     def frames(self):
         """(runs, metrics) as pandas DataFrames (see `orchestrator.frames`): one row per run
-        with its parameters, state, timings and `last:`/`best:` values; one row per point."""
+        (its current attempt) with its parameters, state, timings and `last:`/`best:` values;
+        one row per point of every attempt, with its `attempt`."""
         from .frames import metrics_frame, runs_frame
 
-        return runs_frame(self.runs(), self.clock()), metrics_frame(self.histories())
+        return runs_frame(self.runs(), self.clock()), metrics_frame(self.attempt_histories())
+
+    def attempts_frame(self):
+        """The earlier attempts as a pandas DataFrame (`orchestrator.frames.attempts_frame`):
+        one row per attempt before a run's current one, with its state, timings and values."""
+        from .frames import attempts_frame
+
+        return attempts_frame(self.earlier_attempts(), self.clock())
 
     def events(self, key: str | None = None) -> list[Event]:
         """The event timeline, oldest first (of one run with `key`)."""

@@ -576,6 +576,7 @@ class Reconciler:
             experiments_path=str(self.workbook_path), settings=wb.settings, goals=goals,
             runs=tuple(sorted(snap.values(), key=lambda r: r.number)), histories=self.store.histories(),
             events=tuple(self.store.events()), queue=tuple(queue), now=self.clock(),
+            attempts=tuple(self.store.earlier_attempts()), attempt_histories=self.store.earlier_histories(),
         )
 
     def results_path(self) -> Path:

@@ -170,4 +170,4 @@ def test_plot_draws_the_selected_runs(project: Path):
     nero("export", str(project), "-o", str(project / "out.csv"), check=True)
     import pandas as pd
 
-    assert pd.read_csv(project / "out-metrics.csv").shape == (10, 4)
+    assert pd.read_csv(project / "out-metrics.csv").shape == (10, 5)  # run, attempt, metric, step, value

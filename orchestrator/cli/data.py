@@ -21,19 +21,24 @@ __all__ = ["export", "plot", "resources"]
 @main.command()
 @click.argument("workbook", required=False, metavar="[WORKBOOK]")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
-              help="runs.csv (+ runs-metrics.csv), runs.json, or runs.parquet (+ runs-metrics.parquet).")
+              help="runs.csv (+ runs-metrics.csv, runs-attempts.csv), runs.json, or runs.parquet "
+                   "(+ runs-metrics.parquet, runs-attempts.parquet).")
 def export(workbook: str | None, output: str) -> None:
-    """Export every run (parameters, state, timings, last and best metrics) and every
-    metric point, for pandas, R or a spreadsheet. In Python: Project(workbook).frames()."""
+    """Export every run (parameters, state, timings, last and best metrics of its current
+    attempt), every metric point of every attempt (with its `attempt`) and the attempts
+    before each run's current one, for pandas, R or a spreadsheet. In Python:
+    Project(workbook).frames() and .attempts_frame()."""
     from ..frames import export as write
 
     with open_project(workbook, load=False) as project:
         runs, metrics = project.frames()
+        attempts = project.attempts_frame()
     try:
-        paths = write(runs, metrics, Path(output))
+        paths = write(runs, metrics, Path(output), attempts)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"Wrote {', '.join(map(str, paths))}: {len(runs)} runs, {len(metrics)} metric points.")
+    earlier = f"{len(attempts)} earlier attempt{'s' if len(attempts) != 1 else ''}"
+    click.echo(f"Wrote {', '.join(map(str, paths))}: {len(runs)} runs, {earlier}, {len(metrics)} metric points.")
 
 
 @main.command()
@@ -41,13 +46,18 @@ def export(workbook: str | None, output: str) -> None:
 @WORKBOOK_OPTION
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="The PNG to write (default: <metric>.png beside the workbook).")
-def plot(args: tuple[str, ...], workbook: str | None, output: str | None) -> None:
+@click.option("--attempts", "with_attempts", is_flag=True,
+              help="Draw the runs' earlier attempts too (dashed, in their run's colour).")
+def plot(args: tuple[str, ...], workbook: str | None, output: str | None, with_attempts: bool) -> None:
     """Draw METRIC over steps for the runs matching SELECTOR, one line per run, to a PNG:
-    the curves of the results workbook, for a quick look.
+    the curves of the results workbook, for a quick look. With --attempts, each run's
+    earlier attempts (before a restart or a retry) are drawn as well, dashed in the run's
+    colour and labelled `#<run number> (attempt <n>)`.
 
     \b
-    Example: nero plot 'demo*' val_loss -o val_loss.png"""
-    from ..plots import plot_curves
+    Example: nero plot 'demo*' val_loss -o val_loss.png
+             nero plot 3 val_loss --attempts"""
+    from ..plots import draw_curves
 
     if len(args) not in (2, 3):
         raise click.UsageError("give SELECTOR and METRIC (and optionally the workbook first)")
@@ -58,11 +68,19 @@ def plot(args: tuple[str, ...], workbook: str | None, output: str | None) -> Non
             raise click.ClickException(f"no started run matches {selector!r}; `nero status` lists the runs")
         out = Path(output) if output else project.directory / f"{metric.replace('/', '_')}.png"
         goal = project.workbook.goal(metric) if project.workbook else None
+        earlier = None
+        if with_attempts:
+            keys = {r.key for r in runs}
+            earlier = {(k, a): h for (k, a), h in project.earlier_histories().items() if k in keys}
         try:
-            plot_curves(runs, project.histories(), metric, out, goal=goal)
+            drawn = draw_curves(runs, project.histories(), metric, out, goal=goal, earlier=earlier)
         except NeroError as e:
             fail(e)
-        click.echo(f"Wrote {out} ({len(runs)} run{'s' if len(runs) != 1 else ''}).")
+        note = ""
+        if with_attempts:
+            note = (f"; {drawn.curves} curve{'s' if drawn.curves != 1 else ''}: {drawn.current} current, "
+                    f"{drawn.earlier} earlier attempt{'s' if drawn.earlier != 1 else ''}")
+        click.echo(f"Wrote {out} ({len(runs)} run{'s' if len(runs) != 1 else ''}{note}).")
 
 
 # ---------------------------------------------------------------- nero resources

@@ -91,12 +91,16 @@ def print_plan(p: Plan) -> None:
 @click.argument("args", nargs=-1, metavar="[WORKBOOK] [SELECTOR]")
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
 @click.option("--all", "show_all", is_flag=True, help="Include every metric, not only the first few.")
-def status(args: tuple[str, ...], as_json: bool, show_all: bool) -> None:
+@click.option("--attempts", "with_attempts", is_flag=True,
+              help="List each run's earlier attempts (before a restart or a retry) under it.")
+def status(args: tuple[str, ...], as_json: bool, show_all: bool, with_attempts: bool) -> None:
     """A table of runs: number, run, state, cluster, runtime, latest metrics, reason.
 
     \b
     SELECTOR narrows the table, in the forms of `nero abort` (see `nero abort --help`):
       nero status failed        nero status 'lr-sweep*'        nero status 'val_loss < 0.2'
+    --attempts lists each run's earlier attempts under it (in --json: an `attempts` list
+    per run, oldest first).
     """
     workbook, selector = workbook_and_selector(args)
     path = resolve_workbook(workbook)
@@ -106,16 +110,21 @@ def status(args: tuple[str, ...], as_json: bool, show_all: bool) -> None:
     with open_project(path, load=False) as project:
         now = project.clock()
         runs = [c.record for c in select(project, selector) if c.record] if selector else project.runs()
+        earlier: dict[str, list[RunRecord]] = {}
+        if with_attempts:
+            for a in project.earlier_attempts(r.key for r in runs):
+                earlier.setdefault(a.key, []).append(a)
         if as_json:
             click.echo(json.dumps([{
                 "number": r.number, "run": r.key, "state": r.state.value, "cluster": r.cluster, "attempt": r.attempt,
                 "job_id": r.job_id, "host": r.host, "runtime_s": r.runtime(now), "reason": r.reason,
-                "metrics": {k: (v if v == v else None) for k, v in r.last.items()}, "step": r.step,
+                "metrics": _json_metrics(r), "step": r.step,
                 "run_dir": r.run_dir, "orphaned": r.orphaned, "retry": r.retry, "code_hash": r.code_hash,
                 "git_commit": r.git_commit, "git_dirty": r.git_dirty,
+                **({"attempts": [_attempt_json(a, now) for a in earlier.get(r.key, ())]} if with_attempts else {}),
             } for r in runs], indent=2))
             return
-        _status_table(runs, now, show_all)
+        _status_table(runs, now, show_all, earlier)
         if not selector:
             _not_started(project)
 
@@ -137,7 +146,21 @@ def _not_started(project: Project) -> None:
         click.echo(f"Not started: {parts} (`nero plan` says why).")
 
 
-def _status_table(runs: list[RunRecord], now: float, show_all: bool) -> None:
+def _json_metrics(r: RunRecord) -> dict[str, float | None]:
+    return {k: (v if v == v else None) for k, v in r.last.items()}
+
+
+def _attempt_json(a: RunRecord, now: float) -> dict[str, object]:
+    """An earlier attempt in `nero status --attempts --json`."""
+    return {"attempt": a.attempt, "state": a.state.value, "reason": a.reason, "cluster": a.cluster,
+            "job_id": a.job_id, "host": a.host, "started_at": a.started_at, "ended_at": a.ended_at,
+            "runtime_s": a.runtime(now), "metrics": _json_metrics(a), "step": a.step, "run_dir": a.run_dir,
+            "retry": a.retry, "command": a.command, "git_commit": a.git_commit, "git_dirty": a.git_dirty}
+
+
+def _status_table(runs: list[RunRecord], now: float, show_all: bool,
+                  earlier: dict[str, list[RunRecord]] | None = None) -> None:
+    """The runs, each with its `earlier` attempts (if given) on rows below it."""
     from rich.table import Table
 
     t = Table(header_style="bold", box=None, pad_edge=False)
@@ -145,14 +168,18 @@ def _status_table(runs: list[RunRecord], now: float, show_all: bool) -> None:
                     ("runtime", {"justify": "right"}), ("step", {"justify": "right"}), ("metrics", {"overflow": "fold"}),
                     ("reason", {"overflow": "fold", "max_width": 60})):
         t.add_column(col, **kw)
-    for r in runs:
+    def row(r: RunRecord, number: str, name: str, state: str) -> None:
         names = sorted(r.last)
         shown = names if show_all else names[:4]
         metrics = "  ".join(f"{k}={format_significant(r.last[k])}" for k in shown) + (" …" if len(names) > len(shown) else "")
         style = STATE_STYLE.get(r.state.value, "")
-        state = r.state.value + (" (orphaned)" if r.orphaned else "")
-        t.add_row(str(r.number), escape(r.key), f"[{style}]{state}[/]", escape(r.cluster), format_duration(r.runtime(now)),
+        t.add_row(number, name, f"[{style}]{state}[/]", escape(r.cluster), format_duration(r.runtime(now)),
                   "" if r.step is None else str(r.step), escape(metrics), escape(r.reason))
+
+    for r in runs:
+        row(r, str(r.number), escape(r.key), r.state.value + (" (orphaned)" if r.orphaned else ""))
+        for a in (earlier or {}).get(r.key, ()):
+            row(a, "", f"[dim]  └ attempt {a.attempt}[/]", a.state.value)
     console().print(t)
 
 

@@ -2,7 +2,7 @@
 
 Modules: `view` (what the workbook shows: per-run values, statistics, downsampled curves,
 fingerprints; pure), `sheets` (formats, widths, page setup; Events, Resources, Queue),
-`summary` and `curves` (those sheets), `ooxml` (rows as SpreadsheetML, the zip assembly and
+`summary` (Summary and Attempts) and `curves` (Curves and Curve data), `ooxml` (rows as SpreadsheetML, the zip assembly and
 the reuse of an existing file's curves), `workbook` (`write_results`).
 
 This is the sheet researchers compare runs in, kept live by the reconcile loop. It is
@@ -44,6 +44,13 @@ Events: `time` datetime (local) · `run` str · `attempt` int · `kind` str · `
 Resources: `run` str · `peak_rss_mb` float · `peak_gpu_mem_mb` float ·
     `min_disk_free_mb` float — runs with at least one sample.
 Queue: `run` str · `reason` str — pending and held runs and why they wait.
+Attempts: one row per attempt before a run's current one (restarted after a row edit or by
+    `nero restart`, or retried), ordered by `#` then `attempt`: the Summary's columns without
+    the parameters (the state store keeps a run's parameters as they are now; `command`
+    shows what the attempt ran), each for that attempt — its state, reason, times, job,
+    checkpoint, `last:` and `best:` values (by the Summary's rules, over the attempt's own
+    points), git commit, command and run directory. Its metric columns are the Summary's
+    plus any metric only an earlier attempt logged. Headers only when no run has one.
 
 Text from logs, the experiments sheet or the cluster never becomes a formula or a link:
 every string is written as a string (`=HYPERLINK(…)` stays text); control characters and

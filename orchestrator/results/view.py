@@ -4,7 +4,8 @@ Pure: no xlsxwriter, no files written. The per-run values of the Summary (last, 
 checkpoint values of each metric), the leaderboard, the curves as the charts draw them
 (steps normalised, non-finite points dropped, downsampled), the chart scales shared with
 `orchestrator.plots`, cell text made safe, and the fingerprints that tell whether a
-workbook already shows a snapshot. The sheet modules lay these values out.
+workbook already shows a snapshot. The sheet modules lay these values out. Earlier
+attempts (the Attempts sheet) get their values by the very rules of the Summary's runs.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ __all__ = [
     "cell_text", "chart_text", "excel_time", "fingerprint", "points_per_series", "short_label", "time_zone",
 ]
 
-FORMAT_VERSION = "1"
-SHEETS = ("Summary", "Curves", "Curve data", "Events", "Resources", "Queue")
+FORMAT_VERSION = "2"
+SHEETS = ("Summary", "Curves", "Curve data", "Events", "Resources", "Queue", "Attempts")
 CURVE_SHEETS = (2, 3)  # 1-based positions of the sheets copied on a summary-only refresh
 MAX_POINTS_PER_SERIES = 200
 MIN_POINTS_PER_SERIES = 32
@@ -127,7 +128,7 @@ def _signature(p: Sequence[Any]) -> tuple[Any, ...]:
     return (n, p[0], p[n // 4], p[n // 2], p[3 * n // 4], p[-1]) if n else (0,)
 
 
-def _stats(key: str, metric: str, points: Sequence[tuple[int | None, float]], goal: str,
+def _stats(key: Any, metric: str, points: Sequence[tuple[int | None, float]], goal: str,
            checkpoints: tuple[int, ...], signature: tuple[Any, ...] | None = None) -> _Stats | None:
     if not points:
         return None
@@ -160,9 +161,17 @@ class View:
             seen.update(dict.fromkeys(r.best))
             seen.update(dict.fromkeys(data.histories.get(r.key, {})))
         self.metrics = list(seen)
+        self.attempts = sorted(data.attempts, key=lambda r: (r.number, r.key, r.attempt))
+        for r in self.attempts:  # the Summary's metrics, then those only earlier attempts have
+            seen.update(dict.fromkeys(r.last))
+            seen.update(dict.fromkeys(r.best))
+            seen.update(dict.fromkeys(data.attempt_histories.get((r.key, r.attempt), {})))
+        self.attempt_metrics = list(seen)
         self.primary = data.settings.primary_metric or (self.metrics[0] if self.metrics else "")
         self._prepared: list[RunView] | None = None
-        self._signatures: dict[str, dict[str, tuple[Any, ...]]] = {}  # of the histories, once computed
+        self._prepared_attempts: list[RunView] | None = None
+        # of the histories, once computed: by run key, and by (run key, attempt) for earlier attempts
+        self._signatures: dict[Any, dict[str, tuple[Any, ...]]] = {}
 
     def points(self) -> int:
         return sum(len(p) for h in self.data.histories.values() for p in h.values())
@@ -171,8 +180,8 @@ class View:
         return default_goal(metric, self.data.goals)
 
     # --------------------------------------------------------------- fingerprints
-    def _history_signature(self, key: str) -> tuple[Any, ...]:
-        h = self.data.histories.get(key, {})
+    def _history_signature(self, key: Any) -> tuple[Any, ...]:
+        h = (self.data.attempt_histories if isinstance(key, tuple) else self.data.histories).get(key, {})
         sig = tuple((m, _signature(p)) for m, p in h.items())
         self._signatures[key] = dict(sig)
         return sig
@@ -193,23 +202,40 @@ class View:
                 sorted(r.last.items()), sorted(r.best.items()), r.git_commit, r.git_dirty,
                 r.command, r.run_dir, r.peak_rss_mb, r.peak_gpu_mem_mb, r.min_disk_free_mb, hist,
             ))
-        summary.append((len(d.events), [(e.time, e.key, e.kind, e.reason, e.attempt) for e in d.events[-50:]]))
+        for r in self.attempts:
+            summary.append((
+                r.number, r.key, r.experiment, r.attempt, r.state.value, r.reason, r.cluster, r.job_id, r.host,
+                r.started_at, r.ended_at, sorted(r.last.items()), sorted(r.best.items()), r.git_commit,
+                r.git_dirty, r.command, r.run_dir, self._history_signature((r.key, r.attempt)),
+            ))
+        summary.append((self.attempt_metrics, len(d.events), [(e.time, e.key, e.kind, e.reason, e.attempt) for e in d.events[-50:]]))
         summary.append(d.queue)
         return _hash(summary), _hash(curves)
 
     # --------------------------------------------------------------- per-run values
     def prepared(self) -> list[RunView]:
+        """The runs as the Summary shows them."""
         if self._prepared is None:
-            self._prepared = [self._prepare(r) for r in self.runs]
+            self._prepared = [self._prepare(r, r.key, self.data.histories, self.metrics) for r in self.runs]
         return self._prepared
 
-    def _prepare(self, r: RunRecord) -> RunView:
+    def prepared_attempts(self) -> list[RunView]:
+        """The earlier attempts as the Attempts sheet shows them: by the Summary's rules."""
+        if self._prepared_attempts is None:
+            self._prepared_attempts = [self._prepare(r, (r.key, r.attempt), self.data.attempt_histories,
+                                                     self.attempt_metrics) for r in self.attempts]
+        return self._prepared_attempts
+
+    def _prepare(self, r: RunRecord, key: Any, histories: Mapping[Any, Mapping[str, Any]],
+                 metrics: Sequence[str]) -> RunView:
+        """One run (or attempt) with its history `histories[key]`: last, best and checkpoint
+        values of each of `metrics`, the stored ones and those of the history combined."""
         run = RunView(r)
-        hist = self.data.histories.get(r.key, {})
-        sigs = self._signatures.get(r.key, {})
-        for m in self.metrics:
+        hist = histories.get(key, {})
+        sigs = self._signatures.get(key, {})
+        for m in metrics:
             goal = self.goal(m)
-            st = _stats(r.key, m, hist.get(m, ()), goal, self.checkpoints, sigs.get(m))
+            st = _stats(key, m, hist.get(m, ()), goal, self.checkpoints, sigs.get(m))
             if m in r.last:
                 run.last[m] = r.last[m]
             elif st is not None:

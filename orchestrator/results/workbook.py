@@ -18,7 +18,7 @@ from ..model import ResultsInput
 from .curves import write_curves
 from .ooxml import CannotReuse, Cells, Existing, assemble
 from .sheets import Formats, write_events, write_queue, write_resources
-from .summary import write_summary
+from .summary import write_attempts, write_summary
 from .view import CHEAP_POINTS, CURVES_MAX_AGE, FORMAT_VERSION, SHEETS, View
 
 __all__ = ["write_results"]
@@ -115,5 +115,6 @@ def _write_book(path: Path, view: View, summary_fp: str, curves_fp: str, *, curv
     rows["Events"] = write_events(sheets["Events"], view, fmt)
     rows["Resources"] = write_resources(sheets["Resources"], view, fmt)
     rows["Queue"] = write_queue(sheets["Queue"], view, fmt)
+    rows["Attempts"] = write_attempts(sheets["Attempts"], view, fmt)
     book.close()
     return {f"xl/worksheets/sheet{SHEETS.index(name) + 1}.xml": cells for name, cells in rows.items()}

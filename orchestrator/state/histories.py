@@ -1,20 +1,23 @@
 """The metric histories a Store keeps between reads, and how metric rows merge into them.
 
-Pure Python over the rows the store reads (no database access here): `merge` folds rows
+Pure Python over the rows the store reads (no connection here): `merge` folds rows
 (key, attempt, name, step, value, source rank), in the order they were logged, into the
 compact Series of each run's current attempt, one point per step (metrics.supersedes).
+`EarlierHistories` keeps those of the attempts before each run's current one, apart, so
+that reading them costs the current attempts' path nothing; it runs its queries through
+the `execute` its Store hands it, inside the Store's read transaction.
 """
 
 from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from ..metrics import SOURCE_RANK, supersedes
 from ..series import Series
 
-__all__ = ["METRIC_ROWS", "Curve", "RunHistories", "merge"]
+__all__ = ["METRIC_ROWS", "Curve", "EarlierHistories", "RunHistories", "merge"]
 
 # each point's source rank (metrics.source_rank), computed by SQLite as the rows are read
 _RANK_SQL = "CASE source " + " ".join(f"WHEN '{s}' THEN {r}" for s, r in SOURCE_RANK.items()) + " ELSE 0 END"
@@ -133,3 +136,53 @@ def merge(rows: Iterable[Sequence], runs: Mapping[str, RunHistories]) -> None:
             add_rank(rank)
         else:
             curve.place(step, value, rank)
+
+
+# the earlier attempts, by run number then attempt
+_EARLIER_ATTEMPTS = ("SELECT a.key, a.attempt FROM runs r JOIN attempts a ON a.key = r.key AND a.attempt < r.attempt "
+                     "ORDER BY r.number, a.attempt")
+
+
+class EarlierHistories:
+    """The histories of the attempts before each run's current one, by (run key, attempt),
+    as a Store keeps them between reads.
+
+    An earlier attempt no longer grows, nearly: its job was cancelled or had ended when the
+    run moved on, and only output read after that (the last lines of a cancelled job) adds
+    points to it. So each attempt is read once by its index, when it is first asked for,
+    and again, whole, only if the metric rows added since the last refresh hold points of
+    it; a Series that did not change is the same object as last time. `version` is the
+    Store's version of the database as of the last refresh."""
+
+    __slots__ = ("runs", "read_to", "rewrites", "version")
+
+    def __init__(self) -> None:
+        self.runs: dict[tuple[str, int], RunHistories] = {}
+        self.read_to: int | None = None  # the largest metric rowid read
+        self.rewrites: str | None = None  # the metrics table's rewrite count as of the last refresh
+        self.version: object = None
+
+    def refresh(self, execute: Callable[..., Iterable[Sequence]], rewrites: str | None, version: object) -> None:
+        """Bring the kept histories up to date, through `execute` (the Store's, inside one
+        read transaction); `rewrites` is the count of metric rows changed or deleted (any
+        change reads every attempt afresh)."""
+        if rewrites != self.rewrites:
+            self.runs, self.read_to, self.rewrites = {}, None, rewrites
+        wanted = list(execute(_EARLIER_ATTEMPTS))
+        ((top,),) = execute("SELECT COALESCE(MAX(rowid), 0) FROM metrics")
+        grown: set[tuple[str, int]] = set()
+        if self.read_to is not None and top > self.read_to:
+            grown = set(execute("SELECT DISTINCT key, attempt FROM metrics WHERE rowid > ? AND rowid <= ?",
+                                (self.read_to, top)))
+        runs: dict[tuple[str, int], RunHistories] = {}
+        for key, attempt in wanted:
+            run = self.runs.get((key, attempt))
+            if run is None or (key, attempt) in grown:
+                run = RunHistories(attempt)
+                merge(execute(METRIC_ROWS + " WHERE key=? AND attempt=? AND rowid <= ? ORDER BY rowid",
+                              (key, attempt, top)), {key: run})
+            runs[(key, attempt)] = run
+        self.runs, self.read_to, self.version = runs, top, version
+
+    def view(self) -> dict[tuple[str, int], dict[str, Series]]:
+        return {pair: run.view() for pair, run in self.runs.items() if run.curves}

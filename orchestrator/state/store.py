@@ -15,7 +15,7 @@ transaction, so a restart neither loses nor duplicates a point.
 Metric histories are what the loop reads most (rules and the results workbook, every
 pass): each Store keeps those of the runs' current attempts as compact Series and reads
 only the metric rows added since its last read (the table is append-only), see
-`Store.histories`.
+`Store.histories`; those of earlier attempts only on request (`Store.earlier_histories`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from ..model import (
     Series,
     Update,
 )
-from .histories import METRIC_ROWS, RunHistories, merge
+from .histories import METRIC_ROWS, EarlierHistories, RunHistories, merge
 from .outbox import Outbox
 
 __all__ = ["SCHEMA_VERSION", "Store"]
@@ -202,6 +202,7 @@ class Store(Outbox):
         self._read_to: int | None = None
         self._histories_version: tuple[int, int] | None = None
         self._rewrites: str | None = None
+        self._earlier = EarlierHistories()  # of the attempts before each run's current one
         try:
             self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -314,6 +315,19 @@ class Store(Outbox):
             self._runs = {k: kept[k] if k in kept else new[k] for k, _ in current}
             self._read_to = top
         self._histories_version = version
+
+    def earlier_attempts(self) -> list[RunRecord]:
+        """Each attempt before its run's current one (restarts, retries), by number and attempt."""
+        sql = _SNAPSHOT_SQL.replace("a.attempt = r.attempt", "a.attempt < r.attempt")
+        return [_record(row) for row in self.db.execute(sql + " ORDER BY r.number, a.attempt")]
+
+    def earlier_histories(self) -> dict[tuple[str, int], dict[str, Series]]:
+        """The histories of `earlier_attempts` by (run key, attempt), apart from `histories()`."""
+        version = (self.db.execute("PRAGMA data_version").fetchone()[0], self._writes)
+        if version != self._earlier.version:
+            with _Tx(self.db, "BEGIN"):
+                self._earlier.refresh(self.db.execute, self.get_meta(_REWRITES), version)
+        return self._earlier.view()
 
     def events(self, key: str | None = None, since: float | None = None, limit: int | None = None) -> list[Event]:
         sql, args = "SELECT time, key, kind, reason, attempt FROM events WHERE 1", []
