@@ -398,3 +398,16 @@ def test_a_stop_rule_fires_in_the_first_pass_that_sees_the_nan(project: Path):
     nero("reconcile", str(project), "--until-done", "--interval", "0.3", timeout=60)
     run = status(project)[0]
     assert run["state"] == "terminated" and run["reason"] == "isnan(loss) (loss=nan at step 2)"
+
+
+def test_a_job_printing_random_bytes_has_no_metrics(project: Path):
+    script = ("import os, sys\nfor _ in range(20):\n    sys.stdout.buffer.write(os.urandom(50_000))\n"
+              "sys.stdout.buffer.write(b'\\nloss=0.25\\n')\n")
+    (project / "noise.py").write_text(script)
+    write_workbook(project / "experiments.xlsx", [{"id": "noise", "command": "python noise.py"}])
+    nero("reconcile", str(project), "--until-done", "--interval", "0.3", timeout=120, check=True)
+    run = status(project)[0]
+    assert run["state"] == "completed"
+    with state_db(project) as con:
+        names = {n for (n,) in con.execute("SELECT DISTINCT name FROM metrics")}
+    assert names == {"loss"}
