@@ -171,22 +171,22 @@ def _hits(g: _Grammar, text: Any, end: int) -> list[tuple[int, Any]]:
 # control characters (other than tab, CR, form feed and the ESC of colour codes) or bytes
 # that are not UTF-8: a job printing binary data yields no metrics from it.
 BINARY_SHARE = 0.25
-_CONTROLS = bytes(c for c in range(32) if c not in b"\t\r\x0c\x1b") + b"\x7f"
-_CONTROL_CHARS = str.maketrans("", "", _CONTROLS.decode("ascii"))
+_CONTROLS = "\\x00-\\x08\\x0b\\x0e-\\x1a\\x1c-\\x1f\\x7f"
+_SUSPECT = {  # a character that may make a line binary: most lines have none (one C scan)
+    bytes: re.compile(f"[{_CONTROLS}\\x80-\\xff]".encode()),
+    str: re.compile(f"[{_CONTROLS}\\ufffd]"),
+}
+_BAD = re.compile(f"[{_CONTROLS}\\ufffd]")
 
 
-def _binary(line: Any) -> bool:
-    """Whether a line (bytes or str) is binary data rather than text."""
+def _binary(text: Any, a: int, b: int) -> bool:
+    """Whether the line text[a:b] (bytes or str) is binary data rather than text."""
+    if _SUSPECT[type(text)].search(text, a, b) is None:
+        return False
+    line = text[a:b]
     if isinstance(line, bytes):
-        if b"\0" in line:
-            return True
-        if line.isascii():
-            return len(line) - len(line.translate(None, _CONTROLS)) > BINARY_SHARE * len(line)
         line = line.decode("utf-8", "replace")
-    elif "\0" in line:
-        return True
-    bad = len(line) - len(line.translate(_CONTROL_CHARS)) + line.count("\ufffd")
-    return bad > BINARY_SHARE * len(line)
+    return "\0" in line or len(_BAD.findall(line)) > BINARY_SHARE * len(line)
 
 
 def _lines(g: _Grammar, text: Any, end: int) -> Iterator[tuple[int, list[_Pair]]]:
@@ -204,7 +204,7 @@ def _lines(g: _Grammar, text: Any, end: int) -> Iterator[tuple[int, list[_Pair]]
             line_end = find(nl, s, end)
             if line_end < 0:
                 line_end = end
-            if _binary(text[line_start:line_end]):  # not text: none of its pairs is a metric
+            if _binary(text, line_start, line_end):  # not text: none of its pairs is a metric
                 skip_to = line_end
         if s < skip_to:
             continue
