@@ -12,7 +12,8 @@ itself before the stop reached it):
 
 * the job wrote an exit code: cancelled or terminated if nero asked for a stop and the job
   script got the signal while its program ran (`JobStatus.signalled`, the run folder's
-  `stopped`); else the scheduler's final state if it has one and the code is not 0, else
+  `stopped`), or the code is a signal's (over 128: a job script from before `stopped`
+  existed), or the scheduler has a final state and the code is not 0; else the scheduler's final state if it has one and the code is not 0, else
   completed (0) or failed (with the last line of stderr). A program that ended by itself
   after a rule asked for its stop (a rule firing on the last line it printed) is thus
   completed or failed, and the rule is recorded as a `warn` event;
@@ -102,7 +103,8 @@ def observe(rec: RunRecord, st: JobStatus, now: float, defs: Sequence[MetricDef]
     ended = False
     if st.exit_code is not None:
         ended, exit_code = True, st.exit_code
-        if rec.stop_requested and (st.signalled or (st.scheduler_state in SCHEDULER_STATES and st.exit_code != 0)):
+        if rec.stop_requested and (st.signalled or st.exit_code > 128
+                                   or (st.scheduler_state in SCHEDULER_STATES and st.exit_code != 0)):
             state, reason = _stopped(rec.stop_requested)
         elif st.scheduler_state in SCHEDULER_STATES and st.exit_code != 0:
             state, reason = _scheduler(st)

@@ -105,6 +105,8 @@ OBSERVATIONS = [
         (RunState.TERMINATED, "loss is nan"), rec={"stop_requested": "terminated: loss is nan"}),
     Obs("stop-terminate-exit-143", {"alive": False, "exit_code": 143, "signalled": True},
         (RunState.TERMINATED, "loss is nan"), rec={"stop_requested": "terminated: loss is nan"}),
+    Obs("stop-terminate-exit-143-no-marker", {"alive": False, "exit_code": 143},  # a job script without `stopped`
+        (RunState.TERMINATED, "loss is nan"), rec={"stop_requested": "terminated: loss is nan"}),
     # the program had ended by itself when the rule fired (issue #11): it ends as it ended
     Obs("stop-terminate-after-exit-0", {"alive": False, "exit_code": 0}, (RunState.COMPLETED, "exit code 0"),
         rec={"stop_requested": "terminated: loss is nan"}, warns="loss is nan (fired after the program had ended)"),
