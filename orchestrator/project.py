@@ -260,12 +260,16 @@ class Project:
             return
         from .metrics import unknown_metric
 
-        known = self._rec.metric_names() | {n for h in histories.values() for n in h}
+        known = self.metric_names() | {n for h in histories.values() for n in h}
         params = {str(p) for r in snap.values() for p, _ in r.params}
         params |= {str(p) for s in self._rec.specs for p, _ in s.params}
         unknown = sorted(asked - known - params)
         if unknown:
             raise ExpressionError(selector.source, "; ".join(unknown_metric(n, known, params) for n in unknown))
+
+    def metric_names(self) -> set[str]:
+        """The known metrics: the Metrics rows' and those the runs' current attempts produced."""
+        return self._rec.metric_names()
 
     def histories(self) -> dict[str, dict[str, Series]]:
         """Every run's metric histories (its current attempt): run key → metric → points."""

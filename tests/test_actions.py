@@ -188,6 +188,8 @@ def test_a_misspelt_metric_in_a_selector_is_an_error_naming_the_known_ones(proje
         assert proc.returncode == 2, (command, proc.stdout, proc.stderr)
         assert ("error: no metric 'test_eror'; did you mean test_error? (known: test_error, loss; parameters: lr)"
                 in proc.stderr), proc.stderr
+    proc = nero("plot", str(project / "experiments.xlsx"), "all", "test_eror")
+    assert proc.returncode != 0 and "metrics with points: loss, test_error" in proc.stderr, proc.stderr
     # known metrics, parameters and built-in names select as before
     proc = nero("status", str(project / "experiments.xlsx"), "test_error < 1 and lr > 0 and runtime >= 0 and "
                 "state == 'completed' and step == 1", "--json", check=True)
