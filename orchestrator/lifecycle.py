@@ -7,10 +7,16 @@ resource samples parsed from the complete lines only, the advanced read offsets,
 events to record.
 
 How a poll decides the state, first match wins (a stop nero asked for, `stop_requested`,
-makes any ending cancelled or terminated):
+makes any ending cancelled or terminated, except the ending of a program that had ended by
+itself before the stop reached it):
 
-* the job wrote an exit code: the scheduler's final state if it has one and the code is
-  not 0, else completed (0) or failed (with the last line of stderr);
+* the job wrote an exit code: cancelled or terminated if nero asked for a stop and the job
+  script got the signal while its program ran (`JobStatus.signalled`, the run folder's
+  `stopped`), or the code is a signal's (over 128: a job script from before `stopped`
+  existed), or the scheduler has a final state and the code is not 0; else the scheduler's final state if it has one and the code is not 0, else
+  completed (0) or failed (with the last line of stderr). A program that ended by itself
+  after a rule asked for its stop (a rule firing on the last line it printed) is thus
+  completed or failed, and the rule is recorded as a `warn` event;
 * no exit code but a final scheduler state (SCHEDULER_STATES: TIMEOUT, PREEMPTED, …);
 * not alive: lost if it had started or has waited longer than START_GRACE_S since its
   submission (else it is still starting: unchanged);
@@ -97,7 +103,8 @@ def observe(rec: RunRecord, st: JobStatus, now: float, defs: Sequence[MetricDef]
     ended = False
     if st.exit_code is not None:
         ended, exit_code = True, st.exit_code
-        if rec.stop_requested:
+        if rec.stop_requested and (st.signalled or st.exit_code > 128
+                                   or (st.scheduler_state in SCHEDULER_STATES and st.exit_code != 0)):
             state, reason = _stopped(rec.stop_requested)
         elif st.scheduler_state in SCHEDULER_STATES and st.exit_code != 0:
             state, reason = _scheduler(st)
@@ -133,6 +140,12 @@ def observe(rec: RunRecord, st: JobStatus, now: float, defs: Sequence[MetricDef]
         # the job's last heartbeat is written just before its exit code: the real end
         ended_at = st.heartbeat if st.exit_code is not None and st.heartbeat else now
         events.append(Event(now, rec.key, state.value, reason or "", rec.attempt))
+        kind, _, why = rec.stop_requested.partition(": ")
+        if kind == "terminated" and state in (RunState.COMPLETED, RunState.FAILED):
+            # the program had ended by itself before the stop reached it (a rule firing on
+            # its last line): the run ends as the program did, the rule is a warning
+            events.append(Event(now, rec.key, "warn", f"{why or kind} (fired after the program had ended)",
+                                rec.attempt))
 
     last = best = None
     step = None

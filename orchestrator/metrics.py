@@ -40,6 +40,7 @@ value at all".
 
 from __future__ import annotations
 
+import difflib
 import math
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
@@ -51,13 +52,43 @@ if TYPE_CHECKING:
 __all__ = [
     "GOALS", "MAX_GOAL_NAMES", "SOURCE_RANK",
     "default_goal", "goals_of", "better", "improves", "best", "best_finite", "rank_key", "last",
-    "number_steps", "value_at", "source_rank", "supersedes", "prefer_tracked",
+    "number_steps", "value_at", "source_rank", "supersedes", "prefer_tracked", "unknown_metric",
 ]
 
 GOALS = ("min", "max")
 MAX_GOAL_NAMES = frozenset({"acc", "accuracy", "val_acc", "test_acc", "f1", "auc", "bleu", "r2", "reward",
                             "score", "precision", "recall"})
 SOURCE_RANK = {"track": 2, "stdout": 1, "stderr": 0}  # an unknown source ranks 0
+
+
+# ------------------------------------------------------------------------------ names
+KNOWN_SHOWN = 8  # names listed after "known:"
+
+
+def unknown_metric(name: str, known: Iterable[str], params: Iterable[str] = ()) -> str:
+    """What to say about a name that is no known metric (a Metrics row or one a run has
+    produced) and no parameter: `no metric 'test_eror'; did you mean test_error? (known:
+    test_error, loss, …)`, the known names closest first (difflib)."""
+    metrics, others = sorted(set(known)), sorted(set(params) - set(known))
+
+    def closeness(n: str) -> float:
+        return -difflib.SequenceMatcher(None, name.lower(), n.lower()).ratio()
+
+    lower = {n.lower(): n for n in metrics + others}
+    close = difflib.get_close_matches(name.lower(), list(lower), n=3, cutoff=0.6)
+    text = f"no metric {name!r}"
+    if close:
+        text += f"; did you mean {' or '.join(lower[c] for c in close)}?"
+    shown = sorted(metrics, key=lambda n: (closeness(n), n))
+    if shown:
+        more = ", …" if len(shown) > KNOWN_SHOWN else ""
+        text += f" (known: {', '.join(shown[:KNOWN_SHOWN])}{more}"
+    else:
+        text += " (no metric is known yet: no Metrics row names one and no run has printed one"
+    if others:
+        more = ", …" if len(others) > KNOWN_SHOWN else ""
+        text += f"; parameters: {', '.join(sorted(others, key=lambda n: (closeness(n), n))[:KNOWN_SHOWN])}{more}"
+    return text + ")"
 
 
 # ------------------------------------------------------------------------------ goals

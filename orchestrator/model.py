@@ -456,6 +456,7 @@ class JobStatus:
     scheduler_reason: str = ""
     stderr_tail: bytes = b""  # the end of stderr.log, read once the job has ended
     complete: bool = True  # the chunks reach the end of the files (no read limit hit)
+    signalled: bool = False  # the job script was told to stop while its program ran (`stopped`)
 
 
 @dataclass(frozen=True)

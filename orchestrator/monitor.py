@@ -38,8 +38,11 @@ __all__ = ["Capture", "parse_output", "parse_resources", "parse_track", "trace_o
 # `=`) and `name: value` pairs whose value is a number (int, float, exponent, nan, inf,
 # -inf, any case). What keeps it from reading garbage off a real log:
 #
-# * a name is a whole token that starts with a letter or `_` (`[A-Za-z_][\w.\-/]*`,
-#   optionally quoted as in a printed dict: `'loss': 0.41`), so `20:32:05` has no name;
+# * a name is a whole token that starts with a letter (`[A-Za-z][\w.\-/]*`, optionally
+#   quoted as in a printed dict: `'loss': 0.41`), so `20:32:05` has no name; a lone
+#   capital letter is no name (`A=3` is what binary noise looks like, `x=1` is a name);
+# * a line that is not text (a NUL, or more than 25 % control characters or bytes that are
+#   not UTF-8: `BINARY_SHARE`) gives nothing, so a job printing binary data has no metrics;
 # * a colon right after a digit needs a space after it (`top5: 0.9`), so clock times
 #   such as `t=20:32:05` or `0:00:02.69` never pair up; `==`, `<=`, `>=`, `!=` are not
 #   separators;
@@ -108,12 +111,13 @@ class _Grammar:
 
     def key(self, token: Any) -> tuple[str, int | None] | None:
         """Read (and cache) the key in a token: the name chars at its end, if they
-        start with a letter or `_` (`{'loss'` -> loss, `INFO:root:loss` -> loss)."""
+        start with a letter and are not a lone capital (`{'loss'` -> loss,
+        `INFO:root:loss` -> loss, `x` -> x, `A` -> none)."""
         m = self.key_regex.search(token)
         raw = m.group(1) if m else token[:0]
         name = raw.decode("ascii") if isinstance(raw, bytes) else raw
         info = None
-        if name and (name[0].isalpha() or name[0] == "_"):
+        if name and name[0].isalpha() and (len(name) > 1 or name.islower()):
             info = (name, _STEP_RANK.get(name.lower()))
         if len(self.keys) < 10_000:
             self.keys[token] = info
@@ -163,12 +167,34 @@ def _hits(g: _Grammar, text: Any, end: int) -> list[tuple[int, Any]]:
     return hits
 
 
+# A line is text unless it holds a NUL or more than BINARY_SHARE of its characters are
+# control characters (other than tab, CR, form feed and the ESC of colour codes) or bytes
+# that are not UTF-8: a job printing binary data yields no metrics from it.
+BINARY_SHARE = 0.25
+_CONTROLS = "\\x00-\\x08\\x0b\\x0e-\\x1a\\x1c-\\x1f\\x7f"
+_SUSPECT = {  # a character that may make a line binary: most lines have none (one C scan)
+    bytes: re.compile(f"[{_CONTROLS}\\x80-\\xff]".encode()),
+    str: re.compile(f"[{_CONTROLS}\\ufffd]"),
+}
+_BAD = re.compile(f"[{_CONTROLS}\\ufffd]")
+
+
+def _binary(text: Any, a: int, b: int) -> bool:
+    """Whether the line text[a:b] (bytes or str) is binary data rather than text."""
+    if _SUSPECT[type(text)].search(text, a, b) is None:
+        return False
+    line = text[a:b]
+    if isinstance(line, bytes):
+        line = line.decode("utf-8", "replace")
+    return "\0" in line or len(_BAD.findall(line)) > BINARY_SHARE * len(line)
+
+
 def _lines(g: _Grammar, text: Any, end: int) -> Iterator[tuple[int, list[_Pair]]]:
     """(line end, its default pairs) for each line of text[:end] with a pair, in order."""
     find, rfind, nl = text.find, text.rfind, g.newline
     keys = g.keys.get
     line: list[_Pair] = []
-    line_start = line_end = -1
+    line_start = line_end = skip_to = -1
     for s, value in _hits(g, text, end):
         if s > line_end:
             if line:
@@ -178,6 +204,10 @@ def _lines(g: _Grammar, text: Any, end: int) -> Iterator[tuple[int, list[_Pair]]
             line_end = find(nl, s, end)
             if line_end < 0:
                 line_end = end
+            if _binary(text, line_start, line_end):  # not text: none of its pairs is a metric
+                skip_to = line_end
+        if s < skip_to:
+            continue
         w = text[s - _WINDOW if s - _WINDOW > line_start else line_start:s]
         try:
             token = w.rsplit(None, 1)[-1]  # `key=`, `key =`, `- key:`, `{'key':`, `\tkey:`

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import NeroError
+from .errors import ExpressionError, NeroError
 from .model import Cluster, ClusterResources
 from .paths import ProjectPaths
 
@@ -223,7 +223,10 @@ class Project:
     def select(self, selector: str | Selector) -> list[Candidate]:
         """The runs a selector (`nero abort --help` has the forms) matches: runs nero started,
         by number, then the runs the loaded workbook asks for that never started. Raises
-        ExpressionError for a selector that does not parse."""
+        ExpressionError for a selector that does not parse, or that names something that is
+        no known metric (a Metrics row or one a run produced), no parameter and no built-in
+        name (`runtime`, `step`, `state`, …): a misspelt name is an error, never an empty
+        selection."""
         from .expr import ExprTerm, Facts, parse_selector
 
         if isinstance(selector, str):
@@ -233,6 +236,7 @@ class Project:
         snap = store.snapshot()
         goals = wb.goals if wb else {}
         histories = store.histories() if any(isinstance(t, ExprTerm) for t in selector.terms) else {}
+        self._check_names(selector, snap, histories)
         out = []
         for r in sorted(snap.values(), key=lambda r: r.number):
             facts = Facts.of(r, now, histories.get(r.key), goals)
@@ -246,6 +250,26 @@ class Project:
             if selector.matches(facts):
                 out.append(Candidate(spec.key, facts, spec=spec))
         return out
+
+    def _check_names(self, selector: Selector, snap: dict[str, RunRecord],
+                     histories: dict[str, dict[str, Series]]) -> None:
+        """A selector naming no known metric (a Metrics row or one a run produced), no
+        parameter and no built-in name is a mistake, not an empty selection: ExpressionError."""
+        asked = selector.names()
+        if not asked:
+            return
+        from .metrics import unknown_metric
+
+        known = self.metric_names() | {n for h in histories.values() for n in h}
+        params = {str(p) for r in snap.values() for p, _ in r.params}
+        params |= {str(p) for s in self._rec.specs for p, _ in s.params}
+        unknown = sorted(asked - known - params)
+        if unknown:
+            raise ExpressionError(selector.source, "; ".join(unknown_metric(n, known, params) for n in unknown))
+
+    def metric_names(self) -> set[str]:
+        """The known metrics: the Metrics rows' and those the runs' current attempts produced."""
+        return self._rec.metric_names()
 
     def histories(self) -> dict[str, dict[str, Series]]:
         """Every run's metric histories (its current attempt): run key → metric → points."""

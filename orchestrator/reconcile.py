@@ -129,7 +129,14 @@ class Reconciler:
         if lock is not None:
             warnings.append(f"{self.workbook_path.name} is open in a spreadsheet program ({lock.name}); using what is saved")
         self.workbook, self.specs, self._stamp = wb, expand(wb), stamp
-        return warnings
+        from .rules import name_warnings
+
+        return warnings + name_warnings(self.specs, wb.settings.primary_metric, self.metric_names())
+
+    def metric_names(self) -> set[str]:
+        """The known metrics: the Metrics rows' and those the runs' current attempts produced."""
+        rows = {d.name for d in self.workbook.metrics} if self.workbook else set()
+        return rows | {n for r in self.store.snapshot().values() for n in r.last}
 
     def _once(self, what: tuple, warning: str) -> list[str]:
         """A warning about the workbook is said once per saved version, not every pass."""

@@ -26,9 +26,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .errors import ExpressionError
+from .errors import ExpressionError, NeroError
 from .expr import MAX_LENGTH, Expr, Facts, explain, parse_at
 from .expr import names as expr_names
+from .metrics import unknown_metric
+from .model import RunSpec
 from .tokens import Token, tokenize, trim
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "Verdict",
     "evaluate",
     "first_stop",
+    "name_warnings",
     "names",
     "parse_rules",
     "verdict",
@@ -156,4 +159,30 @@ def names(rules: Iterable[Rule]) -> set[str]:
     out: set[str] = set()
     for rule in rules:
         out |= expr_names(rule.expr)
+    return out
+
+
+def name_warnings(specs: Iterable[RunSpec], primary_metric: str, known: Iterable[str]) -> list[str]:
+    """Warnings for the names the rules cells and Settings `primary_metric` give that are no
+    known metric (`known`: the Metrics rows and the metrics runs have produced) and, for
+    rules, no parameter of the run: not errors, since a metric may appear only once a run
+    prints it, but a misspelt name would never match (`nero plan` and the loop show them)."""
+    known = set(known)
+    out: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for spec in specs:
+        if not spec.rules or (spec.experiment, spec.rules) in seen:
+            continue
+        seen.add((spec.experiment, spec.rules))
+        try:
+            asked = names(parse_rules(spec.rules))
+        except NeroError:  # the sheet reports it
+            continue
+        params = {str(p) for p in dict(spec.params)}
+        for name in sorted(asked - known - params):
+            out.append(f"experiment {spec.experiment!r}, rules: {unknown_metric(name, known, params)}; "
+                       "the rule stays unknown (never fires) until a run prints it")
+    if primary_metric and primary_metric not in known:
+        out.append(f"Settings primary_metric: {unknown_metric(primary_metric, known)}; "
+                   "results are ranked by it once a run prints it")
     return out

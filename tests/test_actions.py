@@ -171,3 +171,26 @@ def test_plot_draws_the_selected_runs(project: Path):
     import pandas as pd
 
     assert pd.read_csv(project / "out-metrics.csv").shape == (10, 5)  # run, attempt, metric, step, value
+
+
+def test_a_misspelt_metric_in_a_selector_is_an_error_naming_the_known_ones(project: Path):
+    (project / "once.py").write_text("print('epoch=1 test_error=0.3 loss=1.0', flush=True)\n")
+    write_workbook(project / "experiments.xlsx", [{"id": "e", "command": "python once.py", "lr": 0.1,
+                                                   "rules": "warn: isnan(los)"}],
+                   settings={"primary_metric": "test_eror"})
+    plan = nero("plan", str(project))
+    assert plan.returncode == 0
+    assert "warning: experiment 'e', rules: no metric 'los'" in plan.stderr
+    assert "warning: Settings primary_metric: no metric 'test_eror'" in plan.stderr
+    nero("reconcile", str(project), "--until-done", "--interval", "0.3", timeout=60, check=True)
+    for command in (("status",), ("history",), ("abort", "--yes"), ("hold", "--yes")):
+        proc = nero(command[0], str(project / "experiments.xlsx"), "test_eror > 5", *command[1:])
+        assert proc.returncode == 2, (command, proc.stdout, proc.stderr)
+        assert ("error: no metric 'test_eror'; did you mean test_error? (known: test_error, loss; parameters: lr)"
+                in proc.stderr), proc.stderr
+    proc = nero("plot", str(project / "experiments.xlsx"), "all", "test_eror")
+    assert proc.returncode != 0 and "metrics with points: loss, test_error" in proc.stderr, proc.stderr
+    # known metrics, parameters and built-in names select as before
+    proc = nero("status", str(project / "experiments.xlsx"), "test_error < 1 and lr > 0 and runtime >= 0 and "
+                "state == 'completed' and step == 1", "--json", check=True)
+    assert [r["run"] for r in json.loads(proc.stdout)] == ["e"]

@@ -398,3 +398,40 @@ def test_a_stop_rule_fires_in_the_first_pass_that_sees_the_nan(project: Path):
     nero("reconcile", str(project), "--until-done", "--interval", "0.3", timeout=60)
     run = status(project)[0]
     assert run["state"] == "terminated" and run["reason"] == "isnan(loss) (loss=nan at step 2)"
+    assert list(project.rglob("stopped"))  # the job script got the stop while the program ran
+
+
+def test_a_job_printing_random_bytes_has_no_metrics(project: Path):
+    script = ("import os, sys\nfor _ in range(20):\n    sys.stdout.buffer.write(os.urandom(50_000))\n"
+              "sys.stdout.buffer.write(b'\\nloss=0.25\\n')\n")
+    (project / "noise.py").write_text(script)
+    write_workbook(project / "experiments.xlsx", [{"id": "noise", "command": "python noise.py"}])
+    nero("reconcile", str(project), "--until-done", "--interval", "0.3", timeout=120, check=True)
+    run = status(project)[0]
+    assert run["state"] == "completed"
+    with state_db(project) as con:
+        names = {n for (n,) in con.execute("SELECT DISTINCT name FROM metrics")}
+    assert names == {"loss"}
+
+
+def test_a_rule_firing_after_the_program_exited_0_leaves_the_run_completed(project: Path):
+    # The rule's metric is read in a pass that cannot yet close the run (more output than one
+    # poll reads, 32 MiB locally), so the rule fires after the program had printed its last
+    # line and written exit code 0: the run is completed, the rule a warning (issue #11).
+    script = ("import sys\nprint('step=5 loss=nan', flush=True)\nline = '.' * 1023 + '\\n'\n"
+              "sys.stdout.write(line * (33 * 1024))\n")
+    (project / "last.py").write_text(script)
+    write_workbook(project / "experiments.xlsx", [{"id": "last", "command": "python last.py", "rules": "isnan(loss)"}])
+    nero("reconcile", str(project), check=True)
+    wait_for(lambda: list(project.rglob("exit_code")), what="the program's exit code")
+    nero("reconcile", str(project), check=True)  # reads the NaN but not yet the end: the rule fires
+    events = json.loads(nero("history", str(project), "--json", check=True).stdout)
+    assert [e["event"] for e in events if e["event"] in ("terminate", "completed")] == ["terminate"]
+    nero("reconcile", str(project), "--until-done", "--interval", "0.3", timeout=60, check=True)
+    run = status(project)[0]
+    assert run["state"] == "completed" and run["reason"] == "exit code 0"
+    events = json.loads(nero("history", str(project), "--json", check=True).stdout)
+    kinds = [e["event"] for e in events]
+    assert "terminated" not in kinds and kinds[-2:] == ["completed", "warn"]
+    assert events[-1]["reason"] == "isnan(loss) (loss=nan at step 5) (fired after the program had ended)"
+    assert not list(project.rglob("stopped"))

@@ -53,6 +53,7 @@ class Obs:
     ends: tuple[RunState, str] | None
     fresh: tuple[RunState, str] | None | str = "same"
     rec: dict[str, Any] = field(default_factory=dict)
+    warns: str | None = None  # the reason of a `warn` event after the ending
 
 
 STARTED = {"time": NOW - 3, "host": "node7"}
@@ -97,15 +98,30 @@ OBSERVATIONS = [
     Obs("heartbeat-stale-scheduler-knows", {"heartbeat": NOW - HEARTBEAT_TIMEOUT_S - 100, "scheduler_state": "RUNNING"},
         None),
     Obs("heartbeat-just-fresh", {"heartbeat": NOW - HEARTBEAT_TIMEOUT_S}, None),
-    Obs("stop-cancel-exit", {"alive": False, "exit_code": 143}, (RunState.CANCELLED, "state=stop in row 2"),
-        rec={"stop_requested": "cancelled: state=stop in row 2"}),
-    Obs("stop-terminate-exit-0", {"alive": False, "exit_code": 0}, (RunState.TERMINATED, "loss is nan"),
-        rec={"stop_requested": "terminated: loss is nan"}),
+    # `signalled`: the job script got the stop while its program ran (it wrote `stopped`)
+    Obs("stop-cancel-exit", {"alive": False, "exit_code": 143, "signalled": True},
+        (RunState.CANCELLED, "state=stop in row 2"), rec={"stop_requested": "cancelled: state=stop in row 2"}),
+    Obs("stop-terminate-exit-0", {"alive": False, "exit_code": 0, "signalled": True},
+        (RunState.TERMINATED, "loss is nan"), rec={"stop_requested": "terminated: loss is nan"}),
+    Obs("stop-terminate-exit-143", {"alive": False, "exit_code": 143, "signalled": True},
+        (RunState.TERMINATED, "loss is nan"), rec={"stop_requested": "terminated: loss is nan"}),
+    Obs("stop-terminate-exit-143-no-marker", {"alive": False, "exit_code": 143},  # a job script without `stopped`
+        (RunState.TERMINATED, "loss is nan"), rec={"stop_requested": "terminated: loss is nan"}),
+    # the program had ended by itself when the rule fired (issue #11): it ends as it ended
+    Obs("stop-terminate-after-exit-0", {"alive": False, "exit_code": 0}, (RunState.COMPLETED, "exit code 0"),
+        rec={"stop_requested": "terminated: loss is nan"}, warns="loss is nan (fired after the program had ended)"),
+    Obs("stop-terminate-after-exit-1", {"alive": False, "exit_code": 1, "stderr_tail": b"boom\n"},
+        (RunState.FAILED, "exit code 1: boom"), rec={"stop_requested": "terminated: loss is nan"},
+        warns="loss is nan (fired after the program had ended)"),
+    Obs("stop-cancel-after-exit-0", {"alive": False, "exit_code": 0}, (RunState.COMPLETED, "exit code 0"),
+        rec={"stop_requested": "cancelled: aborted"}),
+    Obs("stop-terminate-exit-scheduler-cancelled", {"alive": False, "exit_code": 143, "scheduler_state": "CANCELLED"},
+        (RunState.TERMINATED, "loss is nan"), rec={"stop_requested": "terminated: loss is nan"}),
     Obs("stop-terminate-vanished", {"alive": False}, (RunState.TERMINATED, "loss is nan"),
         rec={"stop_requested": "terminated: loss is nan"}),
     Obs("stop-cancel-scheduler", {"alive": False, "scheduler_state": "CANCELLED"}, (RunState.CANCELLED, "aborted"),
         rec={"stop_requested": "cancelled: aborted"}),
-    Obs("stop-without-reason", {"alive": False, "exit_code": 15}, (RunState.CANCELLED, "cancelled"),
+    Obs("stop-without-reason", {"alive": False, "exit_code": 15, "signalled": True}, (RunState.CANCELLED, "cancelled"),
         rec={"stop_requested": "cancelled"}),
     Obs("stop-asked-still-alive", {}, None, rec={"stop_requested": "cancelled: aborted"}),
 ]
@@ -136,8 +152,9 @@ def test_observe_every_state_and_observation(state: RunState, obs: Obs) -> None:
         assert u.reason is None and u.ended_at is None and u.exit_code is None
     else:
         after, reason = ending
-        assert kinds == (["started"] if wakes else []) + [after.value]
-        assert u.reason == reason and u.events[-1].reason == reason
+        assert kinds == (["started"] if wakes else []) + [after.value] + (["warn"] if obs.warns else [])
+        assert u.reason == reason and u.events[-1 - bool(obs.warns)].reason == reason
+        assert obs.warns is None or u.events[-1].reason == obs.warns
         assert u.exit_code == st.exit_code
         assert u.ended_at == (st.heartbeat if st.exit_code is not None and st.heartbeat else NOW)
     assert u.state == (after if after is not state else None)  # None: unchanged

@@ -23,6 +23,7 @@ from orchestrator.metrics import (
     rank_key,
     source_rank,
     supersedes,
+    unknown_metric,
     value_at,
 )
 from orchestrator.model import MetricDef, MetricPoint, Workbook
@@ -112,3 +113,19 @@ def test_source_precedence() -> None:
     tracked = [MetricPoint("loss", 0.123, 1, None, "track")]
     assert prefer_tracked(printed, tracked) == [printed[1], tracked[0]]
     assert prefer_tracked(printed, []) == printed
+
+
+# ------------------------------------------------------------------------------ unknown names
+
+
+def test_an_unknown_metric_names_the_known_ones_closest_first() -> None:
+    known = ["loss", "test_error", "val_error", "acc"]
+    assert unknown_metric("test_eror", known) == (
+        "no metric 'test_eror'; did you mean test_error? (known: test_error, val_error, loss, acc)")
+    assert unknown_metric("Loss", known).startswith("no metric 'Loss'; did you mean loss?")
+    assert unknown_metric("lrr", known, params=["lr"]) == (
+        "no metric 'lrr'; did you mean lr? (known: val_error, test_error, loss, acc; parameters: lr)")
+    assert unknown_metric("loss", []) == ("no metric 'loss' (no metric is known yet: no Metrics row names one "
+                                          "and no run has printed one)")
+    many = [f"m{i:02d}" for i in range(20)]
+    assert unknown_metric("zzz", many).endswith("m07, …)")

@@ -112,6 +112,28 @@ def test_invalid_utf8_is_replaced_not_fatal() -> None:
     assert triples(b"\xff\xfe loss=0.5 \xc3\n", (MetricDef("x", r"nomatch(\d)"),)) == [("loss", 0.5, None)]
 
 
+def test_binary_output_yields_no_metrics() -> None:
+    """Random bytes hold `A=3`-like fragments by the thousand; none is a metric (issue #11)."""
+    import os
+    import random
+
+    rng = random.Random(11)
+    data = bytes(rng.getrandbits(8) for _ in range(400_000)) + os.urandom(400_000)
+    assert parse_output(data, (), 0.0, final=True)[0] == []
+    assert parse_output(data, (MetricDef("x", r"nomatch(\d)"),), 0.0, final=True)[0] == []
+    # a NUL, or a line mostly of control characters or non-UTF-8 bytes, is not text
+    assert triples(b"loss=0.5\x00\n") == []
+    assert triples(b"\x01\x02\x03\x04 loss=0.5\n") == []
+    assert triples(b"\xff\xfe\xfd\xfc\xfb loss=0.5\n") == []
+    # text stays text: colour codes, UTF-8 prose and a stray bad byte
+    assert triples("\x1b[1mEpoch\x1b[0m Verlust für loss=0.5 ✓\n".encode()) == [("loss", 0.5, None)]
+
+
+def test_names_start_with_a_letter_and_a_lone_capital_is_no_name() -> None:
+    assert triples(b"A=3 B: 4 x=1 _y=2 9z=3 ok=5\n") == [("x", 1.0, None), ("ok", 5.0, None)]
+    assert triples(b"As=3 BM=4\n") == [("As", 3.0, None), ("BM", 4.0, None)]
+
+
 # ── partial lines ────────────────────────────────────────────────────────────
 
 

@@ -20,6 +20,7 @@ from orchestrator.rules import (
     Verdict,
     evaluate,
     first_stop,
+    name_warnings,
     names,
     parse_rules,
 )
@@ -213,3 +214,23 @@ def test_rules_agree_with_the_reference(chosen: list[tuple], runs: list[Facts], 
         for v in verdicts:
             if v.fired:
                 assert v.message.startswith(v.rule.source)
+
+
+def test_name_warnings_name_the_rules_and_primary_metric_no_metric_defines() -> None:
+    from orchestrator.model import Desired, RunSpec
+
+    def spec(experiment: str, rules: str) -> RunSpec:
+        return RunSpec(key=f"{experiment}[lr=0.1]", experiment=experiment, row=2, params=(("lr", 0.1),),
+                       command="true", clusters=("local",), resources=(), setup="", workdir="", template="",
+                       desired=Desired.RUN, priority=0, after=(), retries=0, rules=rules, notify=(), spec_hash="h")
+
+    specs = [spec("a", "isnan(los); lr > 1; runtime > 2h"), spec("a", "isnan(los); lr > 1; runtime > 2h"),
+             spec("b", "loss > 3"), spec("c", "bad syntax ((")]
+    warnings = name_warnings(specs, "val_los", {"loss", "val_loss"})
+    assert warnings == [
+        "experiment 'a', rules: no metric 'los'; did you mean loss? (known: loss, val_loss; parameters: lr); "
+        "the rule stays unknown (never fires) until a run prints it",
+        "Settings primary_metric: no metric 'val_los'; did you mean val_loss? (known: val_loss, loss); "
+        "results are ranked by it once a run prints it",
+    ]
+    assert name_warnings(specs[2:3], "loss", {"loss"}) == []

@@ -63,7 +63,7 @@ def _user():
 
 
 USER = _user()
-STATUS_FILES = ("started", "exit_code", "heartbeat", "pid", "job_id")
+STATUS_FILES = ("started", "exit_code", "heartbeat", "pid", "job_id", "stopped")
 OUTPUTS = ("stdout.log", "stderr.log", "metrics.jsonl", "resources.jsonl")
 TAIL = 4096
 

@@ -427,6 +427,7 @@ class AgentBackend(ABC):
             stdout=chunks[0], stderr=chunks[1], metrics=chunks[2], resources=chunks[3], offsets=h.offsets,
             scheduler_state=sched_state, scheduler_reason=sched_reason,
             stderr_tail=reply.blob(item.get("tail")), complete=bool(item.get("complete", True)),
+            signalled=files.get("stopped") is not None,
         )
 
     # ------------------------------------------------------------ adopt

@@ -135,4 +135,7 @@ def select(project: Project, selector_text: str, need_workbook: bool = False) ->
         if need_workbook:
             fail(e)
         warn(f"the workbook does not read, so only runs nero started are considered: {str(e).splitlines()[0]}")
-    return project.select(selector)
+    try:
+        return project.select(selector)
+    except NeroError as e:  # a name that is no metric, parameter or built-in
+        fail(e)
