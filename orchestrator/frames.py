@@ -9,7 +9,8 @@ For analysis in a notebook and for `nero export`:
 
 `runs` has one row per run (index: run key) with its number, experiment, parameters,
 state, reason, attempt, cluster, job id, host, start, end, runtime_s, git commit and the
-`last:`/`best:` value of every metric. `metrics` is tidy: one row per point of each run's
+`last:`/`best:` value of every metric and its value at each Settings checkpoint (`metric@step`),
+as every surface shows them (`orchestrator.shown`). `metrics` is tidy: one row per point of each run's
 current attempt (run, metric, step, value).
 """
 
@@ -20,12 +21,16 @@ from array import array
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from .metrics import Summary
 from .model import RunRecord, Series
 
 __all__ = ["runs_frame", "metrics_frame", "export", "json_ready"]
 
 
-def runs_frame(runs: Sequence[RunRecord], now: float):
+def runs_frame(runs: Sequence[RunRecord], now: float, values: Mapping[str, Mapping[str, Summary]],
+               checkpoints: Sequence[int] = ()):
+    """One row per run; its metric columns are `values` (`orchestrator.shown`): `last:m`,
+    `best:m` and `m@cp` for each checkpoint."""
     import pandas as pd
 
     rows = []
@@ -39,10 +44,14 @@ def runs_frame(runs: Sequence[RunRecord], now: float):
             "end": pd.to_datetime(r.ended_at, unit="s") if r.ended_at else pd.NaT,
             "runtime_s": r.runtime(now), "git_commit": r.git_commit, "git_dirty": r.git_dirty,
         })
-        for name, value in sorted(r.last.items()):
-            row[f"last:{name}"] = value
-        for name, value in sorted(r.best.items()):
-            row[f"best:{name}"] = value
+        shown = values.get(r.key, {})
+        for name in sorted(shown):
+            row[f"last:{name}"] = shown[name].last
+        for name in sorted(shown):
+            row[f"best:{name}"] = shown[name].best
+        for name in sorted(shown):
+            for cp, value in zip(checkpoints, shown[name].at, strict=True):
+                row[f"{name}@{cp}"] = value
         rows.append(row)
     frame = pd.DataFrame(rows)
     return frame.set_index("run") if len(frame) else frame

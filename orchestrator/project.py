@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .backends import Backend
     from .expr import Facts, Selector
     from .mail import Mailer
+    from .metrics import Summary
     from .model import (
         Event,
         Override,
@@ -251,12 +252,41 @@ class Project:
         """Every run's metric histories (its current attempt): run key → metric → points."""
         return self._rec.store.histories()
 
+    def checkpoints(self) -> tuple[int, ...]:
+        """Settings `checkpoints`, ascending (the workbook is read if it was not; none when
+        it does not read)."""
+        return self._shown_settings()[1]
+
+    def _shown_settings(self) -> tuple[dict[str, str], tuple[int, ...]]:
+        if self.workbook is None:
+            try:
+                self.load()
+            except NeroError:
+                return {}, ()
+        wb = self.workbook
+        assert wb is not None
+        return wb.goals, tuple(sorted({int(c) for c in wb.settings.checkpoints}))
+
+    def metric_values(self, runs: Sequence[RunRecord] | None = None) -> dict[str, dict[str, Summary]]:
+        """What every surface shows of each run's metrics (`orchestrator.shown`): run key →
+        metric → (last, best, value at each of `checkpoints()`). Goals and checkpoints are the
+        workbook's (read if it was not; defaults when it does not read)."""
+        from .shown import run_values
+
+        goals, checkpoints = self._shown_settings()
+        histories = self.histories()
+        return {r.key: run_values(r, histories.get(r.key), goals, checkpoints)
+                for r in (self.runs() if runs is None else runs)}
+
     def frames(self):
         """(runs, metrics) as pandas DataFrames (see `orchestrator.frames`): one row per run
-        with its parameters, state, timings and `last:`/`best:` values; one row per point."""
+        with its parameters, state, timings and `last:`/`best:`/`metric@checkpoint` values
+        (`metric_values`); one row per point."""
         from .frames import metrics_frame, runs_frame
 
-        return runs_frame(self.runs(), self.clock()), metrics_frame(self.histories())
+        runs = self.runs()
+        return (runs_frame(runs, self.clock(), self.metric_values(runs), self.checkpoints()),
+                metrics_frame(self.histories()))
 
     def events(self, key: str | None = None) -> list[Event]:
         """The event timeline, oldest first (of one run with `key`)."""

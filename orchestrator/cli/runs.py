@@ -25,6 +25,7 @@ from .group import (
 )
 
 if TYPE_CHECKING:
+    from ..metrics import Summary
     from ..model import Plan, RunRecord
 
 __all__ = ["history", "plan", "print_plan", "status"]
@@ -107,10 +108,11 @@ def status(args: tuple[str, ...], as_json: bool, show_all: bool) -> None:
         now = project.clock()
         runs = [c.record for c in select(project, selector) if c.record] if selector else project.runs()
         if as_json:
+            values, checkpoints = project.metric_values(runs), project.checkpoints()
             click.echo(json.dumps([{
                 "number": r.number, "run": r.key, "state": r.state.value, "cluster": r.cluster, "attempt": r.attempt,
                 "job_id": r.job_id, "host": r.host, "runtime_s": r.runtime(now), "reason": r.reason,
-                "metrics": {k: (v if v == v else None) for k, v in r.last.items()}, "step": r.step,
+                **_shown_json(values[r.key], checkpoints), "step": r.step,
                 "run_dir": r.run_dir, "orphaned": r.orphaned, "retry": r.retry, "code_hash": r.code_hash,
                 "git_commit": r.git_commit, "git_dirty": r.git_dirty,
             } for r in runs], indent=2))
@@ -118,6 +120,21 @@ def status(args: tuple[str, ...], as_json: bool, show_all: bool) -> None:
         _status_table(runs, now, show_all)
         if not selector:
             _not_started(project)
+
+
+def _json_number(v: float | None) -> float | None:
+    return None if v is None or v != v else v
+
+
+def _shown_json(values: dict[str, Summary], checkpoints: tuple[int, ...]) -> dict[str, object]:
+    """A run's metrics in `status --json`: `metrics` (the last values), `best`, and `at`
+    (metric → {checkpoint step: value}); NaN and no value are null."""
+    return {
+        "metrics": {m: _json_number(v.last) for m, v in values.items()},
+        "best": {m: _json_number(v.best) for m, v in values.items()},
+        "at": {m: {str(cp): _json_number(x) for cp, x in zip(checkpoints, v.at, strict=True)}
+               for m, v in values.items()} if checkpoints else {},
+    }
 
 
 def _not_started(project: Project) -> None:
