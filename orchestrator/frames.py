@@ -9,13 +9,14 @@ For analysis in a notebook and for `nero export`:
 
 `runs` has one row per run (index: run key) with its number, experiment, parameters,
 state, reason, attempt, cluster, job id, host, start, end, runtime_s, git commit and the
-`last:`/`best:` value of every metric, all of its current attempt. `metrics` is tidy: one
-row per point of every attempt of each run (run, attempt, metric, step, value), by run
-number, then attempt, so `metrics[metrics.attempt == runs.attempt[metrics.run]]` are the
+`last:`/`best:` value of every metric and its value at each Settings checkpoint (`metric@step`),
+all of its current attempt, as every surface shows them (`orchestrator.shown`). `metrics` is
+tidy: one row per point of every attempt of each run (run, attempt, metric, step, value), by
+run number, then attempt, so `metrics[metrics.attempt == runs.attempt[metrics.run]]` are the
 current attempts' points. `project.attempts_frame()` (`attempts_frame`) has one row per
 attempt before a run's current one (a restart, a retry): `run`, `attempt`, then the
 columns of `runs` but the parameters (the state store keeps a run's parameters as they
-are now), each for that attempt.
+are now), each for that attempt, its values by the same rules.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from array import array
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from .metrics import Summary
 from .model import RunRecord, Series
 
 __all__ = ["ATTEMPT_COLUMNS", "attempts_frame", "runs_frame", "metrics_frame", "export", "json_ready"]
@@ -34,11 +36,19 @@ ATTEMPT_COLUMNS = ("run", "attempt", "number", "experiment", "state", "reason", 
                    "start", "end", "runtime_s", "git_commit", "git_dirty")
 
 
-def runs_frame(runs: Sequence[RunRecord], now: float):
+def runs_frame(runs: Sequence[RunRecord], now: float, values: Mapping[str, Mapping[str, Summary]],
+               checkpoints: Sequence[int] = ()):
+    """One row per run; its metric columns are `values` (`orchestrator.shown`): `last:m`,
+    `best:m` and `m@cp` for each checkpoint."""
+    return _frame(runs, now, [values.get(r.key, {}) for r in runs], checkpoints)
+
+
+def _frame(runs: Sequence[RunRecord], now: float, values: Sequence[Mapping[str, Summary]],
+           checkpoints: Sequence[int]):
     import pandas as pd
 
     rows = []
-    for r in runs:
+    for r, shown in zip(runs, values, strict=True):
         row: dict[str, object] = {"run": r.key, "number": r.number, "experiment": r.experiment}
         row.update({k: v for k, v in r.params})
         row.update({
@@ -48,21 +58,26 @@ def runs_frame(runs: Sequence[RunRecord], now: float):
             "end": pd.to_datetime(r.ended_at, unit="s") if r.ended_at else pd.NaT,
             "runtime_s": r.runtime(now), "git_commit": r.git_commit, "git_dirty": r.git_dirty,
         })
-        for name, value in sorted(r.last.items()):
-            row[f"last:{name}"] = value
-        for name, value in sorted(r.best.items()):
-            row[f"best:{name}"] = value
+        for name in sorted(shown):
+            row[f"last:{name}"] = shown[name].last
+        for name in sorted(shown):
+            row[f"best:{name}"] = shown[name].best
+        for name in sorted(shown):
+            for cp, value in zip(checkpoints, shown[name].at, strict=True):
+                row[f"{name}@{cp}"] = value
         rows.append(row)
     frame = pd.DataFrame(rows)
     return frame.set_index("run") if len(frame) else frame
 
 
-def attempts_frame(attempts: Sequence[RunRecord], now: float):
+def attempts_frame(attempts: Sequence[RunRecord], now: float,
+                   values: Mapping[tuple[str, int], Mapping[str, Summary]], checkpoints: Sequence[int] = ()):
     """One row per earlier attempt (`Store.earlier_attempts`): `run`, `attempt`, then the
-    columns of `runs_frame` but the parameters, each for that attempt."""
+    columns of `runs_frame` but the parameters, each for that attempt; `values` by
+    (run key, attempt)."""
     import pandas as pd
 
-    frame = runs_frame(attempts, now)
+    frame = _frame(attempts, now, [values.get((a.key, a.attempt), {}) for a in attempts], checkpoints)
     if not len(frame):
         return pd.DataFrame(columns=list(ATTEMPT_COLUMNS))
     params = {name for r in attempts for name, _ in r.params}

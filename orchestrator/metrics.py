@@ -16,11 +16,19 @@ the stored best, the results workbook, the e-mails, the exports and the rules ag
                                                     never improves, anything replaces a missing
                                                     or NaN best, a tie keeps the earlier value
     best shown            best_finite(values, goal) the best finite value (NaN and ±inf
-                                                    skipped): what the results workbook shows
-                                                    as `best:` (a diverged run's inf is not
-                                                    its best); None if none
+                          shown_best(values, goal)  skipped): what every surface shows as
+                                                    `best:` (a diverged run's inf is not its
+                                                    best; NaN never is); `shown_best` gives
+                                                    NaN for a history with no finite value,
+                                                    None for none at all
+    shown values          summarize(steps, vs,      last, best shown and every checkpoint
+                          goal, checkpoints)        value of one history (steps ascending):
+                                                    what status --json, export, frames,
+                                                    results and the digest show (shown.py)
     ranking               rank_key(goal, value)     sort key: the best first
-    last                  last(values)              the latest value logged, NaN included
+    last                  last(values)              the last value of a history (after
+                                                    curves.normalize: at its largest step),
+                                                    NaN included
     step numbering        number_steps(steps)       a point without a step is one past the
                                                     previous point's step (the first is 1)
     checkpoint            value_at(steps, vs, cp)   the value at the latest step ≤ cp, once
@@ -44,7 +52,7 @@ import difflib
 import math
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from .model import MetricPoint
@@ -52,7 +60,8 @@ if TYPE_CHECKING:
 __all__ = [
     "GOALS", "MAX_GOAL_NAMES", "SOURCE_RANK",
     "default_goal", "goals_of", "better", "improves", "best", "best_finite", "rank_key", "last",
-    "number_steps", "value_at", "source_rank", "supersedes", "prefer_tracked", "unknown_metric",
+    "number_steps", "value_at", "Summary", "shown_best", "summarize", "source_rank", "supersedes", "prefer_tracked",
+    "unknown_metric",
 ]
 
 GOALS = ("min", "max")
@@ -148,13 +157,40 @@ def best_finite(values: Iterable[object], goal: str) -> float | None:
     return found
 
 
+def shown_best(values: Sequence[float], goal: str) -> float | None:
+    """The best shown: the best finite value; NaN when there are values but none is
+    finite (a diverged run); None for no value at all."""
+    found = best_finite(values, goal)
+    if found is None and len(values):
+        return math.nan
+    return found
+
+
+class Summary(NamedTuple):
+    """What every surface shows of one metric of one run (None: no value)."""
+
+    last: float | None
+    best: float | None
+    at: tuple[float | None, ...]  # the value at each checkpoint, in the checkpoints' order
+
+
+def summarize(steps: Sequence[float], values: Sequence[float], goal: str,
+              checkpoints: Sequence[float] = ()) -> Summary:
+    """Last, best shown and the value at each checkpoint of one history, its steps numbered
+    and ascending (`curves.normalize`); of points at one step only the later counts."""
+    if len(set(steps)) != len(steps):  # a step logged twice (numbered onto a given one): the later
+        kept = [i for i in range(len(steps)) if i + 1 == len(steps) or steps[i + 1] != steps[i]]
+        steps, values = [steps[i] for i in kept], [values[i] for i in kept]
+    return Summary(last(values), shown_best(values, goal), tuple(value_at(steps, values, cp) for cp in checkpoints))
+
+
 def rank_key(goal: str, value: float) -> float:
     """Sort key that puts the best value first."""
     return -value if goal == "max" else value
 
 
 def last(values: Sequence[float]) -> float | None:
-    """The latest value logged (NaN included); None for an empty history."""
+    """The last value of `values` (NaN included); None for an empty history."""
     return values[-1] if len(values) else None
 
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .backends import Backend
     from .expr import Facts, Selector
     from .mail import Mailer
+    from .metrics import Summary
     from .model import (
         Event,
         Override,
@@ -303,20 +304,59 @@ class Project:
                 out[(r.key, r.attempt)] = current[r.key]
         return out
 
+    def checkpoints(self) -> tuple[int, ...]:
+        """Settings `checkpoints`, ascending (the workbook is read if it was not; none when
+        it does not read)."""
+        return self._shown_settings()[1]
+
+    def _shown_settings(self) -> tuple[dict[str, str], tuple[int, ...]]:
+        if self.workbook is None:
+            try:
+                self.load()
+            except NeroError:
+                return {}, ()
+        wb = self.workbook
+        assert wb is not None
+        return wb.goals, tuple(sorted({int(c) for c in wb.settings.checkpoints}))
+
+    def metric_values(self, runs: Sequence[RunRecord] | None = None) -> dict[str, dict[str, Summary]]:
+        """What every surface shows of each run's metrics (`orchestrator.shown`): run key →
+        metric → (last, best, value at each of `checkpoints()`). Goals and checkpoints are the
+        workbook's (read if it was not; defaults when it does not read)."""
+        from .shown import run_values
+
+        goals, checkpoints = self._shown_settings()
+        histories = self.histories()
+        return {r.key: run_values(r, histories.get(r.key), goals, checkpoints)
+                for r in (self.runs() if runs is None else runs)}
+
+    def attempt_values(self, attempts: Sequence[RunRecord]) -> dict[tuple[str, int], dict[str, Summary]]:
+        """`metric_values` of earlier attempts (`earlier_attempts()`), by (run key, attempt)."""
+        from .shown import run_values
+
+        goals, checkpoints = self._shown_settings()
+        histories = self.earlier_histories() if attempts else {}
+        return {(a.key, a.attempt): run_values(a, histories.get((a.key, a.attempt)), goals, checkpoints)
+                for a in attempts}
+
     def frames(self):
         """(runs, metrics) as pandas DataFrames (see `orchestrator.frames`): one row per run
-        (its current attempt) with its parameters, state, timings and `last:`/`best:` values;
-        one row per point of every attempt, with its `attempt`."""
+        (its current attempt) with its parameters, state, timings and `last:`/`best:`/
+        `metric@checkpoint` values (`metric_values`); one row per point of every attempt,
+        with its `attempt`."""
         from .frames import metrics_frame, runs_frame
 
-        return runs_frame(self.runs(), self.clock()), metrics_frame(self.attempt_histories())
+        runs = self.runs()
+        return (runs_frame(runs, self.clock(), self.metric_values(runs), self.checkpoints()),
+                metrics_frame(self.attempt_histories()))
 
     def attempts_frame(self):
         """The earlier attempts as a pandas DataFrame (`orchestrator.frames.attempts_frame`):
         one row per attempt before a run's current one, with its state, timings and values."""
         from .frames import attempts_frame
 
-        return attempts_frame(self.earlier_attempts(), self.clock())
+        attempts = self.earlier_attempts()
+        return attempts_frame(attempts, self.clock(), self.attempt_values(attempts), self.checkpoints())
 
     def events(self, key: str | None = None) -> list[Event]:
         """The event timeline, oldest first (of one run with `key`)."""

@@ -25,6 +25,7 @@ from .group import (
 )
 
 if TYPE_CHECKING:
+    from ..metrics import Summary
     from ..model import Plan, RunRecord
 
 __all__ = ["history", "plan", "print_plan", "status"]
@@ -114,19 +115,37 @@ def status(args: tuple[str, ...], as_json: bool, show_all: bool, with_attempts: 
         if with_attempts:
             for a in project.earlier_attempts(r.key for r in runs):
                 earlier.setdefault(a.key, []).append(a)
+        values, checkpoints = project.metric_values(runs), project.checkpoints()
+        attempt_values = project.attempt_values([a for per in earlier.values() for a in per])
         if as_json:
             click.echo(json.dumps([{
                 "number": r.number, "run": r.key, "state": r.state.value, "cluster": r.cluster, "attempt": r.attempt,
                 "job_id": r.job_id, "host": r.host, "runtime_s": r.runtime(now), "reason": r.reason,
-                "metrics": _json_metrics(r), "step": r.step,
+                **_shown_json(values[r.key], checkpoints), "step": r.step,
                 "run_dir": r.run_dir, "orphaned": r.orphaned, "retry": r.retry, "code_hash": r.code_hash,
                 "git_commit": r.git_commit, "git_dirty": r.git_dirty,
-                **({"attempts": [_attempt_json(a, now) for a in earlier.get(r.key, ())]} if with_attempts else {}),
+                **({"attempts": [_attempt_json(a, now, attempt_values[(a.key, a.attempt)], checkpoints)
+                                 for a in earlier.get(r.key, ())]} if with_attempts else {}),
             } for r in runs], indent=2))
             return
-        _status_table(runs, now, show_all, earlier)
+        _status_table(runs, now, show_all, values, earlier, attempt_values)
         if not selector:
             _not_started(project)
+
+
+def _json_number(v: float | None) -> float | None:
+    return None if v is None or v != v else v
+
+
+def _shown_json(values: dict[str, Summary], checkpoints: tuple[int, ...]) -> dict[str, object]:
+    """A run's metrics in `status --json`: `metrics` (the last values), `best`, and `at`
+    (metric → {checkpoint step: value}); NaN and no value are null."""
+    return {
+        "metrics": {m: _json_number(v.last) for m, v in values.items()},
+        "best": {m: _json_number(v.best) for m, v in values.items()},
+        "at": {m: {str(cp): _json_number(x) for cp, x in zip(checkpoints, v.at, strict=True)}
+               for m, v in values.items()} if checkpoints else {},
+    }
 
 
 def _not_started(project: Project) -> None:
@@ -146,21 +165,20 @@ def _not_started(project: Project) -> None:
         click.echo(f"Not started: {parts} (`nero plan` says why).")
 
 
-def _json_metrics(r: RunRecord) -> dict[str, float | None]:
-    return {k: (v if v == v else None) for k, v in r.last.items()}
-
-
-def _attempt_json(a: RunRecord, now: float) -> dict[str, object]:
+def _attempt_json(a: RunRecord, now: float, values: dict[str, Summary], checkpoints: tuple[int, ...]
+                  ) -> dict[str, object]:
     """An earlier attempt in `nero status --attempts --json`."""
     return {"attempt": a.attempt, "state": a.state.value, "reason": a.reason, "cluster": a.cluster,
             "job_id": a.job_id, "host": a.host, "started_at": a.started_at, "ended_at": a.ended_at,
-            "runtime_s": a.runtime(now), "metrics": _json_metrics(a), "step": a.step, "run_dir": a.run_dir,
+            "runtime_s": a.runtime(now), **_shown_json(values, checkpoints), "step": a.step, "run_dir": a.run_dir,
             "retry": a.retry, "command": a.command, "git_commit": a.git_commit, "git_dirty": a.git_dirty}
 
 
-def _status_table(runs: list[RunRecord], now: float, show_all: bool,
-                  earlier: dict[str, list[RunRecord]] | None = None) -> None:
-    """The runs, each with its `earlier` attempts (if given) on rows below it."""
+def _status_table(runs: list[RunRecord], now: float, show_all: bool, values: dict[str, dict[str, Summary]],
+                  earlier: dict[str, list[RunRecord]],
+                  attempt_values: dict[tuple[str, int], dict[str, Summary]]) -> None:
+    """The runs, each with its `earlier` attempts (if any) on rows below it; the metrics are
+    their last values as every surface shows them (`values`, `attempt_values`)."""
     from rich.table import Table
 
     t = Table(header_style="bold", box=None, pad_edge=False)
@@ -168,18 +186,19 @@ def _status_table(runs: list[RunRecord], now: float, show_all: bool,
                     ("runtime", {"justify": "right"}), ("step", {"justify": "right"}), ("metrics", {"overflow": "fold"}),
                     ("reason", {"overflow": "fold", "max_width": 60})):
         t.add_column(col, **kw)
-    def row(r: RunRecord, number: str, name: str, state: str) -> None:
-        names = sorted(r.last)
+    def row(r: RunRecord, number: str, name: str, state: str, values: dict[str, Summary]) -> None:
+        last = {m: v.last for m, v in values.items() if v.last is not None}
+        names = sorted(last)
         shown = names if show_all else names[:4]
-        metrics = "  ".join(f"{k}={format_significant(r.last[k])}" for k in shown) + (" …" if len(names) > len(shown) else "")
+        metrics = "  ".join(f"{k}={format_significant(last[k])}" for k in shown) + (" …" if len(names) > len(shown) else "")
         style = STATE_STYLE.get(r.state.value, "")
         t.add_row(number, name, f"[{style}]{state}[/]", escape(r.cluster), format_duration(r.runtime(now)),
                   "" if r.step is None else str(r.step), escape(metrics), escape(r.reason))
 
     for r in runs:
-        row(r, str(r.number), escape(r.key), r.state.value + (" (orphaned)" if r.orphaned else ""))
-        for a in (earlier or {}).get(r.key, ()):
-            row(a, "", f"[dim]  └ attempt {a.attempt}[/]", a.state.value)
+        row(r, str(r.number), escape(r.key), r.state.value + (" (orphaned)" if r.orphaned else ""), values[r.key])
+        for a in earlier.get(r.key, ()):
+            row(a, "", f"[dim]  └ attempt {a.attempt}[/]", a.state.value, attempt_values[(a.key, a.attempt)])
     console().print(t)
 
 

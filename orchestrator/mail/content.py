@@ -36,6 +36,7 @@ from typing import Any
 
 from ..metrics import default_goal, rank_key
 from ..model import FINISHED_STATES, Event, ResultsInput, RunRecord, RunSpec, Workbook
+from ..shown import metric_names, run_values
 from ..units import format_metric
 from .compose import Draft, Part, compose, message_id, render_message
 from .formats import local_time, one_line
@@ -43,7 +44,7 @@ from .formats import local_time, one_line
 __all__ = [
     "CHANGE_KINDS", "DETAILED_IN_GROUP", "DIGEST_CHANGES", "DIGEST_PLOTS", "DIGEST_TOP", "ENDINGS", "EVENT_WORDS",
     "GROUP_OVER", "STATE_ORDER", "TAIL_LINES", "RunFacts", "build_digest", "build_notice", "fallback_notice",
-    "is_detailed", "needs_details", "notice_batches", "notice_item", "slug_name",
+    "is_detailed", "leaderboard", "needs_details", "notice_batches", "notice_item", "primary_metric", "slug_name",
 ]
 
 EVENT_WORDS = {
@@ -85,11 +86,16 @@ def _metric_order(metrics: Iterable[str], primary: str) -> list[str]:
     return ([primary] if primary in names else []) + sorted(n for n in names if n != primary)
 
 
-def _primary(data: ResultsInput) -> str:
+def primary_metric(data: ResultsInput) -> str:
+    """The metric the digest ranks by, as the results workbook's leaderboard: Settings
+    `primary_metric`, else the first metric with a goal (declared first), else the first
+    any run has."""
     if data.settings.primary_metric:
         return data.settings.primary_metric
+    for name in data.goals:
+        return name
     for r in data.runs:
-        for name in r.last:
+        for name in metric_names(r, data.histories.get(r.key)):
             return name
     return ""
 
@@ -158,10 +164,11 @@ def notice_item(event: Event, spec: RunSpec | None, facts: RunFacts, workbook: W
     }
     if rec is None or not needs_details(event, detailed):
         return item
-    goals = {m: workbook.goal(m) for m in rec.last}
-    order = _metric_order(rec.last, settings.primary_metric)
-    item["metrics"] = [{"name": m, "last": rec.last.get(m), "best": rec.best.get(m), "goal": goals[m]} for m in order]
     history = facts.history
+    shown = run_values(rec, history, workbook.goals)
+    order = _metric_order(shown, settings.primary_metric)
+    item["metrics"] = [{"name": m, "last": shown[m].last, "best": shown[m].best, "goal": workbook.goal(m)}
+                       for m in order]
     png = run_curves_png(history, _metric_order(history, settings.primary_metric),
                          {m: workbook.goal(m) for m in history}, f"{rec.key} (attempt {rec.attempt})")
     if png is not None:
@@ -230,14 +237,22 @@ def _counts(data: ResultsInput) -> list[dict[str, Any]]:
     return rows
 
 
-def _leaderboard(data: ResultsInput, metric: str) -> list[dict[str, Any]]:
+def leaderboard(data: ResultsInput, metric: str) -> list[dict[str, Any]]:
+    """The digest's leaderboard of `metric`: the DIGEST_TOP runs with a finite best, the
+    best first, with the values every surface shows (`orchestrator.shown`)."""
     if not metric:
         return []
     goal = default_goal(metric, data.goals)
-    ranked = [(r, r.best[metric]) for r in data.runs if metric in r.best and math.isfinite(r.best[metric])]
-    ranked.sort(key=lambda x: rank_key(goal, x[1]))
-    return [{"rank": i + 1, "key": r.key, "state": r.state.value, "best": v, "last": r.last.get(metric),
-             "step": r.step, "runtime": r.runtime(data.now)} for i, (r, v) in enumerate(ranked[:DIGEST_TOP])]
+    checkpoints = tuple(sorted({int(c) for c in data.settings.checkpoints}))
+    ranked = []
+    for r in data.runs:
+        shown = run_values(r, data.histories.get(r.key), data.goals, checkpoints, (metric,)).get(metric)
+        if shown is not None and shown.best is not None and math.isfinite(shown.best):
+            ranked.append((r, shown))
+    ranked.sort(key=lambda x: rank_key(goal, x[1].best))
+    return [{"rank": i + 1, "key": r.key, "state": r.state.value, "best": v.best, "last": v.last,
+             "at": dict(zip(checkpoints, v.at, strict=True)), "step": r.step, "runtime": r.runtime(data.now)}
+            for i, (r, v) in enumerate(ranked[:DIGEST_TOP])]
 
 
 def _resources(data: ResultsInput) -> dict[str, Any]:
@@ -315,7 +330,7 @@ def build_digest(data: ResultsInput, attachments: Sequence[Part], attachment_not
                  warnings: list[str]) -> Draft:
     """The digest of `data` since the last one (`since`; None: the first), with the
     results workbook attached (`attachments`) or `attachment_note` saying why not."""
-    metric = _primary(data)
+    metric = primary_metric(data)
     msg_id = message_id("digest", sender)
     token = _token(msg_id)
     plots, images, skipped = _experiment_plots(data, metric, token, warnings)
@@ -326,7 +341,7 @@ def build_digest(data: ResultsInput, attachments: Sequence[Part], attachment_not
         "counts": counts, "total": len(data.runs), "live": live,
         "summary": ", ".join(f"{c['n']} {c['state']}" for c in counts) or "no runs yet",
         "changes": _changes(data, since), "metric": metric, "goal": default_goal(metric, data.goals),
-        "leaders": _leaderboard(data, metric), "plots": plots, "plots_skipped": skipped,
+        "leaders": leaderboard(data, metric), "plots": plots, "plots_skipped": skipped,
         "resources": _resources(data), "attachment": attachments[0].filename if attachments else "",
         "attachment_note": attachment_note,
         "finished": sum(1 for r in data.runs if r.state in FINISHED_STATES),

@@ -22,8 +22,9 @@ from typing import Any
 from urllib.parse import quote
 
 from ..curves import finite, normalize
-from ..metrics import best_finite, default_goal, last, value_at
+from ..metrics import default_goal
 from ..model import ResultsInput, RunRecord
+from ..shown import run_values, signature
 
 __all__ = [
     "CHEAP_POINTS", "CURVES_MAX_AGE", "CURVE_SHEETS", "FORMAT_VERSION", "LEADERBOARD_SIZE",
@@ -108,42 +109,6 @@ class RunView:
     at: dict[str, tuple[float | None, ...]] = field(default_factory=dict)  # per checkpoint
 
 
-@dataclass(frozen=True)
-class _Stats:
-    """What the Summary shows of one history."""
-
-    last: float
-    best: float | None  # the best finite value; None if no value was finite
-    at: tuple[float | None, ...]  # the value at each checkpoint, None if not reached
-
-
-# Histories of finished runs do not change: their statistics are remembered between writes
-# of a long-lived process (bounded), so a refresh does not sort every history again.
-_STATS_MEMO: dict[tuple[Any, ...], _Stats] = {}
-_STATS_MEMO_MAX = 200_000
-
-
-def _signature(p: Sequence[Any]) -> tuple[Any, ...]:
-    n = len(p)
-    return (n, p[0], p[n // 4], p[n // 2], p[3 * n // 4], p[-1]) if n else (0,)
-
-
-def _stats(key: Any, metric: str, points: Sequence[tuple[int | None, float]], goal: str,
-           checkpoints: tuple[int, ...], signature: tuple[Any, ...] | None = None) -> _Stats | None:
-    if not points:
-        return None
-    memo_key = (key, metric, signature or _signature(points), goal, checkpoints)
-    hit = _STATS_MEMO.get(memo_key)
-    if hit is not None:
-        return hit
-    steps, values = normalize(points)
-    stats = _Stats(last(values), best_finite(values, goal), tuple(value_at(steps, values, cp) for cp in checkpoints))
-    if len(_STATS_MEMO) >= _STATS_MEMO_MAX:
-        _STATS_MEMO.clear()
-    _STATS_MEMO[memo_key] = stats
-    return stats
-
-
 class View:
     """What the workbook shows, computed once from a ResultsInput."""
 
@@ -170,8 +135,6 @@ class View:
         self.primary = data.settings.primary_metric or (self.metrics[0] if self.metrics else "")
         self._prepared: list[RunView] | None = None
         self._prepared_attempts: list[RunView] | None = None
-        # of the histories, once computed: by run key, and by (run key, attempt) for earlier attempts
-        self._signatures: dict[Any, dict[str, tuple[Any, ...]]] = {}
 
     def points(self) -> int:
         return sum(len(p) for h in self.data.histories.values() for p in h.values())
@@ -182,9 +145,7 @@ class View:
     # --------------------------------------------------------------- fingerprints
     def _history_signature(self, key: Any) -> tuple[Any, ...]:
         h = (self.data.attempt_histories if isinstance(key, tuple) else self.data.histories).get(key, {})
-        sig = tuple((m, _signature(p)) for m, p in h.items())
-        self._signatures[key] = dict(sig)
-        return sig
+        return tuple((m, signature(p)) for m, p in h.items())
 
     def fingerprints(self) -> tuple[str, str]:
         """(what the sheets but Curves and Curve data show, what those two show), hashed."""
@@ -231,25 +192,13 @@ class View:
         """One run (or attempt) with its history `histories[key]`: last, best and checkpoint
         values of each of `metrics`, the stored ones and those of the history combined."""
         run = RunView(r)
-        hist = histories.get(key, {})
-        sigs = self._signatures.get(key, {})
-        for m in metrics:
-            goal = self.goal(m)
-            st = _stats(key, m, hist.get(m, ()), goal, self.checkpoints, sigs.get(m))
-            if m in r.last:
-                run.last[m] = r.last[m]
-            elif st is not None:
-                run.last[m] = st.last
-            candidates = [r.best[m]] if m in r.best else []
-            if st is not None:
-                run.at[m] = st.at
-                if st.best is not None:
-                    candidates.append(st.best)
-            best = best_finite(candidates, goal)
-            if best is not None:
-                run.best[m] = best
-            elif candidates or st is not None:
-                run.best[m] = math.nan  # seen, but never finite: a diverged run
+        values = run_values(r, histories.get(key), self.data.goals, self.checkpoints, metrics)
+        for m, shown in values.items():
+            if shown.last is not None:
+                run.last[m] = shown.last
+            if shown.best is not None:
+                run.best[m] = shown.best
+            run.at[m] = shown.at
         return run
 
     def series(self, run: RunView, metric: str) -> tuple[Sequence[float], Sequence[float]]:

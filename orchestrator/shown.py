@@ -1,0 +1,78 @@
+"""What every surface shows of a run's metrics: last, best and checkpoint values (pure).
+
+`nero status --json`, `nero export`, `Project.frames()`, the results workbook's Summary and
+the digest all take these values from `run_values`, so they agree exactly. A metric's
+values come from its merged history (the store's points: one per step, track over printed;
+steps numbered and ascending by `curves.normalize`), by `metrics.summarize`:
+
+* last: the value at the largest step (NaN included);
+* best: the best finite value in the metric's goal (`metrics.shown_best`: ±inf and NaN
+  are never a best; NaN when no value is finite, a diverged run);
+* the value at each checkpoint (`metrics.value_at`; None before the run got there).
+
+A metric with a stored last or best but no history shows the stored values (the best made
+finite the same way) and no checkpoint value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from .curves import normalize
+from .metrics import Summary, default_goal, shown_best, summarize
+from .model import RunRecord
+
+__all__ = ["run_values", "metric_names", "signature"]
+
+# Histories of finished runs do not change: their summaries are remembered between calls
+# of a long-lived process (bounded), so a refresh does not sort every history again.
+_MEMO: dict[tuple[Any, ...], Summary] = {}
+_MEMO_MAX = 200_000
+
+
+def signature(p: Sequence[Any]) -> tuple[Any, ...]:
+    """A cheap fingerprint of a history: its length and five of its points."""
+    n = len(p)
+    return (n, p[0], p[n // 4], p[n // 2], p[3 * n // 4], p[-1]) if n else (0,)
+
+
+def _summary(key: tuple[str, int], metric: str, points: Sequence[tuple[int | None, float]], goal: str,
+             checkpoints: tuple[float, ...]) -> Summary:
+    memo_key = (key, metric, signature(points), goal, checkpoints)
+    hit = _MEMO.get(memo_key)
+    if hit is not None:
+        return hit
+    found = summarize(*normalize(points), goal, checkpoints)
+    if len(_MEMO) >= _MEMO_MAX:
+        _MEMO.clear()
+    _MEMO[memo_key] = found
+    return found
+
+
+def metric_names(record: RunRecord, history: Mapping[str, Sequence[Any]] | None) -> list[str]:
+    """The metrics a run has: its stored ones, then those only its history has."""
+    names = dict.fromkeys(record.last)
+    names.update(dict.fromkeys(record.best))
+    names.update(dict.fromkeys(m for m, p in (history or {}).items() if len(p)))
+    return list(names)
+
+
+def run_values(record: RunRecord, history: Mapping[str, Sequence[tuple[int | None, float]]] | None,
+               goals: Mapping[str, str], checkpoints: Iterable[float] = (),
+               names: Iterable[str] | None = None) -> dict[str, Summary]:
+    """Per metric of the run (`names`, else `metric_names`), what every surface shows:
+    last, best and the value at each of `checkpoints` (in their order). `goals` are the
+    declared ones (the others default: `metrics.default_goal`)."""
+    history = history or {}
+    cps = tuple(checkpoints)
+    out: dict[str, Summary] = {}
+    for m in (metric_names(record, history) if names is None else names):
+        goal = default_goal(m, goals)
+        points = history.get(m)
+        if points is not None and len(points):
+            out[m] = _summary((record.key, record.attempt), m, points, goal, cps)
+        elif m in record.last or m in record.best:
+            stored = [record.best[m]] if m in record.best else []
+            out[m] = Summary(record.last.get(m), shown_best(stored, goal), (None,) * len(cps))
+    return out
