@@ -112,7 +112,8 @@ def status(args: tuple[str, ...], as_json: bool, show_all: bool) -> None:
                 "job_id": r.job_id, "host": r.host, "runtime_s": r.runtime(now), "reason": r.reason,
                 "metrics": {k: (v if v == v else None) for k, v in r.last.items()}, "step": r.step,
                 "run_dir": r.run_dir, "orphaned": r.orphaned, "retry": r.retry, "code_hash": r.code_hash,
-                "git_commit": r.git_commit, "git_dirty": r.git_dirty,
+                "git_commit": r.git_commit, "git_dirty": r.git_dirty, "peak_rss_mb": r.peak_rss_mb,
+                "peak_gpu_mem_mb": r.peak_gpu_mem_mb, "gpu_util_pct": r.mean_gpu_util_pct,
             } for r in runs], indent=2))
             return
         _status_table(runs, now, show_all)

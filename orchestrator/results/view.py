@@ -32,7 +32,7 @@ __all__ = [
     "cell_text", "chart_text", "excel_time", "fingerprint", "points_per_series", "short_label", "time_zone",
 ]
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 SHEETS = ("Summary", "Curves", "Curve data", "Events", "Resources", "Queue")
 CURVE_SHEETS = (2, 3)  # 1-based positions of the sheets copied on a summary-only refresh
 MAX_POINTS_PER_SERIES = 200
@@ -191,7 +191,7 @@ class View:
                 r.number, r.key, r.experiment, r.params, r.state.value, r.reason, r.attempt,
                 r.cluster, r.job_id, r.host, r.started_at, r.ended_at,
                 sorted(r.last.items()), sorted(r.best.items()), r.git_commit, r.git_dirty,
-                r.command, r.run_dir, r.peak_rss_mb, r.peak_gpu_mem_mb, r.min_disk_free_mb, hist,
+                r.command, r.run_dir, r.peak_rss_mb, r.peak_gpu_mem_mb, r.min_disk_free_mb, r.mean_gpu_util_pct, hist,
             ))
         summary.append((len(d.events), [(e.time, e.key, e.kind, e.reason, e.attempt) for e in d.events[-50:]]))
         summary.append(d.queue)

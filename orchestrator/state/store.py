@@ -90,6 +90,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     best TEXT NOT NULL DEFAULT '{}',
     peak_rss REAL,
     peak_gpu REAL,
+    gpu_util_sum REAL,
+    gpu_util_n INTEGER NOT NULL DEFAULT 0,
     min_disk REAL,
     PRIMARY KEY (key, attempt)
 );
@@ -144,7 +146,7 @@ SELECT r.key, r.number, r.experiment, r.spec_hash, r.essence, r.params, r.orphan
        a.submitted_at, a.started_at, a.ended_at, a.exit_code, a.git_commit, a.git_dirty,
        a.intent, a.last, a.best, a.step, a.heartbeat_at, a.command, a.peak_rss, a.peak_gpu,
        a.min_disk, a.parent, a.code_hash, a.off_stdout, a.off_stderr, a.off_metrics,
-       a.off_resources, a.stop_requested, a.retry
+       a.off_resources, a.stop_requested, a.retry, a.gpu_util_sum, a.gpu_util_n
 FROM runs r JOIN attempts a ON a.key = r.key AND a.attempt = r.attempt
 """
 
@@ -166,6 +168,7 @@ def _record(row: tuple) -> RunRecord:
         heartbeat_at=row[24], command=row[25], peak_rss_mb=row[26], peak_gpu_mem_mb=row[27],
         min_disk_free_mb=row[28], parent_attempt=row[29], code_hash=row[30],
         offsets=Offsets(row[31], row[32], row[33], row[34]), stop_requested=row[35], retry=row[36],
+        mean_gpu_util_pct=row[37] / row[38] if row[38] else None,
     )
 
 
@@ -225,6 +228,11 @@ class Store(Outbox):
                     if statement.strip():
                         self.db.execute(statement)
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(attempts)")}
+        if "gpu_util_n" not in columns:  # a store from before per-run GPU utilisation
+            with self.transaction():
+                self.db.execute("ALTER TABLE attempts ADD COLUMN gpu_util_sum REAL")
+                self.db.execute("ALTER TABLE attempts ADD COLUMN gpu_util_n INTEGER NOT NULL DEFAULT 0")
         have = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
         if not have.issuperset(_TRIGGERS):  # a store from before the triggers
             with self.transaction():
@@ -398,6 +406,10 @@ class Store(Outbox):
             if gpu:
                 sets.append("peak_gpu=MAX(COALESCE(peak_gpu, 0), ?)")
                 args.append(max(gpu))
+            util = [s.gpu_util_pct for s in u.samples if s.gpu_util_pct is not None]
+            if util:
+                sets += ["gpu_util_sum=COALESCE(gpu_util_sum, 0) + ?", "gpu_util_n=gpu_util_n + ?"]
+                args += [sum(util), len(util)]
             if disk:
                 sets.append("min_disk=MIN(COALESCE(min_disk, 1e18), ?)")
                 args.append(min(disk))
