@@ -4,7 +4,7 @@ ask for `gpus` on free GPUs (`CUDA_VISIBLE_DEVICES`), waiting while none is free
 
 This machine has no GPU, so `nvidia-smi` is the one fake: a small script put first on PATH
 that reports two GPUs and, per process, what the jobs registered in a folder (a job writes
-its pid, its GPU and its memory), plus a process of no run that uses both GPUs.
+its pid, its GPU and its memory), plus a process of no run that uses GPU 0.
 Everything else is real: the workbook, `nero reconcile`, the job scripts, SQLite, results.xlsx.
 """
 
@@ -59,22 +59,29 @@ else:
     sys.exit(2)
 '''
 
-# The job: registers its process on the GPU it was given with `mb` MB, prints what it saw,
-# and holds the GPU until a sample of its own resources shows GPU memory.
+# The job: registers itself and a child process (a helper of the program) on the GPU it was
+# given, with `mb` and 100 MB, prints what it saw, and holds the GPU until a sample of its own
+# resources shows both.
 JOB = r'''
-import json, os, sys, time
+import json, os, subprocess, sys, time
 mb = int(sys.argv[1])
 gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "none")
 t0 = time.time()
-with open(os.path.join(os.environ["FAKE_GPU_DIR"], "apps", str(os.getpid())), "w") as f:
+apps = os.path.join(os.environ["FAKE_GPU_DIR"], "apps")
+helper = subprocess.Popen(["sleep", "60"])
+with open(os.path.join(apps, str(helper.pid)), "w") as f:
+    f.write("%s 100" % gpus)
+with open(os.path.join(apps, str(os.getpid())), "w") as f:
     f.write("%s %d" % (gpus, mb))
 samples = os.path.join(os.environ["NERO_RUN_DIR"], "resources.jsonl")
 deadline = time.time() + 40
 while time.time() < deadline:
     rows = [json.loads(l) for l in open(samples)] if os.path.exists(samples) else []
-    if any(r.get("gpu_mem_mb") for r in rows):
+    if any(r.get("gpu_mem_mb") == mb + 100 for r in rows):
         break
     time.sleep(0.2)
+helper.kill()
+helper.wait()
 print("gpus=%s t0=%.3f t1=%.3f" % (gpus, t0, time.time()), flush=True)
 '''
 
@@ -82,7 +89,7 @@ print("gpus=%s t0=%.3f t1=%.3f" % (gpus, t0, time.time()), flush=True)
 @pytest.fixture
 def fake_gpus(tmp_path: Path):
     """A fake nvidia-smi on PATH, its folder, and a process of no run that holds 300 MB on
-    GPU 0 and 200 MB on GPU 1 (under the 500 MB that makes a GPU busy)."""
+    GPU 0 (under the 500 MB that makes a GPU busy)."""
     d = tmp_path / "fake-gpu"
     (d / "bin").mkdir(parents=True)
     (d / "apps").mkdir()
@@ -126,12 +133,13 @@ def test_local_runs_get_distinct_free_gpus_wait_for_one_and_record_their_own_gpu
     for key, r in runs.items():
         mb = int(key.split("=")[1].rstrip("]"))
         gpu = int(spans[key][2])
-        # the run's own memory, not the GPU's sum (which holds the other process's 300 MB on GPU 0
-        # and, while they overlapped, the other run's), and the utilisation of its GPU
-        assert r["peak_gpu_mem_mb"] == mb, (key, r)
+        # the run's own memory (its program and the program's helper), not the GPU's sum (which
+        # holds the other process's 300 MB on GPU 0 and, while they overlapped, the other run's),
+        # and the utilisation of its GPU
+        assert r["peak_gpu_mem_mb"] == mb + 100, (key, r)
         assert r["gpu_util_pct"] == {0: 40, 1: 70}[gpu], (key, r)
         samples = [json.loads(line) for line in (Path(r["run_dir"]) / "resources.jsonl").read_text().splitlines()]
-        assert {s["gpu_mem_mb"] for s in samples} <= {None, float(mb)}
+        assert {s["gpu_mem_mb"] for s in samples} <= {None, 100.0, float(mb), float(mb + 100)}
         assert all(s["rss_mb"] is not None for s in samples)
     import pandas as pd
 
@@ -140,7 +148,7 @@ def test_local_runs_get_distinct_free_gpus_wait_for_one_and_record_their_own_gpu
         assert summary.loc[key, "peak_gpu_mem_mb"] == runs[key]["peak_gpu_mem_mb"]
         assert summary.loc[key, "gpu_util_pct"] == runs[key]["gpu_util_pct"]
     resources = pd.read_excel(project / "results.xlsx", sheet_name="Resources").set_index("run")
-    assert resources.loc["g[mb=2222]", "peak_gpu_mem_mb"] == 2222
+    assert resources.loc["g[mb=2222]", "peak_gpu_mem_mb"] == 2322
     # the claims folder of the local cluster holds the GPUs' last owners, as on ssh hosts
     assert sorted(p.name for p in (project / "runs" / ".nero" / "gpus").iterdir() if not p.name.startswith(".")) == ["0", "1"]
     # the sampler asked for utilisation only while the run had a process on a GPU
