@@ -56,7 +56,7 @@ def script_context(spec: RunSpec, cluster: Cluster, *, attempt: int, run_dir: st
                    rendered_at: str) -> dict[str, object]:
     """The variables of the run's job template. `command` is the rendered command line,
     `python` the interpreter whose folder goes first on PATH (empty: PATH as it is),
-    `gpu_claims` the folder where ssh jobs claim GPUs (empty elsewhere)."""
+    `gpu_claims` the folder where ssh and local jobs claim GPUs (empty elsewhere)."""
     resources = dict(spec.resources)
     return {
         "job_name": job_name, "partition": directive(str(resources.get("partition") or cluster.partition)),

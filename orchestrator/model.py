@@ -259,8 +259,9 @@ class RunRecord:
     heartbeat_at: float | None = None
     command: str = ""  # the command line as run (rendered)
     peak_rss_mb: float | None = None
-    peak_gpu_mem_mb: float | None = None
+    peak_gpu_mem_mb: float | None = None  # of the run's own processes (not the node's)
     min_disk_free_mb: float | None = None
+    mean_gpu_util_pct: float | None = None  # of the GPUs the run's processes were on, over its samples
     parent_attempt: int | None = None
     code_hash: str = ""
     offsets: Offsets = field(default_factory=lambda: Offsets())
@@ -412,8 +413,9 @@ class MetricPoint:
 class ResourceSample:
     time: float
     rss_mb: float | None = None
-    gpu_mem_mb: float | None = None
+    gpu_mem_mb: float | None = None  # the run's processes' GPU memory (nvidia-smi's compute apps)
     disk_free_mb: float | None = None
+    gpu_util_pct: float | None = None  # mean utilisation of the GPUs the run's processes are on
 
 
 @dataclass(frozen=True)

@@ -475,7 +475,8 @@ def parse_track(data: bytes, *, final: bool = False) -> tuple[list[MetricPoint],
 
 def parse_resources(data: bytes, *, final: bool = False) -> tuple[list[ResourceSample], int]:
     """Resource samples in the complete lines of `resources.jsonl`
-    (`{"t": …, "rss_mb": …, "gpu_mem_mb": …, "disk_free_mb": …}`), and the bytes
+    (`{"t": …, "rss_mb": …, "gpu_mem_mb": …, "gpu_util_pct": …, "disk_free_mb": …}`; the
+    GPU figures are the run's own processes', see `templates/_job_body.sh.j2`), and the bytes
     consumed. A line without a numeric `t` or that does not parse is skipped; a missing
     or null field is None."""
     rows, end = _json_lines(data, final)
@@ -486,6 +487,6 @@ def parse_resources(data: bytes, *, final: bool = False) -> tuple[list[ResourceS
             continue
         out.append(ResourceSample(
             t, _number(row.get("rss_mb")), _number(row.get("gpu_mem_mb")),
-            _number(row.get("disk_free_mb")),
+            _number(row.get("disk_free_mb")), _number(row.get("gpu_util_pct")),
         ))
     return out, end

@@ -554,7 +554,8 @@ class Reconciler:
             template += ".j2"
         workdir, code = self._code(spec, c)
         name = job_name(spec.key, attempt, run_dir)
-        gpu_claims = ClusterPaths(str(self.backend(cluster).run_root())).gpu_claims if c.kind is ClusterKind.SSH else ""
+        gpu_claims = (ClusterPaths(str(self.backend(cluster).run_root())).gpu_claims
+                      if c.kind in (ClusterKind.SSH, ClusterKind.LOCAL) else "")
         text = render_template(template, script_context(
             spec, c, attempt=attempt, run_dir=run_dir, workdir=workdir, command=command, python=python,
             resume=resume, prev_run_dir=prev_dir, job_name=name, gpu_claims=gpu_claims,

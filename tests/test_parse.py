@@ -298,16 +298,16 @@ def test_track_in_any_chunking_equals_whole(rows: list[dict], cuts: list[int]) -
 
 
 def test_resources() -> None:
-    data = (b'{"t": 10.0, "rss_mb": 512.5, "gpu_mem_mb": 2048, "disk_free_mb": 100000}\n'
+    data = (b'{"t": 10.0, "rss_mb": 512.5, "gpu_mem_mb": 2048, "gpu_util_pct": 87.5, "disk_free_mb": 100000}\n'
             b'{"t": 20.0, "rss_mb": 600}\n'
             b'{"rss_mb": 1}\n'  # no time: skipped
             b'garbage\n'
-            b'{"t": 30.0, "gpu_mem_mb": null, "disk_free_mb": "n/a"}\n'
+            b'{"t": 30.0, "gpu_mem_mb": null, "gpu_util_pct": null, "disk_free_mb": "n/a"}\n'
             b'{"t": 40.0, "rss')
     samples, n = parse_resources(data)
     assert n == data.rfind(b"\n") + 1
     assert samples == [
-        ResourceSample(10.0, 512.5, 2048.0, 100000.0),
+        ResourceSample(10.0, 512.5, 2048.0, 100000.0, 87.5),
         ResourceSample(20.0, 600.0, None, None),
         ResourceSample(30.0, None, None, None),
     ]

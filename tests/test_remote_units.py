@@ -227,7 +227,15 @@ def test_scheduler_templates_keep_hostile_values_on_their_directive_lines(tmp_pa
     assert "#$ -N nero-k-1-a1" in sge
     ssh = render_template("ssh.sh.j2", {**common, "kind": "ssh", "gpu_pool": "0,1", "gpu_claims": "/w/.nero/gpus"})
     assert "NERO_GPUS_WANTED=1" in ssh and "NERO_GPU_POOL=0,1" in ssh
-    for name, script in (("slurm", text), ("sge", sge), ("ssh", ssh)):
+    # the local cluster waits for GPUs with the same block as ssh hosts; without gpus, neither has it
+    local = render_template("local.sh.j2", {**common, "kind": "local", "gpu_pool": "", "gpu_claims": "/p/runs/.nero/gpus"})
+    assert "NERO_GPUS_WANTED=1" in local and "NERO_GPU_CLAIMS=/p/runs/.nero/gpus" in local
+    assert local[local.index("NERO_GPUS_WANTED"):] == ssh[ssh.index("NERO_GPUS_WANTED"):].replace(
+        "NERO_GPU_POOL=0,1", "NERO_GPU_POOL=''").replace("/w/.nero/gpus", "/p/runs/.nero/gpus")
+    no_gpus = {**common, "resources": {"time": 90}}
+    assert "NERO_GPUS_WANTED" not in render_template("local.sh.j2", {**no_gpus, "kind": "local"})
+    assert "NERO_GPUS_WANTED" not in render_template("ssh.sh.j2", {**no_gpus, "kind": "ssh"})
+    for name, script in (("slurm", text), ("sge", sge), ("ssh", ssh), ("local", local)):
         p = tmp_path / f"{name}.sh"
         p.write_text(script)
         assert subprocess.run(["bash", "-n", str(p)]).returncode == 0, name

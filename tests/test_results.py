@@ -64,7 +64,8 @@ def make_input(tmp_path: Path, checkpoints: tuple[int, ...] = CHECKPOINTS, extra
     }
     runs = [
         record("lr-sweep[lr=0.1]", 1, RunState.COMPLETED, (("lr", 0.1), ("note", "+1 trick"), ("tag", HOSTILE)),
-               run_dir=str(run_dir), peak_rss_mb=812.5, peak_gpu_mem_mb=2048.0, min_disk_free_mb=51234.0),
+               run_dir=str(run_dir), peak_rss_mb=812.5, peak_gpu_mem_mb=2048.0, min_disk_free_mb=51234.0,
+               mean_gpu_util_pct=61.24),
         record("lr-sweep[lr=0.01]", 2, RunState.FAILED, (("lr", 0.01), ("note", "-x"), ("tag", "@home")),
                reason=HOSTILE, run_dir="/scratch/u/lr-sweep/2", cluster="triton", git_dirty=True),
         record("lr-sweep[lr=0.001]", 3, RunState.RUNNING, (("lr", 0.001), ("note", "plain"), ("tag", "x")),
@@ -135,7 +136,8 @@ def test_pandas_reads_every_sheet_with_documented_columns_and_types(written):
     metric_cols += ["last:val_err", "best:val_err", "last:loss", "best:loss"]
     assert list(s.columns) == [
         "#", "run", "experiment", "lr", "note", "tag", "act", "state (param)", "state", "reason", "attempt",
-        "cluster", "job_id", "host", "start", "end", "runtime_s", "runtime", *metric_cols,
+        "cluster", "job_id", "host", "start", "end", "runtime_s", "runtime", "peak_gpu_mem_mb", "gpu_util_pct",
+        *metric_cols,
         "git_commit", "git_dirty", "command", "run_dir"]
     assert len(s) == len(data.runs)
     assert s["#"].dtype == "int64" and s["attempt"].dtype == "int64"
@@ -146,6 +148,9 @@ def test_pandas_reads_every_sheet_with_documented_columns_and_types(written):
     assert pd.api.types.is_timedelta64_dtype(s["runtime"])
     assert s["runtime_s"].dtype == "float64"
     assert s["runtime"].iloc[0] == pd.Timedelta(seconds=3000)
+    # the run's own GPU memory and the mean utilisation of its GPUs; empty where it had none
+    assert s["peak_gpu_mem_mb"].iloc[0] == 2048.0 and s["peak_gpu_mem_mb"].iloc[1:].isna().all()
+    assert s["gpu_util_pct"].iloc[0] == 61.2 and s["gpu_util_pct"].iloc[1:].isna().all()
     for c in metric_cols:
         assert s[c].dtype == "float64", c  # the text "nan" of a diverged run reads as NaN
     assert s["git_dirty"].dtype == "bool" and s["git_dirty"].tolist()[:2] == [False, True]
@@ -173,9 +178,10 @@ def test_pandas_reads_every_sheet_with_documented_columns_and_types(written):
     assert e["time"].is_monotonic_increasing and len(e) == len(data.events)
 
     r = sheets["Resources"]
-    assert list(r.columns) == ["run", "peak_rss_mb", "peak_gpu_mem_mb", "min_disk_free_mb"]
+    assert list(r.columns) == ["run", "peak_rss_mb", "peak_gpu_mem_mb", "min_disk_free_mb", "gpu_util_pct"]
     assert r["run"].tolist() == ["lr-sweep[lr=0.1]"]
     assert r["peak_rss_mb"].iloc[0] == 812.5 and r["min_disk_free_mb"].iloc[0] == 51234
+    assert r["peak_gpu_mem_mb"].iloc[0] == 2048 and r["gpu_util_pct"].iloc[0] == 61.2
 
     q = sheets["Queue"]
     assert list(q.columns) == ["run", "reason"] and q["reason"].tolist()[1] == HOSTILE

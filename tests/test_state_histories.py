@@ -242,3 +242,25 @@ def test_series_of_marks_ordered_histories() -> None:
         assert not Series.of(points).ordered, points
     s = Series.of([(1, 0.5), (2, 0.4), (3, 0.3)])
     assert s[1:].ordered and not s[::-1].ordered and list(s[::-1]) == [(3, 0.3), (2, 0.4), (1, 0.5)]
+
+
+def test_gpu_peaks_and_mean_utilisation_per_attempt_and_a_store_from_before_them(tmp_path: Path) -> None:
+    """Peak GPU memory is the largest of the run's samples, utilisation the mean over the samples
+    that have one; a store written before the utilisation columns gains them when opened."""
+    from orchestrator.model import ResourceSample
+
+    path = tmp_path / "state.db"
+    store = Store(path)
+    start(store, "a", 1)
+    store.close()
+    with sqlite3.connect(path) as con:  # the attempts table as an older nero left it
+        con.execute("ALTER TABLE attempts DROP COLUMN gpu_util_sum")
+        con.execute("ALTER TABLE attempts DROP COLUMN gpu_util_n")
+    store = Store(path)
+    assert store.snapshot()["a"].mean_gpu_util_pct is None and store.snapshot()["a"].peak_gpu_mem_mb is None
+    store.apply([Update("a", 1, samples=(ResourceSample(1.0, 10.0, 1500.0, 9e4, 50.0),
+                                         ResourceSample(2.0, 10.0, None, 9e4, None)))])
+    store.apply([Update("a", 1, samples=(ResourceSample(3.0, 10.0, 900.0, 9e4, 80.0),))])
+    r = store.snapshot()["a"]
+    assert r.peak_gpu_mem_mb == 1500.0 and r.mean_gpu_util_pct == 65.0
+    store.close()

@@ -6,7 +6,9 @@ A job runs as `bash job.sh` in its own session and process group, so it survives
 exit, Ctrl-C and SIGKILL; its process id is the job id. Cancelling sends SIGTERM to the
 job's process group and SIGKILL after a grace period. Run folders go below the cluster's
 `workdir` (relative to the project), else the project's `runs/`; the command runs in the
-run's workdir as it is (nothing is shipped).
+run's workdir as it is (nothing is shipped). A run that asks for `gpus` waits for free
+GPUs and gets `CUDA_VISIBLE_DEVICES` exactly as on an ssh host (`templates/_gpus.sh.j2`,
+claims below `<run root>/.nero/gpus`).
 """
 
 from __future__ import annotations

@@ -123,7 +123,8 @@ def status(args: tuple[str, ...], as_json: bool, show_all: bool, with_attempts: 
                 "job_id": r.job_id, "host": r.host, "runtime_s": r.runtime(now), "reason": r.reason,
                 **_shown_json(values[r.key], checkpoints), "step": r.step,
                 "run_dir": r.run_dir, "orphaned": r.orphaned, "retry": r.retry, "code_hash": r.code_hash,
-                "git_commit": r.git_commit, "git_dirty": r.git_dirty,
+                "git_commit": r.git_commit, "git_dirty": r.git_dirty, "peak_rss_mb": r.peak_rss_mb,
+                "peak_gpu_mem_mb": r.peak_gpu_mem_mb, "gpu_util_pct": r.mean_gpu_util_pct,
                 **({"attempts": [_attempt_json(a, now, attempt_values[(a.key, a.attempt)], checkpoints)
                                  for a in earlier.get(r.key, ())]} if with_attempts else {}),
             } for r in runs], indent=2))
@@ -171,7 +172,8 @@ def _attempt_json(a: RunRecord, now: float, values: dict[str, Summary], checkpoi
     return {"attempt": a.attempt, "state": a.state.value, "reason": a.reason, "cluster": a.cluster,
             "job_id": a.job_id, "host": a.host, "started_at": a.started_at, "ended_at": a.ended_at,
             "runtime_s": a.runtime(now), **_shown_json(values, checkpoints), "step": a.step, "run_dir": a.run_dir,
-            "retry": a.retry, "command": a.command, "git_commit": a.git_commit, "git_dirty": a.git_dirty}
+            "retry": a.retry, "command": a.command, "git_commit": a.git_commit, "git_dirty": a.git_dirty,
+            "peak_rss_mb": a.peak_rss_mb, "peak_gpu_mem_mb": a.peak_gpu_mem_mb, "gpu_util_pct": a.mean_gpu_util_pct}
 
 
 def _status_table(runs: list[RunRecord], now: float, show_all: bool, values: dict[str, dict[str, Summary]],

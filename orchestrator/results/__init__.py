@@ -17,7 +17,9 @@ Summary: one row per run, ordered by `#`
     `job_id` str · `host` str · `start`, `end` datetime (local time of the machine that
     wrote the file; the header comments name the zone) · `runtime_s` float (seconds; for a
     live run, up to the time of the write) · `runtime` duration (`[h]:mm:ss`; pandas reads
-    a timedelta) · `<metric>@<checkpoint>` float for every metric × Settings `checkpoints`
+    a timedelta) · `peak_gpu_mem_mb` float (the peak GPU memory of the run's own processes,
+    MB; empty if none used a GPU or the node has no nvidia-smi) · `gpu_util_pct` float (mean
+    utilisation of the GPUs its processes were on) · `<metric>@<checkpoint>` float for every metric × Settings `checkpoints`
     (the value of the last point with step ≤ checkpoint, empty unless the run reached that
     step) · `last:<metric>` float · `best:<metric>` float (best in the metric's goal
     direction) · `git_commit` str · `git_dirty` bool · `command` str (as run) · `run_dir`
@@ -42,7 +44,7 @@ Curve data: the downsampled metric histories the charts draw, two rows per run �
 Events: `time` datetime (local) · `run` str · `attempt` int · `kind` str · `reason` str —
     chronological; the newest 10,000 events.
 Resources: `run` str · `peak_rss_mb` float · `peak_gpu_mem_mb` float ·
-    `min_disk_free_mb` float — runs with at least one sample.
+    `min_disk_free_mb` float · `gpu_util_pct` float — runs with at least one sample.
 Queue: `run` str · `reason` str — pending and held runs and why they wait.
 Attempts: one row per attempt before a run's current one (restarted after a row edit or by
     `nero restart`, or retried), ordered by `#` then `attempt`: the Summary's columns without

@@ -177,16 +177,18 @@ def write_events(ws: Any, view: View, fmt: Formats) -> Cells:
 
 
 def write_resources(ws: Any, view: View, fmt: Formats) -> Cells:
-    """Resources: `run` · `peak_rss_mb` · `peak_gpu_mem_mb` · `min_disk_free_mb`, for the
-    runs with at least one sample."""
-    head = ["run", "peak_rss_mb", "peak_gpu_mem_mb", "min_disk_free_mb"]
+    """Resources: `run` · `peak_rss_mb` · `peak_gpu_mem_mb` · `min_disk_free_mb` ·
+    `gpu_util_pct`, for the runs with at least one sample."""
+    head = ["run", "peak_rss_mb", "peak_gpu_mem_mb", "min_disk_free_mb", "gpu_util_pct"]
     cells = fmt.cells(len(head))
-    header(ws, cells, head, fmt, {1: "Peak resident memory of the job (MB)", 2: "Peak GPU memory (MB)",
-                                  3: "Lowest free disk space seen in the run directory (MB)"})
+    header(ws, cells, head, fmt, {1: "Peak resident memory of the job (MB)", 2: "Peak GPU memory of the run's own processes (MB)",
+                                  3: "Lowest free disk space seen in the run directory (MB)",
+                                  4: "Mean utilisation of the GPUs the run's processes were on (%)"})
     widths = Widths(head)
     row = 0
     for r in view.runs:
-        vals = (r.peak_rss_mb, r.peak_gpu_mem_mb, r.min_disk_free_mb)
+        vals = (r.peak_rss_mb, r.peak_gpu_mem_mb, r.min_disk_free_mb,
+                None if r.mean_gpu_util_pct is None else round(r.mean_gpu_util_pct, 1))
         if all(v is None for v in vals):
             continue
         row += 1

@@ -2,7 +2,8 @@
 Attempts sheet, one row per earlier attempt of a run, in the same layout.
 
 Columns, left to right: `#`, `run`, `experiment`; one per parameter; the run's state and
-where it ran (`state` … `runtime`, ten columns); one per metric × checkpoint, then `last:`
+where it ran (`state` … `runtime`, ten columns), and its GPU use (`peak_gpu_mem_mb`,
+`gpu_util_pct`); one per metric × checkpoint, then `last:`
 and `best:` per metric; `git_commit`, `git_dirty`, `command`, `run_dir`. The package
 docstring of `orchestrator.results` documents each column. Attempts has no parameter
 columns (the state store keeps a run's parameters as they are today, not per attempt:
@@ -26,7 +27,8 @@ from .view import RunView, View, cell_text, excel_time, time_zone
 __all__ = ["FIXED_COLUMNS", "MAX_LINKS", "write_attempts", "write_summary"]
 
 FIXED_COLUMNS = ("#", "run", "experiment", "state", "reason", "attempt", "cluster", "job_id",
-                 "host", "start", "end", "runtime_s", "runtime", "git_commit", "git_dirty",
+                 "host", "start", "end", "runtime_s", "runtime", "peak_gpu_mem_mb", "gpu_util_pct",
+                 "git_commit", "git_dirty",
                  "command", "run_dir")
 MAX_LINKS = 65_000  # Excel keeps at most 65,530 hyperlinks per sheet
 _LAST, _BEST = -1, -2  # metric columns that are not checkpoints
@@ -41,7 +43,7 @@ class _Columns:
     metrics: list[tuple[str, str, int]]
     head: list[str]
     p0: int  # the first parameter
-    s0: int  # `state`, the first of ten columns up to `runtime`
+    s0: int  # `state`, the first of twelve columns up to `gpu_util_pct`
     m0: int  # the first metric column
     g0: int  # `git_commit`, the first of the last four
 
@@ -59,11 +61,11 @@ def _columns(view: View, runs: Sequence[RunView], metrics: Sequence[str], with_p
     taken = set(FIXED_COLUMNS) | {h for h, _, _ in metric_cols}
     head = ["#", "run", "experiment", *[f"{p} (param)" if p in taken else p for p in param_names],
             "state", "reason", "attempt", "cluster", "job_id", "host", "start", "end",
-            "runtime_s", "runtime", *[h for h, _, _ in metric_cols],
+            "runtime_s", "runtime", "peak_gpu_mem_mb", "gpu_util_pct", *[h for h, _, _ in metric_cols],
             "git_commit", "git_dirty", "command", "run_dir"]
     p0 = 3
     s0 = p0 + len(param_names)
-    m0 = s0 + 10
+    m0 = s0 + 12
     return _Columns(param_names, metric_cols, head, p0, s0, m0, m0 + len(metric_cols))
 
 
@@ -80,6 +82,10 @@ def _comments(view: View, cols: _Columns, which: str = "the current attempt") ->
         s0 + 7: f"End of {which}, local time ({zone})",
         s0 + 8: f"Runtime of {which} in seconds (a live run: up to the time of this write)",
         s0 + 9: "Runtime as a duration [h]:mm:ss",
+        s0 + 10: "Peak GPU memory of the run's own processes (MB; nvidia-smi's compute apps, not the whole GPU); "
+                 "empty if none of them used a GPU or nvidia-smi is absent",
+        s0 + 11: "Mean utilisation (%) of the GPUs the run's processes were on, over its samples (a GPU shared "
+                 "with other jobs counts their work too)",
         g0 + 1: "TRUE if the working tree had uncommitted changes when the run started",
         g0 + 2: "The command line as run (rendered)",
         g0 + 3: "Run directory: a link for a local run, host:path for a remote cluster",
@@ -184,6 +190,10 @@ def _write_run(cells: Cells, widths: Widths, row: int, r: RunRecord, cols: _Colu
     if runtime is not None and math.isfinite(runtime):
         number(s0 + 8, round(runtime, 3), fmt.seconds)
         number(s0 + 9, runtime / 86400.0, fmt.duration)
+    if r.peak_gpu_mem_mb is not None:
+        number(s0 + 10, r.peak_gpu_mem_mb, fmt.mb)
+    if r.mean_gpu_util_pct is not None:
+        number(s0 + 11, round(r.mean_gpu_util_pct, 1), fmt.mb)
 
 
 def _write_metrics(cells: Cells, m0: int, values: Sequence[float | None], col_fmt: Sequence[Any],

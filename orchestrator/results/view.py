@@ -161,7 +161,7 @@ class View:
                 r.number, r.key, r.experiment, r.params, r.state.value, r.reason, r.attempt,
                 r.cluster, r.job_id, r.host, r.started_at, r.ended_at,
                 sorted(r.last.items()), sorted(r.best.items()), r.git_commit, r.git_dirty,
-                r.command, r.run_dir, r.peak_rss_mb, r.peak_gpu_mem_mb, r.min_disk_free_mb, hist,
+                r.command, r.run_dir, r.peak_rss_mb, r.peak_gpu_mem_mb, r.min_disk_free_mb, r.mean_gpu_util_pct, hist,
             ))
         for r in self.attempts:
             summary.append((

@@ -87,8 +87,8 @@ CLUSTER_HELP = {
     "partition": "Default Slurm partition / SGE queue for this cluster.",
     "account": "Default Slurm account / SGE project for this cluster.",
     "template": "Default job template for this cluster, e.g. slurm.sbatch.j2 (default for slurm), sge.sh.j2, ssh.sh.j2.",
-    "gpus": "ssh hosts: the GPUs runs may use, e.g. 0,1,2,3 (empty: all nvidia-smi shows). A run with gpus "
-            "gets CUDA_VISIBLE_DEVICES of free ones. Slurm/SGE: informational.",
+    "gpus": "local and ssh: the GPUs runs may use, e.g. 0,1,2,3 (empty: all nvidia-smi shows). A run with gpus "
+            "gets CUDA_VISIBLE_DEVICES of free ones, waiting until enough are free. Slurm/SGE: informational.",
     "options": "Extra scheduler options for every job here, e.g. --qos=high --constraint=a100 (Slurm) "
                "or -l gpu_type=a100 (SGE).",
     "notes": "Free text; nero ignores it.",

@@ -30,7 +30,6 @@ from ..errors import StateError
 from ..model import (
     Event,
     NewAttempt,
-    Offsets,
     Override,
     OverrideKind,
     RunRecord,
@@ -40,149 +39,17 @@ from ..model import (
 )
 from .histories import METRIC_ROWS, EarlierHistories, RunHistories, merge
 from .outbox import Outbox
+from .schema import (
+    ADDED_COLUMNS,
+    REWRITES,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SNAPSHOT_SQL,
+    TRIGGERS,
+    record_of,
+)
 
 __all__ = ["SCHEMA_VERSION", "Store"]
-
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    key TEXT PRIMARY KEY,
-    number INTEGER NOT NULL UNIQUE,
-    experiment TEXT NOT NULL,
-    spec_hash TEXT NOT NULL,
-    essence TEXT NOT NULL,
-    params TEXT NOT NULL,
-    attempt INTEGER NOT NULL DEFAULT 0,
-    orphaned INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS attempts (
-    key TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    cluster TEXT NOT NULL DEFAULT '',
-    job_id TEXT NOT NULL DEFAULT '',
-    host TEXT NOT NULL DEFAULT '',
-    run_dir TEXT NOT NULL DEFAULT '',
-    spec_hash TEXT NOT NULL DEFAULT '',
-    command TEXT NOT NULL DEFAULT '',
-    intent INTEGER NOT NULL DEFAULT 1,
-    parent INTEGER,
-    code_hash TEXT NOT NULL DEFAULT '',
-    git_commit TEXT NOT NULL DEFAULT '',
-    git_dirty INTEGER NOT NULL DEFAULT 0,
-    submitted_at REAL,
-    started_at REAL,
-    ended_at REAL,
-    exit_code INTEGER,
-    heartbeat_at REAL,
-    stop_requested TEXT NOT NULL DEFAULT '',
-    retry INTEGER NOT NULL DEFAULT 0,
-    off_stdout INTEGER NOT NULL DEFAULT 0,
-    off_stderr INTEGER NOT NULL DEFAULT 0,
-    off_metrics INTEGER NOT NULL DEFAULT 0,
-    off_resources INTEGER NOT NULL DEFAULT 0,
-    step INTEGER,
-    last TEXT NOT NULL DEFAULT '{}',
-    best TEXT NOT NULL DEFAULT '{}',
-    peak_rss REAL,
-    peak_gpu REAL,
-    min_disk REAL,
-    PRIMARY KEY (key, attempt)
-);
-CREATE TABLE IF NOT EXISTS metrics (
-    key TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    step INTEGER,
-    value REAL,
-    time REAL,
-    source TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS metrics_by_run ON metrics (key, attempt, name);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    time REAL NOT NULL,
-    key TEXT NOT NULL,
-    attempt INTEGER NOT NULL DEFAULT 0,
-    kind TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS events_by_run ON events (key);
-CREATE TABLE IF NOT EXISTS overrides (
-    key TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    spec_hash TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    time REAL NOT NULL,
-    resume INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    created_at REAL NOT NULL,
-    kind TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    payload TEXT NOT NULL DEFAULT '{}',
-    sent_at REAL,
-    tries INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT NOT NULL DEFAULT '',
-    status TEXT NOT NULL DEFAULT 'queued',
-    message_id TEXT NOT NULL DEFAULT '',
-    sender TEXT NOT NULL DEFAULT '',
-    recipients TEXT NOT NULL DEFAULT '',
-    eml TEXT NOT NULL DEFAULT '',
-    message BLOB
-);
-"""
-
-_SNAPSHOT_SQL = """
-SELECT r.key, r.number, r.experiment, r.spec_hash, r.essence, r.params, r.orphaned,
-       a.attempt, a.state, a.reason, a.cluster, a.job_id, a.host, a.run_dir,
-       a.submitted_at, a.started_at, a.ended_at, a.exit_code, a.git_commit, a.git_dirty,
-       a.intent, a.last, a.best, a.step, a.heartbeat_at, a.command, a.peak_rss, a.peak_gpu,
-       a.min_disk, a.parent, a.code_hash, a.off_stdout, a.off_stderr, a.off_metrics,
-       a.off_resources, a.stop_requested, a.retry
-FROM runs r JOIN attempts a ON a.key = r.key AND a.attempt = r.attempt
-"""
-
-
-def _loads(text: str) -> dict[str, float]:
-    if not text or text == "{}":
-        return {}
-    return {k: float(v) for k, v in json.loads(text).items()}
-
-
-def _record(row: tuple) -> RunRecord:
-    return RunRecord(
-        key=row[0], number=row[1], experiment=row[2], spec_hash=row[3], essence=row[4],
-        params=tuple((k, v) for k, v in json.loads(row[5])), orphaned=bool(row[6]),
-        attempt=row[7], state=RunState(row[8]), reason=row[9], cluster=row[10], job_id=row[11],
-        host=row[12], run_dir=row[13], submitted_at=row[14], started_at=row[15],
-        ended_at=row[16], exit_code=row[17], git_commit=row[18], git_dirty=bool(row[19]),
-        intent=bool(row[20]), last=_loads(row[21]), best=_loads(row[22]), step=row[23],
-        heartbeat_at=row[24], command=row[25], peak_rss_mb=row[26], peak_gpu_mem_mb=row[27],
-        min_disk_free_mb=row[28], parent_attempt=row[29], code_hash=row[30],
-        offsets=Offsets(row[31], row[32], row[33], row[34]), stop_requested=row[35], retry=row[36],
-    )
-
-
-# The metrics table is append-only (nothing in nero updates or deletes a point), which lets
-# a Store read only the rows added since its last read. Should anything change or delete
-# rows all the same (a hand edit, a future clean-up), these triggers count it, and every
-# Store that sees the count change reads the table afresh.
-_REWRITES = "metrics_rewrites"
-_TRIGGERS = {
-    f"metrics_{event.lower()}": (
-        f"CREATE TRIGGER IF NOT EXISTS metrics_{event.lower()} AFTER {event} ON metrics BEGIN "
-        f"INSERT OR REPLACE INTO meta VALUES ('{_REWRITES}', "
-        f"COALESCE((SELECT value FROM meta WHERE key = '{_REWRITES}'), 0) + 1); END"
-    )
-    for event in ("UPDATE", "DELETE")
-}
-
 
 def _json_num(d: dict[str, float]) -> str:
     return json.dumps({k: (v if math.isfinite(v) else str(v)) for k, v in d.items()})
@@ -222,14 +89,21 @@ class Store(Outbox):
             raise StateError(f"{self.path} was written by a newer nero (schema {row[0]} > {SCHEMA_VERSION}); upgrade nero")
         if not row:
             with self.transaction():
-                for statement in _SCHEMA.split(";"):
+                for statement in SCHEMA.split(";"):
                     if statement.strip():
                         self.db.execute(statement)
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        for table, added in ADDED_COLUMNS.items():  # a store from before these columns
+            columns = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            missing = [(name, kind) for name, kind in added.items() if name not in columns]
+            if missing:
+                with self.transaction():
+                    for name, kind in missing:
+                        self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
         have = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
-        if not have.issuperset(_TRIGGERS):  # a store from before the triggers
+        if not have.issuperset(TRIGGERS):  # a store from before the triggers
             with self.transaction():
-                for statement in _TRIGGERS.values():
+                for statement in TRIGGERS.values():
                     self.db.execute(statement)
 
     def close(self) -> None:
@@ -245,16 +119,16 @@ class Store(Outbox):
         process commits a change (SQLite's data_version tells the latter)."""
         version = (self.db.execute("PRAGMA data_version").fetchone()[0], self._writes)
         if self._cache is None or self._cache[0] != version:
-            self._cache = (version, {row[0]: _record(row) for row in self.db.execute(_SNAPSHOT_SQL)})
+            self._cache = (version, {row[0]: record_of(row) for row in self.db.execute(SNAPSHOT_SQL)})
         return dict(self._cache[1])
 
     def record(self, key: str) -> RunRecord | None:
-        row = self.db.execute(_SNAPSHOT_SQL + " WHERE r.key = ?", (key,)).fetchone()
-        return _record(row) if row else None
+        row = self.db.execute(SNAPSHOT_SQL + " WHERE r.key = ?", (key,)).fetchone()
+        return record_of(row) if row else None
 
     def attempts(self, key: str) -> list[RunRecord]:
-        sql = _SNAPSHOT_SQL.replace("a.attempt = r.attempt", "1") + " WHERE r.key = ? ORDER BY a.attempt"
-        return [_record(row) for row in self.db.execute(sql, (key,))]
+        sql = SNAPSHOT_SQL.replace("a.attempt = r.attempt", "1") + " WHERE r.key = ? ORDER BY a.attempt"
+        return [record_of(row) for row in self.db.execute(sql, (key,))]
 
     def history(self, key: str, attempt: int | None = None) -> dict[str, Series]:
         """The metric histories of one attempt (default: the current one), see `histories.merge`;
@@ -295,7 +169,7 @@ class Store(Outbox):
         if version == self._histories_version:
             return
         with _Tx(self.db, "BEGIN"):
-            rewrites = self.get_meta(_REWRITES)
+            rewrites = self.get_meta(REWRITES)
             if rewrites != self._rewrites:
                 self._runs, self._read_to, self._rewrites = {}, None, rewrites
             current = self.db.execute("SELECT key, attempt FROM runs ORDER BY number").fetchall()
@@ -318,15 +192,15 @@ class Store(Outbox):
 
     def earlier_attempts(self) -> list[RunRecord]:
         """Each attempt before its run's current one (restarts, retries), by number and attempt."""
-        sql = _SNAPSHOT_SQL.replace("a.attempt = r.attempt", "a.attempt < r.attempt")
-        return [_record(row) for row in self.db.execute(sql + " ORDER BY r.number, a.attempt")]
+        sql = SNAPSHOT_SQL.replace("a.attempt = r.attempt", "a.attempt < r.attempt")
+        return [record_of(row) for row in self.db.execute(sql + " ORDER BY r.number, a.attempt")]
 
     def earlier_histories(self) -> dict[tuple[str, int], dict[str, Series]]:
         """The histories of `earlier_attempts` by (run key, attempt), apart from `histories()`."""
         version = (self.db.execute("PRAGMA data_version").fetchone()[0], self._writes)
         if version != self._earlier.version:
             with _Tx(self.db, "BEGIN"):
-                self._earlier.refresh(self.db.execute, self.get_meta(_REWRITES), version)
+                self._earlier.refresh(self.db.execute, self.get_meta(REWRITES), version)
         return self._earlier.view()
 
     def events(self, key: str | None = None, since: float | None = None, limit: int | None = None) -> list[Event]:
@@ -412,6 +286,10 @@ class Store(Outbox):
             if gpu:
                 sets.append("peak_gpu=MAX(COALESCE(peak_gpu, 0), ?)")
                 args.append(max(gpu))
+            util = [s.gpu_util_pct for s in u.samples if s.gpu_util_pct is not None]
+            if util:
+                sets += ["gpu_util_sum=COALESCE(gpu_util_sum, 0) + ?", "gpu_util_n=gpu_util_n + ?"]
+                args += [sum(util), len(util)]
             if disk:
                 sets.append("min_disk=MIN(COALESCE(min_disk, 1e18), ?)")
                 args.append(min(disk))

@@ -1,0 +1,158 @@
+"""The state store's tables (`SCHEMA`, with the columns added since `ADDED_COLUMNS` and the
+metrics table's rewrite `TRIGGERS`) and how a row of runs × attempts becomes a RunRecord
+(`SNAPSHOT_SQL`, `record_of`). Pure: the statements are run by `orchestrator.state.store`."""
+
+from __future__ import annotations
+
+import json
+
+from ..model import Offsets, RunRecord, RunState
+
+__all__ = ["ADDED_COLUMNS", "REWRITES", "SCHEMA", "SCHEMA_VERSION", "SNAPSHOT_SQL", "TRIGGERS", "record_of"]
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    key TEXT PRIMARY KEY,
+    number INTEGER NOT NULL UNIQUE,
+    experiment TEXT NOT NULL,
+    spec_hash TEXT NOT NULL,
+    essence TEXT NOT NULL,
+    params TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    orphaned INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    key TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    cluster TEXT NOT NULL DEFAULT '',
+    job_id TEXT NOT NULL DEFAULT '',
+    host TEXT NOT NULL DEFAULT '',
+    run_dir TEXT NOT NULL DEFAULT '',
+    spec_hash TEXT NOT NULL DEFAULT '',
+    command TEXT NOT NULL DEFAULT '',
+    intent INTEGER NOT NULL DEFAULT 1,
+    parent INTEGER,
+    code_hash TEXT NOT NULL DEFAULT '',
+    git_commit TEXT NOT NULL DEFAULT '',
+    git_dirty INTEGER NOT NULL DEFAULT 0,
+    submitted_at REAL,
+    started_at REAL,
+    ended_at REAL,
+    exit_code INTEGER,
+    heartbeat_at REAL,
+    stop_requested TEXT NOT NULL DEFAULT '',
+    retry INTEGER NOT NULL DEFAULT 0,
+    off_stdout INTEGER NOT NULL DEFAULT 0,
+    off_stderr INTEGER NOT NULL DEFAULT 0,
+    off_metrics INTEGER NOT NULL DEFAULT 0,
+    off_resources INTEGER NOT NULL DEFAULT 0,
+    step INTEGER,
+    last TEXT NOT NULL DEFAULT '{}',
+    best TEXT NOT NULL DEFAULT '{}',
+    peak_rss REAL,
+    peak_gpu REAL,
+    gpu_util_sum REAL,
+    gpu_util_n INTEGER NOT NULL DEFAULT 0,
+    min_disk REAL,
+    PRIMARY KEY (key, attempt)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    key TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    step INTEGER,
+    value REAL,
+    time REAL,
+    source TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS metrics_by_run ON metrics (key, attempt, name);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    key TEXT NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    kind TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_by_run ON events (key);
+CREATE TABLE IF NOT EXISTS overrides (
+    key TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    spec_hash TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    time REAL NOT NULL,
+    resume INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    payload TEXT NOT NULL DEFAULT '{}',
+    sent_at REAL,
+    tries INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL DEFAULT 'queued',
+    message_id TEXT NOT NULL DEFAULT '',
+    sender TEXT NOT NULL DEFAULT '',
+    recipients TEXT NOT NULL DEFAULT '',
+    eml TEXT NOT NULL DEFAULT '',
+    message BLOB
+);
+"""
+
+SNAPSHOT_SQL = """
+SELECT r.key, r.number, r.experiment, r.spec_hash, r.essence, r.params, r.orphaned,
+       a.attempt, a.state, a.reason, a.cluster, a.job_id, a.host, a.run_dir,
+       a.submitted_at, a.started_at, a.ended_at, a.exit_code, a.git_commit, a.git_dirty,
+       a.intent, a.last, a.best, a.step, a.heartbeat_at, a.command, a.peak_rss, a.peak_gpu,
+       a.min_disk, a.parent, a.code_hash, a.off_stdout, a.off_stderr, a.off_metrics,
+       a.off_resources, a.stop_requested, a.retry, a.gpu_util_sum, a.gpu_util_n
+FROM runs r JOIN attempts a ON a.key = r.key AND a.attempt = r.attempt
+"""
+
+
+def _loads(text: str) -> dict[str, float]:
+    if not text or text == "{}":
+        return {}
+    return {k: float(v) for k, v in json.loads(text).items()}
+
+
+def record_of(row: tuple) -> RunRecord:
+    """The RunRecord of a row of `SNAPSHOT_SQL`."""
+    return RunRecord(
+        key=row[0], number=row[1], experiment=row[2], spec_hash=row[3], essence=row[4],
+        params=tuple((k, v) for k, v in json.loads(row[5])), orphaned=bool(row[6]),
+        attempt=row[7], state=RunState(row[8]), reason=row[9], cluster=row[10], job_id=row[11],
+        host=row[12], run_dir=row[13], submitted_at=row[14], started_at=row[15],
+        ended_at=row[16], exit_code=row[17], git_commit=row[18], git_dirty=bool(row[19]),
+        intent=bool(row[20]), last=_loads(row[21]), best=_loads(row[22]), step=row[23],
+        heartbeat_at=row[24], command=row[25], peak_rss_mb=row[26], peak_gpu_mem_mb=row[27],
+        min_disk_free_mb=row[28], parent_attempt=row[29], code_hash=row[30],
+        offsets=Offsets(row[31], row[32], row[33], row[34]), stop_requested=row[35], retry=row[36],
+        mean_gpu_util_pct=row[37] / row[38] if row[38] else None,
+    )
+
+
+# The metrics table is append-only (nothing in nero updates or deletes a point), which lets
+# a Store read only the rows added since its last read. Should anything change or delete
+# rows all the same (a hand edit, a future clean-up), these triggers count it, and every
+# Store that sees the count change reads the table afresh.
+REWRITES = "metrics_rewrites"
+TRIGGERS = {
+    f"metrics_{event.lower()}": (
+        f"CREATE TRIGGER IF NOT EXISTS metrics_{event.lower()} AFTER {event} ON metrics BEGIN "
+        f"INSERT OR REPLACE INTO meta VALUES ('{REWRITES}', "
+        f"COALESCE((SELECT value FROM meta WHERE key = '{REWRITES}'), 0) + 1); END"
+    )
+    for event in ("UPDATE", "DELETE")
+}
+
+# columns added after a store's first release: a store that lacks one gets it (name → type)
+ADDED_COLUMNS = {"attempts": {"gpu_util_sum": "REAL", "gpu_util_n": "INTEGER NOT NULL DEFAULT 0"}}
