@@ -5,6 +5,8 @@
     │                      carries every Problem at once, each with its cell
     ├── ExpressionError    a rule or selector does not parse or cannot be evaluated
     ├── StateError         the state store is unusable (locked, newer schema, corrupt)
+    ├── DiskError          a disk nero writes to is full or read-only (exit 3); nothing
+    │                      was lost, and nero resumes once it can write again
     ├── BackendError       a cluster could not be reached or a scheduler command failed;
     │                      carries the cluster's name and what to do next
     └── TemplateError      a job template is missing or uses an undefined variable
@@ -18,8 +20,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .model import Problem
+from .units import format_megabytes
 
-__all__ = ["NeroError", "WorkbookError", "ExpressionError", "StateError", "BackendError", "TemplateError"]
+__all__ = ["NeroError", "WorkbookError", "ExpressionError", "StateError", "DiskError", "BackendError", "TemplateError"]
 
 
 class NeroError(Exception):
@@ -51,6 +54,35 @@ class ExpressionError(NeroError):
 
 class StateError(NeroError):
     pass
+
+
+class DiskError(NeroError):
+    """Nero could not write `path` because its disk is full or mounted read-only.
+
+    What nero writes is whole or not at all (SQLite transactions, atomic file writes), so
+    this never leaves state half-written: the message says so, and never advises moving
+    the state aside. `files.disk_error` builds it with the mount point and its space."""
+
+    exit_code = 3
+    INTACT = "Nothing was lost: nero's state is intact; free space and nero resumes."
+
+    def __init__(self, path: str, mount: str, free: int, total: int, needed: int, read_only: bool = False,
+                 detail: str = ""):
+        self.path, self.mount, self.free, self.total = path, mount, free, total
+        self.needed, self.read_only, self.detail = needed, read_only, detail
+        why = f" ({detail})" if detail else ""
+        if read_only:
+            text = (f"cannot write {path}: the file system mounted at {mount} is read-only{why}. "
+                    "Remount it read-write (or move the project to a writable disk) and run nero again. "
+                    "Nothing was lost: nero's state is intact.")
+        else:
+            text = (f"cannot write {path}: the disk is full{why}: {_mb(free)} free of {_mb(total)} on {mount}; "
+                    f"nero needs at least {_mb(needed)} free there. {self.INTACT}")
+        super().__init__(text)
+
+
+def _mb(n: int) -> str:
+    return format_megabytes(max(0, n) / 2**20) if n >= 2**20 or n == 0 else f"{max(0, n) // 1024} KB"
 
 
 class BackendError(NeroError):

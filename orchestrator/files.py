@@ -6,26 +6,73 @@ synced so the rename survives a power cut. A reader therefore sees the old file 
 one, never half of either; a crash leaves at most a hidden temporary file, which
 `remove_stale_temporaries` clears.
 
+It is also the home of what a full or read-only disk means to nero: `disk_error` turns an
+error from a write (OSError, or SQLite's) into a `DiskError` naming the path, its mount
+point, the space there and what nero needs; `write_atomically` raises that itself.
+
 The job-side agent (`backends/agent.py`) runs on clusters with nothing but the standard
 library and keeps its own copy of this rule, as ARCHITECTURE.md explains.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["TEMP_SUFFIX", "remove_stale_temporaries", "sync_folder", "temporary_beside", "write_atomically"]
+from .errors import DiskError
+
+__all__ = ["NEEDED_BYTES", "STALE_AFTER_S", "TEMP_SUFFIX", "disk_error", "remove_stale_temporaries", "sync_folder",
+           "temporary_beside", "write_atomically"]
 
 TEMP_SUFFIX = ".tmp"
+NEEDED_BYTES = 16 * 2**20  # the free space nero asks for: a pass's state writes and a results file
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_FULL_SQLITE = {"SQLITE_FULL"}
+_READ_ONLY_SQLITE = {"SQLITE_READONLY", "SQLITE_READONLY_DIRECTORY", "SQLITE_READONLY_DBMOVED"}
+
+
+def disk_error(path: str | Path, error: BaseException | None = None, needed: int = NEEDED_BYTES) -> DiskError | None:
+    """The DiskError `error` (raised writing `path`) stands for, or None when the disk is
+    neither full nor read-only. An error that says so (ENOSPC, EDQUOT, EROFS, SQLITE_FULL,
+    SQLITE_READONLY) is one whatever the space now; a vaguer one (SQLite's "disk I/O
+    error") is one when the file system is read-only or has less than `needed` bytes free."""
+    path = Path(path).absolute()
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        st = os.statvfs(probe)
+    except OSError:
+        return None
+    code = getattr(error, "errno", None)
+    name = str(getattr(error, "sqlite_errorname", ""))
+    free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+    read_only = code == errno.EROFS or name in _READ_ONLY_SQLITE or bool(st.f_flag & os.ST_RDONLY)
+    full = code in _FULL_ERRNOS or name in _FULL_SQLITE or free < needed
+    if not (read_only or full):
+        return None
+    detail = os.strerror(code) if code else (str(error) if error is not None else "")
+    return DiskError(str(path), _mount_point(probe), free, total, needed, read_only=read_only, detail=detail)
+
+
+def _mount_point(path: Path) -> str:
+    path = path.resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return str(path)
 
 
 def temporary_beside(path: Path, suffix: str = TEMP_SUFFIX) -> Path:
-    """A new, empty, hidden file next to `path` (same folder, so a rename is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    """A new, empty, hidden file next to `path` (same folder, so a rename is atomic);
+    DiskError when the disk is full or read-only."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as e:
+        raise disk_error(path, e) or e from e
     os.close(fd)
     return Path(name)
 
@@ -50,7 +97,8 @@ def write_atomically(path: str | Path, data: bytes | str | Callable[[Path], None
     temporary file it is given), atomically and, unless `durable=False`, synced to disk.
     The file gets `mode`, else the mode the umask gives a new file, never `mkstemp`'s
     private 0600. `durable=False` keeps the atomicity against a killed process, not
-    against a power cut: for files rewritten often that are cheap to lose (job scripts)."""
+    against a power cut: for files rewritten often that are cheap to lose (job scripts).
+    A full or read-only disk raises DiskError (the old file is left as it was)."""
     path = Path(path)
     tmp = temporary_beside(path)
     try:
@@ -63,17 +111,24 @@ def write_atomically(path: str | Path, data: bytes | str | Callable[[Path], None
                 os.fsync(f.fileno())
         os.chmod(tmp, mode if mode is not None else _umask_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and (trouble := disk_error(path, e)) is not None:
+            raise trouble from e
         raise
     if durable:
         sync_folder(path.parent)
     return path
 
 
-def remove_stale_temporaries(path: str | Path, older_than_s: float = 3600.0,
+STALE_AFTER_S = 600.0  # a temporary file this old is no live writer's
+
+
+def remove_stale_temporaries(path: str | Path, older_than_s: float = STALE_AFTER_S,
                              now: float | None = None) -> list[Path]:
-    """Remove the temporary files a killed writer of `path` left behind; return them."""
+    """Remove the temporary files (`.NAME.*`: `.tmp`, `.base`, …) a killed writer of
+    `path` left behind; return them. Those younger than `older_than_s` may be a concurrent
+    writer's and are left alone."""
     import time
 
     path = Path(path)

@@ -177,15 +177,21 @@ class Project:
     @contextmanager
     def exclusive(self) -> Iterator[bool]:
         """The project's reconcile lock (one reconciling process at a time), held while the
-        block runs if no other process holds it; yields whether this one got it. Never waits."""
+        block runs if no other process holds it; yields whether this one got it. Never waits.
+        DiskError when the lock file cannot be created (read-only or full disk)."""
         from filelock import FileLock, Timeout
 
-        lock = FileLock(str(self.paths.reconcile_lock))
+        from .files import disk_error
+
+        path = self.paths.reconcile_lock
+        lock = FileLock(str(path))
         try:
             lock.acquire(timeout=0)
         except Timeout:
             yield False
             return
+        except OSError as e:  # a read-only or full disk: say so, with what to do
+            raise disk_error(path, e) or NeroError(f"cannot take the reconcile lock {path}: {e}") from e
         try:
             yield True
         finally:

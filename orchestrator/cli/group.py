@@ -33,7 +33,19 @@ WORKBOOK_ARG = click.argument("workbook", required=False, metavar="[WORKBOOK]")
 WORKBOOK_OPTION = click.option("-w", "--workbook", default=None, help="The experiments workbook (file or folder).")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """The `nero` group: a NeroError that reaches it (a full or read-only disk, a state
+    store that does not open) is printed as its one message with its exit code, never as
+    a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except NeroError as e:
+            fail(e)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="nero")
 def main() -> None:
     """nero: the experiments workbook is the control panel.

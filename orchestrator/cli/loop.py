@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..errors import NeroError
+from ..errors import DiskError, NeroError
 from ..project import Project
 from .console import console, print_report
 from .group import WORKBOOK_ARG, fail, main, open_project, warn
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ..model import Plan
     from ..reconcile import PassReport
 
-__all__ = ["DigestLoop", "print_plan_summary", "reconcile"]
+__all__ = ["DigestLoop", "DiskWait", "print_plan_summary", "reconcile"]
 
 
 @main.command()
@@ -36,7 +36,9 @@ def reconcile(workbook: str | None, watch: bool, interval: float | None, until_d
     One pass by default. With --watch it loops, re-reading the workbook only when it
     changed; a workbook that becomes invalid or is open in Excel keeps the last good plan.
     Ctrl-C ends the loop, never the jobs: they keep running and the next reconcile picks
-    them up. Exit code 2 when the workbook is invalid (nothing is touched then).
+    them up. Exit code 2 when the workbook is invalid (nothing is touched then); 3 when a
+    disk nero writes to is full or read-only (nothing is lost then; the loop instead says
+    so once, waits and resumes when it can write again).
     """
     with open_project(workbook) as project, project.exclusive() as held:
         if not held:
@@ -94,7 +96,13 @@ def _loop(project: Project, interval: float | None, until_done: bool, prune: boo
         progress.start()
         task = progress.add_task("", total=None)
 
+    disk = DiskWait(every)
+
     def tick() -> None:
+        with disk:
+            _tick()
+
+    def _tick() -> None:
         for w in project.load(keep_last_good=True):
             warn(w)
         report = project.reconcile(prune=prune)
@@ -131,6 +139,30 @@ def _loop(project: Project, interval: float | None, until_done: bool, prune: boo
         click.echo(f"{len(bad)} run{'s' if len(bad) != 1 else ''} did not complete: " +
                    ", ".join(f"{r.key} ({r.state.value})" for r in bad[:10]), err=True)
         sys.exit(1)
+
+
+class DiskWait:
+    """What the loop does while a disk nero writes to is full or read-only: the pass that
+    hits it stops there (its transaction rolled back, nothing lost), the message is printed
+    once, and every later pass tries again until one goes through, which is said too."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.since: float | None = None
+
+    def __enter__(self) -> DiskWait:
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
+        if isinstance(exc, DiskError):
+            if self.since is None:
+                self.since = time.monotonic()
+                warn(f"{exc}\nThe loop keeps running and tries again every {self.every:g} s.")
+            return True
+        if exc is None and self.since is not None:
+            click.echo(f"nero can write again after {time.monotonic() - self.since:.0f} s; resuming.", err=True)
+            self.since = None
+        return False
 
 
 class DigestLoop:

@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..errors import NeroError
-from ..files import temporary_beside, write_atomically
+from ..errors import DiskError, NeroError
+from ..files import disk_error, remove_stale_temporaries, temporary_beside, write_atomically
 from ..model import ResultsInput
 from .curves import write_curves
 from .ooxml import CannotReuse, Cells, Existing, assemble
@@ -40,8 +40,11 @@ def write_results(path: str | Path, data: ResultsInput, *, charts: bool | None =
     `remote_hosts` maps the name of each non-local cluster to its ssh host, so a remote
     run directory shows as `host:path` text rather than a local link; without it, a run
     on cluster `local` (or none) or whose directory exists here is local.
+    Temporary files of killed writers older than `files.STALE_AFTER_S` are removed; a
+    full or read-only disk raises DiskError.
     """
     path = Path(path)
+    remove_stale_temporaries(path)  # what writers killed mid-write left (`.tmp`, `.base`)
     view = View(data, remote_hosts)
     summary_fp, curves_fp = view.fingerprints()
     old = Existing.open(path)
@@ -55,14 +58,22 @@ def write_results(path: str | Path, data: ResultsInput, *, charts: bool | None =
     try:
         write_atomically(path, lambda tmp: _build(tmp, base, view, summary_fp, curves_fp, reuse))
     except (OSError, CannotReuse) as exc:
-        raise NeroError(f"cannot write the results workbook {path}: {exc}") from exc
+        raise _disk_trouble(path, exc) or NeroError(f"cannot write the results workbook {path}: {exc}") from exc
     except Exception as exc:
-        if type(exc).__module__.startswith("xlsxwriter"):
-            raise NeroError(f"cannot write the results workbook {path}: {exc}") from exc
+        if type(exc).__module__.startswith("xlsxwriter"):  # FileCreateError wraps the OSError
+            raise _disk_trouble(path, exc) or NeroError(f"cannot write the results workbook {path}: {exc}") from exc
         raise
     finally:
         base.unlink(missing_ok=True)
     return True
+
+
+def _disk_trouble(path: Path, exc: BaseException) -> DiskError | None:
+    """The DiskError behind `exc` (an OSError, or one xlsxwriter wrapped), if any."""
+    for e in (exc, *exc.args, exc.__cause__, exc.__context__):
+        if isinstance(e, OSError):
+            return disk_error(path, e)
+    return None
 
 
 def _build(out: Path, base: Path, view: View, summary_fp: str, curves_fp: str,

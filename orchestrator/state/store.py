@@ -16,6 +16,11 @@ Metric histories are what the loop reads most (rules and the results workbook, e
 pass): each Store keeps those of the runs' current attempts as compact Series and reads
 only the metric rows added since its last read (the table is append-only), see
 `Store.histories`; those of earlier attempts only on request (`Store.earlier_histories`).
+
+A full or read-only disk is no damage: every statement that fails for it rolls its
+transaction back and raises `DiskError` (see `files.disk_error`), which says the state is
+intact. Only a store that fails SQLite's own `PRAGMA integrity_check` is called damaged
+and worth moving aside.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..errors import StateError
+from ..errors import DiskError, StateError
+from ..files import disk_error
 from ..model import (
     Event,
     NewAttempt,
@@ -60,7 +66,10 @@ class Store(Outbox):
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise disk_error(self.path.parent, e) or StateError(f"cannot create {self.path.parent}: {e}") from e
         self._writes = 0
         self._cache: tuple[tuple[int, int], dict[str, RunRecord]] | None = None
         # The histories of every run's current attempt, from the metric rows up to rowid
@@ -71,13 +80,22 @@ class Store(Outbox):
         self._rewrites: str | None = None
         self._earlier = EarlierHistories()  # of the attempts before each run's current one
         try:
-            self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+            self.db = _Guarded(sqlite3.connect(str(self.path), timeout=30, isolation_level=None), self.path)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
+        except DiskError:
+            self._close_quietly()
+            raise
         except sqlite3.DatabaseError as e:
-            raise StateError(f"state store {self.path} is unusable: {e}; move it aside to start afresh (runs keep going, but nero forgets them)") from None
+            self._close_quietly()
+            raise _unusable(self.path, e) from None
+
+    def _close_quietly(self) -> None:
+        db = getattr(self, "db", None)
+        if db is not None:
+            db.close()
 
     def _migrate(self) -> None:
         row = None
@@ -360,11 +378,53 @@ class Store(Outbox):
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
 
+def _unusable(path: Path, error: sqlite3.Error) -> StateError:
+    """A store that does not open for a reason other than its disk: damaged only if SQLite's
+    integrity check says so (then, and only then, moving it aside is the advice)."""
+    try:
+        con = sqlite3.connect(path.absolute().as_uri() + "?mode=ro", uri=True, timeout=5)
+        try:
+            verdict = [str(row[0]) for row in con.execute("PRAGMA integrity_check").fetchmany(3)]
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        verdict = [f"the check could not run: {e}"]
+    if verdict == ["ok"]:
+        return StateError(f"state store {path} cannot be used now: {error}. Its integrity check passed, so "
+                          "keep it: nothing in it was lost; fix what the error names and run nero again")
+    return StateError(f"state store {path} is damaged: {error}; integrity check: {'; '.join(verdict)}. "
+                      "Move it aside to start afresh (runs keep going, but nero forgets them)")
+
+
+class _Guarded:
+    """The store's sqlite3 connection, whose statements raise DiskError for a full or
+    read-only disk (SQLite has rolled the statement back; `_Tx` rolls back the rest)."""
+
+    def __init__(self, con: sqlite3.Connection, path: Path):
+        self.con, self.path = con, path
+
+    def execute(self, sql: str, args: Sequence[object] = ()) -> sqlite3.Cursor:
+        try:
+            return self.con.execute(sql, args)
+        except sqlite3.Error as e:
+            raise disk_error(self.path, e) or e from e
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> sqlite3.Cursor:
+        try:
+            return self.con.executemany(sql, rows)
+        except sqlite3.Error as e:
+            raise disk_error(self.path, e) or e from e
+
+    def close(self) -> None:
+        self.con.close()
+
+
 class _Tx:
     """A transaction: a write transaction (IMMEDIATE: it takes the write lock at once), or
-    with `begin="BEGIN"` a read transaction whose statements see one state of the database."""
+    with `begin="BEGIN"` a read transaction whose statements see one state of the database.
+    A failed statement or commit rolls the whole transaction back."""
 
-    def __init__(self, db: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE"):
+    def __init__(self, db: _Guarded, begin: str = "BEGIN IMMEDIATE"):
         self.db = db
         self.begin = begin
 
@@ -373,6 +433,20 @@ class _Tx:
         return self.db
 
     def __exit__(self, exc_type, exc, tb):
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self.db.execute("COMMIT")
+                return False
+            except BaseException:
+                self._rollback()
+                raise
+        self._rollback()
         return False
+
+    def _rollback(self) -> None:
+        if self.db.con.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+            try:
+                self.db.con.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
