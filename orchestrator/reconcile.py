@@ -599,6 +599,7 @@ class Reconciler:
 
         assert self.workbook is not None
         remote = {c.name: c.host for c in self.workbook.clusters if c.kind is not ClusterKind.LOCAL and c.host}
+        self._results_fingerprint = ""  # a write that fails (a full disk) is tried again next pass
         written = write_results(self.results_path(), self.results_input(plan), charts=charts, remote_hosts=remote)
         self._results_fingerprint = "written"
         return written

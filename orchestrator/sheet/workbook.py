@@ -100,14 +100,41 @@ def _load(path: Path, problems: Problems) -> tuple[list[str], dict[str, Sheet]]:
     return titles, sheets
 
 
+_OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # an OLE2 compound file: old .xls, or encrypted OOXML
+_ENCRYPTED = ("EncryptionInfo".encode("utf-16-le"), "EncryptedPackage".encode("utf-16-le"))
+
+
 def _unreadable(path: Path, error: Exception) -> str:
-    if path.suffix.lower() == ".xls":
+    kind = _compound_kind(path)
+    if kind == "encrypted":
+        return ("the workbook is password-protected (encrypted), so nero cannot read it; remove the password "
+                "(in Excel: File > Info > Protect Workbook > Encrypt with Password, clear it) and save it again")
+    if kind == "xls" or path.suffix.lower() == ".xls":
         return "this is an old .xls file; save it as an Excel Workbook (.xlsx) and point nero at that"
     if path.suffix.lower() not in (".xlsx", ".xlsm"):
         return f"{path.name} is not an .xlsx workbook ({error}); save the sheet as Excel Workbook (.xlsx)"
     return (f"the file cannot be read as an .xlsx workbook ({type(error).__name__}: {error}); "
             "it may be half-saved or damaged: save it again from Excel or LibreOffice, "
             "or restore a good copy")
+
+
+def _compound_kind(path: Path) -> str | None:
+    """"encrypted" or "xls" for an OLE2 compound file (an encrypted .xlsx names its
+    streams EncryptionInfo and EncryptedPackage), None for anything else. Reads the file in
+    1 MiB pieces, so memory stays small whatever its size."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != _OLE2:
+                return None
+            tail = b""
+            while chunk := f.read(2**20):
+                window = tail + chunk
+                if any(name in window for name in _ENCRYPTED):
+                    return "encrypted"
+                tail = window[-64:]
+    except OSError:
+        return None
+    return "xls"
 
 
 _Formulas = dict[tuple[str, int, int], str]  # (sheet, row, column) -> formula text
