@@ -36,9 +36,11 @@ _READ_ONLY_SQLITE = {"SQLITE_READONLY", "SQLITE_READONLY_DIRECTORY", "SQLITE_REA
 
 def disk_error(path: str | Path, error: BaseException | None = None, needed: int = NEEDED_BYTES) -> DiskError | None:
     """The DiskError `error` (raised writing `path`) stands for, or None when the disk is
-    neither full nor read-only. An error that says so (ENOSPC, EDQUOT, EROFS, SQLITE_FULL,
-    SQLITE_READONLY) is one whatever the space now; a vaguer one (SQLite's "disk I/O
-    error") is one when the file system is read-only or has less than `needed` bytes free."""
+    neither full nor read-only. An error that says so (ENOSPC, EDQUOT, EROFS, SQLITE_FULL)
+    is one whatever the space now; a vaguer one (EIO, SQLite's "disk I/O error" or "unable
+    to open database file", SQLITE_READONLY) is one when the file system is mounted
+    read-only or has less than `needed` bytes free. Anything else (a permission denied, a
+    damaged database) is not the disk's doing: None."""
     path = Path(path).absolute()
     probe = path
     while not probe.exists() and probe != probe.parent:
@@ -49,9 +51,12 @@ def disk_error(path: str | Path, error: BaseException | None = None, needed: int
         return None
     code = getattr(error, "errno", None)
     name = str(getattr(error, "sqlite_errorname", ""))
+    # Errors that may mean a full or read-only disk without saying so: then the disk decides.
+    vague = error is None or code == errno.EIO or name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN"))
     free, total = st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
-    read_only = code == errno.EROFS or name in _READ_ONLY_SQLITE or bool(st.f_flag & os.ST_RDONLY)
-    full = code in _FULL_ERRNOS or name in _FULL_SQLITE or free < needed
+    mounted_ro = bool(st.f_flag & os.ST_RDONLY)
+    read_only = code == errno.EROFS or (mounted_ro and (vague or name in _READ_ONLY_SQLITE))
+    full = code in _FULL_ERRNOS or name in _FULL_SQLITE or (vague and free < needed)
     if not (read_only or full):
         return None
     detail = os.strerror(code) if code else (str(error) if error is not None else "")

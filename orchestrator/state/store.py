@@ -388,7 +388,11 @@ def _unusable(path: Path, error: sqlite3.Error) -> StateError:
         finally:
             con.close()
     except sqlite3.Error as e:
-        verdict = [f"the check could not run: {e}"]
+        if not str(getattr(e, "sqlite_errorname", "")).startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+            return StateError(f"state store {path} cannot be opened: {error} (its integrity check could not run: "
+                              f"{e}); fix what the error names (permissions, a lock) and run nero again. Keep the "
+                              "file: nothing says it is damaged")
+        verdict = [str(e)]
     if verdict == ["ok"]:
         return StateError(f"state store {path} cannot be used now: {error}. Its integrity check passed, so "
                           "keep it: nothing in it was lost; fix what the error names and run nero again")
