@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import keyword
 import math
+import re
+from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 
@@ -45,16 +47,20 @@ from ..tokens import Token, tokenize
 from ..units import parse_duration_literal
 from .tree import (
     BUILTIN_NAMES,
+    STATE_WORDS,
     Arith,
     Bool,
     Call,
     Compare,
     Expr,
+    Glob,
     Logic,
     Name,
     Neg,
     Not,
     Num,
+    Numbers,
+    States,
     Str,
     max_depth,
     walk,
@@ -109,10 +115,13 @@ _PYTHON_ONLY = frozenset(k for k in keyword.kwlist if k not in ("and", "or", "no
 
 
 class _Source:
-    """The text being parsed and the slice of it that is one expression."""
+    """The text being parsed and the slice of it that is one expression; in a selector, the
+    run conditions (`Numbers`, `States`, `Glob`) found in it, by position."""
 
-    def __init__(self, text: str, start: int, end: int, label: str):
+    def __init__(self, text: str, start: int, end: int, label: str, selector: bool = False):
         self.text, self.start, self.end, self.label = text, start, end, label
+        self.selector = selector
+        self.atoms: dict[int, Expr] = {}
 
     def error(self, message: str, pos: int | None) -> ExpressionError:
         prefix = f"{self.label}: " if self.label else ""
@@ -123,9 +132,12 @@ def _expression_tokens(src: _Source) -> list[Token]:
     """The tokens of one expression; anything the language does not allow is an error here."""
     text, end = src.text, src.end
     tokens: list[Token] = []
-    for tok in tokenize(text, src.start, end):
+    raw = tokenize(text, src.start, end)
+    for tok in _run_conditions(src, raw) if src.selector else raw:
         kind, i = tok.kind, tok.pos
-        if kind == "quantity":
+        if kind == "run":
+            pass
+        elif kind == "quantity":
             seconds = parse_duration_literal(tok.text)
             if seconds is None:
                 raise src.error(
@@ -155,12 +167,122 @@ def _expression_tokens(src: _Source) -> list[Token]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Run conditions: the words a selector adds to the language
+
+_WORD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-*?=+@/:%[]")
+_RANGE = re.compile(r"#?(\d+)(?:\s*-\s*#?(\d+))?")
+_EXPERIMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+_CONNECTIVES = frozenset({"and", "or", "not"})
+
+
+def _word_end(text: str, i: int, end: int) -> int:
+    """Where the word of glob characters from `i` ends; a ',' is part of it inside a `[...]`
+    that closes (`demo[lr=0.1,layers=2]`)."""
+    depth = 0
+    while i < end:
+        c = text[i]
+        if c == ",":
+            close = text.find("]", i, end)
+            if not depth or close < 0 or any(ch != "," and ch not in _WORD_CHARS or ch == "[" for ch in text[i:close]):
+                break
+        elif c not in _WORD_CHARS:
+            break
+        elif c == "[":
+            depth += 1
+        elif c == "]":
+            depth = max(0, depth - 1)
+        i += 1
+    return i
+
+
+def _ends_condition(tokens: list[Token], k: int) -> bool:
+    """Whether the tokens from k, after any ')', end a condition: the end, 'and' or 'or'."""
+    while tokens[k].kind == "op" and tokens[k].text == ")":
+        k += 1
+    tok = tokens[k]
+    return tok.kind == "end" or (tok.kind == "name" and tok.text.lower() in ("and", "or"))
+
+
+def _run_condition(src: _Source, tokens: list[Token], starts: list[int], k: int) -> tuple[Expr, int] | None:
+    """The run condition written from token k, which begins a condition, and where it ends
+    (`starts`: where each token begins)."""
+    text, pos, end = src.text, tokens[k].pos, src.end
+    after = lambda stop: bisect_left(starts, stop, k)  # noqa: E731  the first token from `stop`
+    m = _RANGE.match(text, pos, end)
+    if m and (m.end() == end or text[m.end()] not in _WORD_CHARS) and _ends_condition(tokens, after(m.end())):
+        low = int(m.group(1))
+        high = int(m.group(2)) if m.group(2) else low
+        if high < low:
+            raise src.error(f"the range {m.group(0)!r} runs backwards; write {high}-{low}", pos)
+        return Numbers(low, high), m.end()
+    stop = _word_end(text, pos, end)
+    word = text[pos:stop]
+    if not word or "==" in word or not _ends_condition(tokens, after(stop)):
+        return None
+    if word.lower() in STATE_WORDS:
+        return States(word.lower()), stop
+    if word.lower() in _KEYWORDS or not (any(c in word for c in "*?[]") or _EXPERIMENT_ID.fullmatch(word)):
+        return None
+    if "=" in word:  # a comparison written without spaces (a*b=c) stays one
+        try:
+            parse_at(text, pos, stop)
+            return None
+        except ExpressionError:
+            pass
+    if "**" in word:
+        raise src.error(f"{word!r}: '**' is not supported (there is no power operator, and in a glob one '*' "
+                        "matches any text)", pos + word.index("**"))
+    if "__" in word:
+        raise src.error(f"{word!r} looks like Python attribute access; selectors match run ids, write '?' for each "
+                        "'_' if an id really contains '__'", pos + word.index("__"))
+    return Glob(word), stop
+
+
+def _run_conditions(src: _Source, tokens: list[Token]) -> list[Token]:
+    """The tokens with each run condition of a selector (`12-18`, `failed`, `lr-sweep*`) made
+    one `run` token. A run condition stands where a condition begins (at the start, after
+    'and', 'or', 'not' or a '(' there, never inside a function's parentheses or after an
+    operator) and ends one (before the end, 'and', 'or' or ')'): `demo*` in `demo* and loss > 1`,
+    not `lr` in `lr == 0.1`."""
+    out: list[Token] = []
+    starts = [t.pos for t in tokens]
+    groups: list[bool] = []  # per open '(': whether conditions begin inside it
+    begins, k = True, 0
+    while k < len(tokens):
+        tok = tokens[k]
+        if begins and all(groups) and tok.kind != "end":
+            found = _run_condition(src, tokens, starts, k)
+            if found is not None:
+                node, stop = found
+                src.atoms[tok.pos] = node
+                out.append(Token("run", src.text[tok.pos:stop], tok.pos, src.text[tok.pos:stop]))
+                while tokens[k].pos < stop and tokens[k].kind != "end":
+                    k += 1
+                begins = False
+                continue
+        if tok.kind == "op" and tok.text == "(":
+            prev = out[-1] if out else None
+            call = prev is not None and prev.kind == "name" and prev.text.lower() not in _CONNECTIVES
+            groups.append(begins and not call)
+            begins = groups[-1]
+        elif tok.kind == "op" and tok.text == ")":
+            if groups:
+                groups.pop()
+            begins = False
+        else:
+            begins = tok.kind == "name" and tok.text.lower() in _CONNECTIVES
+        out.append(tok)
+        k += 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # The parser
 
 
 def _kind(node: Expr) -> str:
     """"bool" for conditions, "value" for values, "either" for true/false."""
-    if isinstance(node, Compare | Logic | Not):
+    if isinstance(node, Compare | Logic | Not | Numbers | States | Glob):
         return "bool"
     if isinstance(node, Call):
         return "bool" if node.func in _CONDITION_FUNCTIONS else "value"
@@ -338,6 +460,9 @@ class _Parser:
 
     def primary(self) -> Expr:
         tok = self.tok
+        if tok.kind == "run":
+            self.advance()
+            return self.src.atoms[tok.pos]
         if tok.kind == "num":
             self.advance()
             return Num(float(tok.value))
@@ -415,15 +540,17 @@ class _Parser:
                     raise self.error(f"plateau()'s delta is a number ≥ 0: {usage}", starts[2])
 
 
-def parse_at(text: str, start: int = 0, end: int | None = None, *, label: str = "") -> Expr:
+def parse_at(text: str, start: int = 0, end: int | None = None, *, label: str = "",
+             selector: bool = False) -> Expr:
     """Parse `text[start:end]` as a condition; errors point into the whole `text` and start
-    with `label` (e.g. "rule 2")."""
+    with `label` (e.g. "rule 2"). `selector`: one term of a run selector, where run
+    conditions (short numbers, state words, id globs) are conditions too."""
     end = len(text) if end is None else end
     if end - start > MAX_LENGTH:
         prefix = f"{label}: " if label else ""
         raise ExpressionError(text, f"{prefix}the expression is {end - start} characters long; "
                               f"at most {MAX_LENGTH} are allowed", start)
-    src = _Source(text, start, end, label)
+    src = _Source(text, start, end, label, selector)
     return _Parser(src, _expression_tokens(src)).parse()
 
 
