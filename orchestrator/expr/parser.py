@@ -125,7 +125,19 @@ class _Source:
 
     def error(self, message: str, pos: int | None) -> ExpressionError:
         prefix = f"{self.label}: " if self.label else ""
-        return ExpressionError(self.text, prefix + message, pos)
+        return ExpressionError(self.text, prefix + message + self.glob_hint(), pos)
+
+    def glob_hint(self) -> str:
+        """In a selector, for a glob written where a value stands (`demo* > 1`), how to write it."""
+        if not self.selector:
+            return ""
+        for m in _GLOB_WORD.finditer(self.text, self.start, self.end):
+            word = m.group(0)
+            if m.start() not in self.atoms and "==" not in word and (
+                    any(c in word for c in "?[]") or word[0] == "*" or word[-1] == "*"):
+                return (f"; {word!r} is an id glob only where a condition stands: on its own or with and, or, "
+                        f"not (e.g. '{word} and loss > 1')")
+        return ""
 
 
 def _expression_tokens(src: _Source) -> list[Token]:
@@ -173,6 +185,7 @@ _WORD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 _RANGE = re.compile(r"#?(\d+)(?:\s*-\s*#?(\d+))?")
 _EXPERIMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 _CONNECTIVES = frozenset({"and", "or", "not"})
+_GLOB_WORD = re.compile(r"[A-Za-z0-9_.\-*?=+@/:%\[\]]+")
 
 
 def _word_end(text: str, i: int, end: int) -> int:
