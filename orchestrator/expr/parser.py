@@ -20,6 +20,8 @@ Expressions::
     unary      := "-" unary | "+" unary | primary
     primary    := number | duration | string | "true" | "false" | "nan" | "inf"
                 | name | function "(" arguments ")" | "(" condition ")"
+                | run                                     # in a run selector only, see below
+    run        := "#"? N | "#"? N "-" "#"? N | state word | glob   # `orchestrator.expr.selectors`
 
 - numbers: `0.4`, `1e-3`, `.5`; durations are numbers of seconds: `90s`, `30m`, `2h`, `1.5d`,
   `2h30m` (`units.parse_duration_literal`). Strings: `'running'` or `"running"` (curly quotes
@@ -31,36 +33,38 @@ Expressions::
   metric names. Write `a / b` with spaces to divide. Names never start with `_`.
 - functions: `isnan(x)`, `isinf(x)`, `abs(x)`; over a metric's history: `best(m)`, `min(m)`,
   `max(m)` and `plateau(m, n[, delta])` (see `orchestrator.expr.evaluation`).
+- run conditions (`parse_at(..., selector=True)` only; rules have none): a `run` is read
+  where a condition begins (the start, after `and`, `or`, `not`, or a `(` there; never inside a
+  function's parentheses or after an operator) and ends (before the end, `and`, `or` or
+  `)`), so `demo* and loss > 1` holds a glob but `lr == 0.1`, `(a) == (b)` and `a*b=c` hold
+  none. Which words are globs: `orchestrator.expr.selectors`.
 """
 
 from __future__ import annotations
 
 import keyword
 import math
-import re
-from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 
 from ..errors import ExpressionError
 from ..tokens import Token, tokenize
 from ..units import parse_duration_literal
+from .run_conditions import glob_hint, run_conditions
 from .tree import (
     BUILTIN_NAMES,
-    STATE_WORDS,
+    KEYWORDS,
     Arith,
     Bool,
     Call,
     Compare,
     Expr,
-    Glob,
     Logic,
     Name,
     Neg,
     Not,
     Num,
-    Numbers,
-    States,
+    RunCondition,
     Str,
     max_depth,
     walk,
@@ -110,7 +114,6 @@ _FORBIDDEN = {
     ":": "unexpected ':' (nero expressions are not Python)",
     "\\": "unexpected '\\'",
 }
-_KEYWORDS = frozenset({"and", "or", "not", "true", "false", "nan", "inf", "after"})
 _PYTHON_ONLY = frozenset(k for k in keyword.kwlist if k not in ("and", "or", "not", "True", "False", "None"))
 
 
@@ -121,23 +124,15 @@ class _Source:
     def __init__(self, text: str, start: int, end: int, label: str, selector: bool = False):
         self.text, self.start, self.end, self.label = text, start, end, label
         self.selector = selector
-        self.atoms: dict[int, Expr] = {}
+        self.atoms: dict[int, RunCondition] = {}
 
-    def error(self, message: str, pos: int | None) -> ExpressionError:
+    def error(self, message: str, pos: int | None, hint: bool = True) -> ExpressionError:
         prefix = f"{self.label}: " if self.label else ""
-        return ExpressionError(self.text, prefix + message + self.glob_hint(), pos)
+        return ExpressionError(self.text, prefix + message + (self.glob_hint() if hint else ""), pos)
 
     def glob_hint(self) -> str:
         """In a selector, for a glob written where a value stands (`demo* > 1`), how to write it."""
-        if not self.selector:
-            return ""
-        for m in _GLOB_WORD.finditer(self.text, self.start, self.end):
-            word = m.group(0)
-            if m.start() not in self.atoms and "==" not in word and (
-                    any(c in word for c in "?[]") or word[0] == "*" or word[-1] == "*"):
-                return (f"; {word!r} is an id glob only where a condition stands: on its own or with and, or, "
-                        f"not (e.g. '{word} and loss > 1')")
-        return ""
+        return glob_hint(self.text, self.start, self.end, self.atoms) if self.selector else ""
 
 
 def _expression_tokens(src: _Source) -> list[Token]:
@@ -145,7 +140,9 @@ def _expression_tokens(src: _Source) -> list[Token]:
     text, end = src.text, src.end
     tokens: list[Token] = []
     raw = tokenize(text, src.start, end)
-    for tok in _run_conditions(src, raw) if src.selector else raw:
+    if src.selector:
+        raw, src.atoms = run_conditions(text, raw, end, lambda m, i: src.error(m, i, hint=False), _reads_as_comparison)
+    for tok in raw:
         kind, i = tok.kind, tok.pos
         if kind == "run":
             pass
@@ -179,123 +176,21 @@ def _expression_tokens(src: _Source) -> list[Token]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Run conditions: the words a selector adds to the language
-
-_WORD_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-*?=+@/:%[]")
-_RANGE = re.compile(r"#?(\d+)(?:\s*-\s*#?(\d+))?")
-_EXPERIMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
-_CONNECTIVES = frozenset({"and", "or", "not"})
-_GLOB_WORD = re.compile(r"[A-Za-z0-9_.\-*?=+@/:%\[\]]+")
-
-
-def _word_end(text: str, i: int, end: int) -> int:
-    """Where the word of glob characters from `i` ends; a ',' is part of it inside a `[...]`
-    that closes (`demo[lr=0.1,layers=2]`)."""
-    depth = 0
-    while i < end:
-        c = text[i]
-        if c == ",":
-            close = text.find("]", i, end)
-            if not depth or close < 0 or any(ch != "," and ch not in _WORD_CHARS or ch == "[" for ch in text[i:close]):
-                break
-        elif c not in _WORD_CHARS:
-            break
-        elif c == "[":
-            depth += 1
-        elif c == "]":
-            depth = max(0, depth - 1)
-        i += 1
-    return i
-
-
-def _ends_condition(tokens: list[Token], k: int) -> bool:
-    """Whether the tokens from k, after any ')', end a condition: the end, 'and' or 'or'."""
-    while tokens[k].kind == "op" and tokens[k].text == ")":
-        k += 1
-    tok = tokens[k]
-    return tok.kind == "end" or (tok.kind == "name" and tok.text.lower() in ("and", "or"))
-
-
-def _run_condition(src: _Source, tokens: list[Token], starts: list[int], k: int) -> tuple[Expr, int] | None:
-    """The run condition written from token k, which begins a condition, and where it ends
-    (`starts`: where each token begins)."""
-    text, pos, end = src.text, tokens[k].pos, src.end
-    after = lambda stop: bisect_left(starts, stop, k)  # noqa: E731  the first token from `stop`
-    m = _RANGE.match(text, pos, end)
-    if m and (m.end() == end or text[m.end()] not in _WORD_CHARS) and _ends_condition(tokens, after(m.end())):
-        low = int(m.group(1))
-        high = int(m.group(2)) if m.group(2) else low
-        if high < low:
-            raise src.error(f"the range {m.group(0)!r} runs backwards; write {high}-{low}", pos)
-        return Numbers(low, high), m.end()
-    stop = _word_end(text, pos, end)
-    word = text[pos:stop]
-    if not word or "==" in word or not _ends_condition(tokens, after(stop)):
-        return None
-    if word.lower() in STATE_WORDS:
-        return States(word.lower()), stop
-    if word.lower() in _KEYWORDS or not (any(c in word for c in "*?[]") or _EXPERIMENT_ID.fullmatch(word)):
-        return None
-    if "=" in word:  # a comparison written without spaces (a*b=c) stays one
-        try:
-            parse_at(text, pos, stop)
-            return None
-        except ExpressionError:
-            pass
-    if "**" in word:
-        raise src.error(f"{word!r}: '**' is not supported (there is no power operator, and in a glob one '*' "
-                        "matches any text)", pos + word.index("**"))
-    if "__" in word:
-        raise src.error(f"{word!r} looks like Python attribute access; selectors match run ids, write '?' for each "
-                        "'_' if an id really contains '__'", pos + word.index("__"))
-    return Glob(word), stop
-
-
-def _run_conditions(src: _Source, tokens: list[Token]) -> list[Token]:
-    """The tokens with each run condition of a selector (`12-18`, `failed`, `lr-sweep*`) made
-    one `run` token. A run condition stands where a condition begins (at the start, after
-    'and', 'or', 'not' or a '(' there, never inside a function's parentheses or after an
-    operator) and ends one (before the end, 'and', 'or' or ')'): `demo*` in `demo* and loss > 1`,
-    not `lr` in `lr == 0.1`."""
-    out: list[Token] = []
-    starts = [t.pos for t in tokens]
-    groups: list[bool] = []  # per open '(': whether conditions begin inside it
-    begins, k = True, 0
-    while k < len(tokens):
-        tok = tokens[k]
-        if begins and all(groups) and tok.kind != "end":
-            found = _run_condition(src, tokens, starts, k)
-            if found is not None:
-                node, stop = found
-                src.atoms[tok.pos] = node
-                out.append(Token("run", src.text[tok.pos:stop], tok.pos, src.text[tok.pos:stop]))
-                while tokens[k].pos < stop and tokens[k].kind != "end":
-                    k += 1
-                begins = False
-                continue
-        if tok.kind == "op" and tok.text == "(":
-            prev = out[-1] if out else None
-            call = prev is not None and prev.kind == "name" and prev.text.lower() not in _CONNECTIVES
-            groups.append(begins and not call)
-            begins = groups[-1]
-        elif tok.kind == "op" and tok.text == ")":
-            if groups:
-                groups.pop()
-            begins = False
-        else:
-            begins = tok.kind == "name" and tok.text.lower() in _CONNECTIVES
-        out.append(tok)
-        k += 1
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
 # The parser
+
+
+def _reads_as_comparison(text: str, start: int, end: int) -> bool:
+    """Whether `text[start:end]` is a condition of the rules language (`a*b=c`)."""
+    try:
+        parse_at(text, start, end)
+    except ExpressionError:
+        return False
+    return True
 
 
 def _kind(node: Expr) -> str:
     """"bool" for conditions, "value" for values, "either" for true/false."""
-    if isinstance(node, Compare | Logic | Not | Numbers | States | Glob):
+    if isinstance(node, Compare | Logic | Not | RunCondition):
         return "bool"
     if isinstance(node, Call):
         return "bool" if node.func in _CONDITION_FUNCTIONS else "value"
@@ -490,7 +385,7 @@ class _Parser:
             return node
         if tok.kind == "name":
             word = tok.text.lower()
-            if word in _KEYWORDS:
+            if word in KEYWORDS:
                 self.advance()
                 if word in ("true", "false"):
                     return Bool(word == "true")

@@ -19,6 +19,7 @@ from ..units import format_number
 
 __all__ = [
     "BUILTIN_NAMES",
+    "KEYWORDS",
     "STATE_WORDS",
     "Arith",
     "Bool",
@@ -33,6 +34,7 @@ __all__ = [
     "Not",
     "Num",
     "Numbers",
+    "RunCondition",
     "States",
     "Str",
     "Unary",
@@ -43,6 +45,7 @@ __all__ = [
 ]
 
 BUILTIN_NAMES = frozenset({"runtime", "step", "state", "cluster", "experiment", "id", "key"})
+KEYWORDS = frozenset({"and", "or", "not", "true", "false", "nan", "inf", "after"})  # case-insensitive
 
 STATE_WORDS: Mapping[str, frozenset[str]] = {
     **{s.value: frozenset({s.value}) for s in RunState},
@@ -86,8 +89,14 @@ class Name(Expr):
     name: str
 
 
+class RunCondition(Expr):
+    """A condition on which run it is, written as a word of a selector (no operands)."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True)
-class Numbers(Expr):
+class Numbers(RunCondition):
     """Selectors only: the runs whose short number (`nero status`) is from low to high."""
 
     low: int
@@ -95,14 +104,14 @@ class Numbers(Expr):
 
 
 @dataclass(frozen=True)
-class States(Expr):
+class States(RunCondition):
     """Selectors only: the runs in one of the states a word of `STATE_WORDS` stands for."""
 
     word: str  # lower case, a key of STATE_WORDS
 
 
 @dataclass(frozen=True)
-class Glob(Expr):
+class Glob(RunCondition):
     """Selectors only: the runs whose key or experiment id matches the pattern (`*` any
     text, `?` one character, `[` and `]` themselves)."""
 
