@@ -234,7 +234,7 @@ class Project:
         no known metric (a Metrics row or one a run produced), no parameter and no built-in
         name (`runtime`, `step`, `state`, …): a misspelt name is an error, never an empty
         selection."""
-        from .expr import ExprTerm, Facts, parse_selector
+        from .expr import Facts, parse_selector
 
         if isinstance(selector, str):
             selector = parse_selector(selector)
@@ -242,7 +242,7 @@ class Project:
         now = self.clock()
         snap = store.snapshot()
         goals = wb.goals if wb else {}
-        histories = store.histories() if any(isinstance(t, ExprTerm) for t in selector.terms) else {}
+        histories = store.histories() if selector.names() else {}
         self._check_names(selector, snap, histories)
         out = []
         for r in sorted(snap.values(), key=lambda r: r.number):
@@ -261,18 +261,31 @@ class Project:
     def _check_names(self, selector: Selector, snap: dict[str, RunRecord],
                      histories: dict[str, dict[str, Series]]) -> None:
         """A selector naming no known metric (a Metrics row or one a run produced), no
-        parameter and no built-in name is a mistake, not an empty selection: ExpressionError."""
-        asked = selector.names()
-        if not asked:
+        parameter and no built-in name is a mistake, not an empty selection; so is a plain
+        word (`loss`, read as an experiment id) that is such a name: ExpressionError, with
+        the fix (for a word that is both an id and a name too: never guessed)."""
+        asked, ids = selector.names(), selector.ids()
+        if not asked and not ids:
             return
+        from .expr import BUILTIN_NAMES
         from .metrics import unknown_metric
 
         known = self.metric_names() | {n for h in histories.values() for n in h}
         params = {str(p) for r in snap.values() for p, _ in r.params}
         params |= {str(p) for s in self._rec.specs for p, _ in s.params}
-        unknown = sorted(asked - known - params)
-        if unknown:
-            raise ExpressionError(selector.source, "; ".join(unknown_metric(n, known, params) for n in unknown))
+        problems = [unknown_metric(n, known, params) for n in sorted(asked - known - params)]
+        experiments = {r.experiment for r in snap.values()} | {s.experiment for s in self._rec.specs}
+        experiments |= set(snap) | {s.key for s in self._rec.specs}
+        for word in sorted(ids & (known | params | BUILTIN_NAMES)):
+            what = ("a metric" if word in known else "a parameter" if word in params else "a built-in name")
+            if word in experiments:
+                problems.append(f"{word!r} is both an experiment id and {what}; write \"id == '{word}'\" for "
+                                f"the experiment's runs, or compare the value, e.g. '{word} > 0'")
+            else:
+                problems.append(f"{word!r} is {what}, not an experiment id: a word on its own selects an "
+                                f"experiment's runs; compare the value, e.g. '{word} > 0'")
+        if problems:
+            raise ExpressionError(selector.source, "; ".join(problems))
 
     def metric_names(self) -> set[str]:
         """The known metrics: the Metrics rows' and those the runs' current attempts produced."""

@@ -194,3 +194,33 @@ def test_a_misspelt_metric_in_a_selector_is_an_error_naming_the_known_ones(proje
     proc = nero("status", str(project / "experiments.xlsx"), "test_error < 1 and lr > 0 and runtime >= 0 and "
                 "state == 'completed' and step == 1", "--json", check=True)
     assert [r["run"] for r in json.loads(proc.stdout)] == ["e"]
+
+
+def test_id_globs_and_conditions_combine_in_one_selector(project: Path):
+    """#13: `long* and test_error > 5` was rejected ("'and' needs a condition on its left"):
+    an id glob, a state word and a run number are conditions of the one expression language."""
+    (project / "once.py").write_text("import sys\nprint(f'epoch=1 loss={sys.argv[1]}', flush=True)\n")
+    write_workbook(project / "experiments.xlsx", [
+        {"id": "demo", "command": "python once.py {{ x }}", "x": "[0.5, 2]"},
+        {"id": "demo-b", "command": "python once.py {{ x }}", "x": 3},
+        {"id": "long", "command": "python once.py {{ x }}", "x": 5},
+        {"id": "x", "command": "python once.py 0.1"},
+    ])
+    nero("reconcile", str(project), "--until-done", "--interval", "0.3", timeout=60, check=True)
+    wb = str(project / "experiments.xlsx")
+
+    def listed(selector: str) -> list[str]:
+        return sorted(r["run"] for r in json.loads(nero("status", wb, selector, "--json", check=True).stdout))
+
+    assert listed("demo* and loss > 1") == ["demo-b", "demo[x=2]"]
+    assert listed("not demo*") == ["long", "x"]
+    assert listed("(demo* or long*) and loss > 2.5") == ["demo-b", "long"]
+    assert listed("completed and not (demo or id == 'x'), demo[x=0.5*") == ["demo-b", "demo[x=0.5]", "long"]
+    numbers = {r["run"]: r["number"] for r in json.loads(nero("status", wb, "--json", check=True).stdout)}
+    assert listed(f"{numbers['long']} or demo[x=2]") == ["demo[x=2]", "long"]
+    assert listed("id == 'x'") == ["x"]
+    # a plain word that is also a parameter (or a metric) is reported with the fix, never guessed
+    for word, said in (("x", "'x' is both an experiment id and a parameter; write \"id == 'x'\""),
+                       ("loss", "'loss' is a metric, not an experiment id")):
+        proc = nero("status", wb, f"{word} and step >= 1")
+        assert proc.returncode == 2 and said in proc.stderr, proc.stderr

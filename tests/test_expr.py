@@ -21,18 +21,22 @@ from orchestrator.expr import (
     MAX_DEPTH,
     MAX_LENGTH,
     STATE_WORDS,
+    Arith,
     Bool,
     Call,
     Compare,
     ExprTerm,
     Facts,
+    Glob,
     GlobTerm,
     Logic,
     Name,
     Neg,
     Not,
     Num,
+    Numbers,
     NumberTerm,
+    States,
     StateTerm,
     evaluate,
     explain,
@@ -466,6 +470,92 @@ def test_selector_errors() -> None:
 
 def test_selector_trailing_comma_is_ignored() -> None:
     assert parse_selector("12,").terms == (NumberTerm(12, 12),)
+
+
+# #13: an id glob, a state word and a short-number range are conditions of the one language, so
+# they combine with conditions (`long* and test_error > 5` used to be rejected).
+# (selector, runs it selects among A..E below)
+A = dict(key="demo[lr=0.1]", experiment="demo", number=1, state="running", metrics={"loss": 2.0}, step=50)
+B = dict(key="demo[lr=0.2]", experiment="demo", number=2, state="failed", metrics={"loss": 0.5}, step=150)
+C = dict(key="long-run", experiment="long-run", number=3, state="completed", metrics={"loss": 7.0}, step=500)
+D = dict(key="lr-sweep[lr=0.01]", experiment="lr-sweep", number=4, state="completed", metrics={"val_err": 0.5},
+         step=None)
+E = dict(key="base", experiment="base", number=5, state="lost", metrics={}, step=None)
+RUNS = {"A": A, "B": B, "C": C, "D": D, "E": E}
+COMBINED = [
+    ("demo* and loss > 1", "A"),
+    ("long* and loss > 5", "C"),
+    ("lr-sweep* and val_err > 0.4", "D"),
+    ("not demo*", "CDE"),
+    ("NOT demo* and not base", "CD"),
+    ("failed or demo[lr=0.1*", "AB"),
+    ("(demo* or long*) and step > 100", "BC"),
+    ("((demo*) or (long*)) and step > 100", "BC"),
+    ("crashed or 3-4", "BCDE"),
+    ("#1 - #2 and not failed", "A"),
+    ("not (finished or lr-sweep)", "A"),
+    ("demo and loss < 1, base", "BE"),
+    ("runtime > 1h or demo[lr=0.2]", "B"),
+    ("all and not 2-5", "A"),
+    ("step > 100 and (lr-sweep* or long-run)", "C"),
+    ("*run or *[lr=0.01]", "CD"),
+    ("isnan(loss) or base", "E"),
+]
+
+
+@pytest.mark.parametrize(("text", "selected"), COMBINED, ids=[t for t, _ in COMBINED])
+def test_run_conditions_combine_with_conditions(text: str, selected: str) -> None:
+    selector = parse_selector(text)
+    assert {name for name, run in RUNS.items() if selector.matches(facts(runtime=None, **run))} == set(selected)
+    for term in selector.terms:  # the canonical text of a term reads back as the same term
+        assert parse_selector(unparse(term.expr)).terms == (term,)
+
+
+# (selector, the tree of its only term): words stay names where a value is written
+TREES = [
+    ("demo* and loss > 1", Logic("and", (Glob("demo*"), Compare((Name("loss"), Num(1.0)), (">",))))),
+    ("not demo*", Not(Glob("demo*"))),
+    ("12 or failed", Logic("or", (Numbers(12, 12), States("failed")))),
+    ("(a) == (b)", Compare((Name("a"), Name("b")), ("==",))),
+    ("a*b=c", Compare((Arith("*", Name("a"), Name("b")), Name("c")), ("==",))),
+    ("lr=0.1 or lr=0.2*", Logic("or", (Compare((Name("lr"), Num(0.1)), ("==",)), Glob("lr=0.2*")))),
+    ("isnan((loss))", Call("isnan", (Name("loss"),))),
+    ("best(val) < 1 and lr-sweep", Logic("and", (Compare((Call("best", (Name("val"),)), Num(1.0)), ("<",)),
+                                                 Glob("lr-sweep")))),
+    ("x - y > 0", Compare((Arith("-", Name("x"), Name("y")), Num(0.0)), (">",))),
+    ("true and demo", Logic("and", (Bool(True), Glob("demo")))),
+]
+
+
+@pytest.mark.parametrize(("text", "tree"), TREES, ids=[t for t, _ in TREES])
+def test_run_conditions_are_read_only_where_a_condition_stands(text: str, tree: Any) -> None:
+    (term,) = parse_selector(text).terms
+    assert term.expr == tree
+
+
+SELECTOR_ERRORS = [
+    ("demo* and", "ends too early"),
+    ("demo* > 1", "unexpected '>'; 'demo*' is an id glob only where a condition stands"),  # a glob is no value
+    ("x > demo*", "'demo*' is an id glob only where a condition stands"),
+    ("isnan(demo*)", "'demo*' is an id glob only where a condition stands"),
+    ("demo* demo2*", "'demo*' is an id glob only where a condition stands"),
+    ("demo** and x > 1", "'**' is not supported"),
+    ("a.__b and x > 1", "looks like Python"),
+    ("not 18-12", "runs backwards"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), SELECTOR_ERRORS, ids=[t for t, _ in SELECTOR_ERRORS])
+def test_run_conditions_errors(text: str, message: str) -> None:
+    with pytest.raises(ExpressionError, match=re.escape(message)):
+        parse_selector(text)
+    with pytest.raises(ExpressionError):  # the rules language has no run conditions
+        parse("demo* and x > 1")
+
+
+def test_a_selector_names_its_plain_ids_for_the_ambiguity_check() -> None:
+    assert parse_selector("demo and loss > 1, lr-sweep*, not base, 12").ids() == {"demo", "base"}
+    assert parse_selector("demo* and loss > 1").names() == {"loss"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -906,6 +996,38 @@ def test_selectors_agree_with_the_reference(chosen: list[tuple], runs: list[Fact
     assert len(selector.terms) == len(chosen), text
     for f in runs:
         assert selector.matches(f) == any(ref(f) for _, ref in rendered), (text, f)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chosen=st.lists(st.tuples(terms, st.sampled_from(["and", "or", "and not"])), min_size=1, max_size=4),
+       runs=st.lists(run_facts(), min_size=1, max_size=4), r=st.randoms(use_true_random=False))
+def test_combined_selectors_agree_with_the_reference(chosen: list[tuple], runs: list[Facts], r: random.Random) -> None:
+    """#13: run numbers, state words and id globs combine with conditions by and, or, not."""
+    parts = [(render_term(t, r), t, op) for t, op in chosen]
+    text = f"({parts[0][0][0]})" + "".join(f" {op} ({rendered[0]})" for rendered, _, op in parts[1:])
+
+    def tri(rendered: tuple, term: tuple, f: Facts) -> object:  # True, False or UNKNOWN
+        return ref_condition(term[1])(f) if term[0] == "cond" else rendered[1](f)
+
+    def both(a: object, b: object) -> object:
+        return False if False in (a, b) else UNKNOWN if UNKNOWN in (a, b) else True
+
+    def ref(f: Facts) -> bool:  # 'and' binds tighter than 'or'; unknown counts as false
+        groups, current = [], tri(parts[0][0], parts[0][1], f)
+        for rendered, term, op in parts[1:]:
+            value = tri(rendered, term, f)
+            if op == "or":
+                groups.append(current)
+                current = value
+            else:
+                current = both(current, value if op == "and" else UNKNOWN if value == UNKNOWN else not value)
+        groups.append(current)
+        return True in groups
+
+    selector = parse_selector(text)
+    assert len(selector.terms) == 1, text
+    for f in runs:
+        assert selector.matches(f) == ref(f), (text, f)
 
 
 @settings(max_examples=200, deadline=None)

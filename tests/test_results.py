@@ -21,6 +21,7 @@ from orchestrator.model import Event, ResultsInput, RunRecord, RunState, Series,
 from orchestrator.plots import plot_curves
 from orchestrator.results import (
     MAX_POINTS_PER_SERIES,
+    MIN_PRINT_SCALE,
     SERIES_PER_CHART,
     SHEETS,
     fingerprint,
@@ -325,6 +326,35 @@ def test_summary_layout(written):
     assert ws.column_dimensions["B"].width >= len("lr-sweep[lr=0.001]")
 
 
+# (frozen panes, print title columns or None when the sheet fits one page wide); #13: every
+# sheet prints landscape, one page wide where it can, the header row on each page, and is
+# frozen at its run column
+PRINTED = {"Summary": ("C2", None), "Curves": (None, None), "Curve data": ("F2", "$A:$E"), "Events": ("C2", None),
+           "Resources": ("B2", None), "Queue": ("B2", None), "Attempts": ("C2", None)}
+
+
+def test_every_sheet_prints_readably(written):
+    """#13: printed, the Summary was cut across four pages at 60 %, columns split from their rows."""
+    import openpyxl
+
+    path, _ = written
+    book = openpyxl.load_workbook(path)
+    assert book.sheetnames == list(PRINTED)
+    for ws in book.worksheets:
+        frozen, title_columns = PRINTED[ws.title]
+        setup = ws.page_setup
+        assert setup.orientation == "landscape" and setup.paperSize == 9, ws.title  # A4
+        assert ws.freeze_panes == frozen, ws.title
+        if title_columns is None:  # one page wide, as many pages high as it takes
+            assert ws.sheet_properties.pageSetUpPr.fitToPage, ws.title
+            assert (setup.fitToWidth or 1) == 1 and setup.fitToHeight == 0, ws.title
+        else:  # too wide for that (200 value columns): across pages, the run's columns on each
+            assert not (ws.sheet_properties.pageSetUpPr and ws.sheet_properties.pageSetUpPr.fitToPage), ws.title
+            assert setup.scale == MIN_PRINT_SCALE and ws.print_title_cols == title_columns, ws.title
+        if frozen is not None:  # the header row at the top of every printed page
+            assert ws.print_title_rows == "$1:$1", ws.title
+
+
 def test_remote_hosts_decide_what_is_remote(tmp_path):
     data = make_input(tmp_path)
     path = tmp_path / "results.xlsx"
@@ -526,6 +556,11 @@ def test_libreoffice_renders_the_demo_results(tmp_path):
     pdf, pages = render(path, tmp_path)
     curves = [i for i, text in enumerate(pages) if "Leaderboard: best" in text]
     assert curves and "demo: " in "".join(pages[i] for i in curves)
+    # #13: the six-run Summary is one page wide: every column and every run on its one page
+    summary = sheets["Summary"]
+    assert curves[0] == 1, f"the Summary takes {curves[0]} pages"
+    missing = [c for c in summary.columns if str(c) not in pages[0]] + [k for k in summary["run"] if k not in pages[0]]
+    assert not missing, missing
     assert coloured_pixels(pdf, curves[0] + 1, tmp_path) > 1500, "the charts look empty"
 
 

@@ -92,7 +92,8 @@ abort = _override_command("abort", """Cancel the runs matching SELECTOR (and kee
     \b
     SELECTOR is a comma-separated union of: run numbers and ranges from `nero status`
     (`12-18,21`), state words (`failed`, `running`, `live`, `crashed`, `all`), id globs
-    (`lr-sweep*`, `demo[lr=0.1*`), and conditions (`runtime > 2h and val_err > 0.4`).
+    (`lr-sweep*`, `demo[lr=0.1*`), and conditions (`runtime > 2h and val_err > 0.4`),
+    combined with and, or, not: `lr-sweep* and val_err > 0.4`, `not demo*`.
     Example: nero abort 'runtime > 1m and loss > 0.5'""")
 restart = _override_command("restart", """Start a new attempt of the runs matching SELECTOR
     (cancelling those still running). --resume sets NERO_RESUME=1 and NERO_PREV_RUN_DIR.

@@ -4,7 +4,8 @@
 - `parser`: the grammar, its limits and its messages: `parse`, `parse_at`, `names`;
 - `evaluation`: the `Facts` of one run and what an expression means for them: `evaluate`,
   `truth`, `explain`, `goal_of` (a metric's default goal direction);
-- `selectors`: run selectors (`crashed,144-149,lr-sweep*, val_err < 0.2`): `parse_selector`.
+- `selectors`: run selectors (`crashed,144-149,lr-sweep*, val_err < 0.2`, `demo* and loss > 1`),
+  whose run numbers, state words and id globs are conditions too: `parse_selector`.
 
 Every grammar reads its text as the tokens of `orchestrator.tokens`; numbers and durations are
 read and written by `orchestrator.units`.

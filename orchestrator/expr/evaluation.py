@@ -16,19 +16,41 @@ unknown `or` true is true, `not` unknown is unknown) and an unknown result count
 Comparisons follow IEEE 754: every comparison with NaN is false except `!=` (use `isnan`).
 Ordering compares two numbers or two strings; values of different types are never equal.
 Arithmetic on a non-number is unknown; division by zero gives ±inf or nan.
+
+The selector-only conditions are never unknown: `Numbers` holds when the run's short number
+is in its range, `States` when its state is one the word stands for, `Glob` when the pattern
+matches the whole run key or the whole experiment id.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
+import re
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from ..model import MAX_GOAL_NAMES, RunRecord, Series
 from ..units import format_duration, format_number
-from .tree import BUILTIN_NAMES, Arith, Call, Compare, Expr, Literal, Logic, Name, Neg, Not
+from .tree import (
+    BUILTIN_NAMES,
+    STATE_WORDS,
+    Arith,
+    Call,
+    Compare,
+    Expr,
+    Glob,
+    Literal,
+    Logic,
+    Name,
+    Neg,
+    Not,
+    Numbers,
+    States,
+)
 
 __all__ = [
     "PLATEAU_RELATIVE_DELTA",
@@ -216,6 +238,11 @@ def _best(values: Sequence[float], goal: str) -> float | None:
     return max(finite) if goal == "max" else min(finite)
 
 
+@lru_cache(maxsize=256)
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    return re.compile(fnmatch.translate(pattern.replace("[", "[[]")))
+
+
 def _condition(v: Value) -> bool | None:
     return v if isinstance(v, bool) else None
 
@@ -275,6 +302,13 @@ class _Evaluator:
             return _all(results) if node.op == "and" else _any(results)
         if isinstance(node, Call):
             return self.call(node)
+        if isinstance(node, Numbers):
+            return node.low <= self.facts.number <= node.high
+        if isinstance(node, States):
+            return str(self.facts.state) in STATE_WORDS[node.word]
+        if isinstance(node, Glob):
+            regex = _glob_regex(node.pattern)
+            return bool(regex.match(self.facts.key) or regex.match(self.facts.experiment))
         raise TypeError(f"not an expression node: {node!r}")
 
     def call(self, node: Call) -> Value:

@@ -20,6 +20,8 @@ Expressions::
     unary      := "-" unary | "+" unary | primary
     primary    := number | duration | string | "true" | "false" | "nan" | "inf"
                 | name | function "(" arguments ")" | "(" condition ")"
+                | run                                     # in a run selector only, see below
+    run        := "#"? N | "#"? N "-" "#"? N | state word | glob   # `orchestrator.expr.selectors`
 
 - numbers: `0.4`, `1e-3`, `.5`; durations are numbers of seconds: `90s`, `30m`, `2h`, `1.5d`,
   `2h30m` (`units.parse_duration_literal`). Strings: `'running'` or `"running"` (curly quotes
@@ -31,6 +33,11 @@ Expressions::
   metric names. Write `a / b` with spaces to divide. Names never start with `_`.
 - functions: `isnan(x)`, `isinf(x)`, `abs(x)`; over a metric's history: `best(m)`, `min(m)`,
   `max(m)` and `plateau(m, n[, delta])` (see `orchestrator.expr.evaluation`).
+- run conditions (`parse_at(..., selector=True)` only; rules have none): a `run` is read
+  where a condition begins (the start, after `and`, `or`, `not`, or a `(` there; never inside a
+  function's parentheses or after an operator) and ends (before the end, `and`, `or` or
+  `)`), so `demo* and loss > 1` holds a glob but `lr == 0.1`, `(a) == (b)` and `a*b=c` hold
+  none. Which words are globs: `orchestrator.expr.selectors`.
 """
 
 from __future__ import annotations
@@ -43,8 +50,10 @@ from functools import lru_cache
 from ..errors import ExpressionError
 from ..tokens import Token, tokenize
 from ..units import parse_duration_literal
+from .run_conditions import glob_hint, run_conditions
 from .tree import (
     BUILTIN_NAMES,
+    KEYWORDS,
     Arith,
     Bool,
     Call,
@@ -55,6 +64,7 @@ from .tree import (
     Neg,
     Not,
     Num,
+    RunCondition,
     Str,
     max_depth,
     walk,
@@ -104,28 +114,39 @@ _FORBIDDEN = {
     ":": "unexpected ':' (nero expressions are not Python)",
     "\\": "unexpected '\\'",
 }
-_KEYWORDS = frozenset({"and", "or", "not", "true", "false", "nan", "inf", "after"})
 _PYTHON_ONLY = frozenset(k for k in keyword.kwlist if k not in ("and", "or", "not", "True", "False", "None"))
 
 
 class _Source:
-    """The text being parsed and the slice of it that is one expression."""
+    """The text being parsed and the slice of it that is one expression; in a selector, the
+    run conditions (`Numbers`, `States`, `Glob`) found in it, by position."""
 
-    def __init__(self, text: str, start: int, end: int, label: str):
+    def __init__(self, text: str, start: int, end: int, label: str, selector: bool = False):
         self.text, self.start, self.end, self.label = text, start, end, label
+        self.selector = selector
+        self.atoms: dict[int, RunCondition] = {}
 
-    def error(self, message: str, pos: int | None) -> ExpressionError:
+    def error(self, message: str, pos: int | None, hint: bool = True) -> ExpressionError:
         prefix = f"{self.label}: " if self.label else ""
-        return ExpressionError(self.text, prefix + message, pos)
+        return ExpressionError(self.text, prefix + message + (self.glob_hint() if hint else ""), pos)
+
+    def glob_hint(self) -> str:
+        """In a selector, for a glob written where a value stands (`demo* > 1`), how to write it."""
+        return glob_hint(self.text, self.start, self.end, self.atoms) if self.selector else ""
 
 
 def _expression_tokens(src: _Source) -> list[Token]:
     """The tokens of one expression; anything the language does not allow is an error here."""
     text, end = src.text, src.end
     tokens: list[Token] = []
-    for tok in tokenize(text, src.start, end):
+    raw = tokenize(text, src.start, end)
+    if src.selector:
+        raw, src.atoms = run_conditions(text, raw, end, lambda m, i: src.error(m, i, hint=False), _reads_as_comparison)
+    for tok in raw:
         kind, i = tok.kind, tok.pos
-        if kind == "quantity":
+        if kind == "run":
+            pass
+        elif kind == "quantity":
             seconds = parse_duration_literal(tok.text)
             if seconds is None:
                 raise src.error(
@@ -158,9 +179,18 @@ def _expression_tokens(src: _Source) -> list[Token]:
 # The parser
 
 
+def _reads_as_comparison(text: str, start: int, end: int) -> bool:
+    """Whether `text[start:end]` is a condition of the rules language (`a*b=c`)."""
+    try:
+        parse_at(text, start, end)
+    except ExpressionError:
+        return False
+    return True
+
+
 def _kind(node: Expr) -> str:
     """"bool" for conditions, "value" for values, "either" for true/false."""
-    if isinstance(node, Compare | Logic | Not):
+    if isinstance(node, Compare | Logic | Not | RunCondition):
         return "bool"
     if isinstance(node, Call):
         return "bool" if node.func in _CONDITION_FUNCTIONS else "value"
@@ -338,6 +368,9 @@ class _Parser:
 
     def primary(self) -> Expr:
         tok = self.tok
+        if tok.kind == "run":
+            self.advance()
+            return self.src.atoms[tok.pos]
         if tok.kind == "num":
             self.advance()
             return Num(float(tok.value))
@@ -352,7 +385,7 @@ class _Parser:
             return node
         if tok.kind == "name":
             word = tok.text.lower()
-            if word in _KEYWORDS:
+            if word in KEYWORDS:
                 self.advance()
                 if word in ("true", "false"):
                     return Bool(word == "true")
@@ -415,15 +448,17 @@ class _Parser:
                     raise self.error(f"plateau()'s delta is a number ≥ 0: {usage}", starts[2])
 
 
-def parse_at(text: str, start: int = 0, end: int | None = None, *, label: str = "") -> Expr:
+def parse_at(text: str, start: int = 0, end: int | None = None, *, label: str = "",
+             selector: bool = False) -> Expr:
     """Parse `text[start:end]` as a condition; errors point into the whole `text` and start
-    with `label` (e.g. "rule 2")."""
+    with `label` (e.g. "rule 2"). `selector`: one term of a run selector, where run
+    conditions (short numbers, state words, id globs) are conditions too."""
     end = len(text) if end is None else end
     if end - start > MAX_LENGTH:
         prefix = f"{label}: " if label else ""
         raise ExpressionError(text, f"{prefix}the expression is {end - start} characters long; "
                               f"at most {MAX_LENGTH} are allowed", start)
-    src = _Source(text, start, end, label)
+    src = _Source(text, start, end, label, selector)
     return _Parser(src, _expression_tokens(src)).parse()
 
 

@@ -1,43 +1,44 @@
-"""Run selectors: which runs a command acts on, from `crashed,144-149,170` or
-`lr-sweep*, val_err < 0.2` (pure).
+"""Run selectors: which runs a command acts on, from `crashed,144-149,170`,
+`lr-sweep*, val_err < 0.2` or `lr-sweep* and val_err > 0.4` (pure).
 
-A selector is a comma-separated union of terms::
+A selector is a comma-separated union of conditions of the expression language
+(`orchestrator.expr.parser`, read with `selector=True`), in which three run conditions may
+stand wherever a condition begins and ends (on their own, around `and`, `or`, after `not`,
+inside `( )`, never inside a function's parentheses or next to an operator)::
 
-    selector := term ("," term)*
-    term     := "#"? N | "#"? N "-" "#"? N         # the short numbers shown by `nero status`
-              | state word                         # see STATE_WORDS: failed, running, live, crashed, all …
-              | glob                               # lr-sweep*, demo[lr=0.1*, *layers=2]
-              | condition                          # val_err < 0.2 and step > 1000
+    selector := condition ("," condition)*
+    run      := "#"? N | "#"? N "-" "#"? N     # the short numbers shown by `nero status`
+              | state word                     # see STATE_WORDS: failed, running, live, crashed, all …
+              | glob                           # lr-sweep*, demo[lr=0.1*, *layers=2], lr-sweep
 
-A term is a glob when it is made of letters, digits and `_ . - * ? = + @ / : % , [ ]` only (no
-spaces, no `==`) and contains `*`, `?`, `[` or `]`, or when it is a plain experiment id
-(`lr-sweep`). `*` and `?` are wildcards; `[` and `]` match themselves (run keys contain them). A
-glob matches the run key or the experiment id. Commas inside `(...)`, quotes or a closed `[...]`
-(a `]` before any further `[`) do not split terms, so `demo[lr=0.1,layers=2]` is one term and
-`demo[lr=0.1*, demo[lr=0.2*` two; write `?` for a comma in a glob whose `]` is left open.
-A state word wins over an experiment of the same name (select that one with `id == 'all'`);
-`**` and `__` are rejected in globs too. Anything else is a condition of the expression
-language (`orchestrator.expr.parser`).
+so `failed or demo[lr=0.1*`, `not demo*` and `(demo* or long*) and step > 100` are
+selectors. A glob is a word of letters, digits and `_ . - * ? = + @ / : % [ ]` (a `,` only
+inside a `[...]` that closes) with no `==` that contains `*`, `?`, `[` or `]`, or is a plain
+id (`lr-sweep`, `demo`); a word that reads as a comparison (`lr=0.1`, `a*b=c`) is one, and
+`true`, `false`, `nan`, `inf`, `and`, `or`, `not` stay keywords. `*` and `?` are wildcards;
+`[` and `]` match themselves (run keys contain them). A glob matches the whole run key or the
+whole experiment id. Commas inside `(...)`, quotes or a closed `[...]` (a `]` before any
+further `[`) do not split the union, so `demo[lr=0.1,layers=2]` is one glob and
+`demo[lr=0.1*, demo[lr=0.2*` two; write `?` for a comma in a glob whose `]` is left open. A
+state word wins over an experiment of the same name (select that one with `id == 'all'`); a
+plain id that is also a metric, parameter or built-in name is reported by `Project.select`,
+never guessed. `**` and `__` are rejected in globs too.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 
 from ..errors import ExpressionError
-from ..model import FINISHED_STATES, LIVE_STATES, RunState
 from ..tokens import scan, trim
 from .evaluation import Facts, evaluate
 from .parser import MAX_LENGTH, names, parse_at
-from .tree import Expr
+from .tree import STATE_WORDS, Expr, Glob, Numbers, States, walk
 
 __all__ = [
-    "STATE_WORDS",
     "ExprTerm",
     "GlobTerm",
     "NumberTerm",
@@ -47,62 +48,66 @@ __all__ = [
     "parse_selector",
 ]
 
-STATE_WORDS: Mapping[str, frozenset[str]] = {
-    **{s.value: frozenset({s.value}) for s in RunState},
-    "live": frozenset(s.value for s in LIVE_STATES),
-    "active": frozenset(s.value for s in LIVE_STATES),
-    "finished": frozenset(s.value for s in FINISHED_STATES),
-    "crashed": frozenset({RunState.FAILED.value, RunState.LOST.value}),
-    "all": frozenset(s.value for s in RunState),
-}
-
-Value = float | str | bool | None  # None: the run has no such value (yet)
-
-
 
 class Term(ABC):
-    """One comma-separated part of a selector."""
+    """One comma-separated part of a selector: a condition, evaluated as every condition is."""
 
     __slots__ = ()
 
+    @property
     @abstractmethod
+    def expr(self) -> Expr:
+        """The condition this term is."""
+
     def matches(self, facts: Facts) -> bool:
         """Whether the run with these facts is selected by this term."""
+        return evaluate(self.expr, facts)
 
 
 @dataclass(frozen=True)
 class NumberTerm(Term):
+    """A term that is only a range of short numbers (`12-18`)."""
+
     low: int
     high: int
 
-    def matches(self, facts: Facts) -> bool:
-        return self.low <= facts.number <= self.high
+    @property
+    def expr(self) -> Expr:
+        return Numbers(self.low, self.high)
 
 
 @dataclass(frozen=True)
 class StateTerm(Term):
+    """A term that is only a state word (`failed`)."""
+
     word: str
     states: frozenset[str]
 
-    def matches(self, facts: Facts) -> bool:
-        return str(facts.state) in self.states
+    @property
+    def expr(self) -> Expr:
+        return States(self.word)
 
 
 @dataclass(frozen=True)
 class GlobTerm(Term):
-    pattern: str
-    regex: re.Pattern[str] = field(compare=False, repr=False, default=re.compile(""))
+    """A term that is only an id glob (`lr-sweep*`)."""
 
-    def matches(self, facts: Facts) -> bool:
-        return bool(self.regex.match(facts.key) or self.regex.match(facts.experiment))
+    pattern: str
+
+    @property
+    def expr(self) -> Expr:
+        return Glob(self.pattern)
 
 
 @dataclass(frozen=True)
 class ExprTerm(Term):
-    expr: Expr
+    """Any other condition (`val_err < 0.2`, `demo* and loss > 1`)."""
 
-    def matches(self, facts: Facts) -> bool:
-        return evaluate(self.expr, facts)
+    condition: Expr
+
+    @property
+    def expr(self) -> Expr:
+        return self.condition
 
 
 @dataclass(frozen=True)
@@ -116,16 +121,16 @@ class Selector:
         return any(t.matches(facts) for t in self.terms)
 
     def names(self) -> set[str]:
+        """The metric and parameter names the conditions refer to (built-ins left out)."""
         out: set[str] = set()
         for t in self.terms:
-            if isinstance(t, ExprTerm):
-                out |= names(t.expr)
+            out |= names(t.expr)
         return out
 
-
-_RANGE = re.compile(r"#?(\d+)(?:\s*-\s*#?(\d+))?")
-_GLOB = re.compile(r"[A-Za-z0-9_.\-*?=+@/:%,\[\]]+")
-_EXPERIMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+    def ids(self) -> set[str]:
+        """The plain ids (globs without a wildcard or bracket, `demo`) the selector names."""
+        return {n.pattern for t in self.terms for n in walk(t.expr)
+                if isinstance(n, Glob) and not any(c in n.pattern for c in "*?[]")}
 
 
 def _split_terms(text: str) -> Iterator[tuple[int, int]]:
@@ -154,38 +159,20 @@ def _split_terms(text: str) -> Iterator[tuple[int, int]]:
     yield start, n
 
 
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    escaped = pattern.replace("[", "[[]")
-    return re.compile(fnmatch.translate(escaped))
-
-
 def _term(text: str, start: int, end: int) -> Term:
-    piece = text[start:end]
-    m = _RANGE.fullmatch(piece)
-    if m:
-        low = int(m.group(1))
-        high = int(m.group(2)) if m.group(2) else low
-        if high < low:
-            raise ExpressionError(text, f"the range {piece!r} runs backwards; write {high}-{low}", start)
-        return NumberTerm(low, high)
-    if piece.lower() in STATE_WORDS:
-        return StateTerm(piece.lower(), STATE_WORDS[piece.lower()])
-    if _GLOB.fullmatch(piece) and "==" not in piece and (
-        any(c in piece for c in "*?[]") or _EXPERIMENT_ID.fullmatch(piece)
-    ):
-        if "**" in piece:
-            raise ExpressionError(text, f"{piece!r}: '**' is not supported (there is no power operator, and in a "
-                                  "glob one '*' matches any text)", start + piece.index("**"))
-        if "__" in piece:
-            raise ExpressionError(text, f"{piece!r} looks like Python attribute access; selectors match run ids, "
-                                  "write '?' for each '_' if an id really contains '__'", start + piece.index("__"))
-        return GlobTerm(piece, _glob_regex(piece))
-    return ExprTerm(parse_at(text, start, end, label=f"selector term {piece[:60]!r}"))
+    expr = parse_at(text, start, end, label=f"selector term {text[start:end][:60]!r}", selector=True)
+    if isinstance(expr, Numbers):
+        return NumberTerm(expr.low, expr.high)
+    if isinstance(expr, States):
+        return StateTerm(expr.word, STATE_WORDS[expr.word])
+    if isinstance(expr, Glob):
+        return GlobTerm(expr.pattern)
+    return ExprTerm(expr)
 
 
 @lru_cache(maxsize=256)
 def parse_selector(text: str) -> Selector:
-    """Parse a run selector such as `crashed,144-149,170` or `lr-sweep*, val_err < 0.2`."""
+    """Parse a run selector such as `crashed,144-149,170` or `lr-sweep* and val_err < 0.2`."""
     if len(text) > MAX_LENGTH:
         raise ExpressionError(text, f"the selector is {len(text)} characters long; at most {MAX_LENGTH} are allowed")
     terms: list[Term] = []

@@ -3,30 +3,39 @@ back as canonical text (pure).
 
 Nodes are frozen dataclasses, so trees compare, hash and cache by value; `parse` in
 `orchestrator.expr.parser` builds them and `unparse` here writes them back so that
-`parse(unparse(t)) == t`. Durations are numbers of seconds once parsed.
+`parse(unparse(t)) == t`. Durations are numbers of seconds once parsed. Three conditions
+exist only in run selectors (`parse_at(..., selector=True)`): `Numbers` (the short numbers
+`12-18`), `States` (a word of `STATE_WORDS`) and `Glob` (an id glob `lr-sweep*`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from ..model import FINISHED_STATES, LIVE_STATES, RunState
 from ..units import format_number
 
 __all__ = [
     "BUILTIN_NAMES",
+    "KEYWORDS",
+    "STATE_WORDS",
     "Arith",
     "Bool",
     "Call",
     "Compare",
     "Expr",
+    "Glob",
     "Literal",
     "Logic",
     "Name",
     "Neg",
     "Not",
     "Num",
+    "Numbers",
+    "RunCondition",
+    "States",
     "Str",
     "Unary",
     "children",
@@ -36,6 +45,16 @@ __all__ = [
 ]
 
 BUILTIN_NAMES = frozenset({"runtime", "step", "state", "cluster", "experiment", "id", "key"})
+KEYWORDS = frozenset({"and", "or", "not", "true", "false", "nan", "inf", "after"})  # case-insensitive
+
+STATE_WORDS: Mapping[str, frozenset[str]] = {
+    **{s.value: frozenset({s.value}) for s in RunState},
+    "live": frozenset(s.value for s in LIVE_STATES),
+    "active": frozenset(s.value for s in LIVE_STATES),
+    "finished": frozenset(s.value for s in FINISHED_STATES),
+    "crashed": frozenset({RunState.FAILED.value, RunState.LOST.value}),
+    "all": frozenset(s.value for s in RunState),
+}
 
 V = TypeVar("V", float, str, bool)
 
@@ -68,6 +87,35 @@ class Bool(Literal[bool]):
 @dataclass(frozen=True)
 class Name(Expr):
     name: str
+
+
+class RunCondition(Expr):
+    """A condition on which run it is, written as a word of a selector (no operands)."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True)
+class Numbers(RunCondition):
+    """Selectors only: the runs whose short number (`nero status`) is from low to high."""
+
+    low: int
+    high: int
+
+
+@dataclass(frozen=True)
+class States(RunCondition):
+    """Selectors only: the runs in one of the states a word of `STATE_WORDS` stands for."""
+
+    word: str  # lower case, a key of STATE_WORDS
+
+
+@dataclass(frozen=True)
+class Glob(RunCondition):
+    """Selectors only: the runs whose key or experiment id matches the pattern (`*` any
+    text, `?` one character, `[` and `]` themselves)."""
+
+    pattern: str
 
 
 @dataclass(frozen=True)
@@ -165,6 +213,12 @@ def unparse(node: Expr) -> str:
         return "true" if node.value else "false"
     if isinstance(node, Name):
         return node.name
+    if isinstance(node, Numbers):
+        return str(node.low) if node.low == node.high else f"{node.low}-{node.high}"
+    if isinstance(node, States):
+        return node.word
+    if isinstance(node, Glob):
+        return node.pattern
     if isinstance(node, Neg):
         return "-" + wrap(node.operand, _PRECEDENCE["neg"])
     if isinstance(node, Not):

@@ -135,10 +135,9 @@ def _write_curve_data(data_ws: Any, view: View, fmt: Formats,
             widths.see(row, 2, len(m_t))
             slot.append(_Placed(row - 2, n, short_label(run.record.key, run.record.experiment), steps[-1],
                                 min(values), max(values), values[0]))
-    widths.apply(data_ws, 48)
+    columns = widths.apply(data_ws, 48)
     data_ws.set_column(5, 5 + per - 1, 10)
-    data_ws.freeze_panes(1, 5)
-    page(data_ws)
+    page(data_ws, [*columns[:5], *[10] * per], frozen=5)  # experiment, run, metric, axis, points
     return data_cells, placed
 
 

@@ -17,7 +17,7 @@ from .ooxml import Cells
 from .view import View, cell_text, excel_time, time_zone
 
 __all__ = [
-    "MAX_EVENTS", "MAX_ROWS", "STATE_COLOURS", "Formats", "Widths",
+    "MAX_EVENTS", "MAX_ROWS", "MIN_PRINT_SCALE", "STATE_COLOURS", "Formats", "Widths",
     "header", "page", "write_events", "write_queue", "write_resources", "write_value",
 ]
 
@@ -106,9 +106,12 @@ class Widths:
         if row <= self.sample and text_len + 1 > self.w[col]:
             self.w[col] = text_len + 1
 
-    def apply(self, ws: Any, default_cap: int = 40) -> None:
-        for c, w in enumerate(self.w):
-            ws.set_column(c, c, min(max(w, 6), self.cap.get(c, default_cap)))
+    def apply(self, ws: Any, default_cap: int = 40) -> list[float]:
+        """Set the columns' widths; returns them (characters), for `page`."""
+        applied = [min(max(w, 6), self.cap.get(c, default_cap)) for c, w in enumerate(self.w)]
+        for c, w in enumerate(applied):
+            ws.set_column(c, c, w)
+        return applied
 
 
 def header(ws: Any, cells: Cells, headers: Sequence[str], fmt: Formats,
@@ -122,13 +125,34 @@ def header(ws: Any, cells: Cells, headers: Sequence[str], fmt: Formats,
         ws.write_comment(0, c, note, {"x_scale": 2.2, "y_scale": 1.4})
 
 
-def page(ws: Any, landscape: bool = True) -> None:
-    """A4, one page wide."""
-    if landscape:
-        ws.set_landscape()
+MIN_PRINT_SCALE = 25  # %: a sheet narrower than 4 pages at 100 % is printed one page wide
+_PAGE_PX = int((11.69 - 0.8) * 96)  # A4 landscape between the margins, in pixels at 100 %
+
+
+def page(ws: Any, columns: Sequence[float] = (), frozen: int | None = None) -> None:
+    """The page setup every results sheet shares: A4 landscape, narrow margins, and one page
+    wide (fitToWidth 1, fitToHeight 0) when the `columns` (their widths in characters) print
+    at MIN_PRINT_SCALE % or more so. With `frozen` (the columns up to and including the run
+    column), the header row and those columns are frozen on screen and the header row is
+    printed at the top of every page (print titles); a sheet too wide for one page is printed
+    across pages at MIN_PRINT_SCALE % with those columns repeated on each, so no page shows
+    values without their runs."""
+    ws.set_landscape()
     ws.set_paper(9)
-    ws.fit_to_pages(1, 0)
     ws.set_margins(left=0.4, right=0.4, top=0.5, bottom=0.5)
+    width_px = sum(7 * w + 5 for w in columns)
+    fits = width_px * MIN_PRINT_SCALE <= _PAGE_PX * 100
+    if fits:
+        ws.fit_to_pages(1, 0)
+    else:
+        ws.set_print_scale(MIN_PRINT_SCALE)
+        ws.print_across()
+    if frozen is None:
+        return
+    ws.freeze_panes(1, frozen)
+    ws.repeat_rows(0)
+    if frozen and not fits:
+        ws.repeat_columns(0, frozen - 1)
 
 
 def write_value(cells: Cells, col: int, v: Scalar, fmt: Formats, num_fmt: Any = None) -> int:
@@ -172,7 +196,7 @@ def write_events(ws: Any, view: View, fmt: Formats) -> Cells:
         widths.see(row, 1, len(key))
         widths.see(row, 3, len(e.kind))
     widths.w[0] = 20
-    _finish(ws, widths, len(events), len(head))
+    _finish(ws, widths, len(events), len(head), run_column=1)
     return cells
 
 
@@ -198,7 +222,7 @@ def write_resources(ws: Any, view: View, fmt: Formats) -> Cells:
         widths.see(row, 0, len(key))
         for c, v in enumerate(vals, start=1):
             write_value(cells, c, v, fmt, fmt.mb)
-    _finish(ws, widths, row, len(head), landscape=False)
+    _finish(ws, widths, row, len(head), run_column=0)
     return cells
 
 
@@ -216,13 +240,13 @@ def write_queue(ws: Any, view: View, fmt: Formats) -> Cells:
             cells.string(1, why)
         widths.see(row, 0, len(k))
         widths.see(row, 1, len(why))
-    _finish(ws, widths, len(view.data.queue), len(head), landscape=False)
+    _finish(ws, widths, len(view.data.queue), len(head), run_column=0)
     return cells
 
 
-def _finish(ws: Any, widths: Widths, rows: int, ncols: int, landscape: bool = True) -> None:
-    """Column widths, a frozen header with a filter over `rows` rows, and the page setup."""
-    widths.apply(ws, 48)
-    ws.freeze_panes(1, 0)
+def _finish(ws: Any, widths: Widths, rows: int, ncols: int, run_column: int) -> None:
+    """Column widths, a filter over `rows` rows, and the page setup (frozen up to the run
+    column)."""
+    columns = widths.apply(ws, 48)
     ws.autofilter(0, 0, rows, ncols - 1)
-    page(ws, landscape)
+    page(ws, columns, frozen=run_column + 1)

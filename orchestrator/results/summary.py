@@ -21,7 +21,7 @@ from typing import Any
 from ..curves import nonfinite_text
 from ..model import RunRecord
 from .ooxml import Cells
-from .sheets import MAX_ROWS, Formats, Widths, header, write_value
+from .sheets import MAX_ROWS, Formats, Widths, header, page, write_value
 from .view import RunView, View, cell_text, excel_time, time_zone
 
 __all__ = ["FIXED_COLUMNS", "MAX_LINKS", "write_attempts", "write_summary"]
@@ -232,14 +232,13 @@ def _write_provenance(ws: Any, cells: Cells, widths: Widths, row: int, r: RunRec
 
 def _finish(ws: Any, view: View, cols: _Columns, widths: Widths, n: int, fmt: Formats, best: bool) -> None:
     """Column widths, the best value of each metric column in bold green (if `best`), frozen
-    panes, the filter over the `n` rows, and the page setup (A4 landscape at 60 %, `#` and
-    `run` repeated)."""
+    panes, the filter over the `n` rows, and the page setup (`sheets.page`: frozen at `run`)."""
     s0, m0 = cols.s0, cols.m0
     for j in range(len(cols.metrics)):
         widths.w[m0 + j] = max(widths.w[m0 + j], 9)
     widths.w[s0 + 6] = widths.w[s0 + 7] = 17
     widths.w[s0 + 9] = max(widths.w[s0 + 9], 10)
-    widths.apply(ws)
+    columns = widths.apply(ws)
     if n and best:
         from xlsxwriter.utility import xl_col_to_name
 
@@ -250,12 +249,5 @@ def _finish(ws: Any, view: View, cols: _Columns, widths: Widths, n: int, fmt: Fo
             ws.conditional_format(1, m0 + j, n, m0 + j, {
                 "type": "formula", "format": fmt.best,
                 "criteria": f"=AND(ISNUMBER({col}2),{col}2={best}({col}$2:{col}${n + 1}))"})
-    ws.freeze_panes(1, 2)
     ws.autofilter(0, 0, n, len(cols.head) - 1)
-    ws.set_landscape()
-    ws.set_paper(9)
-    ws.set_print_scale(60)
-    ws.print_across()
-    ws.set_margins(left=0.4, right=0.4, top=0.5, bottom=0.5)
-    ws.repeat_rows(0)
-    ws.repeat_columns(0, 1)
+    page(ws, columns, frozen=2)  # `#` and `run`

@@ -34,7 +34,7 @@ __all__ = [
     "cell_text", "chart_text", "excel_time", "fingerprint", "points_per_series", "short_label", "time_zone",
 ]
 
-FORMAT_VERSION = "2"
+FORMAT_VERSION = "3"  # 3: the page setup of #13
 SHEETS = ("Summary", "Curves", "Curve data", "Events", "Resources", "Queue", "Attempts")
 CURVE_SHEETS = (2, 3)  # 1-based positions of the sheets copied on a summary-only refresh
 MAX_POINTS_PER_SERIES = 200
