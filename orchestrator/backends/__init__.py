@@ -35,6 +35,8 @@ The `Backend` protocol:
     adopt(handles)       after a crash between submitting and recording: the jobs that
                          exist, by run key
     cancel(handles)      ask jobs to stop; run key → error for those it could not ask
+    read_limits()        bytes read per output file and per cluster in one poll; a line
+                         longer than the first (the read window) is cut, never re-read
     read_output(run_dir, name, offset=, tail=, limit=)
                          bytes of one output file of a run (`nero logs`)
     resources()          queues and free slots, GPUs, RAM, load, free disk (`nero resources`)
@@ -104,6 +106,10 @@ class Backend(Protocol):
 
     def cancel(self, handles: Sequence[Handle]) -> dict[str, str]:
         """Ask jobs to stop; returns run key → error for those that could not be asked."""
+
+    def read_limits(self) -> tuple[int, int]:
+        """Bytes read per output file (the read window: a longer line is cut) and per
+        cluster in one poll."""
 
     def read_output(self, run_dir: str, name: str, *, offset: int = 0, tail: int | None = None,
                     limit: int = 8 << 20) -> OutputChunk:

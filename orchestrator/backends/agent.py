@@ -331,15 +331,20 @@ def op_poll(req, inp, reply):
     for r in req.get("runs", []):
         d = r["dir"]
         files = dict((n, read_small(os.path.join(d, n))) for n in STATUS_FILES)
-        chunks, complete = [], True
+        chunks, mids, complete = [], [], True
         for name, off in zip(OUTPUTS, r.get("off", [0, 0, 0, 0])):
             limit = min(per_file, budget)
-            data = read_from(os.path.join(d, name), off, limit + 1)
+            # the byte before the offset too: not a line end means the offset lies inside a
+            # line too long to read, cut in an earlier poll (nero skips to its end)
+            back = 1 if off > 0 else 0
+            data = read_from(os.path.join(d, name), off - back, limit + 1 + back)
+            mids.append(bool(back and data[:1] and data[:1] != b"\n"))
+            data = data[back:]
             if len(data) > limit:
                 data, complete = data[:limit], False
             budget -= len(data)
             chunks.append(reply.blob(data))
-        item = {"files": files, "chunks": chunks, "complete": complete}
+        item = {"files": files, "chunks": chunks, "mid": mids, "complete": complete, "dir": os.path.isdir(d)}
         if files.get("exit_code") is not None:
             item["tail"] = reply.blob(tail(os.path.join(d, "stderr.log")))
         if r.get("check_pid"):

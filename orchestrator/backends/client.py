@@ -376,7 +376,7 @@ class AgentBackend(ABC):
             info.disk_free_mb = reply.header["disk_free_mb"]
         states = self.states(reply, query["list"]) if query is not None else {}
         remote_now = float(reply.header.get("time") or time.time())
-        return [self._status(h, item, reply, states, remote_now, check_pid)
+        return [self._status(h, item, reply, states, remote_now, check_pid, per_file)
                 for h, item in zip(handles, reply.header["runs"], strict=True)]
 
     def states(self, reply: AgentReply, listing: list[str]) -> dict[str, SchedState]:
@@ -394,7 +394,7 @@ class AgentBackend(ABC):
         return states
 
     def _status(self, h: Handle, item: dict[str, Any], reply: AgentReply, states: dict[str, SchedState],
-                now: float, check_pid: bool) -> JobStatus:
+                now: float, check_pid: bool, window: int = 0) -> JobStatus:
         files = item.get("files", {})
         started = None
         if files.get("started"):
@@ -427,7 +427,9 @@ class AgentBackend(ABC):
             stdout=chunks[0], stderr=chunks[1], metrics=chunks[2], resources=chunks[3], offsets=h.offsets,
             scheduler_state=sched_state, scheduler_reason=sched_reason,
             stderr_tail=reply.blob(item.get("tail")), complete=bool(item.get("complete", True)),
-            signalled=files.get("stopped") is not None,
+            signalled=files.get("stopped") is not None, window=window,
+            midline=tuple(bool(m) for m in item.get("mid") or (False,) * len(chunks)),
+            dir_exists=bool(item.get("dir", True)),
         )
 
     # ------------------------------------------------------------ adopt
