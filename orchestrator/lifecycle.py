@@ -35,10 +35,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from .metrics import default_goal, improves, prefer_tracked
-from .model import Event, JobStatus, MetricDef, MetricPoint, Offsets, RunRecord, RunState, Update
+from .model import Event, JobStatus, MetricDef, MetricPoint, Offsets, RunRecord, RunState, Submission, Update
 from .monitor import parse_output, parse_resources, parse_track
 
-__all__ = ["START_GRACE_S", "HEARTBEAT_TIMEOUT_S", "SCHEDULER_STATES", "fold_metrics", "observe"]
+__all__ = ["START_GRACE_S", "HEARTBEAT_TIMEOUT_S", "SCHEDULER_STATES", "fold_metrics", "observe", "recovery"]
 
 START_GRACE_S = 120.0  # a submitted job that shows no sign of life for this long is lost
 HEARTBEAT_TIMEOUT_S = 300.0
@@ -195,6 +195,20 @@ def observe(rec: RunRecord, st: JobStatus, now: float, defs: Sequence[MetricDef]
         points=points, samples=tuple(samples), last=last, best=best, step=step,
         events=tuple(events),
     )
+
+
+def recovery(found: Submission | None, submitted_at: float | None, now: float, grace: float) -> str:
+    """What becomes of an attempt recorded but not confirmed (nero stopped between its
+    intent and the backend's answer), given what `Backend.adopt` found of it: "adopt"
+    (handed over and seen: its job id), "wait" (handed to the cluster but not seen yet: a
+    scheduler may queue it late, a process may be starting; for `grace` s after its
+    submission), else "resubmit" (never handed over; or still unseen after the grace,
+    where the job script's claim lets only one copy start)."""
+    if found is not None and found.job_id:
+        return "adopt"
+    if found is not None and now - (submitted_at or 0) < grace:
+        return "wait"
+    return "resubmit"
 
 
 def _stopped(request: str) -> tuple[RunState, str]:

@@ -161,3 +161,106 @@ def test_a_job_that_deletes_its_run_folder_is_lost_with_its_own_reason(project: 
     assert run["state"] == "lost"
     assert run["reason"].startswith("the run folder ") and "vanished while the job ran" in run["reason"], run
     assert "out of memory" not in run["reason"]
+
+
+# --------------------------------------------------------------------------- intent recovery
+LEDGER = r'''
+import os, sys
+with open(sys.argv[1], "a") as f:  # one line per start of the program
+    f.write(os.environ["NERO_RUN_DIR"] + "\n")
+print("step=1 loss=0.5")
+'''
+
+# nero killed at a named point of a submission: after the agent wrote the job's files and
+# before it handed the job over ("files"), or after it recorded the hand-over but before the
+# process started ("handed": a unit that runs `true` instead, so no job exists and no id is
+# written); `units` are the agent's submission units, so the rest of the request is real
+KILLED_IN_SUBMIT = r'''
+import os, sys
+from orchestrator.backends.local import LocalBackend
+from orchestrator.reconcile import Reconciler
+
+POINT = sys.argv[2]
+
+
+class KilledInSubmit(LocalBackend):
+    def exchange(self, request, payload, timeout):
+        if request["op"] != "submit":
+            return super().exchange(request, payload, timeout)
+        if POINT == "files":
+            request = {**request, "units": []}
+        else:
+            request = {**request, "units": [{**u, "kind": "command", "argv": ["true"]} for u in request["units"]]}
+        super().exchange(request, payload, timeout)
+        os._exit(9)
+
+
+r = Reconciler(sys.argv[1], backend_factory=KilledInSubmit)
+r.load()
+r.run_pass()
+'''
+
+
+def _killed_in_submit(project: Path, point: str) -> Path:
+    """A workbook with one run whose submission nero does not survive (at `point`); the
+    ledger file the run's program writes a line to each time it starts."""
+    ledger = project / "starts.txt"
+    (project / "ledger.py").write_text(LEDGER)
+    write_workbook(project / "experiments.xlsx", [{"id": "once", "command": f"python ledger.py {ledger}"}])
+    (project / "killed.py").write_text(KILLED_IN_SUBMIT)
+    proc = subprocess.run([sys.executable, str(project / "killed.py"), str(project / "experiments.xlsx"), point],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 9, proc.stderr
+    with state_db(project) as con:
+        assert con.execute("SELECT intent, job_id, state FROM attempts").fetchall() == [(1, "", "pending")]
+    assert len(list(project.rglob("job.sh"))) == 1 and not ledger.exists()  # written, never started
+    return ledger
+
+
+def test_a_kill_between_writing_job_sh_and_starting_it_is_resubmitted_in_the_next_pass(project: Path):
+    """#12: nero SIGKILLed after writing `job.sh` and before starting the process lost the
+    run (adopted as "(starting)", then `lost: the job did not start within 120 s`, never
+    resubmitted). The run folder shows the job was never handed over: the next pass
+    submits it again at once, the same attempt, and it starts exactly once."""
+    ledger = _killed_in_submit(project, "files")
+    proc = nero("reconcile", str(project), check=True)
+    assert "1 were never handed to the cluster and are submitted now" in proc.stdout + proc.stderr
+    assert status(project)[0]["state"] in ("submitted", "running", "completed")
+    proc = nero("reconcile", str(project), "--until-done", "--interval", "0.3", timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = status(project)[0]
+    assert run["state"] == "completed" and run["attempt"] == 1
+    assert ledger.read_text().count("\n") == 1  # started exactly once
+    assert steps(project) == [1]
+
+
+def test_a_job_handed_over_but_not_seen_waits_its_grace_then_starts_once(project: Path):
+    """#12: "submitted, not yet started" is not "never handed over": a job whose hand-over
+    was recorded but that no one has seen yet may still start (a slow scheduler, a process
+    starting), so recovery waits the grace (and adopts it should it appear), then submits
+    it again; the job script's claim lets only one copy start."""
+    ledger = _killed_in_submit(project, "handed")
+    clock = [time.time()]
+    rec = Reconciler(project / "experiments.xlsx", clock=lambda: clock[0])
+    try:
+        rec.load()
+        report = rec.run_pass(results=False)
+        assert any("1 were handed to the cluster but are not seen yet" in w for w in report.warnings), report.warnings
+        assert [r.intent for r in rec.store.snapshot().values()] == [True]  # waits: not resubmitted
+        time.sleep(0.5)
+        assert not ledger.exists()
+        clock[0] += 61  # past the grace
+        report = rec.run_pass(results=False)
+        assert any("were still not seen 60 s after their submission and are submitted again" in w
+                   for w in report.warnings), report.warnings
+        clock[0] = time.time() + 61
+        end = time.time() + 60
+        while not all(r.state.finished for r in rec.store.snapshot().values()) and time.time() < end:
+            time.sleep(0.2)
+            clock[0] += 0.2
+            rec.run_pass(results=False)
+        run = rec.store.snapshot()["once"]
+    finally:
+        rec.close()
+    assert run.state.value == "completed" and run.attempt == 1
+    assert ledger.read_text().count("\n") == 1

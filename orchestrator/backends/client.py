@@ -137,7 +137,6 @@ class AgentBackend(ABC):
     tools: tuple[str, ...] = ()  # commands that must exist on the cluster
     default_capacity = 4
     remote = True  # each operation is a round trip to another machine
-    late_submissions = False  # a scheduler's controller may queue a job after its submit command gave up
     listing_hint = ""  # what to check when the scheduler's listing fails
     cancel_command: tuple[str, ...] = ()  # scancel / qdel: the job ids follow
     cancel_refused = re.compile(r"(?!)")  # a cancel command's output saying the user may not cancel
@@ -434,7 +433,9 @@ class AgentBackend(ABC):
 
     # ------------------------------------------------------------ adopt
     def adopt(self, handles: Sequence[Handle]) -> dict[str, Submission]:
-        """Jobs found for attempts recorded but not confirmed (a crash in between), by run key."""
+        """Jobs found for attempts recorded but not confirmed (a crash in between), by run
+        key; a Submission without a job id: handed to the cluster (its folder says so) but
+        no job seen yet. An attempt missing from the answer was never handed over."""
         if not handles:
             return {}
         info = self.connect()
@@ -470,7 +471,7 @@ class AgentBackend(ABC):
                 if ids:
                     base = max(ids, key=_id_order)
                     jid = f"{base}_{submit['index']}" if submit.get("batch") else base
-            if jid:
+            if jid or item.get("handed"):
                 found[h.key] = Submission(h.key, h.attempt, job_id=jid)
         return found
 
