@@ -35,7 +35,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from .metrics import default_goal, improves, prefer_tracked
-from .model import Event, JobStatus, MetricDef, MetricPoint, Offsets, RunRecord, RunState, Submission, Update
+from .model import (
+    Event,
+    JobStatus,
+    MetricDef,
+    MetricPoint,
+    Offsets,
+    RunRecord,
+    RunState,
+    Submission,
+    Update,
+)
 from .monitor import parse_output, parse_resources, parse_track
 
 __all__ = ["START_GRACE_S", "HEARTBEAT_TIMEOUT_S", "SCHEDULER_STATES", "fold_metrics", "observe", "recovery"]
