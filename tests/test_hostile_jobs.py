@@ -11,12 +11,23 @@ import subprocess
 import sys
 import time
 import tty
+from dataclasses import replace
 from pathlib import Path
 
 from conftest import nero, state_db, write_workbook
 
 from orchestrator.backends.local import LocalBackend
 from orchestrator.cli.logs import TerminalView
+from orchestrator.lifecycle import observe, recovery
+from orchestrator.model import (
+    JobStatus,
+    MetricDef,
+    Offsets,
+    RunRecord,
+    RunState,
+    Submission,
+    Update,
+)
 from orchestrator.reconcile import Reconciler
 
 
@@ -264,3 +275,50 @@ def test_a_job_handed_over_but_not_seen_waits_its_grace_then_starts_once(project
         rec.close()
     assert run.state.value == "completed" and run.attempt == 1
     assert ledger.read_text().count("\n") == 1
+
+
+# --------------------------------------------------------------------------- the rules, pure
+def _poll(rec: RunRecord, stdout: bytes, *, midline: bool = False, exit_code: int | None = None) -> Update:
+    """lifecycle.observe of one poll whose stdout chunk is `stdout` (read window: 16 bytes)."""
+    st = JobStatus(key=rec.key, attempt=1, alive=True, started=None, exit_code=exit_code, heartbeat=None,
+                   stdout=stdout, stderr=b"", metrics=b"", resources=b"", offsets=rec.offsets,
+                   complete=len(stdout) < 16, window=16, midline=(midline, False, False, False))
+    return observe(rec, st, 1000.0, (MetricDef("loss", r"loss=(?P<value>[0-9.]+)"),))
+
+
+RECORD = RunRecord(key="r", number=1, experiment="r", spec_hash="h", essence="{}", params=(), state=RunState.RUNNING,
+                   attempt=1, cluster="local", run_dir="/r/1", offsets=Offsets(stdout=100))
+
+
+def test_reading_moves_on_through_a_cut_line_and_warns_once_per_line():
+    """#12: each poll of a line longer than the window consumes bytes (never the same
+    window twice); the cut is one warn event; the line after it is read."""
+    cut = _poll(RECORD, b"x" * 16)  # a full window, no line end: the line is cut
+    assert cut.offsets.stdout == 116 and [e.kind for e in cut.events] == ["warn"]
+    assert cut.events[0].reason == ("stdout.log: a line longer than 16 bytes at byte 100 was cut "
+                                    "(skipped to its end, not read for metrics)")
+    on = _poll(replace(RECORD, offsets=cut.offsets), b"x" * 16, midline=True)  # still the same line
+    assert on.offsets.stdout == 132 and on.events == ()
+    end = _poll(replace(RECORD, offsets=on.offsets), b"xx\nloss=0.5\n", midline=True)  # its end, then a line
+    assert end.offsets.stdout == 132 + 12 and [p.value for p in end.points] == [0.5] and end.events == ()
+    whole = _poll(RECORD, b"loss=0.25\nxxxxxx")  # complete lines first: no cut, the rest waits
+    assert whole.offsets.stdout == 110 and [p.value for p in whole.points] == [0.25] and whole.events == ()
+
+
+def test_a_job_that_ended_inside_a_cut_line_closes():
+    """#12 as reported: exit code 0 written, the run stayed open while its last line was
+    longer than the window. Past the cut, the last bytes are read and the run completes."""
+    held = _poll(RECORD, b"y" * 16, exit_code=0)  # more to read: the ending waits, the cut is said
+    assert held.state is None and held.offsets.stdout == 116 and [e.kind for e in held.events] == ["warn"]
+    done = _poll(replace(RECORD, offsets=held.offsets), b"yyyy", midline=True, exit_code=0)
+    assert done.state is RunState.COMPLETED and done.offsets.stdout == 120
+
+
+def test_recovery_tells_seen_handed_and_never_handed_apart():
+    """#12: "submitted and started" is adopted, "handed over, not seen yet" waits its grace,
+    "never handed to the backend" is submitted again at once."""
+    seen, handed = Submission("r", 1, job_id="42"), Submission("r", 1)
+    assert recovery(seen, 1000.0, 1001.0, 60.0) == "adopt"
+    assert recovery(handed, 1000.0, 1001.0, 60.0) == "wait"
+    assert recovery(handed, 1000.0, 1061.0, 60.0) == "resubmit"
+    assert recovery(None, 1000.0, 1001.0, 60.0) == "resubmit"
