@@ -18,24 +18,37 @@ itself before the stop reached it):
   after a rule asked for its stop (a rule firing on the last line it printed) is thus
   completed or failed, and the rule is recorded as a `warn` event;
 * no exit code but a final scheduler state (SCHEDULER_STATES: TIMEOUT, PREEMPTED, …);
-* not alive: lost if it had started or has waited longer than START_GRACE_S since its
-  submission (else it is still starting: unchanged);
+* not alive: lost if its run folder vanished (`dir_exists`, a reason of its own), if it had
+  started, or if it has waited longer than START_GRACE_S since its submission (else it is
+  still starting: unchanged);
 * alive, not known to a scheduler, heartbeat older than HEARTBEAT_TIMEOUT_S: lost.
 
 An ending is deferred while the poll could not read the job's files to their end, so a
-run is closed only with all its output read. A first sign of life (`started`) moves a
+run is closed only with all its output read. Reading always makes progress: a line longer
+than the read window (`JobStatus.window`) is cut, that is skipped to its end (the poll
+says when a chunk starts inside such a line, `midline`), with one `warn` event per line. A first sign of life (`started`) moves a
 pending or submitted attempt to running.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from .metrics import default_goal, improves, prefer_tracked
-from .model import Event, JobStatus, MetricDef, MetricPoint, Offsets, RunRecord, RunState, Update
+from .model import (
+    Event,
+    JobStatus,
+    MetricDef,
+    MetricPoint,
+    Offsets,
+    RunRecord,
+    RunState,
+    Submission,
+    Update,
+)
 from .monitor import parse_output, parse_resources, parse_track
 
-__all__ = ["START_GRACE_S", "HEARTBEAT_TIMEOUT_S", "SCHEDULER_STATES", "fold_metrics", "observe"]
+__all__ = ["START_GRACE_S", "HEARTBEAT_TIMEOUT_S", "SCHEDULER_STATES", "fold_metrics", "observe", "recovery"]
 
 START_GRACE_S = 120.0  # a submitted job that shows no sign of life for this long is lost
 HEARTBEAT_TIMEOUT_S = 300.0
@@ -73,6 +86,22 @@ def _last_line(data: bytes) -> str:
     return ""
 
 
+def _read_lines(data: bytes, midline: bool, window: int, parse: Callable[[bytes], tuple[list, int]]
+                ) -> tuple[list, int, bool]:
+    """What `parse` finds in a chunk of output, the bytes consumed, and whether a line was
+    cut. A chunk that starts inside a cut line (`midline`) first skips to that line's end;
+    a chunk as long as the read window with no line end holds a line too long to read: it
+    is skipped whole (cut), so reading always makes progress."""
+    lead = 0
+    if midline:
+        nl = data.find(b"\n")
+        lead = len(data) if nl < 0 else nl + 1
+    found, n = parse(data[lead:])
+    if lead + n == 0 and window and len(data) >= window:
+        return found, len(data), True
+    return found, lead + n, False
+
+
 def observe(rec: RunRecord, st: JobStatus, now: float, defs: Sequence[MetricDef] = (),
             goals: Mapping[str, str] | None = None) -> Update:
     """What one poll of a live attempt means: the Update to apply (only what changed)
@@ -81,16 +110,29 @@ def observe(rec: RunRecord, st: JobStatus, now: float, defs: Sequence[MetricDef]
     # once the job has written its exit code its files are complete: a last line
     # without a newline is read too
     final = st.exit_code is not None and st.complete
-    out_pts, out_n = parse_output(st.stdout, defs, now, source="stdout", final=final)
-    err_pts, err_n = parse_output(st.stderr, defs, now, source="stderr", final=final)
-    trk_pts, trk_n = parse_track(st.metrics, final=final)
-    samples, res_n = parse_resources(st.resources, final=final)
+    o = st.offsets
+    mid = tuple(st.midline) + (False,) * 4
+    cuts: list[str] = []
+
+    def read(name: str, data: bytes, offset: int, midline: bool, parse) -> tuple[list, int]:
+        found, n, cut = _read_lines(data, midline, st.window, parse)
+        if cut:
+            cuts.append(f"{name}: a line longer than {st.window} bytes at byte {offset} was cut "
+                        "(skipped to its end, not read for metrics)")
+        return found, n
+
+    out_pts, out_n = read("stdout.log", st.stdout, o.stdout, mid[0],
+                          lambda d: parse_output(d, defs, now, source="stdout", final=final))
+    err_pts, err_n = read("stderr.log", st.stderr, o.stderr, mid[1],
+                          lambda d: parse_output(d, defs, now, source="stderr", final=final))
+    trk_pts, trk_n = read("metrics.jsonl", st.metrics, o.metrics, mid[2], lambda d: parse_track(d, final=final))
+    samples, res_n = read("resources.jsonl", st.resources, o.resources, mid[3],
+                          lambda d: parse_resources(d, final=final))
     # a metric both printed (rounded) and logged through track (exact) counts once: the exact one
     points = tuple(prefer_tracked(out_pts + err_pts, trk_pts))
-    o = st.offsets
     offsets = Offsets(o.stdout + out_n, o.stderr + err_n, o.metrics + trk_n, o.resources + res_n)
 
-    events: list[Event] = []
+    events: list[Event] = [Event(now, rec.key, "warn", c, rec.attempt) for c in cuts]
     state, reason = rec.state, None
     started_at = host = ended_at = exit_code = None
     if st.started and rec.started_at is None:
@@ -123,6 +165,10 @@ def observe(rec: RunRecord, st: JobStatus, now: float, defs: Sequence[MetricDef]
         if rec.stop_requested:
             ended = True
             state, reason = _stopped(rec.stop_requested)
+        elif not st.dir_exists:
+            ended = True
+            state = RunState.LOST
+            reason = f"the run folder {rec.run_dir} vanished while the job ran (the job or someone removed it)"
         elif started or waited > START_GRACE_S:
             ended = True
             state = RunState.LOST
@@ -135,7 +181,7 @@ def observe(rec: RunRecord, st: JobStatus, now: float, defs: Sequence[MetricDef]
     if ended and not st.complete:
         # more output than one pass reads: finish reading before the run is closed
         state, reason, ended, ended_at, exit_code = rec.state, None, False, None, None
-        events = [e for e in events if e.kind == "started"]
+        events = [e for e in events if e.kind in ("started", "warn")]
     if ended:
         # the job's last heartbeat is written just before its exit code: the real end
         ended_at = st.heartbeat if st.exit_code is not None and st.heartbeat else now
@@ -159,6 +205,20 @@ def observe(rec: RunRecord, st: JobStatus, now: float, defs: Sequence[MetricDef]
         points=points, samples=tuple(samples), last=last, best=best, step=step,
         events=tuple(events),
     )
+
+
+def recovery(found: Submission | None, submitted_at: float | None, now: float, grace: float) -> str:
+    """What becomes of an attempt recorded but not confirmed (nero stopped between its
+    intent and the backend's answer), given what `Backend.adopt` found of it: "adopt"
+    (handed over and seen: its job id), "wait" (handed to the cluster but not seen yet: a
+    scheduler may queue it late, a process may be starting; for `grace` s after its
+    submission), else "resubmit" (never handed over; or still unseen after the grace,
+    where the job script's claim lets only one copy start)."""
+    if found is not None and found.job_id:
+        return "adopt"
+    if found is not None and now - (submitted_at or 0) < grace:
+        return "wait"
+    return "resubmit"
 
 
 def _stopped(request: str) -> tuple[RunState, str]:

@@ -459,6 +459,9 @@ class JobStatus:
     stderr_tail: bytes = b""  # the end of stderr.log, read once the job has ended
     complete: bool = True  # the chunks reach the end of the files (no read limit hit)
     signalled: bool = False  # the job script was told to stop while its program ran (`stopped`)
+    window: int = 0  # bytes read per output file in one poll: a chunk this long without a line end is cut (0: never)
+    midline: tuple[bool, ...] = (False, False, False, False)  # each chunk starts inside a line cut before
+    dir_exists: bool = True  # the run folder exists (False: it vanished while the job ran)
 
 
 @dataclass(frozen=True)

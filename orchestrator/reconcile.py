@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 from .backends import Backend, make_backend
 from .errors import BackendError, NeroError, WorkbookError
 from .jobs import command_variables, params_json, script_context
-from .lifecycle import observe
+from .lifecycle import observe, recovery
 from .metrics import goals_of
 from .model import (
     Action,
@@ -228,30 +229,29 @@ class Reconciler:
             except NeroError as e:
                 report.warnings.append(f"{e}; its unconfirmed submissions are checked again next pass")
                 continue
-            missing = [r for r in recs if r.key not in found]
-            # A scheduler may queue a job whose submit command timed out a while after it
-            # answered: a job not found stays unconfirmed until that cannot happen any more.
-            late = self.backend(cluster).late_submissions
-            wait = [r for r in missing if late and now - (r.submitted_at or 0) < self.unconfirmed_grace_s]
-            parts = [f"{len(found)} were found on the cluster and adopted"]
-            if wait:
-                parts.append(f"{len(wait)} were not found yet and are looked for again next pass (submitted again "
-                             f"only if still missing {self.unconfirmed_grace_s:.0f} s after their submission)")
-            if len(missing) > len(wait):
-                parts.append(f"{len(missing) - len(wait)} were not there and are submitted now")
+            fate = {r.key: recovery(found.get(r.key), r.submitted_at, now, self.unconfirmed_grace_s) for r in recs}
+            count = Counter(fate.values())
+            never = sum(1 for r in recs if fate[r.key] == "resubmit" and r.key not in found)
+            parts = [f"{count['adopt']} were found on the cluster and adopted"]
+            if count["wait"]:
+                parts.append(f"{count['wait']} were handed to the cluster but are not seen yet and are looked for "
+                             f"again next pass (submitted again only if still missing "
+                             f"{self.unconfirmed_grace_s:.0f} s after their submission)")
+            if never:
+                parts.append(f"{never} were never handed to the cluster and are submitted now")
+            if count["resubmit"] > never:
+                parts.append(f"{count['resubmit'] - never} were still not seen {self.unconfirmed_grace_s:.0f} s "
+                             "after their submission and are submitted again (the job script lets one copy start)")
             report.warnings.append(f"cluster {cluster!r}: of {len(recs)} unconfirmed submission(s), " + "; ".join(parts))
-            waiting = {r.key for r in wait}
             for r in recs:
-                if r.key in waiting:
-                    continue
-                sub = found.get(r.key)
-                if sub is not None:
-                    ev = Event(now, r.key, "adopted", f"job {sub.job_id or '(starting)'} found on the cluster "
+                if fate[r.key] == "adopt":
+                    sub = found[r.key]
+                    ev = Event(now, r.key, "adopted", f"job {sub.job_id} found on the cluster "
                                "(its submission was not confirmed)", r.attempt)
                     updates.append(Update(r.key, r.attempt, state=RunState.SUBMITTED, job_id=sub.job_id, intent=False,
                                           events=(ev,)))
                     report.events.append(ev)
-                else:
+                elif fate[r.key] == "resubmit":
                     resubmit.append(r)
         self.store.apply(updates)
         specs = {s.key: s for s in self.specs}

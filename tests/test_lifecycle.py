@@ -93,6 +93,9 @@ OBSERVATIONS = [
     Obs("vanished-with-started-file", {"alive": False, "started": STARTED}, (RunState.LOST, LOST_PROCESS)),
     Obs("vanished-after-grace", {"alive": False}, (RunState.LOST, LOST_PROCESS), fresh=(RunState.LOST, LOST_START),
         rec={"submitted_at": NOW - START_GRACE_S - 1}),
+    Obs("run-folder-gone", {"alive": False, "dir_exists": False},  # #12: the job removed its own folder
+        (RunState.LOST, "the run folder /r/e/2 vanished while the job ran (the job or someone removed it)"),
+        rec={"run_dir": "/r/e/2"}),
     Obs("heartbeat-stale", {"heartbeat": NOW - HEARTBEAT_TIMEOUT_S - 100},
         (RunState.LOST, f"no heartbeat for {HEARTBEAT_TIMEOUT_S + 100:.0f} s")),
     Obs("heartbeat-stale-scheduler-knows", {"heartbeat": NOW - HEARTBEAT_TIMEOUT_S - 100, "scheduler_state": "RUNNING"},

@@ -18,9 +18,6 @@ The `Backend` protocol:
     cluster              the Clusters sheet's row
     remote               True: each operation is a round trip to another machine (an idle
                          cluster is polled with back-off; `nero logs -f` reads less often)
-    late_submissions     True: a job whose submit command failed or timed out may still be
-                         queued a while later (a scheduler's controller answering slowly), so
-                         a job not found by `adopt` is not yet proof that it was never taken
     connect()            reach the cluster now; BackendError if it cannot be reached
     capacity()           how many jobs may be live at once
     run_root()           where its run folders go (absolute, on the cluster)
@@ -33,8 +30,12 @@ The `Backend` protocol:
     poll(handles)        status and appended output of every given live job, in one go;
                          a finished job is never asked about again
     adopt(handles)       after a crash between submitting and recording: the jobs that
-                         exist, by run key
+                         exist, by run key; without a job id, those handed to the cluster
+                         (a process started, a submit command run: a scheduler may still
+                         queue it late) but not seen yet; the others were never handed over
     cancel(handles)      ask jobs to stop; run key → error for those it could not ask
+    read_limits()        bytes read per output file and per cluster in one poll; a line
+                         longer than the first (the read window) is cut, never re-read
     read_output(run_dir, name, offset=, tail=, limit=)
                          bytes of one output file of a run (`nero logs`)
     resources()          queues and free slots, GPUs, RAM, load, free disk (`nero resources`)
@@ -74,7 +75,6 @@ class Backend(Protocol):
 
     cluster: Cluster
     remote: bool
-    late_submissions: bool
 
     def connect(self) -> object:
         """Reach the cluster now (once, then as needed); BackendError if it cannot be reached."""
@@ -100,10 +100,15 @@ class Backend(Protocol):
         """Status and appended output of every given live job, in one round trip."""
 
     def adopt(self, handles: Sequence[Handle]) -> dict[str, Submission]:
-        """After a crash between submitting and recording: the jobs that exist, by run key."""
+        """After a crash between submitting and recording: the jobs that exist, by run key
+        (no job id: handed over, not seen yet; absent: never handed over)."""
 
     def cancel(self, handles: Sequence[Handle]) -> dict[str, str]:
         """Ask jobs to stop; returns run key → error for those that could not be asked."""
+
+    def read_limits(self) -> tuple[int, int]:
+        """Bytes read per output file (the read window: a longer line is cut) and per
+        cluster in one poll."""
 
     def read_output(self, run_dir: str, name: str, *, offset: int = 0, tail: int | None = None,
                     limit: int = 8 << 20) -> OutputChunk:

@@ -20,8 +20,10 @@ Operations (request["op"]):
              jobs the listing lacks), then each run's status files and the bytes
              appended to its outputs since the given offsets, bounded per file and in
              total
-  adopt      under the submit lock: each run directory's job id / submission record and
-             the scheduler's listing of job names (finding jobs after a crash)
+  adopt      under the submit lock: each run directory's job id / submission record,
+             whether its job was handed over at all (`handed`, written just before the
+             submit command runs or the process starts) and the scheduler's listing of
+             job names (finding jobs after a crash)
   cancel     scheduler commands, or signals to detached process groups
   resources  CPUs, load, RAM, GPUs (nvidia-smi), free disk, and queue commands' output
   read       one output file of a run directory (`nero logs`): its last bytes, or the
@@ -52,6 +54,7 @@ MAGIC = b"NERO-AGENT/1"
 # this file is shipped alone, so it repeats them
 NERO_DIR = ".nero"
 SUBMIT_LOCK = "submit.lock"
+HANDED = "handed"  # in a run folder: its job was handed to the scheduler or started (adopt reads it)
 HOME = os.path.expanduser("~")
 
 
@@ -331,15 +334,20 @@ def op_poll(req, inp, reply):
     for r in req.get("runs", []):
         d = r["dir"]
         files = dict((n, read_small(os.path.join(d, n))) for n in STATUS_FILES)
-        chunks, complete = [], True
+        chunks, mids, complete = [], [], True
         for name, off in zip(OUTPUTS, r.get("off", [0, 0, 0, 0])):
             limit = min(per_file, budget)
-            data = read_from(os.path.join(d, name), off, limit + 1)
+            # the byte before the offset too: not a line end means the offset lies inside a
+            # line too long to read, cut in an earlier poll (nero skips to its end)
+            back = 1 if off > 0 else 0
+            data = read_from(os.path.join(d, name), off - back, limit + 1 + back)
+            mids.append(bool(back and data[:1] and data[:1] != b"\n"))
+            data = data[back:]
             if len(data) > limit:
                 data, complete = data[:limit], False
             budget -= len(data)
             chunks.append(reply.blob(data))
-        item = {"files": files, "chunks": chunks, "complete": complete}
+        item = {"files": files, "chunks": chunks, "mid": mids, "complete": complete, "dir": os.path.isdir(d)}
         if files.get("exit_code") is not None:
             item["tail"] = reply.blob(tail(os.path.join(d, "stderr.log")))
         if r.get("check_pid"):
@@ -393,12 +401,25 @@ def _job_id(out):
 SPAWNED = []
 
 
+def _write_each(runs, name, texts):
+    pairs = list(zip(runs, texts))
+    if len(pairs) > 8:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda dt: write_new(os.path.join(dt[0], name), dt[1]), pairs))
+    else:
+        for d, text in pairs:
+            write_new(os.path.join(d, name), text)
+
+
 def _submit_unit(unit):
     for p, text in unit.get("files", {}).items():
         parent = os.path.dirname(p)
         if parent and not os.path.isdir(parent):
             os.makedirs(parent)
         write_atomic(p, text, 0o755 if p.endswith(".sh") else None)
+    # recorded before the job is handed over (process started, submit command run): a run
+    # folder without it was never handed to anyone, so nero may submit it again at once
+    _write_each(unit["runs"], HANDED, ["%f\n" % time.time()] * len(unit["runs"]))
     if unit["kind"] == "spawn":
         env = dict(os.environ)
         env.update(unit.get("env", {}))
@@ -418,13 +439,7 @@ def _submit_unit(unit):
         if jid:
             ids = ["%s_%d" % (jid, i) for i in range(len(unit["runs"]))] if unit.get("array") else [jid]
         result = {"rc": r["rc"], "out": r["out"].decode("utf-8", "replace")[-2000:], "err": r["err"], "ids": ids}
-    pairs = list(zip(unit["runs"], ids))  # read by adopt only under the submit lock
-    if len(pairs) > 8:
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda dj: write_new(os.path.join(dj[0], "job_id"), dj[1] + "\n"), pairs))
-    else:
-        for d, jid in pairs:
-            write_new(os.path.join(d, "job_id"), jid + "\n")
+    _write_each(unit["runs"], "job_id", [jid + "\n" for jid in ids])  # read by adopt only under the submit lock
     return result
 
 
@@ -501,7 +516,8 @@ def op_adopt(req, inp, reply):
             item = {"job_id": read_small(os.path.join(d, "job_id")),
                     "submit": read_small(os.path.join(d, "submit.json"), 65536),
                     "pid": read_small(os.path.join(d, "pid")),
-                    "has_job": os.path.exists(os.path.join(d, "job.sh"))}
+                    "has_job": os.path.exists(os.path.join(d, "job.sh")),
+                    "handed": os.path.exists(os.path.join(d, HANDED))}
             if r.get("check_pid") and item["job_id"]:
                 item["alive"] = item["job_id"].isdigit() and process_alive(int(item["job_id"]), d)
             if not item["job_id"] and item["has_job"] and r.get("name"):

@@ -137,7 +137,6 @@ class AgentBackend(ABC):
     tools: tuple[str, ...] = ()  # commands that must exist on the cluster
     default_capacity = 4
     remote = True  # each operation is a round trip to another machine
-    late_submissions = False  # a scheduler's controller may queue a job after its submit command gave up
     listing_hint = ""  # what to check when the scheduler's listing fails
     cancel_command: tuple[str, ...] = ()  # scancel / qdel: the job ids follow
     cancel_refused = re.compile(r"(?!)")  # a cancel command's output saying the user may not cancel
@@ -376,7 +375,7 @@ class AgentBackend(ABC):
             info.disk_free_mb = reply.header["disk_free_mb"]
         states = self.states(reply, query["list"]) if query is not None else {}
         remote_now = float(reply.header.get("time") or time.time())
-        return [self._status(h, item, reply, states, remote_now, check_pid)
+        return [self._status(h, item, reply, states, remote_now, check_pid, per_file)
                 for h, item in zip(handles, reply.header["runs"], strict=True)]
 
     def states(self, reply: AgentReply, listing: list[str]) -> dict[str, SchedState]:
@@ -394,7 +393,7 @@ class AgentBackend(ABC):
         return states
 
     def _status(self, h: Handle, item: dict[str, Any], reply: AgentReply, states: dict[str, SchedState],
-                now: float, check_pid: bool) -> JobStatus:
+                now: float, check_pid: bool, window: int = 0) -> JobStatus:
         files = item.get("files", {})
         started = None
         if files.get("started"):
@@ -427,12 +426,16 @@ class AgentBackend(ABC):
             stdout=chunks[0], stderr=chunks[1], metrics=chunks[2], resources=chunks[3], offsets=h.offsets,
             scheduler_state=sched_state, scheduler_reason=sched_reason,
             stderr_tail=reply.blob(item.get("tail")), complete=bool(item.get("complete", True)),
-            signalled=files.get("stopped") is not None,
+            signalled=files.get("stopped") is not None, window=window,
+            midline=tuple(bool(m) for m in item.get("mid") or (False,) * len(chunks)),
+            dir_exists=bool(item.get("dir", True)),
         )
 
     # ------------------------------------------------------------ adopt
     def adopt(self, handles: Sequence[Handle]) -> dict[str, Submission]:
-        """Jobs found for attempts recorded but not confirmed (a crash in between), by run key."""
+        """Jobs found for attempts recorded but not confirmed (a crash in between), by run
+        key; a Submission without a job id: handed to the cluster (its folder says so) but
+        no job seen yet. An attempt missing from the answer was never handed over."""
         if not handles:
             return {}
         info = self.connect()
@@ -468,7 +471,7 @@ class AgentBackend(ABC):
                 if ids:
                     base = max(ids, key=_id_order)
                     jid = f"{base}_{submit['index']}" if submit.get("batch") else base
-            if jid:
+            if jid or item.get("handed"):
                 found[h.key] = Submission(h.key, h.attempt, job_id=jid)
         return found
 

@@ -142,7 +142,6 @@ def parse_qstat_g_c(text: str) -> tuple[QueueInfo, ...]:
 class SgeBackend(AgentBackend):
     kind = ClusterKind.SGE
     tools = ("qsub", "qstat", "qdel")
-    late_submissions = True
     default_capacity = DEFAULT_CAPACITY
     cancel_command = ("qdel",)
     cancel_refused = re.compile(r"not (?:the )?owner|permission denied|not allowed", re.I)  # not `denied: no such job`

@@ -225,7 +225,6 @@ def batch_name(dirs: Sequence[str]) -> str:
 class SlurmBackend(AgentBackend):
     kind = ClusterKind.SLURM
     tools = ("sbatch", "squeue", "scancel")
-    late_submissions = True
     default_capacity = DEFAULT_CAPACITY
     listing_hint = "is slurmctld up? `squeue` on the login node should answer; runs keep their state"
     cancel_command = ("scancel",)
