@@ -46,7 +46,9 @@ if TYPE_CHECKING:
     from .reconcile import PassReport
     from .state import Mail
 
-__all__ = ["Candidate", "Overridden", "Project"]
+__all__ = ["Candidate", "LOCK_WAIT_S", "Overridden", "Project"]
+
+LOCK_WAIT_S = 2.0  # a reconcile waits this long for the lock: `nero status` reading local runs holds it briefly
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,8 @@ class Project:
     @contextmanager
     def exclusive(self, doing: str = "") -> Iterator[bool]:
         """The project's reconcile lock (one reconciling process at a time), held while the
-        block runs if no other process holds it; yields whether this one got it. Never waits.
+        block runs if no other process holds it; yields whether this one got it. A reader
+        (no `doing`) never waits; a reconcile waits LOCK_WAIT_S for a reader to let go.
         With `doing` ("watching", "one pass"…) the holder writes its pid and that beside the
         lock (`reconcile.pid`, read by `freshness`); a pid file left by a killed holder is
         removed by the next one. DiskError when the lock file cannot be created (read-only
@@ -191,7 +194,7 @@ class Project:
         path, pid_file = self.paths.reconcile_lock, self.paths.reconcile_pid
         lock = FileLock(str(path))
         try:
-            lock.acquire(timeout=0)
+            lock.acquire(timeout=LOCK_WAIT_S if doing else 0)
         except Timeout:
             yield False
             return
@@ -209,13 +212,16 @@ class Project:
                     pid_file.unlink(missing_ok=True)
             lock.release()
 
-    def freshness(self, refresh: bool = True) -> Freshness:
-        """How fresh the store's picture is. With `refresh` and no reconcile running, the live
-        runs of the local cluster are read first (their run folders: states, ends, metrics
-        recorded as a pass's poll would; nothing is submitted, cancelled or written besides),
-        under the reconcile lock taken without waiting; if a reconcile holds it, nothing is
-        touched."""
-        last = self._rec.store.last_pass()
+    def freshness(self) -> Freshness:
+        """How fresh the store's picture is. With no reconcile running, the live runs of the
+        local cluster are read first (their run folders: states, ends, metrics recorded as a
+        pass's poll would; nothing is submitted, cancelled or written besides), under the
+        reconcile lock taken without waiting; if a reconcile holds it, nothing is touched."""
+        last, note = self._rec.store.last_pass(), ""
+        try:
+            self.load()  # before the lock, which is then held for the poll alone
+        except NeroError as e:
+            note = str(e).splitlines()[0]
         try:
             with self.exclusive() as held:
                 if not held:
@@ -224,14 +230,11 @@ class Project:
                         return Freshness(last, True, int(pid), doing)
                     except (OSError, ValueError):
                         return Freshness(last, True)
-                if not refresh:
-                    return Freshness(last, False)
-                self.load()
-                keys = self._rec.refresh_local()
+                keys = [] if note else self._rec.refresh_local()
         except NeroError as e:
             return Freshness(last, False, note=str(e).splitlines()[0])
         snap = self._rec.store.snapshot()
-        return Freshness(last, False, refreshed=tuple(keys),
+        return Freshness(last, False, refreshed=tuple(keys), note=note,
                          ended=tuple(k for k in keys if k in snap and snap[k].state.finished))
 
     def apply_now(self) -> PassReport | None:

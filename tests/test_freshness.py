@@ -55,6 +55,13 @@ def test_status_says_the_last_pass_is_old_and_shows_a_local_run_that_ended_since
     assert plan["freshness"]["reconcile_running"] is False
     assert "no reconcile running" in nero("plan", str(project), check=True, env=later).stdout
 
+    # a store from before pass times were recorded keeps working, and says it has none
+    with state_db(project) as con:
+        con.execute("DELETE FROM meta WHERE key = 'last_pass'")
+        con.commit()
+    shown = nero("status", str(project), check=True).stdout
+    assert "completed" in shown and "no reconcile pass recorded yet; no reconcile running" in shown, shown
+
 
 def test_status_names_the_running_reconcile_and_touches_nothing_while_it_holds_the_lock(project: Path):
     """#13: with `nero reconcile --watch` running, status and plan say so (its pid, watching)
