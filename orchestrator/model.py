@@ -21,7 +21,7 @@ __all__ = [
     "RunSpec", "RunRecord", "ActionKind", "Action", "OverrideKind", "Override", "Plan", "JobScript",
     "CodeSnapshot", "QueueInfo", "GpuInfo", "ClusterResources", "Submission", "MetricPoint",
     "ResourceSample", "Offsets", "Handle", "JobStatus", "Event", "Update", "NewAttempt", "OutputChunk",
-    "Series", "Histories", "ResultsInput",
+    "Series", "Histories", "ResultsInput", "Freshness",
 ]
 
 Scalar = str | int | float | bool | None
@@ -543,3 +543,20 @@ class ResultsInput:
     attempts: tuple[RunRecord, ...] = ()
     attempt_histories: Mapping[tuple[str, int], Mapping[str, Sequence[tuple[int | None, float]]]] = field(
         default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """How fresh what the store shows is: when the last reconcile pass ran (`last_pass`,
+    None when none is recorded), whether another process holds the reconcile lock (`pid`
+    and what it does, `doing`, when it said), and the local runs this command read itself
+    (`refreshed`: their states are as of now; `ended`: those that ended since). `note`
+    says why the local runs were not read."""
+
+    last_pass: float | None
+    running: bool
+    pid: int | None = None
+    doing: str = ""
+    refreshed: tuple[str, ...] = ()
+    ended: tuple[str, ...] = ()
+    note: str = ""

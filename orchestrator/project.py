@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ExpressionError, NeroError
-from .model import Cluster, ClusterResources
+from .model import Cluster, ClusterResources, Freshness
 from .paths import ProjectPaths
 
 if TYPE_CHECKING:
@@ -46,7 +46,9 @@ if TYPE_CHECKING:
     from .reconcile import PassReport
     from .state import Mail
 
-__all__ = ["Candidate", "Overridden", "Project"]
+__all__ = ["Candidate", "LOCK_WAIT_S", "Overridden", "Project"]
+
+LOCK_WAIT_S = 2.0  # a reconcile waits this long for the lock: `nero status` reading local runs holds it briefly
 
 
 @dataclass(frozen=True)
@@ -175,33 +177,71 @@ class Project:
         return self._rec.outstanding(plan)
 
     @contextmanager
-    def exclusive(self) -> Iterator[bool]:
+    def exclusive(self, doing: str = "") -> Iterator[bool]:
         """The project's reconcile lock (one reconciling process at a time), held while the
-        block runs if no other process holds it; yields whether this one got it. Never waits.
-        DiskError when the lock file cannot be created (read-only or full disk)."""
+        block runs if no other process holds it; yields whether this one got it. A reader
+        (no `doing`) never waits; a reconcile waits LOCK_WAIT_S for a reader to let go.
+        With `doing` ("watching", "one pass"…) the holder writes its pid and that beside the
+        lock (`reconcile.pid`, read by `freshness`); a pid file left by a killed holder is
+        removed by the next one. DiskError when the lock file cannot be created (read-only
+        or full disk)."""
+        import os
+
         from filelock import FileLock, Timeout
 
-        from .files import disk_error
+        from .files import disk_error, write_atomically
 
-        path = self.paths.reconcile_lock
+        path, pid_file = self.paths.reconcile_lock, self.paths.reconcile_pid
         lock = FileLock(str(path))
         try:
-            lock.acquire(timeout=0)
+            lock.acquire(timeout=LOCK_WAIT_S if doing else 0)
         except Timeout:
             yield False
             return
         except OSError as e:  # a read-only or full disk: say so, with what to do
             raise disk_error(path, e) or NeroError(f"cannot take the reconcile lock {path}: {e}") from e
         try:
+            with suppress(OSError, NeroError):  # who holds it is information, never a reason to stop
+                pid_file.unlink(missing_ok=True)
+                if doing:
+                    write_atomically(pid_file, f"{os.getpid()} {doing}\n", durable=False)
             yield True
         finally:
+            with suppress(OSError):
+                if doing:
+                    pid_file.unlink(missing_ok=True)
             lock.release()
+
+    def freshness(self) -> Freshness:
+        """How fresh the store's picture is. With no reconcile running, the live runs of the
+        local cluster are read first (their run folders: states, ends, metrics recorded as a
+        pass's poll would; nothing is submitted, cancelled or written besides), under the
+        reconcile lock taken without waiting; if a reconcile holds it, nothing is touched."""
+        last, note = self._rec.store.last_pass(), ""
+        try:
+            self.load()  # before the lock, which is then held for the poll alone
+        except NeroError as e:
+            note = str(e).splitlines()[0]
+        try:
+            with self.exclusive() as held:
+                if not held:
+                    try:
+                        pid, _, doing = self.paths.reconcile_pid.read_text().strip().partition(" ")
+                        return Freshness(last, True, int(pid), doing)
+                    except (OSError, ValueError):
+                        return Freshness(last, True)
+                keys = [] if note else self._rec.refresh_local()
+        except NeroError as e:
+            return Freshness(last, False, note=str(e).splitlines()[0])
+        snap = self._rec.store.snapshot()
+        return Freshness(last, False, refreshed=tuple(keys), note=note,
+                         ended=tuple(k for k in keys if k in snap and snap[k].state.finished))
 
     def apply_now(self) -> PassReport | None:
         """Run a pass right away (re-reading the workbook) unless a watching reconcile holds
         the lock, which applies what changed in its next pass: the pass's report, or None
         when the lock is held. Raises NeroError when the pass fails."""
-        with self.exclusive() as held:
+        with self.exclusive("one pass") as held:
             if not held:
                 return None
             self.load()

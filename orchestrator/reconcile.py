@@ -200,7 +200,20 @@ class Reconciler:
         if results and (report.changed or not self._results_fingerprint):
             report.results_written = self.write_results(plan)
         self._notify(report, now)
+        self.store.record_pass(now)
         return report
+
+    def refresh_local(self) -> list[str]:
+        """Between passes, with the reconcile lock held: poll the live runs of the local
+        cluster (reading their run folders costs no round trip) and record what they show,
+        as a pass's poll does (states, ends, metrics). Nothing is submitted, cancelled or
+        ruled on and no results or mail are written: the next pass goes on from there (its
+        notices include these events). Returns the keys of the runs polled."""
+        assert self.workbook is not None, "load() first"
+        named = {c.name: c.kind for c in self.workbook.clusters}
+        local = {n for n, kind in named.items() if kind is ClusterKind.LOCAL} | ({"local"} - set(named))
+        report = PassReport(plan=Plan((), 0))
+        return self._poll(self.clock(), report, local)
 
     def _notify(self, report: PassReport, now: float) -> None:
         """E-mail the notices that rows' `notify` asks for (every event recorded since the
@@ -273,13 +286,17 @@ class Reconciler:
             self._dispatch(cluster, jobs, now, report, intents_recorded=True)
         report.changed = True
 
-    def _poll(self, now: float, report: PassReport) -> None:
+    def _poll(self, now: float, report: PassReport, only: set[str] | None = None) -> list[str]:
+        """Poll the live runs (of the clusters `only` names: then no cluster is reached
+        first) and record what changed; returns the keys of the runs polled."""
         assert self.workbook is not None
         live: dict[str, list[RunRecord]] = {}
         for r in self.store.snapshot().values():
-            if r.state.live and not r.intent:
+            if r.state.live and not r.intent and (only is None or r.cluster in only):
                 live.setdefault(r.cluster, []).append(r)
-        self._reach(now, report, set(live))
+        if only is None:
+            self._reach(now, report, set(live))
+        polled: list[str] = []
         goals = self.workbook.goals
         updates: list[Update] = []
         for cluster, recs in live.items():
@@ -295,6 +312,7 @@ class Reconciler:
                 report.warnings.append(f"{e}; its runs keep their state")
                 continue
             by_key = {r.key: r for r in recs}
+            polled.extend(by_key)
             changed = False
             for st in statuses:
                 rec = by_key.get(st.key)
@@ -311,6 +329,7 @@ class Reconciler:
                 watch.polled(now, changed)
         if updates:
             self.store.apply(updates)
+        return polled
 
     def _watch(self, name: str) -> ClusterWatch:
         if self._watches is None:

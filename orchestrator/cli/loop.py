@@ -40,7 +40,8 @@ def reconcile(workbook: str | None, watch: bool, interval: float | None, until_d
     disk nero writes to is full or read-only (nothing is lost then; the loop instead says
     so once, waits and resumes when it can write again).
     """
-    with open_project(workbook) as project, project.exclusive() as held:
+    doing = "watching" if watch else "until done" if until_done else "one pass"
+    with open_project(workbook) as project, project.exclusive(doing) as held:
         if not held:
             raise click.ClickException(
                 f"another `nero reconcile` is running for {project.workbook_path} "

@@ -26,9 +26,9 @@ from .group import (
 
 if TYPE_CHECKING:
     from ..metrics import Summary
-    from ..model import Plan, RunRecord
+    from ..model import Freshness, Plan, RunRecord
 
-__all__ = ["history", "plan", "print_plan", "status"]
+__all__ = ["freshness_json", "freshness_line", "history", "plan", "print_plan", "status"]
 
 
 @main.command()
@@ -36,7 +36,7 @@ __all__ = ["history", "plan", "print_plan", "status"]
 @click.option("--prune", is_flag=True, help="Cancel running runs whose rows were removed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(workbook: str | None, prune: bool, as_json: bool) -> None:
-    """Show what `nero reconcile` would do, and why (no side effects).
+    """Show what `nero reconcile` would do, and why (nothing is started or stopped).
 
     \b
     + submit    a run the sheet asks for that never ran
@@ -44,20 +44,52 @@ def plan(workbook: str | None, prune: bool, as_json: bool) -> None:
     - cancel    a live run whose row says state=stop (or whose row is gone, with --prune)
     ! orphaned  a live run whose row was removed: left running, reported
     = held      a run that is not started: state=hold, or `after` is not satisfied
+
+    A last line says how fresh the picture is (see `nero status --help`).
     """
     with open_project(workbook) as project:
         try:
+            fresh = project.freshness()
             p = project.plan(prune=prune)
         except NeroError as e:
             fail(e)
+        now = project.clock()
     if as_json:
         click.echo(json.dumps({
             "actions": [{"action": a.kind.value, "run": a.key, "reason": a.reason, "cluster": a.cluster,
                          "waiting": a.waiting} for a in p.actions],
             "unchanged": p.unchanged,
+            "freshness": freshness_json(fresh, now),
         }, indent=2))
         return
     print_plan(p)
+    click.echo(freshness_line(fresh, now))
+
+
+def freshness_line(f: Freshness, now: float) -> str:
+    """How fresh the picture a command shows is, in one line: "as of the pass at 12:03:10
+    (4m02s ago); no reconcile running — run `nero reconcile` to update"."""
+    if f.last_pass is None:
+        line = "no reconcile pass recorded yet"
+    else:
+        same_day = time.localtime(f.last_pass)[:3] == time.localtime(now)[:3]
+        stamp = time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S", time.localtime(f.last_pass))
+        line = f"as of the pass at {stamp} ({format_duration(now - f.last_pass)} ago)"
+    if f.running:
+        holder = ", ".join(x for x in (f"pid {f.pid}" if f.pid else "", f.doing) if x)
+        return line + (f"; reconcile running ({holder})" if holder else "; the reconcile lock is held by another process")
+    if f.refreshed:
+        line += f"; local runs read just now ({len(f.ended)} ended since)"
+    elif f.note:
+        line += f"; local runs not read ({f.note})"
+    return line + "; no reconcile running — run `nero reconcile` to update"
+
+
+def freshness_json(f: Freshness, now: float) -> dict[str, object]:
+    """The freshness of `nero plan --json` (its `freshness` key)."""
+    return {"last_pass": f.last_pass, "age_s": None if f.last_pass is None else now - f.last_pass,
+            "reconcile_running": f.running, "pid": f.pid, "doing": f.doing, "refreshed": list(f.refreshed),
+            "ended": list(f.ended), "line": freshness_line(f, now)}
 
 
 def print_plan(p: Plan) -> None:
@@ -102,6 +134,11 @@ def status(args: tuple[str, ...], as_json: bool, show_all: bool, with_attempts: 
       nero status failed        nero status 'lr-sweep*'        nero status 'val_loss < 0.2'
     --attempts lists each run's earlier attempts under it (in --json: an `attempts` list
     per run, oldest first).
+
+    A last line (on stderr with --json) says how fresh the picture is: the time of the last
+    reconcile pass, and whether a reconcile is running. With none running, the live runs of
+    the local cluster are read first, so one that ended since shows as ended; in --json each
+    run's `as_of` is the time its state was read.
     """
     workbook, selector = workbook_and_selector(args)
     path = resolve_workbook(workbook)
@@ -110,6 +147,7 @@ def status(args: tuple[str, ...], as_json: bool, show_all: bool, with_attempts: 
         return
     with open_project(path, load=False) as project:
         now = project.clock()
+        fresh = project.freshness()
         runs = [c.record for c in select(project, selector) if c.record] if selector else project.runs()
         earlier: dict[str, list[RunRecord]] = {}
         if with_attempts:
@@ -125,11 +163,14 @@ def status(args: tuple[str, ...], as_json: bool, show_all: bool, with_attempts: 
                 "run_dir": r.run_dir, "orphaned": r.orphaned, "retry": r.retry, "code_hash": r.code_hash,
                 "git_commit": r.git_commit, "git_dirty": r.git_dirty, "peak_rss_mb": r.peak_rss_mb,
                 "peak_gpu_mem_mb": r.peak_gpu_mem_mb, "gpu_util_pct": r.mean_gpu_util_pct,
+                "as_of": now if r.key in fresh.refreshed else fresh.last_pass,
                 **({"attempts": [_attempt_json(a, now, attempt_values[(a.key, a.attempt)], checkpoints)
                                  for a in earlier.get(r.key, ())]} if with_attempts else {}),
             } for r in runs], indent=2))
+            click.echo(freshness_line(fresh, now), err=True)
             return
         _status_table(runs, now, show_all, values, earlier, attempt_values)
+        click.echo(freshness_line(fresh, now))
         if not selector:
             _not_started(project)
 

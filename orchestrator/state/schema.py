@@ -8,7 +8,7 @@ import json
 
 from ..model import Offsets, RunRecord, RunState
 
-__all__ = ["ADDED_COLUMNS", "REWRITES", "SCHEMA", "SCHEMA_VERSION", "SNAPSHOT_SQL", "TRIGGERS", "record_of"]
+__all__ = ["ADDED_COLUMNS", "LAST_PASS", "REWRITES", "SCHEMA", "SCHEMA_VERSION", "SNAPSHOT_SQL", "TRIGGERS", "record_of"]
 
 SCHEMA_VERSION = 1
 
@@ -153,6 +153,10 @@ TRIGGERS = {
     )
     for event in ("UPDATE", "DELETE")
 }
+
+# the meta key of the time (seconds since the epoch, the pass's clock) of the last reconcile
+# pass that ran to its end; a store from before it was recorded lacks it
+LAST_PASS = "last_pass"
 
 # columns added after a store's first release: a store that lacks one gets it (name → type)
 ADDED_COLUMNS = {"attempts": {"gpu_util_sum": "REAL", "gpu_util_n": "INTEGER NOT NULL DEFAULT 0"}}

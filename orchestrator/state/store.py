@@ -4,7 +4,8 @@ Tables: `runs` (identity and essence of each run the sheet ever asked for and ne
 submitted), `attempts` (each submission of a run: job id, run directory, state, read
 offsets, last/best metrics), `metrics` (every metric point), `events` (every transition
 with its reason), `outbox` (e-mails: the exact message, its delivery status and a sent
-mark), `meta` (schema version, the e-mail event cursor and last digest time).
+mark), `meta` (schema version, the e-mail event cursor, last digest time and the time of
+the last reconcile pass).
 
 Crash safety rests on two rules. (1) An attempt row is committed with `intent=1`
 *before* its job is submitted; the row is confirmed with the job id afterwards, so after
@@ -47,6 +48,7 @@ from .histories import METRIC_ROWS, EarlierHistories, RunHistories, merge
 from .outbox import Outbox
 from .schema import (
     ADDED_COLUMNS,
+    LAST_PASS,
     REWRITES,
     SCHEMA,
     SCHEMA_VERSION,
@@ -376,6 +378,16 @@ class Store(Outbox):
     def set_meta(self, key: str, value: str) -> None:
         with self.transaction():
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def last_pass(self) -> float | None:
+        """When the last reconcile pass that ran to its end ran (its clock); None if none did
+        since the store recorded it."""
+        raw = self.get_meta(LAST_PASS)
+        return float(raw) if raw else None
+
+    def record_pass(self, now: float) -> None:
+        """Note that a reconcile pass ran to its end at `now` (what `nero status` dates by)."""
+        self.set_meta(LAST_PASS, repr(now))
 
 
 def _unusable(path: Path, error: sqlite3.Error) -> StateError:
