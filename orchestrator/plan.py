@@ -126,11 +126,12 @@ def plan(
         if manual is OverrideKind.HOLD:
             actions.append(Action(ActionKind.HOLD, spec.key, f"held with `nero hold` ({reason})", spec))
             continue
+        blocked = _dependencies(spec, by_experiment, snapshot, overrides)
         if spec.desired is Desired.HOLD:
             what = "not started" if kind is ActionKind.SUBMIT else f"restart deferred ({reason})"
-            actions.append(Action(ActionKind.HOLD, spec.key, f"state=hold: {what}", spec))
+            then = f"; then {blocked[1]}" if blocked else ""
+            actions.append(Action(ActionKind.HOLD, spec.key, f"state=hold: {what}{then}", spec))
             continue
-        blocked = _dependencies(spec, by_experiment, snapshot, overrides)
         if blocked and blocked[0]:
             actions.append(Action(ActionKind.HOLD, spec.key, blocked[1], spec))
             continue
