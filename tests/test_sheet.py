@@ -57,7 +57,7 @@ def test_example_reads_back_clean(tmp_path: Path) -> None:
     demo, held = wb.experiments
     assert (demo.id, demo.row, demo.desired, held.desired) == ("demo", 2, Desired.RUN, Desired.HOLD)
     assert dict(demo.params)["lr"] == Variation("[0.01, 0.1, 3.0]", (0.01, 0.1, 3.0))
-    assert demo.rules == "isnan(loss); plateau(val_loss, 5)"
+    assert demo.rules == "isnan(loss) or isinf(loss); plateau(val_loss, 5)"
     assert demo.notify == ("failed", "terminated")
     assert held.after == (After("demo", Until.FINISHED),)  # demo ends with terminated runs: #13
     runs = [s for s in expand(wb) if s.experiment == "demo"]

@@ -124,11 +124,11 @@ EXAMPLE_EXPERIMENTS = (
      "priority", "after", "time", "cpus", "mem", "gpus", "partition", "account", "options", "setup",
      "workdir", "template", "notes"),
     ("demo", "run", EXAMPLE_COMMAND, "[0.01, 0.1, 3.0]", "[0, 2]", 20, "local",
-     "isnan(loss); plateau(val_loss, 5)", "failed, terminated", None, None, None, None, None, None,
+     "isnan(loss) or isinf(loss); plateau(val_loss, 5)", "failed, terminated", None, None, None, None, None, None,
      None, None, None, None, None, None, None,
-     "3 learning rates × 2 depths = 6 runs of about 6 s. lr=3.0 diverges: the isnan rule stops "
-     "layers=2 once its loss is NaN, plateau stops layers=0 (its loss overflows to inf); the linear "
-     "model (layers=0) with lr=0.1 stalls and plateau stops it. "
+     "3 learning rates × 2 depths = 6 runs of about 6 s. lr=3.0 diverges (the loss turns NaN, or "
+     "first overflows to inf) and the first rule stops both; the linear model (layers=0) with "
+     "lr=0.1 stalls and plateau stops it. "
      "Edit a cell and run nero plan to see what would change."),
     ("demo-hold", "hold", EXAMPLE_COMMAND, "logspace(-3, -1, 3)", 3, 20, "local", "isnan(loss)",
      "failed", 1, None, "demo finished", None, None, None, None, None, None, None, None, None, None,
