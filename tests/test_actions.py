@@ -235,6 +235,7 @@ print("done=1")
 '''
 
 
+@pytest.mark.slow  # about 20 s of real jobs and passes; tests/test_spec_plan.py holds the rule fast
 def test_stop_then_run_brings_the_cancelled_runs_back(project: Path):
     """#13: `state = run` means the row's runs should complete: a row set back to `run` after
     `stop` resubmits the runs the stop cancelled (resuming), `nero plan` lists them first, and a
