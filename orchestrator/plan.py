@@ -44,10 +44,10 @@ from .model import (
 )
 from .spec import diff_essence, key_clashes
 
-__all__ = ["ABORTED", "RETRYABLE", "active_override", "plan", "stopped_by"]
+__all__ = ["RETRYABLE", "active_override", "plan", "stopped_by"]
 
 RETRYABLE = frozenset({RunState.FAILED, RunState.TIMEOUT, RunState.PREEMPTED, RunState.LOST})
-ABORTED = "aborted with `nero abort`"
+_ABORTED = "aborted with `nero abort`"
 _STOPPED = "state=stop in Experiments row "
 _SATISFIES = {Until.COMPLETED: frozenset({RunState.COMPLETED}),
               Until.FINISHED: frozenset({RunState.COMPLETED, RunState.TERMINATED})}
@@ -59,7 +59,7 @@ def stopped_by(rec: RunRecord) -> str:
     if rec.state is not RunState.CANCELLED:
         return ""
     why = rec.stop_requested.removeprefix("cancelled: ")
-    return "stopped" if why.startswith(_STOPPED) else "aborted" if why == ABORTED else ""
+    return "stopped" if why.startswith(_STOPPED) else "aborted" if why == _ABORTED else ""
 
 
 def active_override(o: Override | None, spec: RunSpec, rec: RunRecord | None) -> Override | None:
@@ -95,7 +95,7 @@ def plan(
         override = active_override(overrides.get(spec.key), spec, rec)
         manual = override.kind if override else None
         if spec.desired is Desired.STOP or manual is OverrideKind.ABORT:
-            why = f"{_STOPPED}{spec.row}" if spec.desired is Desired.STOP else ABORTED
+            why = f"{_STOPPED}{spec.row}" if spec.desired is Desired.STOP else _ABORTED
             if live and not (rec and rec.stop_requested):
                 actions.append(Action(ActionKind.CANCEL, spec.key, why, spec, rec.cluster if rec else ""))
             elif rec is None and manual is OverrideKind.ABORT:
@@ -186,7 +186,10 @@ def _dependencies(spec: RunSpec, by_experiment: Mapping[str, list[RunSpec]], sna
 
 def _comes_back(spec: RunSpec, rec: RunRecord, overrides: Mapping[str, Override]) -> bool:
     """Whether this plan starts the ended run again on its own (a retry, or its row is `run` again)."""
-    if rec.intent or active_override(overrides.get(spec.key), spec, rec) is not None:
+    override = active_override(overrides.get(spec.key), spec, rec)
+    if override is not None:
+        return override.kind is OverrideKind.RESTART
+    if rec.intent:
         return False
     if rec.state in RETRYABLE:
         return rec.retry < spec.retries
