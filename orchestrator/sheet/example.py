@@ -34,7 +34,8 @@ __all__ = [
 EXPERIMENT_HELP = {
     "id": "Required. A unique name for the row, e.g. lr-sweep (letters, digits, _ . -). "
           "Run keys and run folders are built from it: demo[lr=0.1,layers=2].",
-    "state": "run (default): start what is missing.\nhold: start nothing new; running runs go on.\n"
+    "state": "run (default): start what is missing, and bring back runs a stop cancelled.\n"
+             "hold: start nothing new; running runs go on.\n"
              "stop: cancel this row's running runs.",
     "command": "Required. The command of one run, with {{ name }} for each parameter column: "
                "python train.py --lr {{ lr }}. Every value is shell-quoted. Also available: "
