@@ -17,7 +17,7 @@ from .series import Histories, Series
 
 __all__ = [
     "Scalar", "Shell", "RunState", "FINISHED_STATES", "LIVE_STATES", "Desired", "ClusterKind", "RESOURCE_COLUMNS",
-    "Problem", "Variation", "Experiment", "Cluster", "MetricDef", "Settings", "Workbook", "MAX_GOAL_NAMES",
+    "Problem", "Variation", "Until", "After", "Experiment", "Cluster", "MetricDef", "Settings", "Workbook", "MAX_GOAL_NAMES",
     "RunSpec", "RunRecord", "ActionKind", "Action", "OverrideKind", "Override", "Plan", "JobScript",
     "CodeSnapshot", "QueueInfo", "GpuInfo", "ClusterResources", "Submission", "MetricPoint",
     "ResourceSample", "Offsets", "Handle", "JobStatus", "Event", "Update", "NewAttempt", "OutputChunk",
@@ -102,6 +102,24 @@ class Variation:
     values: tuple[Scalar, ...]
 
 
+class Until(StrEnum):
+    """What `after` waits for of each run of the experiment it names."""
+
+    COMPLETED = "completed"  # `pretrain`: every run completed (exit code 0)
+    FINISHED = "finished"  # `pretrain finished`: every run completed or terminated by a rule
+
+
+@dataclass(frozen=True)
+class After:
+    """One entry of the `after` column: an experiment id and what its runs must have done."""
+
+    experiment: str
+    until: Until = Until.COMPLETED
+
+    def __str__(self) -> str:
+        return self.experiment if self.until is Until.COMPLETED else f"{self.experiment} {self.until.value}"
+
+
 @dataclass(frozen=True)
 class Experiment:
     id: str
@@ -115,7 +133,7 @@ class Experiment:
     workdir: str = ""
     template: str = ""
     priority: int = 0
-    after: tuple[str, ...] = ()
+    after: tuple[After, ...] = ()
     retries: int = 0
     rules: str = ""
     notify: tuple[str, ...] = ()
@@ -208,7 +226,7 @@ class RunSpec:
     template: str
     desired: Desired
     priority: int
-    after: tuple[str, ...]
+    after: tuple[After, ...]
     retries: int
     rules: str
     notify: tuple[str, ...]

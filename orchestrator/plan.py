@@ -10,7 +10,12 @@ Pure: no backend, file or clock. Decisions, in order:
 * a failed, timed-out, preempted or lost run is retried (resuming) up to its `retries`;
 * manual overrides: `nero hold` / `nero abort` hold or cancel a run until its row changes,
   `nero restart` starts a new attempt once;
-* `after` holds a run until the named experiments completed (held for good if one failed);
+* a run cancelled by its row's state=stop or by `nero abort` comes back (a new attempt,
+  resuming) once its row says `run` and no override holds it: `state = run` means the row's
+  runs should complete (runs a rule terminated, or that failed, are not restarted by this);
+* `after` holds a run until every run of the named experiments completed (`pretrain`) or
+  finished, completed or terminated by a rule (`pretrain finished`); a run that ended
+  otherwise and will not come back holds it for good, and the reason names that run;
 * submits and restarts are given a cluster in priority order while clusters have free
   slots; the rest stay in the plan with `waiting` saying why.
 """
@@ -26,6 +31,7 @@ from .errors import WorkbookError
 from .model import (
     Action,
     ActionKind,
+    After,
     Desired,
     Override,
     OverrideKind,
@@ -34,12 +40,26 @@ from .model import (
     RunRecord,
     RunSpec,
     RunState,
+    Until,
 )
 from .spec import diff_essence, key_clashes
 
-__all__ = ["RETRYABLE", "active_override", "plan"]
+__all__ = ["RETRYABLE", "active_override", "plan", "stopped_by"]
 
 RETRYABLE = frozenset({RunState.FAILED, RunState.TIMEOUT, RunState.PREEMPTED, RunState.LOST})
+_ABORTED = "aborted with `nero abort`"
+_STOPPED = "state=stop in Experiments row "
+_SATISFIES = {Until.COMPLETED: frozenset({RunState.COMPLETED}),
+              Until.FINISHED: frozenset({RunState.COMPLETED, RunState.TERMINATED})}
+
+
+def stopped_by(rec: RunRecord) -> str:
+    """"stopped" or "aborted" for a run cancelled by its row's state=stop or by `nero abort`
+    (the cancel reasons this module gives, which the store keeps as `stop_requested`), else ""."""
+    if rec.state is not RunState.CANCELLED:
+        return ""
+    why = rec.stop_requested.removeprefix("cancelled: ")
+    return "stopped" if why.startswith(_STOPPED) else "aborted" if why == _ABORTED else ""
 
 
 def active_override(o: Override | None, spec: RunSpec, rec: RunRecord | None) -> Override | None:
@@ -75,7 +95,7 @@ def plan(
         override = active_override(overrides.get(spec.key), spec, rec)
         manual = override.kind if override else None
         if spec.desired is Desired.STOP or manual is OverrideKind.ABORT:
-            why = f"state=stop in Experiments row {spec.row}" if spec.desired is Desired.STOP else "aborted with `nero abort`"
+            why = f"{_STOPPED}{spec.row}" if spec.desired is Desired.STOP else _ABORTED
             if live and not (rec and rec.stop_requested):
                 actions.append(Action(ActionKind.CANCEL, spec.key, why, spec, rec.cluster if rec else ""))
             elif rec is None and manual is OverrideKind.ABORT:
@@ -92,6 +112,10 @@ def plan(
         elif manual is OverrideKind.RESTART:
             kind, reason = ActionKind.RESTART, "requested with `nero restart`" + (" --resume" if override and override.resume else "")
             template = Action(kind, spec.key, reason, spec, resume=bool(override and override.resume))
+        elif (was := stopped_by(rec)) and not rec.intent:
+            kind = ActionKind.RESTART
+            reason = f"row is `run` again (was {was})" if spec.desired is Desired.RUN else f"was {was}"
+            template = Action(kind, spec.key, reason, spec, resume=True)
         elif rec.state in RETRYABLE and rec.retry < spec.retries and not rec.intent:
             n = rec.retry + 1
             kind, reason = ActionKind.RESTART, f"retry {n}/{spec.retries} after {rec.state.value}" + (f": {rec.reason}" if rec.reason else "")
@@ -102,11 +126,12 @@ def plan(
         if manual is OverrideKind.HOLD:
             actions.append(Action(ActionKind.HOLD, spec.key, f"held with `nero hold` ({reason})", spec))
             continue
+        blocked = _dependencies(spec, by_experiment, snapshot, overrides)
         if spec.desired is Desired.HOLD:
             what = "not started" if kind is ActionKind.SUBMIT else f"restart deferred ({reason})"
-            actions.append(Action(ActionKind.HOLD, spec.key, f"state=hold: {what}", spec))
+            then = f"; then {blocked[1]}" if blocked else ""
+            actions.append(Action(ActionKind.HOLD, spec.key, f"state=hold: {what}{then}", spec))
             continue
-        blocked = _dependencies(spec, by_experiment, snapshot)
         if blocked and blocked[0]:
             actions.append(Action(ActionKind.HOLD, spec.key, blocked[1], spec))
             continue
@@ -142,21 +167,43 @@ def _one_spec_per_key(specs: Sequence[RunSpec]) -> None:
         raise WorkbookError("", problems)
 
 
-def _dependencies(spec: RunSpec, by_experiment: Mapping[str, list[RunSpec]], snapshot: Mapping[str, RunRecord]) -> tuple[bool, str] | None:
+def _dependencies(spec: RunSpec, by_experiment: Mapping[str, list[RunSpec]], snapshot: Mapping[str, RunRecord],
+                  overrides: Mapping[str, Override]) -> tuple[bool, str] | None:
     """None if `after` is satisfied; (True, why) if it never will be; (False, why) to wait."""
     for dep in spec.after:
-        runs = by_experiment.get(dep, [])
-        done = 0
+        runs = by_experiment.get(dep.experiment, [])
+        pending = 0
         for d in runs:
             rec = snapshot.get(d.key)
-            if rec is None or rec.spec_hash != d.spec_hash or not rec.state.finished:
-                continue
-            if rec.state is not RunState.COMPLETED:
-                return True, f"after {dep}: {d.key} {rec.state.value}"
-            done += 1
-        if done < len(runs):
-            return False, f"after {dep}: {done}/{len(runs)} runs completed"
+            if rec is None or rec.spec_hash != d.spec_hash or not rec.state.finished or _comes_back(d, rec, overrides):
+                pending += 1
+            elif rec.state not in _SATISFIES[dep.until]:
+                return True, f"waits for {dep.experiment}: {d.key} {rec.state.value}; {_unblock(dep, d, rec)}"
+        if pending:
+            return False, f"waits for {dep.experiment}: {pending} of {len(runs)} runs not {dep.until.value}"
     return None
+
+
+def _comes_back(spec: RunSpec, rec: RunRecord, overrides: Mapping[str, Override]) -> bool:
+    """Whether this plan starts the ended run again on its own (a retry, or its row is `run` again)."""
+    override = active_override(overrides.get(spec.key), spec, rec)
+    if override is not None:
+        return override.kind is OverrideKind.RESTART
+    if rec.intent:
+        return False
+    if rec.state in RETRYABLE:
+        return rec.retry < spec.retries
+    return spec.desired is Desired.RUN and bool(stopped_by(rec))
+
+
+def _unblock(dep: After, spec: RunSpec, rec: RunRecord) -> str:
+    """What lets a run whose dependency ended badly start."""
+    if rec.state is RunState.TERMINATED:
+        return (f"`{dep.experiment}` in after waits for completed runs: write `{dep.experiment} finished` "
+                "to also accept runs a rule terminated")
+    if rec.state is RunState.CANCELLED:
+        return f"set {dep.experiment}'s state to run (or `nero release` it), or remove {dep.experiment} from after"
+    return f"start it again (`nero restart '{spec.key}'`) or remove {dep.experiment} from after"
 
 
 def _assign(wanted: list[tuple[RunSpec, ActionKind, str, Action | None]], snapshot: Mapping[str, RunRecord],

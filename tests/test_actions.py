@@ -108,7 +108,7 @@ def test_priority_after_and_max_jobs_order(project: Path):
     plan = json.loads(nero("plan", str(project), "--json", check=True).stdout)["actions"]
     by_run = {a["run"]: a for a in plan}
     assert by_run["high"]["cluster"] == "local"
-    assert by_run["dep"]["waiting"] == "after high: 0/1 runs completed"
+    assert by_run["dep"]["waiting"] == "waits for high: 1 of 1 runs not completed"
     assert by_run["low"]["waiting"].startswith("no free slot (local 1/1)")
     proc = nero("reconcile", str(project), "--until-done", "--interval", "0.3", timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -129,7 +129,8 @@ def test_after_a_failed_dependency_holds_with_the_reason(project: Path):
     proc = nero("reconcile", str(project), "--until-done", "--interval", "0.3", timeout=60)
     assert proc.returncode == 1
     plan = json.loads(nero("plan", str(project), "--json", check=True).stdout)["actions"]
-    assert plan == [{"action": "held", "run": "second", "reason": "after first: first failed", "cluster": "", "waiting": ""}]
+    assert plan == [{"action": "held", "run": "second", "reason": "waits for first: first failed; start it again "
+                     "(`nero restart 'first'`) or remove first from after", "cluster": "", "waiting": ""}]
 
 
 def test_hold_and_release(project: Path):
@@ -224,3 +225,47 @@ def test_id_globs_and_conditions_combine_in_one_selector(project: Path):
                        ("loss", "'loss' is a metric, not an experiment id")):
         proc = nero("status", wb, f"{word} and step >= 1")
         assert proc.returncode == 2 and said in proc.stderr, proc.stderr
+
+
+STOPPABLE = r'''
+import os, sys, time
+if os.environ.get("NERO_RESUME") != "1":  # a new attempt after a stop resumes: done at once
+    time.sleep(float(sys.argv[1]))
+print("done=1")
+'''
+
+
+@pytest.mark.slow  # about 20 s of real jobs and passes; tests/test_spec_plan.py holds the rule fast
+def test_stop_then_run_brings_the_cancelled_runs_back(project: Path):
+    """#13: `state = run` means the row's runs should complete: a row set back to `run` after
+    `stop` resubmits the runs the stop cancelled (resuming), `nero plan` lists them first, and a
+    run that had completed is left alone."""
+    (project / "job.py").write_text(STOPPABLE)
+    rows = [{"id": "s", "command": "python job.py {{ t }}", "t": "[0.1, 60]", "state": "run"}]
+    local = [{"name": "local", "kind": "local", "max_jobs": 4}]
+    write_workbook(project / "experiments.xlsx", rows, clusters=local)
+
+    def states() -> dict[str, str]:
+        reconcile(project)
+        return {r["run"]: r["state"] for r in status(project)}
+
+    wait_for(lambda: states() == {"s[t=0.1]": "completed", "s[t=60]": "running"}, timeout=30, what="one done, one running")
+    rows[0]["state"] = "stop"
+    write_workbook(project / "experiments.xlsx", rows, clusters=local)
+    wait_for(lambda: states()["s[t=60]"] == "cancelled", timeout=30, what="the stop to cancel s[t=60]")
+    assert json.loads(nero("plan", str(project), "--json", check=True).stdout)["actions"] == []
+    rows[0]["state"] = "run"
+    write_workbook(project / "experiments.xlsx", rows, clusters=local)
+    text = nero("plan", str(project), check=True).stdout
+    assert "No changes" not in text and "row is `run` again (was stopped)" in text and "s[t=60]" in text, text
+    actions = json.loads(nero("plan", str(project), "--json", check=True).stdout)["actions"]
+    assert [(a["action"], a["run"], a["reason"]) for a in actions] == [
+        ("restart", "s[t=60]", "row is `run` again (was stopped)")]
+    proc = nero("reconcile", str(project), "--until-done", "--interval", "0.3", timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert {r["run"]: r["state"] for r in status(project)} == {"s[t=0.1]": "completed", "s[t=60]": "completed"}
+    with state_db(project) as con:
+        attempts = dict(con.execute("SELECT key, COUNT(*) FROM attempts GROUP BY key"))
+    assert attempts == {"s[t=0.1]": 1, "s[t=60]": 2}
+    # and it does not loop: the plan is quiet again
+    assert json.loads(nero("plan", str(project), "--json", check=True).stdout)["actions"] == []

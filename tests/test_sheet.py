@@ -16,7 +16,7 @@ import openpyxl
 import pytest
 
 from orchestrator.errors import WorkbookError
-from orchestrator.model import ClusterKind, Desired, Variation
+from orchestrator.model import After, ClusterKind, Desired, Until, Variation
 from orchestrator.sheet import (
     CLUSTER_COLUMNS,
     EXPERIMENT_COLUMNS,
@@ -57,9 +57,9 @@ def test_example_reads_back_clean(tmp_path: Path) -> None:
     demo, held = wb.experiments
     assert (demo.id, demo.row, demo.desired, held.desired) == ("demo", 2, Desired.RUN, Desired.HOLD)
     assert dict(demo.params)["lr"] == Variation("[0.01, 0.1, 3.0]", (0.01, 0.1, 3.0))
-    assert demo.rules == "isnan(loss); plateau(val_loss, 5)"
+    assert demo.rules == "isnan(loss) or isinf(loss); plateau(val_loss, 5)"
     assert demo.notify == ("failed", "terminated")
-    assert held.after == ("demo",)
+    assert held.after == (After("demo", Until.FINISHED),)  # demo ends with terminated runs: #13
     runs = [s for s in expand(wb) if s.experiment == "demo"]
     assert len(runs) == 6 and "demo[lr=0.01,layers=0]" in {s.key for s in runs}
     assert [c.name for c in wb.clusters] == ["local"] and wb.clusters[0].max_jobs is None
@@ -459,3 +459,19 @@ def test_times_typed_as_spreadsheet_times(tmp_path: Path) -> None:
     book.save(tmp_path / "t.xlsx")
     a, b = read_workbook(tmp_path / "t.xlsx").experiments
     assert dict(a.resources)["time"] == 90 and dict(b.resources)["time"] == 1800
+
+
+def test_after_says_what_it_waits_for(tmp_path: Path) -> None:
+    """#13: `after` reads `pretrain` (every run completed) or `pretrain finished` / `pretrain
+    (finished)` (completed or terminated by a rule); anything else is a cell error saying what to write."""
+    rows = [["id", "command", "after"], ["pre-train.1", "t"], ["b", "t"],
+            ["ok", "t", "pre-train.1 finished, b"], ["paren", "t", "b (Finished); pre-train.1(completed)"]]
+    wb = read_workbook(write_xlsx(tmp_path / "ok.xlsx", {"Experiments": rows}))
+    assert {e.id: e.after for e in wb.experiments}["ok"] == (After("pre-train.1", Until.FINISHED), After("b"))
+    assert {e.id: e.after for e in wb.experiments}["paren"] == (After("b", Until.FINISHED), After("pre-train.1"))
+    found = problems_of(write_xlsx(tmp_path / "bad.xlsx", {"Experiments": [
+        ["id", "command", "after"], ["b", "t"],
+        ["x", "t", "b done"], ["y", "t", "b finished extra"], ["z", "t", "b, b finished"], ["w", "t", "b!"]]}))
+    assert set(found) == {"Experiments!C3", "Experiments!C4", "Experiments!C5", "Experiments!C6"}
+    assert "'b done'" in found["Experiments!C3"] and "b finished" in found["Experiments!C3"]
+    assert "twice" in found["Experiments!C5"] and "not a valid" in found["Experiments!C6"]

@@ -9,11 +9,15 @@ import pytest
 
 from orchestrator.model import (
     ActionKind,
+    After,
     Cluster,
     Desired,
     Experiment,
+    Override,
+    OverrideKind,
     RunRecord,
     RunState,
+    Until,
     Variation,
     Workbook,
 )
@@ -119,15 +123,71 @@ def test_plan_respects_capacity_and_priority():
 
 
 def test_plan_after_waits_then_holds_on_failure():
-    first, second = exp(id="a", row=2), exp(id="b", row=3, after=("a",))
+    first, second = exp(id="a", row=2), exp(id="b", row=3, after=(After("a"),))
     specs = expand(wb(first, second))
     p = plan(specs, {}, {"local": 8})
-    assert all(a.waiting.startswith("after a: 0/2") for a in p.actions if a.key.startswith("b"))
+    assert all(a.waiting == "waits for a: 2 of 2 runs not completed" for a in p.actions if a.key.startswith("b"))
     snap = {s.key: rec_for(s, state=RunState.COMPLETED, number=i) for i, s in enumerate(specs[:2], 1)}
     snap[specs[1].key] = replace(snap[specs[1].key], state=RunState.FAILED)
     p = plan(specs, snap, {"local": 8})
     held = p.of(ActionKind.HOLD)
-    assert len(held) == 2 and "failed" in held[0].reason
+    assert len(held) == 2 and f"{specs[1].key} failed" in held[0].reason and "nero restart" in held[0].reason
+
+
+@pytest.mark.parametrize("until, starts", [(Until.COMPLETED, False), (Until.FINISHED, True)])
+def test_plan_after_finished_accepts_runs_a_rule_terminated(until, starts):
+    """#13: `after demo` never starts when demo ends with terminated runs; `demo finished` does."""
+    first, second = exp(id="a", row=2), exp(id="b", row=3, after=(After("a", until),))
+    specs = expand(wb(first, second))
+    snap = {specs[0].key: rec_for(specs[0], state=RunState.COMPLETED, number=1)}
+    p = plan(specs, snap, {"local": 8})
+    assert [a.waiting for a in p.actions if a.key.startswith("b")] == [f"waits for a: 1 of 2 runs not {until.value}"] * 2
+    snap[specs[1].key] = rec_for(specs[1], state=RunState.TERMINATED, number=2)
+    p = plan(specs, snap, {"local": 8})
+    if starts:
+        assert [(a.kind, a.cluster) for a in p.actions] == [(ActionKind.SUBMIT, "local")] * 2
+    else:
+        assert [a.kind for a in p.actions] == [ActionKind.HOLD] * 2
+        assert "`a finished`" in p.actions[0].reason and f"{specs[1].key} terminated" in p.actions[0].reason
+    # a failed run blocks either way: it would not come back
+    snap[specs[1].key] = replace(snap[specs[1].key], state=RunState.FAILED)
+    assert [a.kind for a in plan(specs, snap, {"local": 8}).actions] == [ActionKind.HOLD] * 2
+
+
+def test_plan_stop_then_run_brings_the_cancelled_runs_back():
+    """#13: a row set back to `run` after `stop` resubmits the runs the stop cancelled (not the
+    ones a rule terminated or that failed), and a row waiting on it waits instead of giving up."""
+    first, second = exp(id="a", row=2), exp(id="b", row=3, after=(After("a"),))
+    specs = expand(wb(first, second))
+    stopped = f"cancelled: state=stop in Experiments row {specs[0].row}"
+    snap = {specs[0].key: rec_for(specs[0], state=RunState.CANCELLED, number=1, stop_requested=stopped),
+            specs[1].key: rec_for(specs[1], state=RunState.TERMINATED, number=2)}
+    p = plan(specs, snap, {"local": 8})
+    restart = p.of(ActionKind.RESTART)
+    assert [(a.key, a.reason, a.resume, a.cluster) for a in restart] == [
+        (specs[0].key, "row is `run` again (was stopped)", True, "local")]
+    assert all(a.kind is ActionKind.HOLD and "terminated" in a.reason for a in p.actions if a.key.startswith("b"))
+    snap[specs[1].key] = replace(snap[specs[1].key], state=RunState.COMPLETED)
+    waiting = [a.waiting for a in plan(specs, snap, {"local": 8}).actions if a.key.startswith("b")]
+    assert waiting == ["waits for a: 1 of 2 runs not completed"] * 2
+    # still `stop`: nothing; `hold`: deferred, said so
+    stop = expand(wb(replace(first, desired=Desired.STOP), second))
+    assert not plan(stop, snap, {"local": 8}).changes
+    hold = plan(expand(wb(replace(first, desired=Desired.HOLD), second)), snap, {"local": 8})
+    assert [a.reason for a in hold.actions if a.key == specs[0].key] == ["state=hold: restart deferred (was stopped)"]
+    # a scheduler's own cancel (no stop asked by nero) is left alone
+    snap[specs[0].key] = replace(snap[specs[0].key], stop_requested="")
+    assert not plan(specs, snap, {"local": 8}).changes
+
+
+def test_plan_abort_then_release_brings_the_run_back():
+    """#13: a run cancelled by `nero abort` stays cancelled while the override is in force and
+    comes back once it is lifted (`nero release`)."""
+    spec = expand(wb(exp()))[0]
+    snap = {spec.key: rec_for(spec, state=RunState.CANCELLED, stop_requested="cancelled: aborted with `nero abort`")}
+    aborted = {spec.key: Override(spec.key, OverrideKind.ABORT, spec.spec_hash, 1, 0.0)}
+    assert not plan([spec], snap, {"local": 8}, overrides=aborted).changes
+    assert [a.reason for a in plan([spec], snap, {"local": 8}).changes] == ["row is `run` again (was aborted)"]
 
 
 def test_diff_essence_lists_each_change():

@@ -41,6 +41,7 @@ def plan(workbook: str | None, prune: bool, as_json: bool) -> None:
     \b
     + submit    a run the sheet asks for that never ran
     ~ restart   a run whose command, parameters, cluster, resources, setup or template changed
+                (or that a stop or `nero abort` cancelled, once its row says run again)
     - cancel    a live run whose row says state=stop (or whose row is gone, with --prune)
     ! orphaned  a live run whose row was removed: left running, reported
     = held      a run that is not started: state=hold, or `after` is not satisfied

@@ -34,7 +34,8 @@ __all__ = [
 EXPERIMENT_HELP = {
     "id": "Required. A unique name for the row, e.g. lr-sweep (letters, digits, _ . -). "
           "Run keys and run folders are built from it: demo[lr=0.1,layers=2].",
-    "state": "run (default): start what is missing.\nhold: start nothing new; running runs go on.\n"
+    "state": "run (default): start what is missing, and bring back runs a stop cancelled.\n"
+             "hold: start nothing new; running runs go on.\n"
              "stop: cancel this row's running runs.",
     "command": "Required. The command of one run, with {{ name }} for each parameter column: "
                "python train.py --lr {{ lr }}. Every value is shell-quoted. Also available: "
@@ -56,7 +57,8 @@ EXPERIMENT_HELP = {
     "template": "A job-script template from templates/ (e.g. slurm.sh.j2). Empty: the default for the "
                 "cluster's kind. A templates/ folder beside this workbook overrides built-ins by name.",
     "priority": "Higher starts first when slots are scarce (whole number, default 0).",
-    "after": "Comma list of experiment ids that must complete first, e.g. pretrain.",
+    "after": "Comma list of experiment ids to wait for. pretrain: every run of pretrain completed. "
+             "pretrain finished: every run completed or terminated by a rule.",
     "retries": "Resubmit a failed, preempted or lost run up to N times, with NERO_RESUME=1 set so "
                "the program can continue from its checkpoint (default 0).",
     "rules": "Stop runs that go badly; separate rules with ';':\nisnan(loss); val_loss > 2 after 5; "
@@ -123,14 +125,16 @@ EXAMPLE_EXPERIMENTS = (
      "priority", "after", "time", "cpus", "mem", "gpus", "partition", "account", "options", "setup",
      "workdir", "template", "notes"),
     ("demo", "run", EXAMPLE_COMMAND, "[0.01, 0.1, 3.0]", "[0, 2]", 20, "local",
-     "isnan(loss); plateau(val_loss, 5)", "failed, terminated", None, None, None, None, None, None,
+     "isnan(loss) or isinf(loss); plateau(val_loss, 5)", "failed, terminated", None, None, None, None, None, None,
      None, None, None, None, None, None, None,
-     "3 learning rates × 2 depths = 6 runs of about 6 s. lr=3.0 diverges to NaN and the isnan "
-     "rule stops it; the linear model (layers=0) with lr=0.1 stalls and plateau stops it. "
+     "3 learning rates × 2 depths = 6 runs of about 6 s. lr=3.0 diverges (the loss turns NaN, or "
+     "first overflows to inf) and the first rule stops both; the linear model (layers=0) with "
+     "lr=0.1 stalls and plateau stops it. "
      "Edit a cell and run nero plan to see what would change."),
     ("demo-hold", "hold", EXAMPLE_COMMAND, "logspace(-3, -1, 3)", 3, 20, "local", "isnan(loss)",
-     "failed", 1, None, "demo", None, None, None, None, None, None, None, None, None, None,
-     "Held: nothing starts until you set state to run; then it waits for demo (after) and "
+     "failed", 1, None, "demo finished", None, None, None, None, None, None, None, None, None, None,
+     "Held: nothing starts until you set state to run; then it waits until every run of demo "
+     "finished (after: completed or terminated by a rule) and "
      "retries a failed run once, resuming from its checkpoint."),
 )
 EXAMPLE_CLUSTERS = (CLUSTER_COLUMNS, ("local", "local"))

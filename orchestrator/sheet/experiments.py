@@ -15,8 +15,9 @@ from typing import Any
 
 from .. import spec
 from ..errors import ExpressionError
-from ..model import RESOURCE_COLUMNS, Desired, Experiment, Scalar, Variation
+from ..model import RESOURCE_COLUMNS, After, Desired, Experiment, Scalar, Until, Variation
 from ..rules import parse_rules
+from ..tokens import Token, tokenize
 from .cells import choice, identifier, names, one_of, text, whole
 from .commands import BUILTIN_VARIABLES, VariablesOf, check_command
 from .quantities import megabytes_cell, minutes_cell
@@ -102,7 +103,7 @@ def _experiment(row: Row, parameters: list[tuple[str, int]], clusters: tuple[str
         params=params, resources=_resources(row),
         setup=row.get("setup", text, ""), workdir=row.get("workdir", text, ""),
         template=row.get("template", text, ""), priority=row.get("priority", whole(-10**9, 10), 0),
-        after=row.get("after", names, ()), retries=row.get("retries", whole(0, 2), 0),
+        after=row.get("after", _after, ()), retries=row.get("retries", whole(0, 2), 0),
         rules=row.get("rules", _rules, ""), notify=row.get("notify", one_of(NOTIFY_EVENTS, "event"), ()),
         cells=(("id", row.ref("id")), *((name, row.ref_at(c)) for name, c in parameters)),
     )
@@ -121,6 +122,46 @@ def _rules(value: object, column: str) -> str:
         raise ValueError(f"{e}; write rules separated by ';', e.g. isnan(loss); val_loss > 2 after 5; "
                          "plateau(val_loss, 10); runtime > 2h") from None
     return rules
+
+
+def _after(value: object, column: str) -> tuple[After, ...]:
+    """`pretrain, tune finished, base (finished)`: the ids to wait for and what their runs must
+    have done (plain: completed; `finished`: completed or terminated by a rule)."""
+    cell = text(value)
+    out: list[After] = []
+    item: list[Token] = []
+    for tok in tokenize(cell, quotes={}):
+        if tok.kind != "end" and tok.text not in (",", ";"):
+            item.append(tok)
+        elif item:
+            out.append(_after_item(cell, item))
+            item = []
+    seen: set[str] = set()
+    for a in out:
+        if a.experiment in seen:
+            raise ValueError(f"{a.experiment!r} is named twice in {column}; name each experiment once")
+        seen.add(a.experiment)
+    return tuple(out)
+
+
+def _after_item(cell: str, toks: list[Token]) -> After:
+    """One entry: the id is the text up to the first space or `(`, then an optional condition."""
+    n = 1
+    while n < len(toks) and toks[n].pos == toks[n - 1].stop and toks[n].text != "(":
+        n += 1
+    ident = cell[toks[0].pos:toks[n - 1].stop]
+    entry = cell[toks[0].pos:toks[-1].stop]
+    identifier(ident, "experiment id in after")
+    rest = [t.text for t in toks[n:]]
+    if rest[:1] == ["("] and rest[-1:] == [")"]:
+        rest = rest[1:-1]
+    words = {u.value: u for u in Until}
+    if not rest:
+        return After(ident)
+    if len(rest) == 1 and rest[0].lower() in words:
+        return After(ident, words[rest[0].lower()])
+    raise ValueError(f"{entry!r} is not an entry of after; write `{ident}` (wait until every run of {ident} "
+                     f"completed) or `{ident} finished` (completed or terminated by a rule), comma-separated")
 
 
 def _known_clusters(clusters: tuple[str, ...]) -> Callable[[Any, str], tuple[str, ...]]:
@@ -210,13 +251,15 @@ def _check_after(experiments: list[Experiment], table: Table, problems: Problems
     ids = {e.id for e in experiments}
     refs = {e.id: table.sheet.ref(e.row, table.columns.get("after", 0)) for e in experiments}
     for e in experiments:
-        unknown = [a for a in e.after if a not in ids]
-        if e.id in e.after:
+        named = [a.experiment for a in e.after]
+        unknown = [a for a in named if a not in ids]
+        if e.id in named:
             problems.add(refs[e.id], f"{e.id!r} cannot wait for itself; remove it from after")
         elif unknown:
             problems.add(refs[e.id], f"after names unknown experiment {', '.join(map(repr, unknown))}; "
                          f"write ids from the id column (e.g. {', '.join(sorted(ids)[:3])})")
-    cycle = _find_cycle({e.id: [a for a in e.after if a in ids and a != e.id] for e in experiments})
+    cycle = _find_cycle({e.id: [a.experiment for a in e.after if a.experiment in ids and a.experiment != e.id]
+                         for e in experiments})
     if cycle:
         problems.add(refs[cycle[0]], f"after forms a cycle ({' → '.join(cycle)}), so these rows would wait for each "
                      "other forever; remove one of the names")

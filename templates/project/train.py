@@ -6,9 +6,10 @@ gradient descent on the squared error. Each epoch prints one line nero reads as 
     epoch=3 loss=0.41 val_loss=0.52 acc=0.88
 
 Too large a learning rate (try --lr 3.0) makes gradient descent overshoot: the loss grows
-geometrically until the floats overflow and become NaN. Like many real scripts, this one
-keeps going anyway and only complains at the end (exit code 1), so a rule such as
-`isnan(loss)` in the sheet saves the wasted time. A checkpoint is written every epoch;
+geometrically until the floats overflow to inf and become NaN (with --layers 0 it stays inf
+for several epochs first). Like many real scripts, this one keeps going anyway and only
+complains at the end (exit code 1), so a rule such as `isnan(loss) or isinf(loss)` in the
+sheet saves the wasted time. A checkpoint is written every epoch;
 with NERO_RESUME=1 (a retry) training continues from the previous attempt's checkpoint.
 """
 
