@@ -22,10 +22,11 @@ from .errors import TemplateError, WorkbookError
 from .jobs import command_variables, script_context
 from .model import Cluster, ClusterKind, Problem, RunSpec, Workbook
 from .paths import ClusterPaths
-from .render import render_command, render_template, template_problem
+from .render import bounded, render_command, render_template, template_problem
 
 __all__ = ["JobText", "check_templates", "check_workbook", "render_job", "template_name"]
 
+_COMMAND = "the command does not render: "
 _STAND_IN_ROOT = "/nero-check/runs"  # the run root a check renders with (the cluster's is not asked)
 
 
@@ -73,33 +74,48 @@ def check_templates(workbook: Workbook, project_dir: str) -> list[Problem]:
 def check_workbook(workbook: Workbook, specs: Iterable[RunSpec], project_dir: str,
                    workdir_of: dict[str, str]) -> list[Problem]:
     """Render each run's command and its job script on each of its clusters, with stand-in
-    run folders; every problem at its cell, each cell and message once. `workdir_of`: the
-    local workdir of each run key (where the command would run)."""
+    run folders; every problem at its cell, each cell and message once. A command (or a
+    template on a cluster) that failed is not rendered again for the row's other runs, so
+    a runaway template costs one render's bound, not one per run. `workdir_of`: the local
+    workdir of each run key (where the command would run)."""
     problems = check_templates(workbook, project_dir)
     if problems:
         return problems
+    with bounded():  # one memory limit for all the renders
+        _check_jobs(workbook, specs, project_dir, workdir_of, problems)
+    return list(dict.fromkeys(problems))  # each cell and message once
+
+
+def _check_jobs(workbook: Workbook, specs: Iterable[RunSpec], project_dir: str, workdir_of: dict[str, str],
+                problems: list[Problem]) -> None:
     clusters = {c.name: c for c in workbook.clusters}
+    failed: set[tuple[str, ...]] = set()  # a command (or template on a cluster) that failed once is not tried again
     for spec in specs:
+        if (spec.command,) in failed:
+            continue
         for name in spec.clusters or ("local",):
             c = clusters.get(name) or Cluster(name=name)
+            if (template_name(spec, c), name) in failed:
+                continue
+            before = len(problems)
             run_dir = ClusterPaths(_STAND_IN_ROOT).run(spec.experiment, spec.key, 1)
             claims = ClusterPaths(_STAND_IN_ROOT).gpu_claims if c.kind in (ClusterKind.SSH, ClusterKind.LOCAL) else ""
             _render(workbook, spec, c, problems, attempt=1, run_dir=run_dir, workdir=workdir_of.get(spec.key, ""),
                     python=c.python or (sys.executable if c.kind is ClusterKind.LOCAL else ""), resume=False,
                     prev_dir="", job_name=spec.key, gpu_claims=claims, rendered_at="", project_dir=project_dir)
-    return list(dict.fromkeys(problems))  # each cell and message once
+            if len(problems) > before:
+                failed.add((spec.command,) if problems[-1].message.startswith(_COMMAND) else (template_name(spec, c), name))
+                break
 
 
 def _render(workbook: Workbook, spec: RunSpec, cluster: Cluster, problems: list[Problem], *, attempt: int,
             run_dir: str, workdir: str, python: str, resume: bool, prev_dir: str, job_name: str, gpu_claims: str,
             rendered_at: str, project_dir: str) -> JobText | None:
-    exp = next((e for e in workbook.experiments if e.id == spec.experiment), None)
-    row = f"Experiments!{spec.row}"
     try:
         command = render_command(spec.command, command_variables(spec, run_dir, attempt, resume))
     except TemplateError as e:
-        problems.append(Problem((exp.cell("command") if exp else "") or row,
-                                f"the command does not render: {e}; fix the command"))
+        problems.append(Problem(_cell(workbook, spec, "command"),
+                                f"{_COMMAND}{e}; fix the command"))
         return None
     template = template_name(spec, cluster)
     try:
@@ -108,12 +124,15 @@ def _render(workbook: Workbook, spec: RunSpec, cluster: Cluster, problems: list[
             resume=resume, prev_run_dir=prev_dir, job_name=job_name, gpu_claims=gpu_claims,
             rendered_at=rendered_at), project_dir)
     except TemplateError as e:
-        if spec.template:
-            where = (exp.cell("template") if exp else "") or row
-        else:
-            where = cluster.cell("template") if cluster.template else ""
-            where = where or (exp.cell("command") if exp else "") or row
-        problems.append(Problem(where, f"the job script of cluster {cluster.name!r} does not render "
-                                f"(templates/{template}): {e}; fix the template or choose another"))
+        where = (cluster.cell("template") if cluster.template and not spec.template else "")
+        where = where or _cell(workbook, spec, "template" if spec.template else "command")
+        problems.append(Problem(where, f"the job script of cluster {cluster.name!r} does not render: {e}; "
+                                "fix the template or choose another"))
         return None
     return JobText(command, script)
+
+
+def _cell(workbook: Workbook, spec: RunSpec, column: str) -> str:
+    """The cell of `column` in the run's row (the row itself when the cell is unknown)."""
+    exp = next((e for e in workbook.experiments if e.id == spec.experiment), None)
+    return (exp.cell(column) if exp else "") or f"Experiments!{spec.row}"

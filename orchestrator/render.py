@@ -31,7 +31,7 @@ from typing import Any
 from .errors import TemplateError
 from .model import Shell
 
-__all__ = ["MAX_ITEMS", "MEMORY_BYTES", "OUTPUT_CHARS", "RENDER_SECONDS", "Shell", "builtin_templates",
+__all__ = ["MAX_ITEMS", "MEMORY_BYTES", "OUTPUT_CHARS", "RENDER_SECONDS", "Shell", "bounded", "builtin_templates",
            "command_variables", "environment", "mail_environment", "render_command", "render_template",
            "template_problem"]
 
@@ -61,6 +61,7 @@ def _finalize(value: object) -> str:
     return shlex.quote(str(value))
 
 
+@lru_cache(maxsize=1)
 def builtin_templates() -> Path:
     here = Path(__file__).resolve().parent
     installed = here / "templates"
@@ -68,7 +69,7 @@ def builtin_templates() -> Path:
 
 
 # ---------------------------------------------------------------------------- the bounds
-_local = threading.local()  # .deadline (monotonic seconds; 0: not rendering), .depth
+_local = threading.local()  # .deadline (monotonic seconds; 0: not rendering), .limited (memory)
 
 
 def _tick() -> None:
@@ -83,26 +84,36 @@ def _on_alarm(signum: int, frame: Any) -> None:
 
 
 @contextmanager
-def _bounded() -> Iterator[None]:
-    """Bound one render: a deadline checked at each operation, SIGALRM as the backstop
-    (main thread only), and an address-space limit (Linux); nested renders share them."""
-    depth = getattr(_local, "depth", 0)
-    _local.depth = depth + 1
-    if depth:
-        try:
-            yield
-        finally:
-            _local.depth = depth
+def bounded() -> Iterator[None]:
+    """Renders inside share one address-space limit (Linux: nero's use now plus
+    MEMORY_BYTES), set once for a batch of renders; each render sets it when outside one."""
+    if getattr(_local, "limited", False):
+        yield
         return
-    started = time.monotonic()
-    _local.deadline = started + RENDER_SECONDS
-    alarm = _start_alarm()
+    _local.limited = True
     memory = _limit_memory()
     try:
         yield
     finally:
-        _local.deadline, _local.depth = 0.0, depth
+        _local.limited = False
         _restore_memory(memory)
+
+
+@contextmanager
+def _bounded() -> Iterator[None]:
+    """Bound one render: a deadline checked at each operation, SIGALRM as the backstop
+    (main thread only), the memory limit of `bounded`; a template it includes shares them."""
+    if getattr(_local, "deadline", 0.0):
+        yield
+        return
+    started = time.monotonic()
+    _local.deadline = started + RENDER_SECONDS
+    alarm = _start_alarm()
+    try:
+        with bounded():
+            yield
+    finally:
+        _local.deadline = 0.0
         _stop_alarm(alarm, started)
 
 
