@@ -58,6 +58,7 @@ def test_a_project_job_template_cannot_run_code_either(project: Path):
 @pytest.mark.parametrize("loop, says", [
     ("{% for i in range(10**10) %}x{% endfor %}", "range() of 10,000,000,000 items"),
     ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "longer than 3 s"),
+    ("{% set r = range(100000) %}{% for i in r %}{% for j in r %}{% endfor %}{% endfor %}", "longer than 3 s"),  # alarm
     ("{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}", "output is longer"),
     ("{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
      "the template was stopped"),
