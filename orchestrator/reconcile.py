@@ -103,6 +103,7 @@ class Reconciler:
         self._backends: dict[str, Backend] = {}
         self._results_fingerprint = ""
         self._warned: tuple | None = None
+        self._watching = False  # load(keep_last_good=True): a loop that keeps going on a bad workbook
         self._retry: dict[str, tuple[int, str]] = {}  # run key -> (retry number, reason) of the attempt being submitted
 
     # ------------------------------------------------------------ workbook
@@ -112,6 +113,7 @@ class Reconciler:
         from .sheet import lock_file, read_workbook
 
         warnings: list[str] = []
+        self._watching = keep_last_good
         try:
             st = self.workbook_path.stat()
             stamp = (st.st_mtime_ns, st.st_size)
@@ -139,13 +141,15 @@ class Reconciler:
         return warnings + name_warnings(self.specs, wb.settings.primary_metric, self.metric_names())
 
     def _preflight(self, wb: Workbook, specs: list[RunSpec]) -> None:
-        """Render every job the workbook would submit now (commands and job scripts, with
-        stand-in run folders): a template problem refuses the workbook, with its cell."""
+        """Render every job the workbook would submit, now or once released (commands and
+        job scripts, with stand-in run folders): a template problem refuses the workbook,
+        with its cell."""
         from .preflight import check_workbook
 
         todo = make_plan(specs, self.store.snapshot(), {c.name: len(specs) + 1 for c in wb.clusters},
                          overrides=self.store.overrides())
-        keys = {a.key for a in todo.actions if a.kind in (ActionKind.SUBMIT, ActionKind.RESTART)}
+        keys = {a.key for a in todo.actions if a.spec is not None and a.kind in (ActionKind.SUBMIT, ActionKind.RESTART,
+                                                                                  ActionKind.HOLD)}
         chosen = [s for s in specs if s.key in keys]
         problems = check_workbook(wb, chosen, str(self.project_dir), {s.key: self.workdir(s) for s in chosen})
         if problems:
@@ -210,9 +214,15 @@ class Reconciler:
         overrides = self.store.overrides()
         plan = make_plan(self.specs, self.store.snapshot(), self.capacity(), prune=prune, overrides=overrides)
         report.plan = plan
-        jobs = self._jobs(plan)  # every job rendered before anything is cancelled or submitted
-        self._cancel(plan, now, report)
-        self._submit(jobs, now, report)
+        try:
+            jobs = self._jobs(plan)  # every job rendered before anything is cancelled or submitted
+        except WorkbookError as e:  # a template file changed since the workbook was read
+            if not self._watching:
+                raise
+            report.warnings += self._once(("render", str(e)), f"{e}\n  watching goes on; fix it and save")
+        else:
+            self._cancel(plan, now, report)
+            self._submit(jobs, now, report)
         self._mark_orphans(plan)
         self._expire_overrides(overrides)
         if results and (report.changed or not self._results_fingerprint):

@@ -170,3 +170,47 @@ def test_mail_templates_render_in_the_sandbox(tmp_path: Path):
     with pytest.raises(SecurityError):
         env.from_string(PWN).render()
     assert not (tmp_path / "PWN").exists() and not Path("PWN").exists()
+
+
+def test_a_held_row_whose_command_fails_is_reported_before_it_is_released(project: Path):
+    """#12: plan renders what reconcile would submit, also a held run once `nero release` frees it."""
+    write_workbook(project / "experiments.xlsx", [
+        {"id": "now", "command": "echo fine"},
+        {"id": "later", "command": "echo {{ 1 / 0 }}", "state": "hold"},
+    ])
+    err = refused(project, "plan")
+    assert "Experiments!B3" in err and "ZeroDivisionError" in err, err
+
+
+def test_a_template_that_breaks_after_the_workbook_was_read_submits_nothing_of_the_pass(project: Path):
+    """#12: a pass renders all its jobs before it submits any, so a late render failure (a
+    template file edited after the workbook was read) cannot leave half a pass submitted."""
+    from orchestrator.errors import WorkbookError
+    from orchestrator.project import Project
+
+    (project / "templates").mkdir()
+    mine = project / "templates" / "mine.sh.j2"
+    mine.write_text("#!/bin/bash\ncd {{ workdir }}\n{{ command }}\n")
+    write_workbook(project / "experiments.xlsx", [
+        {"id": "a", "command": "echo a"},
+        {"id": "b", "command": "echo b", "template": "mine.sh.j2"},
+    ])
+    with Project(project / "experiments.xlsx") as p:
+        p.load()
+        mine.write_text("#!/bin/bash\n{{ nosuchname }}\n")
+        with pytest.raises(WorkbookError) as refusal:  # one pass: refused, exit 2, with the cell
+            p.reconcile()
+        assert "Experiments!C3" in str(refusal.value) and "nosuchname" in str(refusal.value)
+    assert attempts(project) == 0  # `a` renders fine, but it was not submitted either
+
+    mine.write_text("#!/bin/bash\ncd {{ workdir }}\n{{ command }}\n")
+    with Project(project / "experiments.xlsx") as p:  # a watching loop warns and keeps going
+        p.load()
+        mine.write_text("#!/bin/bash\n{{ nosuchname }}\n")  # after the load: the pass finds it
+        p.load(keep_last_good=True)
+        report = p.reconcile()
+        assert any("Experiments!C3" in w and "watching goes on" in w for w in report.warnings), report.warnings
+        assert attempts(project) == 0
+        mine.write_text("#!/bin/bash\ncd {{ workdir }}\n{{ command }}\n")
+        p.reconcile()
+    assert attempts(project) == 2
