@@ -13,6 +13,7 @@ template (the row's, else the cluster's), else on the row.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -79,44 +80,55 @@ def check_workbook(workbook: Workbook, specs: Iterable[RunSpec], project_dir: st
     a runaway template costs one render's bound, not one per run. `workdir_of`: the local
     workdir of each run key (where the command would run)."""
     problems = check_templates(workbook, project_dir)
-    if problems:
-        return problems
     with bounded():  # one memory limit for all the renders
         _check_jobs(workbook, specs, project_dir, workdir_of, problems)
-    return list(dict.fromkeys(problems))  # each cell and message once
+    return sorted(dict.fromkeys(problems), key=_reading_order)  # each cell and message once
+
+
+def _reading_order(problem: Problem) -> tuple[int, int, int, str]:
+    """Experiments before Clusters, then by row, then by column."""
+    sheet, _, cell = problem.where.partition("!")
+    m = re.match(r"^([A-Z]*)(\d+)$", cell)
+    row, column = (int(m.group(2)), len(m.group(1))) if m else (0, 0)
+    return (sheet != "Experiments", row, column, cell)
 
 
 def _check_jobs(workbook: Workbook, specs: Iterable[RunSpec], project_dir: str, workdir_of: dict[str, str],
                 problems: list[Problem]) -> None:
     clusters = {c.name: c for c in workbook.clusters}
-    failed: set[tuple[str, ...]] = set()  # a command (or template on a cluster) that failed once is not tried again
+    bad_names: dict[str, bool] = {}  # template name -> whether it names no template (reported by check_templates)
+    failed: set[tuple[str, ...]] = set()  # a command, or a template on a cluster, that failed once is not tried again
     for spec in specs:
         if (spec.command,) in failed:
             continue
         for name in spec.clusters or ("local",):
             c = clusters.get(name) or Cluster(name=name)
-            if (template_name(spec, c), name) in failed:
-                continue
+            template = template_name(spec, c)
+            if template not in bad_names:
+                bad_names[template] = bool(template_problem(template, project_dir))
             before = len(problems)
             run_dir = ClusterPaths(_STAND_IN_ROOT).run(spec.experiment, spec.key, 1)
             claims = ClusterPaths(_STAND_IN_ROOT).gpu_claims if c.kind in (ClusterKind.SSH, ClusterKind.LOCAL) else ""
             _render(workbook, spec, c, problems, attempt=1, run_dir=run_dir, workdir=workdir_of.get(spec.key, ""),
                     python=c.python or (sys.executable if c.kind is ClusterKind.LOCAL else ""), resume=False,
-                    prev_dir="", job_name=spec.key, gpu_claims=claims, rendered_at="", project_dir=project_dir)
+                    prev_dir="", job_name=spec.key, gpu_claims=claims, rendered_at="", project_dir=project_dir,
+                    with_script=not bad_names[template] and (template, name) not in failed)
             if len(problems) > before:
-                failed.add((spec.command,) if problems[-1].message.startswith(_COMMAND) else (template_name(spec, c), name))
+                failed.add((spec.command,) if problems[-1].message.startswith(_COMMAND) else (template, name))
                 break
 
 
 def _render(workbook: Workbook, spec: RunSpec, cluster: Cluster, problems: list[Problem], *, attempt: int,
             run_dir: str, workdir: str, python: str, resume: bool, prev_dir: str, job_name: str, gpu_claims: str,
-            rendered_at: str, project_dir: str) -> JobText | None:
+            rendered_at: str, project_dir: str, with_script: bool = True) -> JobText | None:
+    """The job (None when the command, or with `with_script` the job script, fails: the problem added)."""
     try:
         command = render_command(spec.command, command_variables(spec, run_dir, attempt, resume))
     except TemplateError as e:
-        problems.append(Problem(_cell(workbook, spec, "command"),
-                                f"{_COMMAND}{e}; fix the command"))
+        problems.append(Problem(_cell(workbook, spec, "command"), f"{_COMMAND}{e}"))
         return None
+    if not with_script:
+        return JobText(command, "")
     template = template_name(spec, cluster)
     try:
         script = render_template(template, script_context(

@@ -290,8 +290,8 @@ def command_variables(command: str) -> set[str]:
         raise TemplateError(f"{e.message} (line {e.lineno})") from None
     for node in ast.find_all(tuple(getattr(nodes, n) for n in _LOADS)):
         tag = {"Include": "include", "Extends": "extends"}.get(type(node).__name__, "import")
-        raise TemplateError(f"a command cannot load other templates ({{% {tag} %}} on line {node.lineno}); "
-                            "write the whole command in the cell")
+        raise TemplateError(f"a command cannot load other templates ({{% {tag} %}} on line {node.lineno}), "
+                            "it is rendered on its own")
     return set(meta.find_undeclared_variables(ast))
 
 
