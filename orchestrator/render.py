@@ -130,7 +130,7 @@ def _stop_alarm(alarm: tuple[Any, tuple[float, float]] | None, started: float) -
         return
     signal.setitimer(signal.ITIMER_REAL, 0)
     previous, (delay, interval) = alarm
-    signal.signal(signal.SIGALRM, previous)
+    signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
     if delay > 0:  # someone else's timer (pytest-timeout, say) goes on where it was
         signal.setitimer(signal.ITIMER_REAL, max(delay - (time.monotonic() - started), 0.001), interval)
 

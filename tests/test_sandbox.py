@@ -214,3 +214,29 @@ def test_a_template_that_breaks_after_the_workbook_was_read_submits_nothing_of_t
         mine.write_text("#!/bin/bash\ncd {{ workdir }}\n{{ command }}\n")
         p.reconcile()
     assert attempts(project) == 2
+
+
+def test_the_bounds_of_a_render_leave_the_callers_alarm_and_memory_limit_as_they_were():
+    """#12: the time backstop (SIGALRM) and the memory cap (RLIMIT_AS) hold only while rendering."""
+    import resource
+    import signal
+
+    from orchestrator.errors import TemplateError
+    from orchestrator.render import render_command
+
+    def handler(signum, frame):
+        raise AssertionError("the caller's alarm fired early")
+
+    limits = resource.getrlimit(resource.RLIMIT_AS)
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 100)
+    try:
+        assert render_command("echo {{ lr }}", {"lr": 0.5}) == "echo 0.5"
+        with pytest.raises(TemplateError, match="memory"):
+            render_command("{{ 'x'|center(10**10) }}", {})
+        remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 90 < remaining <= 100 and signal.getsignal(signal.SIGALRM) is handler
+        assert resource.getrlimit(resource.RLIMIT_AS) == limits
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
