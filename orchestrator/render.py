@@ -220,6 +220,25 @@ def _environment_class() -> type:
     return Bounded
 
 
+_OUTSIDE = "is a link to a file outside the templates folders"
+
+
+def _loader(search: tuple[str, ...]) -> Any:
+    """A file loader that reads only files inside its folders, links resolved (a link in a
+    project's `templates/` to `/etc/passwd` is refused like `../../etc/passwd`)."""
+    import jinja2
+
+    class Confined(jinja2.FileSystemLoader):
+        def get_source(self, environment: Any, template: str) -> Any:
+            source, filename, uptodate = super().get_source(environment, template)
+            real = Path(filename).resolve()
+            if not any(real.is_relative_to(Path(folder).resolve()) for folder in self.searchpath):
+                raise jinja2.TemplateNotFound(template, f"{template!r} {_OUTSIDE}")
+            return source, filename, uptodate
+
+    return Confined(list(search))
+
+
 def _range(*args: int) -> range:
     _tick()
     r = range(*args)
@@ -232,7 +251,7 @@ def _range(*args: int) -> range:
 def _environment(search: tuple[str, ...]) -> Any:
     import jinja2
 
-    loader = jinja2.FileSystemLoader(list(search)) if search else None
+    loader = _loader(search) if search else None
     return _environment_class()(
         loader=loader,
         undefined=jinja2.StrictUndefined,
@@ -320,7 +339,9 @@ def template_problem(name: str, project_dir: str | None = None) -> str:
     env = environment(project_dir)
     try:
         env.loader.get_source(env, name if name.endswith(".j2") else name + ".j2")
-    except Exception:
+    except Exception as e:
+        if _OUTSIDE in str(e):
+            return f"{e}; copy the file into the project's templates/ folder"
         return (f"job template {name!r} not found in the project's templates/ folder or nero's; "
                 f"available: {', '.join(_job_templates(project_dir))}")
     return ""
@@ -349,7 +370,8 @@ def render_template(name: str, variables: dict[str, object], project_dir: str | 
     except jinja2.TemplateNotFound as e:
         if e.name == name:
             raise TemplateError(template_problem(name, project_dir)) from None
-        raise TemplateError(f"template {name!r} includes {e.name!r}, which is not in templates/") from None
+        what = _OUTSIDE if _OUTSIDE in str(e) else "is not a file in templates/"
+        raise TemplateError(f"template {name!r} includes {e.name!r}, which {what}") from None
     except Exception as e:
         raise TemplateError(f"template {name!r}: {_why(e)}") from None
 
@@ -360,7 +382,7 @@ def mail_environment(search: tuple[str, ...]) -> Any:
     import jinja2
 
     return _environment_class()(
-        loader=jinja2.FileSystemLoader(list(search)),
+        loader=_loader(search),
         autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default_for_string=False),
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False,
     )

@@ -88,15 +88,22 @@ def test_a_command_cell_cannot_load_other_templates(project: Path, tag: str):
 def test_a_template_path_that_leaves_the_templates_folders_is_a_cell_error_at_plan(project: Path):
     """#12: `../../../../etc/passwd` passed plan; reconcile exited 2 without the cell and skipped valid rows."""
     (project / "secret.j2").write_text("not a template nero may use\n")
+    (project / "templates").mkdir()
+    (project / "templates" / "linked.sh.j2").symlink_to(project / "secret.j2")  # a link out is refused too
+    (project / "templates" / "incl.sh.j2").write_text("{% include 'linked.sh.j2' %}\n{{ command }}\n")
     write_workbook(project / "experiments.xlsx", [
         {"id": "ok", "command": "echo fine", "cluster": "box", "template": None},
         {"id": "bad", "command": "echo hi", "cluster": "box", "template": "../../../../etc/passwd"},
         {"id": "gone", "command": "echo hi", "cluster": "box", "template": "nosuch.sh.j2"},
+        {"id": "link", "command": "echo hi", "cluster": "box", "template": "linked.sh.j2"},
+        {"id": "incl", "command": "echo hi", "cluster": "box", "template": "incl.sh.j2"},
     ], clusters=[{"name": "box", "kind": "local", "template": "../secret.j2"}])
     for cmd in ("plan", "reconcile"):
         err = refused(project, cmd)
         assert "Experiments!D3" in err and "leaves the templates folders" in err, err
         assert "Experiments!D4" in err and "'nosuch.sh.j2' not found" in err, err
+        assert "Experiments!D5" in err and "'linked.sh.j2' is a link to a file outside the templates folders" in err
+        assert "Experiments!D6" in err and "includes 'linked.sh.j2', which is a link" in err, err
         assert "Clusters!C2" in err and "'../secret.j2'" in err, err
         assert "local.sh.j2" in err  # what may be named instead
     assert attempts(project) == 0
