@@ -75,9 +75,9 @@ def check_templates(workbook: Workbook, project_dir: str) -> list[Problem]:
 def check_workbook(workbook: Workbook, specs: Iterable[RunSpec], project_dir: str,
                    workdir_of: dict[str, str]) -> list[Problem]:
     """Render each run's command and its job script on each of its clusters, with stand-in
-    run folders; every problem at its cell, each cell and message once. A command (or a
-    template on a cluster) that failed is not rendered again for the row's other runs, so
-    a runaway template costs one render's bound, not one per run. `workdir_of`: the local
+    run folders; every problem at its cell, each cell and message once. A row's command (or
+    its template on a cluster) that failed is not rendered again for the row's other runs,
+    so a runaway template costs one render's bound per row, not one per run. `workdir_of`: the local
     workdir of each run key (where the command would run)."""
     problems = check_templates(workbook, project_dir)
     with bounded():  # one memory limit for all the renders
@@ -97,9 +97,9 @@ def _check_jobs(workbook: Workbook, specs: Iterable[RunSpec], project_dir: str, 
                 problems: list[Problem]) -> None:
     clusters = {c.name: c for c in workbook.clusters}
     bad_names: dict[str, bool] = {}  # template name -> whether it names no template (reported by check_templates)
-    failed: set[tuple[str, ...]] = set()  # a command, or a template on a cluster, that failed once is not tried again
+    failed: set[tuple[str, ...]] = set()  # a row's command, or a template on a cluster, that failed is not tried again
     for spec in specs:
-        if (spec.command,) in failed:
+        if (spec.experiment, spec.command) in failed:
             continue
         for name in spec.clusters or ("local",):
             c = clusters.get(name) or Cluster(name=name)
@@ -112,9 +112,10 @@ def _check_jobs(workbook: Workbook, specs: Iterable[RunSpec], project_dir: str, 
             _render(workbook, spec, c, problems, attempt=1, run_dir=run_dir, workdir=workdir_of.get(spec.key, ""),
                     python=c.python or (sys.executable if c.kind is ClusterKind.LOCAL else ""), resume=False,
                     prev_dir="", job_name=spec.key, gpu_claims=claims, rendered_at="", project_dir=project_dir,
-                    with_script=not bad_names[template] and (template, name) not in failed)
+                    with_script=not bad_names[template] and (spec.experiment, template, name) not in failed)
             if len(problems) > before:
-                failed.add((spec.command,) if problems[-1].message.startswith(_COMMAND) else (template, name))
+                failed.add((spec.experiment, spec.command) if problems[-1].message.startswith(_COMMAND)
+                           else (spec.experiment, template, name))
                 break
 
 

@@ -31,14 +31,17 @@ def refused(project: Path, *command: str, timeout: float = 120) -> str:
 
 
 def test_a_command_cell_cannot_run_code_on_the_machine_running_nero(project: Path):
-    """#12: `{{ cycler.__init__.__globals__.os.system('touch PWN') }}` created PWN during reconcile."""
+    """#12: `{{ cycler.__init__.__globals__.os.system('touch PWN') }}` created PWN during reconcile
+    (for ssh, Slurm and SGE rows too: the render is on the user's machine, before any connection)."""
     write_workbook(project / "experiments.xlsx", [
         {"id": "ok", "command": "echo fine"},
         {"id": "evil", "command": f"echo {PWN}"},
-    ])
+        {"id": "far", "command": f"echo {PWN}", "cluster": "hpc"},
+    ], clusters=[{"name": "hpc", "kind": "slurm", "host": "login.invalid"}])
     for cmd in ("plan", "reconcile"):
         err = refused(project, cmd)
-        assert "Experiments!B3" in err and "not allowed in a template" in err, err
+        for cell in ("Experiments!B3", "Experiments!B4"):
+            assert f"{cell}: the command does not render: not allowed in a template" in err, err
     assert not (project / "PWN").exists()
     assert attempts(project) == 0  # the good row was not dispatched either
 
