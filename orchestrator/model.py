@@ -137,7 +137,7 @@ class Experiment:
     retries: int = 0
     rules: str = ""
     notify: tuple[str, ...] = ()
-    cells: tuple[tuple[str, str], ...] = ()  # (column, cell) of the id and each parameter: ("lr", "Experiments!E3")
+    cells: tuple[tuple[str, str], ...] = ()  # (column, cell) of the id, command, template, each parameter: ("lr", "Experiments!E3")
 
     def cell(self, column: str) -> str:
         """Where `column` was read (`Experiments!E3`); empty for a row not read from a sheet."""
@@ -160,6 +160,11 @@ class Cluster:
     template: str = ""
     gpus: str = ""
     options: str = ""  # extra scheduler options (`--qos=high --constraint=a100`, `-l gpu=1`)
+    cells: tuple[tuple[str, str], ...] = field(default=(), compare=False)  # (column, cell): ("template", "Clusters!L3")
+
+    def cell(self, column: str) -> str:
+        """Where `column` was read (`Clusters!L3`); empty for a cluster not read from a sheet."""
+        return dict(self.cells).get(column, "")
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,13 @@
 """One reconcile pass: the only module that wires the pure core to the adapters.
 
     recover intents → poll live runs (one call per cluster) → observe → commit
-    → plan(specs, snapshot, capacity) → cancel → record intents → submit → commit
-    → results workbook (only if something changed)
+    → plan(specs, snapshot, capacity) → render every job → cancel → record intents → submit
+    → commit → results workbook (only if something changed)
 
 The workbook is re-read only when its size or modification time changed; an invalid or
 half-saved workbook keeps the last good specs while watching (and stops a single pass
-with exit code 2 before anything is dispatched, cancelled or written).
+with exit code 2 before anything is dispatched, cancelled or written). A workbook whose
+commands or job scripts do not render (`preflight`) is an invalid one.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 from .backends import Backend, make_backend
 from .errors import BackendError, NeroError, WorkbookError
-from .jobs import command_variables, params_json, script_context
+from .jobs import params_json
 from .lifecycle import observe, recovery
 from .metrics import goals_of
 from .model import (
@@ -38,6 +39,7 @@ from .model import (
     JobScript,
     NewAttempt,
     Plan,
+    Problem,
     ResultsInput,
     RunRecord,
     RunSpec,
@@ -47,12 +49,13 @@ from .model import (
 )
 from .paths import ClusterPaths, ProjectPaths
 from .plan import plan as make_plan
-from .render import render_command, render_template
 from .spec import expand
 from .state import Store
 from .units import format_megabytes
 
 __all__ = ["PassReport", "Reconciler", "ClusterWatch", "state_path", "git_info"]
+
+_Jobs = dict[str, list[tuple[JobScript, RunRecord | None]]]  # the jobs of a pass, by cluster
 
 
 @dataclass
@@ -101,6 +104,7 @@ class Reconciler:
         self._backends: dict[str, Backend] = {}
         self._results_fingerprint = ""
         self._warned: tuple | None = None
+        self._watching = False  # load(keep_last_good=True): a loop that keeps going on a bad workbook
         self._retry: dict[str, tuple[int, str]] = {}  # run key -> (retry number, reason) of the attempt being submitted
 
     # ------------------------------------------------------------ workbook
@@ -110,6 +114,7 @@ class Reconciler:
         from .sheet import lock_file, read_workbook
 
         warnings: list[str] = []
+        self._watching = keep_last_good
         try:
             st = self.workbook_path.stat()
             stamp = (st.st_mtime_ns, st.st_size)
@@ -123,16 +128,33 @@ class Reconciler:
                               "keeping the last good plan until it is saved and closed")
         try:
             wb = read_workbook(self.workbook_path)
+            specs = expand(wb)
+            self._preflight(wb, specs)
         except WorkbookError as e:
             if keep_last_good and self.workbook is not None:
                 return self._once(("bad", stamp), f"{e}\n  keeping the last good plan; fix the workbook and save it")
             raise
         if lock is not None:
             warnings.append(f"{self.workbook_path.name} is open in a spreadsheet program ({lock.name}); using what is saved")
-        self.workbook, self.specs, self._stamp = wb, expand(wb), stamp
+        self.workbook, self.specs, self._stamp = wb, specs, stamp
         from .rules import name_warnings
 
         return warnings + name_warnings(self.specs, wb.settings.primary_metric, self.metric_names())
+
+    def _preflight(self, wb: Workbook, specs: list[RunSpec]) -> None:
+        """Render every job the workbook would submit, now or once released (commands and
+        job scripts, with stand-in run folders): a template problem refuses the workbook,
+        with its cell."""
+        from .preflight import check_workbook
+
+        todo = make_plan(specs, self.store.snapshot(), {c.name: len(specs) + 1 for c in wb.clusters},
+                         overrides=self.store.overrides())
+        keys = {a.key for a in todo.actions if a.spec is not None and a.kind in (ActionKind.SUBMIT, ActionKind.RESTART,
+                                                                                  ActionKind.HOLD)}
+        chosen = [s for s in specs if s.key in keys]
+        problems = check_workbook(wb, chosen, str(self.project_dir), {s.key: self.workdir(s) for s in chosen})
+        if problems:
+            raise WorkbookError(str(self.workbook_path), problems)
 
     def metric_names(self) -> set[str]:
         """The known metrics: the Metrics rows' and those the runs' current attempts produced."""
@@ -193,8 +215,15 @@ class Reconciler:
         overrides = self.store.overrides()
         plan = make_plan(self.specs, self.store.snapshot(), self.capacity(), prune=prune, overrides=overrides)
         report.plan = plan
-        self._cancel(plan, now, report)
-        self._submit(plan, now, report)
+        try:
+            jobs = self._jobs(plan)  # every job rendered before anything is cancelled or submitted
+        except WorkbookError as e:  # a template file changed since the workbook was read
+            if not self._watching:
+                raise
+            report.warnings += self._once(("render", str(e)), f"{e}\n  watching goes on; fix it and save")
+        else:
+            self._cancel(plan, now, report)
+            self._submit(jobs, now, report)
         self._mark_orphans(plan)
         self._expire_overrides(overrides)
         if results and (report.changed or not self._results_fingerprint):
@@ -472,19 +501,34 @@ class Reconciler:
             self.store.apply(updates)
             report.changed = True
 
-    def _submit(self, plan: Plan, now: float, report: PassReport) -> None:
+    def _jobs(self, plan: Plan) -> _Jobs:
+        """The job of each run the pass submits, by cluster, all rendered before any is
+        submitted: a run whose command or job script does not render refuses the pass
+        (WorkbookError with every such cell), so no pass is ever half submitted."""
         snap = self.store.snapshot()
-        by_cluster: dict[str, list[tuple[JobScript, RunRecord | None]]] = {}
+        by_cluster: _Jobs = {}
+        problems: list[Problem] = []
+        retries: dict[str, tuple[int, str]] = {}
         for a in plan.actions:
             if a.kind not in (ActionKind.SUBMIT, ActionKind.RESTART) or a.waiting or a.spec is None:
                 continue
             prev = snap.get(a.key)
             attempt = (prev.attempt + 1) if prev else 1
             prev_dir = prev.run_dir if (prev and a.resume) else ""
-            job = self._job(a.spec, a.cluster, attempt, self.run_dir(a.spec, a.cluster, attempt), resume=a.resume,
-                            prev_dir=prev_dir)
+            try:
+                job = self._job(a.spec, a.cluster, attempt, self.run_dir(a.spec, a.cluster, attempt),
+                                resume=a.resume, prev_dir=prev_dir)
+            except WorkbookError as e:
+                problems += [p for p in e.problems if p not in problems]
+                continue
             by_cluster.setdefault(a.cluster, []).append((job, prev))
-            self._retry[a.key] = (a.retry, a.reason)
+            retries[a.key] = (a.retry, a.reason)
+        if problems:
+            raise WorkbookError(str(self.workbook_path), problems)
+        self._retry.update(retries)
+        return by_cluster
+
+    def _submit(self, by_cluster: _Jobs, now: float, report: PassReport) -> None:
         for cluster, jobs in by_cluster.items():
             self._dispatch(cluster, jobs, now, report)
 
@@ -563,23 +607,22 @@ class Reconciler:
             return Cluster(name=name)
 
     def _job(self, spec: RunSpec, cluster: str, attempt: int, run_dir: str, resume: bool, prev_dir: str) -> JobScript:
-        c = self._cluster(cluster)
-        command = render_command(spec.command, command_variables(spec, run_dir, attempt, resume))
-        python = c.python or (sys.executable if c.kind is ClusterKind.LOCAL else "")
-        from .backends import DEFAULT_TEMPLATES, job_name
+        """The attempt's job script; WorkbookError (with the cell) if it does not render."""
+        from .backends import job_name
+        from .preflight import render_job
 
-        template = spec.template or c.template or DEFAULT_TEMPLATES.get(c.kind, f"{c.kind.value}.sh.j2")
-        if not template.endswith(".j2"):
-            template += ".j2"
+        assert self.workbook is not None
+        c = self._cluster(cluster)
+        python = c.python or (sys.executable if c.kind is ClusterKind.LOCAL else "")
         workdir, code = self._code(spec, c)
         name = job_name(spec.key, attempt, run_dir)
         gpu_claims = (ClusterPaths(str(self.backend(cluster).run_root())).gpu_claims
                       if c.kind in (ClusterKind.SSH, ClusterKind.LOCAL) else "")
-        text = render_template(template, script_context(
-            spec, c, attempt=attempt, run_dir=run_dir, workdir=workdir, command=command, python=python,
-            resume=resume, prev_run_dir=prev_dir, job_name=name, gpu_claims=gpu_claims,
-            rendered_at=time.strftime("%Y-%m-%d %H:%M:%S")), str(self.project_dir))
-        return JobScript(spec.key, attempt, run_dir, text, params_json(spec), cluster, command, job_name=name, code=code)
+        job = render_job(self.workbook, spec, c, attempt=attempt, run_dir=run_dir, workdir=workdir, python=python,
+                         resume=resume, prev_dir=prev_dir, job_name=name, gpu_claims=gpu_claims,
+                         rendered_at=time.strftime("%Y-%m-%d %H:%M:%S"), project_dir=str(self.project_dir))
+        return JobScript(spec.key, attempt, run_dir, job.script, params_json(spec), cluster, job.command,
+                         job_name=name, code=code)
 
     def _code(self, spec: RunSpec, c: Cluster) -> tuple[str, CodeSnapshot | None]:
         """Where the run's command runs, and the code to ship there. On a remote cluster a

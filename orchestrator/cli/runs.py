@@ -38,6 +38,9 @@ __all__ = ["freshness_json", "freshness_line", "history", "plan", "print_plan", 
 def plan(workbook: str | None, prune: bool, as_json: bool) -> None:
     """Show what `nero reconcile` would do, and why (nothing is started or stopped).
 
+    Every command and job script the workbook would submit is rendered first: a template
+    that fails is reported at its cell, exit code 2, as reconcile would refuse it.
+
     \b
     + submit    a run the sheet asks for that never ran
     ~ restart   a run whose command, parameters, cluster, resources, setup or template changed

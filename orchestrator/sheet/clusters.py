@@ -60,4 +60,5 @@ def _cluster(row: Row) -> Cluster | None:
         max_jobs=row.get("max_jobs", whole(1, 8), None), partition=row.get("partition", text, ""),
         account=row.get("account", text, ""), template=row.get("template", text, ""),
         gpus=row.get("gpus", text, ""), options=row.get("options", text, ""),
+        cells=(("name", row.ref("name")), ("template", row.ref("template"))),
     )

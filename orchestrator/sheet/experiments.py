@@ -105,7 +105,8 @@ def _experiment(row: Row, parameters: list[tuple[str, int]], clusters: tuple[str
         template=row.get("template", text, ""), priority=row.get("priority", whole(-10**9, 10), 0),
         after=row.get("after", _after, ()), retries=row.get("retries", whole(0, 2), 0),
         rules=row.get("rules", _rules, ""), notify=row.get("notify", one_of(NOTIFY_EVENTS, "event"), ()),
-        cells=(("id", row.ref("id")), *((name, row.ref_at(c)) for name, c in parameters)),
+        cells=(("id", row.ref("id")), ("command", row.ref("command")), ("template", row.ref("template")),
+               *((name, row.ref_at(c)) for name, c in parameters)),
     )
     if command:
         check_command(row, exp, {name for name, _ in parameters}, unreadable, variables_of)

@@ -88,9 +88,15 @@ def _check_settings(values: dict[str, Any], cells: dict[str, str], clusters: tup
         problems.add(cells["default_cluster"], f"default_cluster {cluster!r} is not a cluster; "
                      f"clusters defined: {', '.join(clusters)}")
     results = values.get("results")
-    if results and (path.parent / results).resolve() == path.resolve():
-        problems.add(cells["results"], "results would overwrite the experiments workbook itself; "
-                     "write another file name such as results.xlsx")
+    if results:
+        folder = path.parent.resolve()
+        target = (folder / Path(results).expanduser()).resolve()
+        if target == path.resolve():
+            problems.add(cells["results"], "results would overwrite the experiments workbook itself; "
+                         "write another file name such as results.xlsx")
+        elif not target.is_relative_to(folder):
+            problems.add(cells["results"], f"results {results!r} is outside the project folder {folder}; "
+                         "write a file name in it such as results.xlsx (or a subfolder: out/results.xlsx)")
 
 
 def _results_name(value: object, column: str) -> str:

@@ -1,0 +1,151 @@
+"""Job scripts before anything is dispatched: which template a run uses, the run's command
+and job script rendered, and every template problem as a workbook problem at its cell.
+
+A pass renders all its jobs before it submits any (`render_job`), and `Reconciler.load`
+renders every job the workbook would submit (`check_workbook`) with stand-in folders, so
+what a pass would refuse, `nero plan` (and every command that reads the workbook)
+already reports, cell by cell (`Experiments!B7: …`), exit 2, nothing dispatched.
+
+A problem is blamed on the cell that can fix it: a command that does not render on its
+command cell; a job script that does not render on the `template` cell that chose its
+template (the row's, else the cluster's), else on the row.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .backends import DEFAULT_TEMPLATES
+from .errors import TemplateError, WorkbookError
+from .jobs import command_variables, script_context
+from .model import Cluster, ClusterKind, Problem, RunSpec, Workbook
+from .paths import ClusterPaths
+from .render import bounded, render_command, render_template, template_problem
+
+__all__ = ["JobText", "check_templates", "check_workbook", "render_job", "template_name"]
+
+_COMMAND = "the command does not render: "
+_STAND_IN_ROOT = "/nero-check/runs"  # the run root a check renders with (the cluster's is not asked)
+
+
+@dataclass(frozen=True)
+class JobText:
+    """A run's rendered command line and job script."""
+
+    command: str
+    script: str
+
+
+def template_name(spec: RunSpec, cluster: Cluster) -> str:
+    """The job template a run uses on a cluster: the row's, else the cluster's, else the kind's."""
+    name = spec.template or cluster.template or DEFAULT_TEMPLATES.get(cluster.kind, f"{cluster.kind.value}.sh.j2")
+    return name if name.endswith(".j2") else name + ".j2"
+
+
+def render_job(workbook: Workbook, spec: RunSpec, cluster: Cluster, *, attempt: int, run_dir: str, workdir: str,
+               python: str, resume: bool, prev_dir: str, job_name: str, gpu_claims: str, rendered_at: str,
+               project_dir: str) -> JobText:
+    """The run's command and job script; a WorkbookError naming the cell when either fails."""
+    problems: list[Problem] = []
+    text = _render(workbook, spec, cluster, problems, attempt=attempt, run_dir=run_dir, workdir=workdir,
+                   python=python, resume=resume, prev_dir=prev_dir, job_name=job_name, gpu_claims=gpu_claims,
+                   rendered_at=rendered_at, project_dir=project_dir)
+    if text is None:
+        raise WorkbookError(workbook.path, problems)
+    return text
+
+
+def check_templates(workbook: Workbook, project_dir: str) -> list[Problem]:
+    """Each `template` cell (Experiments and Clusters) must name a job template in the
+    project's `templates/` folder or nero's own; a path that leaves them is refused."""
+    problems: list[Problem] = []
+    rows = [(e.template, e.cell("template")) for e in workbook.experiments]
+    rows += [(c.template, c.cell("template")) for c in workbook.clusters]
+    for name, cell in rows:
+        if name:
+            why = template_problem(name, project_dir)
+            if why:
+                problems.append(Problem(cell or name, why))
+    return problems
+
+
+def check_workbook(workbook: Workbook, specs: Iterable[RunSpec], project_dir: str,
+                   workdir_of: dict[str, str]) -> list[Problem]:
+    """Render each run's command and its job script on each of its clusters, with stand-in
+    run folders; every problem at its cell, each cell and message once. A row's command (or
+    its template on a cluster) that failed is not rendered again for the row's other runs,
+    so a runaway template costs one render's bound per row, not one per run. `workdir_of`: the local
+    workdir of each run key (where the command would run)."""
+    problems = check_templates(workbook, project_dir)
+    with bounded():  # one memory limit for all the renders
+        _check_jobs(workbook, specs, project_dir, workdir_of, problems)
+    return sorted(dict.fromkeys(problems), key=_reading_order)  # each cell and message once
+
+
+def _reading_order(problem: Problem) -> tuple[int, int, int, str]:
+    """Experiments before Clusters, then by row, then by column."""
+    sheet, _, cell = problem.where.partition("!")
+    m = re.match(r"^([A-Z]*)(\d+)$", cell)
+    row, column = (int(m.group(2)), len(m.group(1))) if m else (0, 0)
+    return (sheet != "Experiments", row, column, cell)
+
+
+def _check_jobs(workbook: Workbook, specs: Iterable[RunSpec], project_dir: str, workdir_of: dict[str, str],
+                problems: list[Problem]) -> None:
+    clusters = {c.name: c for c in workbook.clusters}
+    bad_names: dict[str, bool] = {}  # template name -> whether it names no template (reported by check_templates)
+    failed: set[tuple[str, ...]] = set()  # a row's command, or a template on a cluster, that failed is not tried again
+    for spec in specs:
+        if (spec.experiment, spec.command) in failed:
+            continue
+        for name in spec.clusters or ("local",):
+            c = clusters.get(name) or Cluster(name=name)
+            template = template_name(spec, c)
+            if template not in bad_names:
+                bad_names[template] = bool(template_problem(template, project_dir))
+            before = len(problems)
+            run_dir = ClusterPaths(_STAND_IN_ROOT).run(spec.experiment, spec.key, 1)
+            claims = ClusterPaths(_STAND_IN_ROOT).gpu_claims if c.kind in (ClusterKind.SSH, ClusterKind.LOCAL) else ""
+            _render(workbook, spec, c, problems, attempt=1, run_dir=run_dir, workdir=workdir_of.get(spec.key, ""),
+                    python=c.python or (sys.executable if c.kind is ClusterKind.LOCAL else ""), resume=False,
+                    prev_dir="", job_name=spec.key, gpu_claims=claims, rendered_at="", project_dir=project_dir,
+                    with_script=not bad_names[template] and (spec.experiment, template, name) not in failed)
+            if len(problems) > before:
+                failed.add((spec.experiment, spec.command) if problems[-1].message.startswith(_COMMAND)
+                           else (spec.experiment, template, name))
+                break
+
+
+def _render(workbook: Workbook, spec: RunSpec, cluster: Cluster, problems: list[Problem], *, attempt: int,
+            run_dir: str, workdir: str, python: str, resume: bool, prev_dir: str, job_name: str, gpu_claims: str,
+            rendered_at: str, project_dir: str, with_script: bool = True) -> JobText | None:
+    """The job (None when the command, or with `with_script` the job script, fails: the problem added)."""
+    try:
+        command = render_command(spec.command, command_variables(spec, run_dir, attempt, resume))
+    except TemplateError as e:
+        problems.append(Problem(_cell(workbook, spec, "command"), f"{_COMMAND}{e}"))
+        return None
+    if not with_script:
+        return JobText(command, "")
+    template = template_name(spec, cluster)
+    try:
+        script = render_template(template, script_context(
+            spec, cluster, attempt=attempt, run_dir=run_dir, workdir=workdir, command=command, python=python,
+            resume=resume, prev_run_dir=prev_dir, job_name=job_name, gpu_claims=gpu_claims,
+            rendered_at=rendered_at), project_dir)
+    except TemplateError as e:
+        where = (cluster.cell("template") if cluster.template and not spec.template else "")
+        where = where or _cell(workbook, spec, "template" if spec.template else "command")
+        problems.append(Problem(where, f"the job script of cluster {cluster.name!r} does not render: {e}; "
+                                "fix the template or choose another"))
+        return None
+    return JobText(command, script)
+
+
+def _cell(workbook: Workbook, spec: RunSpec, column: str) -> str:
+    """The cell of `column` in the run's row (the row itself when the cell is unknown)."""
+    exp = next((e for e in workbook.experiments if e.id == spec.experiment), None)
+    return (exp.cell(column) if exp else "") or f"Experiments!{spec.row}"
