@@ -59,7 +59,7 @@ def _bomb(name: str, head: bytes, unit: bytes, size: int, tail: bytes = b"") -> 
     block = c.compress(chunk) + c.flush(zlib.Z_FULL_FLUSH)
     again = c.compress(chunk) + c.flush(zlib.Z_FULL_FLUSH)
     assert block == again, "deflate blocks differ after a full flush"
-    out.append(block * (count - 1))
+    out.append(block * count)
     out.append(c.compress(tail) + c.flush())
     crc = zlib.crc32(head)
     for _ in range(count):
@@ -243,7 +243,7 @@ def _build() -> dict[str, tuple[str, Callable[[], bytes]]]:
             b'<xf numFmtId="0" fontId="0"/>', 1024 * MB, b"</cellXfs></styleSheet>"))),
         "bomb_workbook_xml": ("refused", lambda: _book(replace={"xl/workbook.xml": _bomb(
             "xl/workbook.xml", _XML_HEAD + f'<workbook xmlns="{_MAIN}" xmlns:r="{_REL}">'.encode(), b" " * 64,
-            1024 * MB, f'<sheets><sheet name="Experiments" sheetId="1" r:id="rId1"/></sheets></workbook>'.encode())})),
+            1024 * MB, b'<sheets><sheet name="Experiments" sheetId="1" r:id="rId1"/></sheets></workbook>')})),
         "bomb_content_types": ("refused", lambda: _book(replace={"[Content_Types].xml": _bomb(
             "[Content_Types].xml", _XML_HEAD + b'<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">',
             b"<!-- padding padding padding -->", 1024 * MB, b"</Types>")})),
