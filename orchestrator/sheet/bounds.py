@@ -1,0 +1,431 @@
+"""The limits on an experiments workbook, checked before openpyxl parses it (#12).
+
+A small .xlsx file can unpack to gigabytes, and openpyxl loads some parts whole (the
+shared strings, the styles, the workbook part), so nothing is handed to it until:
+
+1. the zip's central directory is within bounds: each part's unpacked size (by its role)
+   and all parts together, and the number of parts. Python's zipfile never yields more
+   than the size the directory states (a lie ends in a CRC error), so these figures bound
+   everything read afterwards;
+2. each XML part openpyxl will parse streams through expat, a chunk at a time, holding
+   nothing but counters: no DTD (so no entity can expand), a bounded nesting depth, no tag
+   or text longer than `LONGEST_RUN` bytes; in the sheets nero reads, the rows, columns and
+   cells, and the length of each cell's text and formula (a shared string's length is
+   reported at the cells that show it).
+
+Every limit exceeded becomes a `Problem` (the cell's address where it is a cell's), all
+at once, as one `WorkbookError`. A file that is no zip, or a damaged part, is left to the
+normal reading, which reports it; this module only refuses what is too big.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import zipfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from xml.parsers import expat
+
+from ..errors import WorkbookError
+from ..model import Problem
+from .table import column_letter
+
+__all__ = [
+    "CELLS",
+    "COLUMNS",
+    "DEPTH",
+    "FORMULA",
+    "LONGEST_RUN",
+    "OTHER_PART",
+    "PART",
+    "PARTS",
+    "ROWS",
+    "SHARED_STRINGS",
+    "SHEET",
+    "SHEETS_READ",
+    "TEXT",
+    "TOTAL",
+    "check_bounds",
+]
+
+MB = 1024 * 1024
+TOTAL = 256 * MB  # all parts together, unpacked
+PARTS = 10_000  # parts in the zip
+PART = 64 * MB  # any one part (pictures and embedded files included)
+SHARED_STRINGS = 8 * MB  # the shared strings part: openpyxl keeps every string in memory
+SHEET = 32 * MB  # one sheet nero reads
+SHEETS_READ = 48 * MB  # the sheets nero reads, together (a second pass reads them again)
+OTHER_PART = 2 * MB  # every other XML part (workbook, styles, theme, relationships…)
+TEXT = 32_767  # characters in a cell: Excel's own limit
+FORMULA = 8_192  # characters in a formula: Excel's own limit
+ROWS = 50_000  # per sheet
+COLUMNS = 1_000  # per sheet
+CELLS = 300_000  # per sheet, counting the empty cells left of each row's last one
+DEPTH = 48  # XML nesting
+LONGEST_RUN = MB  # bytes of one tag or text without a '<' (what expat buffers whole)
+
+_CHUNK = 64 * 1024
+_MAX_PROBLEMS = 100
+_RESAVE = "save the workbook again from Excel or LibreOffice (File › Save As › .xlsx)"
+_CT = "application/vnd.openxmlformats-officedocument.spreadsheetml"
+_MAIN_TYPES = (".sheet.main+xml", ".template.main+xml", "sheet.macroEnabled.main+xml",
+               "template.macroEnabledTemplate.main+xml")
+_BINARY = re.compile(r"\.(png|jpe?g|gif|bmp|tiff?|emf|wmf|bin|ico|wdp|pdf|mp[34]|wav|svg)$", re.IGNORECASE)
+_REF = re.compile(r"^\$?([A-Za-z]{1,7})\$?(\d{1,9})$")
+
+
+class _Stop(Exception):
+    """Stop scanning this part: a limit that makes the rest of it not worth reading."""
+
+
+def check_bounds(path: Path, wanted: Callable[[str], bool]) -> None:
+    """Raise WorkbookError listing every limit the workbook at `path` exceeds; `wanted`
+    says which sheet titles nero reads (their shape and cells are checked). Returns quietly
+    when the file is within bounds, and when it is no zip or is damaged (left to openpyxl,
+    whose error nero reports)."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+        return
+    with archive:
+        problems = _Check(path.name, archive, wanted).run()
+    if problems:
+        raise WorkbookError(str(path), problems[:_MAX_PROBLEMS])
+
+
+def _mb(size: int) -> str:
+    return f"{size / MB:,.1f} MB" if size < 10 * MB else f"{size // MB:,} MB"
+
+
+class _Check:
+    """One workbook's check: sizes from the central directory, then the XML parts."""
+
+    def __init__(self, name: str, archive: zipfile.ZipFile, wanted: Callable[[str], bool]):
+        self.name = name
+        self.archive = archive
+        self.wanted = wanted
+        self.problems: list[Problem] = []
+        self.infos = {i.filename: i for i in archive.infolist()}
+
+    def add(self, where: str, message: str) -> None:
+        self.problems.append(Problem(where, message))
+
+    def run(self) -> list[Problem]:
+        if not self._sizes_fit():
+            return self.problems  # nothing is parsed when a part is too big to read
+        types = self._content_types()
+        self._scan("_rels/.rels")
+        book = next((p for p, t in types.items() if t.endswith(_MAIN_TYPES)), "xl/workbook.xml")
+        rels = posixpath.join(posixpath.dirname(book), "_rels", posixpath.basename(book) + ".rels")
+        for part in (book, rels):
+            info = self.infos.get(part)
+            if info and info.file_size > OTHER_PART:
+                self._too_big(part, info.file_size, OTHER_PART, "a part that is not a sheet")
+        if self.problems:
+            return self.problems
+        sheets = self._sheets(book, rels)
+        if self.problems:
+            return self.problems
+        read = {part: title for title, part, _ in sheets if self.wanted(title) and part in self.infos}
+        unread = {part for _, part, kind in sheets if part not in read and not kind.endswith("/chartsheet")}
+        strings = [p for p, t in types.items() if t == f"{_CT}.sharedStrings+xml"]
+        self._sizes_by_role(strings, read, unread)
+        if self.problems:
+            return self.problems
+        long_strings: dict[int, int] = {}
+        for part in strings:
+            self._scan(part, _SharedStrings(long_strings))
+        done = {"[Content_Types].xml", "_rels/.rels", book, rels, *strings, *read, *unread}
+        for part in self.infos:
+            if part not in done and not _BINARY.search(part) and not part.endswith("/"):
+                self._scan(part)
+        for part, title in read.items():
+            self._scan(part, _SheetCells(title, long_strings, self.add), f"sheet {title} (part {part})")
+        return self.problems
+
+    # -------------------------------------------------------------------- sizes, unparsed
+
+    def _sizes_fit(self) -> bool:
+        """The central directory's figures: parts, each part, all parts together."""
+        infos = list(self.infos.values())
+        if len(self.archive.infolist()) > PARTS:
+            self.add(self.name, f"the file holds {len(self.archive.infolist()):,} parts; the limit is {PARTS:,}. "
+                     f"A workbook has a few dozen: the file may be damaged or not a workbook; {_RESAVE}")
+        for i in infos:
+            if i.file_size > PART:
+                self.add(self.name, f"part {i.filename} unpacks to {_mb(i.file_size)}; the limit for one part is "
+                         f"{_mb(PART)}. A picture or embedded file that large: remove it; else the file may be "
+                         f"damaged or crafted: {_RESAVE}")
+        total = sum(i.file_size for i in infos)
+        if total > TOTAL and not self.problems:
+            self.add(self.name, f"the workbook unpacks to {_mb(total)}; the limit is {_mb(TOTAL)}. Remove large "
+                     "pictures or embedded files, or keep data nero does not need in another file")
+        head = [self.infos.get(p) for p in ("[Content_Types].xml", "_rels/.rels")]
+        for i in head:
+            if i and i.file_size > OTHER_PART:
+                self._too_big(i.filename, i.file_size, OTHER_PART, "a part that is not a sheet")
+        return not self.problems
+
+    def _too_big(self, part: str, size: int, limit: int, what: str) -> None:
+        self.add(self.name, f"part {part} unpacks to {_mb(size)}; the limit for {what} is {_mb(limit)}. "
+                 f"That is far more than a spreadsheet program writes for it: the file may be damaged or "
+                 f"crafted; {_RESAVE}")
+
+    def _sizes_by_role(self, strings: list[str], read: dict[str, str], unread: set[str]) -> None:
+        """The shared strings, the sheets nero reads, every other XML part."""
+        for part in strings:
+            info = self.infos.get(part)
+            if info and info.file_size > SHARED_STRINGS:
+                self.add(self.name, f"the text of the cells (part {part}) unpacks to {_mb(info.file_size)}; the "
+                         f"limit is {_mb(SHARED_STRINGS)}. Shorten long texts, move them to files the commands "
+                         f"read, or split the experiments into several workbooks")
+        together = 0
+        for part in read:
+            size = self.infos[part].file_size
+            together += size
+            if size > SHEET:
+                self.add(self.name, f"sheet {read[part]} (part {part}) unpacks to {_mb(size)}; the limit is "
+                         f"{_mb(SHEET)}. Delete unused rows and columns (formatting too), or split the "
+                         "experiments into several workbooks")
+        if together > SHEETS_READ and not self.problems:
+            self.add(self.name, f"the sheets nero reads unpack to {_mb(together)} together; the limit is "
+                     f"{_mb(SHEETS_READ)}. Delete unused rows and columns, or split the experiments into "
+                     "several workbooks")
+        for part, info in self.infos.items():
+            if part in strings or part in read or part in unread or _BINARY.search(part):
+                continue
+            if info.file_size > OTHER_PART:
+                self._too_big(part, info.file_size, OTHER_PART, "a part that is not a sheet")
+
+    # ----------------------------------------------------------------- package structure
+
+    def _content_types(self) -> dict[str, str]:
+        """part -> content type, from [Content_Types].xml (overrides, then defaults)."""
+        overrides: dict[str, str] = {}
+        defaults: dict[str, str] = {}
+
+        def start(tag: str, attrs: dict[str, str]) -> None:
+            if tag == "Override" and "PartName" in attrs:
+                overrides[attrs["PartName"].lstrip("/")] = attrs.get("ContentType", "")
+            elif tag == "Default" and "Extension" in attrs:
+                defaults[attrs["Extension"].lower()] = attrs.get("ContentType", "")
+
+        self._scan("[Content_Types].xml", _Visitor(start))
+        return {part: overrides.get(part, defaults.get(posixpath.splitext(part)[1][1:].lower(), ""))
+                for part in self.infos}
+
+    def _sheets(self, book: str, rels: str) -> list[tuple[str, str, str]]:
+        """(title, part, relationship type) of every sheet the workbook part lists."""
+        entries: list[tuple[str, str]] = []
+        targets: dict[str, tuple[str, str]] = {}
+        folder = posixpath.dirname(book)
+
+        def sheet(tag: str, attrs: dict[str, str]) -> None:
+            if tag == "sheet":
+                entries.append((attrs.get("name", ""), attrs.get("id", "")))
+
+        def rel(tag: str, attrs: dict[str, str]) -> None:
+            if tag == "Relationship" and attrs.get("TargetMode") != "External":
+                target = attrs.get("Target", "")
+                full = target.lstrip("/") if target.startswith("/") else posixpath.join(folder, target)
+                targets[attrs.get("Id", "")] = (posixpath.normpath(full), attrs.get("Type", ""))
+
+        self._scan(book, _Visitor(sheet))
+        self._scan(rels, _Visitor(rel))
+        return [(title, *targets[rid]) for title, rid in entries if rid in targets]
+
+    # ------------------------------------------------------------------------ streaming
+
+    def _scan(self, part: str, visitor: _Visitor | None = None, label: str = "") -> None:
+        """Stream one part through expat: no DTD, bounded depth and runs; `visitor` sees
+        the elements. A damaged part ends the scan quietly (openpyxl reports it)."""
+        info = self.infos.get(part)
+        if info is None:
+            return
+        visitor = visitor or _Visitor()
+        parser = expat.ParserCreate(namespace_separator=" ")
+        parser.buffer_text = True
+        parser.buffer_size = _CHUNK
+        depth = 0
+
+        def stop(message: str) -> None:
+            self.add(self.name, f"{label or 'part ' + part}: {message}; {_RESAVE}")
+            raise _Stop
+
+        def doctype(*_: object) -> None:
+            stop("declares a DTD (<!DOCTYPE …>); a workbook never needs one, and its entities could "
+                 "expand without end, so nero does not read it")
+
+        def start(name: str, attrs: dict[str, str]) -> None:
+            nonlocal depth
+            depth += 1
+            if depth > DEPTH:
+                stop(f"its XML is nested deeper than {DEPTH} levels")
+            visitor.start(name.rpartition(" ")[2], {k.rpartition(" ")[2] if k.startswith("http") else k: v
+                                                    for k, v in attrs.items()})
+
+        def end(name: str) -> None:
+            nonlocal depth
+            depth -= 1
+            visitor.end(name.rpartition(" ")[2])
+
+        parser.StartDoctypeDeclHandler = doctype
+        parser.EntityDeclHandler = doctype
+        parser.StartElementHandler = start
+        parser.EndElementHandler = end
+        parser.CharacterDataHandler = visitor.text
+        run = 0  # bytes since the last '<'
+        try:
+            with self.archive.open(info) as stream:
+                while chunk := stream.read(_CHUNK):
+                    last = chunk.rfind(b"<")
+                    run = run + (chunk.find(b"<") if last >= 0 else len(chunk))
+                    if run > LONGEST_RUN:
+                        stop(f"one XML tag or text runs over {_mb(LONGEST_RUN)} without a break")
+                    if last >= 0:
+                        run = len(chunk) - last - 1
+                    parser.Parse(chunk, False)
+                parser.Parse(b"", True)
+        except _Stop:
+            pass
+        except (expat.ExpatError, zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError,
+                NotImplementedError, RuntimeError):
+            return  # damaged: the normal reading reports it
+
+
+class _Visitor:
+    """What a scan does with a part's elements: nothing, or `start` for each."""
+
+    def __init__(self, start: Callable[[str, dict[str, str]], None] | None = None):
+        self._start = start
+
+    def start(self, tag: str, attrs: dict[str, str]) -> None:
+        if self._start:
+            self._start(tag, attrs)
+
+    def end(self, tag: str) -> None:
+        pass
+
+    def text(self, data: str) -> None:
+        pass
+
+
+class _SharedStrings(_Visitor):
+    """Notes the index and length of each shared string longer than TEXT."""
+
+    def __init__(self, long_strings: dict[int, int]):
+        super().__init__()
+        self.long = long_strings
+        self.index = 0
+        self.length = 0
+        self.in_text = False
+
+    def start(self, tag: str, attrs: dict[str, str]) -> None:
+        if tag == "si":
+            self.length = 0
+        elif tag == "t":
+            self.in_text = True
+
+    def end(self, tag: str) -> None:
+        if tag == "t":
+            self.in_text = False
+        elif tag == "si":
+            if self.length > TEXT:
+                self.long[self.index] = self.length
+            self.index += 1
+
+    def text(self, data: str) -> None:
+        if self.in_text:
+            self.length += len(data)
+
+
+class _SheetCells(_Visitor):
+    """A sheet nero reads: rows, columns and cells within bounds, each cell's text and
+    formula within Excel's own limits. Rows and cells are numbered as openpyxl does (an
+    element without `r` follows the previous one)."""
+
+    def __init__(self, title: str, long_strings: dict[int, int], add: Callable[[str, str], None]):
+        super().__init__()
+        self.title = title
+        self.long = long_strings
+        self.add = add
+        self.row = 0
+        self.col = 0
+        self.cells = 0
+        self.kind = ""
+        self.field = ""  # 'v', 'f' or 't' (an inline string's text) while inside one
+        self.lengths = {"v": 0, "f": 0, "t": 0}
+        self.value = ""  # the start of <v>, for a shared string's index
+        self.problems = 0
+
+    def where(self) -> str:
+        return f"{self.title}!{column_letter(self.col - 1)}{self.row}"
+
+    def stop(self, where: str, message: str) -> None:
+        self.add(where, message)
+        raise _Stop
+
+    def start(self, tag: str, attrs: dict[str, str]) -> None:
+        if tag == "row":
+            r = attrs.get("r", "")
+            self.row = int(r) if r.isdigit() else self.row + 1
+            self.col = 0
+            if self.row > ROWS:
+                self.stop(self.title, f"row {self.row:,} is beyond the limit of {ROWS:,} rows per sheet; delete "
+                          "the rows below your table (formatting too: select them, Delete Rows), or split the "
+                          "experiments into several workbooks")
+        elif tag == "c":
+            m = _REF.match(attrs.get("r", ""))
+            self.col = _column(m.group(1)) if m else self.col + 1
+            if self.col > COLUMNS:
+                self.stop(self.where(), f"column {self.col:,} is beyond the limit of {COLUMNS:,} columns per "
+                          "sheet; delete the columns right of your table (formatting too)")
+            self.kind = attrs.get("t", "n")
+            self.lengths = {"v": 0, "f": 0, "t": 0}
+            self.value = ""
+        elif tag in ("v", "f", "t"):
+            self.field = tag
+
+    def end(self, tag: str) -> None:
+        if tag in ("v", "f", "t"):
+            self.field = ""
+        elif tag == "c":
+            self._cell_done()
+        elif tag == "row":
+            self.cells += self.col
+            if self.cells > CELLS:
+                self.stop(self.title, f"more than {CELLS:,} cells (counting the empty cells left of each row's "
+                          f"last one) by row {self.row:,}; the limit is {CELLS:,} per sheet. Delete unused rows "
+                          "and columns, or split the experiments into several workbooks")
+
+    def text(self, data: str) -> None:
+        if self.field:
+            self.lengths[self.field] += len(data)
+            if self.field == "v" and len(self.value) < 16:
+                self.value += data[:16]
+
+    def _cell_done(self) -> None:
+        text = self.lengths["t"] + (self.lengths["v"] if self.kind != "s" else 0)
+        if self.kind == "s" and self.value.strip().isdigit():
+            text = self.long.get(int(self.value), 0)
+        if text > TEXT:
+            self._cell(f"text is {text:,} characters; the limit is {TEXT:,} (Excel's own). Shorten it, or "
+                       "put it in a file the command reads")
+        elif self.lengths["f"] > FORMULA:
+            self._cell(f"formula is {self.lengths['f']:,} characters; the limit is {FORMULA:,} (Excel's own). "
+                       "Shorten it, or type its value")
+
+    def _cell(self, message: str) -> None:
+        self.add(self.where(), message)
+        self.problems += 1
+        if self.problems >= _MAX_PROBLEMS:
+            raise _Stop
+
+
+def _column(letters: str) -> int:
+    col = 0
+    for letter in letters.upper():
+        col = col * 26 + ord(letter) - 64
+    return col
