@@ -3,8 +3,9 @@ in a fresh process and print, per case, its size on disk, what nero did (refused
 first problem, or read it), the seconds taken and the process's peak RSS.
 
 The claim it checks: a workbook of at most 10 MB on disk never takes more than 300 MB of
-memory to read or reject. Peak RSS is the child's own `ru_maxrss` (os.wait4), so cases do
-not blur into each other. Each child runs under an address-space cap (--cap-mb) and a
+memory to read or reject. Peak RSS is the child's own `ru_maxrss` (os.wait4, taken by a
+small launcher process: tests/hostile_workbooks.run_measured), so cases do not blur into
+each other. Each child runs under an address-space cap (--cap-mb) and a
 timeout, so that a case that would blow up cannot take the machine down with it.
 
     python bench/bench_hostile_workbooks.py [--only a,b] [--timeout 60] [--cap-mb 4096]
@@ -14,12 +15,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
-import signal
-import subprocess
+import re
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,32 +30,14 @@ LIMIT_MB = 300
 
 def run_case(book: Path, timeout: float, cap_mb: int) -> tuple[str, float, float]:
     """(outcome, seconds, peak MB) of `nero plan` on one workbook, in a fresh process."""
-    out = book.with_suffix(".out")
-
-    def cap() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (cap_mb * 1024 * 1024, cap_mb * 1024 * 1024))
-
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "400"}
-    start = time.monotonic()
-    with out.open("wb") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "plan", str(book)], cwd=book.parent, env=env,
-                                stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
-                                preexec_fn=cap)
-    timed_out = False
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() - start > timeout:
-            proc.send_signal(signal.SIGKILL)
-            timed_out = True
-            pid, status, usage = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.02)
-    seconds = time.monotonic() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen does not wait again
-    text = out.read_text(errors="replace")
-    return _outcome(proc.returncode, text, timed_out, timeout), seconds, usage.ru_maxrss / 1024
+    env_path = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + env_path if env_path else "")
+    os.environ["COLUMNS"] = "400"
+    got = hostile_workbooks.run_measured([sys.executable, "-m", "orchestrator", "plan", str(book)],
+                                         str(book.parent), timeout, cap_mb)
+    os.environ["PYTHONPATH"] = env_path
+    outcome = _outcome(int(got["rc"]), str(got["head"]), bool(got["killed"]), timeout)
+    return outcome, float(got["seconds"]), float(got["peak_mb"])
 
 
 def _outcome(rc: int, text: str, timed_out: bool, timeout: float) -> str:
@@ -68,7 +48,8 @@ def _outcome(rc: int, text: str, timed_out: bool, timeout: float) -> str:
         return "read ok"
     if rc == 2 and lines and "problem" in lines[0]:
         first = lines[1] if len(lines) > 1 else lines[0]
-        more = f" (+{len(lines) - 2} more)" if len(lines) > 2 else ""
+        count = re.search(r"(\d[\d,]*) problems? in the workbook", lines[0])
+        more = f" ({count.group(1)} problems)" if count and count.group(1) != "1" else ""
         return f"refused: {first[:150]}{more}"
     last = lines[-1][:150] if lines else ""
     return f"exit {rc}: {last}"

@@ -11,13 +11,16 @@ directory can lie. The 'ok' cases are valid nero workbooks (one Experiments row)
 
 from __future__ import annotations
 
+import json
 import random
 import struct
+import subprocess
+import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["MAX_DISK", "cases", "expect", "names"]
+__all__ = ["MAX_DISK", "cases", "expect", "names", "run_measured"]
 
 MAX_DISK = 10 * 1024 * 1024  # every case is at most this size on disk
 
@@ -221,6 +224,23 @@ def _build() -> dict[str, tuple[str, Callable[[], bytes]]]:
         "ok_styles_2k": ("ok", lambda: _book(styles=_styles(2000))),
         "ok_many_sheets": ("ok", lambda: _book({"Experiments": _sheet(GOOD_ROWS),
                                                 **{f"S{i}": _sheet("") for i in range(2000)}})),
+        "ok_near_limits_text_and_formulas": ("ok", lambda: _book({"Experiments": _sheet(
+            _row(1, HEADER) + "".join(
+                f'<row r="{r}">{_inline(f"A{r}", f"r{r}")}{_inline(f"B{r}", "echo x")}<c r="C{r}" t="str">'
+                f'<f>REPT("n",30000)</f><v>{"n" * 30000}</v></c></row>' for r in range(2, 1002)))})),
+        # --- parts over the limit of their role
+        "styles_3mb": ("refused", lambda: _book(styles=_styles(40_000))),
+        "sheet_40mb": ("refused", lambda: _book({"Experiments": _bomb(
+            "xl/worksheets/sheet1.xml", _XML_HEAD + _SHEET_OPEN + GOOD_ROWS.encode(), b" " * 64, 40 * MB,
+            _SHEET_CLOSE)})),
+        "sheets_read_60mb": ("refused", lambda: _book({
+            "Experiments": _bomb("xl/worksheets/sheet1.xml", _XML_HEAD + _SHEET_OPEN + GOOD_ROWS.encode(),
+                                 b" " * 64, 30 * MB, _SHEET_CLOSE),
+            "Settings": _bomb("xl/worksheets/sheet2.xml", _XML_HEAD + _SHEET_OPEN, b" " * 64, 30 * MB,
+                              _SHEET_CLOSE)})),
+        "bad_cells_50k_rows": ("refused", lambda: _book({"Experiments": _sheet(
+            _row(1, ["id", "command", "cpus", "mem", "time", "retries"]) + "".join(
+                _row(r, ["same", "echo", "x", "y", "z", "q"]) for r in range(2, 50_001)))})),
         # --- zip bombs: parts that unpack to gigabytes
         "bomb_shared_strings_one_text": ("refused", lambda: _book(strings=_bomb(
             "xl/sharedStrings.xml", big_sst_head, b"A" * 64, 1024 * MB, b"</t></si></sst>"))),
@@ -374,3 +394,46 @@ def cases(only: list[str] | None = None) -> list[tuple[str, bytes]]:
         assert len(data) <= MAX_DISK, f"{name} is {len(data)} bytes on disk"
         out.append((name, data))
     return out
+
+
+_LAUNCH = r"""
+import json, os, resource, signal, subprocess, sys, time
+cmd, cwd, timeout, cap = json.loads(sys.argv[1])
+if cap:
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+start = time.monotonic()
+proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+os.set_blocking(proc.stdout.fileno(), False)
+head, out, killed = b"", b"", False
+while True:
+    chunk = proc.stdout.read()
+    if chunk:
+        head = head or chunk[:4000]
+        out = (out + chunk)[-200000:]
+    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+    if pid:
+        break
+    if time.monotonic() - start > timeout:
+        proc.kill()
+        killed = True
+        pid, status, usage = os.wait4(proc.pid, 0)
+        break
+    time.sleep(0.02)
+out += proc.stdout.read() or b""
+print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "seconds": time.monotonic() - start,
+                  "peak_mb": usage.ru_maxrss / 1024, "killed": killed,
+                  "head": (head or out)[:4000].decode(errors="replace"),
+                  "output": out[-20000:].decode(errors="replace")}))
+"""
+
+
+def run_measured(cmd: Sequence[str], cwd: str, timeout: float = 120,
+                 cap_mb: int = 0) -> dict[str, object]:
+    """Run `cmd` and return its exit code (`rc`), `seconds`, `peak_mb` (its own peak RSS),
+    `killed` (timed out), the start of its output (`head`) and the end (`output`). It is started by a small launcher
+    process, so the peak is the command's own: a forked child's peak RSS counts its
+    parent's size at the fork. `cap_mb` caps its address space (0: no cap)."""
+    arg = json.dumps([list(cmd), cwd, timeout, cap_mb * 1024 * 1024])
+    done = subprocess.run([sys.executable, "-c", _LAUNCH, arg], capture_output=True, text=True,
+                          timeout=timeout + 60, check=True)
+    return json.loads(done.stdout)

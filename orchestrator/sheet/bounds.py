@@ -29,8 +29,7 @@ from pathlib import Path
 from xml.parsers import expat
 
 from ..errors import WorkbookError
-from ..model import Problem
-from .table import column_letter
+from .table import Problems, column_letter
 
 __all__ = [
     "CELLS",
@@ -67,7 +66,6 @@ DEPTH = 48  # XML nesting
 LONGEST_RUN = MB  # bytes of one tag or text without a '<' (what expat buffers whole)
 
 _CHUNK = 64 * 1024
-_MAX_PROBLEMS = 100
 _RESAVE = "save the workbook again from Excel or LibreOffice (File › Save As › .xlsx)"
 _CT = "application/vnd.openxmlformats-officedocument.spreadsheetml"
 _MAIN_TYPES = (".sheet.main+xml", ".template.main+xml", "sheet.macroEnabled.main+xml",
@@ -77,7 +75,8 @@ _REF = re.compile(r"^\$?([A-Za-z]{1,7})\$?(\d{1,9})$")
 
 
 class _Stop(Exception):
-    """Stop scanning this part: a limit that makes the rest of it not worth reading."""
+    """Stop scanning this part: a limit that makes the rest of it not worth reading; the
+    argument, if any, is the problem to report at the part."""
 
 
 def check_bounds(path: Path, wanted: Callable[[str], bool]) -> None:
@@ -91,8 +90,8 @@ def check_bounds(path: Path, wanted: Callable[[str], bool]) -> None:
         return
     with archive:
         problems = _Check(path.name, archive, wanted).run()
-    if problems:
-        raise WorkbookError(str(path), problems[:_MAX_PROBLEMS])
+    if problems.items:
+        raise WorkbookError(str(path), problems.listed())
 
 
 def _mb(size: int) -> str:
@@ -106,13 +105,13 @@ class _Check:
         self.name = name
         self.archive = archive
         self.wanted = wanted
-        self.problems: list[Problem] = []
+        self.problems = Problems()
         self.infos = {i.filename: i for i in archive.infolist()}
 
     def add(self, where: str, message: str) -> None:
-        self.problems.append(Problem(where, message))
+        self.problems.add(where, message)
 
-    def run(self) -> list[Problem]:
+    def run(self) -> Problems:
         if not self._sizes_fit():
             return self.problems  # nothing is parsed when a part is too big to read
         types = self._content_types()
@@ -123,16 +122,16 @@ class _Check:
             info = self.infos.get(part)
             if info and info.file_size > OTHER_PART:
                 self._too_big(part, info.file_size, OTHER_PART, "a part that is not a sheet")
-        if self.problems:
+        if self.problems.items:
             return self.problems
         sheets = self._sheets(book, rels)
-        if self.problems:
+        if self.problems.items:
             return self.problems
         read = {part: title for title, part, _ in sheets if self.wanted(title) and part in self.infos}
         unread = {part for _, part, kind in sheets if part not in read and not kind.endswith("/chartsheet")}
         strings = [p for p, t in types.items() if t == f"{_CT}.sharedStrings+xml"]
         self._sizes_by_role(strings, read, unread)
-        if self.problems:
+        if self.problems.items:
             return self.problems
         long_strings: dict[int, int] = {}
         for part in strings:
@@ -142,7 +141,7 @@ class _Check:
             if part not in done and not _BINARY.search(part) and not part.endswith("/"):
                 self._scan(part)
         for part, title in read.items():
-            self._scan(part, _SheetCells(title, long_strings, self.add), f"sheet {title} (part {part})")
+            self._scan(part, _SheetCells(title, long_strings, self.problems), title)
         return self.problems
 
     # -------------------------------------------------------------------- sizes, unparsed
@@ -155,21 +154,21 @@ class _Check:
                      f"A workbook has a few dozen: the file may be damaged or not a workbook; {_RESAVE}")
         for i in infos:
             if i.file_size > PART:
-                self.add(self.name, f"part {i.filename} unpacks to {_mb(i.file_size)}; the limit for one part is "
-                         f"{_mb(PART)}. A picture or embedded file that large: remove it; else the file may be "
-                         f"damaged or crafted: {_RESAVE}")
+                fix = ("far more than a spreadsheet program writes: the file may be damaged or crafted; "
+                       + _RESAVE) if i.filename.endswith((".xml", ".rels")) else "remove that picture or file"
+                self.add(i.filename, f"unpacks to {_mb(i.file_size)}; the limit for one part is {_mb(PART)}: {fix}")
         total = sum(i.file_size for i in infos)
-        if total > TOTAL and not self.problems:
+        if total > TOTAL and not self.problems.items:
             self.add(self.name, f"the workbook unpacks to {_mb(total)}; the limit is {_mb(TOTAL)}. Remove large "
                      "pictures or embedded files, or keep data nero does not need in another file")
         head = [self.infos.get(p) for p in ("[Content_Types].xml", "_rels/.rels")]
         for i in head:
             if i and i.file_size > OTHER_PART:
                 self._too_big(i.filename, i.file_size, OTHER_PART, "a part that is not a sheet")
-        return not self.problems
+        return not self.problems.items
 
     def _too_big(self, part: str, size: int, limit: int, what: str) -> None:
-        self.add(self.name, f"part {part} unpacks to {_mb(size)}; the limit for {what} is {_mb(limit)}. "
+        self.add(part, f"unpacks to {_mb(size)}; the limit for {what} is {_mb(limit)}. "
                  f"That is far more than a spreadsheet program writes for it: the file may be damaged or "
                  f"crafted; {_RESAVE}")
 
@@ -178,7 +177,7 @@ class _Check:
         for part in strings:
             info = self.infos.get(part)
             if info and info.file_size > SHARED_STRINGS:
-                self.add(self.name, f"the text of the cells (part {part}) unpacks to {_mb(info.file_size)}; the "
+                self.add(part, f"the text of the cells unpacks to {_mb(info.file_size)}; the "
                          f"limit is {_mb(SHARED_STRINGS)}. Shorten long texts, move them to files the commands "
                          f"read, or split the experiments into several workbooks")
         together = 0
@@ -186,10 +185,10 @@ class _Check:
             size = self.infos[part].file_size
             together += size
             if size > SHEET:
-                self.add(self.name, f"sheet {read[part]} (part {part}) unpacks to {_mb(size)}; the limit is "
+                self.add(read[part], f"the sheet (part {part}) unpacks to {_mb(size)}; the limit is "
                          f"{_mb(SHEET)}. Delete unused rows and columns (formatting too), or split the "
                          "experiments into several workbooks")
-        if together > SHEETS_READ and not self.problems:
+        if together > SHEETS_READ and not self.problems.items:
             self.add(self.name, f"the sheets nero reads unpack to {_mb(together)} together; the limit is "
                      f"{_mb(SHEETS_READ)}. Delete unused rows and columns, or split the experiments into "
                      "several workbooks")
@@ -224,7 +223,8 @@ class _Check:
 
         def sheet(tag: str, attrs: dict[str, str]) -> None:
             if tag == "sheet":
-                entries.append((attrs.get("name", ""), attrs.get("id", "")))
+                rid = next((v for k, v in attrs.items() if k.endswith(":id")), "")
+                entries.append((attrs.get("name", ""), rid))
 
         def rel(tag: str, attrs: dict[str, str]) -> None:
             if tag == "Relationship" and attrs.get("TargetMode") != "External":
@@ -238,43 +238,25 @@ class _Check:
 
     # ------------------------------------------------------------------------ streaming
 
-    def _scan(self, part: str, visitor: _Visitor | None = None, label: str = "") -> None:
+    def _scan(self, part: str, visitor: _Visitor | None = None, where: str = "") -> None:
         """Stream one part through expat: no DTD, bounded depth and runs; `visitor` sees
         the elements. A damaged part ends the scan quietly (openpyxl reports it)."""
         info = self.infos.get(part)
         if info is None:
             return
         visitor = visitor or _Visitor()
-        parser = expat.ParserCreate(namespace_separator=" ")
+        parser = expat.ParserCreate()
         parser.buffer_text = True
         parser.buffer_size = _CHUNK
-        depth = 0
-
-        def stop(message: str) -> None:
-            self.add(self.name, f"{label or 'part ' + part}: {message}; {_RESAVE}")
-            raise _Stop
 
         def doctype(*_: object) -> None:
-            stop("declares a DTD (<!DOCTYPE …>); a workbook never needs one, and its entities could "
-                 "expand without end, so nero does not read it")
-
-        def start(name: str, attrs: dict[str, str]) -> None:
-            nonlocal depth
-            depth += 1
-            if depth > DEPTH:
-                stop(f"its XML is nested deeper than {DEPTH} levels")
-            visitor.start(name.rpartition(" ")[2], {k.rpartition(" ")[2] if k.startswith("http") else k: v
-                                                    for k, v in attrs.items()})
-
-        def end(name: str) -> None:
-            nonlocal depth
-            depth -= 1
-            visitor.end(name.rpartition(" ")[2])
+            raise _Stop("declares a DTD (<!DOCTYPE …>); a workbook never needs one, and its entities "
+                        "could expand without end, so nero does not read it")
 
         parser.StartDoctypeDeclHandler = doctype
         parser.EntityDeclHandler = doctype
-        parser.StartElementHandler = start
-        parser.EndElementHandler = end
+        parser.StartElementHandler = visitor.start_element
+        parser.EndElementHandler = visitor.end_element
         parser.CharacterDataHandler = visitor.text
         run = 0  # bytes since the last '<'
         try:
@@ -283,23 +265,36 @@ class _Check:
                     last = chunk.rfind(b"<")
                     run = run + (chunk.find(b"<") if last >= 0 else len(chunk))
                     if run > LONGEST_RUN:
-                        stop(f"one XML tag or text runs over {_mb(LONGEST_RUN)} without a break")
+                        raise _Stop(f"one XML tag or text runs over {_mb(LONGEST_RUN)} without a break")
                     if last >= 0:
                         run = len(chunk) - last - 1
                     parser.Parse(chunk, False)
                 parser.Parse(b"", True)
-        except _Stop:
-            pass
+        except _Stop as stop:
+            if stop.args:
+                self.add(where or part, f"{stop.args[0]}; {_RESAVE}")
         except (expat.ExpatError, zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError,
                 NotImplementedError, RuntimeError):
             return  # damaged: the normal reading reports it
 
 
 class _Visitor:
-    """What a scan does with a part's elements: nothing, or `start` for each."""
+    """What a scan does with a part's elements (tags without their namespace prefix):
+    count the depth, and call `start` for each."""
 
     def __init__(self, start: Callable[[str, dict[str, str]], None] | None = None):
         self._start = start
+        self.depth = 0
+
+    def start_element(self, name: str, attrs: dict[str, str]) -> None:
+        self.depth += 1
+        if self.depth > DEPTH:
+            raise _Stop(f"its XML is nested deeper than {DEPTH} levels")
+        self.start(name[name.find(":") + 1:], attrs)
+
+    def end_element(self, name: str) -> None:
+        self.depth -= 1
+        self.end(name[name.find(":") + 1:])
 
     def start(self, tag: str, attrs: dict[str, str]) -> None:
         if self._start:
@@ -346,11 +341,11 @@ class _SheetCells(_Visitor):
     formula within Excel's own limits. Rows and cells are numbered as openpyxl does (an
     element without `r` follows the previous one)."""
 
-    def __init__(self, title: str, long_strings: dict[int, int], add: Callable[[str, str], None]):
+    def __init__(self, title: str, long_strings: dict[int, int], problems: Problems):
         super().__init__()
         self.title = title
         self.long = long_strings
-        self.add = add
+        self.problems = problems
         self.row = 0
         self.col = 0
         self.cells = 0
@@ -358,13 +353,12 @@ class _SheetCells(_Visitor):
         self.field = ""  # 'v', 'f' or 't' (an inline string's text) while inside one
         self.lengths = {"v": 0, "f": 0, "t": 0}
         self.value = ""  # the start of <v>, for a shared string's index
-        self.problems = 0
 
     def where(self) -> str:
         return f"{self.title}!{column_letter(self.col - 1)}{self.row}"
 
     def stop(self, where: str, message: str) -> None:
-        self.add(where, message)
+        self.problems.add(where, message)
         raise _Stop
 
     def start(self, tag: str, attrs: dict[str, str]) -> None:
@@ -418,10 +412,9 @@ class _SheetCells(_Visitor):
                        "Shorten it, or type its value")
 
     def _cell(self, message: str) -> None:
-        self.add(self.where(), message)
-        self.problems += 1
-        if self.problems >= _MAX_PROBLEMS:
-            raise _Stop
+        self.problems.add(self.where(), message)
+        if self.problems.unlisted:
+            raise _Stop  # the list is full: the rest would not be shown
 
 
 def _column(letters: str) -> int:

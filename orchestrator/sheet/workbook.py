@@ -41,7 +41,7 @@ def read_workbook(path: str | Path, variables_of: VariablesOf) -> Workbook:
     metrics = read_metrics(sheets.get("Metrics"), problems)
     settings = read_settings(sheets.get("Settings"), names, path, problems)
     if problems.items:
-        raise WorkbookError(str(path), sorted(problems.items, key=_reading_order))
+        raise WorkbookError(str(path), problems.listed(_reading_order))
     return Workbook(str(path), experiments, clusters, metrics, settings)
 
 
@@ -59,7 +59,7 @@ def read_metric_definitions(path: str | Path) -> tuple[MetricDef, ...]:
             problems.add(p.where, p.message)
     metrics = read_metrics(sheet, problems)
     if problems.items:
-        raise WorkbookError(str(path), sorted(problems.items, key=_reading_order))
+        raise WorkbookError(str(path), problems.listed(_reading_order))
     return metrics
 
 
