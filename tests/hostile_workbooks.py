@@ -222,12 +222,29 @@ def _build() -> dict[str, tuple[str, Callable[[], bytes]]]:
             _rows_of_cells(100_000, 3, start=1))})),
         "ok_image_8mb": ("ok", lambda: _book(extra=[_stored("xl/media/image1.png", random.Random(1).randbytes(8 * MB))])),
         "ok_styles_2k": ("ok", lambda: _book(styles=_styles(2000))),
-        "ok_many_sheets": ("ok", lambda: _book({"Experiments": _sheet(GOOD_ROWS),
-                                                **{f"S{i}": _sheet("") for i in range(2000)}})),
+        "ok_1000_sheets": ("ok", lambda: _book({"Experiments": _sheet(GOOD_ROWS),
+                                                **{f"S{i}": _sheet("") for i in range(999)}})),
         "ok_near_limits_text_and_formulas": ("ok", lambda: _book({"Experiments": _sheet(
             _row(1, HEADER) + "".join(
                 f'<row r="{r}">{_inline(f"A{r}", f"r{r}")}{_inline(f"B{r}", "echo x")}<c r="C{r}" t="str">'
                 f'<f>REPT("n",30000)</f><v>{"n" * 30000}</v></c></row>' for r in range(2, 1002)))})),
+        "ok_shared_strings_8mb_tiny": ("ok", lambda: _book(
+            {"Experiments": _shared_sheet([[0, 1], [2, 3]])},
+            strings=_strings(["id", "command", "a", "echo hi", *(f"{i:x}" for i in range(390_000))]))),
+        "ok_styles_2mb": ("ok", lambda: _book(styles=_styles(31_000))),
+        "ok_defined_names_2mb": ("ok", lambda: _book(replace={"xl/workbook.xml": _xml(
+            f'<workbook xmlns="{_MAIN}" xmlns:r="{_REL}"><sheets><sheet name="Experiments" sheetId="1" r:id="rId1"/>'
+            '</sheets><definedNames>' + "".join(f'<definedName name="n{i}">Experiments!$A$1</definedName>'
+                                                for i in range(34_000)) + "</definedNames></workbook>")})),
+        "sheets_12k_one_part": ("refused", lambda: _many_titles(12_000)),
+        "near_limits_four_sheets": ("refused", lambda: _book({
+            title: _sheet(_row(1, ["key", "value"] if title == "Settings" else ["id", "command"] if title ==
+                               "Experiments" else ["name", "kind"]) + "".join(
+                f'<row r="{r}">{_inline(f"A{r}", f"x{r}")}<c r="B{r}" t="str"><f>REPT("n",30000)</f>'
+                f'<v>{"n" * 30000}</v></c></row>' for r in range(2, 382)))
+            for title in ("Experiments", "Clusters", "Metrics", "Settings")})),
+        "cells_at_limits_four_sheets": ("refused", lambda: _four_sheets_of_cells(49_999)),
+        "cells_near_limit_four_sheets": ("refused", lambda: _four_sheets_of_cells(12_400)),
         # --- parts over the limit of their role
         "styles_3mb": ("refused", lambda: _book(styles=_styles(40_000))),
         "sheet_40mb": ("refused", lambda: _book({"Experiments": _bomb(
@@ -354,6 +371,29 @@ def _build() -> dict[str, tuple[str, Callable[[], bytes]]]:
         "many_zip_members_60k": ("refused", lambda: _book(extra=[_stored(f"x/{i}", b"") for i in range(60_000)])),
     }
     return c
+
+
+def _four_sheets_of_cells(rows: int) -> bytes:
+    """nero's four sheets, each a formula (so two passes) and `rows` rows of 6 short texts."""
+    return _book({title: _sheet('<row r="1"><c r="A1" t="str"><f>"x"</f><v>x</v></c></row>' + "".join(
+        "<row>" + '<c t="inlineStr"><is><t>ab</t></is></c>' * 6 + "</row>" for _ in range(rows)))
+        for title in ("Experiments", "Clusters", "Metrics", "Settings")})
+
+
+def _many_titles(count: int) -> bytes:
+    """Experiments, and `count` more sheet entries all pointing at one empty sheet part."""
+    good = _book()
+    import io
+    import zipfile
+
+    src = zipfile.ZipFile(io.BytesIO(good))
+    entries = "".join(f'<sheet name="S{i}" sheetId="{i + 2}" r:id="rX{i}"/>' for i in range(count))
+    rels = "".join(f'<Relationship Id="rX{i}" Type="{_REL}/worksheet" Target="worksheets/sheet2.xml"/>'
+                   for i in range(count))
+    book = src.read("xl/workbook.xml").decode().replace("</sheets>", entries + "</sheets>")
+    links = src.read("xl/_rels/workbook.xml.rels").decode().replace("</Relationships>", rels + "</Relationships>")
+    return _book({"Experiments": _sheet(GOOD_ROWS), "Empty": _sheet("")},
+                 replace={"xl/workbook.xml": book.encode(), "xl/_rels/workbook.xml.rels": links.encode()})
 
 
 def _good_part(name: str, strip_decl: bool = False) -> bytes:

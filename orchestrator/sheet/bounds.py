@@ -43,6 +43,7 @@ __all__ = [
     "ROWS",
     "SHARED_STRINGS",
     "SHEET",
+    "SHEETS",
     "SHEETS_READ",
     "TEXT",
     "TOTAL",
@@ -57,11 +58,12 @@ SHARED_STRINGS = 8 * MB  # the shared strings part: openpyxl keeps every string 
 SHEET = 32 * MB  # one sheet nero reads
 SHEETS_READ = 48 * MB  # the sheets nero reads, together (a second pass reads them again)
 OTHER_PART = 2 * MB  # every other XML part (workbook, styles, theme, relationships…)
+SHEETS = 1_000  # sheets in the workbook (openpyxl and nero walk them all)
 TEXT = 32_767  # characters in a cell: Excel's own limit
 FORMULA = 8_192  # characters in a formula: Excel's own limit
 ROWS = 50_000  # per sheet
 COLUMNS = 1_000  # per sheet
-CELLS = 300_000  # per sheet, counting the empty cells left of each row's last one
+CELLS = 300_000  # in the sheets nero reads together, counting the empty cells left of each row's last one
 DEPTH = 48  # XML nesting
 LONGEST_RUN = MB  # bytes of one tag or text without a '<' (what expat buffers whole)
 
@@ -125,6 +127,9 @@ class _Check:
         if self.problems.items:
             return self.problems
         sheets = self._sheets(book, rels)
+        if len(sheets) > SHEETS:
+            self.add(book, f"the workbook has {len(sheets):,} sheets; the limit is {SHEETS:,}. Delete the sheets "
+                     "you do not need, or keep them in another file")
         if self.problems.items:
             return self.problems
         read = {part: title for title, part, _ in sheets if self.wanted(title) and part in self.infos}
@@ -140,8 +145,13 @@ class _Check:
         for part in self.infos:
             if part not in done and not _BINARY.search(part) and not part.endswith("/"):
                 self._scan(part)
+        cells = 0
         for part, title in read.items():
-            self._scan(part, _SheetCells(title, long_strings, self.problems), title)
+            visitor = _SheetCells(title, long_strings, self.problems, cells)
+            self._scan(part, visitor, title)
+            cells = visitor.cells
+            if cells > CELLS:
+                break  # reported at the sheet that went over
         return self.problems
 
     # -------------------------------------------------------------------- sizes, unparsed
@@ -341,14 +351,14 @@ class _SheetCells(_Visitor):
     formula within Excel's own limits. Rows and cells are numbered as openpyxl does (an
     element without `r` follows the previous one)."""
 
-    def __init__(self, title: str, long_strings: dict[int, int], problems: Problems):
+    def __init__(self, title: str, long_strings: dict[int, int], problems: Problems, cells: int):
         super().__init__()
         self.title = title
         self.long = long_strings
         self.problems = problems
         self.row = 0
         self.col = 0
-        self.cells = 0
+        self.cells = cells  # in this sheet and those read before it
         self.kind = ""
         self.field = ""  # 'v', 'f' or 't' (an inline string's text) while inside one
         self.lengths = {"v": 0, "f": 0, "t": 0}
@@ -390,9 +400,10 @@ class _SheetCells(_Visitor):
         elif tag == "row":
             self.cells += self.col
             if self.cells > CELLS:
-                self.stop(self.title, f"more than {CELLS:,} cells (counting the empty cells left of each row's "
-                          f"last one) by row {self.row:,}; the limit is {CELLS:,} per sheet. Delete unused rows "
-                          "and columns, or split the experiments into several workbooks")
+                self.stop(self.title, f"more than {CELLS:,} cells by row {self.row:,}, in the sheets nero reads "
+                          f"together (counting the empty cells left of each row's last one); the limit is "
+                          f"{CELLS:,}. Delete unused rows and columns, or split the experiments into several "
+                          "workbooks")
 
     def text(self, data: str) -> None:
         if self.field:
