@@ -30,7 +30,7 @@ LIMITS = {
     "rows_60000": r"Experiments: row 50,001 is beyond the limit of 50,000 rows per sheet",
     "columns_1500": r"Experiments!ALM3: column 1,001 is beyond the limit of 1,000 columns per sheet",
     "cells_350k": r"Experiments: more than 300,000 cells by row 30,001, in the sheets nero reads together",
-    "cells_at_limits_four_sheets": r"Clusters: more than 300,000 cells by row 1[\d,]+, in the sheets nero reads together",
+    "cells_at_limits_four_sheets": r"Clusters: more than 300,000 cells by row [\d,]+, in the sheets nero reads together",
     "deep_sheet": r"Experiments: its XML is nested deeper than 48 levels",
     "billion_laughs_shared_strings": r"xl/sharedStrings\.xml: declares a DTD",
     "sheets_12k_one_part": r"xl/workbook\.xml: the workbook has 12,001 sheets; the limit is 1,000",
