@@ -9,9 +9,9 @@ shared strings, the styles, the workbook part), so nothing is handed to it until
    everything read afterwards;
 2. each XML part openpyxl will parse streams through expat, a chunk at a time, holding
    nothing but counters: no DTD (so no entity can expand), a bounded nesting depth, no tag
-   or text longer than `LONGEST_RUN` bytes; in the sheets nero reads, the rows, columns and
-   cells, and the length of each cell's text and formula (a shared string's length is
-   reported at the cells that show it).
+   or text longer than `LONGEST_RUN` bytes; the number of sheets; in the sheets nero reads,
+   the rows, columns and cells (cells counted across those sheets), and the length of each
+   cell's text and formula (a shared string's length is reported at the cells that show it).
 
 Every limit exceeded becomes a `Problem` (the cell's address where it is a cell's), all
 at once, as one `WorkbookError`. A file that is no zip, or a damaged part, is left to the
@@ -109,6 +109,7 @@ class _Check:
         self.wanted = wanted
         self.problems = Problems()
         self.infos = {i.filename: i for i in archive.infolist()}
+        self.sheet_count = 0  # the workbook part's <sheet> entries
 
     def add(self, where: str, message: str) -> None:
         self.problems.add(where, message)
@@ -127,8 +128,8 @@ class _Check:
         if self.problems.items:
             return self.problems
         sheets = self._sheets(book, rels)
-        if len(sheets) > SHEETS:
-            self.add(book, f"the workbook has {len(sheets):,} sheets; the limit is {SHEETS:,}. Delete the sheets "
+        if self.sheet_count > SHEETS:
+            self.add(book, f"the workbook has {self.sheet_count:,} sheets; the limit is {SHEETS:,}. Delete the sheets "
                      "you do not need, or keep them in another file")
         if self.problems.items:
             return self.problems
@@ -244,6 +245,7 @@ class _Check:
 
         self._scan(book, _Visitor(sheet))
         self._scan(rels, _Visitor(rel))
+        self.sheet_count = len(entries)
         return [(title, *targets[rid]) for title, rid in entries if rid in targets]
 
     # ------------------------------------------------------------------------ streaming
