@@ -255,6 +255,7 @@ def _build() -> dict[str, tuple[str, Callable[[], bytes]]]:
                                  b" " * 64, 30 * MB, _SHEET_CLOSE),
             "Settings": _bomb("xl/worksheets/sheet2.xml", _XML_HEAD + _SHEET_OPEN, b" " * 64, 30 * MB,
                               _SHEET_CLOSE)})),
+        "four_titles_one_part": ("refused", lambda: _four_titles_one_part(20)),
         "bad_cells_50k_rows": ("refused", lambda: _book({"Experiments": _sheet(
             _row(1, ["id", "command", "cpus", "mem", "time", "retries"]) + "".join(
                 _row(r, ["same", "echo", "x", "y", "z", "q"]) for r in range(2, 50_001)))})),
@@ -378,6 +379,18 @@ def _four_sheets_of_cells(rows: int) -> bytes:
     return _book({title: _sheet('<row r="1"><c r="A1" t="str"><f>"x"</f><v>x</v></c></row>' + "".join(
         "<row>" + '<c t="inlineStr"><is><t>ab</t></is></c>' * 6 + "</row>" for _ in range(rows)))
         for title in ("Experiments", "Clusters", "Metrics", "Settings")})
+
+
+def _four_titles_one_part(size_mb: int) -> bytes:
+    """nero's four sheet titles, all on one sheet part of `size_mb` MB: read four times."""
+    rels = "".join(f'<Relationship Id="rId{i}" Type="{_REL}/worksheet" Target="worksheets/sheet1.xml"/>'
+                   for i in range(1, 5))
+    entries = "".join(f'<sheet name="{t}" sheetId="{i}" r:id="rId{i}"/>'
+                      for i, t in enumerate(("Experiments", "Clusters", "Metrics", "Settings"), 1))
+    return _book({"Experiments": _bomb("xl/worksheets/sheet1.xml", _XML_HEAD + _SHEET_OPEN + GOOD_ROWS.encode(),
+                                       b" " * 64, size_mb * MB, _SHEET_CLOSE)}, replace={
+        "xl/workbook.xml": _xml(f'<workbook xmlns="{_MAIN}" xmlns:r="{_REL}"><sheets>{entries}</sheets></workbook>'),
+        "xl/_rels/workbook.xml.rels": _xml(f'<Relationships xmlns="{_PKG_REL}">{rels}</Relationships>')})
 
 
 def _many_titles(count: int) -> bytes:

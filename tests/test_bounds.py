@@ -24,6 +24,7 @@ LIMITS = {
     "styles_3mb": r"xl/styles\.xml: unpacks to 2\.4 MB; the limit for a part that is not a sheet is 2\.0 MB",
     "sheet_40mb": r"Experiments: the sheet \(part xl/worksheets/sheet1\.xml\) unpacks to 40 MB; the limit is 32 MB",
     "sheets_read_60mb": r"the sheets nero reads unpack to 60 MB together; the limit is 48 MB",
+    "four_titles_one_part": r"the sheets nero reads unpack to 80 MB together; the limit is 48 MB",
     "text_inline_40000": r"Experiments!C3: text is 40,000 characters; the limit is 32,767 \(Excel's own\)",
     "text_shared_40000": r"Experiments!C2: text is 40,000 characters; the limit is 32,767 \(Excel's own\)",
     "formula_9000": r"Experiments!C3: formula is 9,002 characters; the limit is 8,192 \(Excel's own\)",

@@ -133,8 +133,10 @@ class _Check:
                      "you do not need, or keep them in another file")
         if self.problems.items:
             return self.problems
-        read = {part: title for title, part, _ in sheets if self.wanted(title) and part in self.infos}
-        unread = {part for _, part, kind in sheets if part not in read and not kind.endswith("/chartsheet")}
+        # (part, title) of each sheet nero reads: two titles on one part are read twice
+        read = [(part, title) for title, part, _ in sheets if self.wanted(title) and part in self.infos]
+        parts_read = {part for part, _ in read}
+        unread = {part for _, part, kind in sheets if part not in parts_read and not kind.endswith("/chartsheet")}
         strings = [p for p, t in types.items() if t == f"{_CT}.sharedStrings+xml"]
         self._sizes_by_role(strings, read, unread)
         if self.problems.items:
@@ -142,12 +144,12 @@ class _Check:
         long_strings: dict[int, int] = {}
         for part in strings:
             self._scan(part, _SharedStrings(long_strings))
-        done = {"[Content_Types].xml", "_rels/.rels", book, rels, *strings, *read, *unread}
+        done = {"[Content_Types].xml", "_rels/.rels", book, rels, *strings, *parts_read, *unread}
         for part in self.infos:
             if part not in done and not _BINARY.search(part) and not part.endswith("/"):
                 self._scan(part)
         cells = 0
-        for part, title in read.items():
+        for part, title in read:
             visitor = _SheetCells(title, long_strings, self.problems, cells)
             self._scan(part, visitor, title)
             cells = visitor.cells
@@ -183,7 +185,7 @@ class _Check:
                  f"That is far more than a spreadsheet program writes for it: the file may be damaged or "
                  f"crafted; {_RESAVE}")
 
-    def _sizes_by_role(self, strings: list[str], read: dict[str, str], unread: set[str]) -> None:
+    def _sizes_by_role(self, strings: list[str], read: list[tuple[str, str]], unread: set[str]) -> None:
         """The shared strings, the sheets nero reads, every other XML part."""
         for part in strings:
             info = self.infos.get(part)
@@ -192,11 +194,11 @@ class _Check:
                          f"limit is {_mb(SHARED_STRINGS)}. Shorten long texts, move them to files the commands "
                          f"read, or split the experiments into several workbooks")
         together = 0
-        for part in read:
+        for part, title in read:
             size = self.infos[part].file_size
             together += size
             if size > SHEET:
-                self.add(read[part], f"the sheet (part {part}) unpacks to {_mb(size)}; the limit is "
+                self.add(title, f"the sheet (part {part}) unpacks to {_mb(size)}; the limit is "
                          f"{_mb(SHEET)}. Delete unused rows and columns (formatting too), or split the "
                          "experiments into several workbooks")
         if together > SHEETS_READ and not self.problems.items:
@@ -204,7 +206,7 @@ class _Check:
                      f"{_mb(SHEETS_READ)}. Delete unused rows and columns, or split the experiments into "
                      "several workbooks")
         for part, info in self.infos.items():
-            if part in strings or part in read or part in unread or _BINARY.search(part):
+            if part in strings or part in unread or any(part == p for p, _ in read) or _BINARY.search(part):
                 continue
             if info.file_size > OTHER_PART:
                 self._too_big(part, info.file_size, OTHER_PART, "a part that is not a sheet")
