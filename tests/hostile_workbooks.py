@@ -256,6 +256,8 @@ def _build() -> dict[str, tuple[str, Callable[[], bytes]]]:
             "Settings": _bomb("xl/worksheets/sheet2.xml", _XML_HEAD + _SHEET_OPEN, b" " * 64, 30 * MB,
                               _SHEET_CLOSE)})),
         "four_titles_one_part": ("refused", lambda: _four_titles_one_part(20)),
+        "chartsheet_image_refs": ("refused", lambda: _chartsheet_images(400, 5)),
+        "ok_chartsheet_image": ("ok", lambda: _chartsheet_images(1, 1)),
         "bad_cells_50k_rows": ("refused", lambda: _book({"Experiments": _sheet(
             _row(1, ["id", "command", "cpus", "mem", "time", "retries"]) + "".join(
                 _row(r, ["same", "echo", "x", "y", "z", "q"]) for r in range(2, 50_001)))})),
@@ -391,6 +393,41 @@ def _four_titles_one_part(size_mb: int) -> bytes:
                                        b" " * 64, size_mb * MB, _SHEET_CLOSE)}, replace={
         "xl/workbook.xml": _xml(f'<workbook xmlns="{_MAIN}" xmlns:r="{_REL}"><sheets>{entries}</sheets></workbook>'),
         "xl/_rels/workbook.xml.rels": _xml(f'<Relationships xmlns="{_PKG_REL}">{rels}</Relationships>')})
+
+
+_PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+                     "1f15c4890000000d4944415478da63f8cfc0f01f0005000201a3e8f9a20000000049454e44ae426082")
+
+
+def _chartsheet_images(refs: int, image_mb: int) -> bytes:
+    """A chartsheet beside Experiments whose drawing shows one picture of `image_mb` MB
+    `refs` times (openpyxl reads a chartsheet's pictures, one copy per reference)."""
+    draw_ns = ('xmlns:xdr="http://schemas.openxmlformats.org/drawingml/2006/spreadsheetDrawing" '
+               f'xmlns:a="http://schemas.openxmlformats.org/drawingml/2006/main" xmlns:r="{_REL}"')
+    pic = ('<xdr:absoluteAnchor><xdr:pos x="0" y="0"/><xdr:ext cx="1" cy="1"/><xdr:pic><xdr:nvPicPr>'
+           '<xdr:cNvPr id="1" name="p"/><xdr:cNvPicPr/></xdr:nvPicPr><xdr:blipFill><a:blip r:embed="rId1"/>'
+           '</xdr:blipFill><xdr:spPr/></xdr:pic><xdr:clientData/></xdr:absoluteAnchor>')
+    chart = _xml(f'<chartsheet xmlns="{_MAIN}" xmlns:r="{_REL}"><sheetPr/><sheetViews><sheetView workbookViewId="0"/>'
+                 '</sheetViews><drawing r:id="rId1"/></chartsheet>')
+    good = _book({"Experiments": _sheet(GOOD_ROWS), "Chart1": _sheet("")})
+    import io
+    import zipfile
+
+    src = zipfile.ZipFile(io.BytesIO(good))
+    links = src.read("xl/_rels/workbook.xml.rels").decode().replace(
+        f'Id="rId2" Type="{_REL}/worksheet" Target="worksheets/sheet2.xml"',
+        f'Id="rId2" Type="{_REL}/chartsheet" Target="chartsheets/sheet1.xml"')
+    return _book({"Experiments": _sheet(GOOD_ROWS), "Chart1": _sheet("")}, replace={
+        "xl/_rels/workbook.xml.rels": links.encode()}, extra=[
+        _deflate("xl/chartsheets/sheet1.xml", chart),
+        _deflate("xl/chartsheets/_rels/sheet1.xml.rels", _xml(
+            f'<Relationships xmlns="{_PKG_REL}"><Relationship Id="rId1" Type="{_REL}/drawing" '
+            'Target="../drawings/drawing1.xml"/></Relationships>')),
+        _deflate("xl/drawings/drawing1.xml", _xml(f"<xdr:wsDr {draw_ns}>{pic * refs}</xdr:wsDr>")),
+        _deflate("xl/drawings/_rels/drawing1.xml.rels", _xml(
+            f'<Relationships xmlns="{_PKG_REL}"><Relationship Id="rId1" Type="{_REL}/image" '
+            'Target="../media/image1.png"/></Relationships>')),
+        _bomb("xl/media/image1.png", _PNG, b"\0" * 64, image_mb * MB)])
 
 
 def _many_titles(count: int) -> bytes:

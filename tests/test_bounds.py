@@ -35,6 +35,8 @@ LIMITS = {
     "deep_sheet": r"Experiments: its XML is nested deeper than 48 levels",
     "billion_laughs_shared_strings": r"xl/sharedStrings\.xml: declares a DTD",
     "sheets_12k_one_part": r"xl/workbook\.xml: the workbook has 12,001 sheets; the limit is 1,000",
+    "chartsheet_image_refs": r"Chart1: the chart sheets up to this one show charts and pictures of 2,000 MB .*"
+                             r"the limit is 8\.0 MB",
     "attribute_5mb": r"Experiments: one XML tag or text runs over 1\.0 MB without a break",
 }
 

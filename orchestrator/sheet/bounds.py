@@ -33,6 +33,7 @@ from .table import Problems, column_letter
 
 __all__ = [
     "CELLS",
+    "CHARTSHEETS",
     "COLUMNS",
     "DEPTH",
     "FORMULA",
@@ -58,6 +59,7 @@ SHARED_STRINGS = 8 * MB  # the shared strings part: openpyxl keeps every string 
 SHEET = 32 * MB  # one sheet nero reads
 SHEETS_READ = 48 * MB  # the sheets nero reads, together (a second pass reads them again)
 OTHER_PART = 2 * MB  # every other XML part (workbook, styles, theme, relationships…)
+CHARTSHEETS = 8 * MB  # what the chart sheets show, each chart and picture counted each time it is shown
 SHEETS = 1_000  # sheets in the workbook (openpyxl and nero walk them all)
 TEXT = 32_767  # characters in a cell: Excel's own limit
 FORMULA = 8_192  # characters in a formula: Excel's own limit
@@ -120,14 +122,14 @@ class _Check:
         types = self._content_types()
         self._scan("_rels/.rels")
         book = next((p for p, t in types.items() if t.endswith(_MAIN_TYPES)), "xl/workbook.xml")
-        rels = posixpath.join(posixpath.dirname(book), "_rels", posixpath.basename(book) + ".rels")
+        rels = _rels_of(book)
         for part in (book, rels):
             info = self.infos.get(part)
             if info and info.file_size > OTHER_PART:
                 self._too_big(part, info.file_size, OTHER_PART, "a part that is not a sheet")
         if self.problems.items:
             return self.problems
-        sheets = self._sheets(book, rels)
+        sheets = self._sheets(book)
         if self.sheet_count > SHEETS:
             self.add(book, f"the workbook has {self.sheet_count:,} sheets; the limit is {SHEETS:,}. Delete the sheets "
                      "you do not need, or keep them in another file")
@@ -141,6 +143,14 @@ class _Check:
         self._sizes_by_role(strings, read, unread)
         if self.problems.items:
             return self.problems
+        shown = 0  # by the chart sheets: openpyxl reads them, and keeps their charts
+        for title, part, kind in sheets:
+            if kind.endswith("/chartsheet") and shown <= CHARTSHEETS:
+                shown += self._shown(part)
+                if shown > CHARTSHEETS:
+                    self.add(title, f"the chart sheets up to this one show charts and pictures of {_mb(shown)} "
+                             f"(each counted every time it is shown); the limit is {_mb(CHARTSHEETS)}. Delete "
+                             "chart sheets, or keep them in another file")
         long_strings: dict[int, int] = {}
         for part in strings:
             self._scan(part, _SharedStrings(long_strings))
@@ -228,16 +238,24 @@ class _Check:
         return {part: overrides.get(part, defaults.get(posixpath.splitext(part)[1][1:].lower(), ""))
                 for part in self.infos}
 
-    def _sheets(self, book: str, rels: str) -> list[tuple[str, str, str]]:
+    def _sheets(self, book: str) -> list[tuple[str, str, str]]:
         """(title, part, relationship type) of every sheet the workbook part lists."""
         entries: list[tuple[str, str]] = []
-        targets: dict[str, tuple[str, str]] = {}
-        folder = posixpath.dirname(book)
 
         def sheet(tag: str, attrs: dict[str, str]) -> None:
             if tag == "sheet":
                 rid = next((v for k, v in attrs.items() if k.endswith(":id")), "")
                 entries.append((attrs.get("name", ""), rid))
+
+        self._scan(book, _Visitor(sheet))
+        targets = self._targets(book)
+        self.sheet_count = len(entries)
+        return [(title, *targets[rid]) for title, rid in entries if rid in targets]
+
+    def _targets(self, part: str) -> dict[str, tuple[str, str]]:
+        """Id -> (part, relationship type) of the parts `part` refers to."""
+        targets: dict[str, tuple[str, str]] = {}
+        folder = posixpath.dirname(part)
 
         def rel(tag: str, attrs: dict[str, str]) -> None:
             if tag == "Relationship" and attrs.get("TargetMode") != "External":
@@ -245,10 +263,28 @@ class _Check:
                 full = target.lstrip("/") if target.startswith("/") else posixpath.join(folder, target)
                 targets[attrs.get("Id", "")] = (posixpath.normpath(full), attrs.get("Type", ""))
 
-        self._scan(book, _Visitor(sheet))
-        self._scan(rels, _Visitor(rel))
-        self.sheet_count = len(entries)
-        return [(title, *targets[rid]) for title, rid in entries if rid in targets]
+        self._scan(_rels_of(part), _Visitor(rel))
+        return targets
+
+    def _shown(self, part: str) -> int:
+        """The bytes a chart sheet shows: openpyxl reads each chart and picture its drawings
+        show once per time it is shown (a picture shown 1,000 times is read 1,000 times)."""
+        shown = 0
+        for drawing, kind in self._targets(part).values():
+            if not kind.endswith("/drawing"):
+                continue
+            refs: dict[str, int] = {}
+
+            def ref(tag: str, attrs: dict[str, str], refs: dict[str, int] = refs) -> None:
+                for key, value in attrs.items():
+                    if ":" in key and key.endswith((":embed", ":id")):
+                        refs[value] = refs.get(value, 0) + 1
+
+            self._scan(drawing, _Visitor(ref))
+            for rid, (target, _) in self._targets(drawing).items():
+                if rid in refs and target in self.infos:
+                    shown += refs[rid] * self.infos[target].file_size
+        return shown
 
     # ------------------------------------------------------------------------ streaming
 
@@ -430,6 +466,11 @@ class _SheetCells(_Visitor):
         self.problems.add(self.where(), message)
         if self.problems.unlisted:
             raise _Stop  # the list is full: the rest would not be shown
+
+
+def _rels_of(part: str) -> str:
+    """The relationships part of `part`: xl/workbook.xml -> xl/_rels/workbook.xml.rels."""
+    return posixpath.join(posixpath.dirname(part), "_rels", posixpath.basename(part) + ".rels")
 
 
 def _column(letters: str) -> int:
