@@ -232,6 +232,12 @@ def _build() -> dict[str, tuple[str, Callable[[], bytes]]]:
             {"Experiments": _shared_sheet([[0, 1], [2, 3]])},
             strings=_strings(["id", "command", "a", "echo hi", *(f"{i:x}" for i in range(390_000))]))),
         "ok_styles_2mb": ("ok", lambda: _book(styles=_styles(31_000))),
+        "ok_styles_99k_elements": ("ok", lambda: _book(styles=_xml(
+            f'<styleSheet xmlns="{_MAIN}"><cellXfs>' + "<xf/>" * 99_000 + "</cellXfs></styleSheet>"))),
+        "styles_tiny_formats_2mb": ("refused", lambda: _book(styles=_xml(
+            f'<styleSheet xmlns="{_MAIN}"><cellXfs>' + "<xf/>" * 400_000 + "</cellXfs></styleSheet>"))),
+        "styles_tiny_fonts_2mb": ("refused", lambda: _book(styles=_xml(
+            f'<styleSheet xmlns="{_MAIN}"><fonts>' + "<font/>" * 290_000 + "</fonts></styleSheet>"))),
         "ok_defined_names_2mb": ("ok", lambda: _book(replace={"xl/workbook.xml": _xml(
             f'<workbook xmlns="{_MAIN}" xmlns:r="{_REL}"><sheets><sheet name="Experiments" sheetId="1" r:id="rId1"/>'
             '</sheets><definedNames>' + "".join(f'<definedName name="n{i}">Experiments!$A$1</definedName>'

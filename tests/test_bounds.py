@@ -37,6 +37,7 @@ LIMITS = {
     "sheets_12k_one_part": r"xl/workbook\.xml: the workbook has 12,001 sheets; the limit is 1,000",
     "chartsheet_image_refs": r"Chart1: the chart sheets up to this one show charts and pictures of 2,000 MB .*"
                              r"the limit is 8\.0 MB",
+    "styles_tiny_formats_2mb": r"xl/styles\.xml: it holds more than 100,000 XML elements",
     "attribute_5mb": r"Experiments: one XML tag or text runs over 1\.0 MB without a break",
 }
 

@@ -36,6 +36,7 @@ __all__ = [
     "CHARTSHEETS",
     "COLUMNS",
     "DEPTH",
+    "ELEMENTS",
     "FORMULA",
     "LONGEST_RUN",
     "OTHER_PART",
@@ -59,6 +60,7 @@ SHARED_STRINGS = 8 * MB  # the shared strings part: openpyxl keeps every string 
 SHEET = 32 * MB  # one sheet nero reads
 SHEETS_READ = 48 * MB  # the sheets nero reads, together (a second pass reads them again)
 OTHER_PART = 2 * MB  # every other XML part (workbook, styles, theme, relationships…)
+ELEMENTS = 100_000  # XML elements in one of those (2 MB of `<xf/>` took 261 MB in openpyxl)
 CHARTSHEETS = 8 * MB  # what the chart sheets show, each chart and picture counted each time it is shown
 SHEETS = 1_000  # sheets in the workbook (openpyxl and nero walk them all)
 TEXT = 32_767  # characters in a cell: Excel's own limit
@@ -332,14 +334,21 @@ class _Visitor:
     """What a scan does with a part's elements (tags without their namespace prefix):
     count the depth, and call `start` for each."""
 
+    most = ELEMENTS  # elements in the part (openpyxl makes an object of each)
+
     def __init__(self, start: Callable[[str, dict[str, str]], None] | None = None):
         self._start = start
         self.depth = 0
+        self.elements = 0
 
     def start_element(self, name: str, attrs: dict[str, str]) -> None:
         self.depth += 1
+        self.elements += 1
         if self.depth > DEPTH:
             raise _Stop(f"its XML is nested deeper than {DEPTH} levels")
+        if self.elements > self.most:
+            raise _Stop(f"it holds more than {self.most:,} XML elements, the limit for a part that is not a "
+                        "sheet (openpyxl makes an object of each; bloated cell styles do this)")
         self.start(name[name.find(":") + 1:], attrs)
 
     def end_element(self, name: str) -> None:
@@ -358,7 +367,10 @@ class _Visitor:
 
 
 class _SharedStrings(_Visitor):
-    """Notes the index and length of each shared string longer than TEXT."""
+    """Notes the index and length of each shared string longer than TEXT (the part's size
+    bounds its elements: each becomes at most a short string)."""
+
+    most = SHARED_STRINGS
 
     def __init__(self, long_strings: dict[int, int]):
         super().__init__()
@@ -390,6 +402,8 @@ class _SheetCells(_Visitor):
     """A sheet nero reads: rows, columns and cells within bounds, each cell's text and
     formula within Excel's own limits. Rows and cells are numbered as openpyxl does (an
     element without `r` follows the previous one)."""
+
+    most = SHEET  # elements: bounded by the rows, cells and text limits instead
 
     def __init__(self, title: str, long_strings: dict[int, int], problems: Problems, cells: int):
         super().__init__()
