@@ -315,6 +315,16 @@ def _build() -> dict[str, tuple[str, Callable[[], bytes]]]:
             strings=_strings(["id", "command", "notes", "a", "echo hi", "n" * 40000]))),
         "text_inline_5mb": ("refused", lambda: _book({"Experiments": long_row("n" * (5 * MB))})),
         "text_inline_8mb_entities": ("refused", lambda: _book({"Experiments": long_row("<" * (2 * MB))})),
+        "shared_string_runs_unused": ("refused", lambda: _book(
+            {"Experiments": _shared_sheet([[0, 1], [2, 3]])},
+            strings=_xml(f'<sst xmlns="{_MAIN}"><si><t>id</t></si><si><t>command</t></si><si><t>a</t></si>'
+                         '<si><t>echo hi</t></si><si>' + "<r><t>a</t></r>" * 500_000 + "</si></sst>"))),
+        "shared_string_empty_runs_unused": ("refused", lambda: _book(
+            {"Experiments": _shared_sheet([[0, 1], [2, 3]])},
+            strings=_xml(f'<sst xmlns="{_MAIN}"><si><t>id</t></si><si><t>command</t></si><si><t>a</t></si>'
+                         '<si><t>echo hi</t></si><si>' + "<r><t/></r>" * 700_000 + "</si></sst>"))),
+        "inline_empty_runs": ("refused", lambda: _book({"Experiments": _sheet(
+            GOOD_ROWS + '<row r="3"><c r="C3" t="inlineStr"><is>' + "<r><t/></r>" * 1_000_000 + "</is></c></row>")})),
         "text_inline_rich_runs": ("refused", lambda: _book({"Experiments": _sheet(
             GOOD_ROWS + '<row r="3"><c r="A3" t="inlineStr"><is>' + "<r><t>abcdefghij</t></r>" * 5000
             + "</is></c></row>")})),

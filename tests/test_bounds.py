@@ -38,6 +38,8 @@ LIMITS = {
     "chartsheet_image_refs": r"Chart1: the chart sheets up to this one show charts and pictures of 2,000 MB .*"
                              r"the limit is 8\.0 MB",
     "styles_tiny_formats_2mb": r"xl/styles\.xml: it holds more than 100,000 XML elements",
+    "inline_empty_runs": r"Experiments!C3: text is made of over 1,000 XML elements \(formatted runs\)",
+    "shared_string_empty_runs_unused": r"xl/sharedStrings\.xml: string 5 is made of over 1,000 XML elements",
     "attribute_5mb": r"Experiments: one XML tag or text runs over 1\.0 MB without a break",
 }
 

@@ -32,23 +32,8 @@ from ..errors import WorkbookError
 from .table import Problems, column_letter
 
 __all__ = [
-    "CELLS",
-    "CHARTSHEETS",
-    "COLUMNS",
-    "DEPTH",
-    "ELEMENTS",
-    "FORMULA",
-    "LONGEST_RUN",
-    "OTHER_PART",
-    "PART",
-    "PARTS",
-    "ROWS",
-    "SHARED_STRINGS",
-    "SHEET",
-    "SHEETS",
-    "SHEETS_READ",
-    "TEXT",
-    "TOTAL",
+    "CELLS", "CHARTSHEETS", "COLUMNS", "DEPTH", "ELEMENTS", "FORMULA", "LONGEST_RUN", "OTHER_PART", "PART",
+    "PARTS", "ROWS", "RUNS", "SHARED_STRINGS", "SHEET", "SHEETS", "SHEETS_READ", "TEXT", "TOTAL",
     "check_bounds",
 ]
 
@@ -60,6 +45,7 @@ SHARED_STRINGS = 8 * MB  # the shared strings part: openpyxl keeps every string 
 SHEET = 32 * MB  # one sheet nero reads
 SHEETS_READ = 48 * MB  # the sheets nero reads, together (a second pass reads them again)
 OTHER_PART = 2 * MB  # every other XML part (workbook, styles, theme, relationships…)
+RUNS = 1_000  # XML elements in one cell's text (formatted runs): openpyxl holds them as a tree
 ELEMENTS = 100_000  # XML elements in one of those (2 MB of `<xf/>` took 261 MB in openpyxl)
 CHARTSHEETS = 8 * MB  # what the chart sheets show, each chart and picture counted each time it is shown
 SHEETS = 1_000  # sheets in the workbook (openpyxl and nero walk them all)
@@ -375,20 +361,24 @@ class _SharedStrings(_Visitor):
     def __init__(self, long_strings: dict[int, int]):
         super().__init__()
         self.long = long_strings
-        self.index = 0
-        self.length = 0
+        self.index = self.length = 0
+        self.first = SHEET  # the element count at the current <si>
         self.in_text = False
 
     def start(self, tag: str, attrs: dict[str, str]) -> None:
         if tag == "si":
-            self.length = 0
+            self.length, self.first = 0, self.elements
         elif tag == "t":
             self.in_text = True
+        if self.elements - self.first > RUNS:
+            raise _Stop(f"string {self.index + 1:,} is made of over {RUNS:,} XML elements (formatted runs); "
+                        f"the limit is {RUNS:,}")
 
     def end(self, tag: str) -> None:
         if tag == "t":
             self.in_text = False
         elif tag == "si":
+            self.first = self.elements + SHEET  # outside a string
             if self.length > TEXT:
                 self.long[self.index] = self.length
             self.index += 1
@@ -417,6 +407,7 @@ class _SheetCells(_Visitor):
         self.field = ""  # 'v', 'f' or 't' (an inline string's text) while inside one
         self.lengths = {"v": 0, "f": 0, "t": 0}
         self.value = ""  # the start of <v>, for a shared string's index
+        self.first = 0  # the element count at the current <c>
 
     def where(self) -> str:
         return f"{self.title}!{column_letter(self.col - 1)}{self.row}"
@@ -440,9 +431,11 @@ class _SheetCells(_Visitor):
             if self.col > COLUMNS:
                 self.stop(self.where(), f"column {self.col:,} is beyond the limit of {COLUMNS:,} columns per "
                           "sheet; delete the columns right of your table (formatting too)")
-            self.kind = attrs.get("t", "n")
+            self.kind, self.value, self.first = attrs.get("t", "n"), "", self.elements
             self.lengths = {"v": 0, "f": 0, "t": 0}
-            self.value = ""
+        elif self.elements - self.first > RUNS:
+            self.stop(self.where(), f"text is made of over {RUNS:,} XML elements (formatted runs); the limit "
+                      f"is {RUNS:,}")
         elif tag in ("v", "f", "t"):
             self.field = tag
 
