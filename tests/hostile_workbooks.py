@@ -325,6 +325,13 @@ def _build() -> dict[str, tuple[str, Callable[[], bytes]]]:
                          '<si><t>echo hi</t></si><si>' + "<r><t/></r>" * 700_000 + "</si></sst>"))),
         "inline_empty_runs": ("refused", lambda: _book({"Experiments": _sheet(
             GOOD_ROWS + '<row r="3"><c r="C3" t="inlineStr"><is>' + "<r><t/></r>" * 1_000_000 + "</is></c></row>")})),
+        "ok_20k_merged_ranges": ("ok", lambda: _book({"Experiments": _sheet(GOOD_ROWS, "<mergeCells>" + "".join(
+            f'<mergeCell ref="E{r}:F{r}"/>' for r in range(1, 20_001)) + "</mergeCells>")})),
+        "row_of_junk_elements": ("refused", lambda: _book({"Experiments": _sheet(
+            GOOD_ROWS + '<row r="3">' + "<x/>" * 2_000_000 + "</row>")})),
+        "sheet_junk_elements": ("refused", lambda: _book({"Experiments": _sheet(GOOD_ROWS, "<x/>" * 2_000_000)})),
+        "cell_junk_elements": ("refused", lambda: _book({"Experiments": _sheet(
+            GOOD_ROWS + '<row r="3"><c r="C3">' + "<x/>" * 2_000_000 + "</c></row>")})),
         "text_inline_rich_runs": ("refused", lambda: _book({"Experiments": _sheet(
             GOOD_ROWS + '<row r="3"><c r="A3" t="inlineStr"><is>' + "<r><t>abcdefghij</t></r>" * 5000
             + "</is></c></row>")})),

@@ -40,6 +40,7 @@ LIMITS = {
     "styles_tiny_formats_2mb": r"xl/styles\.xml: it holds more than 100,000 XML elements",
     "inline_empty_runs": r"Experiments!C3: text is made of over 1,000 XML elements \(formatted runs\)",
     "shared_string_empty_runs_unused": r"xl/sharedStrings\.xml: string 5 is made of over 1,000 XML elements",
+    "sheet_junk_elements": r"Experiments: over 50,000 XML elements besides rows and cells",
     "attribute_5mb": r"Experiments: one XML tag or text runs over 1\.0 MB without a break",
 }
 

@@ -33,8 +33,8 @@ from .table import Problems, column_letter
 
 __all__ = [
     "CELLS", "CHARTSHEETS", "COLUMNS", "DEPTH", "ELEMENTS", "FORMULA", "LONGEST_RUN", "OTHER_PART", "PART",
-    "PARTS", "ROWS", "RUNS", "SHARED_STRINGS", "SHEET", "SHEETS", "SHEETS_READ", "TEXT", "TOTAL",
-    "check_bounds",
+    "PARTS", "ROWS", "RUNS", "SHARED_STRINGS", "SHEET", "SHEETS", "SHEETS_READ", "SHEET_ELEMENTS", "TEXT",
+    "TOTAL", "check_bounds",
 ]
 
 MB = 1024 * 1024
@@ -46,6 +46,7 @@ SHEET = 32 * MB  # one sheet nero reads
 SHEETS_READ = 48 * MB  # the sheets nero reads, together (a second pass reads them again)
 OTHER_PART = 2 * MB  # every other XML part (workbook, styles, theme, relationships…)
 RUNS = 1_000  # XML elements in one cell's text (formatted runs): openpyxl holds them as a tree
+SHEET_ELEMENTS = 50_000  # XML elements in a sheet besides rows and cells (2 M of them took 220 MB)
 ELEMENTS = 100_000  # XML elements in one of those (2 MB of `<xf/>` took 261 MB in openpyxl)
 CHARTSHEETS = 8 * MB  # what the chart sheets show, each chart and picture counted each time it is shown
 SHEETS = 1_000  # sheets in the workbook (openpyxl and nero walk them all)
@@ -408,6 +409,8 @@ class _SheetCells(_Visitor):
         self.lengths = {"v": 0, "f": 0, "t": 0}
         self.value = ""  # the start of <v>, for a shared string's index
         self.first = 0  # the element count at the current <c>
+        self.in_cell = False
+        self.others = 0  # elements besides rows and cells (openpyxl holds them to the end)
 
     def where(self) -> str:
         return f"{self.title}!{column_letter(self.col - 1)}{self.row}"
@@ -431,8 +434,14 @@ class _SheetCells(_Visitor):
             if self.col > COLUMNS:
                 self.stop(self.where(), f"column {self.col:,} is beyond the limit of {COLUMNS:,} columns per "
                           "sheet; delete the columns right of your table (formatting too)")
-            self.kind, self.value, self.first = attrs.get("t", "n"), "", self.elements
+            self.kind, self.value, self.first, self.in_cell = attrs.get("t", "n"), "", self.elements, True
             self.lengths = {"v": 0, "f": 0, "t": 0}
+        elif not self.in_cell:
+            self.others += 1
+            if self.others > SHEET_ELEMENTS:
+                self.stop(self.title, f"over {SHEET_ELEMENTS:,} XML elements besides rows and cells (merged "
+                          f"ranges, links, formats…); the limit is {SHEET_ELEMENTS:,}. Clear unused formatting, "
+                          f"or {_RESAVE}")
         elif self.elements - self.first > RUNS:
             self.stop(self.where(), f"text is made of over {RUNS:,} XML elements (formatted runs); the limit "
                       f"is {RUNS:,}")
@@ -443,6 +452,7 @@ class _SheetCells(_Visitor):
         if tag in ("v", "f", "t"):
             self.field = ""
         elif tag == "c":
+            self.in_cell = False
             self._cell_done()
         elif tag == "row":
             self.cells += self.col
