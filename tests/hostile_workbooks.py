@@ -323,10 +323,16 @@ def _build() -> dict[str, tuple[str, Callable[[], bytes]]]:
             {"Experiments": _shared_sheet([[0, 1], [2, 3]])},
             strings=_xml(f'<sst xmlns="{_MAIN}"><si><t>id</t></si><si><t>command</t></si><si><t>a</t></si>'
                          '<si><t>echo hi</t></si><si>' + "<r><t/></r>" * 700_000 + "</si></sst>"))),
+        "shared_strings_junk_between": ("refused", lambda: _book(
+            {"Experiments": _shared_sheet([[0, 1], [2, 3]])},
+            strings=_xml(f'<sst xmlns="{_MAIN}">' + ("<x/>" * 3000 + "<si><t>id</t></si>") * 600 + "</sst>"))),
         "inline_empty_runs": ("refused", lambda: _book({"Experiments": _sheet(
             GOOD_ROWS + '<row r="3"><c r="C3" t="inlineStr"><is>' + "<r><t/></r>" * 1_000_000 + "</is></c></row>")})),
         "ok_20k_merged_ranges": ("ok", lambda: _book({"Experiments": _sheet(GOOD_ROWS, "<mergeCells>" + "".join(
             f'<mergeCell ref="E{r}:F{r}"/>' for r in range(1, 20_001)) + "</mergeCells>")})),
+        "attributes_90k_per_cell": ("refused", lambda: _book({"Experiments": _sheet(
+            GOOD_ROWS + '<row r="3">' + "".join(f'<c r="{_col(c)}3" ' + " ".join(
+                f'a{i}=""' for i in range(90_000)) + "><v>1</v></c>" for c in range(1, 31)) + "</row>")})),
         "row_of_junk_elements": ("refused", lambda: _book({"Experiments": _sheet(
             GOOD_ROWS + '<row r="3">' + "<x/>" * 2_000_000 + "</row>")})),
         "sheet_junk_elements": ("refused", lambda: _book({"Experiments": _sheet(GOOD_ROWS, "<x/>" * 2_000_000)})),

@@ -38,9 +38,13 @@ LIMITS = {
     "chartsheet_image_refs": r"Chart1: the chart sheets up to this one show charts and pictures of 2,000 MB .*"
                              r"the limit is 8\.0 MB",
     "styles_tiny_formats_2mb": r"xl/styles\.xml: it holds more than 100,000 XML elements",
-    "inline_empty_runs": r"Experiments!C3: text is made of over 1,000 XML elements \(formatted runs\)",
-    "shared_string_empty_runs_unused": r"xl/sharedStrings\.xml: string 5 is made of over 1,000 XML elements",
-    "sheet_junk_elements": r"Experiments: over 50,000 XML elements besides rows and cells",
+    "inline_empty_runs": r"Experiments!C3: text is made of over 4,000 XML elements and attributes \(formatted",
+    "shared_string_empty_runs_unused": r"xl/sharedStrings\.xml: over 4,000 XML elements and attributes in string 5",
+    "shared_strings_junk_between": r"xl/sharedStrings\.xml: over 4,000 XML elements and attributes in string 2 .*"
+                                   r"or between strings",
+    "row_of_junk_elements": r"Experiments: row 3 holds over 100,000 XML elements and attributes",
+    "attributes_90k_per_cell": r"Experiments: row 3 holds over 100,000 XML elements and attributes",
+    "sheet_junk_elements": r"Experiments: over 200,000 XML elements and attributes besides rows",
     "attribute_5mb": r"Experiments: one XML tag or text runs over 1\.0 MB without a break",
 }
 

@@ -33,8 +33,8 @@ from .table import Problems, column_letter
 
 __all__ = [
     "CELLS", "CHARTSHEETS", "COLUMNS", "DEPTH", "ELEMENTS", "FORMULA", "LONGEST_RUN", "OTHER_PART", "PART",
-    "PARTS", "ROWS", "RUNS", "SHARED_STRINGS", "SHEET", "SHEETS", "SHEETS_READ", "SHEET_ELEMENTS", "TEXT",
-    "TOTAL", "check_bounds",
+    "PARTS", "ROW_NODES", "ROWS", "RUNS", "SHARED_STRINGS", "SHEET", "SHEETS", "SHEETS_READ", "SHEET_NODES",
+    "TEXT", "TOTAL", "check_bounds",
 ]
 
 MB = 1024 * 1024
@@ -45,8 +45,9 @@ SHARED_STRINGS = 8 * MB  # the shared strings part: openpyxl keeps every string 
 SHEET = 32 * MB  # one sheet nero reads
 SHEETS_READ = 48 * MB  # the sheets nero reads, together (a second pass reads them again)
 OTHER_PART = 2 * MB  # every other XML part (workbook, styles, theme, relationships…)
-RUNS = 1_000  # XML elements in one cell's text (formatted runs): openpyxl holds them as a tree
-SHEET_ELEMENTS = 50_000  # XML elements in a sheet besides rows and cells (2 M of them took 220 MB)
+RUNS = 4_000  # XML elements and attributes in one cell's text (formatted runs): held as a tree
+ROW_NODES = 100_000  # XML elements and attributes in one row (openpyxl holds a row's tree)
+SHEET_NODES = 200_000  # XML elements and attributes in a sheet besides rows (2 M `<x/>` took 220 MB)
 ELEMENTS = 100_000  # XML elements in one of those (2 MB of `<xf/>` took 261 MB in openpyxl)
 CHARTSHEETS = 8 * MB  # what the chart sheets show, each chart and picture counted each time it is shown
 SHEETS = 1_000  # sheets in the workbook (openpyxl and nero walk them all)
@@ -61,8 +62,6 @@ LONGEST_RUN = MB  # bytes of one tag or text without a '<' (what expat buffers w
 _CHUNK = 64 * 1024
 _RESAVE = "save the workbook again from Excel or LibreOffice (File › Save As › .xlsx)"
 _CT = "application/vnd.openxmlformats-officedocument.spreadsheetml"
-_MAIN_TYPES = (".sheet.main+xml", ".template.main+xml", "sheet.macroEnabled.main+xml",
-               "template.macroEnabledTemplate.main+xml")
 _BINARY = re.compile(r"\.(png|jpe?g|gif|bmp|tiff?|emf|wmf|bin|ico|wdp|pdf|mp[34]|wav|svg)$", re.IGNORECASE)
 _REF = re.compile(r"^\$?([A-Za-z]{1,7})\$?(\d{1,9})$")
 
@@ -95,22 +94,18 @@ class _Check:
     """One workbook's check: sizes from the central directory, then the XML parts."""
 
     def __init__(self, name: str, archive: zipfile.ZipFile, wanted: Callable[[str], bool]):
-        self.name = name
-        self.archive = archive
-        self.wanted = wanted
+        self.name, self.archive, self.wanted = name, archive, wanted
         self.problems = Problems()
         self.infos = {i.filename: i for i in archive.infolist()}
         self.sheet_count = 0  # the workbook part's <sheet> entries
-
-    def add(self, where: str, message: str) -> None:
-        self.problems.add(where, message)
+        self.add = self.problems.add
 
     def run(self) -> Problems:
         if not self._sizes_fit():
             return self.problems  # nothing is parsed when a part is too big to read
         types = self._content_types()
         self._scan("_rels/.rels")
-        book = next((p for p, t in types.items() if t.endswith(_MAIN_TYPES)), "xl/workbook.xml")
+        book = next((p for p, t in types.items() if t.endswith("main+xml")), "xl/workbook.xml")
         rels = _rels_of(book)
         for part in (book, rels):
             info = self.infos.get(part)
@@ -363,23 +358,24 @@ class _SharedStrings(_Visitor):
         super().__init__()
         self.long = long_strings
         self.index = self.length = 0
-        self.first = SHEET  # the element count at the current <si>
+        self.nodes = self.outside = 0  # elements and attributes in the current <si>, and outside
         self.in_text = False
 
     def start(self, tag: str, attrs: dict[str, str]) -> None:
-        if tag == "si":
-            self.length, self.first = 0, self.elements
+        if tag == "si":  # openpyxl holds one string's tree at a time, and all between strings
+            self.length, self.outside, self.nodes = 0, self.nodes, 0
         elif tag == "t":
             self.in_text = True
-        if self.elements - self.first > RUNS:
-            raise _Stop(f"string {self.index + 1:,} is made of over {RUNS:,} XML elements (formatted runs); "
-                        f"the limit is {RUNS:,}")
+        self.nodes += 1 + len(attrs)
+        if self.nodes > RUNS:
+            raise _Stop(f"over {RUNS:,} XML elements and attributes in string {self.index + 1:,} (formatted "
+                        f"runs) or between strings; the limit is {RUNS:,}")
 
     def end(self, tag: str) -> None:
         if tag == "t":
             self.in_text = False
         elif tag == "si":
-            self.first = self.elements + SHEET  # outside a string
+            self.nodes = self.outside
             if self.length > TEXT:
                 self.long[self.index] = self.length
             self.index += 1
@@ -398,19 +394,15 @@ class _SheetCells(_Visitor):
 
     def __init__(self, title: str, long_strings: dict[int, int], problems: Problems, cells: int):
         super().__init__()
-        self.title = title
-        self.long = long_strings
-        self.problems = problems
-        self.row = 0
-        self.col = 0
+        self.title, self.long, self.problems = title, long_strings, problems
+        self.row = self.col = 0
         self.cells = cells  # in this sheet and those read before it
         self.kind = ""
         self.field = ""  # 'v', 'f' or 't' (an inline string's text) while inside one
         self.lengths = {"v": 0, "f": 0, "t": 0}
         self.value = ""  # the start of <v>, for a shared string's index
-        self.first = 0  # the element count at the current <c>
-        self.in_cell = False
-        self.others = 0  # elements besides rows and cells (openpyxl holds them to the end)
+        self.in_row, self.row_nodes, self.first = False, 0, SHEET  # row_nodes at the current <c>
+        self.others = 0  # elements and attributes besides rows (openpyxl holds them to the end)
 
     def where(self) -> str:
         return f"{self.title}!{column_letter(self.col - 1)}{self.row}"
@@ -420,6 +412,18 @@ class _SheetCells(_Visitor):
         raise _Stop
 
     def start(self, tag: str, attrs: dict[str, str]) -> None:
+        nodes = 1 + len(attrs)  # what openpyxl holds: a row's tree at a time, all else to the end
+        if tag == "row" or self.in_row:
+            self.in_row, self.row_nodes = True, nodes if tag == "row" else self.row_nodes + nodes
+            if self.row_nodes > ROW_NODES:
+                self.stop(self.title, f"row {self.row + (tag == 'row'):,} holds over {ROW_NODES:,} XML elements and "
+                          f"attributes; the limit is {ROW_NODES:,}; {_RESAVE}")
+        else:
+            self.others += nodes
+            if self.others > SHEET_NODES:
+                self.stop(self.title, f"over {SHEET_NODES:,} XML elements and attributes besides rows (merged "
+                          f"ranges, links, formats…); the limit is {SHEET_NODES:,}. Clear unused formatting, "
+                          f"or {_RESAVE}")
         if tag == "row":
             r = attrs.get("r", "")
             self.row = int(r) if r.isdigit() else self.row + 1
@@ -434,17 +438,11 @@ class _SheetCells(_Visitor):
             if self.col > COLUMNS:
                 self.stop(self.where(), f"column {self.col:,} is beyond the limit of {COLUMNS:,} columns per "
                           "sheet; delete the columns right of your table (formatting too)")
-            self.kind, self.value, self.first, self.in_cell = attrs.get("t", "n"), "", self.elements, True
+            self.kind, self.value, self.first = attrs.get("t", "n"), "", self.row_nodes
             self.lengths = {"v": 0, "f": 0, "t": 0}
-        elif not self.in_cell:
-            self.others += 1
-            if self.others > SHEET_ELEMENTS:
-                self.stop(self.title, f"over {SHEET_ELEMENTS:,} XML elements besides rows and cells (merged "
-                          f"ranges, links, formats…); the limit is {SHEET_ELEMENTS:,}. Clear unused formatting, "
-                          f"or {_RESAVE}")
-        elif self.elements - self.first > RUNS:
-            self.stop(self.where(), f"text is made of over {RUNS:,} XML elements (formatted runs); the limit "
-                      f"is {RUNS:,}")
+        elif self.row_nodes - self.first > RUNS:
+            self.stop(self.where(), f"text is made of over {RUNS:,} XML elements and attributes (formatted "
+                      f"runs); the limit is {RUNS:,}")
         elif tag in ("v", "f", "t"):
             self.field = tag
 
@@ -452,9 +450,10 @@ class _SheetCells(_Visitor):
         if tag in ("v", "f", "t"):
             self.field = ""
         elif tag == "c":
-            self.in_cell = False
+            self.first = SHEET  # outside a cell
             self._cell_done()
         elif tag == "row":
+            self.in_row = False
             self.cells += self.col
             if self.cells > CELLS:
                 self.stop(self.title, f"more than {CELLS:,} cells by row {self.row:,}, in the sheets nero reads "
