@@ -38,17 +38,33 @@ UNREADABLE: Any = _Unreadable()
 
 
 class Problems:
-    """Every problem found, at most one per cell (the first is the root cause)."""
+    """Every problem found, at most one per cell (the first is the root cause), the first
+    LIMIT of them listed: a sheet of 50,000 bad rows is not worth a message per cell, and
+    the memory and time of listing them all is unbounded (#12)."""
+
+    LIMIT = 1_000
 
     def __init__(self) -> None:
         self.items: list[Problem] = []
+        self.unlisted = 0
         self._cells: set[str] = set()
 
     def add(self, where: str, message: str) -> None:
         if where in self._cells:
             return
+        if len(self.items) >= self.LIMIT:
+            self.unlisted += 1
+            return
         self._cells.add(where)
         self.items.append(Problem(where, message))
+
+    def listed(self, key: Callable[[Problem], Any] | None = None) -> list[Problem]:
+        """The problems to report, in `key` order, and a last line counting the unlisted."""
+        items = sorted(self.items, key=key) if key else list(self.items)
+        if self.unlisted:
+            items.append(Problem("…", f"and {self.unlisted:,} more problems, not listed; fix the ones above "
+                                 "(often one cause repeated down a column) and run nero again"))
+        return items
 
 
 @dataclass

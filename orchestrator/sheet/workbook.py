@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import WorkbookError
 from ..model import MetricDef, Problem, Workbook
+from .bounds import check_bounds
 from .clusters import read_clusters
 from .commands import VariablesOf
 from .experiments import read_experiments
@@ -40,7 +41,7 @@ def read_workbook(path: str | Path, variables_of: VariablesOf) -> Workbook:
     metrics = read_metrics(sheets.get("Metrics"), problems)
     settings = read_settings(sheets.get("Settings"), names, path, problems)
     if problems.items:
-        raise WorkbookError(str(path), sorted(problems.items, key=_reading_order))
+        raise WorkbookError(str(path), problems.listed(_reading_order))
     return Workbook(str(path), experiments, clusters, metrics, settings)
 
 
@@ -58,7 +59,7 @@ def read_metric_definitions(path: str | Path) -> tuple[MetricDef, ...]:
             problems.add(p.where, p.message)
     metrics = read_metrics(sheet, problems)
     if problems.items:
-        raise WorkbookError(str(path), sorted(problems.items, key=_reading_order))
+        raise WorkbookError(str(path), problems.listed(_reading_order))
     return metrics
 
 
@@ -90,6 +91,7 @@ def _load(path: Path, problems: Problems) -> tuple[list[str], dict[str, Sheet]]:
         what = "is a folder, not a workbook" if path.is_dir() else "was not found"
         hint = "give the path of an .xlsx file, or create an example with `nero init`"
         raise WorkbookError(str(path), [Problem(path.name, f"{path} {what}; {hint}")])
+    check_bounds(path, lambda title: _canonical_sheet(title) is not None)  # before openpyxl opens it
     try:
         formulas: _Formulas = {}
         titles, sheets = _scan_file(path, False, formulas, problems)
