@@ -175,9 +175,10 @@ def _write(project: Path, command: str, state: str = "run", clusters: tuple[dict
     write_workbook(project / "experiments.xlsx", [{"id": "bad", "command": command, "state": state}], clusters=clusters)
 
 
-def bad_job(name: str, project: Path, timeout: float = 60) -> Verdict:
+def bad_job(name: str, project: Path, timeout: float = 60, passes_after_end: int = 3) -> Verdict:
     """One misbehaving program on the local cluster: every pass ends cleanly (no traceback,
-    bounded time) and the run ends as it should, within `timeout`."""
+    bounded time) and the run ends as it should, within `timeout` and at most
+    `passes_after_end` passes after its processes are gone."""
     command, want, reason_word = BAD_JOBS[name]
     v = Verdict(name, want)
     project.mkdir(parents=True, exist_ok=True)
@@ -185,7 +186,7 @@ def bad_job(name: str, project: Path, timeout: float = 60) -> Verdict:
     end = time.monotonic() + timeout
     stopped = False
     after_end = 0  # passes since the job's processes were all gone
-    while time.monotonic() < end and after_end <= 3:
+    while time.monotonic() < end and after_end <= passes_after_end:
         m = measured(["reconcile", str(project), "-q"], project, timeout=max(5.0, end - time.monotonic()))
         v.wall_s, v.peak_mb = max(v.wall_s, m.wall_s), max(v.peak_mb, m.peak_mb)
         if m.timed_out or "Traceback" in m.out or m.rc not in (0, 1):

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["NAMED_POINTS", "TICKER", "KillReport", "check", "make_project", "nero_env", "torture"]
+__all__ = ["NAMED_POINTS", "TICKER", "KillReport", "check", "kill_leftovers", "make_project", "nero_env", "torture"]
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -49,6 +49,17 @@ def nero_env() -> dict[str, str]:
     """The environment for a `nero` subprocess: this checkout's orchestrator first."""
     path = os.environ.get("PYTHONPATH", "")
     return {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(ROOT) + (os.pathsep + path if path else "")}
+
+
+def kill_leftovers(root: Path) -> None:
+    """SIGKILL the process group of every job below `root` that has not ended."""
+    for pid_file in root.rglob("pid"):
+        if (pid_file.parent / "exit_code").exists():
+            continue
+        try:
+            os.killpg(int(pid_file.read_text().strip()), signal.SIGKILL)
+        except (ValueError, OSError):
+            pass
 
 
 def make_project(project: Path, runs: int, lines: int, delay: float, max_jobs: int) -> Path:
@@ -117,7 +128,8 @@ def schedule(kills: int, seed: int, points: tuple[str, ...] = NAMED_POINTS) -> l
             point = points[i]
         else:
             point = "random" if rng.random() < 0.5 else rng.choice(points)
-        plan.append((point, rng.randint(1, 2), round(rng.uniform(0.3, 3.0), 2)))
+        nth = 1 if i < len(points) else rng.randint(1, 2)  # the first round: each point's first passage
+        plan.append((point, nth, round(rng.uniform(0.3, 3.0), 2)))
     return plan
 
 
