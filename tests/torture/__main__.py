@@ -23,6 +23,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=4, help="runs at the start; one more before each kill")
     ap.add_argument("--lines", type=int, default=60, help="metric lines each job prints (every 0.05 s)")
     ap.add_argument("--workbooks", default="all", help="'all', a number (the first N) or 0")
+    ap.add_argument("--workbook-timeout", type=float, default=60, help="seconds each nero command may take")
     ap.add_argument("--no-bad-jobs", action="store_true")
     ap.add_argument("--no-disk", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
@@ -45,7 +46,7 @@ def main() -> int:
             cases, module = [], None
             failures.append("workbooks: tests/hostile_workbooks.py not found (branch bounds, #12)")
         for name, data in cases[:count]:
-            v = hostile(name, data, module.expect(name), scratch / "wb" / name, timeout=120)
+            v = hostile(name, data, module.expect(name), scratch / "wb" / name, timeout=a.workbook_timeout)
             kill_leftovers(scratch / "wb" / name)
             shutil.rmtree(scratch / "wb" / name, ignore_errors=True)
             verdicts.append(v)

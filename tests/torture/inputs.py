@@ -1,7 +1,7 @@
 """Hostile inputs: workbooks (`tests/hostile_workbooks.py`), bad jobs and a full disk.
 
 `measured` runs one `nero` command in its own process group and returns its exit code,
-output, wall time and peak memory (the child's own `ru_maxrss`, from `wait4`), killed at
+output, wall time and peak memory (VmHWM, reported by `peak.py` from inside it), killed at
 its own timeout and capped by an address-space limit so that a bomb cannot take the
 machine down. Each check returns a `Verdict`: ok, or what went wrong.
 """
@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import os
 import re
-import resource
 import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from .kills import ROOT, nero_env
 __all__ = ["BAD_JOBS", "MEMORY_CAP", "Measured", "Verdict", "bad_job", "full_disk", "hostile", "hostile_cases",
            "measured"]
 
+PEAK = Path(__file__).resolve().parent / "peak.py"
 MEMORY_CAP = 3 * 1024 ** 3  # address space of each nero process here: a bomb fails, the machine does not
 CELL_OR_LIMIT = re.compile(r"\b[A-Za-z][\w ]*![A-Z]{1,3}\d+\b|limit|too (large|big|many|long|deep)|not an? |"
                            r"damaged|cannot|unreadable|encrypted|\.xls\b", re.I)
@@ -41,35 +40,29 @@ class Measured:
 
 
 def measured(args: list[str], cwd: Path, timeout: float, cap: int = MEMORY_CAP) -> Measured:
-    """`python -m orchestrator ARGS` with its wall time and peak resident memory."""
-    with tempfile.TemporaryFile() as out:
-        def limit() -> None:
-            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-
+    """`python -m orchestrator ARGS` with its wall time and peak resident memory (VmHWM,
+    reported by `peak.py` from inside the process; 0 if it was killed)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryDirectory() as tmp:
+        peak = Path(tmp) / "peak"
+        env = {**nero_env(), "NERO_TORTURE_CAP": str(cap), "NERO_TORTURE_PEAK": str(peak)}
         t0 = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=nero_env(),
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=limit)
-        fired = threading.Event()
-
-        def kill() -> None:
-            fired.set()
+        proc = subprocess.Popen([sys.executable, str(PEAK), *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-
-        timer = threading.Timer(timeout, kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
+            proc.wait(timeout=30)
         wall = time.monotonic() - t0
         out.seek(0)
         text = out.read().decode("utf-8", "replace")
-    return Measured(proc.returncode, text, wall, usage.ru_maxrss / 1024, fired.is_set())
+        kib = int(peak.read_text()) if peak.exists() and peak.read_text().strip().isdigit() else 0
+    return Measured(proc.returncode, text, wall, kib / 1024, timed_out)
 
 
 @dataclass
@@ -132,8 +125,8 @@ def hostile(name: str, data: bytes, expected: str, project: Path, timeout: float
             outcomes.append("read")
         else:
             v.problems.append(f"{what}: exit {m.rc}: …{m.out.strip()[-300:]}")
-        if args[0] == "plan" and "refused" in outcomes:
-            break  # reconcile refuses the same workbook: checked once, on the plan
+        if args[0] == "plan" and (v.problems or "refused" in outcomes):
+            break  # reconcile reads the workbook the same way: the plan's outcome stands for both
     v.outcome = "failed" if v.problems else ("refused" if "refused" in outcomes else "read")
     if v.outcome == "refused" and _dispatched(project):
         v.problems.append(f"refused but dispatched: {_dispatched(project)[:3]}")
