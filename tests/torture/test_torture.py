@@ -93,3 +93,28 @@ def test_full_disk_says_so_and_loses_nothing_once_space_returns(tmp_path: Path):
     returns the run ends with every printed point stored once."""
     v = full_disk(tmp_path, timeout=40)
     assert v.ok, v.problems
+
+
+def test_a_job_ignoring_sigterm_is_killed_when_its_grace_period_ends(tmp_path: Path):
+    """#12 bad jobs, found by the torture run: a job that ignores SIGTERM was never killed
+    after a cancel's grace period where /bin/sh is dash (it refused `kill -KILL -- -PGID`),
+    so its run stayed `running` for good. The long run's `ignores-sigterm` case goes through
+    `nero reconcile` with the real 15 s grace; here the agent's cancel gets 1 s."""
+    import signal
+    import subprocess
+    import sys
+
+    from orchestrator.backends.wire import serve_in_process
+
+    job = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                            "print('ready', flush=True); time.sleep(120)"], cwd=tmp_path, stdout=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    try:
+        assert job.stdout.readline() == "ready\n"
+        reply = serve_in_process({"op": "cancel", "kill": [{"pid": str(job.pid), "dir": str(tmp_path), "grace": 1}]})
+        assert reply.header["ok"] and reply.header["kill"] == [""], reply.header
+        assert job.wait(timeout=15) == -signal.SIGKILL
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait(timeout=10)
