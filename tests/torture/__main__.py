@@ -18,7 +18,7 @@ from .kills import NAMED_POINTS, kill_leftovers, torture
 
 def main() -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.torture", description=__doc__)
-    ap.add_argument("--kills", type=int, default=60, help="SIGKILLs of the reconciler (default 60)")
+    ap.add_argument("--kills", type=int, default=60, help="SIGKILLs of the reconciler (default 60; 0: none)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--runs", type=int, default=4, help="runs at the start; one more before each kill")
     ap.add_argument("--lines", type=int, default=60, help="metric lines each job prints (every 0.05 s)")
@@ -63,8 +63,8 @@ def main() -> int:
         if not a.no_disk and os.geteuid() == 0:
             v = full_disk(scratch / "disk", timeout=60)
             verdicts.append(v)
-            disk = "ok" if v.ok else "FAIL: " + "; ".join(v.problems)[:300]
-        failures += [f"{v.name}: {'; '.join(v.problems)[:300]}" for v in verdicts if not v.ok]
+            disk = "ok" if v.ok else "FAIL: " + " ".join("; ".join(v.problems).split())[:300]
+        failures += [f"{v.name}: {' '.join('; '.join(v.problems).split())[:300]}" for v in verdicts if not v.ok]
         wbs = [v for v in verdicts if v.name in {n for n, _ in cases}]
         jobs = [v for v in verdicts if v.name in BAD_JOBS]
         print()

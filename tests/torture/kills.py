@@ -142,6 +142,7 @@ def torture(project: Path, *, kills: int, seed: int, runs: int, lines: int, dela
     grows while nero is down, as a user's edit would), so every kill finds runs to submit,
     running jobs printing points and results to write: each named point is there to hit."""
     report = KillReport()
+    make_project(project, runs, lines, delay, max_jobs)
     for i, (point, nth, pause) in enumerate(schedule(kills, seed, points)):
         runs += 1
         make_project(project, runs, lines, delay, max_jobs)
