@@ -547,7 +547,8 @@ def op_adopt(req, inp, reply):
 
 def _kill_later(pgid, run_dir, grace):
     marker = os.path.join(run_dir, "exit_code")
-    script = 'sleep %d; [ -e "$1" ] || kill -KILL -- -%d 2>/dev/null' % (int(grace), pgid)
+    # `-s KILL -- -PGID`: dash (/bin/sh on Debian) refuses `kill -KILL -- -PGID`
+    script = 'sleep %d; [ -e "$1" ] || kill -s KILL -- -%d 2>/dev/null' % (int(grace), pgid)
     with open(os.devnull, "r+b") as null:
         subprocess.Popen(["/bin/sh", "-c", script, "nero-kill", marker], stdin=null, stdout=null, stderr=null,
                          close_fds=True, start_new_session=True)
