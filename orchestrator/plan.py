@@ -12,7 +12,9 @@ Pure: no backend, file or clock. Decisions, in order:
   `nero restart` starts a new attempt once;
 * `after` holds a run until the named experiments completed (held for good if one failed);
 * submits and restarts are given a cluster in priority order while clusters have free
-  slots; the rest stay in the plan with `waiting` saying why.
+  slots; the rest stay in the plan with `waiting` saying why;
+* a change that throws work away (confirm.py) waits for `nero apply` unless the gate lets
+  it through: it stays in the plan with `awaiting` saying why, and the pass skips it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
+from .confirm import Gate, fingerprint, mark, risk, too_many
 from .errors import WorkbookError
 from .model import (
     Action,
@@ -57,9 +60,13 @@ def plan(
     capacity: Mapping[str, int],
     prune: bool = False,
     overrides: Mapping[str, Override] | None = None,
+    gate: Gate | None = None,
 ) -> Plan:
+    """What a pass must do (see the module). `gate` says which changes that throw work
+    away wait for a confirmation; without one, none waits."""
     _one_spec_per_key(specs)
     overrides = overrides or {}
+    gate = gate or Gate(apply_all=True)
     actions: list[Action] = []
     wanted: list[tuple[RunSpec, ActionKind, str, Action | None]] = []
     unchanged = 0
@@ -77,7 +84,9 @@ def plan(
         if spec.desired is Desired.STOP or manual is OverrideKind.ABORT:
             why = f"state=stop in Experiments row {spec.row}" if spec.desired is Desired.STOP else "aborted with `nero abort`"
             if live and not (rec and rec.stop_requested):
-                actions.append(Action(ActionKind.CANCEL, spec.key, why, spec, rec.cluster if rec else ""))
+                cancel = Action(ActionKind.CANCEL, spec.key, why, spec, rec.cluster if rec else "")
+                by_sheet = manual is not OverrideKind.ABORT
+                actions.append(mark(cancel, risk(cancel.kind, rec) if by_sheet else "", rec.attempt if rec else 0, gate))
             elif rec is None and manual is OverrideKind.ABORT:
                 actions.append(Action(ActionKind.HOLD, spec.key, f"{why}: not started", spec))
             else:
@@ -89,6 +98,7 @@ def plan(
         elif rec.spec_hash != spec.spec_hash:
             changed = diff_essence(json.loads(rec.essence), spec.essence())
             kind, reason = ActionKind.RESTART, "; ".join(changed) or "spec changed"
+            template = mark(Action(kind, spec.key, reason, spec), risk(kind, rec), rec.attempt, gate)
         elif manual is OverrideKind.RESTART:
             kind, reason = ActionKind.RESTART, "requested with `nero restart`" + (" --resume" if override and override.resume else "")
             template = Action(kind, spec.key, reason, spec, resume=bool(override and override.resume))
@@ -116,15 +126,26 @@ def plan(
         if key in seen or not (rec.state.live or rec.intent):
             continue
         if prune:
-            actions.append(Action(ActionKind.CANCEL, key, "row removed from the sheet (--prune)", None, rec.cluster))
+            cancel = Action(ActionKind.CANCEL, key, "row removed from the sheet (--prune)", None, rec.cluster)
+            actions.append(mark(cancel, risk(cancel.kind, rec), rec.attempt, gate))
         else:
             actions.append(Action(ActionKind.ORPHAN, key, "row removed from the sheet but still running; "
                                   "set state=stop on a row for it or run with --prune to cancel it", None, rec.cluster))
 
-    actions.extend(_assign(wanted, snapshot, capacity))
+    new_runs = sum(1 for _, kind, _, _ in wanted if kind is ActionKind.SUBMIT)
+    many = too_many(new_runs, gate)
+    going = []
+    for spec, kind, reason, template in wanted:
+        if kind is ActionKind.SUBMIT:
+            template = mark(Action(kind, spec.key, "new run", spec), many, 0, gate)
+        if template is not None and template.awaiting:
+            actions.append(replace(template, reason=reason.partition("|")[0]))
+        else:
+            going.append((spec, kind, reason, template))
+    actions.extend(_assign(going, snapshot, capacity))
     order = {ActionKind.CANCEL: 0, ActionKind.RESTART: 1, ActionKind.SUBMIT: 2, ActionKind.ORPHAN: 3, ActionKind.HOLD: 4}
     actions.sort(key=lambda a: order[a.kind])
-    return Plan(tuple(actions), unchanged)
+    return Plan(tuple(actions), unchanged, fingerprint(a.token for a in actions if a.awaiting))
 
 
 def _one_spec_per_key(specs: Sequence[RunSpec]) -> None:

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
         Series,
         Workbook,
     )
-    from .reconcile import PassReport
+    from .reconcile import PassReport, Reread
     from .state import Mail
 
 __all__ = ["Candidate", "LOCK_WAIT_S", "Overridden", "Project"]
@@ -165,12 +165,27 @@ class Project:
 
     # ------------------------------------------------------------ plan and reconcile
     def plan(self, prune: bool = False) -> Plan:
-        """What a reconcile pass would do now, and why (nothing is touched)."""
+        """What a reconcile pass would do now, and why (nothing is touched but the memory of
+        the awaiting changes it shows, for `nero apply ID`)."""
         return self._rec.plan(prune=prune)
 
-    def reconcile(self, prune: bool = False) -> PassReport:
-        """One reconcile pass: submit, restart, cancel, collect metrics, apply the rules."""
-        return self._rec.run_pass(prune=prune)
+    def reconcile(self, prune: bool = False, yes: bool = False) -> PassReport:
+        """One reconcile pass: submit, restart, cancel, collect metrics, apply the rules;
+        changes that throw work away wait for `confirm` (orchestrator.confirm) unless `yes`."""
+        return self._rec.run_pass(prune=prune, yes=yes)
+
+    def confirm(self, plan: Plan) -> list[str]:
+        """Confirm exactly the changes `plan` shows awaiting; the next pass applies them."""
+        return self._rec.confirm(plan)
+
+    def shown_plan(self, fingerprint: str) -> list[str] | None:
+        """What the plan `fingerprint` listed as awaiting, if such a plan was shown."""
+        return self._rec.store.shown_plan(fingerprint)
+
+    def reread(self) -> Reread | None:
+        """The workbook's re-read by the last `load`, once (None if it was not re-read)."""
+        found, self._rec.reread = self._rec.reread, None
+        return found
 
     def outstanding(self, plan: Plan) -> int:
         """Runs still pending or live under `plan` (held runs do not count)."""

@@ -17,11 +17,12 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .backends import Backend, make_backend
+from .confirm import APPLY_ALL, Gate, describe
 from .errors import BackendError, NeroError, WorkbookError
 from .jobs import command_variables, params_json, script_context
 from .lifecycle import observe, recovery
@@ -52,7 +53,7 @@ from .spec import expand
 from .state import Store
 from .units import format_megabytes
 
-__all__ = ["PassReport", "Reconciler", "ClusterWatch", "state_path", "git_info"]
+__all__ = ["PassReport", "Reconciler", "Reread", "ClusterWatch", "SETTLE_S", "state_path", "git_info"]
 
 
 @dataclass
@@ -65,6 +66,16 @@ class PassReport:
 
 
 UNCONFIRMED_GRACE_S = 60.0  # above Slurm's and SGE's default message timeouts
+SETTLE_S = 2.0  # while watching, a saved workbook is read once its file has not changed for this long
+
+
+@dataclass(frozen=True)
+class Reread:
+    """A re-read of the workbook while watching: when it was saved, and how many of its
+    Experiments rows changed (added, removed or edited)."""
+
+    saved_at: float
+    rows_changed: int
 
 
 def state_path(workbook: Path) -> Path:
@@ -102,11 +113,14 @@ class Reconciler:
         self._results_fingerprint = ""
         self._warned: tuple | None = None
         self._retry: dict[str, tuple[int, str]] = {}  # run key -> (retry number, reason) of the attempt being submitted
+        self.reread: Reread | None = None  # the last re-read while watching (the loop says it)
 
     # ------------------------------------------------------------ workbook
     def load(self, keep_last_good: bool = False) -> list[str]:
         """Re-read the workbook if it changed. Returns warnings; raises WorkbookError
-        unless `keep_last_good` and a good workbook was read before."""
+        unless `keep_last_good` and a good workbook was read before. With `keep_last_good`
+        (watching) a changed workbook is read only once it has not changed for SETTLE_S,
+        so saves in quick succession are read (and applied) once; `reread` says it."""
         from .sheet import lock_file, read_workbook
 
         warnings: list[str] = []
@@ -121,6 +135,8 @@ class Reconciler:
         if lock is not None and keep_last_good and self.workbook is not None:
             return self._once(("lock", stamp), f"{self.workbook_path.name} is open in a spreadsheet program ({lock.name}); "
                               "keeping the last good plan until it is saved and closed")
+        if keep_last_good and self.workbook is not None and stamp and time.time() - stamp[0] / 1e9 < SETTLE_S:
+            return warnings  # just saved: read it once it settles
         try:
             wb = read_workbook(self.workbook_path)
         except WorkbookError as e:
@@ -129,6 +145,11 @@ class Reconciler:
             raise
         if lock is not None:
             warnings.append(f"{self.workbook_path.name} is open in a spreadsheet program ({lock.name}); using what is saved")
+        if keep_last_good and self.workbook is not None:
+            before = {e.id: replace(e, row=0, cells=()) for e in self.workbook.experiments}
+            after = {e.id: replace(e, row=0, cells=()) for e in wb.experiments}
+            changed = sum(before.get(i) != after.get(i) for i in before.keys() | after.keys())
+            self.reread = Reread(stamp[0] / 1e9 if stamp else time.time(), changed)
         self.workbook, self.specs, self._stamp = wb, expand(wb), stamp
         from .rules import name_warnings
 
@@ -177,13 +198,34 @@ class Reconciler:
         self.store.close()
 
     # ------------------------------------------------------------ plan
-    def plan(self, prune: bool = False) -> Plan:
+    def plan(self, prune: bool = False, yes: bool = False) -> Plan:
         assert self.workbook is not None
-        return make_plan(self.specs, self.store.snapshot(), self.capacity(), prune=prune,
-                         overrides=self.store.overrides())
+        found = make_plan(self.specs, self.store.snapshot(), self.capacity(), prune=prune,
+                          overrides=self.store.overrides(), gate=self.gate(yes))
+        self.remember(found)
+        return found
+
+    def gate(self, yes: bool = False) -> Gate:
+        """The confirmation policy of the workbook's Settings (confirm.py); `yes` applies all."""
+        assert self.workbook is not None
+        s = self.workbook.settings
+        return Gate(apply_all=yes or s.on_save == APPLY_ALL, over=s.confirm_over, confirmed=self.store.confirmed())
+
+    def confirm(self, plan: Plan) -> list[str]:
+        """Confirm the changes `plan` shows awaiting, exactly those (their tokens): the next
+        pass applies them. Returns their lines."""
+        self.store.set_confirmed(self.store.confirmed() | {a.token for a in plan.awaiting})
+        return [describe(a) for a in plan.awaiting]
+
+    def remember(self, plan: Plan) -> None:
+        """Keep what a plan with awaiting changes listed, for `nero apply ID` to compare."""
+        if plan.fingerprint:
+            self.store.remember_plan(plan.fingerprint, [describe(a) for a in plan.awaiting])
 
     # ------------------------------------------------------------ one pass
-    def run_pass(self, prune: bool = False, results: bool = True) -> PassReport:
+    def run_pass(self, prune: bool = False, results: bool = True, yes: bool = False) -> PassReport:
+        """One pass (see the module); changes that wait for a confirmation are skipped
+        (confirm.py), all are applied with `yes`."""
         assert self.workbook is not None, "load() first"
         now = self.clock()
         report = PassReport(plan=Plan((), 0))
@@ -191,8 +233,12 @@ class Reconciler:
         self._poll(now, report)
         self._rules(now, report)
         overrides = self.store.overrides()
-        plan = make_plan(self.specs, self.store.snapshot(), self.capacity(), prune=prune, overrides=overrides)
+        gate = self.gate(yes)
+        plan = make_plan(self.specs, self.store.snapshot(), self.capacity(), prune=prune, overrides=overrides, gate=gate)
         report.plan = plan
+        if gate.confirmed - {a.token for a in plan.actions}:  # used up, or the change is gone
+            self.store.set_confirmed(gate.confirmed & {a.token for a in plan.actions})
+        self.remember(plan)
         self._cancel(plan, now, report)
         self._submit(plan, now, report)
         self._mark_orphans(plan)
@@ -457,6 +503,8 @@ class Reconciler:
             rec = snap.get(a.key)
             if rec is None or not (rec.state.live or rec.intent):
                 continue
+            if a.awaiting:
+                continue
             if a.kind in (ActionKind.CANCEL, ActionKind.RESTART) and not (a.kind is ActionKind.RESTART and a.waiting):
                 todo.setdefault(rec.cluster, []).append((rec, a))
         def cancel(rec: RunRecord, a: Action) -> Update:
@@ -476,7 +524,7 @@ class Reconciler:
         snap = self.store.snapshot()
         by_cluster: dict[str, list[tuple[JobScript, RunRecord | None]]] = {}
         for a in plan.actions:
-            if a.kind not in (ActionKind.SUBMIT, ActionKind.RESTART) or a.waiting or a.spec is None:
+            if a.kind not in (ActionKind.SUBMIT, ActionKind.RESTART) or a.waiting or a.awaiting or a.spec is None:
                 continue
             prev = snap.get(a.key)
             attempt = (prev.attempt + 1) if prev else 1
@@ -596,7 +644,9 @@ class Reconciler:
         queue = []
         if plan is not None:
             for a in plan.actions:
-                if a.kind is ActionKind.HOLD or a.waiting:
+                if a.awaiting:
+                    queue.append((a.key, f"awaiting confirmation ({a.awaiting}): nero apply {plan.fingerprint}"))
+                elif a.kind is ActionKind.HOLD or a.waiting:
                     queue.append((a.key, a.reason if a.kind is ActionKind.HOLD else a.waiting))
         goals = goals_of((name for r in snap.values() for name in r.last), wb.goals)
         return ResultsInput(
@@ -625,9 +675,9 @@ class Reconciler:
 
     # ------------------------------------------------------------ queries
     def outstanding(self, plan: Plan) -> int:
-        """Runs still pending or live (held runs do not count)."""
+        """Runs still pending or live (held runs and changes awaiting confirmation do not count)."""
         live = sum(1 for r in self.store.snapshot().values() if r.state.live or r.intent)
-        waiting = sum(1 for a in plan.actions if a.kind in (ActionKind.SUBMIT, ActionKind.RESTART))
+        waiting = sum(1 for a in plan.actions if a.kind in (ActionKind.SUBMIT, ActionKind.RESTART) and not a.awaiting)
         return live + waiting
 
 
