@@ -155,6 +155,16 @@ class Reconciler:
 
         return warnings + name_warnings(self.specs, wb.settings.primary_metric, self.metric_names())
 
+    def _current(self) -> bool:
+        """Whether the workbook read is the one saved now (not one still settling, open
+        elsewhere or invalid): only then may a confirmation its plan lacks be dropped, since
+        `nero apply` may have confirmed what the saved workbook asks for."""
+        try:
+            st = self.workbook_path.stat()
+        except OSError:
+            return False
+        return (st.st_mtime_ns, st.st_size) == self._stamp
+
     def metric_names(self) -> set[str]:
         """The known metrics: the Metrics rows' and those the runs' current attempts produced."""
         rows = {d.name for d in self.workbook.metrics} if self.workbook else set()
@@ -236,7 +246,7 @@ class Reconciler:
         gate = self.gate(yes)
         plan = make_plan(self.specs, self.store.snapshot(), self.capacity(), prune=prune, overrides=overrides, gate=gate)
         report.plan = plan
-        if gate.confirmed - {a.token for a in plan.actions}:  # used up, or the change is gone
+        if gate.confirmed - {a.token for a in plan.actions} and self._current():  # used up, or the change is gone
             self.store.set_confirmed(gate.confirmed & {a.token for a in plan.actions})
         self.remember(plan)
         self._cancel(plan, now, report)

@@ -34,7 +34,8 @@ LOCAL = [{"name": "local", "kind": "local", "max_jobs": 16}]
 
 
 def status(project: Path) -> dict[str, dict]:
-    return {r["run"]: r for r in json.loads(nero("status", str(project), "--json", check=True).stdout)}
+    out = nero("status", str(project), "--json", check=True).stdout
+    return {r["run"]: r for r in json.loads(out)} if out.strip().startswith("[") else {}
 
 
 def plan_json(project: Path) -> dict:
