@@ -252,7 +252,7 @@ class Project:
         return Freshness(last, False, refreshed=tuple(keys), note=note,
                          ended=tuple(k for k in keys if k in snap and snap[k].state.finished))
 
-    def apply_now(self) -> PassReport | None:
+    def apply_now(self, prune: bool = False) -> PassReport | None:
         """Run a pass right away (re-reading the workbook) unless a watching reconcile holds
         the lock, which applies what changed in its next pass: the pass's report, or None
         when the lock is held. Raises NeroError when the pass fails."""
@@ -260,7 +260,7 @@ class Project:
             if not held:
                 return None
             self.load()
-            return self.reconcile()
+            return self.reconcile(prune=prune)
 
     # ------------------------------------------------------------ results
     def results_path(self) -> Path:

@@ -42,10 +42,10 @@ def _confirm(verb: str, found: list[Candidate], yes: bool) -> bool:
     return click.confirm(f"{verb.capitalize()} these {len(found)} runs?", default=False)
 
 
-def _apply_now(project: Project) -> None:
+def _apply_now(project: Project, prune: bool = False) -> None:
     """Run a pass right away unless a watching reconcile holds the lock (it applies it then)."""
     try:
-        report = project.apply_now()
+        report = project.apply_now(prune=prune)
     except NeroError as e:
         warn(f"recorded, but the pass failed: {e}; the next `nero reconcile` applies it")
         return
@@ -113,7 +113,8 @@ release = _override_command("release", """Undo `nero hold` / `nero abort` for th
 @main.command()
 @click.argument("args", nargs=-1, metavar="[WORKBOOK] [ID]")
 @WORKBOOK_OPTION
-def apply(args: tuple[str, ...], workbook: str | None) -> None:
+@click.option("--prune", is_flag=True, help="The plan of `nero plan --prune`: confirm cancelling runs whose rows were removed.")
+def apply(args: tuple[str, ...], workbook: str | None, prune: bool) -> None:
     """Confirm the changes awaiting confirmation, and apply them.
 
     \b
@@ -127,7 +128,7 @@ def apply(args: tuple[str, ...], workbook: str | None) -> None:
     """
     given, wanted = workbook_and_selector(args)
     with open_project(workbook or given) as project:
-        plan = project.plan()
+        plan = project.plan(prune=prune)
         if wanted and wanted != plan.fingerprint:
             raise click.ClickException(_changed_since(project, wanted, plan))
         if not plan.awaiting:
@@ -137,7 +138,7 @@ def apply(args: tuple[str, ...], workbook: str | None) -> None:
             click.echo(line.partition(" — awaiting confirmation")[0])
         n = len(project.confirm(plan))
         click.echo(f"Confirmed {n} change{'s' if n != 1 else ''} (plan {plan.fingerprint}).")
-        _apply_now(project)
+        _apply_now(project, prune)
 
 
 def _changed_since(project: Project, wanted: str, plan: Plan) -> str:
