@@ -189,3 +189,46 @@ def test_the_policy_gates_what_throws_work_away_and_nothing_else():
     got, p = waits({}, g=Gate(over=1))
     assert set(got.values()) == {"one of 2 new runs, more than Settings confirm_over (1)"}
     assert all(a.kind is ActionKind.SUBMIT and not a.cluster for a in p.actions)
+
+
+def test_on_a_terminal_the_watch_loop_shows_a_live_line_with_what_awaits(project: Path):
+    """#13: on a terminal the loop keeps a compact live line (rich) under its decisions,
+    saying how many changes await confirmation and the command that confirms them."""
+    import os
+    import pty
+    import re
+    import threading
+
+    (project / "stepper.py").write_text(STEPPER)
+    book = write_workbook(project / "experiments.xlsx", _rows(0.1), clusters=LOCAL)
+    master, slave = pty.openpty()
+    loop = subprocess.Popen([sys.executable, "-m", "orchestrator", "reconcile", str(project), "--watch", "--interval", "0.3"],
+                            stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env={**os.environ, "COLUMNS": "200"})
+    os.close(slave)
+    seen: list[bytes] = []
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            seen.append(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    text = lambda: re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(seen).decode(errors="replace"))  # noqa: E731
+    try:
+        wait_for(lambda: len(status(project)) == 3, what="three runs")
+        write_workbook(book, _rows(0.2), clusters=LOCAL)
+        wait_for(lambda: "live, 2 awaiting confirmation: nero apply " in text(), timeout=20, what="the live line")
+    finally:
+        loop.send_signal(signal.SIGINT)
+        loop.wait(timeout=30)
+        reader.join(timeout=5)
+        os.close(master)
+    out = text()
+    assert re.search(r"runs .* 0/3 .* 3 live, 2 awaiting confirmation: nero apply [0-9a-f]{6}", out), out[-2000:]
+    assert "workbook re-read (saved " in out and "— awaiting confirmation: nero apply" in out

@@ -95,7 +95,7 @@ def _loop(project: Project, interval: float | None, until_done: bool, prune: boo
     digests = DigestLoop(project, sched, quiet)
     done = {"flag": False}
     progress = None
-    if until_done and sys.stdout.isatty() and not quiet:
+    if sys.stdout.isatty() and not quiet:  # the live view: a line of progress under the decisions
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -129,7 +129,9 @@ def _loop(project: Project, interval: float | None, until_done: bool, prune: boo
             finished = sum(1 for r in runs if r.state.finished)
             total = len(runs) + sum(1 for a in report.plan.actions if a.kind.value == "submit")
             live = sum(1 for r in runs if r.state.live)
-            progress.update(task, completed=finished, total=total, description=f"{live} live")
+            waits = report.plan.awaiting
+            progress.update(task, completed=finished, total=total, description=f"{live} live" + (
+                f", {len(waits)} awaiting confirmation: nero apply {report.plan.fingerprint}" if waits else ""))
         if until_done and project.outstanding(report.plan) == 0:
             done["flag"] = True
 
