@@ -98,7 +98,8 @@ def plan(
         elif rec.spec_hash != spec.spec_hash:
             changed = diff_essence(json.loads(rec.essence), spec.essence())
             kind, reason = ActionKind.RESTART, "; ".join(changed) or "spec changed"
-            template = mark(Action(kind, spec.key, reason, spec), risk(kind, rec), rec.attempt, gate)
+            typed = manual is OverrideKind.RESTART  # `nero restart` after the edit: confirmed when typed
+            template = mark(Action(kind, spec.key, reason, spec), "" if typed else risk(kind, rec), rec.attempt, gate)
         elif manual is OverrideKind.RESTART:
             kind, reason = ActionKind.RESTART, "requested with `nero restart`" + (" --resume" if override and override.resume else "")
             template = Action(kind, spec.key, reason, spec, resume=bool(override and override.resume))

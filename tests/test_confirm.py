@@ -176,6 +176,9 @@ def test_the_policy_gates_what_throws_work_away_and_nothing_else():
     got, _ = waits({one.key: _rec(one, RunState.COMPLETED, one.spec_hash), two.key: _rec(two, RunState.RUNNING, two.spec_hash)},
                    overrides=manual)
     assert got == {("restart", one.key): "", ("cancel", two.key): ""}  # typed by hand: confirmed then
+    typed = {one.key: Override(one.key, OverrideKind.RESTART, one.spec_hash, 1, 0.0)}
+    got, _ = waits({one.key: _rec(one, RunState.RUNNING)}, overrides=typed)  # `nero restart` after an edit
+    assert got[("restart", one.key)] == ""
     stopped = [replace(s, desired=Desired.STOP) for s in specs]
     live = {s.key: _rec(s, RunState.RUNNING, s.spec_hash) for s in specs}
     got, p = waits(live, s=stopped)
@@ -232,3 +235,26 @@ def test_on_a_terminal_the_watch_loop_shows_a_live_line_with_what_awaits(project
     out = text()
     assert re.search(r"runs .* 0/3 .* 3 live, 2 awaiting confirmation: nero apply [0-9a-f]{6}", out), out[-2000:]
     assert "workbook re-read (saved " in out and "— awaiting confirmation: nero apply" in out
+
+
+def test_saves_in_quick_succession_are_read_once(project: Path):
+    """#13: the watch loop reads a saved workbook once it has stayed unchanged for 2 s, so
+    two saves a moment apart are read, said and applied once."""
+    (project / "stepper.py").write_text(STEPPER)
+    row = {"id": "x", "command": "python stepper.py steps=3000 delay=0.1"}
+    book = write_workbook(project / "experiments.xlsx", [row], clusters=LOCAL)
+    loop = subprocess.Popen([sys.executable, "-m", "orchestrator", "reconcile", str(project), "--watch", "--interval", "0.3"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(status(project)) == 1, what="the first run")
+        write_workbook(book, [row, dict(row, id="y")], clusters=LOCAL)
+        time.sleep(0.5)
+        write_workbook(book, [row, dict(row, id="y", command="python stepper.py steps=3001 delay=0.1"), dict(row, id="z")],
+                       clusters=LOCAL)
+        runs = wait_for(lambda: len(s := status(project)) == 3 and s, timeout=20, what="y and z")
+        time.sleep(1)
+    finally:
+        loop.send_signal(signal.SIGINT)
+        out, _ = loop.communicate(timeout=30)
+    assert out.count("workbook re-read") == 1 and "workbook re-read (saved " in out and "2 rows changed" in out, out
+    assert runs["y"]["attempt"] == 1 and attempts(project) == [("x", 1), ("y", 1), ("z", 1)]  # y started once, as saved last
