@@ -4,9 +4,12 @@
     → plan(specs, snapshot, capacity) → cancel → record intents → submit → commit
     → results workbook (only if something changed)
 
-The workbook is re-read only when its size or modification time changed; an invalid or
-half-saved workbook keeps the last good specs while watching (and stops a single pass
-with exit code 2 before anything is dispatched, cancelled or written).
+The workbook is re-read only when its size or modification time changed (while watching,
+once it has stayed unchanged for SETTLE_S); an invalid or half-saved workbook keeps the
+last good specs while watching (and stops a single pass with exit code 2 before anything
+is dispatched, cancelled or written). The plan is made under the workbook's confirmation
+policy (confirm.py): what awaits `nero apply` is skipped, and the confirmed tokens a
+plan no longer holds are dropped from the store.
 """
 
 from __future__ import annotations
