@@ -4,12 +4,9 @@
     → plan(specs, snapshot, capacity) → cancel → record intents → submit → commit
     → results workbook (only if something changed)
 
-The workbook is re-read only when its size or modification time changed (while watching,
-once it has stayed unchanged for SETTLE_S); an invalid or half-saved workbook keeps the
-last good specs while watching (and stops a single pass with exit code 2 before anything
-is dispatched, cancelled or written). The plan is made under the workbook's confirmation
-policy (confirm.py): what awaits `nero apply` is skipped, and the confirmed tokens a
-plan no longer holds are dropped from the store.
+The workbook is re-read only when its size or modification time changed; an invalid or
+half-saved workbook keeps the last good specs while watching (and stops a single pass
+with exit code 2 before anything is dispatched, cancelled or written).
 """
 
 from __future__ import annotations
@@ -81,6 +78,14 @@ class Reread:
     rows_changed: int
 
 
+def _reread(before: Workbook, after: Workbook, stamp: tuple[int, int] | None) -> Reread:
+    """The re-read of `after` over `before`: when it was saved, how many rows changed."""
+    old = {e.id: replace(e, row=0, cells=()) for e in before.experiments}
+    new = {e.id: replace(e, row=0, cells=()) for e in after.experiments}
+    changed = sum(old.get(i) != new.get(i) for i in old.keys() | new.keys())
+    return Reread(stamp[0] / 1e9 if stamp else time.time(), changed)
+
+
 def state_path(workbook: Path) -> Path:
     return ProjectPaths.of_workbook(workbook).state_db
 
@@ -140,6 +145,7 @@ class Reconciler:
                               "keeping the last good plan until it is saved and closed")
         if keep_last_good and self.workbook is not None and stamp and time.time() - stamp[0] / 1e9 < SETTLE_S:
             return warnings  # just saved: read it once it settles
+        before = self.workbook
         try:
             wb = read_workbook(self.workbook_path)
         except WorkbookError as e:
@@ -148,25 +154,12 @@ class Reconciler:
             raise
         if lock is not None:
             warnings.append(f"{self.workbook_path.name} is open in a spreadsheet program ({lock.name}); using what is saved")
-        if keep_last_good and self.workbook is not None:
-            before = {e.id: replace(e, row=0, cells=()) for e in self.workbook.experiments}
-            after = {e.id: replace(e, row=0, cells=()) for e in wb.experiments}
-            changed = sum(before.get(i) != after.get(i) for i in before.keys() | after.keys())
-            self.reread = Reread(stamp[0] / 1e9 if stamp else time.time(), changed)
         self.workbook, self.specs, self._stamp = wb, expand(wb), stamp
         from .rules import name_warnings
 
+        if keep_last_good and before is not None:
+            self.reread = _reread(before, wb, stamp)
         return warnings + name_warnings(self.specs, wb.settings.primary_metric, self.metric_names())
-
-    def _current(self) -> bool:
-        """Whether the workbook read is the one saved now (not one still settling, open
-        elsewhere or invalid): only then may a confirmation its plan lacks be dropped, since
-        `nero apply` may have confirmed what the saved workbook asks for."""
-        try:
-            st = self.workbook_path.stat()
-        except OSError:
-            return False
-        return (st.st_mtime_ns, st.st_size) == self._stamp
 
     def metric_names(self) -> set[str]:
         """The known metrics: the Metrics rows' and those the runs' current attempts produced."""
@@ -235,6 +228,21 @@ class Reconciler:
         if plan.fingerprint:
             self.store.remember_plan(plan.fingerprint, [describe(a) for a in plan.awaiting])
 
+    def _confirmations(self, gate: Gate, plan: Plan) -> None:
+        """After planning a pass: drop the confirmed tokens the plan no longer holds (used up,
+        or the change is gone) and remember what awaits. Dropped only when the workbook read
+        is the one saved now (not one still settling, open elsewhere or invalid), since
+        `nero apply` may have confirmed what the saved workbook asks for."""
+        held = {a.token for a in plan.actions if a.token}
+        try:
+            st = self.workbook_path.stat()
+            current = (st.st_mtime_ns, st.st_size) == self._stamp
+        except OSError:
+            current = False
+        if gate.confirmed - held and current:
+            self.store.set_confirmed(gate.confirmed & held)
+        self.remember(plan)
+
     # ------------------------------------------------------------ one pass
     def run_pass(self, prune: bool = False, results: bool = True, yes: bool = False) -> PassReport:
         """One pass (see the module); changes that wait for a confirmation are skipped
@@ -248,10 +256,8 @@ class Reconciler:
         overrides = self.store.overrides()
         gate = self.gate(yes)
         plan = make_plan(self.specs, self.store.snapshot(), self.capacity(), prune=prune, overrides=overrides, gate=gate)
+        self._confirmations(gate, plan)
         report.plan = plan
-        if gate.confirmed - {a.token for a in plan.actions} and self._current():  # used up, or the change is gone
-            self.store.set_confirmed(gate.confirmed & {a.token for a in plan.actions})
-        self.remember(plan)
         self._cancel(plan, now, report)
         self._submit(plan, now, report)
         self._mark_orphans(plan)

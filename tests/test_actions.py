@@ -129,8 +129,7 @@ def test_after_a_failed_dependency_holds_with_the_reason(project: Path):
     proc = nero("reconcile", str(project), "--until-done", "--interval", "0.3", timeout=60)
     assert proc.returncode == 1
     plan = json.loads(nero("plan", str(project), "--json", check=True).stdout)["actions"]
-    assert plan == [{"action": "held", "run": "second", "reason": "after first: first failed", "cluster": "", "waiting": "",
-                     "awaiting": ""}]
+    assert plan == [{"action": "held", "run": "second", "reason": "after first: first failed", "cluster": "", "waiting": ""}]
 
 
 def test_hold_and_release(project: Path):

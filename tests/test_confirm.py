@@ -73,7 +73,7 @@ def test_an_edit_of_running_runs_waits_for_apply_an_undo_costs_nothing_and_apply
                          what="the restarts awaiting confirmation")
         fp = shown["awaiting"]["id"]
         assert shown["awaiting"]["confirm"] == f"nero apply {fp}"
-        waiting = sorted((a["action"], a["run"], a["reason"], a["awaiting"]) for a in shown["actions"] if a["awaiting"])
+        waiting = sorted((a["action"], a["run"], a["reason"], a["awaiting"]) for a in shown["actions"] if a.get("awaiting"))
         assert waiting == [("restart", "a[tag=1]", "lr: 0.1 → 0.2", "cancels the running attempt"),
                            ("restart", "a[tag=2]", "lr: 0.1 → 0.2", "cancels the running attempt")]
         time.sleep(3)  # passes go by: nothing is restarted

@@ -60,7 +60,7 @@ def plan(workbook: str | None, prune: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({
             "actions": [{"action": a.kind.value, "run": a.key, "reason": a.reason, "cluster": a.cluster,
-                         "waiting": a.waiting, "awaiting": a.awaiting} for a in p.actions],
+                         "waiting": a.waiting, **({"awaiting": a.awaiting} if a.awaiting else {})} for a in p.actions],
             "unchanged": p.unchanged,
             "awaiting": {"count": len(p.awaiting), "id": p.fingerprint,
                          "confirm": f"nero apply {p.fingerprint}" if p.fingerprint else ""},
