@@ -119,10 +119,11 @@ class Project:
         """The workbook as last read by `load()`; None before."""
         return self._rec.workbook
 
-    def load(self, keep_last_good: bool = False) -> list[str]:
-        """Read the workbook if it changed since the last read; returns warnings. Raises
-        WorkbookError unless `keep_last_good` and a good workbook was read before."""
-        return self._rec.load(keep_last_good=keep_last_good)
+    def load(self, keep_last_good: bool = False, settle_s: float = 0.0) -> list[str]:
+        """Read the workbook if it changed since the last read (and, with `settle_s`, has
+        not changed for that long since); returns warnings. Raises WorkbookError unless
+        `keep_last_good` and a good workbook was read before."""
+        return self._rec.load(keep_last_good=keep_last_good, settle_s=settle_s)
 
     # ------------------------------------------------------------ clusters
     def backend(self, cluster: str) -> Backend:

@@ -66,7 +66,7 @@ class PassReport:
 
 
 UNCONFIRMED_GRACE_S = 60.0  # above Slurm's and SGE's default message timeouts
-SETTLE_S = 2.0  # while watching, a saved workbook is read once its file has not changed for this long
+SETTLE_S = 2.0  # the watch loop reads a saved workbook once its file has not changed for this long
 
 
 @dataclass(frozen=True)
@@ -124,11 +124,12 @@ class Reconciler:
         self.reread: Reread | None = None  # the last re-read while watching (the loop says it)
 
     # ------------------------------------------------------------ workbook
-    def load(self, keep_last_good: bool = False) -> list[str]:
+    def load(self, keep_last_good: bool = False, settle_s: float = 0.0) -> list[str]:
         """Re-read the workbook if it changed. Returns warnings; raises WorkbookError
-        unless `keep_last_good` and a good workbook was read before. With `keep_last_good`
-        (watching) a changed workbook is read only once it has not changed for SETTLE_S,
-        so saves in quick succession are read (and applied) once; `reread` says it."""
+        unless `keep_last_good` and a good workbook was read before. With `settle_s` (the
+        watch loop: SETTLE_S) a changed workbook is read only once its file has not changed
+        for that long, so saves in quick succession are read (and applied) once; with
+        `keep_last_good`, `reread` says what a re-read found."""
         from .sheet import lock_file, read_workbook
 
         warnings: list[str] = []
@@ -143,7 +144,7 @@ class Reconciler:
         if lock is not None and keep_last_good and self.workbook is not None:
             return self._once(("lock", stamp), f"{self.workbook_path.name} is open in a spreadsheet program ({lock.name}); "
                               "keeping the last good plan until it is saved and closed")
-        if keep_last_good and self.workbook is not None and stamp and time.time() - stamp[0] / 1e9 < SETTLE_S:
+        if settle_s and self.workbook is not None and stamp and time.time() - stamp[0] / 1e9 < settle_s:
             return warnings  # just saved: read it once it settles
         before = self.workbook
         try:

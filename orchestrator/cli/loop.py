@@ -89,6 +89,7 @@ def _loop(project: Project, interval: float | None, until_done: bool, prune: boo
     import schedule
 
     from ..model import RunState
+    from ..reconcile import SETTLE_S
 
     every = interval or (project.workbook.settings.interval if project.workbook else 30) or 30
     sched = schedule.Scheduler()
@@ -117,7 +118,7 @@ def _loop(project: Project, interval: float | None, until_done: bool, prune: boo
             _tick()
 
     def _tick() -> None:
-        for w in project.load(keep_last_good=True):
+        for w in project.load(keep_last_good=True, settle_s=SETTLE_S):
             warn(w)
         said.reread(project.reread())
         report = project.reconcile(prune=prune, yes=yes)
