@@ -258,3 +258,23 @@ def test_saves_in_quick_succession_are_read_once(project: Path):
         out, _ = loop.communicate(timeout=30)
     assert out.count("workbook re-read") == 1 and "workbook re-read (saved " in out and "2 rows changed" in out, out
     assert runs["y"]["attempt"] == 1 and attempts(project) == [("x", 1), ("y", 1), ("z", 1)]  # y started once, as saved last
+
+
+def test_settings_on_save_apply_all_restarts_at_once_and_a_bad_value_is_a_cell_error(project: Path):
+    """#13: a project opts into applying everything on save (Settings on_save = apply all);
+    a value that is neither choice is reported at its cell, and nothing runs."""
+    (project / "stepper.py").write_text(STEPPER)
+
+    def book(lr: float, on_save: str) -> None:
+        write_workbook(project / "experiments.xlsx", _rows(lr)[:1], clusters=LOCAL, settings={"on_save": on_save})
+
+    book(0.1, "sometimes")
+    bad = nero("plan", str(project))
+    assert bad.returncode == 2 and "Settings!B2" in bad.stderr and "confirm, apply all" in bad.stderr, bad.stderr
+    book(0.1, "apply all")
+    nero("reconcile", str(project), check=True)
+    wait_for(lambda: all(r["state"] == "running" for r in status(project).values()), what="running")
+    book(0.2, "apply all")
+    said = nero("reconcile", str(project), check=True).stdout
+    assert "awaiting confirmation" not in said and "restarted: lr: 0.1 → 0.2" in said
+    assert {k: r["attempt"] for k, r in status(project).items()} == {"a[tag=1]": 2, "a[tag=2]": 2}
