@@ -122,6 +122,7 @@ class Reconciler:
         self._warned: tuple | None = None
         self._retry: dict[str, tuple[int, str]] = {}  # run key -> (retry number, reason) of the attempt being submitted
         self.reread: Reread | None = None  # the last re-read while watching (the loop says it)
+        self._remembered = ""  # the fingerprint of the last plan kept for `nero apply ID`
 
     # ------------------------------------------------------------ workbook
     def load(self, keep_last_good: bool = False, settle_s: float = 0.0) -> list[str]:
@@ -226,8 +227,9 @@ class Reconciler:
 
     def remember(self, plan: Plan) -> None:
         """Keep what a plan with awaiting changes listed, for `nero apply ID` to compare."""
-        if plan.fingerprint:
-            self.store.remember_plan(plan.fingerprint, [describe(a) for a in plan.awaiting])
+        if plan.fingerprint and plan.fingerprint != self._remembered:  # once per plan, not every pass
+            self.store.remember_plan(plan.fingerprint, [describe(a) for a in plan.awaiting[:1000]])
+            self._remembered = plan.fingerprint
 
     def _confirmations(self, gate: Gate, plan: Plan) -> None:
         """After planning a pass: drop the confirmed tokens the plan no longer holds (used up,

@@ -402,8 +402,9 @@ class Store(Outbox):
         return json.loads(self.get_meta("shown_plans") or "{}").get(fingerprint)
 
     def remember_plan(self, fingerprint: str, lines: Sequence[str], keep: int = 20) -> None:
-        """Keep what a plan awaiting confirmation listed (the newest `keep` plans), so that
-        `nero apply ID` can say what changed since that plan was shown."""
+        """Keep what a plan awaiting confirmation listed (the newest `keep` plans; the caller
+        keeps at most its first 1,000 lines), so that `nero apply ID` can say what changed
+        since that plan was shown."""
         shown = json.loads(self.get_meta("shown_plans") or "{}")
         if shown.get(fingerprint) == list(lines):
             return
