@@ -88,7 +88,7 @@ def main() -> None:
     ids: list[str] = []
     try:
         t0 = time.perf_counter()
-        rec.run_pass(results=False)
+        rec.run_pass(results=False, yes=True)  # the whole grid at once (over Settings confirm_over: as `--yes`)
         submit_s = time.perf_counter() - t0
         snap = rec.store.snapshot()
         ids = sorted({r.job_id.split("_")[0] for r in snap.values() if r.job_id})

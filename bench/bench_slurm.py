@@ -81,7 +81,7 @@ def nero_pass(n: int, arrays: bool, tag: str) -> dict:
     rec = Reconciler(project / "experiments.xlsx", backend_factory=factory)
     rec.load()
     t0 = time.perf_counter()
-    rec.run_pass(results=False)
+    rec.run_pass(results=False, yes=True)  # the whole grid at once (over Settings confirm_over: as `--yes`)
     seconds = time.perf_counter() - t0
     backend = rec.backend("slurm")
     trips, conns = backend.shell.round_trips, backend.shell.connections

@@ -189,6 +189,8 @@ class Settings:
     checkpoints: tuple[int, ...] = ()
     min_free_disk: str = ""
     default_cluster: str = "local"
+    on_save: str = "confirm"  # or "apply all": changes that throw work away wait for `nero apply` (confirm.py)
+    confirm_over: int = 200  # more new runs than this at once wait for `nero apply` too
 
 
 @dataclass(frozen=True)
@@ -316,6 +318,8 @@ class Action:
     waiting: str = ""  # a submit that has no free slot this pass says why
     resume: bool = False  # the new attempt gets NERO_RESUME=1 and the previous run dir
     retry: int = 0  # the automatic retry this restart is (0: not a retry)
+    token: str = ""  # set when the action throws work away or is one of too many new runs (confirm.py)
+    awaiting: str = ""  # why it waits for `nero apply` (a token not confirmed yet); the pass skips it
 
 
 class OverrideKind(StrEnum):
@@ -343,10 +347,16 @@ class Override:
 class Plan:
     actions: tuple[Action, ...]
     unchanged: int
+    fingerprint: str = ""  # names the set of actions awaiting confirmation (`nero apply <fingerprint>`)
 
     @property
     def changes(self) -> tuple[Action, ...]:
         return tuple(a for a in self.actions if a.kind not in (ActionKind.HOLD, ActionKind.ORPHAN))
+
+    @property
+    def awaiting(self) -> tuple[Action, ...]:
+        """The actions that wait for `nero apply` (confirm.py says which)."""
+        return tuple(a for a in self.actions if a.awaiting)
 
     def of(self, kind: ActionKind) -> tuple[Action, ...]:
         return tuple(a for a in self.actions if a.kind is kind)

@@ -17,7 +17,9 @@ Pure: no backend, file or clock. Decisions, in order:
   finished, completed or terminated by a rule (`pretrain finished`); a run that ended
   otherwise and will not come back holds it for good, and the reason names that run;
 * submits and restarts are given a cluster in priority order while clusters have free
-  slots; the rest stay in the plan with `waiting` saying why.
+  slots; the rest stay in the plan with `waiting` saying why;
+* a change that throws work away (confirm.py) waits for `nero apply` unless the gate lets
+  it through: it stays in the plan with `awaiting` saying why, and the pass skips it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
+from .confirm import Gate, fingerprint, mark, risk, too_many
 from .errors import WorkbookError
 from .model import (
     Action,
@@ -77,9 +80,13 @@ def plan(
     capacity: Mapping[str, int],
     prune: bool = False,
     overrides: Mapping[str, Override] | None = None,
+    gate: Gate | None = None,
 ) -> Plan:
+    """What a pass must do (see the module). `gate` says which changes that throw work
+    away wait for a confirmation; without one, none waits."""
     _one_spec_per_key(specs)
     overrides = overrides or {}
+    gate = gate or Gate(apply_all=True)
     actions: list[Action] = []
     wanted: list[tuple[RunSpec, ActionKind, str, Action | None]] = []
     unchanged = 0
@@ -97,7 +104,9 @@ def plan(
         if spec.desired is Desired.STOP or manual is OverrideKind.ABORT:
             why = f"{_STOPPED}{spec.row}" if spec.desired is Desired.STOP else _ABORTED
             if live and not (rec and rec.stop_requested):
-                actions.append(Action(ActionKind.CANCEL, spec.key, why, spec, rec.cluster if rec else ""))
+                cancel = Action(ActionKind.CANCEL, spec.key, why, spec, rec.cluster if rec else "")
+                by_sheet = manual is not OverrideKind.ABORT
+                actions.append(mark(cancel, risk(cancel.kind, rec) if by_sheet else "", rec.attempt if rec else 0, gate))
             elif rec is None and manual is OverrideKind.ABORT:
                 actions.append(Action(ActionKind.HOLD, spec.key, f"{why}: not started", spec))
             else:
@@ -109,6 +118,8 @@ def plan(
         elif rec.spec_hash != spec.spec_hash:
             changed = diff_essence(json.loads(rec.essence), spec.essence())
             kind, reason = ActionKind.RESTART, "; ".join(changed) or "spec changed"
+            typed = manual is OverrideKind.RESTART  # `nero restart` after the edit: confirmed when typed
+            template = mark(Action(kind, spec.key, reason, spec), "" if typed else risk(kind, rec), rec.attempt, gate)
         elif manual is OverrideKind.RESTART:
             kind, reason = ActionKind.RESTART, "requested with `nero restart`" + (" --resume" if override and override.resume else "")
             template = Action(kind, spec.key, reason, spec, resume=bool(override and override.resume))
@@ -141,15 +152,26 @@ def plan(
         if key in seen or not (rec.state.live or rec.intent):
             continue
         if prune:
-            actions.append(Action(ActionKind.CANCEL, key, "row removed from the sheet (--prune)", None, rec.cluster))
+            cancel = Action(ActionKind.CANCEL, key, "row removed from the sheet (--prune)", None, rec.cluster)
+            actions.append(mark(cancel, risk(cancel.kind, rec), rec.attempt, gate))
         else:
             actions.append(Action(ActionKind.ORPHAN, key, "row removed from the sheet but still running; "
                                   "set state=stop on a row for it or run with --prune to cancel it", None, rec.cluster))
 
-    actions.extend(_assign(wanted, snapshot, capacity))
+    new_runs = sum(1 for _, kind, _, _ in wanted if kind is ActionKind.SUBMIT)
+    many = too_many(new_runs, gate)
+    going = []
+    for spec, kind, reason, template in wanted:
+        if kind is ActionKind.SUBMIT:
+            template = mark(Action(kind, spec.key, "new run", spec), many, 0, gate)
+        if template is not None and template.awaiting:
+            actions.append(replace(template, reason=reason.partition("|")[0]))
+        else:
+            going.append((spec, kind, reason, template))
+    actions.extend(_assign(going, snapshot, capacity))
     order = {ActionKind.CANCEL: 0, ActionKind.RESTART: 1, ActionKind.SUBMIT: 2, ActionKind.ORPHAN: 3, ActionKind.HOLD: 4}
     actions.sort(key=lambda a: order[a.kind])
-    return Plan(tuple(actions), unchanged)
+    return Plan(tuple(actions), unchanged, fingerprint(a.token for a in actions if a.awaiting))
 
 
 def _one_spec_per_key(specs: Sequence[RunSpec]) -> None:

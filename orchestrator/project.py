@@ -43,7 +43,7 @@ if TYPE_CHECKING:
         Series,
         Workbook,
     )
-    from .reconcile import PassReport
+    from .reconcile import PassReport, Reread
     from .state import Mail
 
 __all__ = ["Candidate", "LOCK_WAIT_S", "Overridden", "Project"]
@@ -119,10 +119,11 @@ class Project:
         """The workbook as last read by `load()`; None before."""
         return self._rec.workbook
 
-    def load(self, keep_last_good: bool = False) -> list[str]:
-        """Read the workbook if it changed since the last read; returns warnings. Raises
-        WorkbookError unless `keep_last_good` and a good workbook was read before."""
-        return self._rec.load(keep_last_good=keep_last_good)
+    def load(self, keep_last_good: bool = False, settle_s: float = 0.0) -> list[str]:
+        """Read the workbook if it changed since the last read (and, with `settle_s`, has
+        not changed for that long since); returns warnings. Raises WorkbookError unless
+        `keep_last_good` and a good workbook was read before."""
+        return self._rec.load(keep_last_good=keep_last_good, settle_s=settle_s)
 
     # ------------------------------------------------------------ clusters
     def backend(self, cluster: str) -> Backend:
@@ -165,12 +166,27 @@ class Project:
 
     # ------------------------------------------------------------ plan and reconcile
     def plan(self, prune: bool = False) -> Plan:
-        """What a reconcile pass would do now, and why (nothing is touched)."""
+        """What a reconcile pass would do now, and why (nothing is touched but the memory of
+        the awaiting changes it shows, for `nero apply ID`)."""
         return self._rec.plan(prune=prune)
 
-    def reconcile(self, prune: bool = False) -> PassReport:
-        """One reconcile pass: submit, restart, cancel, collect metrics, apply the rules."""
-        return self._rec.run_pass(prune=prune)
+    def reconcile(self, prune: bool = False, yes: bool = False) -> PassReport:
+        """One reconcile pass: submit, restart, cancel, collect metrics, apply the rules;
+        changes that throw work away wait for `confirm` (orchestrator.confirm) unless `yes`."""
+        return self._rec.run_pass(prune=prune, yes=yes)
+
+    def confirm(self, plan: Plan) -> list[str]:
+        """Confirm exactly the changes `plan` shows awaiting; the next pass applies them."""
+        return self._rec.confirm(plan)
+
+    def shown_plan(self, fingerprint: str) -> list[str] | None:
+        """What the plan `fingerprint` listed as awaiting, if such a plan was shown."""
+        return self._rec.store.shown_plan(fingerprint)
+
+    def reread(self) -> Reread | None:
+        """The workbook's re-read by the last `load`, once (None if it was not re-read)."""
+        found, self._rec.reread = self._rec.reread, None
+        return found
 
     def outstanding(self, plan: Plan) -> int:
         """Runs still pending or live under `plan` (held runs do not count)."""
@@ -237,7 +253,7 @@ class Project:
         return Freshness(last, False, refreshed=tuple(keys), note=note,
                          ended=tuple(k for k in keys if k in snap and snap[k].state.finished))
 
-    def apply_now(self) -> PassReport | None:
+    def apply_now(self, prune: bool = False) -> PassReport | None:
         """Run a pass right away (re-reading the workbook) unless a watching reconcile holds
         the lock, which applies what changed in its next pass: the pass's report, or None
         when the lock is held. Raises NeroError when the pass fails."""
@@ -245,7 +261,7 @@ class Project:
             if not held:
                 return None
             self.load()
-            return self.reconcile()
+            return self.reconcile(prune=prune)
 
     # ------------------------------------------------------------ results
     def results_path(self) -> Path:

@@ -18,11 +18,12 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .backends import Backend, make_backend
+from .confirm import APPLY_ALL, Gate, describe
 from .errors import BackendError, NeroError, WorkbookError
 from .jobs import params_json
 from .lifecycle import observe, recovery
@@ -53,7 +54,7 @@ from .spec import expand
 from .state import Store
 from .units import format_megabytes
 
-__all__ = ["PassReport", "Reconciler", "ClusterWatch", "state_path", "git_info"]
+__all__ = ["PassReport", "Reconciler", "Reread", "ClusterWatch", "SETTLE_S", "state_path", "git_info"]
 
 _Jobs = dict[str, list[tuple[JobScript, RunRecord | None]]]  # the jobs of a pass, by cluster
 
@@ -68,6 +69,24 @@ class PassReport:
 
 
 UNCONFIRMED_GRACE_S = 60.0  # above Slurm's and SGE's default message timeouts
+SETTLE_S = 2.0  # the watch loop reads a saved workbook once its file has not changed for this long
+
+
+@dataclass(frozen=True)
+class Reread:
+    """A re-read of the workbook while watching: when it was saved, and how many of its
+    Experiments rows changed (added, removed or edited)."""
+
+    saved_at: float
+    rows_changed: int
+
+
+def _reread(before: Workbook, after: Workbook, stamp: tuple[int, int] | None) -> Reread:
+    """The re-read of `after` over `before`: when it was saved, how many rows changed."""
+    old = {e.id: replace(e, row=0, cells=()) for e in before.experiments}
+    new = {e.id: replace(e, row=0, cells=()) for e in after.experiments}
+    changed = sum(old.get(i) != new.get(i) for i in old.keys() | new.keys())
+    return Reread(stamp[0] / 1e9 if stamp else time.time(), changed)
 
 
 def state_path(workbook: Path) -> Path:
@@ -106,11 +125,16 @@ class Reconciler:
         self._warned: tuple | None = None
         self._watching = False  # load(keep_last_good=True): a loop that keeps going on a bad workbook
         self._retry: dict[str, tuple[int, str]] = {}  # run key -> (retry number, reason) of the attempt being submitted
+        self.reread: Reread | None = None  # the last re-read while watching (the loop says it)
+        self._remembered = ""  # the fingerprint of the last plan kept for `nero apply ID`
 
     # ------------------------------------------------------------ workbook
-    def load(self, keep_last_good: bool = False) -> list[str]:
+    def load(self, keep_last_good: bool = False, settle_s: float = 0.0) -> list[str]:
         """Re-read the workbook if it changed. Returns warnings; raises WorkbookError
-        unless `keep_last_good` and a good workbook was read before."""
+        unless `keep_last_good` and a good workbook was read before. With `settle_s` (the
+        watch loop: SETTLE_S) a changed workbook is read only once its file has not changed
+        for that long, so saves in quick succession are read (and applied) once; with
+        `keep_last_good`, `reread` says what a re-read found."""
         from .sheet import lock_file, read_workbook
 
         warnings: list[str] = []
@@ -126,6 +150,9 @@ class Reconciler:
         if lock is not None and keep_last_good and self.workbook is not None:
             return self._once(("lock", stamp), f"{self.workbook_path.name} is open in a spreadsheet program ({lock.name}); "
                               "keeping the last good plan until it is saved and closed")
+        if settle_s and self.workbook is not None and stamp and time.time() - stamp[0] / 1e9 < settle_s:
+            return warnings  # just saved: read it once it settles
+        before = self.workbook
         try:
             wb = read_workbook(self.workbook_path)
             specs = expand(wb)
@@ -139,6 +166,8 @@ class Reconciler:
         self.workbook, self.specs, self._stamp = wb, specs, stamp
         from .rules import name_warnings
 
+        if keep_last_good and before is not None:
+            self.reread = _reread(before, wb, stamp)
         return warnings + name_warnings(self.specs, wb.settings.primary_metric, self.metric_names())
 
     def _preflight(self, wb: Workbook, specs: list[RunSpec]) -> None:
@@ -199,13 +228,50 @@ class Reconciler:
         self.store.close()
 
     # ------------------------------------------------------------ plan
-    def plan(self, prune: bool = False) -> Plan:
+    def plan(self, prune: bool = False, yes: bool = False) -> Plan:
         assert self.workbook is not None
-        return make_plan(self.specs, self.store.snapshot(), self.capacity(), prune=prune,
-                         overrides=self.store.overrides())
+        found = make_plan(self.specs, self.store.snapshot(), self.capacity(), prune=prune,
+                          overrides=self.store.overrides(), gate=self.gate(yes))
+        self.remember(found)
+        return found
+
+    def gate(self, yes: bool = False) -> Gate:
+        """The confirmation policy of the workbook's Settings (confirm.py); `yes` applies all."""
+        assert self.workbook is not None
+        s = self.workbook.settings
+        return Gate(apply_all=yes or s.on_save == APPLY_ALL, over=s.confirm_over, confirmed=self.store.confirmed())
+
+    def confirm(self, plan: Plan) -> list[str]:
+        """Confirm the changes `plan` shows awaiting, exactly those (their tokens): the next
+        pass applies them. Returns their lines."""
+        self.store.set_confirmed(self.store.confirmed() | {a.token for a in plan.awaiting})
+        return [describe(a) for a in plan.awaiting]
+
+    def remember(self, plan: Plan) -> None:
+        """Keep what a plan with awaiting changes listed, for `nero apply ID` to compare."""
+        if plan.fingerprint and plan.fingerprint != self._remembered:  # once per plan, not every pass
+            self.store.remember_plan(plan.fingerprint, [describe(a) for a in plan.awaiting[:1000]])
+            self._remembered = plan.fingerprint
+
+    def _confirmations(self, gate: Gate, plan: Plan) -> None:
+        """After planning a pass: drop the confirmed tokens the plan no longer holds (used up,
+        or the change is gone) and remember what awaits. Dropped only when the workbook read
+        is the one saved now (not one still settling, open elsewhere or invalid), since
+        `nero apply` may have confirmed what the saved workbook asks for."""
+        held = {a.token for a in plan.actions if a.token}
+        try:
+            st = self.workbook_path.stat()
+            current = (st.st_mtime_ns, st.st_size) == self._stamp
+        except OSError:
+            current = False
+        if gate.confirmed - held and current:
+            self.store.set_confirmed(gate.confirmed & held)
+        self.remember(plan)
 
     # ------------------------------------------------------------ one pass
-    def run_pass(self, prune: bool = False, results: bool = True) -> PassReport:
+    def run_pass(self, prune: bool = False, results: bool = True, yes: bool = False) -> PassReport:
+        """One pass (see the module); changes that wait for a confirmation are skipped
+        (confirm.py), all are applied with `yes`."""
         assert self.workbook is not None, "load() first"
         now = self.clock()
         report = PassReport(plan=Plan((), 0))
@@ -213,7 +279,9 @@ class Reconciler:
         self._poll(now, report)
         self._rules(now, report)
         overrides = self.store.overrides()
-        plan = make_plan(self.specs, self.store.snapshot(), self.capacity(), prune=prune, overrides=overrides)
+        gate = self.gate(yes)
+        plan = make_plan(self.specs, self.store.snapshot(), self.capacity(), prune=prune, overrides=overrides, gate=gate)
+        self._confirmations(gate, plan)
         report.plan = plan
         try:
             jobs = self._jobs(plan)  # every job rendered before anything is cancelled or submitted
@@ -486,6 +554,8 @@ class Reconciler:
             rec = snap.get(a.key)
             if rec is None or not (rec.state.live or rec.intent):
                 continue
+            if a.awaiting:
+                continue
             if a.kind in (ActionKind.CANCEL, ActionKind.RESTART) and not (a.kind is ActionKind.RESTART and a.waiting):
                 todo.setdefault(rec.cluster, []).append((rec, a))
         def cancel(rec: RunRecord, a: Action) -> Update:
@@ -510,7 +580,7 @@ class Reconciler:
         problems: list[Problem] = []
         retries: dict[str, tuple[int, str]] = {}
         for a in plan.actions:
-            if a.kind not in (ActionKind.SUBMIT, ActionKind.RESTART) or a.waiting or a.spec is None:
+            if a.kind not in (ActionKind.SUBMIT, ActionKind.RESTART) or a.waiting or a.awaiting or a.spec is None:
                 continue
             prev = snap.get(a.key)
             attempt = (prev.attempt + 1) if prev else 1
@@ -639,7 +709,9 @@ class Reconciler:
         queue = []
         if plan is not None:
             for a in plan.actions:
-                if a.kind is ActionKind.HOLD or a.waiting:
+                if a.awaiting:
+                    queue.append((a.key, f"awaiting confirmation ({a.awaiting}): nero apply {plan.fingerprint}"))
+                elif a.kind is ActionKind.HOLD or a.waiting:
                     queue.append((a.key, a.reason if a.kind is ActionKind.HOLD else a.waiting))
         goals = goals_of((name for r in snap.values() for name in r.last), wb.goals)
         return ResultsInput(
@@ -668,9 +740,9 @@ class Reconciler:
 
     # ------------------------------------------------------------ queries
     def outstanding(self, plan: Plan) -> int:
-        """Runs still pending or live (held runs do not count)."""
+        """Runs still pending or live (held runs and changes awaiting confirmation do not count)."""
         live = sum(1 for r in self.store.snapshot().values() if r.state.live or r.intent)
-        waiting = sum(1 for a in plan.actions if a.kind in (ActionKind.SUBMIT, ActionKind.RESTART))
+        waiting = sum(1 for a in plan.actions if a.kind in (ActionKind.SUBMIT, ActionKind.RESTART) and not a.awaiting)
         return live + waiting
 
 

@@ -158,8 +158,8 @@ def test_a_row_edit_keeps_the_earlier_attempt_visible_everywhere(project: Path):
     sheet(6, 1)
     nero("reconcile", str(project), "--until-done", "--interval", "0.3", "-q", check=True)
     time.sleep(1.1)  # a new mtime even on coarse file systems
-    sheet(4, 2)  # the row edit: b restarts
-    nero("reconcile", str(project), "--until-done", "--interval", "0.3", "-q", check=True)
+    sheet(4, 2)  # the row edit: b restarts (it re-runs a completed run: confirmed with --yes)
+    nero("reconcile", str(project), "--until-done", "--interval", "0.3", "-q", "--yes", check=True)
 
     runs = json.loads(nero("status", str(project), "--json", "--attempts", check=True).stdout)
     b = next(r for r in runs if r["run"] == "b")

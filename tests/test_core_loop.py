@@ -115,7 +115,14 @@ def test_edits_make_plan_print_the_expected_actions_and_reconcile_carries_them_o
     human = nero("plan", str(project), check=True).stdout
     assert "steps: 400 → 500" in human and "Plan: 1 to submit, 1 to restart, 1 to cancel, 1 orphaned" in human
 
-    nero("reconcile", str(project), check=True)
+    # a pass starts the new run at once; the restart and the cancel throw work away: they wait
+    said = nero("reconcile", str(project), check=True).stdout
+    assert "restart b (steps: 400 → 500; cancels the running attempt) — awaiting confirmation: nero apply " in said
+    waiting = {r["run"]: r for r in status(project)}
+    assert waiting["b"]["attempt"] == 1 and waiting["c"]["state"] == "running"
+    assert waiting["a[tag=3]"]["state"] in ("submitted", "running")
+    nero("apply", str(project), check=True)  # confirms what awaits and runs the pass
+
     def c_cancelled():
         nero("reconcile", str(project), check=True)
         runs = {r["run"]: r for r in status(project)}
@@ -133,9 +140,11 @@ def test_edits_make_plan_print_the_expected_actions_and_reconcile_carries_them_o
 
     # with no edit, the plan is empty again, but the orphan is still reported
     assert [a[:2] for a in plan_json(project)] == [("orphaned", "d")]
-    # --prune cancels it
+    # --prune cancels it, once confirmed
     assert [a[:2] for a in plan_json(project, "--prune")] == [("cancel", "d")]
     nero("reconcile", str(project), "--prune", check=True)
+    assert {r["run"]: r["state"] for r in status(project)}["d"] == "running"
+    nero("apply", str(project), "--prune", check=True)
 
     def d_cancelled():
         nero("reconcile", str(project), check=True)

@@ -568,7 +568,7 @@ def test_state_stop_cancels_running_jobs_on_every_remote_kind(remote: Remote):
     time.sleep(1.1)
     write_workbook(remote.project / "experiments.xlsx", [dict(r, state="stop") for r in rows],
                    clusters=remote.clusters())
-    wait_for(lambda: remote.nero("reconcile", str(remote.project), "-q") and
+    wait_for(lambda: remote.nero("reconcile", str(remote.project), "-q", "--yes") and  # cancels wait for a confirmation
              all(r["state"] == "cancelled" for r in remote.status().values()), timeout=60, what="all cancelled")
     runs = remote.status()
     assert all(r["reason"] == "state=stop in Experiments row " + str(i + 2) for i, r in enumerate(runs.values()))

@@ -8,7 +8,7 @@ and prints; `group.py` holds the click group and what the commands share.
     scaffold   init
     runs       plan, status, history
     loop       reconcile (one pass, --watch, --until-done) and its scheduled digests
-    actions    abort, restart, hold, release
+    actions    abort, restart, hold, release, apply (confirm what awaits confirmation)
     logs       logs
     mail       digest, mail
     data       export, plot, resources

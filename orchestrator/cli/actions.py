@@ -1,19 +1,24 @@
 """The commands that act on runs a selector picks: `nero abort`, `restart`, `hold` and
 `release`. Each shows the runs, asks (unless --yes), records the override, and applies it
-with a pass right away unless a watching reconcile will."""
+with a pass right away unless a watching reconcile will. `nero apply` confirms the changes
+a plan shows awaiting confirmation, and applies them the same way."""
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import NeroError
 from ..project import Candidate, Project
-from .console import STATE_STYLE, console, escape, print_report
+from .console import STATE_STYLE, awaiting_lines, console, escape, print_report
 from .group import WORKBOOK_OPTION, main, open_project, select, warn, workbook_and_selector
 
-__all__ = ["abort", "hold", "release", "restart"]
+if TYPE_CHECKING:
+    from ..model import Plan
+
+__all__ = ["abort", "apply", "hold", "release", "restart"]
 
 
 def _confirm(verb: str, found: list[Candidate], yes: bool) -> bool:
@@ -37,10 +42,10 @@ def _confirm(verb: str, found: list[Candidate], yes: bool) -> bool:
     return click.confirm(f"{verb.capitalize()} these {len(found)} runs?", default=False)
 
 
-def _apply_now(project: Project) -> None:
+def _apply_now(project: Project, prune: bool = False) -> None:
     """Run a pass right away unless a watching reconcile holds the lock (it applies it then)."""
     try:
-        report = project.apply_now()
+        report = project.apply_now(prune=prune)
     except NeroError as e:
         warn(f"recorded, but the pass failed: {e}; the next `nero reconcile` applies it")
         return
@@ -103,3 +108,50 @@ restart = _override_command("restart", """Start a new attempt of the runs matchi
 hold = _override_command("hold", """Keep the runs matching SELECTOR from starting (running ones
     go on) until `nero release` or until their rows change.""")
 release = _override_command("release", """Undo `nero hold` / `nero abort` for the runs matching SELECTOR.""")
+
+
+@main.command()
+@click.argument("args", nargs=-1, metavar="[WORKBOOK] [ID]")
+@WORKBOOK_OPTION
+@click.option("--prune", is_flag=True, help="The plan of `nero plan --prune`: confirm cancelling runs whose rows were removed.")
+def apply(args: tuple[str, ...], workbook: str | None, prune: bool) -> None:
+    """Confirm the changes awaiting confirmation, and apply them.
+
+    \b
+    `nero plan` and `nero reconcile --watch` list what waits (restarting a running or
+    finished run, cancelling, more new runs at once than Settings confirm_over) with the
+    plan's ID: `nero apply 3f9a2c` confirms exactly that plan, and refuses, saying what
+    changed, if the workbook or the runs have changed it since. Without an ID it lists
+    what awaits now and confirms that. A running `nero reconcile --watch` applies it in
+    its next pass; else a pass runs now. A change undone before it is confirmed simply
+    leaves the plan: nothing is restarted or cancelled for it.
+    """
+    given, wanted = workbook_and_selector(args)
+    with open_project(workbook or given) as project:
+        plan = project.plan(prune=prune)
+        if wanted and wanted != plan.fingerprint:
+            raise click.ClickException(_changed_since(project, wanted, plan))
+        if not plan.awaiting:
+            click.echo("Nothing awaits confirmation; `nero plan` shows what a pass would do.")
+            return
+        for line in awaiting_lines(plan, limit=len(plan.awaiting)):
+            click.echo(line.partition(" — awaiting confirmation")[0])
+        n = len(project.confirm(plan))
+        click.echo(f"Confirmed {n} change{'s' if n != 1 else ''} (plan {plan.fingerprint}).")
+        _apply_now(project, prune)
+
+
+def _changed_since(project: Project, wanted: str, plan: Plan) -> str:
+    """Why `nero apply ID` refuses: the plan shown as ID is not the plan now, and how."""
+    from ..confirm import describe
+
+    now = "nothing awaits confirmation now" if not plan.fingerprint else (
+        f"the plan now is {plan.fingerprint}; check it with `nero plan` and confirm it with `nero apply {plan.fingerprint}`")
+    shown = project.shown_plan(wanted)
+    if shown is None:
+        return f"no plan {wanted} was shown for this workbook; {now}"
+    current = {describe(a) for a in plan.awaiting}
+    gone, new = sorted(set(shown) - current), sorted(current - set(shown))
+    said = [f"no longer awaiting: {line}" for line in gone[:10]] + [f"newly awaiting: {line}" for line in new[:10]]
+    return (f"the plan changed since {wanted} was shown, so nothing was confirmed:\n  " + "\n  ".join(said) +
+            f"\n{now}")

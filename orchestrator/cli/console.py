@@ -12,9 +12,10 @@ from .group import warn
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from ..model import Plan
     from ..reconcile import PassReport
 
-__all__ = ["STATE_STYLE", "console", "escape", "print_report"]
+__all__ = ["STATE_STYLE", "awaiting_lines", "console", "escape", "print_report"]
 
 STATE_STYLE = {
     "pending": "dim", "submitted": "cyan", "running": "blue", "completed": "green", "failed": "red",
@@ -52,3 +53,22 @@ def print_report(report: PassReport, quiet: bool) -> None:
         kind = f"{e.kind:<10}"
         kind = f"[{style}]{kind}[/]" if style else kind
         con.print(f"{stamp} {kind} {escape(e.key)}  [dim]{escape(e.reason)}[/]", soft_wrap=True)
+
+
+def awaiting_lines(plan: Plan, limit: int = 10) -> list[str]:
+    """What waits for `nero apply`, a line per change (at most `limit`, then a count) and
+    one line for the new runs over Settings confirm_over: `restart demo[lr=0.1] (lr: 0.1 →
+    0.2; cancels the running attempt) — awaiting confirmation: nero apply 3f9a2c`."""
+    from ..confirm import describe
+    from ..model import ActionKind
+
+    then = f" — awaiting confirmation: nero apply {plan.fingerprint}"
+    new = [a for a in plan.awaiting if a.kind is ActionKind.SUBMIT]
+    others = [a for a in plan.awaiting if a.kind is not ActionKind.SUBMIT]
+    lines = [describe(a) + then for a in others[:limit]]
+    if len(others) > limit:
+        lines.append(f"… and {len(others) - limit} more changes" + then)
+    if new:
+        rows = sorted({a.spec.experiment for a in new if a.spec})
+        lines.append(f"submit {len(new)} new runs of {', '.join(rows)} ({new[0].awaiting.partition(', ')[2]})" + then)
+    return lines

@@ -60,6 +60,7 @@ def main() -> None:
       nero plan demo                       what reconcile would do, with reasons
       nero reconcile demo --until-done     run it all, then stop
       nero reconcile demo --watch          keep the world in line with the sheet
+      nero apply demo                      confirm changes that throw work away (restarts, cancels)
       nero status demo                     a table of runs, states and latest metrics
     """
 

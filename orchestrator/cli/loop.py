@@ -11,16 +11,16 @@ import click
 
 from ..errors import DiskError, NeroError
 from ..project import Project
-from .console import console, print_report
+from .console import awaiting_lines, console, print_report
 from .group import WORKBOOK_ARG, fail, main, open_project, warn
 
 if TYPE_CHECKING:
     from schedule import Job, Scheduler
 
     from ..model import Plan
-    from ..reconcile import PassReport
+    from ..reconcile import PassReport, Reread
 
-__all__ = ["DigestLoop", "DiskWait", "print_plan_summary", "reconcile"]
+__all__ = ["Decisions", "DigestLoop", "DiskWait", "print_plan_summary", "reconcile"]
 
 
 @main.command()
@@ -29,12 +29,20 @@ __all__ = ["DigestLoop", "DiskWait", "print_plan_summary", "reconcile"]
 @click.option("--interval", type=float, default=None, help="Seconds between passes (default: Settings interval, else 30).")
 @click.option("--until-done", is_flag=True, help="Loop until nothing is pending or running; exit 1 if any run failed.")
 @click.option("--prune", is_flag=True, help="Cancel running runs whose rows were removed from the sheet.")
-@click.option("-q", "--quiet", is_flag=True, help="Print only warnings and the final summary.")
-def reconcile(workbook: str | None, watch: bool, interval: float | None, until_done: bool, prune: bool, quiet: bool) -> None:
+@click.option("-y", "--yes", is_flag=True,
+              help="Apply changes that throw work away without waiting for `nero apply` (as Settings on_save = apply all).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only warnings, what awaits confirmation and the final summary.")
+def reconcile(workbook: str | None, watch: bool, interval: float | None, until_done: bool, prune: bool, yes: bool,
+              quiet: bool) -> None:
     """Make the runs match the workbook: submit, restart, cancel, and collect metrics.
 
-    One pass by default. With --watch it loops, re-reading the workbook only when it
-    changed; a workbook that becomes invalid or is open in Excel keeps the last good plan.
+    One pass by default. With --watch it loops, re-reading the workbook when it changed
+    and then stayed unchanged for 2 s (quick saves are read once), and says what it did
+    and why, a line each; a workbook that becomes invalid or is open in Excel keeps the
+    last good plan. Changes that throw work away (restarting a running or finished run,
+    cancelling, more new runs at once than Settings confirm_over) wait: they are listed
+    as awaiting confirmation with the command that confirms them (`nero apply 3f9a2c`);
+    --yes or Settings on_save = apply all applies them at once.
     Ctrl-C ends the loop, never the jobs: they keep running and the next reconcile picks
     them up. Exit code 2 when the workbook is invalid (nothing is touched then); 3 when a
     disk nero writes to is full or read-only (nothing is lost then; the loop instead says
@@ -48,11 +56,13 @@ def reconcile(workbook: str | None, watch: bool, interval: float | None, until_d
                 f"(lock {project.paths.reconcile_lock}); stop it first, or use `nero status` to watch")
         try:
             if not (watch or until_done):
-                report = project.reconcile(prune=prune)
+                report = project.reconcile(prune=prune, yes=yes)
                 print_report(report, quiet)
+                for line in awaiting_lines(report.plan):
+                    click.echo(line)
                 print_plan_summary(project, report.plan)
                 return
-            _loop(project, interval, until_done, prune, quiet)
+            _loop(project, interval, until_done, prune, quiet, yes)
         except NeroError as e:
             fail(e)
 
@@ -62,28 +72,31 @@ def print_plan_summary(project: Project, plan: Plan) -> None:
     from collections import Counter
 
     counts = Counter(r.state.value for r in project.runs())
-    waiting = sum(1 for a in plan.actions if a.waiting)
+    waiting = sum(1 for a in plan.actions if a.waiting and not a.awaiting)
     held = len([a for a in plan.actions if a.kind.value == "held"])
     parts = [f"{n} {s}" for s, n in sorted(counts.items())]
     if waiting:
         parts.append(f"{waiting} waiting")
     if held:
         parts.append(f"{held} held")
+    if plan.awaiting:
+        parts.append(f"{len(plan.awaiting)} awaiting confirmation (nero apply {plan.fingerprint})")
     results = project.results_path()
     click.echo(f"runs: {', '.join(parts) or 'none'}" + (f"; results in {results}" if results.exists() else ""))
 
 
-def _loop(project: Project, interval: float | None, until_done: bool, prune: bool, quiet: bool) -> None:
+def _loop(project: Project, interval: float | None, until_done: bool, prune: bool, quiet: bool, yes: bool) -> None:
     import schedule
 
     from ..model import RunState
+    from ..reconcile import SETTLE_S
 
     every = interval or (project.workbook.settings.interval if project.workbook else 30) or 30
     sched = schedule.Scheduler()
     digests = DigestLoop(project, sched, quiet)
     done = {"flag": False}
     progress = None
-    if until_done and sys.stdout.isatty() and not quiet:
+    if sys.stdout.isatty() and not quiet:  # the live view: a line of progress under the decisions
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -98,23 +111,28 @@ def _loop(project: Project, interval: float | None, until_done: bool, prune: boo
         task = progress.add_task("", total=None)
 
     disk = DiskWait(every)
+    said = Decisions(quiet)
 
     def tick() -> None:
         with disk:
             _tick()
 
     def _tick() -> None:
-        for w in project.load(keep_last_good=True):
+        for w in project.load(keep_last_good=True, settle_s=SETTLE_S):
             warn(w)
-        report = project.reconcile(prune=prune)
+        said.reread(project.reread())
+        report = project.reconcile(prune=prune, yes=yes)
         print_report(report, quiet)
+        said.awaiting(report.plan)
         digests.after_pass(report)
         if progress is not None:
             runs = project.runs()
             finished = sum(1 for r in runs if r.state.finished)
             total = len(runs) + sum(1 for a in report.plan.actions if a.kind.value == "submit")
             live = sum(1 for r in runs if r.state.live)
-            progress.update(task, completed=finished, total=total, description=f"{live} live")
+            waits = report.plan.awaiting
+            progress.update(task, completed=finished, total=total, description=f"{live} live" + (
+                f", {len(waits)} awaiting confirmation: nero apply {report.plan.fingerprint}" if waits else ""))
         if until_done and project.outstanding(report.plan) == 0:
             done["flag"] = True
 
@@ -140,6 +158,36 @@ def _loop(project: Project, interval: float | None, until_done: bool, prune: boo
         click.echo(f"{len(bad)} run{'s' if len(bad) != 1 else ''} did not complete: " +
                    ", ".join(f"{r.key} ({r.state.value})" for r in bad[:10]), err=True)
         sys.exit(1)
+
+
+class Decisions:
+    """The loop's account of what it decided and why, a line each: the workbook re-read
+    (when it was saved, how many rows changed), and what awaits confirmation, said when it
+    changes (and when nothing awaits any more: the change was applied or undone)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.fingerprint = ""
+
+    @staticmethod
+    def _say(line: str) -> None:
+        click.echo(f"{time.strftime('%H:%M:%S')} {line}")
+
+    def reread(self, found: Reread | None) -> None:
+        if found is None or self.quiet:
+            return
+        saved = time.strftime("%H:%M:%S", time.localtime(found.saved_at))
+        n = found.rows_changed
+        self._say(f"workbook re-read (saved {saved}): {n} row{'s' if n != 1 else ''} changed")
+
+    def awaiting(self, plan: Plan) -> None:
+        if plan.fingerprint == self.fingerprint:
+            return
+        if not plan.fingerprint:
+            self._say("nothing awaits confirmation any more")
+        for line in awaiting_lines(plan):
+            self._say(line)
+        self.fingerprint = plan.fingerprint
 
 
 class DiskWait:

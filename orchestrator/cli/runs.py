@@ -49,7 +49,10 @@ def plan(workbook: str | None, prune: bool, as_json: bool) -> None:
     ! orphaned  a live run whose row was removed: left running, reported
     = held      a run that is not started: state=hold, or `after` is not satisfied
 
-    A last line says how fresh the picture is (see `nero status --help`).
+    Changes that throw work away (restarting a running or finished run, cancelling) and
+    more new runs at once than Settings confirm_over are listed as awaiting confirmation,
+    with the command that confirms exactly this plan: `nero apply 3f9a2c`. A last line
+    says how fresh the picture is (see `nero status --help`).
     """
     with open_project(workbook) as project:
         try:
@@ -61,8 +64,10 @@ def plan(workbook: str | None, prune: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({
             "actions": [{"action": a.kind.value, "run": a.key, "reason": a.reason, "cluster": a.cluster,
-                         "waiting": a.waiting} for a in p.actions],
+                         "waiting": a.waiting, **({"awaiting": a.awaiting} if a.awaiting else {})} for a in p.actions],
             "unchanged": p.unchanged,
+            "awaiting": {"count": len(p.awaiting), "id": p.fingerprint,
+                         "confirm": f"nero apply {p.fingerprint}" if p.fingerprint else ""},
             "freshness": freshness_json(fresh, now),
         }, indent=2))
         return
@@ -112,7 +117,9 @@ def print_plan(p: Plan) -> None:
         for a in p.actions:
             s, style = sym[a.kind]
             where = f"→ {a.cluster}" if a.cluster else (a.waiting or "")
-            t.add_row(f"[{style}]{s}[/]", f"[{style}]{a.kind.value}[/]", escape(a.key), escape(a.reason), escape(where))
+            reason = f"{a.reason}; {a.awaiting}" if a.awaiting else a.reason
+            where = "awaiting confirmation" if a.awaiting else where
+            t.add_row(f"[{style}]{s}[/]", f"[{style}]{a.kind.value}[/]", escape(a.key), escape(reason), escape(where))
         con.print(t)
     counts = {k: len(p.of(k)) for k in ActionKind}
     parts = [f"{counts[k]} to {k.value}" for k in (ActionKind.SUBMIT, ActionKind.RESTART, ActionKind.CANCEL) if counts[k]]
@@ -122,6 +129,10 @@ def print_plan(p: Plan) -> None:
                   (f"; {', '.join(parts)}." if parts else "."))
     else:
         con.print(f"Plan: {', '.join(parts)}; {p.unchanged} unchanged.")
+    if p.awaiting:
+        n = len(p.awaiting)
+        con.print(f"{n} change{'s' if n != 1 else ''} awaiting confirmation; to apply exactly these: "
+                  f"[bold]nero apply {p.fingerprint}[/]", soft_wrap=True)
 
 
 @main.command()

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..confirm import ON_SAVE
 from ..model import Settings
 from .cells import choice, names, number, show, text, whole
 from .quantities import digest_cell, interval_cell, size_text_cell
@@ -16,7 +17,7 @@ __all__ = ["SETTING_KEYS", "SMTP_SECURITY", "read_settings"]
 SETTING_KEYS = (
     "results", "interval", "digest", "email_to", "email_from", "smtp_host", "smtp_port",
     "smtp_user", "smtp_security", "primary_metric", "checkpoints", "min_free_disk",
-    "default_cluster",
+    "default_cluster", "on_save", "confirm_over",
 )
 SMTP_SECURITY = ("starttls", "ssl", "none")
 
@@ -78,6 +79,7 @@ def _setting_parsers() -> dict[str, Callable[[Any, str], Any]]:
         "smtp_port": whole(1, 587, 65535), "smtp_user": text,
         "smtp_security": choice(SMTP_SECURITY), "primary_metric": text,
         "checkpoints": _checkpoints, "min_free_disk": size_text_cell, "default_cluster": text,
+        "on_save": choice(ON_SAVE), "confirm_over": whole(0, 200),
     }
 
 

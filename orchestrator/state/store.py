@@ -389,6 +389,29 @@ class Store(Outbox):
         """Note that a reconcile pass ran to its end at `now` (what `nero status` dates by)."""
         self.set_meta(LAST_PASS, repr(now))
 
+    # ----------------------------------------------------------------- confirmations
+    def confirmed(self) -> frozenset[str]:
+        """The tokens of the changes `nero apply` confirmed and no pass has used up yet."""
+        return frozenset(json.loads(self.get_meta("confirmed") or "[]"))
+
+    def set_confirmed(self, tokens: Iterable[str]) -> None:
+        self.set_meta("confirmed", json.dumps(sorted(set(tokens))))
+
+    def shown_plan(self, fingerprint: str) -> list[str] | None:
+        """What a plan with awaiting changes listed (one line each), if one was shown."""
+        return json.loads(self.get_meta("shown_plans") or "{}").get(fingerprint)
+
+    def remember_plan(self, fingerprint: str, lines: Sequence[str], keep: int = 20) -> None:
+        """Keep what a plan awaiting confirmation listed (the newest `keep` plans; the caller
+        keeps at most its first 1,000 lines), so that `nero apply ID` can say what changed
+        since that plan was shown."""
+        shown = json.loads(self.get_meta("shown_plans") or "{}")
+        if shown.get(fingerprint) == list(lines):
+            return
+        shown.pop(fingerprint, None)
+        shown[fingerprint] = list(lines)
+        self.set_meta("shown_plans", json.dumps(dict(list(shown.items())[-keep:])))
+
 
 def _unusable(path: Path, error: sqlite3.Error) -> StateError:
     """A store that does not open for a reason other than its disk: damaged only if SQLite's
