@@ -252,6 +252,7 @@ def test_stop_then_run_brings_the_cancelled_runs_back(project: Path):
     wait_for(lambda: states() == {"s[t=0.1]": "completed", "s[t=60]": "running"}, timeout=30, what="one done, one running")
     rows[0]["state"] = "stop"
     write_workbook(project / "experiments.xlsx", rows, clusters=local)
+    nero("apply", str(project), check=True)  # a cancel waits for a confirmation (#13)
     wait_for(lambda: states()["s[t=60]"] == "cancelled", timeout=30, what="the stop to cancel s[t=60]")
     assert json.loads(nero("plan", str(project), "--json", check=True).stdout)["actions"] == []
     rows[0]["state"] = "run"
