@@ -23,6 +23,7 @@ from .group import (
     select,
     workbook_and_selector,
 )
+from .listing import plain_table, print_summary, stream_csv, stream_json, summary_rows, write_lines
 
 if TYPE_CHECKING:
     from ..metrics import Summary
@@ -126,33 +127,46 @@ def print_plan(p: Plan) -> None:
 
 @main.command()
 @click.argument("args", nargs=-1, metavar="[WORKBOOK] [SELECTOR]")
-@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON (written run by run).")
+@click.option("--csv", "as_csv", is_flag=True, help="Print the runs as CSV (written run by run).")
 @click.option("--all", "show_all", is_flag=True, help="Include every metric, not only the first few.")
 @click.option("--attempts", "with_attempts", is_flag=True,
               help="List each run's earlier attempts (before a restart or a retry) under it.")
-def status(args: tuple[str, ...], as_json: bool, show_all: bool, with_attempts: bool) -> None:
+def status(args: tuple[str, ...], as_json: bool, as_csv: bool, show_all: bool, with_attempts: bool) -> None:
     """A table of runs: number, run, state, cluster, runtime, latest metrics, reason.
 
     \b
     SELECTOR narrows the table, in the forms of `nero abort` (see `nero abort --help`):
       nero status failed        nero status 'lr-sweep*'        nero status 'val_loss < 0.2'
+      nero status all           (every run, however many)
+    With more than 200 runs (env NERO_STATUS_ROWS) and no selector, a summary is shown
+    instead: counts by state and by experiment, the runs that need attention (failed, lost,
+    timed out, preempted, orphaned), those that changed last, and the top runs by the
+    primary metric. --json and --csv write every run, run by run.
     --attempts lists each run's earlier attempts under it (in --json: an `attempts` list
     per run, oldest first).
 
-    A last line (on stderr with --json) says how fresh the picture is: the time of the last
-    reconcile pass, and whether a reconcile is running. With none running, the live runs of
-    the local cluster are read first, so one that ended since shows as ended; in --json each
-    run's `as_of` is the time its state was read.
+    A last line (on stderr with --json or --csv) says how fresh the picture is: the time of
+    the last reconcile pass, and whether a reconcile is running. With none running, the live
+    runs of the local cluster are read first, so one that ended since shows as ended; in
+    --json each run's `as_of` is the time its state was read.
     """
     workbook, selector = workbook_and_selector(args)
     path = resolve_workbook(workbook)
     if not Project.has_state(path):
         click.echo("No runs yet: `nero reconcile` starts them.")
         return
+    if as_json and as_csv:
+        raise click.UsageError("give --json or --csv, not both")
     with open_project(path, load=False) as project:
         now = project.clock()
         fresh = project.freshness()
         runs = [c.record for c in select(project, selector) if c.record] if selector else project.runs()
+        if not selector and not (as_json or as_csv or with_attempts) and len(runs) > summary_rows():
+            _summary(project, runs, now)
+            click.echo(freshness_line(fresh, now))
+            _not_started(project)
+            return
         earlier: dict[str, list[RunRecord]] = {}
         if with_attempts:
             for a in project.earlier_attempts(r.key for r in runs):
@@ -160,7 +174,7 @@ def status(args: tuple[str, ...], as_json: bool, show_all: bool, with_attempts: 
         values, checkpoints = project.metric_values(runs), project.checkpoints()
         attempt_values = project.attempt_values([a for per in earlier.values() for a in per])
         if as_json:
-            click.echo(json.dumps([{
+            stream_json({
                 "number": r.number, "run": r.key, "state": r.state.value, "cluster": r.cluster, "attempt": r.attempt,
                 "job_id": r.job_id, "host": r.host, "runtime_s": r.runtime(now), "reason": r.reason,
                 **_shown_json(values[r.key], checkpoints), "step": r.step,
@@ -170,13 +184,43 @@ def status(args: tuple[str, ...], as_json: bool, show_all: bool, with_attempts: 
                 "as_of": now if r.key in fresh.refreshed else fresh.last_pass,
                 **({"attempts": [_attempt_json(a, now, attempt_values[(a.key, a.attempt)], checkpoints)
                                  for a in earlier.get(r.key, ())]} if with_attempts else {}),
-            } for r in runs], indent=2))
+            } for r in runs)
+            click.echo(freshness_line(fresh, now), err=True)
+            return
+        if as_csv:
+            _status_csv(runs, now, values)
             click.echo(freshness_line(fresh, now), err=True)
             return
         _status_table(runs, now, show_all, values, earlier, attempt_values)
         click.echo(freshness_line(fresh, now))
         if not selector:
             _not_started(project)
+
+
+def _summary(project: Project, runs: list[RunRecord], now: float) -> None:
+    """`print_summary` ranked by Settings primary_metric, else the first metric with a goal,
+    else the first any run recorded (as the results workbook's leaderboard)."""
+    wb = project.workbook
+    metric = wb.settings.primary_metric if wb else ""
+    metric = metric or next(iter(wb.goals), "") if wb else metric
+    metric = metric or next((m for r in runs for m in r.best), "")
+    goal = wb.goal(metric) if wb and metric else "min"
+    print_summary(runs, now, metric, goal, summary_rows())
+
+
+def _status_csv(runs: list[RunRecord], now: float, values: dict[str, dict[str, Summary]]) -> None:
+    """`status --csv`: one line per run, a `last:<metric>` and `best:<metric>` column per metric."""
+    metrics = sorted({m for v in values.values() for m in v})
+    header = ["number", "run", "experiment", "state", "cluster", "attempt", "job_id", "host", "runtime_s", "step",
+              "orphaned", "retry", "reason", *(f"{k}:{m}" for m in metrics for k in ("last", "best"))]
+
+    def cell(x: float | None) -> object:
+        return "" if x is None or x != x else x
+
+    stream_csv(header, ([r.number, r.key, r.experiment, r.state.value, r.cluster, r.attempt, r.job_id, r.host,
+                         r.runtime(now), "" if r.step is None else r.step, int(r.orphaned), r.retry, r.reason,
+                         *(cell(getattr(values[r.key].get(m), k, None)) for m in metrics for k in ("last", "best"))]
+                        for r in runs))
 
 
 def _json_number(v: float | None) -> float | None:
@@ -225,8 +269,28 @@ def _status_table(runs: list[RunRecord], now: float, show_all: bool, values: dic
                   earlier: dict[str, list[RunRecord]],
                   attempt_values: dict[tuple[str, int], dict[str, Summary]]) -> None:
     """The runs, each with its `earlier` attempts (if any) on rows below it; the metrics are
-    their last values as every surface shows them (`values`, `attempt_values`)."""
+    their last values as every surface shows them (`values`, `attempt_values`). More rows
+    than `summary_rows()`: plain aligned text, laid out in one go (rich lays out each row)."""
     from rich.table import Table
+
+    def metrics_of(values: dict[str, Summary]) -> str:
+        last = {m: v.last for m, v in values.items() if v.last is not None}
+        names = sorted(last)
+        shown = names if show_all else names[:4]
+        return "  ".join(f"{k}={format_significant(last[k])}" for k in shown) + (" …" if len(names) > len(shown) else "")
+
+    if len(runs) + sum(map(len, earlier.values())) > summary_rows():
+        rows = []
+        for r in runs:
+            rows.append([str(r.number), r.key, r.state.value + (" (orphaned)" if r.orphaned else ""), r.cluster,
+                         format_duration(r.runtime(now)), "" if r.step is None else str(r.step),
+                         metrics_of(values[r.key]), r.reason])
+            rows += [["", f"  └ attempt {a.attempt}", a.state.value, a.cluster, format_duration(a.runtime(now)),
+                      "" if a.step is None else str(a.step), metrics_of(attempt_values[(a.key, a.attempt)]), a.reason]
+                     for a in earlier.get(r.key, ())]
+        write_lines(plain_table(("#", "run", "state", "cluster", "runtime", "step", "metrics", "reason"), rows,
+                                right=frozenset({0, 4, 5})))
+        return
 
     t = Table(header_style="bold", box=None, pad_edge=False)
     for col, kw in (("#", {"justify": "right"}), ("run", {"no_wrap": True}), ("state", {"no_wrap": True}), ("cluster", {}),
@@ -234,10 +298,7 @@ def _status_table(runs: list[RunRecord], now: float, show_all: bool, values: dic
                     ("reason", {"overflow": "fold", "max_width": 60})):
         t.add_column(col, **kw)
     def row(r: RunRecord, number: str, name: str, state: str, values: dict[str, Summary]) -> None:
-        last = {m: v.last for m, v in values.items() if v.last is not None}
-        names = sorted(last)
-        shown = names if show_all else names[:4]
-        metrics = "  ".join(f"{k}={format_significant(last[k])}" for k in shown) + (" …" if len(names) > len(shown) else "")
+        metrics = metrics_of(values)
         style = STATE_STYLE.get(r.state.value, "")
         t.add_row(number, name, f"[{style}]{state}[/]", escape(r.cluster), format_duration(r.runtime(now)),
                   "" if r.step is None else str(r.step), escape(metrics), escape(r.reason))
