@@ -18,9 +18,9 @@ import click
 from ..units import format_duration, format_significant
 
 if TYPE_CHECKING:
-    from ..model import RunRecord
+    from ..model import Action, ActionKind, RunRecord
 
-__all__ = ["ATTENTION", "plain_table", "print_summary", "stream_csv", "stream_json", "summary_rows", "write_lines"]
+__all__ = ["ATTENTION", "group_actions", "plain_table", "print_summary", "stream_csv", "stream_json", "summary_rows", "write_lines"]
 
 SUMMARY_ROWS = 200  # more runs than this and `nero status` (no selector) prints a summary
 ATTENTION = ("failed", "lost", "timeout", "preempted")  # states that ask the user to look
@@ -142,3 +142,23 @@ def print_summary(runs: Sequence[RunRecord], now: float, metric: str, goal: str,
     lines += ["", f"A summary: more than {threshold:,} runs. `nero status all` lists every run; a selector "
                   "some (`nero status 'sweep*'`, `nero status 'loss < 0.2'`); --json or --csv writes every run."]
     click.echo("\n".join(lines))
+
+
+def group_actions(actions: Iterable[Action]) -> list[tuple[ActionKind, str, str, str]]:
+    """Actions alike as one line each: (kind, "9,800 runs of lr-sweep", reason, where), in the
+    order each group first appears; a group whose runs have different reasons shows the first
+    and how many others."""
+    groups: dict[tuple[ActionKind, str, str], list[Action]] = {}
+    for a in actions:
+        experiment = a.spec.experiment if a.spec is not None else a.key.partition("[")[0]
+        where = f"→ {a.cluster}" if a.cluster else (a.waiting or "")
+        groups.setdefault((a.kind, experiment, where), []).append(a)
+    out = []
+    for (kind, experiment, where), members in groups.items():
+        reasons = Counter(a.reason for a in members)
+        reason = members[0].reason
+        if len(reasons) > 1:
+            reason += f" (and {len(reasons) - 1:,} other reason{'s' if len(reasons) > 2 else ''})"
+        what = members[0].key if len(members) == 1 else f"{len(members):,} runs of {experiment}"
+        out.append((kind, what, reason, where))
+    return out

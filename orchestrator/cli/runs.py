@@ -23,7 +23,15 @@ from .group import (
     select,
     workbook_and_selector,
 )
-from .listing import plain_table, print_summary, stream_csv, stream_json, summary_rows, write_lines
+from .listing import (
+    group_actions,
+    plain_table,
+    print_summary,
+    stream_csv,
+    stream_json,
+    summary_rows,
+    write_lines,
+)
 
 if TYPE_CHECKING:
     from ..metrics import Summary
@@ -36,7 +44,9 @@ __all__ = ["freshness_json", "freshness_line", "history", "plan", "print_plan", 
 @WORKBOOK_ARG
 @click.option("--prune", is_flag=True, help="Cancel running runs whose rows were removed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(workbook: str | None, prune: bool, as_json: bool) -> None:
+@click.option("--details", is_flag=True, help="List every action, however many (else, above 200 actions, "
+              "those alike are grouped: one line per action, experiment and place).")
+def plan(workbook: str | None, prune: bool, as_json: bool, details: bool) -> None:
     """Show what `nero reconcile` would do, and why (nothing is started or stopped).
 
     Every command and job script the workbook would submit is rendered first: a template
@@ -67,7 +77,7 @@ def plan(workbook: str | None, prune: bool, as_json: bool) -> None:
             "freshness": freshness_json(fresh, now),
         }, indent=2))
         return
-    print_plan(p)
+    print_plan(p, details=details)
     click.echo(freshness_line(fresh, now))
 
 
@@ -97,8 +107,9 @@ def freshness_json(f: Freshness, now: float) -> dict[str, object]:
             "ended": list(f.ended), "line": freshness_line(f, now)}
 
 
-def print_plan(p: Plan) -> None:
-    """The plan as a table of actions with their reasons, and a line of counts."""
+def print_plan(p: Plan, details: bool = False) -> None:
+    """The plan as a table of actions with their reasons, and a line of counts. Above
+    `summary_rows()` actions (unless `details`), actions alike are grouped (`group_actions`)."""
     from rich.table import Table
 
     from ..model import ActionKind
@@ -106,7 +117,15 @@ def print_plan(p: Plan) -> None:
     sym = {ActionKind.SUBMIT: ("+", "green"), ActionKind.RESTART: ("~", "yellow"), ActionKind.CANCEL: ("-", "red"),
            ActionKind.ORPHAN: ("!", "magenta"), ActionKind.HOLD: ("=", "dim")}
     con = console()
-    if p.actions:
+    big = len(p.actions) > summary_rows()
+    if big:
+        rows = ([[sym[a.kind][0], a.kind.value, a.key, a.reason, f"→ {a.cluster}" if a.cluster else (a.waiting or "")]
+                 for a in p.actions] if details else
+                [[sym[kind][0], kind.value, what, reason, where] for kind, what, reason, where in group_actions(p.actions)])
+        write_lines(plain_table(("", "action", "run" if details else "runs", "reason", "where"), rows))
+        if not details:
+            click.echo(f"({len(p.actions):,} actions grouped; `nero plan --details` lists each run)")
+    elif p.actions:
         t = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
         for col in ("", "action", "run", "reason", "where"):
             t.add_column(col, overflow="fold", no_wrap=col in ("", "action", "run"))
@@ -116,13 +135,14 @@ def print_plan(p: Plan) -> None:
             t.add_row(f"[{style}]{s}[/]", f"[{style}]{a.kind.value}[/]", escape(a.key), escape(a.reason), escape(where))
         con.print(t)
     counts = {k: len(p.of(k)) for k in ActionKind}
-    parts = [f"{counts[k]} to {k.value}" for k in (ActionKind.SUBMIT, ActionKind.RESTART, ActionKind.CANCEL) if counts[k]]
-    parts += [f"{counts[k]} {k.value}" for k in (ActionKind.ORPHAN, ActionKind.HOLD) if counts[k]]
+    parts = [f"{counts[k]:,} to {k.value}" for k in (ActionKind.SUBMIT, ActionKind.RESTART, ActionKind.CANCEL) if counts[k]]
+    parts += [f"{counts[k]:,} {k.value}" for k in (ActionKind.ORPHAN, ActionKind.HOLD) if counts[k]]
+    say = click.echo if big else con.print
     if not p.changes:
-        con.print(f"No changes. {p.unchanged} run{'s' if p.unchanged != 1 else ''} unchanged" +
-                  (f"; {', '.join(parts)}." if parts else "."))
+        say(f"No changes. {p.unchanged:,} run{'s' if p.unchanged != 1 else ''} unchanged" +
+            (f"; {', '.join(parts)}." if parts else "."))
     else:
-        con.print(f"Plan: {', '.join(parts)}; {p.unchanged} unchanged.")
+        say(f"Plan: {', '.join(parts)}; {p.unchanged:,} unchanged.")
 
 
 @main.command()
