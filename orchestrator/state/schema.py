@@ -124,12 +124,15 @@ def _loads(text: str) -> dict[str, float]:
     return {k: float(v) for k, v in json.loads(text).items()}
 
 
+_STATES = {s.value: s for s in RunState}
+
+
 def record_of(row: tuple) -> RunRecord:
     """The RunRecord of a row of `SNAPSHOT_SQL`."""
     return RunRecord(
         key=row[0], number=row[1], experiment=row[2], spec_hash=row[3], essence=row[4],
         params=tuple((k, v) for k, v in json.loads(row[5])), orphaned=bool(row[6]),
-        attempt=row[7], state=RunState(row[8]), reason=row[9], cluster=row[10], job_id=row[11],
+        attempt=row[7], state=_STATES.get(row[8]) or RunState(row[8]), reason=row[9], cluster=row[10], job_id=row[11],
         host=row[12], run_dir=row[13], submitted_at=row[14], started_at=row[15],
         ended_at=row[16], exit_code=row[17], git_commit=row[18], git_dirty=bool(row[19]),
         intent=bool(row[20]), last=_loads(row[21]), best=_loads(row[22]), step=row[23],
