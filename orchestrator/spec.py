@@ -19,7 +19,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from .model import Experiment, RunSpec, Scalar, Variation, Workbook
@@ -304,21 +304,32 @@ def key_clashes(runs: Iterable[tuple[str, _T]]) -> Iterator[tuple[str, _T, _T]]:
 def expand_experiment(exp: Experiment, default_cluster: str = "local") -> Iterator[RunSpec]:
     clusters = exp.clusters or (default_cluster,)
     where = key_cell(exp)
+    hashed = _row_hasher(exp, clusters)
     for key, params in run_keys(exp):
-        spec = RunSpec(
+        yield RunSpec(
             key=key, experiment=exp.id, row=exp.row, params=params, command=exp.command,
             clusters=clusters, resources=exp.resources, setup=exp.setup, workdir=exp.workdir,
             template=exp.template, desired=exp.desired, priority=exp.priority, after=exp.after,
-            retries=exp.retries, rules=exp.rules, notify=exp.notify, spec_hash="", where=where,
+            retries=exp.retries, rules=exp.rules, notify=exp.notify, spec_hash=hashed(params), where=where,
         )
-        yield _with_hash(spec)
 
 
-def _with_hash(spec: RunSpec) -> RunSpec:
-    """The spec with its hash set (in place: it is not shared yet; a copy per run cost more
-    than the hash at 100,000 runs)."""
-    object.__setattr__(spec, "spec_hash", spec_hash(spec.essence()))
-    return spec
+def _row_hasher(exp: Experiment, clusters: tuple[str, ...]) -> Callable[[tuple[tuple[str, Scalar], ...]], str]:
+    """`spec_hash(spec.essence())` of a row's runs, the row's part serialised once: the
+    essence's keys sorted put `params` between `command` and `resources`, so the blob is
+    the row's prefix, the run's parameters, the row's suffix (the same bytes, so the same
+    hash; a JSON dump of the whole essence per run was most of a 100,000-run expansion)."""
+    def dump(x: object) -> str:
+        return json.dumps(x, sort_keys=True, default=str, separators=(",", ":"))
+
+    prefix = f'{{"clusters":{dump(list(clusters))},"command":{dump(exp.command)},"params":'
+    suffix = (f',"resources":{dump(dict(exp.resources))},"setup":{dump(exp.setup)},"template":{dump(exp.template)},'
+              f'"workdir":{dump(exp.workdir)}}}')
+
+    def hashed(params: tuple[tuple[str, Scalar], ...]) -> str:
+        return hashlib.sha256((prefix + dump(dict(params)) + suffix).encode()).hexdigest()[:16]
+
+    return hashed
 
 
 def count_runs(exp: Experiment) -> int:
