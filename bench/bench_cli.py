@@ -24,17 +24,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from openpyxl import Workbook  # noqa: E402
-
-from orchestrator.model import NewAttempt, RunState, Update  # noqa: E402
-from orchestrator.reconcile import Reconciler  # noqa: E402
-
 ROWS = 10
 
 
 def write(path: Path, runs: int) -> None:
+    from openpyxl import Workbook
+
     per = max(1, runs // ROWS)
     a = max(1, int(round(per ** 0.5)))
     b = per // a
@@ -49,6 +44,11 @@ def write(path: Path, runs: int) -> None:
 
 
 def build(folder: Path, runs: int, fill: bool) -> int:
+    """Build a project (in a child process: see `main`); the number of runs its workbook asks for."""
+    sys.path.insert(0, str(ROOT))
+    from orchestrator.model import NewAttempt, RunState, Update
+    from orchestrator.reconcile import Reconciler
+
     folder.mkdir(parents=True)
     path = folder / "experiments.xlsx"
     write(path, runs)
@@ -101,16 +101,23 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1000,10000,100000")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--build", nargs=3, metavar=("FOLDER", "RUNS", "FILL"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.build:  # the child that builds a project: the timing parent stays small, for its
+        # children's peak RSS from wait4 counts what a forked child shared with its parent
+        print(build(Path(args.build[0]), int(args.build[1]), args.build[2] == "1"))
+        return
     nero = [sys.executable, "-m", "orchestrator"]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in (int(s) for s in args.sizes.split(",")):
             t = time.perf_counter()
             done = Path(tmp) / f"p{size}"
-            n = build(done, size, fill=True)
             fresh = Path(tmp) / f"new{size}"
-            build(fresh, size, fill=False)
+            n = int(subprocess.run([sys.executable, __file__, "--build", str(done), str(size), "1"], check=True,
+                                   capture_output=True, text=True).stdout)
+            subprocess.run([sys.executable, __file__, "--build", str(fresh), str(size), "0"], check=True,
+                           capture_output=True)
             print(f"built {n:,} runs in {time.perf_counter() - t:.1f}s", file=sys.stderr, flush=True)
             db = done / ".nero" / "state.db"
             sql = ["sqlite3", str(db), "SELECT r.number, r.key, a.state, a.cluster, a.started_at, a.ended_at, a.step, "
