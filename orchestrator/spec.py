@@ -326,8 +326,21 @@ def _row_hasher(exp: Experiment, clusters: tuple[str, ...]) -> Callable[[tuple[t
     suffix = (f',"resources":{dump(dict(exp.resources))},"setup":{dump(exp.setup)},"template":{dump(exp.template)},'
               f'"workdir":{dump(exp.workdir)}}}')
 
+    names = [n for n, _ in exp.params]
+    if len(set(names)) != len(names):  # a name given twice: the dict keeps the last; dump it whole
+        return lambda params: hashlib.sha256((prefix + dump(dict(params)) + suffix).encode()).hexdigest()[:16]
+    order = sorted(range(len(names)), key=names.__getitem__)  # a row's runs list its names in one order
+    pieces: dict[tuple[int, type, Scalar], str] = {}  # "name":value of each value, serialised once
+
+    def piece(i: int, value: Scalar) -> str:
+        got = pieces.get((i, type(value), value))
+        if got is None:
+            got = pieces[(i, type(value), value)] = dump({names[i]: value})[1:-1]
+        return got
+
     def hashed(params: tuple[tuple[str, Scalar], ...]) -> str:
-        return hashlib.sha256((prefix + dump(dict(params)) + suffix).encode()).hexdigest()[:16]
+        body = ",".join([piece(i, params[i][1]) for i in order])
+        return hashlib.sha256((prefix + "{" + body + "}" + suffix).encode()).hexdigest()[:16]
 
     return hashed
 
