@@ -274,11 +274,16 @@ def spec_hash(essence: dict) -> str:
 def run_keys(exp: Experiment) -> Iterator[tuple[str, tuple[tuple[str, Scalar], ...]]]:
     """(key, parameters) of every run of a row, in grid order (its first variation varies slowest)."""
     names = [n for n, _ in exp.params]
-    choices = [v.values if isinstance(v, Variation) else (v,) for _, v in exp.params]
-    varied = [isinstance(v, Variation) for _, v in exp.params]
+    # each value with its `name=value` part of the key (None: a fixed parameter, not in the
+    # key), formatted once per row rather than once per run: `run_key`'s form
+    choices = [[(x, f"{n}={format_value(x)}") for x in v.values] if isinstance(v, Variation) else [(v, None)]
+               for n, v in exp.params]
+    if not any(isinstance(v, Variation) for _, v in exp.params):
+        yield run_key(exp.id, ()), tuple(zip(names, (c[0][0] for c in choices), strict=True))
+        return
     for combo in itertools.product(*choices):
-        params = tuple(zip(names, combo, strict=True))
-        yield run_key(exp.id, (p for p, is_var in zip(params, varied, strict=True) if is_var)), params
+        params = tuple(zip(names, [c[0] for c in combo], strict=True))
+        yield f"{exp.id}[{','.join([c[1] for c in combo if c[1] is not None])}]", params
 
 
 def key_cell(exp: Experiment) -> str:
