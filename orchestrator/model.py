@@ -217,7 +217,7 @@ class Workbook:
         return default_goal(metric, self.goals)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RunSpec:
     """What the sheet asks for one run: identity (key) and essence (spec_hash)."""
 
@@ -253,7 +253,7 @@ class RunSpec:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RunRecord:
     """One run as the state store knows it (its current attempt folded in)."""
 
@@ -308,7 +308,7 @@ class ActionKind(StrEnum):
     HOLD = "held"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Action:
     kind: ActionKind
     key: str
@@ -451,7 +451,7 @@ class ResourceSample:
     gpu_util_pct: float | None = None  # mean utilisation of the GPUs the run's processes are on
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Offsets:
     stdout: int = 0
     stderr: int = 0

@@ -176,7 +176,7 @@ class Reconciler:
         with its cell."""
         from .preflight import check_workbook
 
-        todo = make_plan(specs, self.store.snapshot(), {c.name: len(specs) + 1 for c in wb.clusters},
+        todo = make_plan(specs, self._snapshot(specs), {c.name: len(specs) + 1 for c in wb.clusters},
                          overrides=self.store.overrides())
         keys = {a.key for a in todo.actions if a.spec is not None and a.kind in (ActionKind.SUBMIT, ActionKind.RESTART,
                                                                                   ActionKind.HOLD)}
@@ -228,9 +228,20 @@ class Reconciler:
         self.store.close()
 
     # ------------------------------------------------------------ plan
+    def _snapshot(self, specs: list[RunSpec]) -> dict[str, RunRecord]:
+        """The store's snapshot for the planner: with the essence of each run whose spec
+        changed (what it diffs to say why the run restarts)."""
+        from dataclasses import replace
+
+        snap = self.store.snapshot()
+        changed = [s.key for s in specs if (r := snap.get(s.key)) is not None and r.spec_hash != s.spec_hash]
+        for key, essence in self.store.essences(changed).items():
+            snap[key] = replace(snap[key], essence=essence)
+        return snap
+
     def plan(self, prune: bool = False, yes: bool = False) -> Plan:
         assert self.workbook is not None
-        found = make_plan(self.specs, self.store.snapshot(), self.capacity(), prune=prune,
+        found = make_plan(self.specs, self._snapshot(self.specs), self.capacity(), prune=prune,
                           overrides=self.store.overrides(), gate=self.gate(yes))
         self.remember(found)
         return found
@@ -280,7 +291,7 @@ class Reconciler:
         self._rules(now, report)
         overrides = self.store.overrides()
         gate = self.gate(yes)
-        plan = make_plan(self.specs, self.store.snapshot(), self.capacity(), prune=prune, overrides=overrides, gate=gate)
+        plan = make_plan(self.specs, self._snapshot(self.specs), self.capacity(), prune=prune, overrides=overrides, gate=gate)
         self._confirmations(gate, plan)
         report.plan = plan
         try:

@@ -31,9 +31,10 @@ from typing import Any
 from .errors import TemplateError
 from .model import Shell
 
-__all__ = ["MAX_ITEMS", "MEMORY_BYTES", "OUTPUT_CHARS", "RENDER_SECONDS", "Shell", "bounded", "builtin_templates",
-           "command_variables", "environment", "mail_environment", "render_command", "render_template",
-           "template_problem"]
+__all__ = [
+    "MAX_ITEMS", "MEMORY_BYTES", "OUTPUT_CHARS", "RENDER_SECONDS", "Shell", "bounded", "builtin_templates",
+           "command_variables", "environment", "mail_environment", "plain_substitution", "render_command",
+           "render_template", "template_problem"]
 
 RENDER_SECONDS = 3.0  # wall time of one render
 OUTPUT_CHARS = 1 << 20  # characters one render may produce (and one value may hold)
@@ -312,6 +313,22 @@ def command_variables(command: str) -> set[str]:
         raise TemplateError(f"a command cannot load other templates ({{% {tag} %}} on line {node.lineno}), "
                             "it is rendered on its own")
     return set(meta.find_undeclared_variables(ast))
+
+
+@lru_cache(maxsize=256)
+def plain_substitution(command: str) -> bool:
+    """Whether a command template only puts variables in text (`--lr {{ lr }}`: no filter,
+    operator, call, test or statement), so that it renders for any scalar values if it
+    renders for one set of them (a row's runs have the same variables)."""
+    import jinja2
+    from jinja2 import nodes
+
+    try:
+        ast = _environment(()).parse(command)
+    except jinja2.TemplateSyntaxError:
+        return False
+    return all(isinstance(n, nodes.Output) and all(isinstance(x, nodes.TemplateData | nodes.Name) for x in n.nodes)
+               for n in ast.body)
 
 
 @lru_cache(maxsize=256)

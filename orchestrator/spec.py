@@ -19,7 +19,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 from .model import Experiment, RunSpec, Scalar, Variation, Workbook
@@ -274,11 +274,16 @@ def spec_hash(essence: dict) -> str:
 def run_keys(exp: Experiment) -> Iterator[tuple[str, tuple[tuple[str, Scalar], ...]]]:
     """(key, parameters) of every run of a row, in grid order (its first variation varies slowest)."""
     names = [n for n, _ in exp.params]
-    choices = [v.values if isinstance(v, Variation) else (v,) for _, v in exp.params]
-    varied = [isinstance(v, Variation) for _, v in exp.params]
+    # each value with its `name=value` part of the key (None: a fixed parameter, not in the
+    # key), formatted once per row rather than once per run: `run_key`'s form
+    choices = [[(x, f"{n}={format_value(x)}") for x in v.values] if isinstance(v, Variation) else [(v, None)]
+               for n, v in exp.params]
+    if not any(isinstance(v, Variation) for _, v in exp.params):
+        yield run_key(exp.id, ()), tuple(zip(names, (c[0][0] for c in choices), strict=True))
+        return
     for combo in itertools.product(*choices):
-        params = tuple(zip(names, combo, strict=True))
-        yield run_key(exp.id, (p for p, is_var in zip(params, varied, strict=True) if is_var)), params
+        params = tuple(zip(names, [c[0] for c in combo], strict=True))
+        yield f"{exp.id}[{','.join([c[1] for c in combo if c[1] is not None])}]", params
 
 
 def key_cell(exp: Experiment) -> str:
@@ -304,20 +309,45 @@ def key_clashes(runs: Iterable[tuple[str, _T]]) -> Iterator[tuple[str, _T, _T]]:
 def expand_experiment(exp: Experiment, default_cluster: str = "local") -> Iterator[RunSpec]:
     clusters = exp.clusters or (default_cluster,)
     where = key_cell(exp)
+    hashed = _row_hasher(exp, clusters)
     for key, params in run_keys(exp):
-        spec = RunSpec(
+        yield RunSpec(
             key=key, experiment=exp.id, row=exp.row, params=params, command=exp.command,
             clusters=clusters, resources=exp.resources, setup=exp.setup, workdir=exp.workdir,
             template=exp.template, desired=exp.desired, priority=exp.priority, after=exp.after,
-            retries=exp.retries, rules=exp.rules, notify=exp.notify, spec_hash="", where=where,
+            retries=exp.retries, rules=exp.rules, notify=exp.notify, spec_hash=hashed(params), where=where,
         )
-        yield _with_hash(spec)
 
 
-def _with_hash(spec: RunSpec) -> RunSpec:
-    from dataclasses import replace
+def _row_hasher(exp: Experiment, clusters: tuple[str, ...]) -> Callable[[tuple[tuple[str, Scalar], ...]], str]:
+    """`spec_hash(spec.essence())` of a row's runs, the row's part serialised once: the
+    essence's keys sorted put `params` between `command` and `resources`, so the blob is
+    the row's prefix, the run's parameters, the row's suffix (the same bytes, so the same
+    hash; a JSON dump of the whole essence per run was most of a 100,000-run expansion)."""
+    def dump(x: object) -> str:
+        return json.dumps(x, sort_keys=True, default=str, separators=(",", ":"))
 
-    return replace(spec, spec_hash=spec_hash(spec.essence()))
+    prefix = f'{{"clusters":{dump(list(clusters))},"command":{dump(exp.command)},"params":'
+    suffix = (f',"resources":{dump(dict(exp.resources))},"setup":{dump(exp.setup)},"template":{dump(exp.template)},'
+              f'"workdir":{dump(exp.workdir)}}}')
+
+    names = [n for n, _ in exp.params]
+    if len(set(names)) != len(names):  # a name given twice: the dict keeps the last; dump it whole
+        return lambda params: hashlib.sha256((prefix + dump(dict(params)) + suffix).encode()).hexdigest()[:16]
+    order = sorted(range(len(names)), key=names.__getitem__)  # a row's runs list its names in one order
+    pieces: dict[tuple[int, type, Scalar], str] = {}  # "name":value of each value, serialised once
+
+    def piece(i: int, value: Scalar) -> str:
+        got = pieces.get((i, type(value), value))
+        if got is None:
+            got = pieces[(i, type(value), value)] = dump({names[i]: value})[1:-1]
+        return got
+
+    def hashed(params: tuple[tuple[str, Scalar], ...]) -> str:
+        body = ",".join([piece(i, params[i][1]) for i in order])
+        return hashlib.sha256((prefix + "{" + body + "}" + suffix).encode()).hexdigest()[:16]
+
+    return hashed
 
 
 def count_runs(exp: Experiment) -> int:

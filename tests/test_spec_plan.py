@@ -23,7 +23,7 @@ from orchestrator.model import (
 )
 from orchestrator.paths import slug
 from orchestrator.plan import plan
-from orchestrator.spec import diff_essence, expand, parse_cell, run_key
+from orchestrator.spec import diff_essence, expand, parse_cell, run_key, spec_hash
 
 
 def exp(id="e", row=2, **kw) -> Experiment:
@@ -69,6 +69,21 @@ def test_spec_hash_ignores_rules_notify_notes_but_not_command():
     other = expand(wb(exp(command="python t.py --lr {{ lr }} --x")))[0]
     assert base.spec_hash == same.spec_hash
     assert base.spec_hash != other.spec_hash
+
+
+def test_expanded_hashes_are_the_hash_of_each_runs_essence():
+    """#14: a row's part of the hash is serialised once for all its runs; the hashes stay
+    those of each run's whole essence (a stored run would otherwise restart), whatever the
+    cells hold (quotes, the text `"params":{}`, non-ASCII, resources in any order, values
+    Python holds equal: 1, 1.0, True)."""
+    e = exp(command='echo "params":{} {{ lr }} é', setup='x"y', workdir="w\\d", template="t.sh",
+            resources=(("mem", "4G"), ("gpus", 1)),
+            params=(("lr", parse_cell("[0.1, 0.01]")), ("name", parse_cell("['a\\\"b', 'ü']")), ("n", 3)))
+    alike = exp(id="g", params=(("x", Variation("x", (1, 1.0, True, "1", float("nan")))), ("x2", 2)))  # equal in Python
+    twice = exp(id="h", params=(("lr", 1), ("lr", Variation("[2, 3]", (2, 3)))))  # a name given twice
+    specs = expand(wb(e, exp(id="f"), alike, twice))
+    assert len(specs) == 13 and len({s.spec_hash for s in specs}) == 13
+    assert all(s.spec_hash == spec_hash(s.essence()) for s in specs)
 
 
 def test_slug_is_filesystem_safe_and_unique():

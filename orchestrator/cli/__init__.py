@@ -7,6 +7,8 @@ and prints; `group.py` holds the click group and what the commands share.
     console    rich output: console, escaping, state colours, a pass's events
     scaffold   init
     runs       plan, status, history
+    listing    how many runs are shown: status's summary, plain tables, streamed --json/--csv,
+               the plan's grouped actions
     loop       reconcile (one pass, --watch, --until-done) and its scheduled digests
     actions    abort, restart, hold, release, apply (confirm what awaits confirmation)
     logs       logs

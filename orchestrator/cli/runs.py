@@ -23,6 +23,15 @@ from .group import (
     select,
     workbook_and_selector,
 )
+from .listing import (
+    group_actions,
+    plain_table,
+    print_summary,
+    stream_csv,
+    stream_json,
+    summary_rows,
+    write_lines,
+)
 
 if TYPE_CHECKING:
     from ..metrics import Summary
@@ -35,7 +44,9 @@ __all__ = ["freshness_json", "freshness_line", "history", "plan", "print_plan", 
 @WORKBOOK_ARG
 @click.option("--prune", is_flag=True, help="Cancel running runs whose rows were removed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan(workbook: str | None, prune: bool, as_json: bool) -> None:
+@click.option("--details", is_flag=True, help="List every action, however many (else, above 200 actions, "
+              "those alike are grouped: one line per action, experiment and place).")
+def plan(workbook: str | None, prune: bool, as_json: bool, details: bool) -> None:
     """Show what `nero reconcile` would do, and why (nothing is started or stopped).
 
     Every command and job script the workbook would submit is rendered first: a template
@@ -71,7 +82,7 @@ def plan(workbook: str | None, prune: bool, as_json: bool) -> None:
             "freshness": freshness_json(fresh, now),
         }, indent=2))
         return
-    print_plan(p)
+    print_plan(p, details=details)
     click.echo(freshness_line(fresh, now))
 
 
@@ -101,8 +112,9 @@ def freshness_json(f: Freshness, now: float) -> dict[str, object]:
             "ended": list(f.ended), "line": freshness_line(f, now)}
 
 
-def print_plan(p: Plan) -> None:
-    """The plan as a table of actions with their reasons, and a line of counts."""
+def print_plan(p: Plan, details: bool = False) -> None:
+    """The plan as a table of actions with their reasons, and a line of counts. Above
+    `summary_rows()` actions (unless `details`), actions alike are grouped (`group_actions`)."""
     from rich.table import Table
 
     from ..model import ActionKind
@@ -110,7 +122,15 @@ def print_plan(p: Plan) -> None:
     sym = {ActionKind.SUBMIT: ("+", "green"), ActionKind.RESTART: ("~", "yellow"), ActionKind.CANCEL: ("-", "red"),
            ActionKind.ORPHAN: ("!", "magenta"), ActionKind.HOLD: ("=", "dim")}
     con = console()
-    if p.actions:
+    big = len(p.actions) > summary_rows()
+    if big:
+        rows = ([[sym[a.kind][0], a.kind.value, a.key, a.reason, f"→ {a.cluster}" if a.cluster else (a.waiting or "")]
+                 for a in p.actions] if details else
+                [[sym[kind][0], kind.value, what, reason, where] for kind, what, reason, where in group_actions(p.actions)])
+        write_lines(plain_table(("", "action", "run" if details else "runs", "reason", "where"), rows))
+        if not details:
+            click.echo(f"({len(p.actions):,} actions grouped; `nero plan --details` lists each run)")
+    elif p.actions:
         t = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
         for col in ("", "action", "run", "reason", "where"):
             t.add_column(col, overflow="fold", no_wrap=col in ("", "action", "run"))
@@ -122,48 +142,62 @@ def print_plan(p: Plan) -> None:
             t.add_row(f"[{style}]{s}[/]", f"[{style}]{a.kind.value}[/]", escape(a.key), escape(reason), escape(where))
         con.print(t)
     counts = {k: len(p.of(k)) for k in ActionKind}
-    parts = [f"{counts[k]} to {k.value}" for k in (ActionKind.SUBMIT, ActionKind.RESTART, ActionKind.CANCEL) if counts[k]]
-    parts += [f"{counts[k]} {k.value}" for k in (ActionKind.ORPHAN, ActionKind.HOLD) if counts[k]]
+    parts = [f"{counts[k]:,} to {k.value}" for k in (ActionKind.SUBMIT, ActionKind.RESTART, ActionKind.CANCEL) if counts[k]]
+    parts += [f"{counts[k]:,} {k.value}" for k in (ActionKind.ORPHAN, ActionKind.HOLD) if counts[k]]
+    say = click.echo if big else con.print
     if not p.changes:
-        con.print(f"No changes. {p.unchanged} run{'s' if p.unchanged != 1 else ''} unchanged" +
-                  (f"; {', '.join(parts)}." if parts else "."))
+        say(f"No changes. {p.unchanged:,} run{'s' if p.unchanged != 1 else ''} unchanged" +
+            (f"; {', '.join(parts)}." if parts else "."))
     else:
-        con.print(f"Plan: {', '.join(parts)}; {p.unchanged} unchanged.")
+        say(f"Plan: {', '.join(parts)}; {p.unchanged:,} unchanged.")
     if p.awaiting:
         n = len(p.awaiting)
-        con.print(f"{n} change{'s' if n != 1 else ''} awaiting confirmation; to apply exactly these: "
+        con.print(f"{n:,} change{'s' if n != 1 else ''} awaiting confirmation; to apply exactly these: "
                   f"[bold]nero apply {p.fingerprint}[/]", soft_wrap=True)
 
 
 @main.command()
 @click.argument("args", nargs=-1, metavar="[WORKBOOK] [SELECTOR]")
-@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON (written run by run).")
+@click.option("--csv", "as_csv", is_flag=True, help="Print the runs as CSV (written run by run).")
 @click.option("--all", "show_all", is_flag=True, help="Include every metric, not only the first few.")
 @click.option("--attempts", "with_attempts", is_flag=True,
               help="List each run's earlier attempts (before a restart or a retry) under it.")
-def status(args: tuple[str, ...], as_json: bool, show_all: bool, with_attempts: bool) -> None:
+def status(args: tuple[str, ...], as_json: bool, as_csv: bool, show_all: bool, with_attempts: bool) -> None:
     """A table of runs: number, run, state, cluster, runtime, latest metrics, reason.
 
     \b
     SELECTOR narrows the table, in the forms of `nero abort` (see `nero abort --help`):
       nero status failed        nero status 'lr-sweep*'        nero status 'val_loss < 0.2'
+      nero status all           (every run, however many)
+    With more than 200 runs (env NERO_STATUS_ROWS) and no selector, a summary is shown
+    instead: counts by state and by experiment, the runs that need attention (failed, lost,
+    timed out, preempted, orphaned), those that changed last, and the top runs by the
+    primary metric. --json and --csv write every run, run by run.
     --attempts lists each run's earlier attempts under it (in --json: an `attempts` list
     per run, oldest first).
 
-    A last line (on stderr with --json) says how fresh the picture is: the time of the last
-    reconcile pass, and whether a reconcile is running. With none running, the live runs of
-    the local cluster are read first, so one that ended since shows as ended; in --json each
-    run's `as_of` is the time its state was read.
+    A last line (on stderr with --json or --csv) says how fresh the picture is: the time of
+    the last reconcile pass, and whether a reconcile is running. With none running, the live
+    runs of the local cluster are read first, so one that ended since shows as ended; in
+    --json each run's `as_of` is the time its state was read.
     """
     workbook, selector = workbook_and_selector(args)
     path = resolve_workbook(workbook)
     if not Project.has_state(path):
         click.echo("No runs yet: `nero reconcile` starts them.")
         return
+    if as_json and as_csv:
+        raise click.UsageError("give --json or --csv, not both")
     with open_project(path, load=False) as project:
         now = project.clock()
         fresh = project.freshness()
         runs = [c.record for c in select(project, selector) if c.record] if selector else project.runs()
+        if not selector and not (as_json or as_csv or with_attempts) and len(runs) > summary_rows():
+            _summary(project, runs, now)
+            click.echo(freshness_line(fresh, now))
+            _not_started(project)
+            return
         earlier: dict[str, list[RunRecord]] = {}
         if with_attempts:
             for a in project.earlier_attempts(r.key for r in runs):
@@ -171,7 +205,7 @@ def status(args: tuple[str, ...], as_json: bool, show_all: bool, with_attempts: 
         values, checkpoints = project.metric_values(runs), project.checkpoints()
         attempt_values = project.attempt_values([a for per in earlier.values() for a in per])
         if as_json:
-            click.echo(json.dumps([{
+            stream_json({
                 "number": r.number, "run": r.key, "state": r.state.value, "cluster": r.cluster, "attempt": r.attempt,
                 "job_id": r.job_id, "host": r.host, "runtime_s": r.runtime(now), "reason": r.reason,
                 **_shown_json(values[r.key], checkpoints), "step": r.step,
@@ -181,13 +215,43 @@ def status(args: tuple[str, ...], as_json: bool, show_all: bool, with_attempts: 
                 "as_of": now if r.key in fresh.refreshed else fresh.last_pass,
                 **({"attempts": [_attempt_json(a, now, attempt_values[(a.key, a.attempt)], checkpoints)
                                  for a in earlier.get(r.key, ())]} if with_attempts else {}),
-            } for r in runs], indent=2))
+            } for r in runs)
+            click.echo(freshness_line(fresh, now), err=True)
+            return
+        if as_csv:
+            _status_csv(runs, now, values)
             click.echo(freshness_line(fresh, now), err=True)
             return
         _status_table(runs, now, show_all, values, earlier, attempt_values)
         click.echo(freshness_line(fresh, now))
         if not selector:
             _not_started(project)
+
+
+def _summary(project: Project, runs: list[RunRecord], now: float) -> None:
+    """`print_summary` ranked by Settings primary_metric, else the first metric with a goal,
+    else the first any run recorded (as the results workbook's leaderboard)."""
+    wb = project.workbook
+    metric = wb.settings.primary_metric if wb else ""
+    metric = metric or next(iter(wb.goals), "") if wb else metric
+    metric = metric or next((m for r in runs for m in r.best), "")
+    goal = wb.goal(metric) if wb and metric else "min"
+    print_summary(runs, now, metric, goal, summary_rows())
+
+
+def _status_csv(runs: list[RunRecord], now: float, values: dict[str, dict[str, Summary]]) -> None:
+    """`status --csv`: one line per run, a `last:<metric>` and `best:<metric>` column per metric."""
+    metrics = sorted({m for v in values.values() for m in v})
+    header = ["number", "run", "experiment", "state", "cluster", "attempt", "job_id", "host", "runtime_s", "step",
+              "orphaned", "retry", "reason", *(f"{k}:{m}" for m in metrics for k in ("last", "best"))]
+
+    def cell(x: float | None) -> object:
+        return "" if x is None or x != x else x
+
+    stream_csv(header, ([r.number, r.key, r.experiment, r.state.value, r.cluster, r.attempt, r.job_id, r.host,
+                         r.runtime(now), "" if r.step is None else r.step, int(r.orphaned), r.retry, r.reason,
+                         *(cell(getattr(values[r.key].get(m), k, None)) for m in metrics for k in ("last", "best"))]
+                        for r in runs))
 
 
 def _json_number(v: float | None) -> float | None:
@@ -236,8 +300,28 @@ def _status_table(runs: list[RunRecord], now: float, show_all: bool, values: dic
                   earlier: dict[str, list[RunRecord]],
                   attempt_values: dict[tuple[str, int], dict[str, Summary]]) -> None:
     """The runs, each with its `earlier` attempts (if any) on rows below it; the metrics are
-    their last values as every surface shows them (`values`, `attempt_values`)."""
+    their last values as every surface shows them (`values`, `attempt_values`). More rows
+    than `summary_rows()`: plain aligned text, laid out in one go (rich lays out each row)."""
     from rich.table import Table
+
+    def metrics_of(values: dict[str, Summary]) -> str:
+        last = {m: v.last for m, v in values.items() if v.last is not None}
+        names = sorted(last)
+        shown = names if show_all else names[:4]
+        return "  ".join(f"{k}={format_significant(last[k])}" for k in shown) + (" …" if len(names) > len(shown) else "")
+
+    if len(runs) + sum(map(len, earlier.values())) > summary_rows():
+        rows = []
+        for r in runs:
+            rows.append([str(r.number), r.key, r.state.value + (" (orphaned)" if r.orphaned else ""), r.cluster,
+                         format_duration(r.runtime(now)), "" if r.step is None else str(r.step),
+                         metrics_of(values[r.key]), r.reason])
+            rows += [["", f"  └ attempt {a.attempt}", a.state.value, a.cluster, format_duration(a.runtime(now)),
+                      "" if a.step is None else str(a.step), metrics_of(attempt_values[(a.key, a.attempt)]), a.reason]
+                     for a in earlier.get(r.key, ())]
+        write_lines(plain_table(("#", "run", "state", "cluster", "runtime", "step", "metrics", "reason"), rows,
+                                right=frozenset({0, 4, 5})))
+        return
 
     t = Table(header_style="bold", box=None, pad_edge=False)
     for col, kw in (("#", {"justify": "right"}), ("run", {"no_wrap": True}), ("state", {"no_wrap": True}), ("cluster", {}),
@@ -245,10 +329,7 @@ def _status_table(runs: list[RunRecord], now: float, show_all: bool, values: dic
                     ("reason", {"overflow": "fold", "max_width": 60})):
         t.add_column(col, **kw)
     def row(r: RunRecord, number: str, name: str, state: str, values: dict[str, Summary]) -> None:
-        last = {m: v.last for m, v in values.items() if v.last is not None}
-        names = sorted(last)
-        shown = names if show_all else names[:4]
-        metrics = "  ".join(f"{k}={format_significant(last[k])}" for k in shown) + (" …" if len(names) > len(shown) else "")
+        metrics = metrics_of(values)
         style = STATE_STYLE.get(r.state.value, "")
         t.add_row(number, name, f"[{style}]{state}[/]", escape(r.cluster), format_duration(r.runtime(now)),
                   "" if r.step is None else str(r.step), escape(metrics), escape(r.reason))

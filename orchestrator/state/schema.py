@@ -5,6 +5,7 @@ metrics table's rewrite `TRIGGERS`) and how a row of runs × attempts becomes a 
 from __future__ import annotations
 
 import json
+import sys
 
 from ..model import Offsets, RunRecord, RunState
 
@@ -108,34 +109,47 @@ CREATE TABLE IF NOT EXISTS outbox (
 """
 
 SNAPSHOT_SQL = """
-SELECT r.key, r.number, r.experiment, r.spec_hash, r.essence, r.params, r.orphaned,
+SELECT r.key, r.number, r.experiment, r.spec_hash, '' AS essence, '' AS params, r.orphaned,
        a.attempt, a.state, a.reason, a.cluster, a.job_id, a.host, a.run_dir,
        a.submitted_at, a.started_at, a.ended_at, a.exit_code, a.git_commit, a.git_dirty,
-       a.intent, a.last, a.best, a.step, a.heartbeat_at, a.command, a.peak_rss, a.peak_gpu,
+       a.intent, '' AS last, '' AS best, a.step, a.heartbeat_at, a.command, a.peak_rss, a.peak_gpu,
        a.min_disk, a.parent, a.code_hash, a.off_stdout, a.off_stderr, a.off_metrics,
-       a.off_resources, a.stop_requested, a.retry, a.gpu_util_sum, a.gpu_util_n
+       a.off_resources, a.stop_requested, a.retry, a.gpu_util_sum, a.gpu_util_n,
+       '[' || r.params || ',' || COALESCE(NULLIF(a.last, ''), '{}') || ',' || COALESCE(NULLIF(a.best, ''), '{}') || ']'
 FROM runs r JOIN attempts a ON a.key = r.key AND a.attempt = r.attempt
 """
 
 
-def _loads(text: str) -> dict[str, float]:
-    if not text or text == "{}":
-        return {}
-    return {k: float(v) for k, v in json.loads(text).items()}
+# A snapshot holds every run (100,000 and more): the names and words runs share (parameter
+# and metric names, experiments, clusters, reasons) are held once, not once per run, and
+# the offsets of a run that has none are one object.
+_intern = sys.intern
+_NO_OFFSETS = Offsets(0, 0, 0, 0)
+
+
+def _numbers(d: dict[str, object]) -> dict[str, float]:
+    return {_intern(k): float(v) for k, v in d.items()} if d else {}  # type: ignore[arg-type]
+
+
+_STATES = {s.value: s for s in RunState}
 
 
 def record_of(row: tuple) -> RunRecord:
-    """The RunRecord of a row of `SNAPSHOT_SQL`."""
+    """The RunRecord of a row of `SNAPSHOT_SQL`: without its `essence` (a few hundred bytes a
+    run, read only for a run whose spec changed: `Store.essences`). Its parameters, last and
+    best values come as one JSON array (one parse a run, not three)."""
+    params, last, best = json.loads(row[39])
     return RunRecord(
-        key=row[0], number=row[1], experiment=row[2], spec_hash=row[3], essence=row[4],
-        params=tuple((k, v) for k, v in json.loads(row[5])), orphaned=bool(row[6]),
-        attempt=row[7], state=RunState(row[8]), reason=row[9], cluster=row[10], job_id=row[11],
-        host=row[12], run_dir=row[13], submitted_at=row[14], started_at=row[15],
-        ended_at=row[16], exit_code=row[17], git_commit=row[18], git_dirty=bool(row[19]),
-        intent=bool(row[20]), last=_loads(row[21]), best=_loads(row[22]), step=row[23],
+        key=row[0], number=row[1], experiment=_intern(row[2]), spec_hash=row[3], essence=row[4],
+        params=tuple((_intern(k), v) for k, v in params), orphaned=bool(row[6]),
+        attempt=row[7], state=_STATES.get(row[8]) or RunState(row[8]), reason=_intern(row[9]),
+        cluster=_intern(row[10]), job_id=row[11], host=_intern(row[12]), run_dir=row[13], submitted_at=row[14],
+        started_at=row[15], ended_at=row[16], exit_code=row[17], git_commit=row[18], git_dirty=bool(row[19]),
+        intent=bool(row[20]), last=_numbers(last), best=_numbers(best), step=row[23],
         heartbeat_at=row[24], command=row[25], peak_rss_mb=row[26], peak_gpu_mem_mb=row[27],
         min_disk_free_mb=row[28], parent_attempt=row[29], code_hash=row[30],
-        offsets=Offsets(row[31], row[32], row[33], row[34]), stop_requested=row[35], retry=row[36],
+        offsets=Offsets(row[31], row[32], row[33], row[34]) if any(row[31:35]) else _NO_OFFSETS,
+        stop_requested=row[35], retry=row[36],
         mean_gpu_util_pct=row[37] / row[38] if row[38] else None,
     )
 

@@ -142,6 +142,16 @@ class Store(Outbox):
             self._cache = (version, {row[0]: record_of(row) for row in self.db.execute(SNAPSHOT_SQL)})
         return dict(self._cache[1])
 
+    def essences(self, keys: Iterable[str]) -> dict[str, str]:
+        """The essence (JSON) each run was submitted with, of the runs `keys` (the snapshot
+        leaves it out: the planner reads it only for a run whose spec changed)."""
+        wanted, out = list(keys), {}
+        for i in range(0, len(wanted), 500):
+            part = wanted[i:i + 500]
+            out.update(self.db.execute(f"SELECT key, essence FROM runs WHERE key IN ({','.join('?' * len(part))})",
+                                       part).fetchall())
+        return out
+
     def record(self, key: str) -> RunRecord | None:
         row = self.db.execute(SNAPSHOT_SQL + " WHERE r.key = ?", (key,)).fetchone()
         return record_of(row) if row else None
@@ -376,7 +386,7 @@ class Store(Outbox):
         return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
-        with self.transaction():
+        with _Tx(self.db):  # the cached snapshot, histories and events hold no meta: they stay
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def last_pass(self) -> float | None:

@@ -1,0 +1,157 @@
+"""Benchmark: whole-process `nero status`, `nero plan` and `nero reconcile` on projects of
+1,000 / 10,000 / 100,000 runs (issue #14), side by side with `sqlite3` reading the same rows.
+
+Each project is built once: a workbook of 10 rows (each a grid of lr × seed), its store
+filled directly (every run submitted, most completed with metrics, some failed), and one
+real pass so that a later pass has nothing to do. A second workbook folder with the same
+rows and an empty store gives `nero plan` with every run new. Each command is then run as a
+subprocess, median of 3, peak RSS from wait4. The script fails loudly when a workbook is
+refused, when the store does not hold the runs, or when a command does not print what it
+should (a summary that counts every run, a plan with every run new).
+
+Run: python bench/bench_cli.py [--sizes 1000,10000,100000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ROWS = 10
+
+
+def write(path: Path, runs: int) -> None:
+    from openpyxl import Workbook
+
+    per = max(1, runs // ROWS)
+    a = max(1, int(round(per ** 0.5)))
+    b = per // a
+    wb = Workbook()
+    ws = wb.active
+    ws.title = "Experiments"
+    ws.append(["id", "command", "lr", "seed", "epochs"])
+    for i in range(ROWS):
+        ws.append([f"sweep{i}", "python train.py --lr {{ lr }} --seed {{ seed }} --epochs {{ epochs }}",
+                   f"linspace(0.001, 0.1, {a})", f"range({b})", 10])
+    wb.save(path)
+
+
+def build(folder: Path, runs: int, fill: bool) -> int:
+    """Build a project (in a child process: see `main`); the number of runs its workbook asks for."""
+    sys.path.insert(0, str(ROOT))
+    from orchestrator.model import NewAttempt, RunState, Update
+    from orchestrator.reconcile import Reconciler
+
+    folder.mkdir(parents=True)
+    path = folder / "experiments.xlsx"
+    write(path, runs)
+    rec = Reconciler(path)
+    rec.load()  # a refused workbook raises here: the benchmark never measures nothing
+    n = len(rec.specs)
+    if fill:
+        now = time.time()
+        rec.store.record_intents([NewAttempt(s, 1, "local", f"{folder}/runs/{i}", s.command)
+                                  for i, s in enumerate(rec.specs)], now - 3600)
+        ups = []
+        for i, s in enumerate(rec.specs):
+            failed = i % 97 == 0
+            ups.append(Update(s.key, 1, state=RunState.FAILED if failed else RunState.COMPLETED, intent=False,
+                              job_id=str(i), reason="exit code 1" if failed else "exit code 0",
+                              started_at=now - 3000, ended_at=now - 3000 + i % 500,
+                              last={"loss": 1.0 / (1 + i), "acc": 0.9}, best={"loss": 1.0 / (1 + i), "acc": 0.9}))
+        rec.store.apply(ups)
+        rec.run_pass()
+        got = rec.store.db.execute("SELECT count(*) FROM runs").fetchone()[0]
+        if got != n:
+            sys.exit(f"bench_cli: the store holds {got} runs, the workbook asks for {n}")
+    rec.close()
+    return n
+
+
+def _ends(path: Path, size: int = 1 << 16) -> str:
+    """The first and last `size` bytes of a command's output. Not the whole of it: a child's
+    peak RSS from wait4 counts its parent's at the fork, so the parent must stay small (a
+    100,000-run `status --json` is 100 MB of text)."""
+    with open(path, "rb") as f:
+        head = f.read(size)
+        f.seek(max(len(head), os.path.getsize(path) - size))
+        return (head + b"\n...\n" + f.read()).decode(errors="replace")
+
+
+def timed(argv: list[str], cwd: Path, check: str | None) -> tuple[float, float, str]:
+    """(seconds, peak RSS MiB, the ends of its output) of one whole process."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="160", PYTHONPYCACHEPREFIX=str(cwd.parent / "pycache"))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: compiled modules cached
+    t = time.perf_counter()
+    with open(cwd / ".out", "wb") as out:
+        p = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        _, status, ru = os.wait4(p.pid, 0)
+    dt = time.perf_counter() - t
+    text = _ends(cwd / ".out")
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0 or (check is not None and check not in text):
+        sys.exit(f"bench_cli: {' '.join(argv)} exited {code}; expected {check!r} in its output:\n{text[-2000:]}")
+    return dt, ru.ru_maxrss / 1024, text
+
+
+def median(argv: list[str], cwd: Path, check: str | None, repeat: int) -> tuple[float, float]:
+    timed(argv, cwd, check)  # warm: the modules compiled, the files in the page cache
+    got = [timed(argv, cwd, check) for _ in range(repeat)]
+    return statistics.median(g[0] for g in got), max(g[1] for g in got)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="1000,10000,100000")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--build", nargs=3, metavar=("FOLDER", "RUNS", "FILL"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.build:  # the child that builds a project: the timing parent stays small, for its
+        # children's peak RSS from wait4 counts what a forked child shared with its parent
+        print(build(Path(args.build[0]), int(args.build[1]), args.build[2] == "1"))
+        return
+    nero = [sys.executable, "-m", "orchestrator"]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in (int(s) for s in args.sizes.split(",")):
+            t = time.perf_counter()
+            done = Path(tmp) / f"p{size}"
+            fresh = Path(tmp) / f"new{size}"
+            n = int(subprocess.run([sys.executable, __file__, "--build", str(done), str(size), "1"], check=True,
+                                   capture_output=True, text=True).stdout)
+            subprocess.run([sys.executable, __file__, "--build", str(fresh), str(size), "0"], check=True,
+                           capture_output=True)
+            print(f"built {n:,} runs in {time.perf_counter() - t:.1f}s", file=sys.stderr, flush=True)
+            db = done / ".nero" / "state.db"
+            sql = ["sqlite3", str(db), "SELECT r.number, r.key, a.state, a.cluster, a.started_at, a.ended_at, a.step, "
+                   "a.last, a.reason FROM runs r JOIN attempts a ON a.key = r.key AND a.attempt = r.attempt ORDER BY r.number"]
+            peer = median(sql, done, None, args.repeat)
+            cases = [
+                ("nero status", nero + ["status"], done, f"{n:,} runs"),
+                ("nero status all (full table)", nero + ["status", "all"], done, None),
+                ("nero status --json", nero + ["status", "--json"], done, None),
+                ("nero status --csv", nero + ["status", "--csv"], done, None),
+                ("nero plan (no change)", nero + ["plan"], done, "No changes."),
+                ("nero plan (every run new)", nero + ["plan"], fresh, f"{n:,} to submit"),
+                ("nero reconcile (one pass, no change)", nero + ["reconcile"], done, None),
+            ]
+            rows.append((n, "sqlite3 (the same rows)", *peer, 1.0))
+            for name, argv, cwd, check in cases:
+                s, mib = median(argv, cwd, check, args.repeat)
+                rows.append((n, name, s, mib, s / peer[0]))
+                print(f"  {name}: {s:.2f}s {mib:.0f} MiB", file=sys.stderr, flush=True)
+    print(f"{'runs':>8}  {'command':<38} {'median':>8} {'peak RSS':>9} {'× sqlite3':>10}")
+    for n, name, s, mib, ratio in rows:
+        print(f"{n:>8,}  {name:<38} {s:>7.2f}s {mib:>6.0f}MiB {ratio:>9.1f}×")
+    print("targets at 100,000 runs: status, plan, reconcile < 1 s and < 200 MiB; status at 10,000 ≤ 20× sqlite3")
+
+
+if __name__ == "__main__":
+    main()
