@@ -17,6 +17,7 @@ import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from .backends import DEFAULT_TEMPLATES
 from .errors import TemplateError, WorkbookError
@@ -80,8 +81,9 @@ def check_workbook(workbook: Workbook, specs: Iterable[RunSpec], project_dir: st
     so a runaway template costs one render's bound per row, not one per run. Each run's command
     is rendered (its values can break it: `{{ 1 / lr }}`) unless it only puts variables in
     text (`plain_substitution`: it renders for every run of a row if for one); a row's job script on a cluster is rendered with
-    its first run (the script is one template for all the row's runs: 0.15 ms a run made a
-    first `nero plan` of 100,000 new runs take 15 s), and a pass still renders every job it
+    its first run when the project has no job templates of its own (nero's render alike for
+    every run of a row: 0.15 ms a run made a first `nero plan` of 100,000 new runs take 15 s),
+    and for every run when it has (they may branch on a run's values), and a pass still renders every job it
     submits before it submits any (`render_job`). `workdir_of`: the local workdir of each run
     key (where the command would run)."""
     problems = check_templates(workbook, project_dir)
@@ -105,6 +107,9 @@ def _check_jobs(workbook: Workbook, specs: Iterable[RunSpec], project_dir: str, 
     failed: set[tuple[str, ...]] = set()  # a row's command, or a template on a cluster, that failed is not tried again
     scripted: set[tuple[str, str, str]] = set()  # (row, template, cluster) whose job script was rendered
     commands: set[tuple[str, str]] = set()  # (row, command) rendered, of a command whose every render is alike
+    # nero's own job templates render alike for every run of a row; a project's own (or a
+    # project override of one of nero's partials) may branch on values: rendered for every run
+    own_only = not any((Path(project_dir) / "templates").glob("*.j2")) if project_dir else True
     for spec in specs:
         if (spec.experiment, spec.command) in failed:
             continue
@@ -112,7 +117,7 @@ def _check_jobs(workbook: Workbook, specs: Iterable[RunSpec], project_dir: str, 
         for name in spec.clusters or ("local",):
             c = clusters.get(name) or Cluster(name=name)
             template = template_name(spec, c)
-            if alike and (spec.experiment, template, name) in scripted:
+            if alike and own_only and (spec.experiment, template, name) in scripted:
                 continue
             if template not in bad_names:
                 bad_names[template] = bool(template_problem(template, project_dir))
@@ -122,7 +127,7 @@ def _check_jobs(workbook: Workbook, specs: Iterable[RunSpec], project_dir: str, 
             _render(workbook, spec, c, problems, attempt=1, run_dir=run_dir, workdir=workdir_of.get(spec.key, ""),
                     python=c.python or (sys.executable if c.kind is ClusterKind.LOCAL else ""), resume=False,
                     prev_dir="", job_name=spec.key, gpu_claims=claims, rendered_at="", project_dir=project_dir,
-                    with_script=not bad_names[template] and (spec.experiment, template, name) not in scripted)
+                    with_script=not bad_names[template] and not (own_only and (spec.experiment, template, name) in scripted))
             scripted.add((spec.experiment, template, name))
             if plain_substitution(spec.command):
                 commands.add((spec.experiment, spec.command))

@@ -58,6 +58,20 @@ def test_a_project_job_template_cannot_run_code_either(project: Path):
     assert attempts(project) == 0
 
 
+def test_a_project_job_template_that_fails_for_one_runs_values_is_reported_by_plan(project: Path):
+    """#12: plan renders what a pass would; a project's job template may branch on a run's
+    values, so it is rendered for every run, not once per row (#14's shortcut is for nero's
+    own templates only)."""
+    (project / "templates").mkdir()
+    (project / "templates" / "picky.sh.j2").write_text(
+        "#!/bin/bash\n{% if params.lr > 0.5 %}{{ 1 // 0 }}{% endif %}\n{{ command }}\n")
+    write_workbook(project / "experiments.xlsx", [
+        {"id": "a", "command": "echo {{ lr }}", "lr": "[0.1, 0.2, 0.9]", "template": "picky.sh.j2"}])
+    err = refused(project, "plan")
+    assert "picky.sh.j2" in err and "does not render" in err, err
+    assert attempts(project) == 0
+
+
 @pytest.mark.parametrize("loop, says", [
     ("{% for i in range(10**10) %}x{% endfor %}", "range() of 10,000,000,000 items"),
     ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "longer than 3 s"),
