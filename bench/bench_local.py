@@ -80,6 +80,7 @@ def wrapper(tmp: Path, job: Path, n: int) -> tuple[float, float]:
         d.mkdir(parents=True)
         s = d / "job.sh"
         s.write_text(text.replace(run_dir, str(d)))
+        os.mkfifo(d / ".tick")  # as nero's agent makes it in every run folder
         scripts.append(s)
     rounds = 5
     per = n // rounds
