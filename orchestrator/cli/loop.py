@@ -20,7 +20,13 @@ if TYPE_CHECKING:
     from ..model import Plan
     from ..reconcile import PassReport
 
-__all__ = ["DigestLoop", "DiskWait", "print_plan_summary", "reconcile"]
+__all__ = ["QUICK_PASS_S", "DigestLoop", "DiskWait", "print_plan_summary", "reconcile"]
+
+# While runs of this machine (the local cluster: a poll is a few file reads) are live, the
+# next pass comes this soon after one whose polls saw something change, and twice as late
+# after each pass that saw nothing, up to the interval: short local runs go through in
+# seconds, long ones cost no more than the interval's passes.
+QUICK_PASS_S = 0.1
 
 
 @main.command()
@@ -117,13 +123,23 @@ def _loop(project: Project, interval: float | None, until_done: bool, prune: boo
             progress.update(task, completed=finished, total=total, description=f"{live} live")
         if until_done and project.outstanding(report.plan) == 0:
             done["flag"] = True
+        wait = QUICK_PASS_S if report.changed else min(every, 2 * (quick["wait"] or QUICK_PASS_S))
+        quick["wait"] = wait
+        quick["at"] = time.monotonic() + wait if _local_live(project) else None
+
+    quick: dict[str, float | None] = {"at": None, "wait": QUICK_PASS_S}
 
     sched.every(every).seconds.do(tick)
     try:
         tick()
         while not done["flag"]:
             sched.run_pending()
-            time.sleep(min(0.2, max(0.0, sched.idle_seconds or 0.2)))
+            at = quick["at"]
+            if at is not None and time.monotonic() >= at:
+                tick()
+                continue
+            soon = 0.2 if at is None else max(0.0, at - time.monotonic())
+            time.sleep(min(0.2, soon, max(0.0, sched.idle_seconds or 0.2)))
     except KeyboardInterrupt:
         if progress is not None:
             progress.stop()
@@ -140,6 +156,17 @@ def _loop(project: Project, interval: float | None, until_done: bool, prune: boo
         click.echo(f"{len(bad)} run{'s' if len(bad) != 1 else ''} did not complete: " +
                    ", ".join(f"{r.key} ({r.state.value})" for r in bad[:10]), err=True)
         sys.exit(1)
+
+
+def _local_live(project: Project) -> bool:
+    """Whether runs of this machine's own cluster are live (polling them reads files only)."""
+    for name, n in project.live_counts().items():
+        try:
+            if n and not project.backend(name).remote:
+                return True
+        except NeroError:
+            continue  # a cluster the sheet no longer names: not this machine's
+    return False
 
 
 class DiskWait:
