@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..errors import DiskError, NeroError
+from ..model import RunState
 from ..project import Project
 from .console import console, print_report
 from .group import WORKBOOK_ARG, fail, main, open_project, warn
@@ -23,10 +24,12 @@ if TYPE_CHECKING:
 __all__ = ["QUICK_PASS_S", "DigestLoop", "DiskWait", "print_plan_summary", "reconcile"]
 
 # While runs of this machine (the local cluster: a poll is a few file reads) are live, the
-# next pass comes this soon after one whose polls saw something change, and twice as late
-# after each pass that saw nothing, up to the interval: short local runs go through in
-# seconds, long ones cost no more than the interval's passes.
+# next pass comes this soon after one that saw runs end (their slots free, the next runs
+# go), and twice as late after each pass that saw none, up to the interval: short local
+# runs go through in seconds; long ones, printing metrics or not, cost no more passes (nor
+# results workbooks) than the interval's.
 QUICK_PASS_S = 0.1
+ENDED = frozenset(s.value for s in RunState if s.finished)
 
 
 @main.command()
@@ -82,8 +85,6 @@ def print_plan_summary(project: Project, plan: Plan) -> None:
 def _loop(project: Project, interval: float | None, until_done: bool, prune: bool, quiet: bool) -> None:
     import schedule
 
-    from ..model import RunState
-
     every = interval or (project.workbook.settings.interval if project.workbook else 30) or 30
     sched = schedule.Scheduler()
     digests = DigestLoop(project, sched, quiet)
@@ -123,7 +124,8 @@ def _loop(project: Project, interval: float | None, until_done: bool, prune: boo
             progress.update(task, completed=finished, total=total, description=f"{live} live")
         if until_done and project.outstanding(report.plan) == 0:
             done["flag"] = True
-        wait = QUICK_PASS_S if report.changed else min(every, 2 * (quick["wait"] or QUICK_PASS_S))
+        ended = any(e.kind in ENDED for e in report.events)
+        wait = QUICK_PASS_S if ended else min(every, 2 * (quick["wait"] or QUICK_PASS_S))
         quick["wait"] = wait
         quick["at"] = time.monotonic() + wait if _local_live(project) else None
 
