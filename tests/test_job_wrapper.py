@@ -70,3 +70,14 @@ def test_a_longer_run_gets_resource_samples_from_proc_without_ps(project: Path):
     assert max(s["rss_mb"] for s in samples) > 64 and r["peak_rss_mb"] > 64
     assert all(s["disk_free_mb"] and s["disk_free_mb"] > 0 for s in samples)
     assert "ps" not in log.read_text().split()
+
+
+def test_until_done_does_not_wait_the_interval_while_local_runs_end(project: Path):
+    """#14: a pass of 1,000 runs of `true` took 50 s, most of it waiting for the next pass;
+    while local runs end, the next pass comes at once (the interval here is a minute)."""
+    write_workbook(project / "experiments.xlsx", [{"id": "t", "command": "true", "i": "range(20)"}],
+                   clusters=[{"name": "local", "kind": "local", "max_jobs": 5}])
+    proc = nero("reconcile", str(project), "--until-done", "--interval", "60", "--quiet", timeout=50)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with state_db(project) as con:
+        assert con.execute("SELECT count(*) FROM attempts WHERE state = 'completed'").fetchone()[0] == 20
