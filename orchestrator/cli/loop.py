@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 import click
 
 from ..errors import DiskError, NeroError
-from ..model import RunState
 from ..project import Project
 from .console import console, print_report
 from .group import WORKBOOK_ARG, fail, main, open_project, warn
@@ -21,15 +20,7 @@ if TYPE_CHECKING:
     from ..model import Plan
     from ..reconcile import PassReport
 
-__all__ = ["QUICK_PASS_S", "DigestLoop", "DiskWait", "print_plan_summary", "reconcile"]
-
-# While runs of this machine (the local cluster: a poll is a few file reads) are live, the
-# next pass comes this soon after one that saw runs end (their slots free, the next runs
-# go), and twice as late after each pass that saw none, up to the interval: short local
-# runs go through in seconds; long ones, printing metrics or not, cost no more passes (nor
-# results workbooks) than the interval's.
-QUICK_PASS_S = 0.1
-ENDED = frozenset(s.value for s in RunState if s.finished)
+__all__ = ["DigestLoop", "DiskWait", "print_plan_summary", "reconcile"]
 
 
 @main.command()
@@ -85,6 +76,8 @@ def print_plan_summary(project: Project, plan: Plan) -> None:
 def _loop(project: Project, interval: float | None, until_done: bool, prune: bool, quiet: bool) -> None:
     import schedule
 
+    from ..model import RunState
+
     every = interval or (project.workbook.settings.interval if project.workbook else 30) or 30
     sched = schedule.Scheduler()
     digests = DigestLoop(project, sched, quiet)
@@ -124,11 +117,12 @@ def _loop(project: Project, interval: float | None, until_done: bool, prune: boo
             progress.update(task, completed=finished, total=total, description=f"{live} live")
         if until_done and project.outstanding(report.plan) == 0:
             done["flag"] = True
-        ended = any(e.kind in ENDED for e in report.events)
+        ended = any(e.kind in ended_states for e in report.events)
         wait = QUICK_PASS_S if ended else min(every, 2 * (quick["wait"] or QUICK_PASS_S))
         quick["wait"] = wait
         quick["at"] = time.monotonic() + wait if _local_live(project) else None
 
+    ended_states = {s.value for s in RunState if s.finished}
     quick: dict[str, float | None] = {"at": None, "wait": QUICK_PASS_S}
 
     sched.every(every).seconds.do(tick)
@@ -158,17 +152,6 @@ def _loop(project: Project, interval: float | None, until_done: bool, prune: boo
         click.echo(f"{len(bad)} run{'s' if len(bad) != 1 else ''} did not complete: " +
                    ", ".join(f"{r.key} ({r.state.value})" for r in bad[:10]), err=True)
         sys.exit(1)
-
-
-def _local_live(project: Project) -> bool:
-    """Whether runs of this machine's own cluster are live (polling them reads files only)."""
-    for name, n in project.live_counts().items():
-        try:
-            if n and not project.backend(name).remote:
-                return True
-        except NeroError:
-            continue  # a cluster the sheet no longer names: not this machine's
-    return False
 
 
 class DiskWait:
@@ -246,3 +229,22 @@ class DigestLoop:
             warnings = [f"digest not built: {type(e).__name__}: {e}"]
         for w in warnings:
             warn(w)
+
+
+# While runs of this machine (the local cluster: a poll is a few file reads) are live, the
+# loop's next pass comes this soon after one that saw runs end (their slots free, the next
+# runs go), and twice as late after each pass that saw none, up to the interval: short
+# local runs go through in seconds; long ones, printing metrics or not, cost no more passes
+# (nor results workbooks) than the interval's.
+QUICK_PASS_S = 0.1
+
+
+def _local_live(project: Project) -> bool:
+    """Whether runs of this machine's own cluster are live (polling them reads files only)."""
+    for name, n in project.live_counts().items():
+        try:
+            if n and not project.backend(name).remote:
+                return True
+        except NeroError:
+            continue  # a cluster the sheet no longer names: not this machine's
+    return False
