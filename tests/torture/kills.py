@@ -70,7 +70,11 @@ def make_project(project: Path, runs: int, lines: int, delay: float, max_jobs: i
     from conftest import write_workbook
 
     project.mkdir(parents=True, exist_ok=True)
-    (project / "ticker.py").write_text(TICKER)
+    ticker = project / "ticker.py"
+    if not ticker.exists() or ticker.read_text() != TICKER:
+        # written once: jobs of the nero just killed may be starting it right now, and a
+        # rewrite (truncate, then write) would hand one an empty program that exits 0
+        ticker.write_text(TICKER)
     return write_workbook(project / "experiments.xlsx", [
         {"id": "t", "command": f"python ticker.py n={lines} delay={delay} seed={{{{ seed }}}}", "seed": f"range({runs})"},
     ], clusters=[{"name": "local", "kind": "local", "max_jobs": max_jobs}])
