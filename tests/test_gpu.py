@@ -157,7 +157,8 @@ def test_local_runs_get_distinct_free_gpus_wait_for_one_and_record_their_own_gpu
 
 
 def test_without_nvidia_smi_gpu_fields_are_null_and_a_run_with_gpus_still_runs(project: Path):
-    (project / "job.py").write_text('import os\nprint("gpus=" + os.environ.get("CUDA_VISIBLE_DEVICES", "none"))\n')
+    # runs past the job script's first second, so its sampler takes samples
+    (project / "job.py").write_text('import os, time\ntime.sleep(1.5)\nprint("gpus=" + os.environ.get("CUDA_VISIBLE_DEVICES", "none"))\n')
     write_workbook(project / "experiments.xlsx", [{"id": "n", "command": "python3 job.py", "gpus": 1}])
     path = ":".join(p for p in os.environ["PATH"].split(":")
                     if not (Path(p) / "nvidia-smi").exists())

@@ -201,6 +201,11 @@ def test_a_scheduler_still_running_a_job_withholds_its_exit_code():
     gone = dict(item, files={"heartbeat": "100"})
     assert b._status(h, gone, reply, {}, 120.0, False).alive
     assert not b._status(h, gone, reply, {}, 400.0, False).alive
+    # #14: the job script's first heartbeat comes a second after its start: a job the
+    # scheduler forgot in between is alive while its start is fresh
+    young = dict(item, files={"started": '{"host": "n1", "time": 100.5, "pid": 7}'})
+    assert b._status(h, young, reply, {}, 120.0, False).alive
+    assert not b._status(h, young, reply, {}, 400.0, False).alive
 
 
 # --------------------------------------------------------------------------- templates

@@ -56,6 +56,7 @@ NERO_DIR = ".nero"
 SUBMIT_LOCK = "submit.lock"
 HANDED = "handed"  # in a run folder: its job was handed to the scheduler or started (adopt reads it)
 HOME = os.path.expanduser("~")
+TICK = ".tick"  # in a run folder: a FIFO the job script reads with a timeout to wait
 
 
 def _user():
@@ -133,12 +134,20 @@ def disk_free_mb(p):
     return st.f_bavail * st.f_frsize / 1048576.0
 
 
-def read_small(p, limit=4096):
+def read_small(p, limit=4096, strip=True):
     try:
         with open(p, "rb") as f:
-            return f.read(limit).decode("utf-8", "replace").strip()
+            text = f.read(limit).decode("utf-8", "replace")
+            return text.strip() if strip else text
     except (IOError, OSError):
         return None
+
+
+def read_status(p):
+    """A status file the job script wrote (one write, ending with a line end): its text,
+    or None while it is absent or not yet whole."""
+    text = read_small(p, strip=False)
+    return None if text is None or not text.endswith("\n") else text.strip()
 
 
 def read_from(p, offset, limit):
@@ -333,7 +342,7 @@ def op_poll(req, inp, reply):
     runs = []
     for r in req.get("runs", []):
         d = r["dir"]
-        files = dict((n, read_small(os.path.join(d, n))) for n in STATUS_FILES)
+        files = dict((n, read_status(os.path.join(d, n))) for n in STATUS_FILES)
         chunks, mids, complete = [], [], True
         for name, off in zip(OUTPUTS, r.get("off", [0, 0, 0, 0])):
             limit = min(per_file, budget)
@@ -385,6 +394,10 @@ def _write_job(job):
             raise
     for name, text in sorted(job.get("files", {}).items()):
         write_new(os.path.join(d, name), text, 0o755 if name in job.get("exec", ()) else 0o644)
+    try:  # the job script's way to wait without starting a process (templates/_job_body.sh.j2)
+        os.mkfifo(os.path.join(d, TICK))
+    except OSError:
+        pass  # there already, or a file system without FIFOs: the job script sleeps instead
     for name, target in job.get("links", {}).items():
         p = os.path.join(d, name)
         if not os.path.lexists(p):
@@ -492,12 +505,16 @@ def op_submit(req, inp, reply):
             t.start()
         for t in threads:
             t.join()
-        for i, u in enumerate(units):
-            if u["kind"] == "spawn":
-                try:
-                    results[i] = _submit_unit(u)
-                except Exception as e:  # noqa: BLE001
-                    results[i] = {"rc": 125, "out": "", "err": "%s: %s" % (type(e).__name__, e), "ids": []}
+        def spawn(i):
+            try:
+                results[i] = _submit_unit(units[i])
+            except Exception as e:  # noqa: BLE001
+                results[i] = {"rc": 125, "out": "", "err": "%s: %s" % (type(e).__name__, e), "ids": []}
+
+        spawns = [i for i, u in enumerate(units) if u["kind"] == "spawn"]
+        # a few at once: starting a process waits for its exec, which other threads overlap
+        with ThreadPoolExecutor(min(8, max(1, len(spawns)))) as pool:
+            list(pool.map(spawn, spawns))
         reply.header["units"] = results
         seconds["submit"] = time.time() - t0 - sum(seconds.values())
         reply.header["seconds"] = seconds
@@ -515,7 +532,7 @@ def op_adopt(req, inp, reply):
             d = r["dir"]
             item = {"job_id": read_small(os.path.join(d, "job_id")),
                     "submit": read_small(os.path.join(d, "submit.json"), 65536),
-                    "pid": read_small(os.path.join(d, "pid")),
+                    "pid": read_status(os.path.join(d, "pid")),
                     "has_job": os.path.exists(os.path.join(d, "job.sh")),
                     "handed": os.path.exists(os.path.join(d, HANDED))}
             if r.get("check_pid") and item["job_id"]:
@@ -563,7 +580,7 @@ def op_cancel(req, inp, reply):
     kills = []
     for k in req.get("kill", []):
         # a job adopted before it recorded its id: the pid its script wrote
-        text = (k.get("pid") or read_small(os.path.join(k["dir"], "pid")) or "").strip()
+        text = (k.get("pid") or read_status(os.path.join(k["dir"], "pid")) or "").strip()
         pid = int(text) if text.isdigit() else 0
         if not pid or not process_alive(pid, k["dir"]):
             kills.append("")
@@ -623,7 +640,7 @@ def op_read(req, inp, reply):
         data = read_from(p, int(req.get("offset", 0)), limit)
     reply.header["size"] = size
     reply.header["data"] = reply.blob(data)
-    reply.header["ended"] = read_small(os.path.join(d, "exit_code")) is not None
+    reply.header["ended"] = read_status(os.path.join(d, "exit_code")) is not None
     reply.header["dir_exists"] = os.path.isdir(d)
 
 

@@ -410,8 +410,12 @@ class AgentBackend(ABC):
         else:
             sched = states.get(h.job_id)
             if sched is None:
-                # the scheduler forgot the job (or never had it): the run directory decides
-                alive = exit_code is None and heartbeat is not None and now - heartbeat < UNKNOWN_HEARTBEAT_S
+                # the scheduler forgot the job (or never had it): the run directory decides; its
+                # start is its first sign of life (the job script's first heartbeat comes a
+                # second later, templates/_job_body.sh.j2)
+                begun = started.get("time") if isinstance(started, dict) else None
+                seen = heartbeat if heartbeat is not None else _float(None if begun is None else str(begun))
+                alive = exit_code is None and seen is not None and now - seen < UNKNOWN_HEARTBEAT_S
             elif sched.live:
                 alive = True
                 sched_state, sched_reason = sched.state, sched.reason

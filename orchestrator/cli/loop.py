@@ -135,13 +135,25 @@ def _loop(project: Project, interval: float | None, until_done: bool, prune: boo
                 f", {len(waits)} awaiting confirmation: nero apply {report.plan.fingerprint}" if waits else ""))
         if until_done and project.outstanding(report.plan) == 0:
             done["flag"] = True
+        ended = any(e.kind in ended_states for e in report.events)
+        wait = QUICK_PASS_S if ended else min(every, 2 * (quick["wait"] or QUICK_PASS_S))
+        quick["wait"] = wait
+        quick["at"] = time.monotonic() + wait if _local_live(project) else None
+
+    ended_states = {s.value for s in RunState if s.finished}
+    quick: dict[str, float | None] = {"at": None, "wait": QUICK_PASS_S}
 
     sched.every(every).seconds.do(tick)
     try:
         tick()
         while not done["flag"]:
             sched.run_pending()
-            time.sleep(min(0.2, max(0.0, sched.idle_seconds or 0.2)))
+            at = quick["at"]
+            if at is not None and time.monotonic() >= at:
+                tick()
+                continue
+            soon = 0.2 if at is None else max(0.0, at - time.monotonic())
+            time.sleep(min(0.2, soon, max(0.0, sched.idle_seconds or 0.2)))
     except KeyboardInterrupt:
         if progress is not None:
             progress.stop()
@@ -265,3 +277,22 @@ class DigestLoop:
             warnings = [f"digest not built: {type(e).__name__}: {e}"]
         for w in warnings:
             warn(w)
+
+
+# While runs of this machine (the local cluster: a poll is a few file reads) are live, the
+# loop's next pass comes this soon after one that saw runs end (their slots free, the next
+# runs go), and twice as late after each pass that saw none, up to the interval: short
+# local runs go through in seconds; long ones, printing metrics or not, cost no more passes
+# (nor results workbooks) than the interval's.
+QUICK_PASS_S = 0.1
+
+
+def _local_live(project: Project) -> bool:
+    """Whether runs of this machine's own cluster are live (polling them reads files only)."""
+    for name, n in project.live_counts().items():
+        try:
+            if n and not project.backend(name).remote:
+                return True
+        except NeroError:
+            continue  # a cluster the sheet no longer names: not this machine's
+    return False

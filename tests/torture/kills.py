@@ -70,7 +70,11 @@ def make_project(project: Path, runs: int, lines: int, delay: float, max_jobs: i
     from conftest import write_workbook
 
     project.mkdir(parents=True, exist_ok=True)
-    (project / "ticker.py").write_text(TICKER)
+    ticker = project / "ticker.py"
+    if not ticker.exists() or ticker.read_text() != TICKER:
+        # written once: jobs of the nero just killed may be starting it right now, and a
+        # rewrite (truncate, then write) would hand one an empty program that exits 0
+        ticker.write_text(TICKER)
     return write_workbook(project / "experiments.xlsx", [
         {"id": "t", "command": f"python ticker.py n={lines} delay={delay} seed={{{{ seed }}}}", "seed": f"range({runs})"},
     ], clusters=[{"name": "local", "kind": "local", "max_jobs": max_jobs}])
@@ -225,7 +229,7 @@ def check(project: Path, lines: int, runs: int, report: KillReport) -> KillRepor
     report.duplicated_points += sum(stored.values())  # stored, never printed
     for a in attempts:
         d = Path(a[4])
-        if (d / "started").exists() and not (d / ".claim").is_dir():
+        if (d / "started").exists() and not (d / ".claim").is_file():
             report.problems.append(f"{a[0]} attempt {a[1]} started without its claim")
     report.stale_temporaries = len(list(project.glob(".results.xlsx.*")))
     try:
