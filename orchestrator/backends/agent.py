@@ -16,8 +16,8 @@ Operations (request["op"]):
   submit     under the workdir's submit lock: unpack code archives (once per content
              hash), write run directories, run the submission commands (in parallel) or
              start detached processes, record each job id in its run directory at once
-  poll       the scheduler's word on the live jobs (a listing, then details for the
-             jobs the listing lacks), then each run's status files and the bytes
+  poll       the scheduler's word on the live jobs (a listing of those jobs by id, then
+             details for the jobs the listing lacks), then each run's status files and the bytes
              appended to its outputs since the given offsets, bounded per file and in
              total
   adopt      under the submit lock: each run directory's job id / submission record,
@@ -285,13 +285,38 @@ def op_hello(req, inp, reply):
     })
 
 
+def _listing(sched):
+    """The scheduler's listing: one command, or (`{id}` / `{ids}` in it) one per job or
+    chunk of `jobs`, their outputs joined; a job the scheduler no longer knows (its error
+    matches `gone`) is simply not listed."""
+    template = sched["list"]
+    jobs = sched.get("jobs") or []
+    if any("{id}" in a for a in template):
+        groups = [[j] for j in jobs]
+    elif any("{ids}" in a for a in template):
+        chunk = int(sched.get("chunk", 200))
+        groups = [jobs[k:k + chunk] for k in range(0, len(jobs), chunk)]
+    else:
+        groups = [[""]]
+    gone = re.compile(sched["gone"]) if sched.get("gone") else None
+    outs, errs, rc = [], [], 0
+    for g in groups:
+        r = run(subst(template, ids=",".join(g), id=g[0]), timeout=120)
+        if r["rc"] != 0 and not (gone and gone.search(r["err"])):
+            rc = r["rc"]
+            errs.append(r["err"])
+        elif r["rc"] == 0:
+            outs.append(r["out"])
+    return {"rc": rc, "out": b"".join(outs), "err": "".join(errs)[-2000:], "commands": len(groups)}
+
+
 def _scheduler(sched, ids, reply):
     """The listing, then details for the ids the listing lacks (first alternative that works)."""
     out = {}
     listing = sched.get("list")
     present = set()
     if listing:
-        r = run(subst(listing), timeout=120)
+        r = _listing(sched)
         pattern = re.compile(sched.get("present", r"^\s*(\S+)").encode("utf-8"), re.M)
         if r["rc"] == 0:
             present = set(m.group(1).decode("utf-8", "replace") for m in pattern.finditer(r["out"]))
