@@ -210,9 +210,11 @@ def make_history(n: int, limit: int, timeout: float) -> float:
     running at once so other users of the testbed keep CPUs); seconds until all ended."""
     ids = []
     t0 = time.perf_counter()
-    for start in range(0, n, 10000):
+    arrays = range(0, n, 10000)
+    each = max(1, limit // len(arrays))  # the throttle holds per array
+    for start in arrays:
         count = min(10000, n - start)
-        ids.append(ssh(f"sbatch --parsable --array=0-{count - 1}%{limit} -J nero-bench-history -o /dev/null "
+        ids.append(ssh(f"sbatch --parsable --array=0-{count - 1}%{each} -J nero-bench-history -o /dev/null "
                        f"-e /dev/null --wrap true").strip())
     while True:
         out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(ids), "-t", "PD,R,CG,CF,S", "-o", "%i"],

@@ -397,9 +397,33 @@ def write_new(p, data, mode=0o644):
         os.close(fd)
 
 
+def _record(d):
+    """The folder that keeps a run's `handed` and `job_id` records: its own, or the one its
+    submission record (`submit.json`) names for all the runs of one submission (a job
+    array), with the run's line in that folder's `job_id`."""
+    try:
+        sub = json.loads(read_small(os.path.join(d, "submit.json"), 65536) or "{}")
+    except ValueError:
+        sub = {}
+    if isinstance(sub, dict) and sub.get("record"):
+        return sub["record"], int(sub.get("index", 0))
+    return d, None
+
+
+def _handed_ids(d, cache):
+    """(handed, job id) of a run folder, from its own records or its submission's."""
+    folder, index = _record(d)
+    if folder not in cache:
+        ids = read_small(os.path.join(folder, "job_id"), 1 << 22)
+        cache[folder] = (os.path.exists(os.path.join(folder, HANDED)), (ids or "").split("\n"))
+    handed, ids = cache[folder]
+    line = ids[index or 0] if (index or 0) < len(ids) else ""
+    return handed, line.strip() or None
+
+
 def _write_job(job):
     d = job["dir"]
-    if os.path.exists(os.path.join(d, "started")) or os.path.exists(os.path.join(d, "job_id")):
+    if os.path.isdir(d) and (os.path.exists(os.path.join(d, "started")) or _handed_ids(d, {})[1]):
         # a folder left by a job nero no longer knows (its state was deleted): kept aside,
         # never mixed with the new job's output or mistaken for it
         os.rename(d, "%s.replaced-%d" % (d, int(time.time() * 1000)))
@@ -443,8 +467,14 @@ def _submit_unit(unit):
             os.makedirs(parent)
         write_atomic(p, text, 0o755 if p.endswith(".sh") else None)
     # recorded before the job is handed over (process started, submit command run): a run
-    # folder without it was never handed to anyone, so nero may submit it again at once
-    _write_each(unit["runs"], HANDED, ["%f\n" % time.time()] * len(unit["runs"]))
+    # folder without it was never handed to anyone, so nero may submit it again at once.
+    # A unit of many runs (a job array) keeps one record for all of them in its `record`
+    # folder (each run's submit.json names it): two files, not two per run
+    shared = unit.get("record")
+    if shared:
+        write_atomic(os.path.join(shared, HANDED), "%f\n" % time.time())
+    else:
+        _write_each(unit["runs"], HANDED, ["%f\n" % time.time()] * len(unit["runs"]))
     if unit["kind"] == "spawn":
         env = dict(os.environ)
         env.update(unit.get("env", {}))
@@ -464,7 +494,11 @@ def _submit_unit(unit):
         if jid:
             ids = ["%s_%d" % (jid, i) for i in range(len(unit["runs"]))] if unit.get("array") else [jid]
         result = {"rc": r["rc"], "out": r["out"].decode("utf-8", "replace")[-2000:], "err": r["err"], "ids": ids}
-    _write_each(unit["runs"], "job_id", [jid + "\n" for jid in ids])  # read by adopt only under the submit lock
+    # read by adopt only under the submit lock
+    if shared:
+        write_atomic(os.path.join(shared, "job_id"), "".join(jid + "\n" for jid in ids))
+    else:
+        _write_each(unit["runs"], "job_id", [jid + "\n" for jid in ids])
     return result
 
 
@@ -535,14 +569,15 @@ def op_adopt(req, inp, reply):
     workdir = path(req["workdir"])
     lock = Lock(workdir)
     try:
-        runs, names = [], []
+        runs, names, records = [], [], {}
         for r in req.get("runs", []):
             d = r["dir"]
-            item = {"job_id": read_small(os.path.join(d, "job_id")),
+            handed, jid = _handed_ids(d, records)
+            item = {"job_id": jid,
                     "submit": read_small(os.path.join(d, "submit.json"), 65536),
                     "pid": read_small(os.path.join(d, "pid")),
                     "has_job": os.path.exists(os.path.join(d, "job.sh")),
-                    "handed": os.path.exists(os.path.join(d, HANDED))}
+                    "handed": handed}
             if r.get("check_pid") and item["job_id"]:
                 item["alive"] = item["job_id"].isdigit() and process_alive(int(item["job_id"]), d)
             if not item["job_id"] and item["has_job"] and r.get("name"):

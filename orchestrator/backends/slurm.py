@@ -283,12 +283,12 @@ class SlurmBackend(AgentBackend):
             name = batch_name(dirs)
             bdir = ClusterPaths(root).batch(name)
             units.append({"kind": "cmd", "argv": ["sbatch", "--parsable", f"{bdir}/array.sh"], "cwd": bdir,
-                          "runs": dirs, "array": True,
+                          "runs": dirs, "array": True, "record": bdir,
                           "files": {f"{bdir}/tasks": "\n".join(dirs) + "\n",
                                     f"{bdir}/array.sh": array_script(header(g[0].text), name, bdir, len(g))}})
             for i, j in enumerate(g):
                 extras[j.run_dir] = {"files": {"submit.json": json.dumps({"job_name": j.job_name, "batch": name,
-                                                                           "index": i})},
+                                                                           "index": i, "record": bdir})},
                                      "links": {"slurm.out": f"{bdir}/{i}.out"}}
         return units, extras
 
