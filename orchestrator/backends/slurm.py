@@ -32,7 +32,7 @@ from ..paths import ClusterPaths
 from .client import AgentBackend, HostInfo, SchedState, Units, one_unit_per_job
 from .shell import Shell
 
-__all__ = ["SACCT", "SCONTROL", "SQUEUE", "SQUEUE_MANY", "SlurmBackend", "array_script", "batch_name",
+__all__ = ["GONE", "PER_JOB_LISTING", "SACCT", "SCONTROL", "SQUEUE", "SQUEUE_MANY", "SlurmBackend", "array_script", "batch_name",
            "expand_array_id", "group", "header", "listing_query", "parse_config", "parse_exit_code", "parse_limit",
            "parse_names", "parse_sacct", "parse_scontrol", "parse_sinfo", "parse_squeue"]
 
