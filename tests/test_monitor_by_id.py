@@ -15,6 +15,7 @@ from conftest import write_workbook
 from test_remote import Remote, remote  # noqa: F401 - the fixture
 
 from orchestrator.backends import Backend, make_backend
+from orchestrator.backends.sge import ACCOUNTING_TAIL, QACCT, parse_qacct
 from orchestrator.backends.slurm import (
     GONE,
     PER_JOB_LISTING,
@@ -106,3 +107,25 @@ def test_a_job_slurmctld_forgot_falls_through_to_accounting_and_other_listing_er
     down = ["sh", "-c", "echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2; exit 1", "squeue",
             "{id}"]
     assert _poll(tmp_path, down, ["41"])["list"]["rc"] == 1
+
+
+def test_sge_accounting_is_read_from_a_bounded_tail_of_the_file(remote: Remote):  # noqa: F811
+    """#14: `qacct -j ID` scans SGE's whole accounting file, which grows with the site's
+    history; nero's detail command reads only its last bytes. A job that just ended is
+    found there with its exit status (`false`: 1); the file's first job, beyond the tail, is not
+    looked for (plain qacct still finds it)."""
+    import shlex
+    import time
+
+    jid = remote.ssh("qsub -terse -b y -o /dev/null -e /dev/null -N not-nero /bin/false").strip()
+    acc = '"${SGE_ROOT:-/var/lib/gridengine}/${SGE_CELL:-default}/common/accounting"'
+    first = remote.ssh(f"grep -v '^#' {acc} | head -n 1 | cut -d: -f6").strip()
+    deadline = time.time() + 60
+    while time.time() < deadline and f"jobnumber    {jid}" not in remote.ssh(f"qacct -j {jid} 2>/dev/null; true"):
+        time.sleep(1)
+    assert first and first != jid and int(remote.ssh(f"wc -c < {acc}")) > 8000
+    small = [a.replace(str(ACCOUNTING_TAIL), "4000").replace("{ids}", f"{first},{jid}") for a in QACCT]
+    states = parse_qacct(remote.ssh(shlex.join(small)))
+    assert states[jid].state == "FAILED" and states[jid].exit_code == 1, states
+    assert first not in states
+    assert first in parse_qacct(remote.ssh(f"qacct -j {first}"))
