@@ -66,7 +66,7 @@ def cancel(ids: list[str], as_user: bool) -> None:
     time.sleep(2)
 
 
-def nero_pass(n: int, arrays: bool, tag: str) -> dict:
+def nero_pass(n: int, arrays: bool, tag: str, warm: bool = False) -> dict:
     project = Path(tempfile.mkdtemp(prefix="nero-bench-slurm-"))
     workdir = f"nero-work/bench-{tag}"
     write_workbook(project / "experiments.xlsx", [
@@ -81,6 +81,8 @@ def nero_pass(n: int, arrays: bool, tag: str) -> dict:
 
     rec = Reconciler(project / "experiments.xlsx", backend_factory=factory)
     rec.load()
+    if warm:  # the connection a watching reconciler keeps (hello done)
+        rec.backend("slurm").connect()
     t0 = time.perf_counter()
     rec.run_pass(results=False)
     seconds = time.perf_counter() - t0
@@ -280,6 +282,7 @@ def dispatch_rows(args: argparse.Namespace, tag: str) -> None:
         ("submitit map_array on the login node", submitit_map_array(args.runs)),
         ("nero, one pass, job arrays", nero_pass(args.runs, True, tag + "a")),
         ("nero, one pass, one sbatch per job", nero_pass(args.runs, False, tag + "b")),
+        ("nero, one pass, arrays, connection up", nero_pass(args.runs, True, tag + "c", warm=True)),
     ]
     for name, r in rows:
         if r["runs"] != (args.per_connection if "per sbatch" in name else args.runs):
