@@ -11,10 +11,18 @@ Measured in the same run, against the testbed's real Slurm and sshd:
 * one ssh connection per `sbatch`: `ssh -F ssh_config nero-test sbatch --parsable …` per
   job (OpenSSH client), over a sample of M jobs (the rate is what counts).
 
-Targets: nero ≥ 0.5× the plain loop's runs/s and ≥ 10× the per-connection loop's.
+* submitit's `map_array` on the login node (issue #14): N calls pickled, one array
+  script, one `sbatch`.
+* monitoring (issue #14): nero's pass over `--live` runs before and after `--history`
+  finished jobs of the same user exist, next to the user's whole listing
+  (`squeue -u -t all`), which the pass no longer reads.
+
+Targets: nero ≥ 0.5× the plain loop's runs/s and ≥ 10× the per-connection loop's;
+≥ 1.0× submitit's map_array; the monitoring pass after the history ≤ 1.2× the one before.
 Every job submitted here is cancelled right after it is counted.
 
 Run (as root, testbed up): . /tmp/nero-testbed/env.sh && python bench/bench_slurm.py [--runs 1000]
+[--history 15000 | --history 0] [--no-dispatch]
 """
 
 from __future__ import annotations
