@@ -11,16 +11,25 @@ Measured in the same run, against the testbed's real Slurm and sshd:
 * one ssh connection per `sbatch`: `ssh -F ssh_config nero-test sbatch --parsable …` per
   job (OpenSSH client), over a sample of M jobs (the rate is what counts).
 
-Targets: nero ≥ 0.5× the plain loop's runs/s and ≥ 10× the per-connection loop's.
+* submitit's `map_array` on the login node (issue #14): N calls pickled, one array
+  script, one `sbatch`.
+* monitoring (issue #14): nero's pass over `--live` runs before and after `--history`
+  finished jobs of the same user exist, next to the user's whole listing
+  (`squeue -u -t all`), which the pass no longer reads.
+
+Targets: nero ≥ 0.5× the plain loop's runs/s and ≥ 10× the per-connection loop's;
+≥ 1.0× submitit's map_array; the monitoring pass after the history ≤ 1.2× the one before.
 Every job submitted here is cancelled right after it is counted.
 
 Run (as root, testbed up): . /tmp/nero-testbed/env.sh && python bench/bench_slurm.py [--runs 1000]
+[--history 15000 | --history 0] [--no-dispatch]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,7 +74,7 @@ def cancel(ids: list[str], as_user: bool) -> None:
     time.sleep(2)
 
 
-def nero_pass(n: int, arrays: bool, tag: str) -> dict:
+def nero_pass(n: int, arrays: bool, tag: str, warm: bool = False) -> dict:
     project = Path(tempfile.mkdtemp(prefix="nero-bench-slurm-"))
     workdir = f"nero-work/bench-{tag}"
     write_workbook(project / "experiments.xlsx", [
@@ -80,6 +89,8 @@ def nero_pass(n: int, arrays: bool, tag: str) -> dict:
 
     rec = Reconciler(project / "experiments.xlsx", backend_factory=factory)
     rec.load()
+    if warm:  # the connection a watching reconciler keeps (hello done)
+        rec.backend("slurm").connect()
     t0 = time.perf_counter()
     rec.run_pass(results=False, yes=True)  # the whole grid at once (over Settings confirm_over: as `--yes`)
     seconds = time.perf_counter() - t0
@@ -124,37 +135,180 @@ def per_connection(m: int, tag: str) -> dict:
     return {"runs": len(ids), "seconds": seconds, "trips": m, "sbatch": len(ids)}
 
 
+def _fn(x: int) -> int:  # the function submitit's jobs would run
+    return x
+
+
+def submitit_map_array(n: int) -> dict:
+    """submitit's `map_array` on the login node (this machine): pickles N calls, writes one
+    array script and calls `sbatch` once, as a user of submitit would."""
+    import submitit
+
+    folder = Path(tempfile.mkdtemp(prefix="nero-bench-submitit-"))
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
+    executor.update_parameters(timeout_min=5, slurm_partition=os.environ.get("NERO_TEST_SLURM_PARTITION", "debug"))
+    t0 = time.perf_counter()
+    jobs = executor.map_array(_fn, range(n))
+    seconds = time.perf_counter() - t0
+    ids = sorted({j.job_id.split("_")[0] for j in jobs})
+    cancel(ids, as_user=False)
+    return {"runs": len(jobs), "seconds": seconds, "trips": 0, "sbatch": len(ids)}
+
+
+# ----------------------------------------------------------------------- monitoring
+TICKER = "import time\nfor i in range(1, 601):\n    print(f'step={i} loss={1 / i:.6f}', flush=True)\n    time.sleep(1)\n"
+
+
+def user_listing() -> tuple[float, int]:
+    """The listing nero's pass used to read: every job of the ssh user (`squeue -u -t all`)."""
+    user = env("NERO_TEST_SSH_USER")
+    t0 = time.perf_counter()
+    out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-u", user, "-o", "%i|%T|%r"], capture_output=True,
+                         timeout=300)
+    return time.perf_counter() - t0, len(out.stdout)
+
+
+def history_count() -> int:
+    """Jobs of the ssh user slurmctld still holds (finished ones stay MinJobAge)."""
+    return len(subprocess.run(["squeue", "-h", "-r", "-t", "all", "-u", env("NERO_TEST_SSH_USER"), "-o", "%i"],
+                              capture_output=True, text=True, timeout=300).stdout.split())
+
+
+def monitor(live: int, passes: int, tag: str) -> dict:
+    """`live` ticker runs submitted in one pass (8 run, the rest pend), then the median of
+    `passes` monitoring passes of the connected reconciler; every job cancelled after."""
+    project = Path(tempfile.mkdtemp(prefix="nero-bench-slurm-mon-"))
+    (project / "ticker.py").write_text(TICKER)
+    workdir = f"nero-work/bench-{tag}"
+    write_workbook(project / "experiments.xlsx", [
+        {"id": "live", "command": "python3 ticker.py {{ i }}", "i": f"range(0, {live})", "cluster": "slurm",
+         "mem": 100},
+    ], clusters=[{"name": "slurm", "kind": "slurm", "host": env("NERO_TEST_SSH_ALIAS"), "workdir": workdir,
+                  "python": "/usr/bin/python3", "partition": os.environ.get("NERO_TEST_SLURM_PARTITION", "debug")}])
+    rec = Reconciler(project / "experiments.xlsx")
+    rec.load()
+    ids: list[str] = []
+    try:
+        rec.run_pass(results=False)
+        snap = rec.store.snapshot()
+        ids = sorted({r.job_id.split("_")[0] for r in snap.values() if r.job_id})
+        time.sleep(3)
+        rec.run_pass(results=False)  # sees the starts
+        backend = rec.backend("slurm")
+        times, sizes = [], []
+        for _ in range(passes):
+            t0 = time.perf_counter()
+            rec.run_pass(results=False)
+            times.append(time.perf_counter() - t0)
+            sizes.append(backend.last_poll_bytes)
+            time.sleep(1)
+        polled = sum(1 for r in rec.store.snapshot().values() if r.state.live)
+    finally:
+        rec.close()
+        cancel(ids, as_user=True)
+        ssh(f"rm -rf {workdir}")
+    if polled != live:
+        sys.exit(f"monitoring: {polled} of {live} runs were live when measured")
+    listing_s, listing_b = user_listing()
+    return {"live": polled, "median_s": statistics.median(times), "max_s": max(times), "min_s": min(times),
+            "kb": statistics.median(sizes) / 1024, "history": history_count(), "listing_s": listing_s,
+            "listing_kb": listing_b / 1024}
+
+
+def make_history(n: int, limit: int, timeout: float) -> float:
+    """n finished jobs of the ssh user (`true` in arrays of at most MaxArraySize, `limit`
+    running at once so other users of the testbed keep CPUs); seconds until all ended."""
+    ids = []
+    t0 = time.perf_counter()
+    arrays = range(0, n, 10000)
+    each = max(1, limit // len(arrays))  # the throttle holds per array
+    for start in arrays:
+        count = min(10000, n - start)
+        ids.append(ssh(f"sbatch --parsable --array=0-{count - 1}%{each} -J nero-bench-history -o /dev/null "
+                       f"-e /dev/null --wrap true").strip())
+    while True:
+        out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(ids), "-t", "PD,R,CG,CF,S", "-o", "%i"],
+                             capture_output=True, text=True)
+        left = out.stdout.split()
+        if out.returncode == 0 and not left:
+            return time.perf_counter() - t0
+        if time.perf_counter() - t0 > timeout:
+            cancel(ids, as_user=True)
+            sys.exit(f"history: {len(left)} of {n} jobs still queued after {timeout:.0f} s (cancelled)")
+        time.sleep(10)
+
+
+def monitoring_rows(args: argparse.Namespace, tag: str) -> None:
+    before = monitor(args.live, args.passes, tag + "m0")
+    made = make_history(args.history, args.history_limit, args.history_timeout)
+    after = monitor(args.live, args.passes, tag + "m1")
+    grown = after["history"] - before["history"]
+    if grown < args.history:
+        sys.exit(f"history: slurmctld holds {grown} more jobs of the user, not {args.history}")
+    print(f"\nmonitoring pass over {args.live} live runs, before and after {args.history} finished jobs of the "
+          f"same user ({made:.0f} s to run them, {args.history_limit} at a time)\n")
+    head = (f"{'':30} {'user jobs held':>14} {'nero pass median s':>18} {'min s':>6} {'max s':>6} {'KB read':>8} "
+            f"{'squeue -u -t all s':>18} {'its KB':>7}")
+    print(head)
+    print("-" * len(head))
+    for name, m in (("before (history as found)", before), (f"after +{args.history} finished", after)):
+        print(f"{name:30} {m['history']:14d} {m['median_s']:18.3f} {m['min_s']:6.3f} {m['max_s']:6.3f} {m['kb']:8.0f} "
+              f"{m['listing_s']:18.3f} {m['listing_kb']:7.0f}")
+    ratio = after["median_s"] / before["median_s"]
+    print(f"ratio after/before: nero pass {ratio:.2f}x (min {after['min_s'] / before['min_s']:.2f}x), KB read {after['kb'] / before['kb']:.2f}x; "
+          f"the user listing nero no longer reads {after['listing_kb'] / before['listing_kb']:.1f}x")
+    print(f"target: the pass after the history within 1.2x the pass before: {'met' if ratio <= 1.2 else 'NOT met'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--per-connection", type=int, default=100, help="jobs in the one-connection-per-sbatch sample")
+    ap.add_argument("--live", type=int, default=500, help="live runs in the monitoring passes")
+    ap.add_argument("--passes", type=int, default=9)
+    ap.add_argument("--history", type=int, default=15000, help="finished jobs made between the monitoring passes "
+                    "(0: skip the monitoring part)")
+    ap.add_argument("--history-limit", type=int, default=6, help="history jobs running at once")
+    ap.add_argument("--history-timeout", type=float, default=3600)
+    ap.add_argument("--no-dispatch", action="store_true", help="skip the dispatch part")
     args = ap.parse_args()
     env("NERO_TEST_SLURM")
     os.environ["NERO_SSH_CONFIG"] = env("NERO_TEST_SSH_CONFIG")
     tag = uuid.uuid4().hex[:8]
     print(f"Slurm through sshd ({env('NERO_TEST_SSH_ALIAS')}), {args.runs} runs; "
           f"per-connection sample {args.per_connection} jobs\n")
+    if not args.no_dispatch:
+        dispatch_rows(args, tag)
+    if args.history:
+        monitoring_rows(args, tag)
+
+
+def dispatch_rows(args: argparse.Namespace, tag: str) -> None:
     rows = [
         ("plain sbatch loop on the login node", plain_loop(args.runs)),
         ("one ssh connection per sbatch (OpenSSH)", per_connection(args.per_connection, tag)),
+        ("submitit map_array on the login node", submitit_map_array(args.runs)),
         ("nero, one pass, job arrays", nero_pass(args.runs, True, tag + "a")),
         ("nero, one pass, one sbatch per job", nero_pass(args.runs, False, tag + "b")),
+        ("nero, one pass, arrays, connection up", nero_pass(args.runs, True, tag + "c", warm=True)),
     ]
+    for name, r in rows:
+        if r["runs"] != (args.per_connection if "per sbatch" in name else args.runs):
+            sys.exit(f"{name}: {r['runs']} runs submitted, not {args.runs}")
     rate = {name: r["runs"] / r["seconds"] for name, r in rows}
-    plain, conn = rate[rows[0][0]], rate[rows[1][0]]
-    head = f"{'method':42} {'runs':>5} {'seconds':>8} {'runs/s':>8} {'sbatch':>7} {'ssh trips':>9} {'vs plain':>9} {'vs per-conn':>11}"
+    plain, conn, sub = rate[rows[0][0]], rate[rows[1][0]], rate[rows[2][0]]
+    head = (f"{'method':42} {'runs':>5} {'seconds':>8} {'runs/s':>8} {'sbatch':>7} {'ssh trips':>9} {'vs plain':>9} "
+            f"{'vs per-conn':>11} {'vs submitit':>11}")
     print(head)
     print("-" * len(head))
     for name, r in rows:
         trips = str(r["trips"]) + (f" ({r['connections']} conn)" if "connections" in r else "")
         print(f"{name:42} {r['runs']:5d} {r['seconds']:8.2f} {rate[name]:8.0f} {r['sbatch']:7d} {trips:>9} "
-              f"{rate[name] / plain:8.2f}x {rate[name] / conn:10.1f}x")
-    best = rate[rows[2][0]]
-    ok = best >= 0.5 * plain and best >= 10 * conn
-    print(f"\ntarget: nero >= 0.5x plain loop and >= 10x per-connection: {'met' if ok else 'NOT met'} "
-          f"({best / plain:.2f}x, {best / conn:.1f}x)")
-    if rows[2][1]["runs"] != args.runs:
-        sys.exit(f"nero submitted {rows[2][1]['runs']} of {args.runs} runs")
+              f"{rate[name] / plain:8.2f}x {rate[name] / conn:10.1f}x {rate[name] / sub:10.2f}x")
+    best = rate[rows[3][0]]
+    ok = best >= 0.5 * plain and best >= 10 * conn and best >= sub
+    print(f"\ntarget: nero >= 1.0x submitit map_array, >= 0.5x plain loop and >= 10x per-connection: "
+          f"{'met' if ok else 'NOT met'} ({best / sub:.2f}x, {best / plain:.2f}x, {best / conn:.1f}x)")
 
 
 if __name__ == "__main__":

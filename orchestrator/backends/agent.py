@@ -16,8 +16,8 @@ Operations (request["op"]):
   submit     under the workdir's submit lock: unpack code archives (once per content
              hash), write run directories, run the submission commands (in parallel) or
              start detached processes, record each job id in its run directory at once
-  poll       the scheduler's word on the live jobs (a listing, then details for the
-             jobs the listing lacks), then each run's status files and the bytes
+  poll       the scheduler's word on the live jobs (a listing of those jobs by id, then
+             details for the jobs the listing lacks), then each run's status files and the bytes
              appended to its outputs since the given offsets, bounded per file and in
              total
   adopt      under the submit lock: each run directory's job id / submission record,
@@ -294,13 +294,38 @@ def op_hello(req, inp, reply):
     })
 
 
+def _listing(sched):
+    """The scheduler's listing: one command, or (`{id}` / `{ids}` in it) one per job or
+    chunk of `jobs`, their outputs joined; a job the scheduler no longer knows (its error
+    matches `gone`) is simply not listed."""
+    template = sched["list"]
+    jobs = sched.get("jobs") or []
+    if any("{id}" in a for a in template):
+        groups = [[j] for j in jobs]
+    elif any("{ids}" in a for a in template):
+        chunk = int(sched.get("chunk", 200))
+        groups = [jobs[k:k + chunk] for k in range(0, len(jobs), chunk)]
+    else:
+        groups = [[""]]
+    gone = re.compile(sched["gone"]) if sched.get("gone") else None
+    outs, errs, rc = [], [], 0
+    for g in groups:
+        r = run(subst(template, ids=",".join(g), id=g[0]), timeout=120)
+        if r["rc"] != 0 and not (gone and gone.search(r["err"])):
+            rc = r["rc"]
+            errs.append(r["err"])
+        elif r["rc"] == 0:
+            outs.append(r["out"])
+    return {"rc": rc, "out": b"".join(outs), "err": "".join(errs)[-2000:], "commands": len(groups)}
+
+
 def _scheduler(sched, ids, reply):
     """The listing, then details for the ids the listing lacks (first alternative that works)."""
     out = {}
     listing = sched.get("list")
     present = set()
     if listing:
-        r = run(subst(listing), timeout=120)
+        r = _listing(sched)
         pattern = re.compile(sched.get("present", r"^\s*(\S+)").encode("utf-8"), re.M)
         if r["rc"] == 0:
             present = set(m.group(1).decode("utf-8", "replace") for m in pattern.finditer(r["out"]))
@@ -381,9 +406,33 @@ def write_new(p, data, mode=0o644):
         os.close(fd)
 
 
+def _record(d):
+    """The folder that keeps a run's `handed` and `job_id` records: its own, or the one its
+    submission record (`submit.json`) names for all the runs of one submission (a job
+    array), with the run's line in that folder's `job_id`."""
+    try:
+        sub = json.loads(read_small(os.path.join(d, "submit.json"), 65536) or "{}")
+    except ValueError:
+        sub = {}
+    if isinstance(sub, dict) and sub.get("record"):
+        return sub["record"], int(sub.get("index", 0))
+    return d, None
+
+
+def _handed_ids(d, cache):
+    """(handed, job id) of a run folder, from its own records or its submission's."""
+    folder, index = _record(d)
+    if folder not in cache:
+        ids = read_small(os.path.join(folder, "job_id"), 1 << 22)
+        cache[folder] = (os.path.exists(os.path.join(folder, HANDED)), (ids or "").split("\n"))
+    handed, ids = cache[folder]
+    line = ids[index or 0] if (index or 0) < len(ids) else ""
+    return handed, line.strip() or None
+
+
 def _write_job(job):
     d = job["dir"]
-    if os.path.exists(os.path.join(d, "started")) or os.path.exists(os.path.join(d, "job_id")):
+    if os.path.isdir(d) and (os.path.exists(os.path.join(d, "started")) or _handed_ids(d, {})[1]):
         # a folder left by a job nero no longer knows (its state was deleted): kept aside,
         # never mixed with the new job's output or mistaken for it
         os.rename(d, "%s.replaced-%d" % (d, int(time.time() * 1000)))
@@ -431,8 +480,14 @@ def _submit_unit(unit):
             os.makedirs(parent)
         write_atomic(p, text, 0o755 if p.endswith(".sh") else None)
     # recorded before the job is handed over (process started, submit command run): a run
-    # folder without it was never handed to anyone, so nero may submit it again at once
-    _write_each(unit["runs"], HANDED, ["%f\n" % time.time()] * len(unit["runs"]))
+    # folder without it was never handed to anyone, so nero may submit it again at once.
+    # A unit of many runs (a job array) keeps one record for all of them in its `record`
+    # folder (each run's submit.json names it): two files, not two per run
+    shared = unit.get("record")
+    if shared:
+        write_atomic(os.path.join(shared, HANDED), "%f\n" % time.time())
+    else:
+        _write_each(unit["runs"], HANDED, ["%f\n" % time.time()] * len(unit["runs"]))
     if unit["kind"] == "spawn":
         env = dict(os.environ)
         env.update(unit.get("env", {}))
@@ -452,7 +507,11 @@ def _submit_unit(unit):
         if jid:
             ids = ["%s_%d" % (jid, i) for i in range(len(unit["runs"]))] if unit.get("array") else [jid]
         result = {"rc": r["rc"], "out": r["out"].decode("utf-8", "replace")[-2000:], "err": r["err"], "ids": ids}
-    _write_each(unit["runs"], "job_id", [jid + "\n" for jid in ids])  # read by adopt only under the submit lock
+    # read by adopt only under the submit lock
+    if shared:
+        write_atomic(os.path.join(shared, "job_id"), "".join(jid + "\n" for jid in ids))
+    else:
+        _write_each(unit["runs"], "job_id", [jid + "\n" for jid in ids])
     return result
 
 
@@ -527,14 +586,15 @@ def op_adopt(req, inp, reply):
     workdir = path(req["workdir"])
     lock = Lock(workdir)
     try:
-        runs, names = [], []
+        runs, names, records = [], [], {}
         for r in req.get("runs", []):
             d = r["dir"]
-            item = {"job_id": read_small(os.path.join(d, "job_id")),
+            handed, jid = _handed_ids(d, records)
+            item = {"job_id": jid,
                     "submit": read_small(os.path.join(d, "submit.json"), 65536),
                     "pid": read_status(os.path.join(d, "pid")),
                     "has_job": os.path.exists(os.path.join(d, "job.sh")),
-                    "handed": os.path.exists(os.path.join(d, HANDED))}
+                    "handed": handed}
             if r.get("check_pid") and item["job_id"]:
                 item["alive"] = item["job_id"].isdigit() and process_alive(int(item["job_id"]), d)
             if not item["job_id"] and item["has_job"] and r.get("name"):

@@ -3,8 +3,10 @@ output parsers, plus the thin class that connects them to nero's agent.
 
 * Submission: `qsub -terse job.sh` in the run directory (`templates/sge.sh.j2` carries
   the `#$` directives: name, shell, output files, h_rt, h_vmem, queue, project).
-* State: `qstat -xml -u USER` lists the live jobs (full names, unlike the text form);
-  `qacct -j ID` tells how a job that left the listing ended (`failed`, `exit_status`).
+* State: `qstat -xml -u USER` lists the live jobs (full names, unlike the text form;
+  finished jobs leave it, so it does not grow with history); `qacct -j ID` tells how a
+  job that left the listing ended (`failed`, `exit_status`), read from a bounded tail of
+  the accounting file (QACCT).
 * Cancel: `qdel`.
 """
 
@@ -18,11 +20,22 @@ from typing import Any
 from ..model import ClusterKind, Handle, JobScript, QueueInfo
 from .client import AgentBackend, SchedState, Units, one_unit_per_job
 
-__all__ = ["QACCT", "QSTAT", "SgeBackend", "parse_qacct", "parse_qacct_names", "parse_qstat_g_c", "parse_qstat_names",
+__all__ = ["ACCOUNTING_TAIL", "QACCT", "QSTAT", "SgeBackend", "parse_qacct", "parse_qacct_names", "parse_qstat_g_c", "parse_qstat_names",
            "parse_qstat_xml"]
 
 QSTAT = ["qstat", "-xml", "-u", "{user}"]
-QACCT = ["qacct", "-j", "{id}"]
+ACCOUNTING_TAIL = 16_000_000  # bytes of the accounting file qacct reads for the jobs of one pass
+# `qacct -j ID` scans the whole accounting file, which grows with every job the site ever
+# ran: the jobs that left qstat's listing are looked up in its last ACCOUNTING_TAIL bytes
+# (one copy per pass, the first, possibly cut, line dropped), so a pass costs what its
+# ended jobs cost, never the site's history. A job that ended before that is not found
+# there: its run folder's files tell how it ended.
+QACCT = ["sh", "-c",
+         'a="${SGE_ROOT:-/var/lib/gridengine}/${SGE_CELL:-default}/common/accounting"; t=""; '
+         f'if [ -r "$a" ] && [ "$(wc -c < "$a")" -gt {ACCOUNTING_TAIL} ]; then '
+         f't=$(mktemp) && tail -c {ACCOUNTING_TAIL} "$a" | sed 1d > "$t"; fi; '
+         'for i in $(echo "$1" | tr , " "); do qacct ${t:+-f "$t"} -j "$i" 2>/dev/null; done; '
+         '[ -z "$t" ] || rm -f "$t"', "qacct", "{ids}"]
 QACCT_NAME = ["qacct", "-j", "{name}"]
 QSTAT_G = ["qstat", "-g", "c"]
 DEFAULT_CAPACITY = 2000

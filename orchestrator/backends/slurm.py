@@ -7,10 +7,13 @@ that connects them to nero's agent on the login node.
   `job.sh`; a job alone goes with `sbatch --parsable job.sh`. Array tasks' ids are
   `<array id>_<index>`. The site's MaxSubmitJobs / MaxJobCount bound the capacity, so a
   large sweep goes in chunks the site accepts.
-* State: `squeue -r -t all` (one listing for all the user's jobs, finished ones kept for
-  MinJobAge), then `sacct -P` for the jobs the listing lacks, falling back to
-  `scontrol -o show job` and finally to the run directory's files when accounting is
-  off. Text output only: the JSON of Slurm 22.05 is wrong.
+* State: nero's own jobs only, by id, so a pass costs what the live runs cost, never the
+  user's history: `squeue -r -t all -j ID` per job or array while there are few (one
+  lookup each in slurmctld), `squeue -u USER -j ID,ID,…` beyond (slurmctld sends the
+  user's jobs to squeue on the login node, only nero's come back); then `sacct -P -j`
+  for the jobs squeue no longer knows, falling back to `scontrol -o show job` and
+  finally to the run directory's files when accounting is off. Text output only: the
+  JSON of Slurm 22.05 is wrong.
 * COMPLETED, FAILED, CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, PREEMPTED, BOOT_FAIL
   and DEADLINE end a run with Slurm's own reason (`TimeLimit`, `OutOfMemory`, …).
 * Cancel: `scancel` (ids of finished jobs are not errors).
@@ -29,15 +32,18 @@ from ..paths import ClusterPaths
 from .client import AgentBackend, HostInfo, SchedState, Units, one_unit_per_job
 from .shell import Shell
 
-__all__ = ["SACCT", "SCONTROL", "SQUEUE", "SlurmBackend", "array_script", "batch_name", "expand_array_id", "group",
-           "header", "parse_config", "parse_exit_code", "parse_limit", "parse_names", "parse_sacct", "parse_scontrol",
-           "parse_sinfo", "parse_squeue"]
+__all__ = ["GONE", "PER_JOB_LISTING", "SACCT", "SCONTROL", "SQUEUE", "SQUEUE_MANY", "SlurmBackend", "array_script", "batch_name",
+           "expand_array_id", "group", "header", "listing_query", "parse_config", "parse_exit_code", "parse_limit",
+           "parse_names", "parse_sacct", "parse_scontrol", "parse_sinfo", "parse_squeue"]
 
 FINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
                    "BOOT_FAIL", "DEADLINE", "REVOKED"})
 DEFAULT_MAX_ARRAY = 1001  # Slurm's default MaxArraySize
 DEFAULT_CAPACITY = 5000
-SQUEUE = ["squeue", "-h", "-r", "-t", "all", "-u", "{user}", "-o", "%i|%T|%r"]
+SQUEUE = ["squeue", "-h", "-r", "-t", "all", "-j", "{id}", "-o", "%i|%T|%r"]
+SQUEUE_MANY = ["squeue", "-h", "-r", "-t", "all", "-u", "{user}", "-j", "{ids}", "-o", "%i|%T|%r"]
+PER_JOB_LISTING = 16  # jobs or arrays asked about one by one; beyond, one squeue per chunk
+GONE = r"Invalid job id"  # squeue -j on a job slurmctld has forgotten (then sacct tells)
 SQUEUE_NAMES = ["squeue", "-h", "-r", "-t", "all", "-u", "{user}", "-o", "%i|%j"]
 SACCT = ["sacct", "-X", "-P", "-n", "-o", "JobID,State,ExitCode,Reason", "-j", "{ids}"]
 SACCT_NAMES = ["sacct", "-X", "-P", "-n", "-o", "JobID,JobName", "-S", "now-30days", "--name={names}"]
@@ -182,6 +188,15 @@ def parse_sinfo(text: str) -> tuple[QueueInfo, ...]:
 
 
 # --------------------------------------------------------------------------- builders
+def listing_query(job_ids: Iterable[str]) -> dict[str, Any]:
+    """The poll's scheduler request for these jobs: squeue by id (an array task counts
+    as its array), then sacct / scontrol for the ids squeue lacks."""
+    jobs = sorted({j.split("_")[0] for j in job_ids}, key=lambda j: (len(j), j))
+    listing = SQUEUE if len(jobs) <= PER_JOB_LISTING else SQUEUE_MANY
+    return {"list": listing, "jobs": jobs, "gone": GONE, "present": r"^(\S+?)\|", "detail": [SACCT, SCONTROL],
+            "chunk": 300}
+
+
 def header(text: str) -> tuple[str, ...]:
     """The `#SBATCH` lines that shape a job's resources (not its name or output files)."""
     lines = []
@@ -268,17 +283,17 @@ class SlurmBackend(AgentBackend):
             name = batch_name(dirs)
             bdir = ClusterPaths(root).batch(name)
             units.append({"kind": "cmd", "argv": ["sbatch", "--parsable", f"{bdir}/array.sh"], "cwd": bdir,
-                          "runs": dirs, "array": True,
+                          "runs": dirs, "array": True, "record": bdir,
                           "files": {f"{bdir}/tasks": "\n".join(dirs) + "\n",
                                     f"{bdir}/array.sh": array_script(header(g[0].text), name, bdir, len(g))}})
             for i, j in enumerate(g):
                 extras[j.run_dir] = {"files": {"submit.json": json.dumps({"job_name": j.job_name, "batch": name,
-                                                                           "index": i})},
+                                                                           "index": i, "record": bdir})},
                                      "links": {"slurm.out": f"{bdir}/{i}.out"}}
         return units, extras
 
     def query(self, handles: Sequence[Handle]) -> dict[str, Any]:
-        return {"list": SQUEUE, "present": r"^(\S+?)\|", "detail": [SACCT, SCONTROL], "chunk": 300}
+        return listing_query([h.job_id for h in handles if h.job_id])
 
     def parse_listing(self, text: str) -> dict[str, SchedState]:
         return parse_squeue(text)
