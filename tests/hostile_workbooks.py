@@ -253,13 +253,13 @@ def _build() -> dict[str, tuple[str, Callable[[], bytes]]]:
         "cells_near_limit_four_sheets": ("refused", lambda: _four_sheets_of_cells(12_400)),
         # --- parts over the limit of their role
         "styles_3mb": ("refused", lambda: _book(styles=_styles(40_000))),
-        "sheet_40mb": ("refused", lambda: _book({"Experiments": _bomb(
-            "xl/worksheets/sheet1.xml", _XML_HEAD + _SHEET_OPEN + GOOD_ROWS.encode(), b" " * 64, 40 * MB,
+        "sheet_50mb": ("refused", lambda: _book({"Experiments": _bomb(
+            "xl/worksheets/sheet1.xml", _XML_HEAD + _SHEET_OPEN + GOOD_ROWS.encode(), b" " * 64, 50 * MB,
             _SHEET_CLOSE)})),
-        "sheets_read_60mb": ("refused", lambda: _book({
+        "sheets_read_70mb": ("refused", lambda: _book({
             "Experiments": _bomb("xl/worksheets/sheet1.xml", _XML_HEAD + _SHEET_OPEN + GOOD_ROWS.encode(),
-                                 b" " * 64, 30 * MB, _SHEET_CLOSE),
-            "Settings": _bomb("xl/worksheets/sheet2.xml", _XML_HEAD + _SHEET_OPEN, b" " * 64, 30 * MB,
+                                 b" " * 64, 35 * MB, _SHEET_CLOSE),
+            "Settings": _bomb("xl/worksheets/sheet2.xml", _XML_HEAD + _SHEET_OPEN, b" " * 64, 35 * MB,
                               _SHEET_CLOSE)})),
         "four_titles_one_part": ("refused", lambda: _four_titles_one_part(20)),
         "chartsheet_image_refs": ("refused", lambda: _chartsheet_images(400, 5)),
@@ -351,8 +351,8 @@ def _build() -> dict[str, tuple[str, Callable[[], bytes]]]:
             GOOD_ROWS + '<row r="3"><c r="C3" foo="' + "a" * (5 * MB) + '"><v>1</v></c></row>')})),
         "tag_name_5mb": ("refused", lambda: _book({"Experiments": _sheet(GOOD_ROWS + "<" + "a" * (5 * MB) + "/>")})),
         # --- shape of a sheet
-        "rows_60000": ("refused", lambda: _book({"Experiments": _sheet(
-            _row(1, HEADER) + "".join(f'<row r="{r}"><c r="C{r}"><v>1</v></c></row>' for r in range(2, 60002)))})),
+        "rows_260000": ("refused", lambda: _book({"Experiments": _sheet(
+            _row(1, HEADER) + "".join(f'<row r="{r}"><c r="C{r}"><v>1</v></c></row>' for r in range(2, 260002)))})),
         "row_index_1048576": ("refused", lambda: _book({"Experiments": _sheet(
             GOOD_ROWS + '<row r="1048576"><c r="A1048576"><v>1</v></c></row>')})),
         "rows_without_index_200k": ("refused", lambda: _book({"Experiments": _bomb(
@@ -360,7 +360,7 @@ def _build() -> dict[str, tuple[str, Callable[[], bytes]]]:
         "columns_1500": ("refused", lambda: _book({"Experiments": _sheet(
             GOOD_ROWS + "<row r=\"3\">" + "".join(f'<c r="{_col(c)}3"><v>1</v></c>' for c in range(1, 1501)) + "</row>")})),
         "column_XFD": ("refused", lambda: _book({"Experiments": _sheet(GOOD_ROWS + '<row r="3"><c r="XFD3"><v>1</v></c></row>')})),
-        "cells_350k": ("refused", lambda: _book({"Experiments": _sheet(_row(1, HEADER) + _rows_of_cells(35_000, 10))})),
+        "cells_1050k": ("refused", lambda: _book({"Experiments": _sheet(_row(1, HEADER) + _rows_of_cells(105_000, 10))})),
         "sparse_far_cells": ("refused", lambda: _book({"Experiments": _sheet(
             _row(1, HEADER) + "".join(f'<row r="{r}"><c r="ALL{r}"><v>1</v></c></row>' for r in range(2, 20002)))})),
         "many_problems_at_once": ("refused", lambda: _book({

@@ -19,7 +19,7 @@ from ..model import RESOURCE_COLUMNS, After, Desired, Experiment, Scalar, Until,
 from ..rules import parse_rules
 from ..tokens import Token, tokenize
 from .cells import choice, identifier, names, one_of, text, whole
-from .commands import BUILTIN_VARIABLES, VariablesOf, check_command
+from .commands import BUILTIN_VARIABLES, VariablesOf, check_command, once_per_command
 from .quantities import megabytes_cell, minutes_cell
 from .table import UNREADABLE, Problems, Row, Sheet, Table, read_table, table_rows
 
@@ -56,6 +56,7 @@ def read_experiments(sheet: Sheet | None, titles: list[str], clusters: tuple[str
                      f"(headers found: {found}); add columns named id and command")
         return ()
     parameters = _parameter_columns(table, problems)
+    variables_of = once_per_command(variables_of)
     experiments: list[Experiment] = []
     ids: dict[str, str] = {}
     for row in table_rows(table, problems):
