@@ -220,17 +220,23 @@ def _date_styles(archive: zipfile.ZipFile, part: str) -> tuple[set[int], set[int
 # ------------------------------------------------------------------------------ a sheet
 
 
+_DIGITS = "0123456789"
+_COLUMNS: dict[str, int] = {}  # letters -> 1-based column, as met
+
+
 def _column(ref: str) -> int:
     """The 1-based column of a reference like 'AB12' (0 when it names none)."""
-    col = 0
-    for ch in ref:
-        o = ord(ch)
-        if 65 <= o <= 90:
-            col = col * 26 + o - 64
-        elif 97 <= o <= 122:
-            col = col * 26 + o - 96
-        elif ch != "$":
-            break
+    letters = ref.rstrip(_DIGITS)
+    col = _COLUMNS.get(letters)
+    if col is None:
+        col = 0
+        for ch in letters.lstrip("$").rstrip("$").upper():
+            if not "A" <= ch <= "Z":
+                col = 0
+                break
+            col = col * 26 + ord(ch) - 64
+        if len(_COLUMNS) < 20_000:
+            _COLUMNS[letters] = col
     return col
 
 
@@ -268,8 +274,8 @@ class _SheetReader:
             s = attrs.get("s")
             self.style = int(s) if s else 0
             self.value = []
-            self.formula = None
-            self.text = None
+            if self.formula is not None or self.text is not None:
+                self.formula = self.text = None
         elif tag == "v":
             self.field = "v"
         elif tag == "row":
