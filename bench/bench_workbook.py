@@ -3,10 +3,11 @@ whole process, and the workbook readers side by side.
 
 * build: an Experiments sheet of N rows (id, command, lr, seed: one run each), written by
   xlsxwriter with shared strings as Excel saves them.
-* readers, each in a fresh process (seconds, peak RSS): nero's streamed reader
-  (orchestrator/sheet/xlsx.py: expat, after the bounds check), the openpyxl read-only path
-  nero used before (tests/openpyxl_sheets.py: two passes), and python-calamine (Rust) if
-  installed (`pip install .[bench]`); each must give N + 1 rows.
+* readers, each in a fresh process (seconds, peak RSS): nero's bounds check alone
+  (bounds.py, expat: every reader comes after it), nero's streamed reader
+  (orchestrator/sheet/xlsx.py, expat), the openpyxl read-only path nero used before
+  (tests/openpyxl_sheets.py: two passes when there are formulas), and python-calamine (Rust)
+  if installed (`pip install .[bench]`); each reader must give N + 1 rows.
 * plan: `python -m orchestrator plan --json` on the N-row workbook, whole process (time,
   peak RSS), with nero's reader and, with --peer-plan, with the openpyxl path put in its
   place; it must exit 0 and list N submits.
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,9 +41,11 @@ from orchestrator.sheet.workbook import _canonical_sheet as wanted
 from orchestrator.sheet.bounds import check_bounds
 reader, path = sys.argv[1], Path(sys.argv[2])
 t = time.perf_counter()
-if reader == "nero":
-    from orchestrator.sheet.xlsx import read_sheets
+if reader == "bounds":
     check_bounds(path, lambda title: wanted(title) is not None)
+    rows = -1
+elif reader == "nero":
+    from orchestrator.sheet.xlsx import read_sheets
     rows = len(read_sheets(path, wanted)[1]["Experiments"][1])
 elif reader == "openpyxl":
     from openpyxl_sheets import read_sheets
@@ -82,13 +84,16 @@ def build(path: Path, rows: int) -> Path:
 
 
 def read(reader: str, path: Path, rows: int) -> dict[str, float]:
-    done = subprocess.run([sys.executable, "-c", _READ, reader, str(path), str(ROOT)], capture_output=True,
-                          text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{reader} failed on {path.name}: {done.stderr[-2000:]}")
-    got = json.loads(done.stdout)
-    if got["rows"] != rows + 1:
+    """One reader in a fresh process (started by a launcher, so that its peak RSS is its
+    own: Linux keeps a parent's peak across exec)."""
+    done = hostile_workbooks.run_measured([sys.executable, "-c", _READ, reader, str(path), str(ROOT)],
+                                          str(path.parent), timeout=3600)
+    if done["rc"] != 0:
+        raise SystemExit(f"{reader} failed on {path.name}: {str(done['output'])[-2000:]}")
+    got = json.loads(str(done["head"]).strip().splitlines()[-1])
+    if got["rows"] != rows + 1 and reader != "bounds":
         raise SystemExit(f"{reader} read {got['rows']} rows of {path.name}, not {rows + 1}: it measured nothing")
+    got["peak_mb"] = float(done["peak_mb"])
     return got
 
 
@@ -124,21 +129,22 @@ def main() -> None:
     args = ap.parse_args()
     try:
         import python_calamine  # noqa: F401
-        readers = ["nero", "openpyxl", "calamine"]
+        readers = ["bounds", "nero", "openpyxl", "calamine"]
     except ImportError:
-        readers = ["nero", "openpyxl"]
+        readers = ["bounds", "nero", "openpyxl"]
     print(f"load average {os.getloadavg()[0]:.2f}; {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory() as tmp:
-        print("\nreaders (fresh process each; nero's time includes its bounds check):")
+        print("\nreaders (fresh process each, import included; the bounds check comes before any of them):")
         print(f"{'rows':>8} | {'reader':<9} | {'seconds':>8} | {'peak MB':>8} | ratio to nero")
         for rows in (int(n) for n in args.rows.split(",")):
             book = build(Path(tmp) / f"read{rows}.xlsx", rows)
             base = None
             for reader in readers:
                 got = read(reader, book, rows)
-                base = base or got
-                print(f"{rows:>8,} | {reader:<9} | {got['seconds']:>8.2f} | {got['peak_mb']:>8.0f} | "
-                      f"{got['seconds'] / base['seconds']:.2f}× time, {got['peak_mb'] / base['peak_mb']:.2f}× memory")
+                base = got if reader == "nero" else base
+                ratio = "" if base is None else (f"{got['seconds'] / base['seconds']:.2f}× time, "
+                                                 f"{got['peak_mb'] / base['peak_mb']:.2f}× memory")
+                print(f"{rows:>8,} | {reader:<9} | {got['seconds']:>8.2f} | {got['peak_mb']:>8.0f} | {ratio}")
         folder = Path(tmp) / "project"
         folder.mkdir()
         book = build(folder / "experiments.xlsx", args.plan_rows)
