@@ -116,7 +116,7 @@ def test_the_example_workbook_still_reads(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", [n for n in names() if expect(n) == "ok"])
 def test_workbooks_within_the_limits_read(tmp_path: Path, name: str) -> None:
-    """#12: text at Excel's limit, a 30 MB sheet read twice (formulas), a big sheet nero does
+    """#12: text at Excel's limit, a 30 MB sheet with formulas, a big sheet nero does
     not read, an 8 MB picture, 1,000 sheets, 8 MB of shared strings: all read."""
     proc = nero("plan", str(_write(tmp_path, name)), cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]

@@ -577,3 +577,13 @@ def test_cells_keep_their_references_through_the_streamed_reader(tmp_path: Path)
     with pytest.raises(WorkbookError) as e:
         read_workbook(book)
     assert "experiments !E9: the cell shows the error #DIV/0!" in str(e.value)
+
+
+def test_built_in_date_formats_are_openpyxls() -> None:
+    """#14: the reader asks openpyxl (half a second to import) about a workbook's styles only
+    when one may be a date; the built-in formats it knows for dates are openpyxl's own."""
+    from openpyxl.styles.numbers import BUILTIN_FORMATS, is_date_format
+
+    from orchestrator.sheet.xlsx import DATE_FORMAT_IDS
+
+    assert {i for i in range(200) if is_date_format(BUILTIN_FORMATS.get(i))} == DATE_FORMAT_IDS

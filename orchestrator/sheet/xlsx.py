@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 from xml.parsers import expat
 
-__all__ = ["CellError", "NoSavedValue", "read_sheets"]
+__all__ = ["DATE_FORMAT_IDS", "CellError", "NoSavedValue", "read_sheets"]
+
+DATE_FORMAT_IDS = frozenset((*range(14, 23), 45, 46, 47))  # the built-in number formats that are dates or times
 
 _CHUNK = 256 * 1024
 _MAIN_TYPES = ("sheet.main+xml", "template.main+xml", "sheet.macroEnabled.main+xml",
@@ -75,9 +77,11 @@ def read_sheets(path: Path, wanted: Callable[[str], str | None]
             return titles, {}
         strings = _shared_strings(archive, strings_part) if strings_part in names else []
         dates, durations = _date_styles(archive, styles_part) if styles_part in names else (set(), set())
-        from openpyxl.utils.datetime import CALENDAR_MAC_1904, CALENDAR_WINDOWS_1900
+        epoch: object = None
+        if dates:
+            from openpyxl.utils.datetime import CALENDAR_MAC_1904, CALENDAR_WINDOWS_1900
 
-        epoch = CALENDAR_MAC_1904 if date1904 else CALENDAR_WINDOWS_1900
+            epoch = CALENDAR_MAC_1904 if date1904 else CALENDAR_WINDOWS_1900
         sheets: dict[str, tuple[str, Rows]] = {}
         for key, (title, part) in chosen.items():
             reader = _SheetReader(strings, dates, durations, epoch)
@@ -207,7 +211,29 @@ def _shared_strings(archive: zipfile.ZipFile, part: str) -> list[str]:
 
 
 def _date_styles(archive: zipfile.ZipFile, part: str) -> tuple[set[int], set[int]]:
-    """The cell styles (by index) whose number format is a date, and those a duration."""
+    """The cell styles (by index) whose number format is a date, and those a duration.
+    openpyxl decides (and takes half a second to import) only when a style may be one: it
+    uses a format of the workbook's own or a built-in date format."""
+    custom: set[str] = set()
+    used: set[str] = set()
+    depth = {"cellXfs": 0}
+
+    def start(name: str, attrs: dict[str, str]) -> None:
+        tag = _local(name)
+        if tag == "numFmt":
+            custom.add(attrs.get("numFmtId", ""))
+        elif tag == "cellXfs":
+            depth["cellXfs"] += 1
+        elif tag == "xf" and depth["cellXfs"]:
+            used.add(attrs.get("numFmtId", "0"))
+
+    def end(name: str) -> None:
+        if _local(name) == "cellXfs":
+            depth["cellXfs"] -= 1
+
+    _parse(archive, part, {"StartElementHandler": start, "EndElementHandler": end})
+    if not any(n in custom or (n.isdigit() and int(n) in DATE_FORMAT_IDS) for n in used):
+        return set(), set()
     from openpyxl.styles.stylesheet import Stylesheet
     from openpyxl.xml.functions import fromstring
 
