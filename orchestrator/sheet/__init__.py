@@ -7,7 +7,8 @@ Metrics sheet alone (for `nero metrics test`). `write_example_workbook` creates 
 annotated worked example that `nero init` copies; `lock_file` finds a spreadsheet
 program's lock file beside a workbook.
 
-The modules: workbook (the file, its sheets, the whole workbook), table (header, rows, problems
+The modules: workbook (the file, its sheets, the whole workbook), bounds (its limits, checked
+first), xlsx (the file read as a stream), table (header, rows, problems
 at cells), cells and quantities (cell converters), one module per sheet (experiments,
 clusters, metrics, settings), commands (the command-variable check) and example.
 """

@@ -1,7 +1,8 @@
-"""The limits on an experiments workbook, checked before openpyxl parses it (#12).
+"""The limits on an experiments workbook, checked before it is parsed (#12).
 
-A small .xlsx file can unpack to gigabytes, and openpyxl loads some parts whole (the
-shared strings, the styles, the workbook part), so nothing is handed to it until:
+A small .xlsx file can unpack to gigabytes, and the reading (xlsx.py) keeps some parts
+whole (the shared strings, the styles through openpyxl, every cell of the sheets nero
+reads), so nothing is read until:
 
 1. the zip's central directory is within bounds: each part's unpacked size (by its role)
    and all parts together, and the number of parts. Python's zipfile never yields more
@@ -43,7 +44,7 @@ PARTS = 10_000  # parts in the zip
 PART = 64 * MB  # any one part (pictures and embedded files included)
 SHARED_STRINGS = 8 * MB  # the shared strings part: openpyxl keeps every string in memory
 SHEET = 32 * MB  # one sheet nero reads
-SHEETS_READ = 48 * MB  # the sheets nero reads, together (a second pass reads them again)
+SHEETS_READ = 48 * MB  # the sheets nero reads, together
 OTHER_PART = 2 * MB  # every other XML part (workbook, styles, theme, relationships…)
 RUNS = 4_000  # XML elements and attributes in one cell's text (formatted runs): held as a tree
 ROW_NODES = 100_000  # XML elements and attributes in one row (openpyxl holds a row's tree)
@@ -53,9 +54,9 @@ CHARTSHEETS = 8 * MB  # what the chart sheets show, each chart and picture count
 SHEETS = 1_000  # sheets in the workbook (openpyxl and nero walk them all)
 TEXT = 32_767  # characters in a cell: Excel's own limit
 FORMULA = 8_192  # characters in a formula: Excel's own limit
-ROWS = 50_000  # per sheet
+ROWS = 50_000  # per sheet (#12's 300 MB bound; #14's 200,000-row sheets need less memory per run first)
 COLUMNS = 1_000  # per sheet
-CELLS = 300_000  # in the sheets nero reads together, counting the empty cells left of each row's last one
+CELLS = 300_000  # in the sheets nero reads together (about 110 bytes each once read), counting the empty cells left of each row's last one
 DEPTH = 48  # XML nesting
 LONGEST_RUN = MB  # bytes of one tag or text without a '<' (what expat buffers whole)
 

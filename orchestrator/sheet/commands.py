@@ -14,13 +14,34 @@ from ..errors import TemplateError
 from ..model import RESOURCE_COLUMNS, Experiment
 from .table import Row
 
-__all__ = ["BUILTIN_VARIABLES", "RUN_VARIABLES", "VariablesOf", "check_command"]
+__all__ = ["BUILTIN_VARIABLES", "RUN_VARIABLES", "VariablesOf", "check_command", "once_per_command"]
 
 RUN_VARIABLES = ("run_key", "run_dir", "attempt", "experiment", "resume")  # always defined
 BUILTIN_VARIABLES = (*RUN_VARIABLES, *RESOURCE_COLUMNS)  # resources: when the row sets them
 
 VariablesOf = Callable[[str], set[str]]
 """The variables a command template uses; raises TemplateError when it does not parse."""
+
+
+def once_per_command(variables_of: VariablesOf) -> VariablesOf:
+    """`variables_of` asked once per distinct command (its answer or its TemplateError kept):
+    200,000 rows sharing one command parsed it 200,000 times (#14, 185 s of a 200,000-row
+    plan)."""
+    known: dict[str, frozenset[str] | TemplateError] = {}
+
+    def variables(command: str) -> set[str]:
+        got = known.get(command)
+        if got is None:
+            try:
+                got = frozenset(variables_of(command))
+            except TemplateError as e:
+                got = e
+            known[command] = got
+        if isinstance(got, TemplateError):
+            raise got
+        return set(got)
+
+    return variables
 
 
 def check_command(row: Row, exp: Experiment, columns: set[str], unreadable: set[str],

@@ -19,7 +19,7 @@ from ..model import RESOURCE_COLUMNS, After, Desired, Experiment, Scalar, Until,
 from ..rules import parse_rules
 from ..tokens import Token, tokenize
 from .cells import choice, identifier, names, one_of, text, whole
-from .commands import BUILTIN_VARIABLES, VariablesOf, check_command
+from .commands import BUILTIN_VARIABLES, VariablesOf, check_command, once_per_command
 from .quantities import megabytes_cell, minutes_cell
 from .table import UNREADABLE, Problems, Row, Sheet, Table, read_table, table_rows
 
@@ -33,6 +33,16 @@ NOTIFY_EVENTS = ("started", "completed", "failed", "terminated", "lost", "warn")
 MAX_RUNS_PER_ROW = 100_000
 
 _PARAMETER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# converters made once, not per row (#14: 200,000 rows)
+_DESIRED = {d.value: d for d in Desired}
+_STATE = choice(list(_DESIRED))
+_PRIORITY = whole(-10**9, 10)
+_RETRIES = whole(0, 2)
+_NOTIFY = one_of(NOTIFY_EVENTS, "event")
+_RESOURCE_CONVERTERS: dict[str, Callable[[Any, str], Scalar]] = {
+    "time": minutes_cell, "cpus": whole(1, 4), "mem": megabytes_cell, "gpus": whole(0, 1),
+    "partition": text, "account": text, "options": text,
+}
 
 
 
@@ -56,6 +66,7 @@ def read_experiments(sheet: Sheet | None, titles: list[str], clusters: tuple[str
                      f"(headers found: {found}); add columns named id and command")
         return ()
     parameters = _parameter_columns(table, problems)
+    variables_of = once_per_command(variables_of)
     experiments: list[Experiment] = []
     ids: dict[str, str] = {}
     for row in table_rows(table, problems):
@@ -99,12 +110,12 @@ def _experiment(row: Row, parameters: list[tuple[str, int]], clusters: tuple[str
     exp = Experiment(
         id=ident, row=row.number, command=command,
         clusters=row.get("cluster", _known_clusters(clusters), ()),
-        desired=Desired(row.get("state", choice([d.value for d in Desired]), "run")),
+        desired=_DESIRED[row.get("state", _STATE, "run")],
         params=params, resources=_resources(row),
         setup=row.get("setup", text, ""), workdir=row.get("workdir", text, ""),
-        template=row.get("template", text, ""), priority=row.get("priority", whole(-10**9, 10), 0),
-        after=row.get("after", _after, ()), retries=row.get("retries", whole(0, 2), 0),
-        rules=row.get("rules", _rules, ""), notify=row.get("notify", one_of(NOTIFY_EVENTS, "event"), ()),
+        template=row.get("template", text, ""), priority=row.get("priority", _PRIORITY, 0),
+        after=row.get("after", _after, ()), retries=row.get("retries", _RETRIES, 0),
+        rules=row.get("rules", _rules, ""), notify=row.get("notify", _NOTIFY, ()),
         cells=(("id", row.ref("id")), ("command", row.ref("command")), ("template", row.ref("template")),
                *((name, row.ref_at(c)) for name, c in parameters)),
     )
@@ -201,13 +212,9 @@ def _param_value(value: object) -> object:
 
 
 def _resources(row: Row) -> tuple[tuple[str, Scalar], ...]:
-    converters: dict[str, Callable[[Any, str], Scalar]] = {
-        "time": minutes_cell, "cpus": whole(1, 4), "mem": megabytes_cell, "gpus": whole(0, 1),
-        "partition": text, "account": text, "options": text,
-    }
     out = []
     for name in RESOURCE_COLUMNS:
-        value = row.get(name, converters[name], None)
+        value = row.get(name, _RESOURCE_CONVERTERS[name], None)
         if value is not None:
             out.append((name, value))
     return tuple(out)

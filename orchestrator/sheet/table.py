@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from ..model import Problem
@@ -78,6 +79,7 @@ class Sheet:
         return f"{self.title}!{column_letter(col)}{row}"
 
 
+@lru_cache(maxsize=4096)
 def column_letter(col: int) -> str:
     """0 → A, 25 → Z, 26 → AA."""
     letters, n = "", col + 1

@@ -1,18 +1,16 @@
-"""The workbook file as a whole: open the xlsx file (openpyxl's home for reading it),
-scan nero's sheets into rows, hand each to its sheet's reader, and report every problem
-at once, each anchored to its cell (`Experiments!D7: …`), as one `WorkbookError`.
+"""The workbook file as a whole: check its bounds, read nero's sheets into rows (xlsx.py,
+a streamed read), hand each to its sheet's reader, and report every problem at once,
+each anchored to its cell (`Experiments!D7: …`), as one `WorkbookError`.
 
-Nothing of openpyxl leaks out. A formula cell counts with the value last saved with it;
-a cell showing an error, or a formula without a saved value, is reported here and read
-as UNREADABLE, so no reader reports it again.
+A formula cell counts with the value last saved with it; a cell showing an error, or a
+formula without a saved value, is reported here and read as UNREADABLE, so no reader
+reports it again.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 from ..errors import WorkbookError
 from ..model import MetricDef, Problem, Workbook
@@ -23,6 +21,7 @@ from .experiments import read_experiments
 from .metrics import read_metrics
 from .settings import read_settings
 from .table import UNREADABLE, Problems, Sheet
+from .xlsx import CellError, NoSavedValue, read_sheets
 
 __all__ = ["SHEETS", "lock_file", "read_metric_definitions", "read_workbook"]
 
@@ -91,14 +90,12 @@ def _load(path: Path, problems: Problems) -> tuple[list[str], dict[str, Sheet]]:
         what = "is a folder, not a workbook" if path.is_dir() else "was not found"
         hint = "give the path of an .xlsx file, or create an example with `nero init`"
         raise WorkbookError(str(path), [Problem(path.name, f"{path} {what}; {hint}")])
-    check_bounds(path, lambda title: _canonical_sheet(title) is not None)  # before openpyxl opens it
+    check_bounds(path, lambda title: _canonical_sheet(title) is not None)  # before the file is parsed
     try:
-        formulas: _Formulas = {}
-        titles, sheets = _scan_file(path, False, formulas, problems)
-        if formulas:  # only then is the second pass, for the values saved with them, needed
-            titles, sheets = _scan_file(path, True, formulas, problems)
-    except Exception as e:  # zipfile, zlib, XML and openpyxl errors all mean "unreadable"
+        titles, read = read_sheets(path, _canonical_sheet)
+    except Exception as e:  # zipfile, zlib, XML and value errors all mean "unreadable"
         raise WorkbookError(str(path), [Problem(path.name, _unreadable(path, e))]) from None
+    sheets = {canonical: _sheet(title, rows, problems) for canonical, (title, rows) in read.items()}
     return titles, sheets
 
 
@@ -139,62 +136,22 @@ def _compound_kind(path: Path) -> str | None:
     return "xls"
 
 
-_Formulas = dict[tuple[str, int, int], str]  # (sheet, row, column) -> formula text
-
-
-def _scan_file(path: Path, saved: bool, formulas: _Formulas,
-               problems: Problems) -> tuple[list[str], dict[str, Sheet]]:
-    """One read of the file: formulas as text (saved=False) or their saved values (True)."""
-    import openpyxl
-
-    book = openpyxl.load_workbook(path, read_only=True, data_only=saved, keep_links=False)
-    try:
-        titles = list(book.sheetnames)
-        sheets: dict[str, Sheet] = {}
-        for title in titles:
-            canonical = _canonical_sheet(title)
-            ws = book[title]
-            if canonical is None or canonical in sheets or not hasattr(ws, "reset_dimensions"):
-                continue  # not nero's, a second copy, or a chart sheet
-            ws.reset_dimensions()  # don't trust the writer's stored sheet size
-            sheet = Sheet(title, [])
-            _scan_sheet(sheet, ws.iter_rows(), canonical, saved, formulas, problems)
-            sheets[canonical] = sheet
-        return titles, sheets
-    finally:
-        book.close()
-
-
 def _canonical_sheet(title: str) -> str | None:
     key = title.strip().lower()
     return next((s for s in SHEETS if s.lower() == key), None)
 
 
-def _scan_sheet(sheet: Sheet, rows: Iterable[Sequence[Any]], canonical: str, saved: bool,
-                formulas: _Formulas, problems: Problems) -> None:
-    """Collect non-blank rows; cells showing an error or lacking a formula's value are
-    reported here and become UNREADABLE, so nothing downstream reports them twice."""
-    for r, cells in enumerate(rows, start=1):
-        values: list[object] = []
-        for c, cell in enumerate(cells):
-            value, kind = cell.value, getattr(cell, "data_type", None)
-            formula = formulas.get((canonical, r, c))
-            if kind == "f":
-                formulas[(canonical, r, c)] = str(getattr(value, "text", value))
-            elif kind == "e":
-                problems.add(sheet.ref(r, c), f"the cell shows the error {value}; fix the formula or type the value")
-                value = UNREADABLE
-            elif saved and formula is not None and value is None:
-                problems.add(sheet.ref(r, c), f"formula {formula} has no saved value; open and save the "
+def _sheet(title: str, rows: list[tuple[int, list[object]]], problems: Problems) -> Sheet:
+    """The sheet's rows; cells showing an error or lacking a formula's value are reported
+    here and become UNREADABLE, so nothing downstream reports them twice."""
+    sheet = Sheet(title, rows)
+    for r, values in rows:
+        for c, value in enumerate(values):
+            if isinstance(value, CellError):
+                problems.add(sheet.ref(r, c), f"the cell shows the error {value.text}; fix the formula or type the value")
+                values[c] = UNREADABLE
+            elif isinstance(value, NoSavedValue):
+                problems.add(sheet.ref(r, c), f"formula {value.formula} has no saved value; open and save the "
                              "workbook in Excel or LibreOffice, or type the value")
-                value = UNREADABLE
-            values.append(_clean(value))
-        if any(v is not None for v in values):
-            sheet.rows.append((r, values))
-
-
-def _clean(value: object) -> object:
-    if isinstance(value, str):
-        value = value.strip()
-        return value or None
-    return value
+                values[c] = UNREADABLE
+    return sheet
