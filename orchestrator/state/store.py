@@ -390,8 +390,7 @@ class Store(Outbox):
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def last_pass(self) -> float | None:
-        """When the last reconcile pass that ran to its end ran (its clock); None if none did
-        since the store recorded it."""
+        """When the last reconcile pass that ran to its end ran (its clock); None if none did."""
         raw = self.get_meta(LAST_PASS)
         return float(raw) if raw else None
 
