@@ -104,20 +104,3 @@ def project(tmp_path: Path):
 def root() -> Path:
     return ROOT
 
-
-# Tests run in parallel (pytest-xdist, `-n` in pyproject.toml), grouped so that what shares one
-# outside system runs on one worker, in order: the testbed's sshd (one test stops and restarts
-# it), Slurm and SGE queues and its SMTP maildir. Everything else (local jobs, workbooks,
-# SQLite, LibreOffice with a profile per test) runs side by side.
-SHARED = {
-    "test_remote.py": "testbed",
-    "test_submit_uncertain.py": "testbed",
-    "test_testbed.py": "testbed",
-}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        group = SHARED.get(item.path.name)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))

@@ -28,6 +28,10 @@ from orchestrator.backends.wire import serve_in_process
 from orchestrator.model import Cluster
 from orchestrator.reconcile import Reconciler
 
+# one worker runs every test that talks to the testbed's sshd, Slurm and SGE, in order
+# (one of them stops and restarts sshd): tests/conftest.py
+pytestmark = pytest.mark.xdist_group("testbed")
+
 
 class Listening(SlurmBackend):
     """The real Slurm backend, keeping the text of every monitoring listing it read."""

@@ -26,6 +26,10 @@ import pytest
 from conftest import kill_jobs, nero, wait_for, write_workbook
 from jobs import STEPPER
 
+# one worker runs every test that talks to the testbed's sshd, Slurm and SGE, in order
+# (one of them stops and restarts sshd): tests/conftest.py
+pytestmark = pytest.mark.xdist_group("testbed")
+
 UP = "bash tests/testbed/up.sh"
 ROOT = Path(__file__).resolve().parent.parent
 SSH_VARS = ("NERO_TEST_SSH_HOST", "NERO_TEST_SSH_PORT", "NERO_TEST_SSH_USER", "NERO_TEST_SSH_KEY",

@@ -21,6 +21,10 @@ from orchestrator.errors import BackendError
 from orchestrator.model import Cluster, JobScript
 from orchestrator.reconcile import Reconciler
 
+# one worker runs every test that talks to the testbed's sshd, Slurm and SGE, in order
+# (one of them stops and restarts sshd): tests/conftest.py
+pytestmark = pytest.mark.xdist_group("testbed")
+
 LEDGER = r'''
 import os, sys, time
 # the job's own ledger: one line per start, in a file shared by every run of the test

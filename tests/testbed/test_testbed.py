@@ -20,6 +20,10 @@ from pathlib import Path
 
 import pytest
 
+# one worker runs every test that talks to the testbed's sshd, Slurm and SGE, in order
+# (one of them stops and restarts sshd): tests/conftest.py
+pytestmark = pytest.mark.xdist_group("testbed")
+
 paramiko = pytest.importorskip("paramiko")
 
 UP = "bash tests/testbed/up.sh"
