@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     )
     from .reconcile import PassReport, Reread
     from .state import Mail
+    from .state.tally import Tally
 
 __all__ = ["Candidate", "LOCK_WAIT_S", "Overridden", "Project"]
 
@@ -249,7 +250,7 @@ class Project:
                 keys = [] if note else self._rec.refresh_local()
         except NeroError as e:
             return Freshness(last, False, note=str(e).splitlines()[0])
-        snap = self._rec.store.snapshot()
+        snap = self._rec.store.snapshot() if keys else {}
         return Freshness(last, False, refreshed=tuple(keys), note=note,
                          ended=tuple(k for k in keys if k in snap and snap[k].state.finished))
 
@@ -282,6 +283,22 @@ class Project:
         if selector is not None:
             return [c.record for c in self.select(selector) if c.record is not None]
         return sorted(self._rec.store.snapshot().values(), key=lambda r: r.number)
+
+    def run_count(self) -> int:
+        """How many runs nero started (without reading them)."""
+        from .state.tally import run_count
+
+        return run_count(self._rec.store)
+
+    def tally(self, metric: str = "", shown: int = 10, attention: tuple[str, ...] = ()) -> Tally:
+        """Every run counted by state and experiment, and the few runs a summary shows: the
+        `shown` latest changed of those in `attention` states or orphaned, the latest changed,
+        the best by `metric` (else the first metric any run recorded; its goal the workbook's,
+        "min" when it was not read); answered in SQL, see `orchestrator.state.tally`."""
+        from .state.tally import tally
+
+        wb = self.workbook
+        return tally(self._rec.store, metric, wb.goal if wb else (lambda m: "min"), shown, attention)
 
     def select(self, selector: str | Selector) -> list[Candidate]:
         """The runs a selector (`nero abort --help` has the forms) matches: runs nero started,

@@ -4,6 +4,13 @@
     → plan(specs, snapshot, capacity) → render every job → cancel → record intents → submit
     → commit → results workbook (only if something changed)
 
+What a pass computes from the workbook and the store alone (the workbook as read, that its
+jobs render, the plan when it gives no run a slot, the clusters it reaches, the results
+workbook being current) is kept in the store's cache (`state/cache.py`) under a stamp of
+every input (the workbook's bytes, nero's code and templates, the store's data version,
+the confirmed changes), so a command over an unchanged project reads no run and expands
+no spec: the specs are expanded on first use (`Reconciler.specs`).
+
 The workbook is re-read only when its size or modification time changed; an invalid or
 half-saved workbook keeps the last good specs while watching (and stops a single pass
 with exit code 2 before anything is dispatched, cancelled or written). A workbook whose
@@ -12,12 +19,13 @@ commands or job scripts do not render (`preflight`) is an invalid one.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -52,6 +60,8 @@ from .paths import ClusterPaths, ProjectPaths
 from .plan import plan as make_plan
 from .spec import expand
 from .state import Store
+from .state.cache import cached, data_version, file_digest, folder_stamp, keep
+from .state.tally import any_intent, live_clusters, orphaned_keys
 from .units import format_megabytes
 
 __all__ = ["PassReport", "Reconciler", "Reread", "ClusterWatch", "SETTLE_S", "state_path", "git_info"]
@@ -118,7 +128,8 @@ class Reconciler:
         self.clock = clock
         self.unconfirmed_grace_s = unconfirmed_grace_s  # see _recover
         self.workbook: Workbook | None = None
-        self.specs: list[RunSpec] = []
+        self._specs: list[RunSpec] | None = []
+        self._key = ""  # the stamp of the workbook read, nero's code and the templates (see _workbook_key)
         self._stamp: tuple[int, int] | None = None
         self._backends: dict[str, Backend] = {}
         self._results_fingerprint = ""
@@ -154,21 +165,65 @@ class Reconciler:
             return warnings  # just saved: read it once it settles
         before = self.workbook
         try:
-            wb = read_workbook(self.workbook_path)
-            specs = expand(wb)
-            self._preflight(wb, specs)
+            key = self._workbook_key()
+            wb = cached(self.store, "workbook", key)
+            if not isinstance(wb, Workbook):
+                wb = read_workbook(self.workbook_path)
+                if key and key == self._workbook_key():  # the file did not change while it was read
+                    keep(self.store, "workbook", key, wb)
+            version = data_version(self.store)
+            checked = f"{key}|{version}" if key and version else ""
+            found = cached(self.store, "checked", checked)
+            specs = None
+            if not isinstance(found, list):  # not checked against this state yet
+                found = None
+                specs = expand(wb)
+                self._preflight(wb, specs)
         except WorkbookError as e:
             if keep_last_good and self.workbook is not None:
                 return self._once(("bad", stamp), f"{e}\n  keeping the last good plan; fix the workbook and save it")
             raise
         if lock is not None:
             warnings.append(f"{self.workbook_path.name} is open in a spreadsheet program ({lock.name}); using what is saved")
-        self.workbook, self.specs, self._stamp = wb, specs, stamp
-        from .rules import name_warnings
-
+        self.workbook, self._specs, self._stamp, self._key = wb, specs, stamp, key
         if keep_last_good and before is not None:
             self.reread = _reread(before, wb, stamp)
-        return warnings + name_warnings(self.specs, wb.settings.primary_metric, self.metric_names())
+        if found is None:
+            from .rules import name_warnings
+
+            found = name_warnings(self.specs, wb.settings.primary_metric, self.metric_names())
+            keep(self.store, "checked", checked, found)
+        return warnings + found
+
+    @property
+    def specs(self) -> list[RunSpec]:
+        """The runs the workbook asks for, expanded on first use (a command that finds its
+        work in the cache never expands them)."""
+        if self._specs is None:
+            assert self.workbook is not None
+            self._specs = expand(self.workbook)
+        return self._specs
+
+    def _workbook_key(self) -> str:
+        """The stamp of what reading and checking the workbook depends on besides the store:
+        the workbook's bytes, nero's code and job templates, the project folder ("" when the
+        workbook cannot be read)."""
+        from .render import builtin_templates
+
+        digest = file_digest(self.workbook_path)
+        if not digest:
+            return ""
+        code = folder_stamp(Path(__file__).parent, suffixes=(".py",))
+        templates = folder_stamp(builtin_templates(), self.project_dir / "templates")
+        return f"{digest}|{code}|{templates}|{self.project_dir}"
+
+    def _state_key(self, *more: object) -> str:
+        """The stamp of what the loaded workbook and the store's data make (with `more`), ""
+        when there is none (no workbook read, a store without its data version)."""
+        version = data_version(self.store)
+        if not (self._key and version):
+            return ""
+        return "|".join(map(str, (self._key, version, *more)))
 
     def _preflight(self, wb: Workbook, specs: list[RunSpec]) -> None:
         """Render every job the workbook would submit, now or once released (commands and
@@ -241,9 +296,22 @@ class Reconciler:
 
     def plan(self, prune: bool = False, yes: bool = False) -> Plan:
         assert self.workbook is not None
-        found = make_plan(self.specs, self._snapshot(self.specs), self.capacity(), prune=prune,
-                          overrides=self.store.overrides(), gate=self.gate(yes))
+        found = self._plan(prune, self.gate(yes))
         self.remember(found)
+        return found
+
+    def _plan(self, prune: bool, gate: Gate, overrides: dict | None = None) -> Plan:
+        """The plan; from the cache when the workbook, the store's data and the gate are
+        those it was made from. Only a plan that gives no run a slot is kept: one that does
+        depends on the clusters' free slots too."""
+        stamp = self._state_key(prune, gate.apply_all, gate.over, ",".join(sorted(gate.confirmed)))
+        found = cached(self.store, "plan", stamp)
+        if isinstance(found, Plan):
+            return found
+        found = make_plan(self.specs, self._snapshot(self.specs), self.capacity(), prune=prune,
+                          overrides=self.store.overrides() if overrides is None else overrides, gate=gate)
+        if not any(a.kind in (ActionKind.SUBMIT, ActionKind.RESTART) and not a.awaiting for a in found.actions):
+            keep(self.store, "plan", stamp, found)
         return found
 
     def gate(self, yes: bool = False) -> Gate:
@@ -291,7 +359,7 @@ class Reconciler:
         self._rules(now, report)
         overrides = self.store.overrides()
         gate = self.gate(yes)
-        plan = make_plan(self.specs, self._snapshot(self.specs), self.capacity(), prune=prune, overrides=overrides, gate=gate)
+        plan = self._plan(prune, gate, overrides)
         self._confirmations(gate, plan)
         report.plan = plan
         try:
@@ -306,7 +374,7 @@ class Reconciler:
         self._mark_orphans(plan)
         self._expire_overrides(overrides)
         if results and (report.changed or not self._results_fingerprint):
-            report.results_written = self.write_results(plan)
+            report.results_written = self._write_results_unless_current(plan)
         self._notify(report, now)
         self.store.record_pass(now)
         return report
@@ -330,16 +398,16 @@ class Reconciler:
         from .mail import Mailer
 
         assert self.workbook is not None
-        report.warnings.extend(Mailer.of(self.store, self.project_dir).on_pass(self.specs, self.workbook, now))
+        report.warnings.extend(Mailer.of(self.store, self.project_dir).on_pass(_Specs(self), self.workbook, now))
 
     def _handle(self, r: RunRecord) -> Handle:
         return Handle(r.key, r.attempt, r.job_id, r.run_dir, r.offsets, r.submitted_at)
 
     def _recover(self, now: float, report: PassReport) -> None:
         """Attempts recorded but not confirmed (a crash between submit and record)."""
-        pending = [r for r in self.store.snapshot().values() if r.intent]
-        if not pending:
+        if not any_intent(self.store):
             return
+        pending = [r for r in self.store.snapshot().values() if r.intent]
         updates, resubmit = [], []
         by_cluster: dict[str, list[RunRecord]] = {}
         for r in pending:
@@ -399,9 +467,10 @@ class Reconciler:
         first) and record what changed; returns the keys of the runs polled."""
         assert self.workbook is not None
         live: dict[str, list[RunRecord]] = {}
-        for r in self.store.snapshot().values():
-            if r.state.live and not r.intent and (only is None or r.cluster in only):
-                live.setdefault(r.cluster, []).append(r)
+        if any(only is None or c in only for c in live_clusters(self.store)):
+            for r in self.store.snapshot().values():
+                if r.state.live and not r.intent and (only is None or r.cluster in only):
+                    live.setdefault(r.cluster, []).append(r)
         if only is None:
             self._reach(now, report, set(live))
         polled: list[str] = []
@@ -478,6 +547,10 @@ class Reconciler:
         """Clusters that runs not yet submitted, to be restarted or retried may go to."""
         from .model import Desired, OverrideKind
 
+        stamp = self._state_key()
+        found = cached(self.store, "wanted", stamp)
+        if isinstance(found, set):
+            return found
         snap = self.store.snapshot()
         restarts = {k for k, o in self.store.overrides().items() if o.kind is OverrideKind.RESTART}
         out: set[str] = set()
@@ -488,6 +561,7 @@ class Reconciler:
             if (rec is None or rec.spec_hash != s.spec_hash or s.key in restarts
                     or (rec.state.finished and rec.state is not RunState.COMPLETED and s.retries)):
                 out.update(s.clusters)
+        keep(self.store, "wanted", stamp, out)
         return out
 
     def _rules(self, now: float, report: PassReport) -> None:
@@ -496,6 +570,8 @@ class Reconciler:
         from .rules import evaluate, first_stop, parse_rules
 
         assert self.workbook is not None
+        if not live_clusters(self.store):
+            return
         specs = {s.key: s for s in self.specs if s.rules}
         if not specs:
             return
@@ -559,6 +635,8 @@ class Reconciler:
         return updates
 
     def _cancel(self, plan: Plan, now: float, report: PassReport) -> None:
+        if not any(a.kind in (ActionKind.CANCEL, ActionKind.RESTART) for a in plan.actions):
+            return
         snap = self.store.snapshot()
         todo: dict[str, list[tuple[RunRecord, Action]]] = {}
         for a in plan.actions:
@@ -586,8 +664,10 @@ class Reconciler:
         """The job of each run the pass submits, by cluster, all rendered before any is
         submitted: a run whose command or job script does not render refuses the pass
         (WorkbookError with every such cell), so no pass is ever half submitted."""
-        snap = self.store.snapshot()
         by_cluster: _Jobs = {}
+        if not any(a.kind in (ActionKind.SUBMIT, ActionKind.RESTART) for a in plan.actions):
+            return by_cluster
+        snap = self.store.snapshot()
         problems: list[Problem] = []
         retries: dict[str, tuple[int, str]] = {}
         for a in plan.actions:
@@ -665,9 +745,9 @@ class Reconciler:
             self.store.drop_overrides(stale)
 
     def _mark_orphans(self, plan: Plan) -> None:
-        orphans = {a.key for a in plan.of(ActionKind.ORPHAN)}
-        snap = self.store.snapshot()
-        flags = [(k, k in orphans) for k, r in snap.items() if r.orphaned != (k in orphans)]
+        orphans = {a.key for a in plan.of(ActionKind.ORPHAN)}  # keys of runs in the store
+        flagged = orphaned_keys(self.store)
+        flags = [(k, False) for k in sorted(flagged - orphans)] + [(k, True) for k in sorted(orphans - flagged)]
         if flags:
             self.store.apply([], orphaned=flags)
 
@@ -737,16 +817,48 @@ class Reconciler:
         p = Path(os.path.expanduser(self.workbook.settings.results or "results.xlsx"))
         return p if p.is_absolute() else self.project_dir / p
 
-    def write_results(self, plan: Plan | None = None, charts: bool | None = None) -> bool:
+    def write_results(self, plan: Plan | None = None, charts: bool | None = None,
+                      current: list[bool] | None = None) -> bool:
         """Rewrite the results workbook if what it shows changed (results.py decides;
-        `charts=True` forces fresh curves, e.g. when the loop ends)."""
+        `charts=True` forces fresh curves, e.g. when the loop ends); `current` gets True
+        when the file then shows this data, curves included."""
         from .results import write_results
 
         assert self.workbook is not None
         remote = {c.name: c.host for c in self.workbook.clusters if c.kind is not ClusterKind.LOCAL and c.host}
         self._results_fingerprint = ""  # a write that fails (a full disk) is tried again next pass
-        written = write_results(self.results_path(), self.results_input(plan), charts=charts, remote_hosts=remote)
+        written = write_results(self.results_path(), self.results_input(plan), charts=charts, remote_hosts=remote,
+                                current=current)
         self._results_fingerprint = "written"
+        return written
+
+    def _write_results_unless_current(self, plan: Plan) -> bool:
+        """`write_results`, unless the cache says the results workbook is current: written
+        (curves too) from this state and plan, and not touched since. Never with live runs,
+        whose runtimes move."""
+        path = self.results_path()
+        shown = hashlib.sha256("\n".join(f"{a.kind.value}\0{a.key}\0{a.reason}\0{a.waiting}\0{a.awaiting}"
+                                         for a in plan.actions).encode()).hexdigest()
+
+        def stamp() -> str:
+            if live_clusters(self.store):
+                return ""
+            try:
+                st = path.stat()
+            except OSError:
+                return ""
+            db = self.store.db
+            points = db.execute("SELECT max(rowid) FROM metrics").fetchone()[0]
+            events = db.execute("SELECT max(id) FROM events").fetchone()[0]
+            return self._state_key(plan.fingerprint, shown, points, events, st.st_mtime_ns, st.st_size)
+
+        if cached(self.store, "results", stamp()) is True:
+            self._results_fingerprint = "written"
+            return False
+        current: list[bool] = []
+        written = self.write_results(plan, current=current)
+        if current:
+            keep(self.store, "results", stamp(), True)
         return written
 
     # ------------------------------------------------------------ queries
@@ -755,6 +867,22 @@ class Reconciler:
         live = sum(1 for r in self.store.snapshot().values() if r.state.live or r.intent)
         waiting = sum(1 for a in plan.actions if a.kind in (ActionKind.SUBMIT, ActionKind.RESTART) and not a.awaiting)
         return live + waiting
+
+
+class _Specs(Sequence):
+    """A reconciler's specs, expanded only if something reads them."""
+
+    def __init__(self, rec: Reconciler):
+        self._rec = rec
+
+    def __len__(self) -> int:
+        return len(self._rec.specs)
+
+    def __getitem__(self, i):  # type: ignore[no-untyped-def]
+        return self._rec.specs[i]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._rec.specs)
 
 
 @dataclass

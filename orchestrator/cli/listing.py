@@ -19,12 +19,13 @@ from ..units import format_duration, format_significant
 
 if TYPE_CHECKING:
     from ..model import Action, ActionKind, RunRecord
+    from ..state.tally import Tally
 
-__all__ = ["ATTENTION", "group_actions", "plain_table", "print_summary", "stream_csv", "stream_json", "summary_rows", "write_lines"]
+__all__ = ["ATTENTION", "SHOWN", "group_actions", "plain_table", "print_summary", "stream_csv", "stream_json", "summary_rows", "write_lines"]
 
 SUMMARY_ROWS = 200  # more runs than this and `nero status` (no selector) prints a summary
 ATTENTION = ("failed", "lost", "timeout", "preempted")  # states that ask the user to look
-_SHOWN = 10  # runs listed under each heading of the summary
+SHOWN = 10  # runs listed under each heading of the summary
 
 
 def summary_rows() -> int:
@@ -93,12 +94,8 @@ def _state(r: RunRecord) -> str:
     return r.state.value + (" (orphaned)" if r.orphaned else "")
 
 
-def _changed_at(r: RunRecord) -> float:
-    return max((t for t in (r.ended_at, r.started_at, r.submitted_at, r.heartbeat_at) if t is not None), default=0.0)
-
-
-def _counts(states: Counter[str]) -> str:
-    return ", ".join(f"{n:,} {s}" for s, n in states.most_common())
+def _counts(counts: Iterable[tuple[str, int]]) -> str:
+    return ", ".join(f"{n:,} {s}" for s, n in counts)
 
 
 def _short(runs: Sequence[RunRecord], now: float, extra: str = "", value: dict[str, str] | None = None) -> Iterator[str]:
@@ -109,36 +106,25 @@ def _short(runs: Sequence[RunRecord], now: float, extra: str = "", value: dict[s
         yield "  " + x
 
 
-def print_summary(runs: Sequence[RunRecord], now: float, metric: str, goal: str, threshold: int) -> None:
-    """The summary of many runs (see the module's docstring); metric values are the best
-    each run's current attempt recorded."""
-    states = Counter(r.state.value for r in runs)
-    by_exp: dict[str, Counter[str]] = {}
-    for r in runs:
-        by_exp.setdefault(r.experiment, Counter())[r.state.value] += 1
-    lines = [f"{len(runs):,} runs: {_counts(states)}", "", "By experiment:"]
-    exps = sorted(by_exp)
+def print_summary(t: Tally, now: float, threshold: int) -> None:
+    """The summary of many runs (see the module's docstring) from their tally (counts, and
+    the runs each heading shows: `Project.tally`); metric values are the best each run's
+    current attempt recorded."""
+    lines = [f"{t.total:,} runs: {_counts(t.states)}", "", "By experiment:"]
     lines += ["  " + x for x in plain_table(["experiment", "runs", "states"],
-                                            [[e, f"{sum(by_exp[e].values()):,}", _counts(by_exp[e])]
-                                             for e in exps[:50]], right=frozenset({1}))]
-    if len(exps) > 50:
-        lines.append(f"  … {len(exps) - 50:,} more experiments")
-    attention = [r for r in runs if r.state.value in ATTENTION or r.orphaned]
-    if attention:
-        attention.sort(key=_changed_at, reverse=True)
-        kinds = Counter(_state(r) for r in attention)
-        lines += ["", f"Need attention: {_counts(kinds)} (latest {min(_SHOWN, len(attention))}; "
-                      f"`nero status failed` lists them all):", *_short(attention[:_SHOWN], now)]
-    recent = sorted(runs, key=_changed_at, reverse=True)[:_SHOWN]
-    lines += ["", f"Changed last ({len(recent)}):", *_short(recent, now)]
-    if metric:
-        scored = [(r.best[metric], r) for r in runs if metric in r.best and r.best[metric] == r.best[metric]]
-        scored.sort(key=lambda x: x[0], reverse=goal == "max")
-        top = [r for _, r in scored[:_SHOWN]]
-        if top:
-            value = {r.key: format_significant(v) for v, r in scored[:_SHOWN]}
-            lines += ["", f"Top {len(top)} by {metric} ({goal}, best value):",
-                      *_short(top, now, extra=metric, value=value)]
+                                            [[e, f"{sum(n for _, n in states):,}", _counts(states)]
+                                             for e, states in t.experiments[:50]], right=frozenset({1}))]
+    if len(t.experiments) > 50:
+        lines.append(f"  … {len(t.experiments) - 50:,} more experiments")
+    if t.attention:
+        lines += ["", f"Need attention: {_counts(t.attention)} (latest {len(t.attention_runs)}; "
+                      f"`nero status failed` lists them all):", *_short(t.attention_runs, now)]
+    lines += ["", f"Changed last ({len(t.recent)}):", *_short(t.recent, now)]
+    if t.top:
+        top = [r for _, r in t.top]
+        value = {r.key: format_significant(v) for v, r in t.top}
+        lines += ["", f"Top {len(top)} by {t.metric} ({t.goal}, best value):",
+                  *_short(top, now, extra=t.metric, value=value)]
     lines += ["", f"A summary: more than {threshold:,} runs. `nero status all` lists every run; a selector "
                   "some (`nero status 'sweep*'`, `nero status 'loss < 0.2'`); --json or --csv writes every run."]
     click.echo("\n".join(lines))

@@ -69,9 +69,7 @@ def reconcile(workbook: str | None, watch: bool, interval: float | None, until_d
 
 def print_plan_summary(project: Project, plan: Plan) -> None:
     """One line: the runs by state, how many wait or are held, and the results workbook."""
-    from collections import Counter
-
-    counts = Counter(r.state.value for r in project.runs())
+    counts = dict(project.tally(shown=0).states)  # counted in SQL: no run is read
     waiting = sum(1 for a in plan.actions if a.waiting and not a.awaiting)
     held = len([a for a in plan.actions if a.kind.value == "held"])
     parts = [f"{n} {s}" for s, n in sorted(counts.items())]

@@ -24,6 +24,8 @@ from .group import (
     workbook_and_selector,
 )
 from .listing import (
+    ATTENTION,
+    SHOWN,
     group_actions,
     plain_table,
     print_summary,
@@ -192,12 +194,12 @@ def status(args: tuple[str, ...], as_json: bool, as_csv: bool, show_all: bool, w
     with open_project(path, load=False) as project:
         now = project.clock()
         fresh = project.freshness()
-        runs = [c.record for c in select(project, selector) if c.record] if selector else project.runs()
-        if not selector and not (as_json or as_csv or with_attempts) and len(runs) > summary_rows():
-            _summary(project, runs, now)
+        if not selector and not (as_json or as_csv or with_attempts) and project.run_count() > summary_rows():
+            _summary(project, now)
             click.echo(freshness_line(fresh, now))
             _not_started(project)
             return
+        runs = [c.record for c in select(project, selector) if c.record] if selector else project.runs()
         earlier: dict[str, list[RunRecord]] = {}
         if with_attempts:
             for a in project.earlier_attempts(r.key for r in runs):
@@ -228,15 +230,14 @@ def status(args: tuple[str, ...], as_json: bool, as_csv: bool, show_all: bool, w
             _not_started(project)
 
 
-def _summary(project: Project, runs: list[RunRecord], now: float) -> None:
+def _summary(project: Project, now: float) -> None:
     """`print_summary` ranked by Settings primary_metric, else the first metric with a goal,
-    else the first any run recorded (as the results workbook's leaderboard)."""
+    else the first any run recorded (as the results workbook's leaderboard); the runs are
+    counted and the few shown found in SQL (`Project.tally`), none is read besides."""
     wb = project.workbook
     metric = wb.settings.primary_metric if wb else ""
     metric = metric or next(iter(wb.goals), "") if wb else metric
-    metric = metric or next((m for r in runs for m in r.best), "")
-    goal = wb.goal(metric) if wb and metric else "min"
-    print_summary(runs, now, metric, goal, summary_rows())
+    print_summary(project.tally(metric, SHOWN, ATTENTION), now, summary_rows())
 
 
 def _status_csv(runs: list[RunRecord], now: float, values: dict[str, dict[str, Summary]]) -> None:

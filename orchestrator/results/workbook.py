@@ -25,7 +25,7 @@ __all__ = ["write_results"]
 
 
 def write_results(path: str | Path, data: ResultsInput, *, charts: bool | None = None,
-                  remote_hosts: Mapping[str, str] | None = None) -> bool:
+                  remote_hosts: Mapping[str, str] | None = None, current: list[bool] | None = None) -> bool:
     """Write the results workbook for `data` to `path` atomically; True if it was written.
 
     Skips the write (returns False) when the file already shows exactly this content, so
@@ -41,7 +41,8 @@ def write_results(path: str | Path, data: ResultsInput, *, charts: bool | None =
     run directory shows as `host:path` text rather than a local link; without it, a run
     on cluster `local` (or none) or whose directory exists here is local.
     Temporary files of killed writers older than `files.STALE_AFTER_S` are removed; a
-    full or read-only disk raises DiskError.
+    full or read-only disk raises DiskError. `current`, if given, gets True appended when
+    the file then shows `data` whole, its curves included (not when they lag).
     """
     path = Path(path)
     remove_stale_temporaries(path)  # what writers killed mid-write left (`.tmp`, `.base`)
@@ -51,7 +52,10 @@ def write_results(path: str | Path, data: ResultsInput, *, charts: bool | None =
     if charts is None:
         charts = (old is None or view.points() <= CHEAP_POINTS
                   or not data.now - old.curves_at < CURVES_MAX_AGE)
+    whole = old is not None and old.curves_fp == curves_fp or bool(charts)
     if old is not None and old.summary_fp == summary_fp and (old.curves_fp == curves_fp or not charts):
+        if whole and current is not None:
+            current.append(True)
         return False
     reuse = old if old is not None and (old.curves_fp == curves_fp or not charts) else None
     base = temporary_beside(path, ".base")  # xlsxwriter's file, before the rows are spliced in
@@ -65,6 +69,8 @@ def write_results(path: str | Path, data: ResultsInput, *, charts: bool | None =
         raise
     finally:
         base.unlink(missing_ok=True)
+    if whole and current is not None:
+        current.append(True)
     return True
 
 

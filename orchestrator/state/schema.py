@@ -1,5 +1,5 @@
 """The state store's tables (`SCHEMA`, with the columns added since `ADDED_COLUMNS` and the
-metrics table's rewrite `TRIGGERS`) and how a row of runs × attempts becomes a RunRecord
+metrics table's rewrite and the data version's `TRIGGERS`) and how a row of runs × attempts becomes a RunRecord
 (`SNAPSHOT_SQL`, `record_of`). Pure: the statements are run by `orchestrator.state.store`."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import sys
 
-from ..model import Offsets, RunRecord, RunState
+from ..model import LIVE_STATES, Offsets, RunRecord, RunState
 
-__all__ = ["ADDED_COLUMNS", "LAST_PASS", "REWRITES", "SCHEMA", "SCHEMA_VERSION", "SNAPSHOT_SQL", "TRIGGERS", "record_of"]
+__all__ = ["ADDED_COLUMNS", "DATA_VERSION", "LAST_PASS", "LIVE_WHERE", "REWRITES", "SCHEMA", "SCHEMA_VERSION", "SNAPSHOT_SQL", "TRIGGERS", "record_of"]
 
 SCHEMA_VERSION = 1
 
@@ -154,6 +154,7 @@ def record_of(row: tuple) -> RunRecord:
     )
 
 
+# TRIGGERS: the triggers (and an index) a store gets once, by name, new or old.
 # The metrics table is append-only (nothing in nero updates or deletes a point), which lets
 # a Store read only the rows added since its last read. Should anything change or delete
 # rows all the same (a hand edit, a future clean-up), these triggers count it, and every
@@ -167,6 +168,24 @@ TRIGGERS = {
     )
     for event in ("UPDATE", "DELETE")
 }
+
+# The store's data version (the meta key): one more for every row of runs, attempts or
+# overrides written, by any process, so what was computed from them can be reused while it
+# is unchanged (orchestrator.state.cache). It only grows.
+DATA_VERSION = "data_version"
+TRIGGERS |= {
+    f"{table}_{event.lower()}_version": (
+        f"CREATE TRIGGER IF NOT EXISTS {table}_{event.lower()}_version AFTER {event} ON {table} BEGIN "
+        f"INSERT OR IGNORE INTO meta VALUES ('{DATA_VERSION}', 0); "
+        f"UPDATE meta SET value = value + 1 WHERE key = '{DATA_VERSION}'; END"
+    )
+    for table in ("runs", "attempts", "overrides")
+    for event in ("INSERT", "UPDATE", "DELETE")
+}
+# The attempts that are live or not confirmed, few of many: which clusters have live runs
+# (every pass, every `nero status`) is answered from this index (`state/tally.py`).
+LIVE_WHERE = f"state IN ({', '.join(sorted(repr(s.value) for s in LIVE_STATES))}) OR intent"
+TRIGGERS["attempts_live"] = f"CREATE INDEX IF NOT EXISTS attempts_live ON attempts (key, attempt) WHERE {LIVE_WHERE}"
 
 # the meta key of the time (seconds since the epoch, the pass's clock) of the last reconcile
 # pass that ran to its end; a store from before it was recorded lacks it

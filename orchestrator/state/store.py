@@ -120,7 +120,7 @@ class Store(Outbox):
                 with self.transaction():
                     for name, kind in missing:
                         self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
-        have = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+        have = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type IN ('trigger', 'index')")}
         if not have.issuperset(TRIGGERS):  # a store from before the triggers
             with self.transaction():
                 for statement in TRIGGERS.values():

@@ -1,0 +1,148 @@
+"""Questions about all runs answered in SQL, at a cost that follows the answer and not the
+number of runs (issue #14): how many runs there are in each state and experiment, which
+are live or unconfirmed, which are flagged orphaned, and the few runs a summary shows (the
+latest that need attention, those that changed last, the top ones by a metric), without a
+RunRecord for every run.
+
+Orders agree with the same questions asked of a snapshot sorted by run number: counts by
+decreasing count, ties in the order their first run appears; runs by the time they last
+changed (the latest of ended, started, submitted, heartbeat), or by their best value of a
+metric (NaN left out), ties by run number.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..model import RunRecord
+from .cache import cached, data_version, keep
+from .schema import LIVE_WHERE, SNAPSHOT_SQL, record_of
+
+if TYPE_CHECKING:
+    from .store import Store
+
+__all__ = ["Tally", "any_intent", "first_metric", "live_clusters", "orphaned_keys", "run_count", "tally"]
+
+_CURRENT = "FROM runs r JOIN attempts a ON a.key = r.key AND a.attempt = r.attempt"
+_CHANGED = ("MAX(COALESCE(a.ended_at, 0), COALESCE(a.started_at, 0), COALESCE(a.submitted_at, 0), "
+            "COALESCE(a.heartbeat_at, 0))")
+_LIVE_A = "a." + LIVE_WHERE.replace(" OR ", " OR a.")
+_LIVE_ONLY = "FROM attempts a INDEXED BY attempts_live JOIN runs r ON r.key = a.key AND r.attempt = a.attempt"
+
+
+@dataclass(frozen=True)
+class Tally:
+    """All runs counted, and the few a summary shows (each list at most `shown` long)."""
+
+    total: int = 0
+    states: tuple[tuple[str, int], ...] = ()  # state → runs, most first
+    experiments: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()  # by name: state → runs, most first
+    attention: tuple[tuple[str, int], ...] = ()  # "failed", "lost (orphaned)"… → runs, most first
+    attention_runs: tuple[RunRecord, ...] = ()  # latest changed first
+    recent: tuple[RunRecord, ...] = ()  # latest changed first
+    metric: str = ""  # what `top` ranks by
+    goal: str = "min"  # its goal: "max" ranks the highest first
+    top: tuple[tuple[float, RunRecord], ...] = field(default=())  # (best value, run), best first
+
+
+def run_count(store: Store) -> int:
+    """How many runs nero started."""
+    return store.db.execute("SELECT count(*) FROM runs").fetchone()[0]
+
+
+def live_clusters(store: Store) -> dict[str, int]:
+    """Runs live or whose submission is not confirmed, by cluster (from the index of such
+    attempts: a cost that follows the live runs)."""
+    rows = store.db.execute(f"SELECT a.cluster, count(*) {_LIVE_ONLY} WHERE {_LIVE_A} GROUP BY a.cluster")
+    return dict(rows.fetchall())
+
+
+def any_intent(store: Store) -> bool:
+    """Whether a run's current attempt is recorded but its submission not confirmed."""
+    return store.db.execute(f"SELECT 1 {_LIVE_ONLY} WHERE ({_LIVE_A}) AND a.intent LIMIT 1").fetchone() is not None
+
+
+def orphaned_keys(store: Store) -> set[str]:
+    """The runs flagged orphaned (their row is gone while they ran)."""
+    return {k for (k,) in store.db.execute("SELECT key FROM runs WHERE orphaned")}
+
+
+def _most_first(rows: list[tuple[str, int, int]]) -> tuple[tuple[str, int], ...]:
+    """(name, count, order of first appearance) → (name, count), most first, ties by appearance."""
+    return tuple((name, n) for name, n, _ in sorted(rows, key=lambda r: (-r[1], r[2])))
+
+
+def _records(store: Store, where: str, order: str, limit: int, args: tuple = ()) -> tuple[RunRecord, ...]:
+    sql = f"{SNAPSHOT_SQL} {where} ORDER BY {order} LIMIT ?"
+    return tuple(record_of(row) for row in store.db.execute(sql, (*args, limit)))
+
+
+def first_metric(store: Store) -> str:
+    """The first metric any run recorded a best value of (by run number), else ""."""
+    row = store.db.execute(f"SELECT a.best {_CURRENT} WHERE a.best NOT IN ('', '{{}}') ORDER BY r.number LIMIT 1"
+                           ).fetchone()
+    return next(iter(json.loads(row[0])), "") if row else ""
+
+
+def tally(store: Store, metric: str = "", goal_of: Callable[[str], str] = lambda m: "min", shown: int = 10,
+          attention: tuple[str, ...] = ()) -> Tally:
+    """Every run counted by state and by experiment; of the runs in `attention` states or
+    orphaned, the counts and the `shown` latest changed; the `shown` latest changed; and the
+    `shown` best by `metric` (the best value each run's current attempt recorded, by its goal
+    `goal_of(metric)`, "max" or "min"); without `metric`, the first any run recorded (by run
+    number). Kept in the cache until the store's data changes."""
+    metric = metric or first_metric(store)
+    goal = goal_of(metric) if metric else "min"
+    version = data_version(store)
+    stamp = "|".join(map(str, (version, metric, goal, shown, attention))) if version else ""
+    found = cached(store, f"tally:{shown}", stamp)
+    if isinstance(found, Tally):
+        return found
+    found = _tally(store, metric, goal, shown, attention)
+    keep(store, f"tally:{shown}", stamp, found)
+    return found
+
+
+def _tally(store: Store, metric: str, goal: str, shown: int, attention: tuple[str, ...]) -> Tally:
+    db = store.db
+    total = run_count(store)
+    rows = db.execute(f"SELECT r.experiment, a.state, count(*), min(r.number) {_CURRENT} GROUP BY 1, 2").fetchall()
+    states: dict[str, list[int]] = {}
+    experiments: dict[str, list[tuple[str, int, int]]] = {}
+    for experiment, state, n, first in rows:
+        s = states.setdefault(state, [0, first])
+        s[0] += n
+        s[1] = min(s[1], first)
+        experiments.setdefault(experiment, []).append((state, n, first))
+    marks = ", ".join("?" * len(attention)) or "NULL"
+    flagged = f"WHERE (a.state IN ({marks}) OR r.orphaned)"
+    label = "a.state || CASE WHEN r.orphaned THEN ' (orphaned)' ELSE '' END"
+    kinds = db.execute(f"SELECT {label}, count(*), max({_CHANGED}) AS t, min(r.number) {_CURRENT} {flagged} "
+                       "GROUP BY 1 ORDER BY 2 DESC, 3 DESC, 4", attention).fetchall()
+    top: tuple[tuple[float, RunRecord], ...] = ()
+    if metric and shown:
+        path = '$."' + metric.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        best = "COALESCE(NULLIF(a.best, ''), '{}')"
+        value = ("CASE WHEN typeof(x) IN ('real', 'integer') THEN x WHEN x = 'inf' THEN 9e999 "
+                 "WHEN x = '-inf' THEN -9e999 END")
+        sql = (f"SELECT v, key FROM (SELECT {value} AS v, key, number FROM (SELECT json_extract({best}, ?1) AS x, "
+               f"r.key AS key, r.number AS number {_CURRENT})) WHERE v IS NOT NULL "
+               f"ORDER BY v {'DESC' if goal == 'max' else 'ASC'}, number LIMIT ?2")
+        found = db.execute(sql, (path, shown)).fetchall()
+        records = {r.key: r for r in _records(store, "WHERE r.key IN (" + ", ".join("?" * len(found)) + ")",
+                                              "r.number", shown, tuple(k for _, k in found))} if found else {}
+        top = tuple((float(v), records[k]) for v, k in found if k in records)
+    return Tally(
+        total=total,
+        states=_most_first([(s, n, first) for s, (n, first) in states.items()]),
+        experiments=tuple((e, _most_first(experiments[e])) for e in sorted(experiments)),
+        attention=tuple((k, n) for k, n, _, _ in kinds),
+        attention_runs=_records(store, flagged, f"{_CHANGED} DESC, r.number", shown, attention) if kinds and shown else (),
+        recent=_records(store, "", f"{_CHANGED} DESC, r.number", shown) if shown else (),
+        metric=metric,
+        goal=goal,
+        top=top,
+    )
