@@ -214,7 +214,7 @@ class Reconciler:
         if not digest:
             return ""
         code = folder_stamp(Path(__file__).parent, suffixes=(".py",))
-        templates = folder_stamp(builtin_templates(), self.project_dir / "templates")
+        templates = folder_stamp(builtin_templates(), self.project_dir / "templates", contents=True)
         return f"{digest}|{code}|{templates}|{self.project_dir}"
 
     def _state_key(self, *more: object) -> str:

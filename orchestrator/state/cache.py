@@ -3,8 +3,8 @@ workbook as read, that it passed its checks, the plan, kept in the store's `cach
 under a stamp of everything they were made from.
 
 A cached value is used only when its stamp equals the one of now, and a stamp names every
-input: the workbook file's bytes (SHA-256), nero's own code and the job templates (each
-file's path, size and modification time), the project folder and the store's data version
+input: the workbook file's bytes (SHA-256), nero's own code (each file's path, size and
+modification time), the job templates (their bytes too), the project folder and the store's data version
 (`data_version`: a counter that triggers on `runs`, `attempts` and `overrides` raise on
 every row written, `schema.TRIGGERS`), plus what the caller adds (the confirmed tokens, the
 command's flags). Any edit, override or change of a run's state therefore misses the cache,
@@ -58,9 +58,10 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def folder_stamp(*folders: Path, suffixes: tuple[str, ...] = ()) -> str:
+def folder_stamp(*folders: Path, suffixes: tuple[str, ...] = (), contents: bool = False) -> str:
     """A digest of every file below `folders` (those ending in `suffixes` if given): path,
-    size and modification time; a folder that does not exist counts as empty."""
+    size and modification time, and with `contents` its bytes; a folder that does not exist
+    counts as empty."""
     h = hashlib.sha256()
     for folder in folders:
         for root, dirs, files in os.walk(folder):
@@ -71,7 +72,8 @@ def folder_stamp(*folders: Path, suffixes: tuple[str, ...] = ()) -> str:
                 path = os.path.join(root, name)
                 with suppress(OSError):
                     st = os.stat(path)
-                    h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                    h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{file_digest(Path(path)) if contents else ''}\n"
+                             .encode())
     return h.hexdigest()
 
 

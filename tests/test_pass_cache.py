@@ -1,0 +1,165 @@
+"""#14: a command over an unchanged project reuses what the last one computed (the workbook
+as read, its check, the plan, the status summary, the results workbook being current)
+instead of expanding every run and reading every record; and any change that could alter
+the answer (a workbook edit, even one that keeps the file's size and time; a template
+edit; an override; a run's state changed by another process; a results file removed)
+misses the cache. Real workbooks, real SQLite stores, real commands; the expansion of the
+specs is counted by wrapping the real function."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from conftest import nero, state_db, write_workbook
+
+import orchestrator.reconcile as reconcile_module
+from orchestrator.errors import WorkbookError
+from orchestrator.model import ActionKind, NewAttempt, RunState, Update
+from orchestrator.project import Project
+from orchestrator.reconcile import Reconciler
+from orchestrator.state import Store
+
+ROWS = [{"id": "a", "command": "python train.py --lr {{ lr }}", "lr": "range(4)", "seed": "range(3)"},
+        {"id": "b", "command": "python train.py --lr {{ lr }}", "lr": "[0, 1]", "retries": 1}]
+
+
+def _done(project: Path, rows: list[dict] = ROWS) -> list[str]:
+    """A project whose every run completed (loss recorded), after one real pass; run keys."""
+    wb = write_workbook(project / "experiments.xlsx", rows, settings={"primary_metric": "loss"})
+    rec = Reconciler(wb)
+    rec.load()
+    now = time.time()
+    rec.store.record_intents([NewAttempt(s, 1, "local", str(project / "runs" / str(i)), s.command)
+                              for i, s in enumerate(rec.specs)], now - 100)
+    rec.store.apply([Update(s.key, 1, state=RunState.COMPLETED, intent=False, job_id=str(i), reason="exit code 0",
+                            started_at=now - 90, ended_at=now - 80 + i, last={"loss": 1 / (1 + i)},
+                            best={"loss": 1 / (1 + i)}) for i, s in enumerate(rec.specs)])
+    rec.run_pass()
+    keys = [s.key for s in rec.specs]
+    rec.close()
+    return keys
+
+
+@pytest.fixture
+def expansions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many times the specs were expanded (the real `spec.expand`, counted)."""
+    calls: list[int] = []
+    real = reconcile_module.expand
+
+    def counted(wb):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return real(wb)
+
+    monkeypatch.setattr(reconcile_module, "expand", counted)
+    return calls
+
+
+def _plan(project: Path):  # type: ignore[no-untyped-def]
+    with Project(project / "experiments.xlsx") as p:
+        p.load()
+        return p.plan()
+
+
+def test_an_unchanged_project_plans_without_expanding_a_run(project: Path, expansions: list[int]):
+    keys = _done(project)
+    first = _plan(project)  # computes and keeps
+    expansions.clear()
+    again = _plan(project)
+    assert again == first and not again.actions and again.unchanged == len(keys)
+    assert expansions == []  # neither the load's check nor the plan expanded the specs
+    with Project(project / "experiments.xlsx") as p:  # a pass over it: nothing to do, nothing expanded
+        p.load()
+        report = p.reconcile()
+    assert not report.plan.actions and not report.changed and expansions == []
+
+
+def test_a_workbook_edit_misses_the_cache_even_with_the_same_size_and_time(project: Path, expansions: list[int]):
+    keys = _done(project)
+    _plan(project)
+    path = project / "experiments.xlsx"
+    st = path.stat()
+    rows = [dict(ROWS[0]), dict(ROWS[1], lr="[0, 7]")]  # `b`'s second run: 1 → 7
+    write_workbook(path, rows, settings={"primary_metric": "loss"})
+    assert path.stat().st_size == st.st_size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # a saved file the stat alone cannot tell apart
+    expansions.clear()
+    plan = _plan(project)
+    assert expansions, "the edited workbook was checked again"
+    assert [a.key for a in plan.of(ActionKind.SUBMIT)] == ["b[lr=7]"], plan.actions
+    assert "b[lr=1]" in keys
+
+
+def test_an_override_misses_the_cache(project: Path):
+    keys = _done(project)
+    assert not _plan(project).actions
+    with Project(project / "experiments.xlsx") as p:
+        p.load()
+        p.restart(p.select(keys[0]), "try again")
+    plan = _plan(project)
+    assert [(a.kind, a.key) for a in plan.actions] == [(ActionKind.RESTART, keys[0])], plan.actions
+
+
+def test_a_state_written_by_another_process_misses_the_cache(project: Path):
+    """A run of `b` (retries 1) fails, written through another connection (another process's
+    store): the plan retries it, and the status summary counts it."""
+    keys = _done(project)
+    assert not _plan(project).actions
+    env = {"NERO_STATUS_ROWS": "5"}
+    assert "14 runs: 14 completed" in nero("status", str(project), check=True, env=env).stdout
+    other = Store(project / ".nero" / "state.db")
+    other.apply([Update(keys[-1], 1, state=RunState.FAILED, reason="exit code 1")])
+    other.close()
+    plan = _plan(project)
+    assert [(a.kind, a.key) for a in plan.actions] == [(ActionKind.RESTART, keys[-1])], plan.actions
+    assert "retry 1/1 after failed" in plan.actions[0].reason
+    out = nero("status", str(project), check=True, env=env).stdout
+    assert "14 runs: 13 completed, 1 failed" in out and "Need attention: 1 failed" in out, out
+
+
+def test_a_template_edit_misses_the_cache(project: Path):
+    """The load's check renders the jobs a plan would submit: a job template that breaks
+    after a plan was kept is still found, at its cell."""
+    (project / "templates").mkdir()
+    mine = project / "templates" / "mine.sh.j2"
+    mine.write_text("#!/bin/bash\ncd {{ workdir }}\n{{ command }}\n")
+    write_workbook(project / "experiments.xlsx", [{"id": "a", "command": "echo a", "template": "mine.sh.j2"}])
+    assert [a.kind for a in _plan(project).actions] == [ActionKind.SUBMIT]
+    assert [a.kind for a in _plan(project).actions] == [ActionKind.SUBMIT]  # kept, and the same
+    mine.write_text("#!/bin/bash\n{{ nosuchname }}\n")
+    with pytest.raises(WorkbookError) as refused:
+        _plan(project)
+    assert "Experiments!C2" in str(refused.value) and "nosuchname" in str(refused.value)
+
+
+def test_the_results_workbook_is_written_again_when_it_is_gone(project: Path):
+    _done(project)
+    results = project / "results.xlsx"
+    assert results.exists()
+    with Project(project / "experiments.xlsx") as p:
+        p.load()
+        assert not p.reconcile().results_written  # current: not rewritten, not even compared
+    results.unlink()
+    with Project(project / "experiments.xlsx") as p:
+        p.load()
+        assert p.reconcile().results_written
+    assert results.exists()
+
+
+def test_the_data_version_counts_every_write_to_runs_attempts_and_overrides(project: Path):
+    from orchestrator.state.cache import data_version
+
+    keys = _done(project)
+    store = Store(project / ".nero" / "state.db")
+    try:
+        before = data_version(store)
+        store.record_pass(time.time())  # meta alone: no run data
+        assert data_version(store) == before
+        with state_db(project) as con:  # a hand edit counts too
+            con.execute("UPDATE attempts SET reason = 'edited' WHERE key = ?", (keys[0],))
+            con.commit()
+        assert int(data_version(store)) == int(before) + 1
+    finally:
+        store.close()
