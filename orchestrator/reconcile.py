@@ -79,6 +79,7 @@ class PassReport:
 
 
 UNCONFIRMED_GRACE_S = 60.0  # above Slurm's and SGE's default message timeouts
+PLAN_KEPT = 10_000  # the most actions a plan kept in the cache has (held runs, cancels, orphans)
 SETTLE_S = 2.0  # the watch loop reads a saved workbook once its file has not changed for this long
 
 
@@ -303,14 +304,16 @@ class Reconciler:
     def _plan(self, prune: bool, gate: Gate, overrides: dict | None = None) -> Plan:
         """The plan; from the cache when the workbook, the store's data and the gate are
         those it was made from. Only a plan that gives no run a slot is kept: one that does
-        depends on the clusters' free slots too."""
+        depends on the clusters' free slots too; nor one of more than PLAN_KEPT actions (a
+        cache that costs more to keep than the plan to make)."""
         stamp = self._state_key(prune, gate.apply_all, gate.over, ",".join(sorted(gate.confirmed)))
         found = cached(self.store, "plan", stamp)
         if isinstance(found, Plan):
             return found
         found = make_plan(self.specs, self._snapshot(self.specs), self.capacity(), prune=prune,
                           overrides=self.store.overrides() if overrides is None else overrides, gate=gate)
-        if not any(a.kind in (ActionKind.SUBMIT, ActionKind.RESTART) and not a.awaiting for a in found.actions):
+        if len(found.actions) <= PLAN_KEPT and not any(a.kind in (ActionKind.SUBMIT, ActionKind.RESTART)
+                                                        and not a.awaiting for a in found.actions):
             keep(self.store, "plan", stamp, found)
         return found
 
