@@ -61,7 +61,7 @@ from .plan import plan as make_plan
 from .spec import expand
 from .state import Store
 from .state.cache import cached, data_version, file_digest, folder_stamp, keep
-from .state.tally import any_intent, live_clusters, orphaned_keys
+from .state.tally import any_intent, live_clusters, metric_names, orphaned_keys, planning_records
 from .units import format_megabytes
 
 __all__ = ["PassReport", "Reconciler", "Reread", "ClusterWatch", "SETTLE_S", "state_path", "git_info"]
@@ -139,6 +139,7 @@ class Reconciler:
         self._retry: dict[str, tuple[int, str]] = {}  # run key -> (retry number, reason) of the attempt being submitted
         self.reread: Reread | None = None  # the last re-read while watching (the loop says it)
         self._remembered = ""  # the fingerprint of the last plan kept for `nero apply ID`
+        self._planning: tuple[str, dict[str, RunRecord]] | None = None  # (data version, planning_records)
 
     # ------------------------------------------------------------ workbook
     def load(self, keep_last_good: bool = False, settle_s: float = 0.0) -> list[str]:
@@ -244,7 +245,7 @@ class Reconciler:
     def metric_names(self) -> set[str]:
         """The known metrics: the Metrics rows' and those the runs' current attempts produced."""
         rows = {d.name for d in self.workbook.metrics} if self.workbook else set()
-        return rows | {n for r in self.store.snapshot().values() for n in r.last}
+        return rows | metric_names(self.store)
 
     def _once(self, what: tuple, warning: str) -> list[str]:
         """A warning about the workbook is said once per saved version, not every pass."""
@@ -285,11 +286,15 @@ class Reconciler:
 
     # ------------------------------------------------------------ plan
     def _snapshot(self, specs: list[RunSpec]) -> dict[str, RunRecord]:
-        """The store's snapshot for the planner: with the essence of each run whose spec
-        changed (what it diffs to say why the run restarts)."""
+        """The runs as the planner reads them (`tally.planning_records`: no parameters or
+        metric values), with the essence of each run whose spec changed (what it diffs to say
+        why the run restarts); read once per data version."""
         from dataclasses import replace
 
-        snap = self.store.snapshot()
+        version = data_version(self.store)
+        if self._planning is None or self._planning[0] != version:
+            self._planning = (version, planning_records(self.store))
+        snap = dict(self._planning[1])
         changed = [s.key for s in specs if (r := snap.get(s.key)) is not None and r.spec_hash != s.spec_hash]
         for key, essence in self.store.essences(changed).items():
             snap[key] = replace(snap[key], essence=essence)
@@ -363,6 +368,7 @@ class Reconciler:
         overrides = self.store.overrides()
         gate = self.gate(yes)
         plan = self._plan(prune, gate, overrides)
+        self._planning = None  # from here on the pass reads whole records: not both at once
         self._confirmations(gate, plan)
         report.plan = plan
         try:

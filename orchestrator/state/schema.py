@@ -9,7 +9,7 @@ import sys
 
 from ..model import LIVE_STATES, Offsets, RunRecord, RunState
 
-__all__ = ["ADDED_COLUMNS", "DATA_VERSION", "LAST_PASS", "LIVE_WHERE", "REWRITES", "SCHEMA", "SCHEMA_VERSION", "SNAPSHOT_SQL", "TRIGGERS", "record_of"]
+__all__ = ["ADDED_COLUMNS", "DATA_VERSION", "LAST_PASS", "LIVE_WHERE", "PLANNING_SQL", "REWRITES", "SCHEMA", "SCHEMA_VERSION", "SNAPSHOT_SQL", "TRIGGERS", "record_of"]
 
 SCHEMA_VERSION = 1
 
@@ -118,6 +118,11 @@ SELECT r.key, r.number, r.experiment, r.spec_hash, '' AS essence, '' AS params, 
        '[' || r.params || ',' || COALESCE(NULLIF(a.last, ''), '{}') || ',' || COALESCE(NULLIF(a.best, ''), '{}') || ']'
 FROM runs r JOIN attempts a ON a.key = r.key AND a.attempt = r.attempt
 """
+# what the planner reads of every run: SNAPSHOT_SQL without parameters and metric values
+# (the larger part of a RunRecord, and of reading one)
+PLANNING_SQL = SNAPSHOT_SQL.replace(
+    "'[' || r.params || ',' || COALESCE(NULLIF(a.last, ''), '{}') || ',' || COALESCE(NULLIF(a.best, ''), '{}') || ']'",
+    "NULL")
 
 
 # A snapshot holds every run (100,000 and more): the names and words runs share (parameter
@@ -137,8 +142,9 @@ _STATES = {s.value: s for s in RunState}
 def record_of(row: tuple) -> RunRecord:
     """The RunRecord of a row of `SNAPSHOT_SQL`: without its `essence` (a few hundred bytes a
     run, read only for a run whose spec changed: `Store.essences`). Its parameters, last and
-    best values come as one JSON array (one parse a run, not three)."""
-    params, last, best = json.loads(row[39])
+    best values come as one JSON array (one parse a run, not three); as NULL (`PLANNING_SQL`)
+    they are left empty."""
+    params, last, best = ((), {}, {}) if row[39] is None else json.loads(row[39])
     return RunRecord(
         key=row[0], number=row[1], experiment=_intern(row[2]), spec_hash=row[3], essence=row[4],
         params=tuple((_intern(k), v) for k, v in params), orphaned=bool(row[6]),

@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING
 
 from ..model import RunRecord
 from .cache import cached, data_version, keep
-from .schema import LIVE_WHERE, SNAPSHOT_SQL, record_of
+from .schema import LIVE_WHERE, PLANNING_SQL, SNAPSHOT_SQL, record_of
 
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["Tally", "any_intent", "first_metric", "live_clusters", "orphaned_keys", "run_count", "tally"]
+__all__ = ["Tally", "any_intent", "first_metric", "live_clusters", "metric_names", "orphaned_keys", "planning_records",
+           "run_count", "tally"]
 
 _CURRENT = "FROM runs r JOIN attempts a ON a.key = r.key AND a.attempt = r.attempt"
 _CHANGED = ("MAX(COALESCE(a.ended_at, 0), COALESCE(a.started_at, 0), COALESCE(a.submitted_at, 0), "
@@ -63,6 +64,18 @@ def live_clusters(store: Store) -> dict[str, int]:
 def any_intent(store: Store) -> bool:
     """Whether a run's current attempt is recorded but its submission not confirmed."""
     return store.db.execute(f"SELECT 1 {_LIVE_ONLY} WHERE ({_LIVE_A}) AND a.intent LIMIT 1").fetchone() is not None
+
+
+def planning_records(store: Store) -> dict[str, RunRecord]:
+    """Every run with its current attempt as the planner reads it: without its parameters,
+    last and best values (empty), a third of a snapshot's memory and time."""
+    return {row[0]: record_of(row) for row in store.db.execute(PLANNING_SQL)}
+
+
+def metric_names(store: Store) -> set[str]:
+    """The metrics the runs' current attempts recorded a last value of."""
+    return {k for (k,) in store.db.execute(
+        f"SELECT DISTINCT j.key {_CURRENT}, json_each(COALESCE(NULLIF(a.last, ''), '{{}}')) j")}
 
 
 def orphaned_keys(store: Store) -> set[str]:
