@@ -291,14 +291,18 @@ class Reconciler:
         why the run restarts); read once per data version."""
         from dataclasses import replace
 
-        version = data_version(self.store)
-        if self._planning is None or self._planning[0] != version:
-            self._planning = (version, planning_records(self.store))
-        snap = dict(self._planning[1])
+        snap = dict(self._planning_records())
         changed = [s.key for s in specs if (r := snap.get(s.key)) is not None and r.spec_hash != s.spec_hash]
         for key, essence in self.store.essences(changed).items():
             snap[key] = replace(snap[key], essence=essence)
         return snap
+
+    def _planning_records(self) -> dict[str, RunRecord]:
+        """`tally.planning_records`, read once per data version (not to be changed)."""
+        version = data_version(self.store)
+        if self._planning is None or self._planning[0] != version:
+            self._planning = (version, planning_records(self.store))
+        return self._planning[1]
 
     def plan(self, prune: bool = False, yes: bool = False) -> Plan:
         assert self.workbook is not None
@@ -560,7 +564,7 @@ class Reconciler:
         found = cached(self.store, "wanted", stamp)
         if isinstance(found, set):
             return found
-        snap = self.store.snapshot()
+        snap = self._planning_records()
         restarts = {k for k, o in self.store.overrides().items() if o.kind is OverrideKind.RESTART}
         out: set[str] = set()
         for s in self.specs:
