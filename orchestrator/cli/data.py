@@ -27,7 +27,7 @@ def export(workbook: str | None, output: str) -> None:
     """Export every run (parameters, state, timings, last and best metrics of its current
     attempt), every metric point of every attempt (with its `attempt`) and the attempts
     before each run's current one, for pandas, R or a spreadsheet. In Python:
-    Project(workbook).frames() and .attempts_frame()."""
+    orchestrator.Project(workbook).runs() and .metrics() (README: From Python)."""
     from ..frames import export as write
 
     with open_project(workbook, load=False) as project:
