@@ -16,7 +16,8 @@ run number, then attempt, so `metrics[metrics.attempt == runs.attempt[metrics.ru
 current attempts' points. `project.attempts_frame()` (`attempts_frame`) has one row per
 attempt before a run's current one (a restart, a retry): `run`, `attempt`, then the
 columns of `runs` but the parameters (the state store keeps a run's parameters as they
-are now), each for that attempt, its values by the same rules.
+are now), each for that attempt, its values by the same rules. `table` makes a frame of
+plain rows (`orchestrator.views`): the Python API's `runs()`, `history()` and plan.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from jobs import CONSTANT
 
 from orchestrator import NeroWarning, PlanView, Project, StatusView
 from orchestrator.errors import ExpressionError, NeroError
+from orchestrator.loop import ReconcileRunning
 
 
 def same(got: object, want: object) -> bool:
@@ -123,6 +124,13 @@ def test_manual_actions_select_confirm_and_record_as_the_command_line_does(proje
         # the workbook's warnings and a pass's come as NeroWarnings; unknown metrics in names are errors
         with pytest.raises(ExpressionError, match="did you mean loss"):
             p.metrics(names=["los"])
+        # one reconcile at a time: the command line and Python refuse alike while another holds the lock
+        with p.core.exclusive("watching") as held:
+            assert held
+            busy = nero("reconcile", str(project))
+            assert busy.returncode == 1 and "another `nero reconcile` is running" in busy.stderr
+            with Project(project) as other, pytest.raises(ReconcileRunning, match="another `nero reconcile` is running"):
+                other.reconcile()
         p.abort("all", yes=True)
 
 
