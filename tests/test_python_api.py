@@ -16,7 +16,7 @@ from jobs import CONSTANT
 
 from orchestrator import NeroWarning, PlanView, Project, StatusView
 from orchestrator.errors import ExpressionError, NeroError
-from orchestrator.loop import ReconcileRunning
+from orchestrator.loop import Observer, ReconcileRunning, reconcile
 
 
 def same(got: object, want: object) -> bool:
@@ -40,6 +40,7 @@ def test_the_demo_from_python_equals_nero_status_json(project: Path):
         assert done.ok and done.passes > 1 and not done.stopped
         assert done.summary == f"runs: 3 completed, 3 terminated, 3 held; results in {p.results_path}"
         assert p.results_path.exists()
+        assert done.summary in done._repr_html_() and done.summary in str(done)
         runs, metrics = p.runs(), p.metrics()
         status = p.status()
     printed = json.loads(nero("status", str(demo), "--json", check=True).stdout)
@@ -131,6 +132,14 @@ def test_manual_actions_select_confirm_and_record_as_the_command_line_does(proje
             assert busy.returncode == 1 and "another `nero reconcile` is running" in busy.stderr
             with Project(project) as other, pytest.raises(ReconcileRunning, match="another `nero reconcile` is running"):
                 other.reconcile()
+        # the loop the command line runs: Ctrl-C (KeyboardInterrupt) ends it, never the jobs
+        class Interrupt(Observer):
+            def passed(self, report):
+                raise KeyboardInterrupt
+
+        stopped = reconcile(p.core, watch=True, interval=1, observer=Interrupt())
+        assert stopped.stopped and stopped.passes == 1 and "stopped (KeyboardInterrupt)" in str(stopped)
+        assert p.runs().loc["c[loss=0.2]", "state"] == "running"
         p.abort("all", yes=True)
 
 
