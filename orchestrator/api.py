@@ -36,6 +36,7 @@ from .views import action_row, flat_row, freshness_line, html_table, plan_line
 
 if TYPE_CHECKING:
     from .model import Freshness, Plan
+    from .plots import Drawn
     from .reconcile import PassReport, Reread
     from .state import Mail
 
@@ -382,6 +383,24 @@ class Project:
 
         _, _, rows = operations.history_rows(self.core, selector, last, warn=_warn)
         return table(rows, columns=("time", "run", "attempt", "event", "reason"))
+
+    def plot(self, selector: str, metric: str, path: str | Path | None = None, *, attempts: bool = False) -> Drawn:
+        """`nero plot SELECTOR METRIC`: `metric` over steps of the started runs `selector`
+        matches, one line per run, to a PNG (`path`, default `<metric>.png` beside the
+        workbook); `attempts` draws their earlier attempts too, dashed. Returns what was
+        drawn (`.path`, `.current`, `.earlier`); NoRunMatches when no started run matches.
+
+            >>> from IPython.display import Image
+            >>> Image(project.plot("demo*", "val_loss").path)
+        """
+        drawn, _ = operations.plot(self.core, selector, metric, path, attempts, warn=_warn)
+        return drawn
+
+    def export(self, path: str | Path) -> operations.Exported:
+        """`nero export -o PATH`: every run, every metric point of every attempt and the
+        earlier attempts to .csv (three files), .json (one) or .parquet (three). Returns the
+        files written (`.paths`) and how many runs, attempts and points."""
+        return operations.export(self.core, path)
 
     # ------------------------------------------------------------ manual overrides
     def _override(self, verb: str, selector: str, yes: bool, reason: str, resume: bool = False) -> operations.Manual:

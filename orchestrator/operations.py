@@ -7,7 +7,9 @@ and the Python API (`orchestrator.Project`) both call.
 * `history_rows`: the event timeline of the runs a selector matches (`nero history`);
 * `override`: `nero abort`, `restart`, `hold`, `release`: select, confirm, record, and apply
   with a pass right away unless a watching reconcile will (`Manual` says what happened);
-* `confirm_plan`: `nero apply [ID]`: confirm exactly the changes a plan shows awaiting.
+* `confirm_plan`: `nero apply [ID]`: confirm exactly the changes a plan shows awaiting;
+* `plot`: `nero plot SELECTOR METRIC [--attempts]`: the curves of the runs it matches, a PNG;
+* `export`: `nero export -o FILE`: every run, metric point and earlier attempt, as files.
 
 How a confirmation is asked is the caller's: the command line shows the runs and asks (or
 refuses without `--yes` when not on a terminal); the Python API acts only with `yes=True`.
@@ -27,10 +29,11 @@ from .views import attempt_row, event_row, html_table, run_row
 
 if TYPE_CHECKING:
     from .model import Event, Freshness, Plan, RunRecord
+    from .plots import Drawn
     from .reconcile import PassReport
 
-__all__ = ["VERBS", "Confirmed", "Manual", "PlanChanged", "confirm_plan", "create", "history_rows", "override",
-           "run_rows", "select"]
+__all__ = ["VERBS", "Confirmed", "Exported", "Manual", "NoRunMatches", "PlanChanged", "confirm_plan", "create",
+           "export", "history_rows", "override", "plot", "run_rows", "select"]
 
 VERBS = ("abort", "restart", "hold", "release")
 Warn = Callable[[str], None]
@@ -38,6 +41,10 @@ Warn = Callable[[str], None]
 
 class PlanChanged(NeroError):
     """`nero apply ID`: the plan shown as ID is not the plan now (the message says how)."""
+
+
+class NoRunMatches(NeroError):
+    """A selector matched no run nero started, where one is needed (`nero plot`)."""
 
 
 def _ignore(message: str) -> None:
@@ -245,3 +252,46 @@ def _changed_since(project: Project, wanted: str, plan: Plan) -> str:
     said = [f"no longer awaiting: {line}" for line in gone[:10]] + [f"newly awaiting: {line}" for line in new[:10]]
     return (f"the plan changed since {wanted} was shown, so nothing was confirmed:\n  " + "\n  ".join(said) +
             f"\n{now}")
+
+
+def plot(project: Project, selector: str, metric: str, output: str | Path | None = None, with_attempts: bool = False,
+         warn: Warn = _ignore) -> tuple[Drawn, int]:
+    """`nero plot SELECTOR METRIC`: `metric` over steps for the started runs `selector`
+    matches, one line per run, to a PNG (`output`, default `<metric>.png` beside the
+    workbook); `with_attempts` draws their earlier attempts too (dashed). Returns what was
+    drawn and how many runs. NoRunMatches when no started run matches; NeroError (naming the
+    metrics that have points) when none has points for `metric`."""
+    from .plots import draw_curves
+
+    runs = [c.record for c in select(project, selector, warn=warn) if c.record is not None]
+    if not runs:
+        raise NoRunMatches(f"no started run matches {selector!r}; `nero status` lists the runs")
+    out = Path(output) if output else project.directory / f"{metric.replace('/', '_')}.png"
+    goal = project.workbook.goal(metric) if project.workbook else None
+    earlier = None
+    if with_attempts:
+        keys = {r.key for r in runs}
+        earlier = {(k, a): h for (k, a), h in project.earlier_histories().items() if k in keys}
+    return draw_curves(runs, project.histories(), metric, out, goal=goal, earlier=earlier), len(runs)
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What `export` wrote: the files, and how many runs, earlier attempts and metric points."""
+
+    paths: tuple[Path, ...]
+    runs: int
+    attempts: int
+    points: int
+
+
+def export(project: Project, output: str | Path) -> Exported:
+    """`nero export -o FILE`: every run (parameters, state, timings, last and best metrics of
+    its current attempt), every metric point of every attempt and the earlier attempts, by
+    the file's suffix (`frames.export`: .csv, .json or .parquet). ValueError for another suffix."""
+    from .frames import export as write
+
+    runs, metrics = project.frames()
+    attempts = project.attempts_frame()
+    paths = write(runs, metrics, Path(output), attempts)
+    return Exported(tuple(paths), len(runs), len(attempts), len(metrics))

@@ -17,6 +17,7 @@ from jobs import CONSTANT
 from orchestrator import NeroWarning, PlanView, Project, StatusView
 from orchestrator.errors import ExpressionError, NeroError
 from orchestrator.loop import Observer, ReconcileRunning, reconcile
+from orchestrator.operations import NoRunMatches
 
 
 def same(got: object, want: object) -> bool:
@@ -121,6 +122,7 @@ def test_manual_actions_select_confirm_and_record_as_the_command_line_does(proje
         assert restarted.done and restarted.applied == "now"
         runs = p.runs()
         assert runs.loc["c[loss=0.2]", "attempt"] == 2
+        assert runs.loc["c[loss=0.9]", "attempt"] == 2  # released: the run abort cancelled comes back
         assert set(p.metrics("c[loss=0.2]").attempt.dropna()) <= {1, 2}
         # the workbook's warnings and a pass's come as NeroWarnings; unknown metrics in names are errors
         with pytest.raises(ExpressionError, match="did you mean loss"):
@@ -140,6 +142,14 @@ def test_manual_actions_select_confirm_and_record_as_the_command_line_does(proje
         stopped = reconcile(p.core, watch=True, interval=1, observer=Interrupt())
         assert stopped.stopped and stopped.passes == 1 and "stopped (KeyboardInterrupt)" in str(stopped)
         assert p.runs().loc["c[loss=0.2]", "state"] == "running"
+        # plot and export: the files the commands write
+        drawn = p.plot("c*", "loss", project / "loss.png", attempts=True)
+        assert drawn.path.exists() and drawn.current == 2 and drawn.earlier == 2
+        with pytest.raises(NoRunMatches, match="no started run matches 'nosuch'"):
+            p.plot("nosuch", "loss")
+        exported = p.export(project / "runs.json")
+        assert exported.paths == (project / "runs.json",) and (exported.runs, exported.attempts) == (2, 2)
+        assert len(json.loads((project / "runs.json").read_text())["metrics"]) == exported.points
         p.abort("all", yes=True)
 
 
@@ -184,3 +194,4 @@ def test_the_readme_from_python_section_runs_as_written(tmp_path: Path, monkeypa
     assert set(points.attempt) == {1, 2}
     printed = {r["run"]: r for r in json.loads(nero("status", str(tmp_path / "demo"), "--json", check=True).stdout)}
     assert printed[best]["attempt"] == 2 and printed[best]["state"] == "completed"
+    assert scope["png"] == tmp_path / "demo" / "val_loss.png" and scope["png"].stat().st_size > 1000
