@@ -53,7 +53,12 @@ __all__ = ["Capture", "parse_output", "parse_resources", "parse_track", "trace_o
 #   another key; a plain word is read as a unit or prose (`Temp-dir: 0 mb`,
 #   `Found: 3 GPUs`) and the pair is dropped;
 # * quoted values are strings (`dropout='0.10'`), and pairs inside `Namespace(…)`
-#   (argparse's echo of the command line) are parameters, not measurements.
+#   (argparse's echo of the command line) are parameters, not measurements;
+# * a number printed as numpy 2 and torch show one is its value (`np.float64(0.5)`,
+#   `tensor(0.5)`): Hugging Face's Trainer prints its logs as a Python dict,
+#   `{'loss': 0.51, 'learning_rate': 4e-05, 'epoch': 0.4}`, with such values in its
+#   evaluation metrics. It prints no step: `epoch` there is a fraction, a point of its own,
+#   and the dict's values are numbered in order (a `step` or `global_step` key would be the step).
 #
 # A line's step: if it has a key `epoch`, `step`, `global_step`, `iteration` or `iter`
 # (any case) with a plain integer value, that is the step of the other values on the
@@ -80,9 +85,10 @@ _VALUE_END = (
     r"|\.(?:[ \t\r\n]|$)"  # a full stop ending a sentence
     r"|[ \t]+(?:[^\w\s]|['\"]?[A-Za-z_][\w.\-/]*+['\"]?[ \t]*[=:]))"  # punctuation or a key
 )
+_WRAPPED = r"(?:np\.float(?:16|32|64)\(|tensor\()?"  # numpy 2's and torch's repr of a number
 _SEPARATORS = (  # the separator and the value after it; the key is checked in Python
-    rf"=[ \t]*((?>{_NUMBER})){_VALUE_END}",
-    rf":(?:[ \t]+|(?<![0-9]:))((?>{_NUMBER})){_VALUE_END}",  # `12:30` is a time
+    rf"=[ \t]*{_WRAPPED}((?>{_NUMBER})){_VALUE_END}",
+    rf":(?:[ \t]+|(?<![0-9]:)){_WRAPPED}((?>{_NUMBER})){_VALUE_END}",  # `12:30` is a time
 )
 _KEY = r"['\"]?([\w.\-/]*)['\"]?\Z"  # the name at the end of the token before a separator
 _NAMESPACE = r"(?<![\w.])Namespace\((?:[^()\n]|\([^()\n]*\))*\)?"

@@ -1,0 +1,332 @@
+"""Metrics from the files frameworks write (TensorBoard event files, CSV loggers) and from the
+dicts Hugging Face's Trainer prints: real files written by the real libraries (tensorboardX,
+TensorBoard's own reader as the reference, csv and pandas in Lightning's and Keras' layouts),
+read in pieces as a growing file is, and a real job whose points arrive pass by pass."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import struct
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import nero, state_db, wait_for, write_workbook
+
+from orchestrator.errors import WorkbookError
+from orchestrator.metric_files import globs_of, metric_name, read_sources
+from orchestrator.model import MetricDef, SourceChunk, SourceOffset
+from orchestrator.monitor import parse_output
+from orchestrator.sheet import read_workbook
+from orchestrator.tfevents import masked_crc, read_events
+
+tensorboardX = pytest.importorskip("tensorboardX")
+
+
+def event_files(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("events.out.tfevents.*"))
+
+
+def poll_in_pieces(files: dict[str, bytes], cuts: int, seed: int = 0, window: int = 0) -> list[tuple]:
+    """Read `files` (relative path -> final content) as polls of a growing folder would: each
+    poll sees every file up to a random length, then the last one sees them whole."""
+    rng = random.Random(seed)
+    known: tuple[SourceOffset, ...] = ()
+    got: list[tuple] = []
+    k, last = 0, None
+    while k <= cuts or known != last:  # then polls of the whole files until nothing more is read
+        last, k = known, k + 1
+        chunks = []
+        for path, content in files.items():
+            size = len(content) if k > cuts else rng.randint(0, len(content))
+            at = {o.path: o for o in known}.get(path, SourceOffset(path)).offset
+            if size < at:
+                size = at  # a file only grows
+            data = content[at:size][:window] if window else content[at:size]
+            head = content[:content.find(b"\n") + 1] if at else b""
+            chunks.append(SourceChunk(path, at, data, size, head))
+        r = read_sources(chunks, known, 0.0, final=k > cuts, window=window)
+        known = r.offsets
+        got += [(p.name, p.step, p.value, p.source) for p in r.points]
+    return got
+
+
+# ---------------------------------------------------------------------------- event files
+def tf2_scalar(writer, tag: str, tensor, step: int) -> None:
+    """A scalar as TensorFlow 2's `tf.summary.scalar` writes it, through tensorboardX's writer."""
+    from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
+
+    meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="scalars"))
+    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, tensor=tensor, metadata=meta)]), step)
+
+
+def test_tensorboardx_scalars_read_as_tensorboard_reads_them(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+    from tensorboardX.proto.tensor_pb2 import TensorProto
+    from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto
+
+    w = tensorboardX.SummaryWriter(str(tmp_path / "tb"))
+    for s in range(0, 30):
+        w.add_scalar("train/loss", 1.0 / (s + 1), s)
+        w.add_scalar("lr", 0.1 * 0.9 ** s, s)
+        # TensorFlow 2's scalars: rank-0 tensors (float_val, double_val, or tensor_content)
+        tf2_scalar(w, "tensor/acc", TensorProto(dtype=1, float_val=[s / 30], tensor_shape=TensorShapeProto()), s)
+        tf2_scalar(w, "tensor/exact", TensorProto(dtype=2, double_val=[1 / 3 + s]), s)
+        tf2_scalar(w, "tensor/bytes", TensorProto(dtype=1, tensor_content=struct.pack("<f", s * 0.5)), s)
+    tf2_scalar(w, "tensor/vector", TensorProto(dtype=1, float_val=[1.0, 2.0], tensor_shape=TensorShapeProto(
+        dim=[TensorShapeProto.Dim(size=2)])), 0)  # no scalar: nothing
+    w.add_text("note", "hello", 0)
+    w.add_histogram("weights", np.arange(100.0), 1)
+    w.add_image("picture", np.zeros((3, 8, 8)), 2)
+    w.add_scalar("negative_step", 5.0, -3)
+    w.close()
+    [path] = event_files(tmp_path)
+    r = read_events(path.read_bytes(), final=True)
+    assert r.problems == () and r.consumed == path.stat().st_size
+    ours = {(p.name, p.step): p.value for p in r.points}
+    assert {p.source for p in r.points} == {"tensorboard"}
+    assert {n for n, _ in ours} == {"train/loss", "lr", "tensor/acc", "tensor/exact", "tensor/bytes", "negative_step"}
+
+    acc = EventAccumulator(str(path), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    theirs = {(tag, e.step): e.value for tag in acc.Tags()["scalars"] for e in acc.Scalars(tag)}
+    for tag in acc.Tags()["tensors"]:
+        arrays = {(tag, e.step): tensor_util.make_ndarray(e.tensor_proto) for e in acc.Tensors(tag)}
+        theirs.update((k, float(a)) for k, a in arrays.items() if a.ndim == 0)  # what TensorBoard charts
+    assert set(ours) == set(theirs) and len(r.points) == len(theirs) == 5 * 30 + 1
+    for key, value in theirs.items():  # float32 values read back as the decimal that was logged
+        assert ours[key] == pytest.approx(value, rel=1e-6), key
+    assert ours[("train/loss", 2)] == 0.33333334 and ours[("train/loss", 3)] == 0.25 and ours[("lr", 0)] == 0.1 and ours[("negative_step", -3)] == 5.0
+    assert ours[("tensor/exact", 4)] == 1 / 3 + 4  # a double stays exact
+
+
+def test_event_file_read_in_any_pieces_gives_the_same_points(tmp_path: Path) -> None:
+    w = tensorboardX.SummaryWriter(str(tmp_path / "tb"))
+    for s in range(200):
+        w.add_scalar("loss", 1.0 / (s + 1), s)
+        if s % 50 == 0:
+            w.add_image("big", np.random.default_rng(s).random((3, 64, 64)), s)  # ~40 kB records
+    w.close()
+    [path] = event_files(tmp_path)
+    content = path.read_bytes()
+    whole = [(p.name, p.step, p.value, p.source) for p in read_events(content, final=True).points]
+    assert len(whole) == 200
+    for seed in range(5):
+        assert poll_in_pieces({"tb/x.tfevents": content}, cuts=12, seed=seed) == whole
+    # a read window smaller than an image record: the image is skipped unread, the scalars all come
+    assert poll_in_pieces({"tb/x.tfevents": content}, cuts=40, window=8192) == whole
+
+
+def test_a_record_still_being_written_waits_and_a_corrupt_one_is_skipped_at_the_end(tmp_path: Path) -> None:
+    w = tensorboardX.SummaryWriter(str(tmp_path / "tb"))
+    for s in range(10):
+        w.add_scalar("loss", float(s), s)
+    w.close()
+    content = event_files(tmp_path)[0].read_bytes()
+    r = read_events(content[:-3])  # the last record's CRC not yet written
+    assert [p.step for p in r.points] == list(range(9)) and r.consumed < len(content) - 3
+    zeroed = content[:-12] + b"\0" * 12  # a network file system's page not yet filled
+    assert [p.step for p in read_events(zeroed).points] == list(range(9))
+    final = read_events(zeroed, final=True)
+    assert [p.step for p in final.points] == list(range(9)) and final.consumed == len(content)
+    assert "fails its CRC" in final.problems[0]
+    assert masked_crc(b"") == 0xA282EAD8 + (0 >> 15)  # the TFRecord mask of CRC-32C("") = 0
+
+
+# ---------------------------------------------------------------------------- names
+def test_keras_folders_and_add_scalars_keep_their_series_apart(tmp_path: Path) -> None:
+    for split, loss in (("train", 0.5), ("validation", 0.7)):  # Keras' TensorBoard callback layout
+        w = tensorboardX.SummaryWriter(str(tmp_path / "logs" / split))
+        w.add_scalar("epoch_loss", loss, 0)
+        w.close()
+    w = tensorboardX.SummaryWriter(str(tmp_path / "runs" / "exp"))
+    w.add_scalars("loss", {"train": 0.4, "val": 0.6}, 1)
+    w.add_scalar("plain/tag", 1.0, 1)
+    w.close()
+    files = {str(p.relative_to(tmp_path)): p.read_bytes() for p in event_files(tmp_path)}
+    names = {n: v for n, _, v, _ in poll_in_pieces(files, cuts=0)}
+    assert names == {"train/epoch_loss": 0.5, "validation/epoch_loss": 0.7, "loss/train": 0.4, "loss/val": 0.6,
+                     "plain/tag": 1.0}
+    assert metric_name("runs/exp/loss_train/events.out.tfevents.1", "loss") == "loss/train"  # torch's layout
+
+
+# ---------------------------------------------------------------------------- CSV
+class LightningCSV:
+    """The file Lightning's CSVLogger writes (lightning_fabric.loggers.csv_logs._ExperimentWriter):
+    a header of every key so far, rows appended on save, the file rewritten with a wider header
+    when a new key appears."""
+
+    def __init__(self, path: Path):
+        self.path, self.keys = path, []
+
+    def save(self, rows: list[dict]) -> None:
+        new = [k for r in rows for k in r if k not in self.keys]
+        self.keys += list(dict.fromkeys(new))
+        if new and self.path.exists():
+            with self.path.open(newline="") as f:
+                old = list(csv.DictReader(f))
+            with self.path.open("w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=self.keys)
+                w.writeheader()
+                w.writerows(old)
+        exists = self.path.exists()
+        with self.path.open("a" if exists else "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.keys)
+            if not exists:
+                w.writeheader()
+            w.writerows(rows)
+
+
+def test_lightning_csv_with_a_rewritten_header_is_read_once_per_row(tmp_path: Path) -> None:
+    path = tmp_path / "lightning_logs" / "version_0" / "metrics.csv"
+    path.parent.mkdir(parents=True)
+    log = LightningCSV(path)
+    known: tuple[SourceOffset, ...] = ()
+    got: list[tuple] = []
+
+    def poll() -> None:
+        nonlocal known
+        content = path.read_bytes()
+        at = {o.path: o for o in known}.get("m.csv", SourceOffset("m.csv")).offset
+        head = content[:content.find(b"\n") + 1] if at else b""
+        r = read_sources([SourceChunk("m.csv", at, content[at:], len(content), head)], known, 0.0)
+        known = r.offsets
+        got.extend((p.name, p.step, p.value) for p in r.points)
+
+    log.save([{"train_loss": 0.9, "epoch": 0, "step": 9}, {"train_loss": 0.8, "epoch": 0, "step": 19}])
+    poll()
+    log.save([{"val_loss": 0.7, "epoch": 0, "step": 19}])  # a new key: the file is rewritten
+    poll()  # the header changed: read again from the start next time
+    poll()
+    log.save([{"train_loss": 0.6, "epoch": 1, "step": 29}])
+    poll()
+    poll()
+    assert got == [("train_loss", 9, 0.9), ("epoch", 9, 0.0), ("train_loss", 19, 0.8), ("epoch", 19, 0.0),
+                   ("epoch", 19, 0.0), ("val_loss", 19, 0.7), ("train_loss", 29, 0.6), ("epoch", 29, 1.0)]
+
+
+def test_keras_csv_written_by_pandas_is_read_by_epoch_in_any_pieces(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"epoch": range(8), "accuracy": np.linspace(0.5, 0.9, 8), "loss": np.linspace(1, 0.2, 8),
+                          "val_accuracy": np.linspace(0.4, 0.8, 8), "val_loss": np.linspace(1.1, 0.3, 8)})
+    frame.to_csv(tmp_path / "history.csv", index=False)  # Keras' CSVLogger layout: epoch first
+    content = (tmp_path / "history.csv").read_bytes()
+    whole = poll_in_pieces({"history.csv": content}, cuts=0)
+    assert len(whole) == 8 * 4 and {s for _, s, _, _ in whole} == set(range(8)) and whole[0][3] == "csv"
+    assert ("val_loss", 7, pytest.approx(0.3), "csv") in whole
+    for seed in range(4):
+        assert poll_in_pieces({"history.csv": content}, cuts=6, seed=seed) == whole
+
+
+# ---------------------------------------------------------------------------- Hugging Face
+def test_hugging_face_dict_lines_give_their_values() -> None:
+    # transformers' ProgressCallback.on_log writes `str(logs)`; evaluation metrics computed
+    # with numpy are numpy scalars, which numpy 2 shows as np.float64(…)
+    lines = [str({"loss": 0.6931, "grad_norm": 1.25, "learning_rate": 4.5e-05, "epoch": 0.5}),
+             str({"eval_loss": np.float64(0.52), "eval_accuracy": np.float64(0.81), "epoch": 1.0}),
+             str({"train_runtime": 12.3, "train_loss": 0.65, "epoch": 3.0})]
+    points, _ = parse_output(("\n".join(lines) + "\n").encode())
+    got = {(p.name, p.value) for p in points}
+    assert got == {("loss", 0.6931), ("grad_norm", 1.25), ("learning_rate", 4.5e-05), ("epoch", 0.5),
+                   ("eval_loss", 0.52), ("eval_accuracy", 0.81), ("epoch", 1.0), ("train_runtime", 12.3),
+                   ("train_loss", 0.65), ("epoch", 3.0)}
+    assert {p.step for p in points} == {None}  # no step printed: numbered in order
+
+
+# ---------------------------------------------------------------------------- the Metrics sheet
+def test_metrics_file_globs_are_checked_at_their_cells(tmp_path: Path) -> None:
+    book = write_workbook(tmp_path / "experiments.xlsx", [{"id": "a", "command": "true"}], metrics=[
+        {"name": "val_accuracy", "file": "history.csv", "goal": "max"},
+        {"name": "b", "file": "/etc/passwd"},
+        {"name": "c", "file": "../other/*.csv"},
+        {"name": "d", "file": "logs/*.csv", "pattern": "d=(\\d+)"},
+    ])
+    with pytest.raises(WorkbookError) as info:
+        read_workbook(book)
+    found = {p.where: p.message for p in info.value.problems}
+    assert set(found) == {"Metrics!B3", "Metrics!B4", "Metrics!B5"}
+    assert "relative" in found["Metrics!B3"] and "`..`" in found["Metrics!B4"] and "pattern" in found["Metrics!B5"]
+    assert globs_of((MetricDef("val_accuracy", file="history.csv"),))[-1] == "history.csv"
+
+
+# ---------------------------------------------------------------------------- a real job
+TRAIN = r'''
+import csv, os, sys, time
+import numpy as np
+from tensorboardX import SummaryWriter
+run = os.environ["NERO_RUN_DIR"]
+w = SummaryWriter(os.path.join(run, "tb"), flush_secs=1)
+os.makedirs(os.path.join(run, "lightning_logs", "version_0"))
+
+def epoch(s):
+    w.add_scalar("train/loss", 1.0 / s, s)
+    w.add_scalar("val/acc", s / 10, s)
+    w.flush()
+    with open(os.path.join(run, "lightning_logs", "version_0", "metrics.csv"), "a", newline="") as f:
+        out = csv.writer(f)
+        if s == 1:
+            out.writerow(["epoch", "step", "train_loss_epoch"])
+        out.writerow([s - 1, s * 10, 2.0 / s])
+    with open(os.path.join(run, "history.csv"), "a", newline="") as f:
+        out = csv.writer(f)
+        if s == 1:
+            out.writerow(["epoch", "accuracy", "val_accuracy"])
+        out.writerow([s - 1, s / 20, s / 30])
+    print(str({"loss": round(1.0 / s, 4), "eval_f1": np.float64(s / 40), "epoch": float(s)}), flush=True)
+
+for s in (1, 2, 3):
+    epoch(s)
+open(os.path.join(run, "half"), "w").close()
+while not os.path.exists(os.path.join(run, "go")):
+    time.sleep(0.05)
+for s in (4, 5, 6):
+    epoch(s)
+w.close()
+'''
+
+
+def stored(project: Path) -> list[tuple]:
+    with state_db(project) as con:
+        return con.execute("SELECT name, step, value, source FROM metrics ORDER BY rowid").fetchall()
+
+
+def test_a_running_job_s_event_files_and_csvs_arrive_pass_by_pass(project: Path) -> None:
+    (project / "train.py").write_text(textwrap.dedent(TRAIN))
+    write_workbook(project / "experiments.xlsx", [{"id": "tb", "command": "python train.py"}],
+                   metrics=[{"name": "val_accuracy", "goal": "max", "file": "history.csv"}])
+    nero("reconcile", str(project), check=True)
+    half = wait_for(lambda: next(project.rglob("half"), None), what="the first three epochs")
+    # tensorboardX writes from a thread of its own: wait until the file holds epoch 3
+    wait_for(lambda: len(read_events(next(half.parent.rglob("events.out.tfevents.*")).read_bytes()).points) == 6,
+             what="tensorboardX's writer thread")
+    nero("reconcile", str(project), check=True)
+    first = stored(project)
+    steps = {(n, s) for n, s, _, src in first if src == "tensorboard"}
+    assert steps == {(n, s) for n in ("train/loss", "val/acc") for s in (1, 2, 3)}
+    assert {(n, s, v) for n, s, v, src in first if src == "csv"} >= {
+        ("train_loss_epoch", 30, 2 / 3), ("epoch", 30, 2.0), ("val_accuracy", 2, 0.1), ("accuracy", 2, 0.15)}
+    assert [v for n, _, v, src in first if n == "eval_f1" and src == "stdout"] == [0.025, 0.05, 0.075]
+    (half.parent / "go").touch()
+    wait_for(lambda: (half.parent / "exit_code").exists(), what="the job's end")
+    nero("reconcile", str(project), check=True)
+    nero("reconcile", str(project), check=True)
+    rows = stored(project)
+    assert rows[:len(first)] == first  # what the first pass stored stays, nothing doubled
+    tb = [(n, s, v) for n, s, v, src in rows if src == "tensorboard"]
+    assert len(tb) == len(set(tb)) == 12
+    assert [s for n, s, _ in tb if n == "train/loss"] == [1, 2, 3, 4, 5, 6]
+    assert ("train/loss", 4, 0.25) in tb
+    assert len([r for r in rows if r[3] == "csv"]) == 6 * 4
+    status = json.loads(nero("status", str(project), "--json", check=True).stdout)
+    run = status[0] if isinstance(status, list) else status["runs"][0]
+    assert run["state"] == "completed"
+    with state_db(project) as con:
+        [(files,)] = con.execute("SELECT off_files FROM attempts").fetchall()
+    offsets = {p: off for p, off, *_ in json.loads(files)}
+    assert set(offsets) == {"history.csv", "lightning_logs/version_0/metrics.csv",
+                            str(next(project.rglob("events.out.tfevents.*")).relative_to(half.parent))}
+    assert all(off == (half.parent / p).stat().st_size for p, off in offsets.items())
