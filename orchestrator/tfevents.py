@@ -104,6 +104,7 @@ def read_events(data: bytes, offset: int = 0, size: int | None = None, *, final:
     tail_from = size - VERIFY_TAIL - offset  # records ending after this position are verified
     points: list[MetricPoint] = []
     problems: list[str] = []
+    seen: dict[bytes, float] = {}  # float32 bytes -> value: a steady value (a learning rate) decodes once
     unpack_q = struct.Struct("<Q").unpack_from
     unpack_i = struct.Struct("<I").unpack_from
     i, n = 0, len(data)
@@ -131,7 +132,7 @@ def read_events(data: bytes, offset: int = 0, size: int | None = None, *, final:
             problems.append(f"a record at byte {offset + i} fails its CRC and was skipped")
         else:
             try:
-                _event_points(body, points)
+                _event_points(body, points, seen)
             except (IndexError, struct.error, ValueError, UnicodeDecodeError):
                 pass  # not an Event protobuf: nothing in it
         i = end
@@ -167,7 +168,7 @@ def _skip(b: bytes, i: int, wire: int) -> int:
     raise ValueError(f"wire type {wire}")
 
 
-def _event_points(b: bytes, out: list[MetricPoint]) -> None:
+def _event_points(b: bytes, out: list[MetricPoint], seen: dict[bytes, float]) -> None:
     """Append the scalar points of one serialized Event to `out`."""
     wall: float | None = None
     step = 0  # proto3: a step of 0 is not written
@@ -199,7 +200,7 @@ def _event_points(b: bytes, out: list[MetricPoint]) -> None:
         i += 1
         if key == 0x0A:  # value
             length, i = _varint(b, i)
-            found = _value(b, i, i + length)
+            found = _value(b, i, i + length, seen)
             if found is not None:
                 out.append(MetricPoint(found[0], found[1], step, wall, SOURCE))
             i += length
@@ -209,7 +210,7 @@ def _event_points(b: bytes, out: list[MetricPoint]) -> None:
             i = _skip(b, i, key & 7)
 
 
-def _value(b: bytes, i: int, end: int) -> tuple[str, float] | None:
+def _value(b: bytes, i: int, end: int, seen: dict[bytes, float]) -> tuple[str, float] | None:
     """(tag, value) of one Summary.Value that holds a scalar, else None."""
     tag = ""
     value: float | None = None
@@ -221,11 +222,11 @@ def _value(b: bytes, i: int, end: int) -> tuple[str, float] | None:
             tag = b[i:i + length].decode("utf-8")
             i += length
         elif key == 0x15:  # simple_value
-            value = _float32(b, i)
+            value = _float32(b, i, seen)
             i += 4
         elif key == 0x42:  # tensor
             length, i = _varint(b, i)
-            value = _scalar_tensor(b, i, i + length)
+            value = _scalar_tensor(b, i, i + length, seen)
             i += length
         else:
             if key >= 0x80:
@@ -234,20 +235,24 @@ def _value(b: bytes, i: int, end: int) -> tuple[str, float] | None:
     return (tag, value) if tag and value is not None else None
 
 
-def _float32(b: bytes, i: int) -> float:
-    """The float32 at b[i:i+4] as the shortest decimal that reads back as it (0.1, not
-    0.10000000149011612): what the program logged, as TensorBoard shows it."""
+def _float32(b: bytes, i: int, seen: dict[bytes, float]) -> float:
+    """The float32 at b[i:i+4] as a short decimal that reads back as it (0.1, not
+    0.10000000149011612): what the program logged, as TensorBoard shows it, so a rule's
+    `val_acc >= 0.9` holds for a logged 0.9. Seven significant digits first (a value logged
+    with up to seven is read back exactly), then eight, then nine (always enough)."""
     raw = b[i:i + 4]
-    v = struct.unpack("<f", raw)[0]
-    if v != v or v in (_INF, -_INF):
+    v = seen.get(raw)
+    if v is not None:
         return v
-    for digits in ("%.6g", "%.7g", "%.8g"):
-        r = float(digits % v)
-        if struct.pack("<f", r) == raw:
-            return r
+    v = struct.unpack("<f", raw)[0]
+    if v == v and v not in (_INF, -_INF):
+        for digits in ("%.7g", "%.8g", "%.9g"):
+            r = float(digits % v)
+            if struct.pack("<f", r) == raw:
+                v = r
+                break
+    seen[raw] = v
     return v
-
-
 _INF = float("inf")
 
 # DataType -> (struct format of one element in tensor_content, the repeated field holding it)
@@ -255,7 +260,7 @@ _DTYPES = {1: ("<f", 5), 2: ("<d", 6), 3: ("<i", 7), 9: ("<q", 10), 10: ("<?", 1
            5: ("<h", 7), 6: ("<b", 7), 17: ("<H", 7), 22: ("<I", 10), 23: ("<Q", 10)}
 
 
-def _scalar_tensor(b: bytes, i: int, end: int) -> float | None:
+def _scalar_tensor(b: bytes, i: int, end: int, seen: dict[bytes, float]) -> float | None:
     """The number in a TensorProto of rank 0 and a numeric dtype, else None."""
     dtype = 0
     content: bytes | None = None
@@ -291,11 +296,11 @@ def _scalar_tensor(b: bytes, i: int, end: int) -> float | None:
         width = struct.calcsize(fmt)
         if len(content) != width:
             return None
-        return _float32(content, 0) if fmt == "<f" else float(struct.unpack_from(fmt, content)[0])
+        return _float32(content, 0, seen) if fmt == "<f" else float(struct.unpack_from(fmt, content)[0])
     got = values.get(field)
     if not got or len(got) != 1:
         return None
-    return _float32(struct.pack("<f", got[0]), 0) if field == 5 else float(got[0])
+    return _float32(struct.pack("<f", got[0]), 0, seen) if field == 5 else float(got[0])
 
 
 def _repeated(b: bytes, i: int, field: int, wire: int) -> list[float]:

@@ -330,3 +330,35 @@ def test_a_running_job_s_event_files_and_csvs_arrive_pass_by_pass(project: Path)
     assert set(offsets) == {"history.csv", "lightning_logs/version_0/metrics.csv",
                             str(next(project.rglob("events.out.tfevents.*")).relative_to(half.parent))}
     assert all(off == (half.parent / p).stat().st_size for p, off in offsets.items())
+
+
+# ---------------------------------------------------------------------------- the example program
+EXAMPLE = Path(__file__).resolve().parent.parent / "templates" / "project" / "train.py"
+
+
+def test_the_example_program_writes_an_event_file_when_it_can_and_runs_without(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    def train(folder: Path, **env: str) -> subprocess.CompletedProcess[str]:
+        folder.mkdir()
+        return subprocess.run([sys.executable, str(EXAMPLE), "--epoch-seconds", "0", "--epochs", "5"], cwd=folder,
+                              capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "NERO_RUN_DIR": str(folder), **env})
+
+    with_board = train(tmp_path / "with")
+    assert with_board.returncode == 0, with_board.stderr
+    files = {str(p.relative_to(tmp_path / "with")): p.read_bytes() for p in event_files(tmp_path / "with")}
+    assert len(files) == 1 and next(iter(files)).startswith("tb/")
+    got = poll_in_pieces(files, cuts=3)
+    assert {(n, s) for n, s, _, _ in got} == {(n, s) for n in ("train/loss", "val/loss", "val/acc") for s in range(1, 6)}
+    printed = {line.split()[0]: float(line.split()[2].split("=")[1]) for line in with_board.stdout.splitlines()}
+    assert {s: v for n, s, v, _ in got if n == "val/loss"} == {int(k.split("=")[1]): pytest.approx(v, rel=1e-3)
+                                                                for k, v in printed.items()}
+    # without tensorboardX or torch (here: an import that fails, as an uninstalled one does) it runs as before
+    shadow = tmp_path / "shadow" / "tensorboardX"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('tensorboardX is not installed')\n")
+    without = train(tmp_path / "without", PYTHONPATH=str(shadow.parent))
+    assert without.returncode == 0 and without.stdout.count("\n") == 5 and not event_files(tmp_path / "without")
