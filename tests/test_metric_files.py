@@ -362,3 +362,23 @@ def test_the_example_program_writes_an_event_file_when_it_can_and_runs_without(t
     (shadow / "__init__.py").write_text("raise ImportError('tensorboardX is not installed')\n")
     without = train(tmp_path / "without", PYTHONPATH=str(shadow.parent))
     assert without.returncode == 0 and without.stdout.count("\n") == 5 and not event_files(tmp_path / "without")
+
+
+RULED = r'''
+import os, time
+from tensorboardX import SummaryWriter
+w = SummaryWriter(os.path.join(os.environ["NERO_RUN_DIR"], "tb"), flush_secs=1)
+for s in (1, 2, 3):
+    w.add_scalar("val/acc", s / 10, s)
+w.flush()
+time.sleep(120)
+'''
+
+
+def test_a_rule_on_a_tensorboard_tag_stops_the_run(project: Path) -> None:
+    """`val/acc` is a name rules read; the float32 0.3 TensorBoard stores is the 0.3 logged."""
+    (project / "ruled.py").write_text(RULED)
+    write_workbook(project / "experiments.xlsx", [{"id": "r", "command": "python ruled.py", "rules": "val/acc >= 0.3"}])
+    nero("reconcile", str(project), "--until-done", "--interval", "0.3", timeout=120)
+    run = json.loads(nero("status", str(project), "--json", check=True).stdout)[0]
+    assert run["state"] == "terminated" and run["reason"] == "val/acc >= 0.3 (val/acc=0.3 at step 3)", run
