@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+from .metric_files import read_sources
 from .metrics import default_goal, improves, prefer_tracked
 from .model import (
     Event,
@@ -47,7 +48,6 @@ from .model import (
     Submission,
     Update,
 )
-from .metric_files import read_sources
 from .monitor import parse_output, parse_resources, parse_track
 
 __all__ = ["START_GRACE_S", "HEARTBEAT_TIMEOUT_S", "SCHEDULER_STATES", "fold_metrics", "observe", "recovery"]

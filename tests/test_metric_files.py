@@ -57,11 +57,11 @@ def poll_in_pieces(files: dict[str, bytes], cuts: int, seed: int = 0, window: in
 
 # ---------------------------------------------------------------------------- event files
 def tf2_scalar(writer, tag: str, tensor, step: int) -> None:
-    """A scalar as TensorFlow 2's `tf.summary.scalar` writes it, through tensorboardX's writer."""
+    """A scalar as TensorFlow 2's `tf.summary.scalar` writes it, through tensorboardX's FileWriter."""
     from tensorboardX.proto.summary_pb2 import Summary, SummaryMetadata
 
     meta = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(plugin_name="scalars"))
-    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, tensor=tensor, metadata=meta)]), step)
+    writer.add_summary(Summary(value=[Summary.Value(tag=tag, tensor=tensor, metadata=meta)]), step)
 
 
 def test_tensorboardx_scalars_read_as_tensorboard_reads_them(tmp_path: Path) -> None:
@@ -71,34 +71,39 @@ def test_tensorboardx_scalars_read_as_tensorboard_reads_them(tmp_path: Path) -> 
     from tensorboardX.proto.tensor_shape_pb2 import TensorShapeProto
 
     w = tensorboardX.SummaryWriter(str(tmp_path / "tb"))
+    tf2 = tensorboardX.FileWriter(str(tmp_path / "tb2"))  # a second file, as a second writer makes
     for s in range(0, 30):
         w.add_scalar("train/loss", 1.0 / (s + 1), s)
         w.add_scalar("lr", 0.1 * 0.9 ** s, s)
         # TensorFlow 2's scalars: rank-0 tensors (float_val, double_val, or tensor_content)
-        tf2_scalar(w, "tensor/acc", TensorProto(dtype=1, float_val=[s / 30], tensor_shape=TensorShapeProto()), s)
-        tf2_scalar(w, "tensor/exact", TensorProto(dtype=2, double_val=[1 / 3 + s]), s)
-        tf2_scalar(w, "tensor/bytes", TensorProto(dtype=1, tensor_content=struct.pack("<f", s * 0.5)), s)
-    tf2_scalar(w, "tensor/vector", TensorProto(dtype=1, float_val=[1.0, 2.0], tensor_shape=TensorShapeProto(
+        tf2_scalar(tf2, "tensor/acc", TensorProto(dtype=1, float_val=[s / 30], tensor_shape=TensorShapeProto()), s)
+        tf2_scalar(tf2, "tensor/exact", TensorProto(dtype=2, double_val=[1 / 3 + s]), s)
+        tf2_scalar(tf2, "tensor/bytes", TensorProto(dtype=1, tensor_content=struct.pack("<f", s * 0.5)), s)
+    tf2_scalar(tf2, "tensor/vector", TensorProto(dtype=1, float_val=[1.0, 2.0], tensor_shape=TensorShapeProto(
         dim=[TensorShapeProto.Dim(size=2)])), 0)  # no scalar: nothing
     w.add_text("note", "hello", 0)
     w.add_histogram("weights", np.arange(100.0), 1)
     w.add_image("picture", np.zeros((3, 8, 8)), 2)
     w.add_scalar("negative_step", 5.0, -3)
     w.close()
-    [path] = event_files(tmp_path)
-    r = read_events(path.read_bytes(), final=True)
-    assert r.problems == () and r.consumed == path.stat().st_size
-    ours = {(p.name, p.step): p.value for p in r.points}
+    tf2.close()
+    ours = {}
+    for path in event_files(tmp_path):
+        r = read_events(path.read_bytes(), final=True)
+        assert r.problems == () and r.consumed == path.stat().st_size
+        ours.update({(p.name, p.step): p.value for p in r.points})
     assert {p.source for p in r.points} == {"tensorboard"}
     assert {n for n, _ in ours} == {"train/loss", "lr", "tensor/acc", "tensor/exact", "tensor/bytes", "negative_step"}
 
-    acc = EventAccumulator(str(path), size_guidance={"scalars": 0, "tensors": 0})
-    acc.Reload()
-    theirs = {(tag, e.step): e.value for tag in acc.Tags()["scalars"] for e in acc.Scalars(tag)}
-    for tag in acc.Tags()["tensors"]:
-        arrays = {(tag, e.step): tensor_util.make_ndarray(e.tensor_proto) for e in acc.Tensors(tag)}
-        theirs.update((k, float(a)) for k, a in arrays.items() if a.ndim == 0)  # what TensorBoard charts
-    assert set(ours) == set(theirs) and len(r.points) == len(theirs) == 5 * 30 + 1
+    theirs = {}
+    for path in event_files(tmp_path):
+        acc = EventAccumulator(str(path), size_guidance={"scalars": 0, "tensors": 0})
+        acc.Reload()
+        theirs.update({(tag, e.step): e.value for tag in acc.Tags()["scalars"] for e in acc.Scalars(tag)})
+        for tag in acc.Tags()["tensors"]:
+            arrays = {(tag, e.step): tensor_util.make_ndarray(e.tensor_proto) for e in acc.Tensors(tag)}
+            theirs.update((k, float(a)) for k, a in arrays.items() if a.ndim == 0)  # what TensorBoard charts
+    assert set(ours) == set(theirs) and len(theirs) == 5 * 30 + 1
     for key, value in theirs.items():  # float32 values read back as the decimal that was logged
         assert ours[key] == pytest.approx(value, rel=1e-6), key
     assert ours[("train/loss", 2)] == 0.33333334 and ours[("train/loss", 3)] == 0.25 and ours[("lr", 0)] == 0.1 and ours[("negative_step", -3)] == 5.0
@@ -251,6 +256,35 @@ def test_metrics_file_globs_are_checked_at_their_cells(tmp_path: Path) -> None:
     assert set(found) == {"Metrics!B3", "Metrics!B4", "Metrics!B5"}
     assert "relative" in found["Metrics!B3"] and "`..`" in found["Metrics!B4"] and "pattern" in found["Metrics!B5"]
     assert globs_of((MetricDef("val_accuracy", file="history.csv"),))[-1] == "history.csv"
+
+
+# ---------------------------------------------------------------------------- the store
+def test_file_offsets_are_stored_with_their_points_and_an_older_store_gains_the_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    from orchestrator.model import Desired, MetricPoint, NewAttempt, Offsets, RunSpec, Update
+    from orchestrator.state import Store
+
+    spec = RunSpec(key="a", experiment="a", row=2, params=(), command="python train.py", clusters=("local",),
+                   resources=(), setup="", workdir="", template="", desired=Desired.RUN, priority=0, after=(),
+                   retries=0, rules="", notify=(), spec_hash="h")
+    path = tmp_path / "state.db"
+    store = Store(path)
+    store.record_intents([NewAttempt(spec, 1, "local", "/runs/a/1", "python train.py")], 0.0)
+    store.close()
+    with sqlite3.connect(path) as con:  # the attempts table as nero left it before metric files
+        con.execute("ALTER TABLE attempts DROP COLUMN off_files")
+    store = Store(path)
+    assert store.snapshot()["a"].offsets.files == ()
+    files = (SourceOffset("lightning_logs/version_0/metrics.csv", 120, 3, 0, 12345),
+             SourceOffset("tb/events.out.tfevents.1.host", 4096))
+    point = MetricPoint("train/loss", 0.5, 7, 1.0, "tensorboard")
+    store.apply([Update("a", 1, offsets=Offsets(10, 0, 0, 0, files), points=(point,))])
+    store.close()
+    store = Store(path)  # read back by a new process
+    assert store.snapshot()["a"].offsets == Offsets(10, 0, 0, 0, files)
+    assert [(s, v) for s, v in store.history("a")["train/loss"]] == [(7, 0.5)]
+    store.close()
 
 
 # ---------------------------------------------------------------------------- a real job
