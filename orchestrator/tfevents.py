@@ -168,8 +168,28 @@ def _skip(b: bytes, i: int, wire: int) -> int:
     raise ValueError(f"wire type {wire}")
 
 
+_WALL = struct.Struct("<d").unpack_from
+
+
 def _event_points(b: bytes, out: list[MetricPoint], seen: dict[bytes, float]) -> None:
     """Append the scalar points of one serialized Event to `out`."""
+    # The common record first (tensorboardX's and torch's add_scalar): wall_time, step, then a
+    # summary of one simple_value with a short tag, every length one byte; anything else (or
+    # anything unexpected here) takes the general path below.
+    n = len(b)
+    if n > 16 and b[0] == 0x09:
+        i, step = 9, 0
+        if b[i] == 0x10:
+            step, i = _varint(b, i + 1)
+            if step >= 1 << 63:
+                step -= 1 << 64
+        if i + 6 < n and b[i] == 0x2A and b[i + 1] == n - i - 2 and b[i + 2] == 0x0A and b[i + 3] == n - i - 4 \
+                and b[i + 4] == 0x0A:
+            m = i + 6 + b[i + 5]
+            if m + 5 == n and b[m] == 0x15 and b[i + 5] < 0x80:
+                out.append(MetricPoint(b[i + 6:m].decode("utf-8"), _float32(b, m + 1, seen), step,
+                                       _WALL(b, 1)[0], SOURCE))
+                return
     wall: float | None = None
     step = 0  # proto3: a step of 0 is not written
     summary: tuple[int, int] | None = None
