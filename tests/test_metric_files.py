@@ -258,6 +258,29 @@ def test_metrics_file_globs_are_checked_at_their_cells(tmp_path: Path) -> None:
     assert globs_of((MetricDef("val_accuracy", file="history.csv"),))[-1] == "history.csv"
 
 
+# ---------------------------------------------------------------------------- the agent's listing
+def test_the_agent_lists_what_the_globs_match_within_its_bounds(tmp_path: Path) -> None:
+    from orchestrator.backends.agent import glob_regex, list_sources
+
+    run = tmp_path / "run"
+    for rel in ("metrics.csv", "lightning_logs/version_0/metrics.csv", "history.csv", "logs/a.csv", "logs/deep/b.csv",
+                "runs/x/events.out.tfevents.1.h", ".git/events.out.tfevents.2.h", "stdout.log",
+                "/".join(["d"] * 12) + "/events.out.tfevents.3.h"):
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).write_bytes(b"x")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "events.out.tfevents.4.h").write_bytes(b"x")
+    (run / "linked").symlink_to(tmp_path / "elsewhere")
+    globs = [(glob_regex(g), g.endswith(".csv")) for g in (*globs_of(()), "*.csv", "logs/*.csv")]
+    found = dict(list_sources(str(run), globs))
+    assert found == {"metrics.csv": True, "lightning_logs/version_0/metrics.csv": True, "history.csv": True,
+                     "logs/a.csv": True, "runs/x/events.out.tfevents.1.h": False}
+    assert [n for n, _ in list_sources(str(run), globs, max_files=2)] == ["history.csv", "lightning_logs/version_0/metrics.csv"]
+    for k in range(3000):
+        (run / f"ckpt-{k}").write_bytes(b"")
+    assert len(list_sources(str(run), globs, max_entries=1000)) <= 5  # a huge folder is looked at only so far
+
+
 # ---------------------------------------------------------------------------- the store
 def test_file_offsets_are_stored_with_their_points_and_an_older_store_gains_the_column(tmp_path: Path) -> None:
     import sqlite3
