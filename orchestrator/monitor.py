@@ -85,7 +85,7 @@ _VALUE_END = (
     r"|\.(?:[ \t\r\n]|$)"  # a full stop ending a sentence
     r"|[ \t]+(?:[^\w\s]|['\"]?[A-Za-z_][\w.\-/]*+['\"]?[ \t]*[=:]))"  # punctuation or a key
 )
-_WRAPPED = r"(?:np\.float(?:16|32|64)\(|tensor\()?"  # numpy 2's and torch's repr of a number
+_WRAPPED = r"(?:np\.float(?:16|32|64)\(|tensor\()?+"  # numpy 2's and torch's repr of a number
 _SEPARATORS = (  # the separator and the value after it; the key is checked in Python
     rf"=[ \t]*{_WRAPPED}((?>{_NUMBER})){_VALUE_END}",
     rf":(?:[ \t]+|(?<![0-9]:)){_WRAPPED}((?>{_NUMBER})){_VALUE_END}",  # `12:30` is a time
