@@ -228,6 +228,44 @@ def test_keras_csv_written_by_pandas_is_read_by_epoch_in_any_pieces(tmp_path: Pa
 
 
 # ---------------------------------------------------------------------------- Hugging Face
+HF_LOGS = r'''
+import numpy as np
+from transformers import TrainingArguments
+from transformers.trainer_callback import ProgressCallback, TrainerControl, TrainerState
+
+callback, state = ProgressCallback(), TrainerState(max_steps=30)
+args = TrainingArguments(output_dir="out", report_to=[])
+callback.on_train_begin(args, state, TrainerControl())
+for step in (10, 20, 30):
+    state.global_step = step
+    callback.on_log(args, state, TrainerControl(), logs={"loss": 1.0 / step, "grad_norm": 2.5, "learning_rate": 5e-05 * (1 - step / 40), "epoch": step / 30})
+callback.on_log(args, state, TrainerControl(), logs={"eval_loss": np.float64(0.25), "eval_accuracy": np.float64(0.875), "epoch": 1.0})
+callback.on_log(args, state, TrainerControl(), logs={"train_runtime": 12.5, "train_loss": 0.0625, "total_flos": 1e12, "epoch": 1.0})
+callback.on_train_end(args, state, TrainerControl())
+print("Namespace(lr='0.1')", {'dropout': '0.10'}, flush=True)  # quoted values elsewhere stay text
+'''
+
+
+def test_hugging_face_trainer_logs_as_transformers_prints_them(tmp_path: Path) -> None:
+    """transformers' own ProgressCallback writes the lines (through its tqdm bar, on stdout)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("transformers")
+    (tmp_path / "hf.py").write_text(HF_LOGS)
+    out = subprocess.run([sys.executable, "hf.py"], cwd=tmp_path, capture_output=True, timeout=300)
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    assert b"{'loss': " in out.stdout
+    points, _ = parse_output(out.stdout, final=True)
+    got = [(p.name, p.value) for p in points]
+    assert got == [("loss", 0.1), ("grad_norm", 2.5), ("learning_rate", 3.75e-05), ("epoch", pytest.approx(1 / 3, 1e-3)),
+                   ("loss", 0.05), ("grad_norm", 2.5), ("learning_rate", 2.5e-05), ("epoch", pytest.approx(2 / 3, 1e-3)),
+                   ("loss", pytest.approx(1 / 30, 1e-3)), ("grad_norm", 2.5), ("learning_rate", 1.25e-05), ("epoch", 1.0),
+                   ("eval_loss", 0.25), ("eval_accuracy", 0.875), ("epoch", 1.0),
+                   ("train_runtime", 12.5), ("train_loss", 0.0625), ("epoch", 1.0)]
+    assert {p.step for p in points} == {None}  # the Trainer prints no step: numbered in order
+
+
 def test_hugging_face_dict_lines_give_their_values() -> None:
     # transformers' ProgressCallback.on_log writes `str(logs)`; evaluation metrics computed
     # with numpy are numpy scalars, which numpy 2 shows as np.float64(…)
