@@ -477,3 +477,50 @@ def test_a_rule_on_a_tensorboard_tag_stops_the_run(project: Path) -> None:
     nero("reconcile", str(project), "--until-done", "--interval", "0.3", timeout=120)
     run = json.loads(nero("status", str(project), "--json", check=True).stdout)[0]
     assert run["state"] == "terminated" and run["reason"] == "val/acc >= 0.3 (val/acc=0.3 at step 3)", run
+
+
+WRITER = r'''
+import csv, os, sys, time
+from tensorboardX import SummaryWriter
+run = os.environ["NERO_RUN_DIR"]
+w = SummaryWriter(os.path.join(run, "tb"), flush_secs=1)
+with open(os.path.join(run, "metrics.csv"), "w", newline="") as f:
+    out = csv.writer(f)
+    out.writerow(["step", "acc"])
+    for s in range(1, 121):
+        w.add_scalar("train/loss", 1.0 / s, s)
+        out.writerow([s, s / 1000])
+        f.flush()
+        time.sleep(0.03)
+w.close()
+'''
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_watch_loop_loses_and_doubles_no_point_of_a_metric_file(project: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    (project / "writer.py").write_text(WRITER)
+    write_workbook(project / "experiments.xlsx", [{"id": "k", "command": "python writer.py", "tag": "[1, 2, 3]"}],
+                   clusters=[{"name": "local", "kind": "local", "max_jobs": 8}])
+    cmd = [sys.executable, "-m", "orchestrator", "reconcile", str(project), "--watch", "--interval", "0.2", "-q"]
+
+    def count() -> int:
+        if not (project / ".nero" / "state.db").exists():
+            return 0
+        with state_db(project) as con:
+            return con.execute("SELECT COUNT(*) FROM metrics WHERE source != 'stdout'").fetchone()[0]
+
+    for round_ in range(3):
+        loop = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda n=60 * (round_ + 1): count() > n, timeout=60, what="points of the files ingested")
+        loop.send_signal(signal.SIGKILL)
+        loop.wait()
+    assert nero("reconcile", str(project), "--until-done", "--interval", "0.3", timeout=120).returncode == 0
+    with state_db(project) as con:
+        rows = con.execute("SELECT key, name, step FROM metrics WHERE source != 'stdout' ORDER BY rowid").fetchall()
+    for key in {k for k, _, _ in rows}:
+        for name in ("train/loss", "acc"):
+            assert [s for k, n, s in rows if k == key and n == name] == list(range(1, 121)), (key, name)
