@@ -180,7 +180,7 @@ def read_csv(c: SourceChunk, known: SourceOffset, now: float | None, *, final: b
     if c.offset and known.head and crc != known.head:  # rewritten with a new header: again from its start
         return [], SourceOffset(c.path, 0, 0, max(known.seen, known.rows), crc)
     end = start + _complete(data[start:], final)
-    header = [h.strip() for h in next(csv.reader([head.decode("utf-8", "replace").strip("\r\n")]), [])]
+    header = [h.strip() for h in next(csv.reader([head.decode("utf-8", "replace").lstrip("\ufeff").strip("\r\n")]), [])]
     low = [h.lower() for h in header]
     step_col = next((low.index(s) for s in STEP_COLUMNS if s in low), -1)
     rows, seen = (0 if c.offset == 0 else known.rows), known.seen  # rows up to `seen` were read before a rewrite

@@ -225,6 +225,7 @@ def test_keras_csv_written_by_pandas_is_read_by_epoch_in_any_pieces(tmp_path: Pa
     assert ("val_loss", 7, pytest.approx(0.3), "csv") in whole
     for seed in range(4):
         assert poll_in_pieces({"history.csv": content}, cuts=6, seed=seed) == whole
+    assert poll_in_pieces({"history.csv": "\ufeff".encode() + content}, cuts=3) == whole  # saved by Excel: a BOM
 
 
 # ---------------------------------------------------------------------------- Hugging Face
