@@ -448,9 +448,9 @@ def test_the_example_program_writes_an_event_file_when_it_can_and_runs_without(t
     files = {str(p.relative_to(tmp_path / "with")): p.read_bytes() for p in event_files(tmp_path / "with")}
     assert len(files) == 1 and next(iter(files)).startswith("tb/")
     got = poll_in_pieces(files, cuts=3)
-    assert {(n, s) for n, s, _, _ in got} == {(n, s) for n in ("train/loss", "val/loss", "val/acc") for s in range(1, 6)}
+    assert {(n, s) for n, s, _, _ in got} == {(n, s) for n in ("loss", "val_loss", "acc") for s in range(1, 6)}
     printed = {line.split()[0]: float(line.split()[2].split("=")[1]) for line in with_board.stdout.splitlines()}
-    assert {s: v for n, s, v, _ in got if n == "val/loss"} == {int(k.split("=")[1]): pytest.approx(v, rel=1e-3)
+    assert {s: v for n, s, v, _ in got if n == "val_loss"} == {int(k.split("=")[1]): pytest.approx(v, rel=1e-3)
                                                                 for k, v in printed.items()}
     # without tensorboardX or torch (here: an import that fails, as an uninstalled one does) it runs as before
     shadow = tmp_path / "shadow" / "tensorboardX"

@@ -6,8 +6,10 @@ gradient descent on the squared error. Each epoch prints one line nero reads as 
     epoch=3 loss=0.41 val_loss=0.52 acc=0.88
 
 When tensorboardX or torch is installed it also writes a TensorBoard event file into the
-run folder (tags train/loss, val/loss, val/acc), which nero reads too: both ways a program
-reports metrics, side by side.
+run folder with the same three values (tags loss, val_loss, acc), which nero reads too: both
+ways a program reports metrics, side by side. At a step both give, the file's exact value
+wins over the printed, rounded one (and orchestrator.track's over both), so the results show
+one value per step either way.
 
 Too large a learning rate (try --lr 3.0) makes gradient descent overshoot: the loss grows
 geometrically until the floats overflow to inf and become NaN (with --layers 0 it stays inf
@@ -33,7 +35,7 @@ except ImportError:
 
 def tensorboard_writer():
     """A TensorBoard SummaryWriter into the run folder, where nero finds its event file
-    (tags train/loss, val/loss, val/acc become metrics of those names), if tensorboardX or
+    (a tag is the name of its metric: `train/loss` would be `train/loss`), if tensorboardX or
     torch is installed; else None: the printed lines alone carry the metrics."""
     folder = os.path.join(os.environ.get("NERO_RUN_DIR") or ".", "tb")
     try:
@@ -147,7 +149,7 @@ def main() -> int:
         if track is not None:
             track.log(step=epoch, loss=loss, val_loss=val_loss, acc=acc)
         if board is not None:
-            for tag, value in (("train/loss", loss), ("val/loss", val_loss), ("val/acc", acc)):
+            for tag, value in (("loss", loss), ("val_loss", val_loss), ("acc", acc)):
                 board.add_scalar(tag, value, epoch)
         if np.isnan(loss) and first_nan is None:
             first_nan = epoch
