@@ -231,8 +231,14 @@ def supersedes(rank: int, old_rank: int) -> bool:
 
 def prefer_tracked(printed: Sequence[MetricPoint], tracked: Sequence[MetricPoint]) -> list[MetricPoint]:
     """The points of one read of a job's files: the printed ones (stdout, stderr) of the
-    metrics not logged exactly in it (track, event files, CSVs), then the exact ones."""
+    metrics not logged exactly in it (track, event files, CSVs), then the exact ones; of a
+    metric two exact sources logged in it, those of the higher rank (track over a file)."""
     if not tracked:
         return list(printed)
-    logged = {p.name for p in tracked}
-    return [p for p in printed if p.name not in logged] + list(tracked)
+    top: dict[str, int] = {}
+    for p in tracked:
+        r = SOURCE_RANK.get(p.source, 0)
+        if r > top.get(p.name, -1):
+            top[p.name] = r
+    exact = [p for p in tracked if SOURCE_RANK.get(p.source, 0) == top[p.name]]
+    return [p for p in printed if p.name not in top] + exact
