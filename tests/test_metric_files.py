@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 import struct
 import textwrap
@@ -346,6 +347,34 @@ def test_file_offsets_are_stored_with_their_points_and_an_older_store_gains_the_
     store = Store(path)  # read back by a new process
     assert store.snapshot()["a"].offsets == Offsets(10, 0, 0, 0, files)
     assert [(s, v) for s, v in store.history("a")["train/loss"]] == [(7, 0.5)]
+    store.close()
+
+
+def test_a_late_float32_point_from_an_event_file_does_not_replace_track_s_value_in_rules(tmp_path: Path) -> None:
+    """TensorBoard's writer flushes late: its points of a metric track also logs arrive a pass
+    after track's, float32 (1e39 is inf there). Rules read the history: track's, at the latest step."""
+    from orchestrator.expr import Facts
+    from orchestrator.lifecycle import fold_metrics
+    from orchestrator.model import Desired, MetricPoint, NewAttempt, RunSpec, Update
+    from orchestrator.rules import evaluate, parse_rules
+    from orchestrator.state import Store
+
+    spec = RunSpec(key="a", experiment="a", row=2, params=(), command="python train.py", clusters=("local",),
+                   resources=(), setup="", workdir="", template="", desired=Desired.RUN, priority=0, after=(),
+                   retries=0, rules="", notify=(), spec_hash="h")
+    store = Store(tmp_path / "state.db")
+    store.record_intents([NewAttempt(spec, 1, "local", "/runs/a/1", "python train.py")], 0.0)
+    passes = [[MetricPoint("loss", 10.0 ** (10 * s), s, 0.0, "track") for s in (1, 2, 3, 4)],
+              [MetricPoint("loss", v, s, 0.0, "tensorboard") for s, v in ((1, 10.0), (2, 1e20), (3, 1e30), (4, math.inf))]]
+    last: dict = {}
+    for points in passes:
+        last, best, step = fold_metrics(points, last, {}, {})
+        store.apply([Update("a", 1, points=tuple(points), last=last, best=best, step=step)])
+    record = store.snapshot()["a"]
+    assert record.last["loss"] == math.inf  # the order of arrival: the late file's point came last
+    facts = Facts.of(record, 0.0, store.history("a"))
+    assert facts.metrics["loss"] == 1e40  # track's, at step 4
+    assert not evaluate(parse_rules("isinf(loss)"), facts)[0].fired
     store.close()
 
 
