@@ -50,8 +50,8 @@ from .model import MetricDef, MetricPoint, SourceChunk, SourceOffset
 from .tfevents import SOURCE as EVENTS_SOURCE
 from .tfevents import read_events
 
-__all__ = ["CSV_SOURCE", "DEFAULT_GLOBS", "EVENTS_SOURCE", "MAX_FILES", "SPLIT_FOLDERS", "check_glob", "globs_of",
-           "kind_of", "metric_name", "needs_head", "read_csv", "read_sources"]
+__all__ = ["CSV_SOURCE", "DEFAULT_GLOBS", "EVENTS_SOURCE", "MAX_FILES", "SPLIT_FOLDERS", "STEP_COLUMNS", "SourcesRead",
+           "check_glob", "globs_of", "kind_of", "metric_name", "needs_head", "read_csv", "read_sources"]
 
 CSV_SOURCE = "csv"
 DEFAULT_GLOBS = ("**/events.out.tfevents.*", "**/metrics.csv")
