@@ -558,3 +558,37 @@ def test_sigkill_of_the_watch_loop_loses_and_doubles_no_point_of_a_metric_file(p
     for key in {k for k, _, _ in rows}:
         for name in ("train/loss", "acc"):
             assert [s for k, n, s in rows if k == key and n == name] == list(range(1, 121)), (key, name)
+
+
+# --------------------------------------------------------------------------- nero metrics test
+def test_metrics_test_reads_an_event_file_and_a_keras_csv_as_a_pass_would(tmp_path: Path):
+    """`nero metrics test` on the files frameworks write: every point with its step and the
+    tag or column it came from, equal to what a pass reads (read_sources over the whole file);
+    a Keras CSVLogger file named `.log` is read as a CSV with `--as csv`."""
+    w = tensorboardX.SummaryWriter(str(tmp_path / "logs" / "validation"))
+    for i in range(4):
+        w.add_scalar("epoch_loss", 1.0 / (i + 1), i)
+    w.close()
+    (event,) = event_files(tmp_path)
+    out = nero("metrics", "test", str(event), "--json")
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["kind"] == "tensorboard" and got["problems"] == []
+    # Keras' TensorBoard callback writes logs/validation/: the folder names the series
+    assert [(c["metric"], c["step"], c["value"]) for c in got["captures"]] == [
+        ("validation/epoch_loss", i, float(str(np.float32(1.0 / (i + 1))))) for i in range(4)]  # float32, shortest
+    pass_read = read_sources([SourceChunk(f"logs/validation/{event.name}", 0, event.read_bytes(),
+                                          event.stat().st_size)], (), None, final=True)
+    assert [(p.name, p.step, p.value) for p in pass_read.points] == [
+        (c["metric"], c["step"], c["value"]) for c in got["captures"]]
+    text = nero("metrics", "test", str(event))
+    assert "TensorBoard event file" in text.stdout and "tag validation/epoch_loss" in text.stdout
+
+    log = tmp_path / "training.log"  # CSVLogger('training.log'), as Keras' documentation writes it
+    pd.DataFrame({"epoch": [0, 1, 2], "accuracy": [0.5, 0.6, 0.7], "loss": [0.9, 0.7, 0.6]}).to_csv(log, index=False)
+    as_log = json.loads(nero("metrics", "test", str(log), "--json").stdout)
+    assert as_log["kind"] == "log"  # by its name, printed output: the default capture takes nothing here
+    as_csv = json.loads(nero("metrics", "test", str(log), "--as", "csv", "--json").stdout)
+    assert as_csv["kind"] == "csv"
+    assert {(m["metric"], m["count"], m["first_step"], m["last_step"], m["last_value"]) for m in as_csv["metrics"]} == {
+        ("accuracy", 3, 0, 2, 0.7), ("loss", 3, 0, 2, 0.6)}
