@@ -51,7 +51,8 @@ def throughput(tmp: Path, runs: int) -> tuple[float, float, Path]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "orchestrator", "reconcile", str(path), "--until-done", "--quiet"],
+    p = subprocess.run([sys.executable, "-m", "orchestrator", "reconcile", str(path), "--until-done", "--quiet",
+                        "--yes"],  # the 1,000 new runs of one row are more than confirm_over: confirmed here
                        env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -16,7 +16,8 @@ run number, then attempt, so `metrics[metrics.attempt == runs.attempt[metrics.ru
 current attempts' points. `project.attempts_frame()` (`attempts_frame`) has one row per
 attempt before a run's current one (a restart, a retry): `run`, `attempt`, then the
 columns of `runs` but the parameters (the state store keeps a run's parameters as they
-are now), each for that attempt, its values by the same rules.
+are now), each for that attempt, its values by the same rules. `table` makes a frame of
+plain rows (`orchestrator.views`): the Python API's `runs()`, `history()` and plan.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 from .metrics import Summary
 from .model import RunRecord, Series
 
-__all__ = ["ATTEMPT_COLUMNS", "attempts_frame", "runs_frame", "metrics_frame", "export", "json_ready"]
+__all__ = ["ATTEMPT_COLUMNS", "attempts_frame", "runs_frame", "metrics_frame", "export", "json_ready", "table"]
 
 # the attempts frame's columns before the `last:`/`best:` ones (all of them when it is empty)
 ATTEMPT_COLUMNS = ("run", "attempt", "number", "experiment", "state", "reason", "cluster", "job_id", "host",
@@ -115,6 +116,15 @@ def metrics_frame(histories: Mapping[str | tuple[str, int], Mapping[str, Sequenc
     return pd.DataFrame({"run": pd.Series(runs, dtype="str"), "attempt": ints(numbers),
                          "metric": pd.Series(metrics, dtype="str"), "step": ints(steps),
                          "value": np.frombuffer(values, dtype=np.float64).copy()})
+
+
+def table(rows: Sequence[Mapping[str, object]], index: str | None = None, columns: Sequence[str] = ()):
+    """Rows (dicts, as `orchestrator.views` makes them) as a DataFrame in their order, indexed
+    by the column `index` if given; with no row, an empty frame with `columns`."""
+    import pandas as pd
+
+    frame = pd.DataFrame(list(rows)) if len(rows) else pd.DataFrame(columns=list(columns))
+    return frame.set_index(index) if index and index in frame.columns else frame
 
 
 def export(runs, metrics, path: Path, attempts=None) -> list[Path]:

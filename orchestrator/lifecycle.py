@@ -3,8 +3,9 @@
 Given the attempt as the store knows it and what the backend saw (status files, the
 bytes appended to its outputs, the scheduler's word), `observe` returns one `Update`:
 the new state and reason (the states are described at model.RunState), metric points and
-resource samples parsed from the complete lines only, the advanced read offsets, and the
-events to record.
+resource samples parsed from the complete lines only, the points of the metric files read in
+its run folder (whole records and rows only, `metric_files.read_sources`), the advanced read
+offsets, and the events to record.
 
 How a poll decides the state, first match wins (a stop nero asked for, `stop_requested`,
 makes any ending cancelled or terminated, except the ending of a program that had ended by
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+from .metric_files import read_sources
 from .metrics import default_goal, improves, prefer_tracked
 from .model import (
     Event,
@@ -128,11 +130,12 @@ def observe(rec: RunRecord, st: JobStatus, now: float, defs: Sequence[MetricDef]
     trk_pts, trk_n = read("metrics.jsonl", st.metrics, o.metrics, mid[2], lambda d: parse_track(d, final=final))
     samples, res_n = read("resources.jsonl", st.resources, o.resources, mid[3],
                           lambda d: parse_resources(d, final=final))
-    # a metric both printed (rounded) and logged through track (exact) counts once: the exact one
-    points = tuple(prefer_tracked(out_pts + err_pts, trk_pts))
-    offsets = Offsets(o.stdout + out_n, o.stderr + err_n, o.metrics + trk_n, o.resources + res_n)
+    files = read_sources(st.sources, o.files, now, final=final, window=st.window)
+    # a metric both printed (rounded) and logged exactly (track, an event file, a CSV) counts once: the exact one
+    points = tuple(prefer_tracked(out_pts + err_pts, trk_pts + files.points))
+    offsets = Offsets(o.stdout + out_n, o.stderr + err_n, o.metrics + trk_n, o.resources + res_n, files.offsets)
 
-    events: list[Event] = [Event(now, rec.key, "warn", c, rec.attempt) for c in cuts]
+    events: list[Event] = [Event(now, rec.key, "warn", c, rec.attempt) for c in cuts + files.problems]
     state, reason = rec.state, None
     started_at = host = ended_at = exit_code = None
     if st.started and rec.started_at is None:

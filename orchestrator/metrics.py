@@ -34,12 +34,13 @@ the stored best, the results workbook, the e-mails, the exports and the rules ag
     checkpoint            value_at(steps, vs, cp)   the value at the latest step ≤ cp, once
                                                     the run reached cp (its last step ≥ cp);
                                                     steps ascending; None before
-    source precedence     SOURCE_RANK, source_rank  track (exact) > stdout > stderr (printed,
-                          supersedes(rank, old)     rounded): one point per step, the higher
-                          prefer_tracked(p, t)      rank wins, of equal rank the later point;
-                                                    in one read of a job's files, a metric
-                                                    logged through track drops its printed
-                                                    points
+    source precedence     SOURCE_RANK, source_rank  track > tensorboard = csv (exact) >
+                          supersedes(rank, old)     stdout > stderr (printed, rounded): one
+                          prefer_tracked(p, t)      point per step, the higher rank wins, of
+                                                    equal rank the later point; in one read
+                                                    of a job's files, a metric logged exactly
+                                                    (track, event file, CSV) drops its
+                                                    printed points
 
 Stdlib only and no import of the rest of nero (model.py builds on it), so any layer may
 use it. Values are floats; NaN stands for "not a number" (a diverged run), None for "no
@@ -67,7 +68,8 @@ __all__ = [
 GOALS = ("min", "max")
 MAX_GOAL_NAMES = frozenset({"acc", "accuracy", "val_acc", "test_acc", "f1", "auc", "bleu", "r2", "reward",
                             "score", "precision", "recall"})
-SOURCE_RANK = {"track": 2, "stdout": 1, "stderr": 0}  # an unknown source ranks 0
+# exact values (track's, an event file's, a CSV's) before printed (rounded) ones; unknown: 0
+SOURCE_RANK = {"track": 3, "tensorboard": 2, "csv": 2, "stdout": 1, "stderr": 0}
 
 
 # ------------------------------------------------------------------------------ names
@@ -229,8 +231,14 @@ def supersedes(rank: int, old_rank: int) -> bool:
 
 def prefer_tracked(printed: Sequence[MetricPoint], tracked: Sequence[MetricPoint]) -> list[MetricPoint]:
     """The points of one read of a job's files: the printed ones (stdout, stderr) of the
-    metrics not logged through track in it, then the tracked ones."""
+    metrics not logged exactly in it (track, event files, CSVs), then the exact ones; of a
+    metric two exact sources logged in it, those of the higher rank (track over a file)."""
     if not tracked:
         return list(printed)
-    logged = {p.name for p in tracked}
-    return [p for p in printed if p.name not in logged] + list(tracked)
+    top: dict[str, int] = {}
+    for p in tracked:
+        r = SOURCE_RANK.get(p.source, 0)
+        if r > top.get(p.name, -1):
+            top[p.name] = r
+    exact = [p for p in tracked if SOURCE_RANK.get(p.source, 0) == top[p.name]]
+    return [p for p in printed if p.name not in top] + exact

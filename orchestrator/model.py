@@ -20,7 +20,7 @@ __all__ = [
     "Problem", "Variation", "Until", "After", "Experiment", "Cluster", "MetricDef", "Settings", "Workbook", "MAX_GOAL_NAMES",
     "RunSpec", "RunRecord", "ActionKind", "Action", "OverrideKind", "Override", "Plan", "JobScript",
     "CodeSnapshot", "QueueInfo", "GpuInfo", "ClusterResources", "Submission", "MetricPoint",
-    "ResourceSample", "Offsets", "Handle", "JobStatus", "Event", "Update", "NewAttempt", "OutputChunk",
+    "ResourceSample", "Offsets", "SourceOffset", "SourceChunk", "Handle", "JobStatus", "Event", "Update", "NewAttempt", "OutputChunk",
     "Series", "Histories", "ResultsInput", "Freshness",
 ]
 
@@ -172,6 +172,7 @@ class MetricDef:
     name: str
     pattern: str = ""
     goal: str = "min"
+    file: str = ""  # a glob of metric files in the run folder to read (metric_files.py)
 
 
 @dataclass(frozen=True)
@@ -439,7 +440,7 @@ class MetricPoint:
     value: float
     step: int | None
     time: float | None
-    source: str  # "stdout" or "track"
+    source: str  # "track", "tensorboard", "csv", "stdout" or "stderr" (metrics.SOURCE_RANK)
 
 
 @dataclass(frozen=True)
@@ -452,11 +453,37 @@ class ResourceSample:
 
 
 @dataclass(frozen=True, slots=True)
+class SourceOffset:
+    """Where reading one metric file of a run folder stands (`metric_files.py`): its path
+    relative to the run folder, the bytes read, and for a CSV the rows read, the rows read
+    before the file was rewritten (skipped when it is read again) and its header's CRC-32."""
+
+    path: str
+    offset: int = 0
+    rows: int = 0
+    seen: int = 0
+    head: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Offsets:
     stdout: int = 0
     stderr: int = 0
     metrics: int = 0
     resources: int = 0
+    files: tuple[SourceOffset, ...] = ()  # the metric files found in the run folder, by path
+
+
+@dataclass(frozen=True)
+class SourceChunk:
+    """Bytes of one metric file read by a poll: from `offset`, of a file `size` bytes long
+    then; `head` its first line when read from inside a CSV (its header)."""
+
+    path: str
+    offset: int
+    data: bytes
+    size: int
+    head: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -469,6 +496,7 @@ class Handle:
     run_dir: str
     offsets: Offsets = Offsets()
     submitted_at: float | None = None
+    sources: tuple[str, ...] = ()  # globs of the metric files to read in its run folder (metric_files)
 
 
 @dataclass(frozen=True)
@@ -495,6 +523,7 @@ class JobStatus:
     window: int = 0  # bytes read per output file in one poll: a chunk this long without a line end is cut (0: never)
     midline: tuple[bool, ...] = (False, False, False, False)  # each chunk starts inside a line cut before
     dir_exists: bool = True  # the run folder exists (False: it vanished while the job ran)
+    sources: tuple[SourceChunk, ...] = ()  # the metric files read (those with new bytes), by path
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .dict_lines import dict_points, may_hold_dicts
 from .metric_patterns import MetricPattern, compile_metric_pattern
 from .model import MetricDef, MetricPoint, ResourceSample
 
@@ -53,7 +54,9 @@ __all__ = ["Capture", "parse_output", "parse_resources", "parse_track", "trace_o
 #   another key; a plain word is read as a unit or prose (`Temp-dir: 0 mb`,
 #   `Found: 3 GPUs`) and the pair is dropped;
 # * quoted values are strings (`dropout='0.10'`), and pairs inside `Namespace(…)`
-#   (argparse's echo of the command line) are parameters, not measurements.
+#   (argparse's echo of the command line) are parameters, not measurements;
+# * a number printed as numpy 2 and torch show one is its value (`np.float64(0.5)`,
+#   `tensor(0.5)`); in a line that is a printed dict, a quoted number too (dict_lines.py).
 #
 # A line's step: if it has a key `epoch`, `step`, `global_step`, `iteration` or `iter`
 # (any case) with a plain integer value, that is the step of the other values on the
@@ -80,9 +83,10 @@ _VALUE_END = (
     r"|\.(?:[ \t\r\n]|$)"  # a full stop ending a sentence
     r"|[ \t]+(?:[^\w\s]|['\"]?[A-Za-z_][\w.\-/]*+['\"]?[ \t]*[=:]))"  # punctuation or a key
 )
+_WRAPPED = r"(?:np\.float(?:16|32|64)\(|tensor\()?+"  # numpy 2's and torch's repr of a number
 _SEPARATORS = (  # the separator and the value after it; the key is checked in Python
-    rf"=[ \t]*((?>{_NUMBER})){_VALUE_END}",
-    rf":(?:[ \t]+|(?<![0-9]:))((?>{_NUMBER})){_VALUE_END}",  # `12:30` is a time
+    rf"=[ \t]*{_WRAPPED}((?>{_NUMBER})){_VALUE_END}",
+    rf":(?:[ \t]+|(?<![0-9]:)){_WRAPPED}((?>{_NUMBER})){_VALUE_END}",  # `12:30` is a time
 )
 _KEY = r"['\"]?([\w.\-/]*)['\"]?\Z"  # the name at the end of the token before a separator
 _NAMESPACE = r"(?<![\w.])Namespace\((?:[^()\n]|\([^()\n]*\))*\)?"
@@ -375,7 +379,8 @@ def _read_output(
     patterned = [(d.name, compile_metric_pattern(d.pattern)) for d in defs if d.pattern]
     out: list[MetricPoint] = []
     lines: list[tuple[int, int]] | None = None if where is None else []
-    if not patterned:  # the fast path: the bytes as they are, no decoding
+    dicts = may_hold_dicts(data, end)  # printed dicts with quoted numbers (dict_lines.py)
+    if not patterned and not dicts:  # the fast path: the bytes as they are, no decoding
         _default_points(data, end, time, source, frozenset(), out, lines)
         if where is not None:
             _locate(data, _by_line(lines, out), where)
@@ -388,12 +393,14 @@ def _read_output(
     line_steps: dict[int, int | None] = {}
     for name, mp in patterned:
         _pattern_points(text, name, mp, time, source, line_steps, found)
+    if dicts:
+        found += dict_points(text, time, source, owned, lambda b: _line_step(text, b))
     if not found and where is None:
         return out, end
     # Merge by line: a line's default points first, then its pattern points by position.
     merged = [(b, 0, k, "", ps) for k, (b, _, ps) in enumerate(_by_line(lines, out))]
     by_name = {d.name: d.pattern for d in defs if d.pattern}
-    merged += [(b, 1, pos, by_name[p.name], [p]) for b, pos, p in found]
+    merged += [(b, 1, pos, by_name.get(p.name, ""), [p]) for b, pos, p in found]
     merged.sort(key=lambda e: (e[0], e[1], e[2]))
     if where is not None:
         _locate(text, [(b, pattern, ps) for b, _, _, pattern, ps in merged], where)

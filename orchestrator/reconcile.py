@@ -35,6 +35,7 @@ from .confirm import APPLY_ALL, Gate, describe
 from .errors import BackendError, NeroError, WorkbookError
 from .jobs import params_json
 from .lifecycle import observe, recovery
+from .metric_files import DEFAULT_GLOBS, globs_of
 from .metrics import goals_of
 from .model import (
     Action,
@@ -414,7 +415,8 @@ class Reconciler:
         report.warnings.extend(Mailer.of(self.store, self.project_dir).on_pass(_Specs(self), self.workbook, now))
 
     def _handle(self, r: RunRecord) -> Handle:
-        return Handle(r.key, r.attempt, r.job_id, r.run_dir, r.offsets, r.submitted_at)
+        globs = globs_of(self.workbook.metrics) if self.workbook else DEFAULT_GLOBS
+        return Handle(r.key, r.attempt, r.job_id, r.run_dir, r.offsets, r.submitted_at, globs)
 
     def _recover(self, now: float, report: PassReport) -> None:
         """Attempts recorded but not confirmed (a crash between submit and record)."""

@@ -16,6 +16,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Tests stop `nero reconcile --watch` with SIGINT (Ctrl-C). A shell starting a command in the
+# background (`.ci/run &` from a script) sets SIGINT to ignored, every child inherits that,
+# and Python then never raises KeyboardInterrupt: the loops would not stop. A Python handler
+# here is reset to the default at each child's exec, so every nero the tests start hears Ctrl-C.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 def nero(*args: str, cwd: Path | str | None = None, timeout: float = 180, check: bool = False,
          env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -113,6 +113,11 @@ def test_source_precedence() -> None:
     tracked = [MetricPoint("loss", 0.123, 1, None, "track")]
     assert prefer_tracked(printed, tracked) == [printed[1], tracked[0]]
     assert prefer_tracked(printed, []) == printed
+    # the files frameworks write (exact, float32 in an event file) rank between track and stdout
+    assert source_rank("track") > source_rank("tensorboard") == source_rank("csv") > source_rank("stdout")
+    board = [MetricPoint("loss", 0.12300000339746475, 1, None, "tensorboard"), MetricPoint("lr", 0.5, 1, None, "csv")]
+    assert prefer_tracked(printed, board) == board  # the printed loss and lr give way
+    assert prefer_tracked(printed, tracked + board) == [tracked[0], board[1]]  # track's loss over the file's
 
 
 # ------------------------------------------------------------------------------ unknown names

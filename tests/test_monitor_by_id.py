@@ -121,8 +121,15 @@ def test_sge_accounting_is_read_from_a_bounded_tail_of_the_file(remote: Remote):
     import shlex
     import time
 
-    jid = remote.ssh("qsub -terse -b y -o /dev/null -e /dev/null -N not-nero /bin/false").strip()
     acc = '"${SGE_ROOT:-/var/lib/gridengine}/${SGE_CELL:-default}/common/accounting"'
+    # a history longer than the tail read below, whatever ran before this test (a fresh
+    # testbed's file holds a job or two): an array of 24 short jobs adds ~12 KB
+    deadline = time.time() + 90
+    if int(remote.ssh(f"wc -c < {acc}")) <= 8000:
+        remote.ssh("qsub -terse -t 1-24 -b y -o /dev/null -e /dev/null -N history /bin/true")
+        while time.time() < deadline and int(remote.ssh(f"wc -c < {acc}")) <= 8000:
+            time.sleep(1)
+    jid = remote.ssh("qsub -terse -b y -o /dev/null -e /dev/null -N not-nero /bin/false").strip()
     first = remote.ssh(f"grep -v '^#' {acc} | head -n 1 | cut -d: -f6").strip()
     deadline = time.time() + 60
     while time.time() < deadline and f"jobnumber    {jid}" not in remote.ssh(f"qacct -j {jid} 2>/dev/null; true"):

@@ -639,3 +639,69 @@ def test_logs_of_remote_runs_are_read_on_the_cluster_and_followed_to_the_end(rem
     remote.ssh(f"rm -rf {remote.workdir}/talk-ssh*")
     gone = remote.nero("logs", "-w", str(remote.project), "talk-ssh")
     assert gone.returncode != 0 and "does not exist (any more)" in gone.stderr
+
+
+# --------------------------------------------------------------------------- metric files
+REPLAY = r'''
+import os, sys, time
+run = os.environ["NERO_RUN_DIR"]
+data = open("events.bin", "rb").read()  # written by tensorboardX on nero's side: none is installed here
+cut = int(sys.argv[1])
+os.makedirs(os.path.join(run, "tb"))
+with open(os.path.join(run, "tb", "events.out.tfevents.1.remote"), "ab") as f:
+    f.write(data[:cut])  # ends inside a record, as a file being written does
+with open(os.path.join(run, "metrics.csv"), "a") as f:
+    f.write("epoch,step,val_loss\n0,10,0.5\n")
+open(os.path.join(run, "half"), "w").close()
+while not os.path.exists(os.path.join(run, "go")):
+    time.sleep(0.1)
+with open(os.path.join(run, "tb", "events.out.tfevents.1.remote"), "ab") as f:
+    f.write(data[cut:])
+with open(os.path.join(run, "metrics.csv"), "a") as f:
+    f.write("1,20,0.25\n")
+'''
+
+
+@pytest.mark.parametrize("cluster", ["ssh", "slurm"])
+def test_event_files_and_csvs_on_a_remote_host_arrive_pass_by_pass(remote: Remote, tmp_path_factory, cluster: str):
+    """The agent finds and reads a run's metric files on the cluster (no TensorBoard, no
+    torch there); nero decodes them: what a pass stores is what the file held whole then."""
+    tensorboardX = pytest.importorskip("tensorboardX")
+    tmp_path = tmp_path_factory.mktemp("writer")
+    w = tensorboardX.SummaryWriter(str(tmp_path / "tb"))
+    for s in range(10):
+        w.add_scalar("train/loss", 1.0 / (s + 1), s)
+    w.close()
+    data = next((tmp_path / "tb").rglob("events.out.tfevents.*")).read_bytes()
+    starts, i = [], 0
+    while i < len(data):
+        starts.append(i)
+        i += 16 + int.from_bytes(data[i:i + 8], "little")
+    cut = starts[6] + 20  # records 0 (the file's version) and steps 0-4 whole, step 5 begun
+    (remote.project / "events.bin").write_bytes(data)
+    (remote.project / "replay.py").write_text(REPLAY)
+    write_workbook(remote.project / "experiments.xlsx", [
+        {"id": "tb", "command": f"python3 replay.py {cut}", "cluster": cluster}], clusters=remote.clusters())
+    first_pass = remote.nero("reconcile", str(remote.project))
+    assert first_pass.returncode == 0, first_pass.stdout + first_pass.stderr
+    [(run_dir,)] = remote.db("SELECT run_dir FROM attempts")
+    wait_for(lambda: remote.ssh(f"test -e {run_dir}/half && echo yes || true").strip() == "yes", timeout=60,
+             what="the first half written on the cluster")
+
+    def points() -> list[tuple]:
+        return remote.db("SELECT name, step, value, source FROM metrics WHERE source != 'stdout' ORDER BY rowid")
+
+    assert remote.nero("reconcile", str(remote.project)).returncode == 0
+    first = points()
+    assert [p for p in first if p[3] == "tensorboard"] == [
+        ("train/loss", s, 1.0 / (s + 1) if s != 2 else 0.33333334, "tensorboard") for s in range(5)]
+    assert [p for p in first if p[3] == "csv"] == [("epoch", 10, 0.0, "csv"), ("val_loss", 10, 0.5, "csv")]
+    remote.ssh(f"touch {run_dir}/go")
+    wait_for(lambda: remote.ssh(f"test -e {run_dir}/exit_code && echo yes || true").strip() == "yes", timeout=60,
+             what="the job's end")
+    wait_for(lambda: remote.nero("reconcile", str(remote.project)) and remote.status()["tb"]["state"] == "completed",
+             timeout=60, what="the run completed")
+    rows = points()
+    assert rows[:len(first)] == first
+    assert [s for n, s, _, src in rows if src == "tensorboard"] == list(range(10))  # each once
+    assert [p for p in rows if p[3] == "csv"][-2:] == [("epoch", 20, 1.0, "csv"), ("val_loss", 20, 0.25, "csv")]

@@ -19,7 +19,9 @@ Operations (request["op"]):
   poll       the scheduler's word on the live jobs (a listing of those jobs by id, then
              details for the jobs the listing lacks), then each run's status files and the bytes
              appended to its outputs since the given offsets, bounded per file and in
-             total
+             total; and the metric files (TensorBoard event files, CSVs) below its run
+             folder that the request's globs match, each from its given offset (nero
+             decodes them: orchestrator/metric_files.py)
   adopt      under the submit lock: each run directory's job id / submission record,
              whether its job was handed over at all (`handed`, written just before the
              submit command runs or the process starts) and the scheduler's listing of
@@ -364,6 +366,8 @@ def op_poll(req, inp, reply):
         reply.header["scheduler"] = _scheduler(sched, req.get("ids", []), reply)
     per_file = int(req.get("per_file", 8 << 20))
     budget = int(req.get("budget", 64 << 20))
+    sources = req.get("sources") or {}
+    globs = [(glob_regex(g), bool(head)) for g, head in sources.get("globs", [])]
     runs = []
     for r in req.get("runs", []):
         d = r["dir"]
@@ -382,6 +386,10 @@ def op_poll(req, inp, reply):
             budget -= len(data)
             chunks.append(reply.blob(data))
         item = {"files": files, "chunks": chunks, "mid": mids, "complete": complete, "dir": os.path.isdir(d)}
+        if globs:
+            found, budget = read_sources(d, globs, sources, r.get("src") or {}, per_file, budget, reply)
+            item["sources"] = found
+            item["complete"] = complete and all(f[5] for f in found)
         if files.get("exit_code") is not None:
             item["tail"] = reply.blob(tail(os.path.join(d, "stderr.log")))
         if r.get("check_pid"):
@@ -391,6 +399,82 @@ def op_poll(req, inp, reply):
     reply.header["runs"] = runs
     reply.header["disk_free_mb"] = disk_free_mb(workdir)
     reply.header["time"] = time.time()
+
+
+def glob_regex(glob):
+    """A glob of paths relative to a run folder as a regex: `*` and `?` within one name,
+    `**/` any number of folders."""
+    out, i = [], 0
+    while i < len(glob):
+        if glob.startswith("**/", i):
+            out.append("(?:[^/]+/)*")
+            i += 3
+            continue
+        c = glob[i]
+        out.append("[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c))
+        i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def list_sources(d, globs, max_files=64, max_entries=5000, depth=8):
+    """The files below run folder d (relative paths, sorted, at most max_files) that a glob
+    matches, each with whether a read from inside it needs its first line. Hidden folders
+    and links to folders are not entered; at most max_entries entries and depth folders deep
+    are looked at, so a folder of a million checkpoints costs little."""
+    found, seen, todo = {}, 0, [("", 0)]
+    while todo and seen < max_entries:
+        rel, level = todo.pop()
+        try:
+            it = os.scandir(os.path.join(d, rel) if rel else d)
+        except OSError:
+            continue
+        with it:
+            for e in it:
+                seen += 1
+                if seen > max_entries:
+                    break
+                name = rel + "/" + e.name if rel else e.name
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        if level < depth and not e.name.startswith("."):
+                            todo.append((name, level + 1))
+                        continue
+                except OSError:
+                    continue
+                for rx, head in globs:
+                    if rx.match(name):
+                        found[name] = head
+                        break
+    return [(n, found[n]) for n in sorted(found)[:max_files]]
+
+
+def first_line(p, limit=65536):
+    data = read_from(p, 0, limit)
+    nl = data.find(b"\n")
+    return data[:nl + 1] if nl >= 0 else b""
+
+
+def read_sources(d, globs, opts, known, per_file, budget, reply):
+    """[path, offset, data, size, head, whole] of each metric file below d with bytes past
+    its known offset (or shorter than it: replaced), and the budget left."""
+    out = []
+    for name, head in list_sources(d, globs, int(opts.get("max_files", 64)), int(opts.get("max_entries", 5000)),
+                                   int(opts.get("depth", 8))):
+        p = os.path.join(d, name)
+        off = int(known.get(name, 0))
+        try:
+            size = os.path.getsize(p)
+        except OSError:
+            continue
+        if size == off:
+            continue
+        limit = min(per_file, budget)
+        data = read_from(p, off, limit) if size > off else b""
+        budget -= len(data)
+        whole = off + len(data) >= size
+        top = reply.blob(first_line(p)) if head and off > 0 and size > off else None
+        out.append([name, off, reply.blob(data), size, top, whole])
+    return out, budget
 
 
 def write_new(p, data, mode=0o644):

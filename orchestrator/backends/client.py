@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendError
+from ..metric_files import MAX_FILES, needs_head
 from ..model import (
     Cluster,
     ClusterKind,
@@ -43,6 +44,7 @@ from ..model import (
     JobStatus,
     OutputChunk,
     QueueInfo,
+    SourceChunk,
     Submission,
 )
 from ..paths import ClusterPaths
@@ -365,7 +367,11 @@ class AgentBackend(ABC):
         req = {"workdir": info.workdir, "per_file": per_file, "budget": budget,
                "runs": [{"dir": h.run_dir, "off": [h.offsets.stdout, h.offsets.stderr, h.offsets.metrics,
                                                     h.offsets.resources],
+                         "src": {f.path: f.offset for f in h.offsets.files},
                          "pid": h.job_id, "check_pid": check_pid} for h in handles]}
+        globs = list(dict.fromkeys(g for h in handles for g in h.sources))
+        if globs:
+            req["sources"] = {"globs": [[g, needs_head(g)] for g in globs], "max_files": MAX_FILES}
         if query is not None:
             req["scheduler"] = query
             req["ids"] = sorted({h.job_id for h in handles if h.job_id})
@@ -433,6 +439,8 @@ class AgentBackend(ABC):
             signalled=files.get("stopped") is not None, window=window,
             midline=tuple(bool(m) for m in item.get("mid") or (False,) * len(chunks)),
             dir_exists=bool(item.get("dir", True)),
+            sources=tuple(SourceChunk(path, int(off), reply.blob(data), int(size), reply.blob(head))
+                          for path, off, data, size, head, *_ in item.get("sources") or ()),
         )
 
     # ------------------------------------------------------------ adopt

@@ -1,6 +1,8 @@
-"""The `nero` command line (click for parsing, rich for tables and progress, schedule for
-the loop). Each command parses its options, asks a `Project` (orchestrator/project.py),
-and prints; `group.py` holds the click group and what the commands share.
+"""The `nero` command line (click for parsing, rich for tables and progress). Each command
+parses its options, calls what the Python API calls too (`orchestrator.loop`,
+`orchestrator.operations`, `orchestrator.views`) or asks a `Project`
+(orchestrator/project.py), and prints; `group.py` holds the click group and what the
+commands share.
 
     group      the `nero` group, the workbook argument, opening the project, errors,
                selectors, the clock (`$NERO_NOW`, a test hook)
@@ -9,7 +11,7 @@ and prints; `group.py` holds the click group and what the commands share.
     runs       plan, status, history
     listing    how many runs are shown: status's summary, plain tables, streamed --json/--csv,
                the plan's grouped actions
-    loop       reconcile (one pass, --watch, --until-done) and its scheduled digests
+    loop       reconcile (one pass, --watch, --until-done: `orchestrator.loop`), printed
     actions    abort, restart, hold, release, apply (confirm what awaits confirmation)
     logs       logs
     mail       digest, mail

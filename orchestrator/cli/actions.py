@@ -11,22 +11,22 @@ from typing import TYPE_CHECKING
 import click
 
 from ..errors import NeroError
-from ..project import Candidate, Project
+from ..operations import PlanChanged, confirm_plan, override
 from .console import STATE_STYLE, awaiting_lines, console, escape, print_report
-from .group import WORKBOOK_OPTION, main, open_project, select, warn, workbook_and_selector
+from .group import WORKBOOK_OPTION, fail, main, open_project, warn, workbook_and_selector
 
 if TYPE_CHECKING:
-    from ..model import Plan
+    from collections.abc import Sequence
+
+    from ..project import Candidate
+    from ..reconcile import PassReport
 
 __all__ = ["abort", "apply", "hold", "release", "restart"]
 
 
-def _confirm(verb: str, found: list[Candidate], yes: bool) -> bool:
+def _confirm(verb: str, found: Sequence[Candidate], yes: bool) -> bool:
     from rich.table import Table
 
-    if not found:
-        click.echo(f"No run matches; nothing to {verb}. `nero status` lists the runs.")
-        return False
     t = Table(box=None, header_style="bold", pad_edge=False)
     for col in ("#", "run", "state", "cluster"):
         t.add_column(col, no_wrap=col != "run")
@@ -42,16 +42,13 @@ def _confirm(verb: str, found: list[Candidate], yes: bool) -> bool:
     return click.confirm(f"{verb.capitalize()} these {len(found)} runs?", default=False)
 
 
-def _apply_now(project: Project, prune: bool = False) -> None:
-    """Run a pass right away unless a watching reconcile holds the lock (it applies it then)."""
-    try:
-        report = project.apply_now(prune=prune)
-    except NeroError as e:
-        warn(f"recorded, but the pass failed: {e}; the next `nero reconcile` applies it")
-        return
-    if report is None:
+def _applied(applied: str, report: PassReport | None, error: str) -> None:
+    """Say how a recorded change was applied (`operations.Manual.applied`)."""
+    if applied == "failed":
+        warn(f"recorded, but the pass failed: {error}; the next `nero reconcile` applies it")
+    elif applied == "watcher":
         click.echo("A running `nero reconcile --watch` applies this in its next pass.")
-    else:
+    elif report is not None:
         print_report(report, quiet=False)
 
 
@@ -66,27 +63,20 @@ def _override_command(verb: str, doc: str) -> click.Command:
         given, selector = workbook_and_selector(args, selector_required=True)
         assert selector is not None
         with open_project(workbook or given, load=False) as project:
-            found = select(project, selector, need_workbook=verb in ("restart", "hold"))
-            if verb == "release":
-                held = project.overrides()
-                found = [c for c in found if c.key in held]
-            if not _confirm(verb, found, yes):
+            try:
+                done = override(project, verb, selector, lambda found: _confirm(verb, found, yes),
+                                resume=resume, warn=warn)
+            except NeroError as e:
+                fail(e)
+            if not done.matched:
+                click.echo(f"No run matches; nothing to {verb}. `nero status` lists the runs.")
                 return
-            reason = f"`nero {verb} {selector}`"
-            if verb == "release":
-                n = project.release(found, reason)
-                click.echo(f"Released {n} run{'s' if n != 1 else ''}.")
-            else:
-                if verb == "restart":
-                    done = project.restart(found, reason, resume=resume)
-                else:
-                    done = project.abort(found, reason) if verb == "abort" else project.hold(found, reason)
-                for key in done.skipped:
-                    warn(f"{key} is no longer in the workbook; skipped")
-                n = len(done.keys)
-                click.echo(f"Recorded {verb} for {n} run{'s' if n != 1 else ''}; "
-                           "`nero plan` shows it until the row changes.")
-            _apply_now(project)
+            if not done.done:
+                return  # not confirmed
+            for key in done.skipped:
+                warn(f"{key} is no longer in the workbook; skipped")
+            click.echo(done.message())
+            _applied(done.applied, done.report, done.error)
 
     return command
 
@@ -128,30 +118,17 @@ def apply(args: tuple[str, ...], workbook: str | None, prune: bool) -> None:
     """
     given, wanted = workbook_and_selector(args)
     with open_project(workbook or given) as project:
-        plan = project.plan(prune=prune)
-        if wanted and wanted != plan.fingerprint:
-            raise click.ClickException(_changed_since(project, wanted, plan))
-        if not plan.awaiting:
-            click.echo("Nothing awaits confirmation; `nero plan` shows what a pass would do.")
-            return
-        for line in awaiting_lines(plan, limit=len(plan.awaiting)):
-            click.echo(line.partition(" — awaiting confirmation")[0])
-        n = len(project.confirm(plan))
-        click.echo(f"Confirmed {n} change{'s' if n != 1 else ''} (plan {plan.fingerprint}).")
-        _apply_now(project, prune)
-
-
-def _changed_since(project: Project, wanted: str, plan: Plan) -> str:
-    """Why `nero apply ID` refuses: the plan shown as ID is not the plan now, and how."""
-    from ..confirm import describe
-
-    now = "nothing awaits confirmation now" if not plan.fingerprint else (
-        f"the plan now is {plan.fingerprint}; check it with `nero plan` and confirm it with `nero apply {plan.fingerprint}`")
-    shown = project.shown_plan(wanted)
-    if shown is None:
-        return f"no plan {wanted} was shown for this workbook; {now}"
-    current = {describe(a) for a in plan.awaiting}
-    gone, new = sorted(set(shown) - current), sorted(current - set(shown))
-    said = [f"no longer awaiting: {line}" for line in gone[:10]] + [f"newly awaiting: {line}" for line in new[:10]]
-    return (f"the plan changed since {wanted} was shown, so nothing was confirmed:\n  " + "\n  ".join(said) +
-            f"\n{now}")
+        try:
+            done = confirm_plan(project, wanted or "", prune)
+        except PlanChanged as e:
+            raise click.ClickException(str(e)) from None
+        except NeroError as e:
+            fail(e)
+    if not done.confirmed:
+        click.echo("Nothing awaits confirmation; `nero plan` shows what a pass would do.")
+        return
+    for line in awaiting_lines(done.plan, limit=len(done.plan.awaiting)):
+        click.echo(line.partition(" — awaiting confirmation")[0])
+    n = len(done.confirmed)
+    click.echo(f"Confirmed {n} change{'s' if n != 1 else ''} (plan {done.plan.fingerprint}).")
+    _applied(done.applied, done.report, done.error)

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import click
 
+from .. import operations
 from ..errors import NeroError
 from ..units import format_megabytes
 from .console import console as _console
 from .console import escape
-from .group import WORKBOOK_OPTION, fail, main, open_project, select
+from .group import WORKBOOK_OPTION, fail, main, open_project, warn
 
 __all__ = ["export", "plot", "resources"]
 
@@ -27,18 +27,14 @@ def export(workbook: str | None, output: str) -> None:
     """Export every run (parameters, state, timings, last and best metrics of its current
     attempt), every metric point of every attempt (with its `attempt`) and the attempts
     before each run's current one, for pandas, R or a spreadsheet. In Python:
-    Project(workbook).frames() and .attempts_frame()."""
-    from ..frames import export as write
-
+    orchestrator.Project(workbook).runs() and .metrics() (README: From Python)."""
     with open_project(workbook, load=False) as project:
-        runs, metrics = project.frames()
-        attempts = project.attempts_frame()
-    try:
-        paths = write(runs, metrics, Path(output), attempts)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
-    earlier = f"{len(attempts)} earlier attempt{'s' if len(attempts) != 1 else ''}"
-    click.echo(f"Wrote {', '.join(map(str, paths))}: {len(runs)} runs, {earlier}, {len(metrics)} metric points.")
+        try:
+            done = operations.export(project, output)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
+    earlier = f"{done.attempts} earlier attempt{'s' if done.attempts != 1 else ''}"
+    click.echo(f"Wrote {', '.join(map(str, done.paths))}: {done.runs} runs, {earlier}, {done.points} metric points.")
 
 
 @main.command()
@@ -57,30 +53,21 @@ def plot(args: tuple[str, ...], workbook: str | None, output: str | None, with_a
     \b
     Example: nero plot 'demo*' val_loss -o val_loss.png
              nero plot 3 val_loss --attempts"""
-    from ..plots import draw_curves
-
     if len(args) not in (2, 3):
         raise click.UsageError("give SELECTOR and METRIC (and optionally the workbook first)")
     given, selector, metric = (None, *args) if len(args) == 2 else args
     with open_project(workbook or given, load=False) as project:
-        runs = [c.record for c in select(project, selector) if c.record is not None]
-        if not runs:
-            raise click.ClickException(f"no started run matches {selector!r}; `nero status` lists the runs")
-        out = Path(output) if output else project.directory / f"{metric.replace('/', '_')}.png"
-        goal = project.workbook.goal(metric) if project.workbook else None
-        earlier = None
-        if with_attempts:
-            keys = {r.key for r in runs}
-            earlier = {(k, a): h for (k, a), h in project.earlier_histories().items() if k in keys}
         try:
-            drawn = draw_curves(runs, project.histories(), metric, out, goal=goal, earlier=earlier)
+            drawn, n = operations.plot(project, selector, metric, output, with_attempts, warn=warn)
+        except operations.NoRunMatches as e:
+            raise click.ClickException(str(e)) from None
         except NeroError as e:
             fail(e)
         note = ""
         if with_attempts:
             note = (f"; {drawn.curves} curve{'s' if drawn.curves != 1 else ''}: {drawn.current} current, "
                     f"{drawn.earlier} earlier attempt{'s' if drawn.earlier != 1 else ''}")
-        click.echo(f"Wrote {out} ({len(runs)} run{'s' if len(runs) != 1 else ''}{note}).")
+        click.echo(f"Wrote {drawn.path} ({n} run{'s' if n != 1 else ''}{note}).")
 
 
 # ---------------------------------------------------------------- nero resources

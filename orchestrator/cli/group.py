@@ -134,21 +134,12 @@ def workbook_and_selector(args: tuple[str, ...], selector_required: bool = False
 
 
 def select(project: Project, selector_text: str, need_workbook: bool = False) -> list[Candidate]:
-    """The runs a selector matches. A selector that does not parse ends the command; so does
-    a workbook that does not read if `need_workbook`, else only runs nero started count."""
-    from ..expr import parse_selector
+    """The runs a selector matches (`operations.select`). A selector that does not parse ends
+    the command; so does a workbook that does not read if `need_workbook`, else only runs
+    nero started count (a warning says so)."""
+    from ..operations import select as matching
 
     try:
-        selector = parse_selector(selector_text)
-    except NeroError as e:
-        fail(e)
-    try:
-        project.load()
-    except NeroError as e:
-        if need_workbook:
-            fail(e)
-        warn(f"the workbook does not read, so only runs nero started are considered: {str(e).splitlines()[0]}")
-    try:
-        return project.select(selector)
-    except NeroError as e:  # a name that is no metric, parameter or built-in
+        return matching(project, selector_text, need_workbook=need_workbook, warn=warn)
+    except NeroError as e:  # a selector that does not parse, a name that is no metric, parameter or built-in
         fail(e)

@@ -36,7 +36,10 @@ def metrics() -> None:
 @click.argument("workbook", required=False, metavar="[WORKBOOK]")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--summary", is_flag=True, help="Only the summary per metric, not every point.")
-def test(log: Path, workbook: str | None, as_json: bool, summary: bool) -> None:
+@click.option("--as", "kind", type=click.Choice(["auto", "log", "tensorboard", "csv"]), default="auto",
+              show_default=True, help="Read LOG as printed output, a TensorBoard event file or a CSV "
+              "(auto: a name holding `tfevents` is an event file, a `.csv` a CSV, else output).")
+def test(log: Path, workbook: str | None, as_json: bool, summary: bool, kind: str) -> None:
     """Show what nero records from the output in LOG, line by line.
 
     Every metric value taken, with its line, metric, step and value and the pattern that
@@ -57,11 +60,23 @@ def test(log: Path, workbook: str | None, as_json: bool, summary: bool) -> None:
       test_error | Finished epoch (?P<step>\\d+) of \\w+: .* test error ([0-9.]+)
     records test_error = 0.42 at step 7 (a run's output: `nero logs RUN > rnn.log`):
       nero metrics test rnn.log experiments.xlsx
-    """
-    path, defs = _definitions(workbook)
-    from ..capture_report import capture_report
 
-    report = capture_report(log.read_bytes(), defs)  # the workbook's check already refused a broken pattern
+    A metric file a framework writes (a TensorBoard event file, Lightning's metrics.csv,
+    Keras' CSVLogger file) is read as a pass reads it in a run folder: every point with
+    its step and the tag or column it came from (no workbook needed):
+      nero metrics test runs/demo/logs/events.out.tfevents.1733.host.1.0
+    """
+    from ..capture_report import capture_report, file_report
+    from ..metric_files import kind_of
+
+    if kind == "auto":
+        kind = "tensorboard" if "tfevents" in log.name else "csv" if log.suffix.lower() == ".csv" else "log"
+    if kind == "log":
+        path, defs = _definitions(workbook)
+        report = capture_report(log.read_bytes(), defs)  # the workbook's check already refused a broken pattern
+    else:  # named as in a run folder: the folders that name series (train/, validation/) count
+        path, defs = None, ()
+        report = file_report("/".join(log.parts[-3:]), log.read_bytes(), kind)
     if as_json:
         click.echo(json.dumps({"log": str(log), "workbook": str(path) if path else None, **report.as_dict()},
                               indent=2))
@@ -100,19 +115,33 @@ def _print(report: CaptureReport, log: Path, path: Path | None, defs: tuple[Metr
     from rich.table import Table
 
     con = console()
-    patterns = sum(1 for d in defs if d.pattern)
-    source = (f"the {_plural(patterns, 'pattern')} of {path}'s Metrics sheet and the default "
-              "name=value capture" if path else "no workbook: the default name=value capture only")
-    counts = f"{_plural(len(report.captures), 'value')} from {_plural(report.lines, 'line')}"
-    con.print(escape(f"{log}: {counts} ({source})"), soft_wrap=True)
-    if not report.captures:
-        con.print("Nothing taken. Lines such as `loss=0.41` or `val_acc: 0.93` are taken by default; for "
-                  "another format, add a Metrics row with a pattern (sheets/README.md, Metrics).", soft_wrap=True)
-        return
+    first = "line"
+    if report.kind != "log":
+        first = "#"
+        what = "a TensorBoard event file" if report.kind == "tensorboard" else "a CSV of metrics"
+        con.print(escape(f"{log}: {_plural(len(report.captures), 'value')} ({what}, read as nero reads a run "
+                         "folder's metric files)"), soft_wrap=True)
+        for problem in report.problems:
+            warn(problem)
+        if not report.captures:
+            con.print("Nothing taken: no scalar in it" + (" (a CSV needs a header row and numbers in its cells)"
+                                                          if report.kind == "csv" else "") + ".", soft_wrap=True)
+            return
+    else:
+        patterns = sum(1 for d in defs if d.pattern)
+        source = (f"the {_plural(patterns, 'pattern')} of {path}'s Metrics sheet and the default "
+                  "name=value capture" if path else "no workbook: the default name=value capture only")
+        counts = f"{_plural(len(report.captures), 'value')} from {_plural(report.lines, 'line')}"
+        con.print(escape(f"{log}: {counts} ({source})"), soft_wrap=True)
+        if not report.captures:
+            con.print("Nothing taken. Lines such as `loss=0.41` or `val_acc: 0.93` are taken by default; for "
+                      "another format, add a Metrics row with a pattern (sheets/README.md, Metrics).",
+                      soft_wrap=True)
+            return
     if not summary:
         t = Table(header_style="bold", box=None, pad_edge=False)
-        for col in ("line", "metric", "step", "value", "taken by"):
-            t.add_column(col, justify="right" if col in ("line", "step", "value") else "left",
+        for col in (first, "metric", "step", "value", "taken by"):
+            t.add_column(col, justify="right" if col in (first, "step", "value") else "left",
                          overflow="fold", no_wrap=col != "taken by")
         for c in report.captures:
             t.add_row(str(c.line), escape(c.point.name), _number(c.point.step), _number(c.point.value),

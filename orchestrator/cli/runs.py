@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING
 import click
 
 from ..errors import NeroError
+from ..operations import history_rows, run_rows
 from ..project import Project
 from ..units import format_duration, format_significant
+from ..views import freshness_json, freshness_line, plan_json, plan_line
 from .console import STATE_STYLE, console, escape
 from .group import (
     WORKBOOK_ARG,
@@ -21,6 +23,7 @@ from .group import (
     open_project,
     resolve_workbook,
     select,
+    warn,
     workbook_and_selector,
 )
 from .listing import (
@@ -37,7 +40,7 @@ from .listing import (
 
 if TYPE_CHECKING:
     from ..metrics import Summary
-    from ..model import Freshness, Plan, RunRecord
+    from ..model import Plan, RunRecord
 
 __all__ = ["freshness_json", "freshness_line", "history", "plan", "print_plan", "status"]
 
@@ -75,43 +78,10 @@ def plan(workbook: str | None, prune: bool, as_json: bool, details: bool) -> Non
             fail(e)
         now = project.clock()
     if as_json:
-        click.echo(json.dumps({
-            "actions": [{"action": a.kind.value, "run": a.key, "reason": a.reason, "cluster": a.cluster,
-                         "waiting": a.waiting, **({"awaiting": a.awaiting} if a.awaiting else {})} for a in p.actions],
-            "unchanged": p.unchanged,
-            "awaiting": {"count": len(p.awaiting), "id": p.fingerprint,
-                         "confirm": f"nero apply {p.fingerprint}" if p.fingerprint else ""},
-            "freshness": freshness_json(fresh, now),
-        }, indent=2))
+        click.echo(json.dumps(plan_json(p, fresh, now), indent=2))
         return
     print_plan(p, details=details)
     click.echo(freshness_line(fresh, now))
-
-
-def freshness_line(f: Freshness, now: float) -> str:
-    """How fresh the picture a command shows is, in one line: "as of the pass at 12:03:10
-    (4m02s ago); no reconcile running — run `nero reconcile` to update"."""
-    if f.last_pass is None:
-        line = "no reconcile pass recorded yet"
-    else:
-        same_day = time.localtime(f.last_pass)[:3] == time.localtime(now)[:3]
-        stamp = time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S", time.localtime(f.last_pass))
-        line = f"as of the pass at {stamp} ({format_duration(now - f.last_pass)} ago)"
-    if f.running:
-        holder = ", ".join(x for x in (f"pid {f.pid}" if f.pid else "", f.doing) if x)
-        return line + (f"; reconcile running ({holder})" if holder else "; the reconcile lock is held by another process")
-    if f.refreshed:
-        line += f"; local runs read just now ({len(f.ended)} ended since)"
-    elif f.note:
-        line += f"; local runs not read ({f.note})"
-    return line + "; no reconcile running — run `nero reconcile` to update"
-
-
-def freshness_json(f: Freshness, now: float) -> dict[str, object]:
-    """The freshness of `nero plan --json` (its `freshness` key)."""
-    return {"last_pass": f.last_pass, "age_s": None if f.last_pass is None else now - f.last_pass,
-            "reconcile_running": f.running, "pid": f.pid, "doing": f.doing, "refreshed": list(f.refreshed),
-            "ended": list(f.ended), "line": freshness_line(f, now)}
 
 
 def print_plan(p: Plan, details: bool = False) -> None:
@@ -143,15 +113,8 @@ def print_plan(p: Plan, details: bool = False) -> None:
             where = "awaiting confirmation" if a.awaiting else where
             t.add_row(f"[{style}]{s}[/]", f"[{style}]{a.kind.value}[/]", escape(a.key), escape(reason), escape(where))
         con.print(t)
-    counts = {k: len(p.of(k)) for k in ActionKind}
-    parts = [f"{counts[k]:,} to {k.value}" for k in (ActionKind.SUBMIT, ActionKind.RESTART, ActionKind.CANCEL) if counts[k]]
-    parts += [f"{counts[k]:,} {k.value}" for k in (ActionKind.ORPHAN, ActionKind.HOLD) if counts[k]]
     say = click.echo if big else con.print
-    if not p.changes:
-        say(f"No changes. {p.unchanged:,} run{'s' if p.unchanged != 1 else ''} unchanged" +
-            (f"; {', '.join(parts)}." if parts else "."))
-    else:
-        say(f"Plan: {', '.join(parts)}; {p.unchanged:,} unchanged.")
+    say(plan_line(p))
     if p.awaiting:
         n = len(p.awaiting)
         con.print(f"{n:,} change{'s' if n != 1 else ''} awaiting confirmation; to apply exactly these: "
@@ -200,26 +163,16 @@ def status(args: tuple[str, ...], as_json: bool, as_csv: bool, show_all: bool, w
             _not_started(project)
             return
         runs = [c.record for c in select(project, selector) if c.record] if selector else project.runs()
+        if as_json:
+            stream_json(run_rows(project, runs, fresh, with_attempts))
+            click.echo(freshness_line(fresh, now), err=True)
+            return
         earlier: dict[str, list[RunRecord]] = {}
         if with_attempts:
             for a in project.earlier_attempts(r.key for r in runs):
                 earlier.setdefault(a.key, []).append(a)
-        values, checkpoints = project.metric_values(runs), project.checkpoints()
+        values = project.metric_values(runs)
         attempt_values = project.attempt_values([a for per in earlier.values() for a in per])
-        if as_json:
-            stream_json({
-                "number": r.number, "run": r.key, "state": r.state.value, "cluster": r.cluster, "attempt": r.attempt,
-                "job_id": r.job_id, "host": r.host, "runtime_s": r.runtime(now), "reason": r.reason,
-                **_shown_json(values[r.key], checkpoints), "step": r.step,
-                "run_dir": r.run_dir, "orphaned": r.orphaned, "retry": r.retry, "code_hash": r.code_hash,
-                "git_commit": r.git_commit, "git_dirty": r.git_dirty, "peak_rss_mb": r.peak_rss_mb,
-                "peak_gpu_mem_mb": r.peak_gpu_mem_mb, "gpu_util_pct": r.mean_gpu_util_pct,
-                "as_of": now if r.key in fresh.refreshed else fresh.last_pass,
-                **({"attempts": [_attempt_json(a, now, attempt_values[(a.key, a.attempt)], checkpoints)
-                                 for a in earlier.get(r.key, ())]} if with_attempts else {}),
-            } for r in runs)
-            click.echo(freshness_line(fresh, now), err=True)
-            return
         if as_csv:
             _status_csv(runs, now, values)
             click.echo(freshness_line(fresh, now), err=True)
@@ -255,21 +208,6 @@ def _status_csv(runs: list[RunRecord], now: float, values: dict[str, dict[str, S
                         for r in runs))
 
 
-def _json_number(v: float | None) -> float | None:
-    return None if v is None or v != v else v
-
-
-def _shown_json(values: dict[str, Summary], checkpoints: tuple[int, ...]) -> dict[str, object]:
-    """A run's metrics in `status --json`: `metrics` (the last values), `best`, and `at`
-    (metric → {checkpoint step: value}); NaN and no value are null."""
-    return {
-        "metrics": {m: _json_number(v.last) for m, v in values.items()},
-        "best": {m: _json_number(v.best) for m, v in values.items()},
-        "at": {m: {str(cp): _json_number(x) for cp, x in zip(checkpoints, v.at, strict=True)}
-               for m, v in values.items()} if checkpoints else {},
-    }
-
-
 def _not_started(project: Project) -> None:
     """One line about runs the sheet asks for that have not started (needs the workbook)."""
     from collections import Counter
@@ -285,16 +223,6 @@ def _not_started(project: Project) -> None:
     if kinds:
         parts = ", ".join(f"{n} {k}" for k, n in kinds.items())
         click.echo(f"Not started: {parts} (`nero plan` says why).")
-
-
-def _attempt_json(a: RunRecord, now: float, values: dict[str, Summary], checkpoints: tuple[int, ...]
-                  ) -> dict[str, object]:
-    """An earlier attempt in `nero status --attempts --json`."""
-    return {"attempt": a.attempt, "state": a.state.value, "reason": a.reason, "cluster": a.cluster,
-            "job_id": a.job_id, "host": a.host, "started_at": a.started_at, "ended_at": a.ended_at,
-            "runtime_s": a.runtime(now), **_shown_json(values, checkpoints), "step": a.step, "run_dir": a.run_dir,
-            "retry": a.retry, "command": a.command, "git_commit": a.git_commit, "git_dirty": a.git_dirty,
-            "peak_rss_mb": a.peak_rss_mb, "peak_gpu_mem_mb": a.peak_gpu_mem_mb, "gpu_util_pct": a.mean_gpu_util_pct}
 
 
 def _status_table(runs: list[RunRecord], now: float, show_all: bool, values: dict[str, dict[str, Summary]],
@@ -357,13 +285,12 @@ def history(args: tuple[str, ...], workbook: str | None, as_json: bool, last: in
     workbook, selector = workbook or given, selector or "all"
 
     with open_project(workbook, load=False) as project:
-        found = {c.key: c for c in select(project, selector)}
-        events = [e for e in project.events() if e.key in found]
-        if last:
-            events = events[-last:]
+        try:
+            found, events, rows = history_rows(project, selector, last, warn=warn)
+        except NeroError as e:
+            fail(e)
         if as_json:
-            click.echo(json.dumps([{"time": e.time, "run": e.key, "attempt": e.attempt, "event": e.kind,
-                                    "reason": e.reason} for e in events], indent=2))
+            click.echo(json.dumps(rows, indent=2))
             return
         t = Table(box=None, header_style="bold", pad_edge=False)
         for col in ("time", "#", "run", "attempt", "event", "reason"):

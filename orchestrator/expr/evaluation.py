@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from ..metrics import number_steps
 from ..model import MAX_GOAL_NAMES, RunRecord, Series
 from ..units import format_duration, format_number
 from .tree import (
@@ -78,6 +79,15 @@ def goal_of(metric: str, goals: Mapping[str, str]) -> str:
     return "max" if metric.split("@")[0].lower() in MAX_GOAL_NAMES else "min"
 
 
+def _latest(s: Series) -> float:
+    """A history's value at its largest step (a point without one numbered one past the
+    previous: metrics.number_steps; of equal steps the later)."""
+    if s.ordered:
+        return s.values[-1]
+    steps = number_steps(s.steps)
+    return s.values[max(range(len(steps)), key=lambda k: (steps[k], k))]
+
+
 @dataclass(frozen=True)
 class Facts:
     """What an expression may know about one run. `metrics` holds the latest values,
@@ -105,11 +115,17 @@ class Facts:
     ) -> Facts:
         """The facts of a stored run at time `now`; `history` may hold plain values, the
         `(step, value)` points of `ResultsInput.histories` or their Series (whose values
-        are used as they are)."""
+        are used as they are). A metric's latest value is its Series' at its largest step
+        where there is one (the store's history: of two sources at a step the higher-ranked,
+        so a point that arrives late from a metric file, or at an earlier step, does not
+        replace it), else the stored last value."""
         hist: dict[str, Sequence[float]] = {}
+        latest = dict(record.last)
         for name, points in (history or {}).items():
             if isinstance(points, Series):
                 hist[name] = points.values
+                if len(points.values):
+                    latest[name] = _latest(points)
             else:
                 hist[name] = tuple(p[1] if isinstance(p, tuple) else p for p in points)
         return cls(
@@ -120,7 +136,7 @@ class Facts:
             cluster=record.cluster,
             runtime=record.runtime(now),
             step=record.step,
-            metrics=dict(record.last),
+            metrics=latest,
             history=hist,
             goals=dict(goals or {}),
             params=dict(record.params),

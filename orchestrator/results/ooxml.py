@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .view import CURVE_SHEETS, FORMAT_VERSION, SHEETS
 
@@ -170,14 +170,15 @@ class Existing:
 
 
 # ------------------------------------------------------------------------------ the new file
-def assemble(base: Path, out: Path, rows: Mapping[str, Cells], old: Path | None = None) -> None:
-    """Write `out`: the parts of `base` (xlsxwriter's file) copied as they are, the sheets
+def assemble(base: BinaryIO, out: Path, rows: Mapping[str, Cells], old: Path | None = None) -> None:
+    """Write `out`: the parts of `base` (xlsxwriter's file, in memory) copied as they are, the sheets
     named in `rows` with those rows spliced in, and, given `old`, Curves and Curve data
     (sheets, drawings, charts) copied byte for byte from `old` over `base`'s empty ones.
     Raises CannotReuse when `old`'s curves do not fit `base`."""
     with zipfile.ZipFile(base) as zb, (zipfile.ZipFile(old) if old is not None else nullcontext()) as zo:
         replace, extra, types = _curves_of(zb, zo) if old is not None else ({}, [], None)
-        with open(out, "wb") as f, open(base, "rb") as fb, (open(old, "rb") if old is not None else nullcontext()) as fo:
+        fb = base
+        with open(out, "wb") as f, (open(old, "rb") if old is not None else nullcontext()) as fo:
             w = _ZipWriter(f)
             for info in zb.infolist():
                 name = info.filename

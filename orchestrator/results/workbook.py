@@ -5,6 +5,7 @@ atomically (`orchestrator.files`).
 
 from __future__ import annotations
 
+import io
 import struct
 import zipfile
 from collections.abc import Mapping
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DiskError, NeroError
-from ..files import disk_error, remove_stale_temporaries, temporary_beside, write_atomically
+from ..files import disk_error, remove_stale_temporaries, write_atomically
 from ..model import ResultsInput
 from .curves import write_curves
 from .ooxml import CannotReuse, Cells, Existing, assemble
@@ -45,7 +46,7 @@ def write_results(path: str | Path, data: ResultsInput, *, charts: bool | None =
     the file then shows `data` whole, its curves included (not when they lag).
     """
     path = Path(path)
-    remove_stale_temporaries(path)  # what writers killed mid-write left (`.tmp`, `.base`)
+    remove_stale_temporaries(path)  # what writers killed mid-write left (`.tmp`; `.base` from earlier versions)
     view = View(data, remote_hosts)
     summary_fp, curves_fp = view.fingerprints()
     old = Existing.open(path)
@@ -58,17 +59,14 @@ def write_results(path: str | Path, data: ResultsInput, *, charts: bool | None =
             current.append(True)
         return False
     reuse = old if old is not None and (old.curves_fp == curves_fp or not charts) else None
-    base = temporary_beside(path, ".base")  # xlsxwriter's file, before the rows are spliced in
     try:
-        write_atomically(path, lambda tmp: _build(tmp, base, view, summary_fp, curves_fp, reuse))
+        write_atomically(path, lambda tmp: _build(tmp, view, summary_fp, curves_fp, reuse))
     except (OSError, CannotReuse) as exc:
         raise _disk_trouble(path, exc) or NeroError(f"cannot write the results workbook {path}: {exc}") from exc
     except Exception as exc:
         if type(exc).__module__.startswith("xlsxwriter"):  # FileCreateError wraps the OSError
             raise _disk_trouble(path, exc) or NeroError(f"cannot write the results workbook {path}: {exc}") from exc
         raise
-    finally:
-        base.unlink(missing_ok=True)
     if whole and current is not None:
         current.append(True)
     return True
@@ -82,24 +80,26 @@ def _disk_trouble(path: Path, exc: BaseException) -> DiskError | None:
     return None
 
 
-def _build(out: Path, base: Path, view: View, summary_fp: str, curves_fp: str,
-           reuse: Existing | None) -> None:
-    """Write the workbook to `out`, with the curves of `reuse` when they can be taken over
-    (`base` holds xlsxwriter's file meanwhile)."""
+def _build(out: Path, view: View, summary_fp: str, curves_fp: str, reuse: Existing | None) -> None:
+    """Write the workbook to `out`, with the curves of `reuse` when they can be taken over.
+    xlsxwriter's file is built in memory: only `out` touches the disk, through a file this
+    module opens and closes (a zip xlsxwriter left open on a full disk complained again
+    when it was collected)."""
     if reuse is not None:
-        rows = _write_book(base, view, summary_fp, reuse.curves_fp, curves=False, curves_at=reuse.curves_at)
+        base, rows = _write_book(view, summary_fp, reuse.curves_fp, curves=False, curves_at=reuse.curves_at)
         try:
             assemble(base, out, rows, reuse.path)
             return
         except (CannotReuse, OSError, zipfile.BadZipFile, KeyError, struct.error, UnicodeDecodeError):
             pass  # the old file's curves cannot be taken over: build them
-    assemble(base, out, _write_book(base, view, summary_fp, curves_fp, curves=True))
+    base, rows = _write_book(view, summary_fp, curves_fp, curves=True)
+    assemble(base, out, rows)
 
 
-def _new_book(path: Path, view: View, summary_fp: str, curves_fp: str, curves_at: float) -> Any:
+def _new_book(target: io.BytesIO, view: View, summary_fp: str, curves_fp: str, curves_at: float) -> Any:
     import xlsxwriter
 
-    book = xlsxwriter.Workbook(str(path), {
+    book = xlsxwriter.Workbook(target, {
         "in_memory": True,  # the sheets' rows are written by ooxml.Cells: xlsxwriter's part is small
         "strings_to_formulas": False, "strings_to_urls": False, "strings_to_numbers": False,
         "nan_inf_to_errors": False,
@@ -118,12 +118,14 @@ def _new_book(path: Path, view: View, summary_fp: str, curves_fp: str, curves_at
     return book
 
 
-def _write_book(path: Path, view: View, summary_fp: str, curves_fp: str, *, curves: bool,
-                curves_at: float | None = None) -> dict[str, Cells]:
-    """Write the workbook's frame with xlsxwriter (every sheet, Curves and Curve data empty
-    with curves=False); returns the sheets' rows, by part name, for `assemble`."""
+def _write_book(view: View, summary_fp: str, curves_fp: str, *, curves: bool,
+                curves_at: float | None = None) -> tuple[io.BytesIO, dict[str, Cells]]:
+    """Write the workbook's frame with xlsxwriter, in memory (every sheet, Curves and Curve
+    data empty with curves=False); returns it and the sheets' rows, by part name, for
+    `assemble`."""
     stamp = curves_at if curves_at is not None else view.data.now
-    book = _new_book(path, view, summary_fp, curves_fp, stamp)
+    base = io.BytesIO()
+    book = _new_book(base, view, summary_fp, curves_fp, stamp)
     fmt = Formats(book)
     sheets = {name: book.add_worksheet(name) for name in SHEETS}
     rows = {"Summary": write_summary(sheets["Summary"], view, fmt)}
@@ -134,4 +136,4 @@ def _write_book(path: Path, view: View, summary_fp: str, curves_fp: str, *, curv
     rows["Queue"] = write_queue(sheets["Queue"], view, fmt)
     rows["Attempts"] = write_attempts(sheets["Attempts"], view, fmt)
     book.close()
-    return {f"xl/worksheets/sheet{SHEETS.index(name) + 1}.xml": cells for name, cells in rows.items()}
+    return base, {f"xl/worksheets/sheet{SHEETS.index(name) + 1}.xml": cells for name, cells in rows.items()}

@@ -101,6 +101,8 @@ METRIC_HELP = {
     "pattern": "Optional regular expression over output lines with one group for the value (and "
                "optionally a group named step), e.g. val_loss[=:]\\s*([-+.\\deE]+|nan). Empty: name=value.",
     "goal": "min (lower is better) or max (higher is better); decides 'best' in results.",
+    "file": "Optional: metric files in the run folder to read, as a glob, e.g. history.csv (Keras' CSVLogger) "
+            "or logs/*.csv. TensorBoard event files and Lightning's metrics.csv are read without it.",
     "notes": "Free text; nero ignores it.",
 }
 SETTING_HELP = {
@@ -138,7 +140,8 @@ EXAMPLE_EXPERIMENTS = (
      "retries a failed run once, resuming from its checkpoint."),
 )
 EXAMPLE_CLUSTERS = (CLUSTER_COLUMNS, ("local", "local"))
-EXAMPLE_METRICS = (("name", "pattern", "goal"), ("loss", None, "min"), ("val_loss", None, "min"), ("acc", None, "max"))
+EXAMPLE_METRICS = (("name", "pattern", "goal", "file"), ("loss", None, "min", None), ("val_loss", None, "min", None),
+                   ("acc", None, "max", None))
 EXAMPLE_SETTINGS: tuple[tuple[str, object], ...] = (
     ("results", "results.xlsx"), ("interval", 5), ("digest", "off"), ("email_to", None),
     ("email_from", None), ("smtp_host", None), ("smtp_port", None), ("smtp_user", None),

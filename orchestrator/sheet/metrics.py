@@ -1,7 +1,9 @@
-"""The Metrics sheet: the metrics to capture from run output, each with a pattern and a goal."""
+"""The Metrics sheet: the metrics to capture from run output, each with a pattern and a goal,
+and the metric files (`file`: a glob in the run folder) to read besides the default ones."""
 
 from __future__ import annotations
 
+from ..metric_files import check_glob
 from ..metric_patterns import compile_metric_pattern
 from ..metrics import GOALS, default_goal
 from ..model import MetricDef
@@ -10,7 +12,7 @@ from .table import Problems, Sheet, read_table, report_unknown_columns, table_ro
 
 __all__ = ["METRIC_COLUMNS", "read_metrics"]
 
-METRIC_COLUMNS = ("name", "pattern", "goal", "notes")
+METRIC_COLUMNS = ("name", "pattern", "goal", "file", "notes")
 
 
 def read_metrics(sheet: Sheet | None, problems: Problems) -> tuple[MetricDef, ...]:
@@ -29,13 +31,18 @@ def read_metrics(sheet: Sheet | None, problems: Problems) -> tuple[MetricDef, ..
         name = row.require("name", text, "", "missing name; write the metric's name, e.g. val_loss")
         pattern = row.get("pattern", _pattern, "")
         goal = row.get("goal", choice(GOALS), default_goal(name))
+        file = row.get("file", _glob, "")
+        if file and pattern:
+            problems.add(row.ref("file"), f"metric {name!r} has both a pattern (read from printed lines) and a file; "
+                         "keep one: a file's tags and columns are read by their names")
+            continue
         if not name:
             continue
         if name in seen:
             problems.add(row.ref("name"), f"metric {name!r} is defined twice (also {seen[name]}); keep one row")
             continue
         seen[name] = row.ref("name")
-        metrics.append(MetricDef(name, pattern, goal))
+        metrics.append(MetricDef(name, pattern, goal, file))
     return tuple(metrics)
 
 
@@ -45,3 +52,12 @@ def _pattern(value: object, column: str) -> str:
     pattern = text(value)
     compile_metric_pattern(pattern)
     return pattern
+
+
+def _glob(value: object, column: str) -> str:
+    """A file cell: a glob of metric files relative to the run folder (metric_files.check_glob)."""
+    glob = text(value).strip()
+    problem = check_glob(glob) if glob else None
+    if problem:
+        raise ValueError(problem)
+    return glob

@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 import sys
 
-from ..model import LIVE_STATES, Offsets, RunRecord, RunState
+from ..model import LIVE_STATES, Offsets, RunRecord, RunState, SourceOffset
 
-__all__ = ["ADDED_COLUMNS", "DATA_VERSION", "LAST_PASS", "LIVE_WHERE", "PLANNING_SQL", "REWRITES", "SCHEMA", "SCHEMA_VERSION", "SNAPSHOT_SQL", "TRIGGERS", "record_of"]
+__all__ = ["ADDED_COLUMNS", "DATA_VERSION", "LAST_PASS", "LIVE_WHERE", "PLANNING_SQL", "REWRITES", "SCHEMA",
+           "SCHEMA_VERSION", "SNAPSHOT_SQL", "TRIGGERS", "files_json", "files_of", "record_of"]
 
 SCHEMA_VERSION = 1
 
@@ -115,7 +116,8 @@ SELECT r.key, r.number, r.experiment, r.spec_hash, '' AS essence, '' AS params, 
        a.intent, '' AS last, '' AS best, a.step, a.heartbeat_at, a.command, a.peak_rss, a.peak_gpu,
        a.min_disk, a.parent, a.code_hash, a.off_stdout, a.off_stderr, a.off_metrics,
        a.off_resources, a.stop_requested, a.retry, a.gpu_util_sum, a.gpu_util_n,
-       '[' || r.params || ',' || COALESCE(NULLIF(a.last, ''), '{}') || ',' || COALESCE(NULLIF(a.best, ''), '{}') || ']'
+       '[' || r.params || ',' || COALESCE(NULLIF(a.last, ''), '{}') || ',' || COALESCE(NULLIF(a.best, ''), '{}') || ']',
+       a.off_files
 FROM runs r JOIN attempts a ON a.key = r.key AND a.attempt = r.attempt
 """
 # what the planner reads of every run: SNAPSHOT_SQL without parameters and metric values
@@ -154,7 +156,8 @@ def record_of(row: tuple) -> RunRecord:
         intent=bool(row[20]), last=_numbers(last), best=_numbers(best), step=row[23],
         heartbeat_at=row[24], command=row[25], peak_rss_mb=row[26], peak_gpu_mem_mb=row[27],
         min_disk_free_mb=row[28], parent_attempt=row[29], code_hash=row[30],
-        offsets=Offsets(row[31], row[32], row[33], row[34]) if any(row[31:35]) else _NO_OFFSETS,
+        offsets=Offsets(row[31], row[32], row[33], row[34], files_of(row[40])) if any(row[31:35]) or row[40]
+        else _NO_OFFSETS,
         stop_requested=row[35], retry=row[36],
         mean_gpu_util_pct=row[37] / row[38] if row[38] else None,
     )
@@ -198,4 +201,16 @@ TRIGGERS["attempts_live"] = f"CREATE INDEX IF NOT EXISTS attempts_live ON attemp
 LAST_PASS = "last_pass"
 
 # columns added after a store's first release: a store that lacks one gets it (name → type)
-ADDED_COLUMNS = {"attempts": {"gpu_util_sum": "REAL", "gpu_util_n": "INTEGER NOT NULL DEFAULT 0"}}
+ADDED_COLUMNS = {"attempts": {"gpu_util_sum": "REAL", "gpu_util_n": "INTEGER NOT NULL DEFAULT 0",
+                              "off_files": "TEXT NOT NULL DEFAULT ''"}}
+
+
+def files_json(files: tuple[SourceOffset, ...]) -> str:
+    """The `off_files` column: the read offsets of an attempt's metric files (metric_files.py),
+    `[[path, offset, rows, seen, head], …]`; '' for none."""
+    return json.dumps([[f.path, f.offset, f.rows, f.seen, f.head] for f in files]) if files else ""
+
+
+def files_of(text: str) -> tuple[SourceOffset, ...]:
+    """The offsets `files_json` wrote."""
+    return tuple(SourceOffset(*f) for f in json.loads(text)) if text else ()

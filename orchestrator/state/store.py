@@ -1,11 +1,10 @@
 """The SQLite state store (`.nero/state.db` beside the workbook): the home of sqlite3.
 
-Tables: `runs` (identity and essence of each run the sheet ever asked for and nero
-submitted), `attempts` (each submission of a run: job id, run directory, state, read
-offsets, last/best metrics), `metrics` (every metric point), `events` (every transition
-with its reason), `outbox` (e-mails: the exact message, its delivery status and a sent
-mark), `meta` (schema version, the e-mail event cursor, last digest time and the time of
-the last reconcile pass).
+Tables: `runs` (identity and essence of each run the sheet ever asked for and nero submitted),
+`attempts` (each submission of a run: job id, run directory, state, read offsets, its metric files'
+offsets, last/best metrics), `metrics` (every metric point), `events` (every transition with its
+reason), `outbox` (e-mails: the exact message, its delivery status and a sent mark), `meta`
+(schema version, the e-mail event cursor, last digest time and the time of the last reconcile pass).
 
 Crash safety rests on two rules. (1) An attempt row is committed with `intent=1`
 *before* its job is submitted; the row is confirmed with the job id afterwards, so after
@@ -54,6 +53,7 @@ from .schema import (
     SCHEMA_VERSION,
     SNAPSHOT_SQL,
     TRIGGERS,
+    files_json,
     record_of,
 )
 
@@ -303,9 +303,9 @@ class Store(Outbox):
             if val is not None:
                 sets.append(f"{col}=?")
                 args.append(val)
-        if u.offsets is not None:
-            sets += ["off_stdout=?", "off_stderr=?", "off_metrics=?", "off_resources=?"]
-            args += [u.offsets.stdout, u.offsets.stderr, u.offsets.metrics, u.offsets.resources]
+        if u.offsets is not None:  # the metric files' offsets too (off_files): with their points, one transaction
+            sets += ["off_stdout=?", "off_stderr=?", "off_metrics=?", "off_resources=?", "off_files=?"]
+            args += [u.offsets.stdout, u.offsets.stderr, u.offsets.metrics, u.offsets.resources, files_json(u.offsets.files)]
         if u.samples:
             rss = [s.rss_mb for s in u.samples if s.rss_mb is not None]
             gpu = [s.gpu_mem_mb for s in u.samples if s.gpu_mem_mb is not None]

@@ -5,6 +5,12 @@ gradient descent on the squared error. Each epoch prints one line nero reads as 
 
     epoch=3 loss=0.41 val_loss=0.52 acc=0.88
 
+When tensorboardX or torch is installed it also writes a TensorBoard event file into the
+run folder with the same three values (tags loss, val_loss, acc), which nero reads too: both
+ways a program reports metrics, side by side. At a step both give, the file's exact value
+wins over the printed, rounded one (and orchestrator.track's over both), so the results show
+one value per step either way.
+
 Too large a learning rate (try --lr 3.0) makes gradient descent overshoot: the loss grows
 geometrically until the floats overflow to inf and become NaN (with --layers 0 it stays inf
 for several epochs first). Like many real scripts, this one keeps going anyway and only
@@ -25,6 +31,21 @@ try:  # optional: richer metrics through nero's in-job API
     from orchestrator import track
 except ImportError:
     track = None
+
+
+def tensorboard_writer():
+    """A TensorBoard SummaryWriter into the run folder, where nero finds its event file
+    (a tag is the name of its metric: `train/loss` would be `train/loss`), if tensorboardX or
+    torch is installed; else None: the printed lines alone carry the metrics."""
+    folder = os.path.join(os.environ.get("NERO_RUN_DIR") or ".", "tb")
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # torch without the tensorboard package raises ImportError too
+            return None
+    return SummaryWriter(folder, flush_secs=1)
 
 
 def make_data(seed: int = 0, n: int = 400):
@@ -114,6 +135,7 @@ def main() -> int:
         print(f"resuming after epoch {done} from the previous attempt's checkpoint", file=sys.stderr)
     first_nan = None
     np.seterr(all="ignore")  # overflow is the lesson of lr=3.0, not a crash
+    board = tensorboard_writer()
     for epoch in range(first, args.epochs + 1):
         started = time.monotonic()
         if epoch == args.fail_at_epoch and os.environ.get("NERO_RESUME") != "1":
@@ -126,10 +148,15 @@ def main() -> int:
         print(f"epoch={epoch} loss={loss:.4g} val_loss={val_loss:.4g} acc={acc:.3g}", flush=True)
         if track is not None:
             track.log(step=epoch, loss=loss, val_loss=val_loss, acc=acc)
+        if board is not None:
+            for tag, value in (("loss", loss), ("val_loss", val_loss), ("acc", acc)):
+                board.add_scalar(tag, value, epoch)
         if np.isnan(loss) and first_nan is None:
             first_nan = epoch
         save_checkpoint(epoch, weights)
         time.sleep(max(0.0, args.epoch_seconds - (time.monotonic() - started)))
+    if board is not None:
+        board.close()
     if first_nan is not None:
         print(f"error: the loss became NaN at epoch {first_nan}: the learning rate {args.lr} "
               "is too large for this model; try a smaller --lr", file=sys.stderr)
