@@ -17,7 +17,7 @@ from conftest import nero, state_db, write_workbook
 
 import orchestrator.reconcile as reconcile_module
 from orchestrator.errors import WorkbookError
-from orchestrator.model import ActionKind, NewAttempt, RunState, Update
+from orchestrator.model import ActionKind, NewAttempt, Override, OverrideKind, RunState, Update
 from orchestrator.project import Project
 from orchestrator.reconcile import Reconciler
 from orchestrator.state import Store
@@ -161,5 +161,8 @@ def test_the_data_version_counts_every_write_to_runs_attempts_and_overrides(proj
             con.execute("UPDATE attempts SET reason = 'edited' WHERE key = ?", (keys[0],))
             con.commit()
         assert int(data_version(store)) == int(before) + 1
+        for n in range(3):  # an `INSERT OR REPLACE` (of an override) counts each time: never back to 0
+            store.set_overrides([Override(keys[0], OverrideKind.HOLD, "h", 1, time.time())])
+            assert int(data_version(store)) == int(before) + 2 + n
     finally:
         store.close()

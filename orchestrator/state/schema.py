@@ -180,12 +180,14 @@ TRIGGERS = {
 
 # The store's data version (the meta key): one more for every row of runs, attempts or
 # overrides written, by any process, so what was computed from them can be reused while it
-# is unchanged (orchestrator.state.cache). It only grows.
+# is unchanged (orchestrator.state.cache). It only grows. No statement in the trigger may
+# meet a conflict: it would be resolved the outer statement's way (an `INSERT OR REPLACE`
+# into overrides made an `INSERT OR IGNORE` of the counter replace it with 0).
 DATA_VERSION = "data_version"
 TRIGGERS |= {
     f"{table}_{event.lower()}_version": (
         f"CREATE TRIGGER IF NOT EXISTS {table}_{event.lower()}_version AFTER {event} ON {table} BEGIN "
-        f"INSERT OR IGNORE INTO meta VALUES ('{DATA_VERSION}', 0); "
+        f"INSERT INTO meta SELECT '{DATA_VERSION}', 0 WHERE NOT EXISTS (SELECT 1 FROM meta WHERE key = '{DATA_VERSION}'); "
         f"UPDATE meta SET value = value + 1 WHERE key = '{DATA_VERSION}'; END"
     )
     for table in ("runs", "attempts", "overrides")
