@@ -17,9 +17,10 @@ light. ARCHITECTURE.md maps the package.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # not typing's: `import orchestrator.track` in a job imports nothing but track
 if TYPE_CHECKING:
+    from typing import Any
+
     from .api import NeroWarning, PlanView, Project, StatusView
 
 __all__ = ["NeroWarning", "PlanView", "Project", "StatusView", "__version__"]

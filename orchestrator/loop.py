@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .state import Mail
 
 __all__ = ["DigestLoop", "DiskWait", "NOT_COMPLETED", "Observer", "Outcome", "QUICK_PASS_S", "ReconcileRunning",
-           "reconcile", "runs_line"]
+           "reconcile", "runs_line", "unconfirmed_line"]
 
 # While runs of this machine (the local cluster: a poll is a few file reads) are live, the
 # loop's next pass comes this soon after one that saw runs end (their slots free, the next
@@ -81,11 +81,19 @@ class Outcome:
     passes: int
     not_completed: tuple[RunRecord, ...] = ()
     stopped: bool = False
+    until_done: bool = False
+
+    @property
+    def unconfirmed(self) -> int:
+        """Changes an until-done loop ended with still awaiting confirmation (`nero apply`):
+        work it was asked to finish and could not start (0 for a single pass or a watch)."""
+        return len(self.plan.awaiting) if self.until_done and self.plan is not None else 0
 
     @property
     def ok(self) -> bool:
-        """No run failed, was lost, timed out or was preempted (`nero reconcile --until-done`'s exit 0)."""
-        return not self.not_completed
+        """No run failed, was lost, timed out or was preempted, and an until-done loop left
+        no change awaiting confirmation (`nero reconcile --until-done`'s exit 0)."""
+        return not self.not_completed and not self.unconfirmed
 
     def _notes(self) -> list[str]:
         notes = [f"{self.passes} pass{'es' if self.passes != 1 else ''}; " + (
@@ -93,6 +101,8 @@ class Outcome:
         if self.not_completed:
             n = len(self.not_completed)
             notes.append(f"{n} run{'s' if n != 1 else ''} did not complete")
+        if self.unconfirmed and self.plan is not None:
+            notes.append(unconfirmed_line(self.plan))
         return notes
 
     def _cells(self) -> list[list[str]]:
@@ -197,7 +207,15 @@ def _loop(project: Project, interval: float | None, until_done: bool, prune: boo
     bad = tuple(r for r in project.runs() if r.state.value in NOT_COMPLETED)
     final = project.plan(prune=prune)
     project.write_results(final, charts=True)  # the curves as they ended
-    return Outcome(now.report, final, runs_line(project, final), now.passes, bad)
+    return Outcome(now.report, final, runs_line(project, final), now.passes, bad, until_done=until_done)
+
+
+def unconfirmed_line(plan: Plan) -> str:
+    """What an until-done loop says when it ends with changes awaiting confirmation."""
+    n = len(plan.awaiting)
+    return (f"{n:,} change{'s' if n != 1 else ''} still await{'s' if n == 1 else ''} confirmation, so the loop "
+            f"cannot finish: `nero plan` lists {'them' if n != 1 else 'it'}; confirm with "
+            f"`nero apply {plan.fingerprint}` and run it again, or pass --yes")
 
 
 class DiskWait:

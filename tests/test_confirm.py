@@ -135,6 +135,11 @@ def test_a_row_growing_past_confirm_over_waits_and_plan_shows_the_count_and_the_
     one = nero("reconcile", str(project), check=True).stdout  # a pass submits none of them
     assert f"submit 4 new runs of g (more than Settings confirm_over (3)) — awaiting confirmation: nero apply {fp}" in one
     assert len(status(project)) == 2
+    until = nero("reconcile", str(project), "--until-done", "--interval", "0.3")  # cannot finish them: says so
+    assert until.returncode == 1, until.stdout + until.stderr
+    assert (f"4 changes still await confirmation, so the loop cannot finish: `nero plan` lists them; "
+            f"confirm with `nero apply {fp}`") in until.stderr
+    assert len(status(project)) == 2
     done = nero("apply", str(project), fp, check=True).stdout  # no loop running: it runs the pass itself
     assert "Confirmed 4 changes" in done and "submitted" in done
     assert len(status(project)) == 6

@@ -334,7 +334,8 @@ def test_failed_run_reason_and_until_done_exit_code(project: Path):
 
 def test_status_logs_and_lost_detection(project: Path):
     (project / "stepper.py").write_text(STEPPER)
-    write_workbook(project / "experiments.xlsx", [{"id": "v", "command": "python stepper.py steps=200 delay=0.05"}])
+    # long enough to be still running when it is killed, however slow the commands below are
+    write_workbook(project / "experiments.xlsx", [{"id": "v", "command": "python stepper.py steps=4000 delay=0.05"}])
     nero("reconcile", str(project), check=True)
     r = wait_for(lambda: running_after_pass(project), what="running")[0]
     table = nero("status", str(project), check=True).stdout

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -187,20 +186,12 @@ def test_init_switches_directory_and_creates_it(tmp_path: Path, run_dir: Path) -
     assert [r["step"] for r in lines(other / "metrics.jsonl")] == [2]
 
 
-def _import_ms() -> float:
-    """Milliseconds `import orchestrator.track` adds, per `python -X importtime`."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    err = subprocess.run([sys.executable, "-X", "importtime", "-c", "import orchestrator.track"],
-                         capture_output=True, text=True, env=env, cwd=ROOT, check=True).stderr
-    total = 0
-    for line in err.splitlines():
-        m = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( +)(\S+)", line)
-        # top-level entries only: a nested one is already in its parent's cumulative time
-        if m and m.group(2) == " " and m.group(3).startswith("orchestrator"):
-            total += int(m.group(1))
-    assert total, err
-    return total / 1000
-
-
-def test_import_is_fast() -> None:
-    assert min(_import_ms() for _ in range(3)) < 20
+def test_import_is_light() -> None:
+    """`import orchestrator.track` in a job loads track and the package, nothing else (no
+    `typing`, no pandas, no API): what it costs follows from what it loads, whatever the
+    machine's load (a timed import was flaky under load)."""
+    code = ("import sys; before = set(sys.modules); import orchestrator.track; "
+            "print(' '.join(sorted(set(sys.modules) - before)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT).stdout.split()
+    assert sorted(out) == ["__future__", "orchestrator", "orchestrator.track"], out

@@ -30,7 +30,8 @@ __all__ = ["DigestLoop", "Printer", "print_plan_summary", "reconcile"]
 @WORKBOOK_ARG
 @click.option("--watch", is_flag=True, help="Keep reconciling every --interval seconds until Ctrl-C.")
 @click.option("--interval", type=float, default=None, help="Seconds between passes (default: Settings interval, else 30).")
-@click.option("--until-done", is_flag=True, help="Loop until nothing is pending or running; exit 1 if any run failed.")
+@click.option("--until-done", is_flag=True, help="Loop until nothing is pending or running; exit 1 if any run failed, or if changes still await "
+              "confirmation (nero apply) when nothing else is left.")
 @click.option("--prune", is_flag=True, help="Cancel running runs whose rows were removed from the sheet.")
 @click.option("-y", "--yes", is_flag=True,
               help="Apply changes that throw work away without waiting for `nero apply` (as Settings on_save = apply all).")
@@ -73,6 +74,9 @@ def reconcile(workbook: str | None, watch: bool, interval: float | None, until_d
             bad = done.not_completed
             click.echo(f"{len(bad)} run{'s' if len(bad) != 1 else ''} did not complete: " +
                        ", ".join(f"{r.key} ({r.state.value})" for r in bad[:10]), err=True)
+        if done.unconfirmed and done.plan is not None:
+            click.echo(loop.unconfirmed_line(done.plan), err=True)
+        if not done.ok:
             sys.exit(1)
 
 

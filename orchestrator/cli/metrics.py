@@ -67,7 +67,6 @@ def test(log: Path, workbook: str | None, as_json: bool, summary: bool, kind: st
       nero metrics test runs/demo/logs/events.out.tfevents.1733.host.1.0
     """
     from ..capture_report import capture_report, file_report
-    from ..metric_files import kind_of
 
     if kind == "auto":
         kind = "tensorboard" if "tfevents" in log.name else "csv" if log.suffix.lower() == ".csv" else "log"
