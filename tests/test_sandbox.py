@@ -264,3 +264,30 @@ def test_the_bounds_of_a_render_leave_the_callers_alarm_and_memory_limit_as_they
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_rows_alike_but_for_their_values_share_one_job_script_render_and_a_bad_command_is_still_reported(
+        project: Path, monkeypatch: pytest.MonkeyPatch):
+    """#14: the load's check rendered nero's own job template once per row (~1 ms each: a
+    50,000-row sweep spent most of its first `nero plan` there). Rows alike in cluster,
+    template, resources and setup render it once; a row with other resources renders its own;
+    a command that breaks is still reported at its cell."""
+    import orchestrator.preflight as preflight
+    from orchestrator.sheet import read_workbook
+    from orchestrator.spec import expand
+
+    rows = [{"id": f"r{i}", "command": f"echo {{{{ x }}}} {i}", "x": f"[{i}]"} for i in range(40)]
+    rows.append({"id": "bad", "command": "echo {{ 1 / x }}", "x": "[0]"})
+    rows.append({"id": "cpus", "command": "echo {{ x }}", "x": "[1]", "cpus": 2})
+    write_workbook(project / "experiments.xlsx", rows)
+    workbook = read_workbook(project / "experiments.xlsx")
+    scripts: list[str] = []
+    real = preflight.render_template
+    monkeypatch.setattr(preflight, "render_template",
+                        lambda name, context, project_dir: scripts.append(str(context["key"])) or real(name, context, project_dir))
+    problems = preflight.check_workbook(workbook, expand(workbook), str(project), {})
+    assert [p.where for p in problems] == ["Experiments!B42"], problems  # the bad row's command cell
+    assert "division by zero" in problems[0].message
+    assert scripts == ["r0[x=0]", "cpus[x=1]"], scripts  # one render per shape
+    plan = nero("plan", str(project))
+    assert plan.returncode == 2 and "Experiments!B42" in plan.stdout + plan.stderr
