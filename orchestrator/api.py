@@ -371,18 +371,19 @@ class Project:
         if problems:
             raise ExpressionError(", ".join(wanted), "; ".join(problems))
 
-    def history(self, selector: str = "all", *, last: int = 0) -> DataFrame:
+    def history(self, selector: str = "all", *, last: int = 0, who: str | None = None) -> DataFrame:
         """`nero history --json` as a DataFrame: the events (submissions, starts, ends with
         reasons, rules, manual actions) of the runs `selector` matches, oldest first (the
         `last` ones if given): `time` (seconds since the epoch), `run`, `attempt`, `event`,
-        `reason`.
+        `reason`, `who` (the OS user who submitted the attempt); `who=NAME`: only the events of
+        attempts NAME submitted.
 
             >>> project.history("terminated")
         """
         from .frames import table
 
-        _, _, rows = operations.history_rows(self.core, selector, last, warn=_warn)
-        return table(rows, columns=("time", "run", "attempt", "event", "reason"))
+        _, _, rows = operations.history_rows(self.core, selector, last, warn=_warn, who=who)
+        return table(rows, columns=("time", "run", "attempt", "event", "reason", "who"))
 
     def plot(self, selector: str, metric: str, path: str | Path | None = None, *, attempts: bool = False) -> Drawn:
         """`nero plot SELECTOR METRIC`: `metric` over steps of the started runs `selector`

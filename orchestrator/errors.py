@@ -5,6 +5,7 @@
     │                      carries every Problem at once, each with its cell
     ├── ExpressionError    a rule or selector does not parse or cannot be evaluated
     ├── StateError         the state store is unusable (locked, newer schema, corrupt)
+    │   └── NetworkStateError  its folder is on a network file system (exit 2), with the remedy
     ├── DiskError          a disk nero writes to is full or read-only (exit 3); nothing
     │                      was lost, and nero resumes once it can write again
     ├── BackendError       a cluster could not be reached or a scheduler command failed;
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from .model import Problem
 from .units import format_megabytes
 
-__all__ = ["NeroError", "WorkbookError", "ExpressionError", "StateError", "DiskError", "BackendError", "TemplateError"]
+__all__ = ["NeroError", "WorkbookError", "ExpressionError", "StateError", "NetworkStateError", "DiskError", "BackendError", "TemplateError"]
 
 
 class NeroError(Exception):
@@ -54,6 +55,14 @@ class ExpressionError(NeroError):
 
 class StateError(NeroError):
     pass
+
+
+class NetworkStateError(StateError):
+    """nero's state folder is on a network file system (NFS, Lustre, SMB…), where SQLite's
+    locking is not reliable; nothing was opened. The message names the mount and the remedy
+    (`orchestrator.sharing.check_state_folder`)."""
+
+    exit_code = 2
 
 
 class DiskError(NeroError):

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from .errors import DiskError
 
-__all__ = ["NEEDED_BYTES", "STALE_AFTER_S", "TEMP_SUFFIX", "disk_error", "remove_stale_temporaries", "sync_folder",
-           "temporary_beside", "write_atomically"]
+__all__ = ["NEEDED_BYTES", "STALE_AFTER_S", "TEMP_SUFFIX", "create_file", "disk_error", "remove_stale_temporaries",
+           "sync_folder", "temporary_beside", "umask_mode", "write_atomically"]
 
 TEMP_SUFFIX = ".tmp"
 NEEDED_BYTES = 16 * 2**20  # the free space nero asks for: a pass's state writes and a results file
@@ -82,6 +82,18 @@ def temporary_beside(path: Path, suffix: str = TEMP_SUFFIX) -> Path:
     return Path(name)
 
 
+def create_file(path: Path) -> Path:
+    """`path`, created empty (and its folders) unless it exists, with the mode the umask gives a
+    new file: SQLite would create a store 0644 whatever the umask, and gives its `-wal` and
+    `-shm` files the store's mode, so a group sharing a project (umask 002) can all write it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except FileExistsError:
+        pass
+    return path
+
+
 def sync_folder(folder: Path) -> None:
     """Make a rename inside `folder` durable (a no-op where folders cannot be opened)."""
     try:
@@ -114,7 +126,7 @@ def write_atomically(path: str | Path, data: bytes | str | Callable[[Path], None
         if durable:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-        os.chmod(tmp, mode if mode is not None else _umask_mode())
+        os.chmod(tmp, mode if mode is not None else umask_mode())
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
@@ -149,15 +161,16 @@ def remove_stale_temporaries(path: str | Path, older_than_s: float = STALE_AFTER
     return removed
 
 
-def _umask_mode() -> int:
-    """0o666 less the umask, read without changing it where /proc tells it (threads)."""
+def umask_mode(full: int = 0o666) -> int:
+    """`full` (0o666 for a file, 0o777 for a folder or a program) less the umask, read without
+    changing it where /proc tells it (threads)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
+                    return full & ~int(line.split()[1], 8)
     except OSError:
         pass
     mask = os.umask(0o022)
     os.umask(mask)
-    return 0o666 & ~mask
+    return full & ~mask

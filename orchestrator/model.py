@@ -293,6 +293,7 @@ class RunRecord:
     offsets: Offsets = field(default_factory=lambda: Offsets())
     retry: int = 0  # 0 for a fresh attempt, k for the k-th automatic retry in a row
     stop_requested: str = ""  # why nero asked the job to stop ("cancelled: …", "terminated: …")
+    who: str = ""  # the OS user whose nero submitted the attempt ('' before nero recorded it)
 
     def runtime(self, now: float) -> float | None:
         if self.started_at is None:
@@ -576,6 +577,7 @@ class NewAttempt:
     parent: int | None = None
     retry: int = 0
     reason: str = ""  # why it is submitted (new run, what changed, retry …), for the event
+    who: str = ""  # the OS user whose nero submits it
 
 
 @dataclass(frozen=True)
@@ -605,6 +607,7 @@ class ResultsInput:
     attempts: tuple[RunRecord, ...] = ()
     attempt_histories: Mapping[tuple[str, int], Mapping[str, Sequence[tuple[int | None, float]]]] = field(
         default_factory=dict)
+    people: tuple[str, ...] = ()  # the OS users who submitted the project's attempts (`shown.who_shown`)
 
 
 @dataclass(frozen=True)

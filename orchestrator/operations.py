@@ -105,15 +105,17 @@ def run_rows(project: Project, runs: Sequence[RunRecord], fresh: Freshness,
         yield run_row(r, now, values[r.key], checkpoints, now if r.key in refreshed else fresh.last_pass, attempts)
 
 
-def history_rows(project: Project, selector: str = "all", last: int = 0,
-                 warn: Warn = _ignore) -> tuple[dict[str, Candidate], list[Event], list[dict[str, object]]]:
+def history_rows(project: Project, selector: str = "all", last: int = 0, warn: Warn = _ignore,
+                 who: str | None = None) -> tuple[dict[str, Candidate], list[Event], list[dict[str, object]]]:
     """The event timeline of the runs `selector` matches, oldest first (the `last` ones if
-    given): the runs by key, the events, and the events as `nero history --json` lists them."""
+    given), only the events of attempts the OS user `who` submitted if given: the runs by
+    key, the events, and the events as `nero history --json` lists them (with `who`)."""
     found = {c.key: c for c in select(project, selector, warn=warn)}
-    events = [e for e in project.events() if e.key in found]
+    by = project.submitters()
+    events = [e for e in project.events() if e.key in found and (who is None or by.get((e.key, e.attempt)) == who)]
     if last:
         events = events[-last:]
-    return found, events, [event_row(e) for e in events]
+    return found, events, [event_row(e, by.get((e.key, e.attempt), "")) for e in events]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["NERO_DIR", "ClusterPaths", "ProjectPaths", "run_folder", "slug"]
+__all__ = ["NERO_DIR", "ClusterPaths", "ProjectPaths", "run_folder", "slug", "state_folder_name"]
 
 NERO_DIR = ".nero"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=,+-]+")
@@ -45,22 +45,37 @@ def _below(*parts: str, doc: str) -> property:
     return property(lambda self: self.root.joinpath(*parts), doc=doc)
 
 
+def _in_state(*parts: str, doc: str) -> property:
+    """A path below nero's state folder (`.nero`, or the one `state` names), as a read-only attribute."""
+    return property(lambda self: self.nero.joinpath(*parts), doc=doc)
+
+
+def state_folder_name(root: Path) -> str:
+    """The folder a project's state gets below a state root (`NERO_STATE_ROOT`): the project
+    folder's name, readable, and a hash of its resolved path, so two projects named alike
+    never share one."""
+    return f"{slug(root.name or 'project')}-{hashlib.sha1(str(root).encode()).hexdigest()[:12]}"
+
+
 @dataclass(frozen=True)
 class ProjectPaths:
-    """The files of one project on the user's machine; `root` is the workbook's folder."""
+    """The files of one project on the user's machine; `root` is the workbook's folder.
+    `state`: where nero's own folder is when it is not `root/.nero` (a state root on a
+    local disk, `orchestrator.sharing.project_paths`)."""
 
     root: Path
+    state: Path | None = None
 
-    @classmethod
-    def of_workbook(cls, workbook: str | Path) -> ProjectPaths:
-        return cls(Path(workbook).resolve().parent)
+    @property
+    def nero(self) -> Path:
+        """nero's own folder: state, locks, outbox, previews."""
+        return self.state if self.state is not None else self.root / NERO_DIR
 
-    nero = _below(NERO_DIR, doc="nero's own folder: state, locks, outbox, previews")
-    state_db = _below(NERO_DIR, "state.db", doc="the SQLite state store")
-    reconcile_lock = _below(NERO_DIR, "reconcile.lock", doc="held by the one reconcile loop of the project")
-    reconcile_pid = _below(NERO_DIR, "reconcile.pid", doc="who holds the reconcile lock: its pid and what it does")
-    outbox = _below(NERO_DIR, "outbox", doc="every e-mail as an .eml file")
-    preview = _below(NERO_DIR, "preview", doc="`nero digest --preview` writes here")
+    state_db = _in_state("state.db", doc="the SQLite state store")
+    reconcile_lock = _in_state("reconcile.lock", doc="held by the one reconcile loop of the project")
+    reconcile_pid = _in_state("reconcile.pid", doc="who holds the reconcile lock: its pid and what it does")
+    outbox = _in_state("outbox", doc="every e-mail as an .eml file")
+    preview = _in_state("preview", doc="`nero digest --preview` writes here")
     runs = _below("runs", doc="the default root of local run folders (a Clusters `workdir` overrides it)")
     templates = _below("templates", doc="the project's own templates, which override the built-in ones by name")
 

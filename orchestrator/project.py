@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from .errors import ExpressionError, NeroError
 from .model import Cluster, ClusterResources, Freshness
 from .paths import ProjectPaths
+from .sharing import MountTable, project_paths
 
 if TYPE_CHECKING:
     from .backends import Backend
@@ -76,18 +77,21 @@ class Project:
     """An experiments workbook and the state nero keeps beside it.
 
     `clock` (seconds since the epoch) is the time every query and action of this project
-    takes as now: run times, the time stamps of events and overrides, a pass's clock."""
+    takes as now: run times, the time stamps of events and overrides, a pass's clock.
+    `mounts`: the mount table its state folder is checked against (`sharing.MountTable`;
+    a state folder on a network file system raises NetworkStateError)."""
 
-    def __init__(self, workbook: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, workbook: str | Path, *, clock: Callable[[], float] = time.time,
+                 mounts: MountTable | None = None) -> None:
         from .reconcile import Reconciler
 
-        self._rec = Reconciler(workbook, clock=clock)
+        self._rec = Reconciler(workbook, clock=clock, mounts=mounts)
         self.clock = clock
 
     @staticmethod
     def has_state(workbook: str | Path) -> bool:
         """Whether nero keeps state for this workbook (a reconcile ran), without creating it."""
-        return ProjectPaths.of_workbook(workbook).state_db.exists()
+        return project_paths(Path(workbook).resolve().parent).state_db.exists()
 
     def close(self) -> None:
         """Close the state store and every cluster connection."""
@@ -113,7 +117,7 @@ class Project:
     @property
     def paths(self) -> ProjectPaths:
         """The files nero keeps for this project."""
-        return ProjectPaths(self.directory)
+        return project_paths(self.directory)
 
     @property
     def workbook(self) -> Workbook | None:
@@ -289,6 +293,19 @@ class Project:
         from .state.tally import run_count
 
         return run_count(self._rec.store)
+
+    def people(self) -> tuple[str, ...]:
+        """The OS users who submitted the project's attempts, sorted (`shown.who_shown`
+        decides from them whether the tables show a `who` column)."""
+        from .state.tally import people
+
+        return people(self._rec.store)
+
+    def submitters(self) -> dict[tuple[str, int], str]:
+        """Who submitted each attempt: (run key, attempt) → OS user."""
+        from .state.tally import submitters
+
+        return submitters(self._rec.store)
 
     def tally(self, metric: str = "", shown: int = 10, attention: tuple[str, ...] = ()) -> Tally:
         """Every run counted by state and experiment, and the few runs a summary shows: the

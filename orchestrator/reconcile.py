@@ -57,12 +57,13 @@ from .model import (
     Update,
     Workbook,
 )
-from .paths import ClusterPaths, ProjectPaths
+from .paths import ClusterPaths
 from .plan import plan as make_plan
+from .sharing import MountTable, check_state_folder, current_user, project_paths
 from .spec import expand
 from .state import Store
 from .state.cache import cached, data_version, file_digest, folder_stamp, keep
-from .state.tally import any_intent, live_clusters, metric_names, orphaned_keys, planning_records
+from .state.tally import any_intent, live_clusters, metric_names, orphaned_keys, people, planning_records
 from .units import format_megabytes
 
 __all__ = ["PassReport", "Reconciler", "Reread", "ClusterWatch", "SETTLE_S", "state_path", "git_info"]
@@ -101,8 +102,12 @@ def _reread(before: Workbook, after: Workbook, stamp: tuple[int, int] | None) ->
     return Reread(stamp[0] / 1e9 if stamp else time.time(), changed)
 
 
-def state_path(workbook: Path) -> Path:
-    return ProjectPaths.of_workbook(workbook).state_db
+def state_path(workbook: Path, mounts: MountTable | None = None) -> Path:
+    """The state store of the project whose workbook is `workbook` (`sharing.project_paths`),
+    after `sharing.check_state_folder` found its folder safe (NetworkStateError if not)."""
+    paths = project_paths(Path(workbook).resolve().parent)
+    check_state_folder(paths, mounts)
+    return paths.state_db
 
 
 def git_info(workdir: str) -> tuple[str, bool]:
@@ -122,10 +127,12 @@ class Reconciler:
 
     def __init__(self, workbook: str | Path, store: Store | None = None,
                  backend_factory: Callable[[Cluster, str], Backend] = make_backend,
-                 clock: Callable[[], float] = time.time, unconfirmed_grace_s: float = UNCONFIRMED_GRACE_S):
+                 clock: Callable[[], float] = time.time, unconfirmed_grace_s: float = UNCONFIRMED_GRACE_S,
+                 mounts: MountTable | None = None):
         self.workbook_path = Path(workbook).resolve()
         self.project_dir = self.workbook_path.parent
-        self.store = store or Store(state_path(self.workbook_path))
+        self.store = store or Store(state_path(self.workbook_path, mounts))
+        self.user = current_user()  # recorded as who submitted each attempt
         self.backend_factory = backend_factory
         self.clock = clock
         self.unconfirmed_grace_s = unconfirmed_grace_s  # see _recover
@@ -724,7 +731,7 @@ class Reconciler:
                 intents.append(NewAttempt(spec, job.attempt, cluster, job.run_dir, job.name,
                                           commit, dirty, code_hash=job.code.hash if job.code else "",
                                           parent=prev.attempt if prev else None,
-                                          retry=retry, reason=why))
+                                          retry=retry, reason=why, who=self.user))
             self.store.record_intents(intents, now)
         try:
             results = self.backend(cluster).submit([j for j, _ in jobs])
@@ -825,6 +832,7 @@ class Reconciler:
             runs=tuple(sorted(snap.values(), key=lambda r: r.number)), histories=self.store.histories(),
             events=tuple(self.store.events()), queue=tuple(queue), now=self.clock(),
             attempts=tuple(self.store.earlier_attempts()), attempt_histories=self.store.earlier_histories(),
+            people=people(self.store),
         )
 
     def results_path(self) -> Path:

@@ -12,6 +12,9 @@ steps numbered and ascending by `curves.normalize`), by `metrics.summarize`:
 
 A metric with a stored last or best but no history shows the stored values (the best made
 finite the same way) and no checkpoint value.
+
+`who_shown` decides whether the tables people read (`nero status`, results.xlsx) have a
+`who` column: the OS user who submitted each run's attempt.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from .curves import normalize
 from .metrics import Summary, default_goal, shown_best, summarize
 from .model import RunRecord
 
-__all__ = ["run_values", "metric_names", "signature"]
+__all__ = ["run_values", "metric_names", "signature", "who_shown"]
 
 # Histories of finished runs do not change: their summaries are remembered between calls
 # of a long-lived process (bounded), so a refresh does not sort every history again.
@@ -76,3 +79,11 @@ def run_values(record: RunRecord, history: Mapping[str, Sequence[tuple[int | Non
             stored = [record.best[m]] if m in record.best else []
             out[m] = Summary(record.last.get(m), shown_best(stored, goal), (None,) * len(cps))
     return out
+
+
+def who_shown(people: Iterable[str]) -> bool:
+    """Whether `nero status` and the results workbook show a `who` column: when more than one
+    person submitted the project's attempts (`people`, as `state.tally.people` lists them), a
+    project shared by several. The rows made for programs (`status --json`/`--csv`, export,
+    the Python API's frames) carry `who` always."""
+    return len({p for p in people if p}) > 1

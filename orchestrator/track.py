@@ -104,7 +104,7 @@ def _open() -> int:
             if not d:
                 return -1
             flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-            _fd = os.open(os.path.join(d, METRICS_FILE), flags, 0o644)
+            _fd = os.open(os.path.join(d, METRICS_FILE), flags, 0o666)  # less the umask
         return _fd
 
 

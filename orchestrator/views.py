@@ -53,7 +53,7 @@ def run_row(r: RunRecord, now: float, values: Mapping[str, Summary], checkpoints
     `--attempts`)."""
     return {
         "number": r.number, "run": r.key, "state": r.state.value, "cluster": r.cluster, "attempt": r.attempt,
-        "job_id": r.job_id, "host": r.host, "runtime_s": r.runtime(now), "reason": r.reason,
+        "job_id": r.job_id, "host": r.host, "who": r.who, "runtime_s": r.runtime(now), "reason": r.reason,
         **shown_json(values, checkpoints), "step": r.step,
         "run_dir": r.run_dir, "orphaned": r.orphaned, "retry": r.retry, "code_hash": r.code_hash,
         "git_commit": r.git_commit, "git_dirty": r.git_dirty, "peak_rss_mb": r.peak_rss_mb,
@@ -66,7 +66,7 @@ def attempt_row(a: RunRecord, now: float, values: Mapping[str, Summary], checkpo
                 ) -> dict[str, object]:
     """An earlier attempt as `nero status --attempts --json` lists it."""
     return {"attempt": a.attempt, "state": a.state.value, "reason": a.reason, "cluster": a.cluster,
-            "job_id": a.job_id, "host": a.host, "started_at": a.started_at, "ended_at": a.ended_at,
+            "job_id": a.job_id, "host": a.host, "who": a.who, "started_at": a.started_at, "ended_at": a.ended_at,
             "runtime_s": a.runtime(now), **shown_json(values, checkpoints), "step": a.step, "run_dir": a.run_dir,
             "retry": a.retry, "command": a.command, "git_commit": a.git_commit, "git_dirty": a.git_dirty,
             "peak_rss_mb": a.peak_rss_mb, "peak_gpu_mem_mb": a.peak_gpu_mem_mb, "gpu_util_pct": a.mean_gpu_util_pct}
@@ -110,9 +110,9 @@ def plan_json(p: Plan, fresh: Freshness, now: float) -> dict[str, object]:
     }
 
 
-def event_row(e: Event) -> dict[str, object]:
-    """An event as `nero history --json` lists it."""
-    return {"time": e.time, "run": e.key, "attempt": e.attempt, "event": e.kind, "reason": e.reason}
+def event_row(e: Event, who: str = "") -> dict[str, object]:
+    """An event as `nero history --json` lists it (`who`: the OS user who submitted its attempt)."""
+    return {"time": e.time, "run": e.key, "attempt": e.attempt, "event": e.kind, "reason": e.reason, "who": who}
 
 
 def freshness_line(f: Freshness, now: float) -> str:

@@ -174,12 +174,32 @@ def tail(p, size=TAIL):
         return b""
 
 
-def write_atomic(p, data, mode=None):
+def umask_mode(full=0o666):
+    """`full` less the umask (read from /proc where it can be, so threads never race on
+    os.umask): the mode every file nero writes gets, as on the user's side (files.umask_mode)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return full & ~int(line.split()[1], 8)
+    except (IOError, OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return full & ~mask
+
+
+def write_atomic(p, data, executable=False):
+    """Replace `p` with `data` (a new file under a temporary name, renamed over it), with the
+    umask's mode (an executable one for a program)."""
     tmp = os.path.join(os.path.dirname(p), ".%s.tmp%d" % (os.path.basename(p), os.getpid()))
-    with open(tmp, "wb") as f:
+    try:
+        os.unlink(tmp)  # a killed writer's: a new file gets the umask's mode
+    except OSError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o777 if executable else 0o666)
+    with os.fdopen(fd, "wb") as f:
         f.write(data.encode("utf-8") if not isinstance(data, bytes) else data)
-    if mode is not None:
-        os.chmod(tmp, mode)
     os.rename(tmp, p)
 
 
@@ -261,7 +281,7 @@ def unpack(stream, target):
             src = tar.extractfile(m)
             with open(dest, "wb") as out:
                 shutil.copyfileobj(src, out)
-            os.chmod(dest, 0o755 if m.mode & 0o111 else 0o644)
+            os.chmod(dest, umask_mode(0o777 if m.mode & 0o111 else 0o666))
     if not os.path.isdir(tmp):
         os.makedirs(tmp)
     try:
@@ -477,9 +497,10 @@ def read_sources(d, globs, opts, known, per_file, budget, reply):
     return out, budget
 
 
-def write_new(p, data, mode=0o644):
+def write_new(p, data, mode=0o666):
     """Write a file nobody reads yet (a run directory before its job is submitted): one
-    open/write/close, far fewer system calls than write_atomic."""
+    open/write/close, far fewer system calls than write_atomic. `mode` less the umask (0o777
+    for a program)."""
     data = data.encode("utf-8") if not isinstance(data, bytes) else data
     fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
@@ -526,7 +547,7 @@ def _write_job(job):
         if e.errno != errno.EEXIST:
             raise
     for name, text in sorted(job.get("files", {}).items()):
-        write_new(os.path.join(d, name), text, 0o755 if name in job.get("exec", ()) else 0o644)
+        write_new(os.path.join(d, name), text, 0o777 if name in job.get("exec", ()) else 0o666)
     try:  # the job script's way to wait without starting a process (templates/_job_body.sh.j2)
         os.mkfifo(os.path.join(d, TICK))
     except OSError:
@@ -562,7 +583,7 @@ def _submit_unit(unit):
         parent = os.path.dirname(p)
         if parent and not os.path.isdir(parent):
             os.makedirs(parent)
-        write_atomic(p, text, 0o755 if p.endswith(".sh") else None)
+        write_atomic(p, text, executable=p.endswith(".sh"))
     # recorded before the job is handed over (process started, submit command run): a run
     # folder without it was never handed to anyone, so nero may submit it again at once.
     # A unit of many runs (a job array) keeps one record for all of them in its `record`

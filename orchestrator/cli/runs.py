@@ -12,6 +12,7 @@ import click
 from ..errors import NeroError
 from ..operations import history_rows, run_rows
 from ..project import Project
+from ..shown import who_shown
 from ..units import format_duration, format_significant
 from ..views import freshness_json, freshness_line, plan_json, plan_line
 from .console import STATE_STYLE, console, escape
@@ -177,7 +178,7 @@ def status(args: tuple[str, ...], as_json: bool, as_csv: bool, show_all: bool, w
             _status_csv(runs, now, values)
             click.echo(freshness_line(fresh, now), err=True)
             return
-        _status_table(runs, now, show_all, values, earlier, attempt_values)
+        _status_table(runs, now, show_all, values, earlier, attempt_values, who_shown(project.people()))
         click.echo(freshness_line(fresh, now))
         if not selector:
             _not_started(project)
@@ -197,13 +198,13 @@ def _status_csv(runs: list[RunRecord], now: float, values: dict[str, dict[str, S
     """`status --csv`: one line per run, a `last:<metric>` and `best:<metric>` column per metric."""
     metrics = sorted({m for v in values.values() for m in v})
     header = ["number", "run", "experiment", "state", "cluster", "attempt", "job_id", "host", "runtime_s", "step",
-              "orphaned", "retry", "reason", *(f"{k}:{m}" for m in metrics for k in ("last", "best"))]
+              "orphaned", "retry", "reason", "who", *(f"{k}:{m}" for m in metrics for k in ("last", "best"))]
 
     def cell(x: float | None) -> object:
         return "" if x is None or x != x else x
 
     stream_csv(header, ([r.number, r.key, r.experiment, r.state.value, r.cluster, r.attempt, r.job_id, r.host,
-                         r.runtime(now), "" if r.step is None else r.step, int(r.orphaned), r.retry, r.reason,
+                         r.runtime(now), "" if r.step is None else r.step, int(r.orphaned), r.retry, r.reason, r.who,
                          *(cell(getattr(values[r.key].get(m), k, None)) for m in metrics for k in ("last", "best"))]
                         for r in runs))
 
@@ -227,10 +228,14 @@ def _not_started(project: Project) -> None:
 
 def _status_table(runs: list[RunRecord], now: float, show_all: bool, values: dict[str, dict[str, Summary]],
                   earlier: dict[str, list[RunRecord]],
-                  attempt_values: dict[tuple[str, int], dict[str, Summary]]) -> None:
+                  attempt_values: dict[tuple[str, int], dict[str, Summary]], with_who: bool = False) -> None:
     """The runs, each with its `earlier` attempts (if any) on rows below it; the metrics are
-    their last values as every surface shows them (`values`, `attempt_values`). More rows
-    than `summary_rows()`: plain aligned text, laid out in one go (rich lays out each row)."""
+    their last values as every surface shows them (`values`, `attempt_values`); `with_who`:
+    a `who` column after the cluster (`shown.who_shown`). More rows than `summary_rows()`:
+    plain aligned text, laid out in one go (rich lays out each row)."""
+    def who(r: RunRecord) -> list[str]:
+        return [r.who] if with_who else []
+
     from rich.table import Table
 
     def metrics_of(values: dict[str, Summary]) -> str:
@@ -243,24 +248,27 @@ def _status_table(runs: list[RunRecord], now: float, show_all: bool, values: dic
         rows = []
         for r in runs:
             rows.append([str(r.number), r.key, r.state.value + (" (orphaned)" if r.orphaned else ""), r.cluster,
-                         format_duration(r.runtime(now)), "" if r.step is None else str(r.step),
+                         *who(r), format_duration(r.runtime(now)), "" if r.step is None else str(r.step),
                          metrics_of(values[r.key]), r.reason])
-            rows += [["", f"  └ attempt {a.attempt}", a.state.value, a.cluster, format_duration(a.runtime(now)),
+            rows += [["", f"  └ attempt {a.attempt}", a.state.value, a.cluster, *who(a), format_duration(a.runtime(now)),
                       "" if a.step is None else str(a.step), metrics_of(attempt_values[(a.key, a.attempt)]), a.reason]
                      for a in earlier.get(r.key, ())]
-        write_lines(plain_table(("#", "run", "state", "cluster", "runtime", "step", "metrics", "reason"), rows,
-                                right=frozenset({0, 4, 5})))
+        shift = int(with_who)
+        write_lines(plain_table(("#", "run", "state", "cluster", *(["who"] if with_who else []), "runtime", "step",
+                                 "metrics", "reason"), rows, right=frozenset({0, 4 + shift, 5 + shift})))
         return
 
     t = Table(header_style="bold", box=None, pad_edge=False)
     for col, kw in (("#", {"justify": "right"}), ("run", {"no_wrap": True}), ("state", {"no_wrap": True}), ("cluster", {}),
+                    *((("who", {"no_wrap": True}),) if with_who else ()),
                     ("runtime", {"justify": "right"}), ("step", {"justify": "right"}), ("metrics", {"overflow": "fold"}),
                     ("reason", {"overflow": "fold", "max_width": 60})):
         t.add_column(col, **kw)
     def row(r: RunRecord, number: str, name: str, state: str, values: dict[str, Summary]) -> None:
         metrics = metrics_of(values)
         style = STATE_STYLE.get(r.state.value, "")
-        t.add_row(number, name, f"[{style}]{state}[/]", escape(r.cluster), format_duration(r.runtime(now)),
+        t.add_row(number, name, f"[{style}]{state}[/]", escape(r.cluster), *map(escape, who(r)),
+                  format_duration(r.runtime(now)),
                   "" if r.step is None else str(r.step), escape(metrics), escape(r.reason))
 
     for r in runs:
@@ -276,9 +284,13 @@ def _status_table(runs: list[RunRecord], now: float, show_all: bool, values: dic
 @WORKBOOK_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the events as JSON.")
 @click.option("-n", "--last", type=int, default=0, help="Only the last N events.")
-def history(args: tuple[str, ...], workbook: str | None, as_json: bool, last: int) -> None:
+@click.option("--who", default=None, metavar="NAME",
+              help="Only the events of the attempts the OS user NAME submitted.")
+def history(args: tuple[str, ...], workbook: str | None, as_json: bool, last: int, who: str | None) -> None:
     """The event timeline (submissions, starts, ends with reasons, rules, manual actions)
-    of the runs matching SELECTOR (default: all)."""
+    of the runs matching SELECTOR (default: all); `--who NAME`: of the attempts NAME
+    submitted. The `who` column (the OS user who submitted each event's attempt) is shown
+    when more than one person submitted the project's runs."""
     from rich.table import Table
 
     given, selector = workbook_and_selector(args)
@@ -286,19 +298,21 @@ def history(args: tuple[str, ...], workbook: str | None, as_json: bool, last: in
 
     with open_project(workbook, load=False) as project:
         try:
-            found, events, rows = history_rows(project, selector, last, warn=warn)
+            found, events, rows = history_rows(project, selector, last, warn=warn, who=who)
         except NeroError as e:
             fail(e)
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return
+        with_who = who_shown(project.people())
         t = Table(box=None, header_style="bold", pad_edge=False)
-        for col in ("time", "#", "run", "attempt", "event", "reason"):
-            t.add_column(col, no_wrap=col in ("time", "#", "attempt", "event"), overflow="fold")
-        for e in events:
+        for col in ("time", "#", "run", "attempt", *(("who",) if with_who else ()), "event", "reason"):
+            t.add_column(col, no_wrap=col in ("time", "#", "attempt", "who", "event"), overflow="fold")
+        for e, row in zip(events, rows, strict=True):
             c = found[e.key]
             style = STATE_STYLE.get(e.kind, "")
             t.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time)),
                       str(c.record.number) if c.record else "-", escape(e.key), str(e.attempt or ""),
+                      *((escape(str(row["who"])),) if with_who else ()),
                       f"[{style}]{e.kind}[/]" if style else e.kind, escape(e.reason))
         console().print(t)

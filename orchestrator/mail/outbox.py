@@ -148,7 +148,7 @@ class Mailer:
                  keyring_get: Callable[[str, str], str | None] = keyring_password):
         self.store = store
         self.project_dir = Path(project_dir)
-        self.outbox = ProjectPaths(self.project_dir).outbox
+        self.outbox = ProjectPaths(self.project_dir, store.path.parent).outbox  # beside the store, in the state folder
         self.clock = clock
         self.environ = environ
         self.keyring_get = keyring_get

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..curves import nonfinite_text
 from ..model import RunRecord
+from ..shown import who_shown
 from .ooxml import Cells
 from .sheets import MAX_ROWS, Formats, Widths, header, page, write_value
 from .view import RunView, View, cell_text, excel_time, time_zone
@@ -46,6 +47,7 @@ class _Columns:
     s0: int  # `state`, the first of twelve columns up to `gpu_util_pct`
     m0: int  # the first metric column
     g0: int  # `git_commit`, the first of the last four
+    who: int | None = None  # `who` (before `git_commit`), shown when several people submitted (`shown.who_shown`)
 
 
 def _columns(view: View, runs: Sequence[RunView], metrics: Sequence[str], with_params: bool = True) -> _Columns:
@@ -58,15 +60,17 @@ def _columns(view: View, runs: Sequence[RunView], metrics: Sequence[str], with_p
         metric_cols += [(f"{m}@{cp}", m, i) for i, cp in enumerate(view.checkpoints)]
     for m in metrics:
         metric_cols += [(f"last:{m}", m, _LAST), (f"best:{m}", m, _BEST)]
-    taken = set(FIXED_COLUMNS) | {h for h, _, _ in metric_cols}
+    with_who = who_shown(view.data.people)
+    taken = set(FIXED_COLUMNS) | {h for h, _, _ in metric_cols} | ({"who"} if with_who else set())
     head = ["#", "run", "experiment", *[f"{p} (param)" if p in taken else p for p in param_names],
             "state", "reason", "attempt", "cluster", "job_id", "host", "start", "end",
             "runtime_s", "runtime", "peak_gpu_mem_mb", "gpu_util_pct", *[h for h, _, _ in metric_cols],
-            "git_commit", "git_dirty", "command", "run_dir"]
+            *(["who"] if with_who else []), "git_commit", "git_dirty", "command", "run_dir"]
     p0 = 3
     s0 = p0 + len(param_names)
     m0 = s0 + 12
-    return _Columns(param_names, metric_cols, head, p0, s0, m0, m0 + len(metric_cols))
+    g0 = m0 + len(metric_cols) + with_who
+    return _Columns(param_names, metric_cols, head, p0, s0, m0, g0, g0 - 1 if with_who else None)
 
 
 def _comments(view: View, cols: _Columns, which: str = "the current attempt") -> dict[int, str]:
@@ -86,6 +90,7 @@ def _comments(view: View, cols: _Columns, which: str = "the current attempt") ->
                  "empty if none of them used a GPU or nvidia-smi is absent",
         s0 + 11: "Mean utilisation (%) of the GPUs the run's processes were on, over its samples (a GPU shared "
                  "with other jobs counts their work too)",
+        **({cols.who: f"The OS user whose nero submitted {which}"} if cols.who is not None else {}),
         g0 + 1: "TRUE if the working tree had uncommitted changes when the run started",
         g0 + 2: "The command line as run (rendered)",
         g0 + 3: "Run directory: a link for a local run, host:path for a remote cluster",
@@ -158,6 +163,9 @@ def _write_rows(ws: Any, view: View, fmt: Formats, runs: Sequence[RunView], cols
         cells.row(row)
         _write_run(cells, widths, row, run.record, cols, fmt, view.data.now)
         _write_metrics(cells, cols.m0, values[i], col_fmt, fmt)
+        if cols.who is not None and run.record.who:
+            cells.string(cols.who, cell_text(run.record.who))
+            widths.see(row, cols.who, len(run.record.who))
         links = _write_provenance(ws, cells, widths, row, run.record, g0, view, fmt, links)
     _finish(ws, view, cols, widths, min(len(runs), MAX_ROWS - 1), fmt, best)
     return cells

@@ -164,16 +164,17 @@ class View:
                 r.cluster, r.job_id, r.host, r.started_at, r.ended_at,
                 sorted(r.last.items()), sorted(r.best.items()), r.git_commit, r.git_dirty,
                 r.command, r.run_dir, r.peak_rss_mb, r.peak_gpu_mem_mb, r.min_disk_free_mb, r.mean_gpu_util_pct, hist,
+                r.who,
             )))
         for r in self.attempts:
             summary.update(_bytes((
                 r.number, r.key, r.experiment, r.attempt, r.state.value, r.reason, r.cluster, r.job_id, r.host,
                 r.started_at, r.ended_at, sorted(r.last.items()), sorted(r.best.items()), r.git_commit,
-                r.git_dirty, r.command, r.run_dir, self._history_signature((r.key, r.attempt)),
+                r.git_dirty, r.command, r.run_dir, self._history_signature((r.key, r.attempt)), r.who,
             )))
         summary.update(_bytes((self.attempt_metrics, len(d.events),
                                [(e.time, e.key, e.kind, e.reason, e.attempt) for e in d.events[-50:]])))
-        summary.update(_bytes(d.queue))
+        summary.update(_bytes((d.queue, d.people)))
         return summary.hexdigest(), curves.hexdigest()
 
     # --------------------------------------------------------------- per-run values

@@ -117,7 +117,7 @@ SELECT r.key, r.number, r.experiment, r.spec_hash, '' AS essence, '' AS params, 
        a.min_disk, a.parent, a.code_hash, a.off_stdout, a.off_stderr, a.off_metrics,
        a.off_resources, a.stop_requested, a.retry, a.gpu_util_sum, a.gpu_util_n,
        '[' || r.params || ',' || COALESCE(NULLIF(a.last, ''), '{}') || ',' || COALESCE(NULLIF(a.best, ''), '{}') || ']',
-       a.off_files
+       a.off_files, a.who
 FROM runs r JOIN attempts a ON a.key = r.key AND a.attempt = r.attempt
 """
 # what the planner reads of every run: SNAPSHOT_SQL without parameters and metric values
@@ -159,7 +159,7 @@ def record_of(row: tuple) -> RunRecord:
         offsets=Offsets(row[31], row[32], row[33], row[34], files_of(row[40])) if any(row[31:35]) or row[40]
         else _NO_OFFSETS,
         stop_requested=row[35], retry=row[36],
-        mean_gpu_util_pct=row[37] / row[38] if row[38] else None,
+        mean_gpu_util_pct=row[37] / row[38] if row[38] else None, who=_intern(row[41]),
     )
 
 
@@ -204,7 +204,8 @@ LAST_PASS = "last_pass"
 
 # columns added after a store's first release: a store that lacks one gets it (name → type)
 ADDED_COLUMNS = {"attempts": {"gpu_util_sum": "REAL", "gpu_util_n": "INTEGER NOT NULL DEFAULT 0",
-                              "off_files": "TEXT NOT NULL DEFAULT ''"}}
+                              "off_files": "TEXT NOT NULL DEFAULT ''",
+                              "who": "TEXT NOT NULL DEFAULT ''"}}  # the OS user who submitted it
 
 
 def files_json(files: tuple[SourceOffset, ...]) -> str:

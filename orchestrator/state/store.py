@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..errors import DiskError, StateError
-from ..files import disk_error
+from ..files import create_file, disk_error
 from ..model import (
     Event,
     NewAttempt,
@@ -69,7 +69,7 @@ class Store(Outbox):
     def __init__(self, path: str | Path):
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            create_file(self.path)  # the umask's mode, which SQLite gives its -wal and -shm too
         except OSError as e:
             raise disk_error(self.path.parent, e) or StateError(f"cannot create {self.path.parent}: {e}") from e
         self._writes = 0
@@ -269,10 +269,10 @@ class Store(Outbox):
                     )
                     next_number += 1
                 self.db.execute(
-                    "INSERT OR REPLACE INTO attempts (key, attempt, state, cluster, run_dir, spec_hash, command, "
-                    "intent, parent, code_hash, git_commit, git_dirty, submitted_at, retry) VALUES (?,?,?,?,?,?,?,1,?,?,?,?,?,?)",
+                    "INSERT OR REPLACE INTO attempts (key, attempt, state, cluster, run_dir, spec_hash, command, intent, "
+                    "parent, code_hash, git_commit, git_dirty, submitted_at, retry, who) VALUES (?,?,?,?,?,?,?,1,?,?,?,?,?,?,?)",
                     (s.key, n.attempt, RunState.PENDING.value, n.cluster, n.run_dir, s.spec_hash, n.command,
-                     n.parent, n.code_hash, n.git_commit, int(n.git_dirty), now, n.retry),
+                     n.parent, n.code_hash, n.git_commit, int(n.git_dirty), now, n.retry, n.who),
                 )
                 why = f": {n.reason}" if n.reason else ""
                 self._event(Event(now, s.key, "submitting", f"attempt {n.attempt} on {n.cluster}{why}", n.attempt))

@@ -24,8 +24,8 @@ from .schema import LIVE_WHERE, PLANNING_SQL, SNAPSHOT_SQL, record_of
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["Tally", "any_intent", "first_metric", "live_clusters", "metric_names", "orphaned_keys", "planning_records",
-           "run_count", "tally"]
+__all__ = ["Tally", "any_intent", "first_metric", "live_clusters", "metric_names", "orphaned_keys", "people",
+           "planning_records", "run_count", "submitters", "tally"]
 
 _CURRENT = "FROM runs r JOIN attempts a ON a.key = r.key AND a.attempt = r.attempt"
 _CHANGED = ("MAX(COALESCE(a.ended_at, 0), COALESCE(a.started_at, 0), COALESCE(a.submitted_at, 0), "
@@ -52,6 +52,23 @@ class Tally:
 def run_count(store: Store) -> int:
     """How many runs nero started."""
     return store.db.execute("SELECT count(*) FROM runs").fetchone()[0]
+
+
+def people(store: Store) -> tuple[str, ...]:
+    """The OS users who submitted the project's attempts (any attempt, earlier ones too),
+    sorted; kept in the store's cache under its data version."""
+    stamp = data_version(store)
+    found = cached(store, "people", stamp)
+    if not isinstance(found, tuple):
+        found = tuple(w for (w,) in store.db.execute("SELECT DISTINCT who FROM attempts WHERE who != '' ORDER BY who"))
+        keep(store, "people", stamp, found)
+    return found
+
+
+def submitters(store: Store) -> dict[tuple[str, int], str]:
+    """Who submitted each attempt: (run key, attempt) → OS user (attempts recorded before
+    nero kept it are left out)."""
+    return {(k, a): w for k, a, w in store.db.execute("SELECT key, attempt, who FROM attempts WHERE who != ''")}
 
 
 def live_clusters(store: Store) -> dict[str, int]:
