@@ -86,12 +86,10 @@ class MountTable:
         return found
 
     def mount_of(self, folder: str | Path) -> Mount | None:
-        """The mount holding `folder` (the nearest existing folder above it, links resolved):
-        the one with the longest mount point that is a prefix of it, the last listed on a tie."""
-        path = Path(os.path.abspath(folder))
-        while not path.exists() and path != path.parent:
-            path = path.parent
-        target = str(path.resolve())
+        """The mount holding `folder` (links resolved in the part that exists, the rest as
+        written: a folder nero will create): the one with the longest mount point that is a
+        prefix of it, the last listed on a tie."""
+        target = os.path.realpath(folder)
         best: Mount | None = None
         for m in self.mounts():
             point = m.point.rstrip("/") or "/"

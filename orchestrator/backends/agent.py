@@ -204,14 +204,23 @@ def write_atomic(p, data, executable=False):
 
 
 def process_alive(pid, run_dir):
-    """A live (non-zombie) process whose working directory is run_dir."""
+    """A live (non-zombie) process whose working directory is run_dir. Another user's job
+    (a project shared by a group) hides its working directory: then it is the run's when its
+    owner is the owner of the run's pid file (its job script wrote that)."""
     try:
         with open("/proc/%d/stat" % pid, "rb") as f:
             stat = f.read()
         state = stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3]
         if state in (b"Z", b"X"):
             return False
-        return os.path.realpath("/proc/%d/cwd" % pid) == os.path.realpath(run_dir)
+        cwd = "/proc/%d/cwd" % pid
+        try:
+            os.readlink(cwd)
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EPERM):
+                raise
+            return os.stat("/proc/%d" % pid).st_uid == os.stat(os.path.join(run_dir, "pid")).st_uid
+        return os.path.realpath(cwd) == os.path.realpath(run_dir)
     except (IOError, OSError, ValueError):
         pass
     try:  # no /proc (not Linux): the process exists
