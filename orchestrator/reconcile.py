@@ -63,7 +63,14 @@ from .sharing import MountTable, check_state_folder, current_user, project_paths
 from .spec import expand
 from .state import Store
 from .state.cache import cached, data_version, file_digest, folder_stamp, keep
-from .state.tally import any_intent, live_clusters, metric_names, orphaned_keys, people, planning_records
+from .state.tally import (
+    any_intent,
+    live_clusters,
+    metric_names,
+    orphaned_keys,
+    people,
+    planning_records,
+)
 from .units import format_megabytes
 
 __all__ = ["PassReport", "Reconciler", "Reread", "ClusterWatch", "SETTLE_S", "state_path", "git_info"]

@@ -107,7 +107,7 @@ def test_manual_actions_select_confirm_and_record_as_the_command_line_does(proje
         assert [(e.kind, e.key) for e in aborted.report.events if e.kind == "cancel"] == [("cancel", "c[loss=0.9]")]
         assert p.core.overrides()["c[loss=0.9]"].kind.value == "abort"
         events = p.history("c[loss=0.9]")
-        assert list(events.columns) == ["time", "run", "attempt", "event", "reason"]
+        assert list(events.columns) == ["time", "run", "attempt", "event", "reason", "who"]
         assert events[events.event == "abort"].reason.tolist() == ["Project.abort('loss > 0.5')"]
         cli_history = json.loads(nero("history", str(project), "c[loss=0.9]", "--json", check=True).stdout)
         assert events.to_dict(orient="records") == cli_history
