@@ -4,7 +4,9 @@ safe for SQLite, and who is at the keyboard.
 * `project_paths`: the one place that resolves a project's state folder: `<project>/.nero`,
   or, with a state root (env `NERO_STATE_ROOT`: a folder on a local disk),
   `<state root>/<project name>-<hash of its path>` (`paths.state_folder_name`).
-* `check_state_folder`: refuses (`NetworkStateError`, exit 2) a state folder on a network
+* `check_state_folder`: refuses a state root while the project's state is still in its
+  `.nero` (a new, empty state would submit every run again: the message says how to move
+  it), and (`NetworkStateError`, exit 2) a state folder on a network
   file system (NFS, Lustre, SMB/CIFS, Ceph, GlusterFS, BeeGFS, GPFS, sshfs…), where SQLite's
   locks are not reliable and two machines writing the store can damage it; the message
   says what to do. `NERO_ALLOW_NETWORK_STATE=1` accepts the risk. The file system is read
@@ -21,8 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import NetworkStateError
-from .paths import ProjectPaths, state_folder_name
+from .errors import NetworkStateError, StateError
+from .paths import NERO_DIR, ProjectPaths, state_folder_name
 
 __all__ = ["ALLOW_NETWORK_ENV", "NETWORK_TYPES", "STATE_ROOT_ENV", "Mount", "MountTable", "check_state_folder",
            "current_user", "project_paths"]
@@ -117,8 +119,15 @@ def check_state_folder(paths: ProjectPaths, mounts: MountTable | None = None,
                        env: Mapping[str, str] | None = None) -> Mount | None:
     """The network mount the state folder of `paths` is on, if it is and the user accepted it
     (`NERO_ALLOW_NETWORK_STATE=1`); None on a local disk. A state folder on a network file
-    system that was not accepted raises NetworkStateError with the remedy."""
+    system that was not accepted raises NetworkStateError with the remedy; a state root
+    whose folder has no state while `<project>/.nero` has one, StateError with the move."""
     env = _env(env)
+    left = paths.root / NERO_DIR / "state.db"
+    if paths.state is not None and not paths.state_db.exists() and left.exists():
+        raise StateError(
+            f"{STATE_ROOT_ENV} moves this project's state to {paths.nero}, but its state is still in {left.parent} "
+            f"(a new, empty state would submit every run again). Move it first, with no nero running:\n"
+            f"    mkdir -p '{paths.nero}' && mv '{left.parent}'/* '{paths.nero}'/ && rmdir '{left.parent}'")
     mount = (mounts or MountTable()).mount_of(paths.nero)
     if mount is None or not mount.network:
         return None

@@ -153,6 +153,14 @@ def test_with_a_state_root_the_project_keeps_its_state_there(project: Path, tmp_
     # without the setting, the project's folder holds no state: nero says there are no runs
     assert "No runs yet" in nero("status", str(project), env={"NERO_STATE_ROOT": ""}).stdout
 
+    # a state root set after runs were made beside the workbook: nero refuses, says how to move it
+    moved_back = project.parent / f"{project.name}-second"
+    shutil.copytree(project, moved_back, ignore=shutil.ignore_patterns("runs"))
+    shutil.copytree(state, moved_back / ".nero")
+    refused = nero("reconcile", str(moved_back), env=env)
+    assert refused.returncode == 1 and "its state is still in" in refused.stderr, refused.stderr
+    assert f"mv '{moved_back.resolve() / '.nero'}'/*" in refused.stderr
+
 
 # -------------------------------------------------- two Unix users, one project
 
