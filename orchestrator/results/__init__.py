@@ -22,7 +22,8 @@ Summary: one row per run, ordered by `#`
     utilisation of the GPUs its processes were on) · `<metric>@<checkpoint>` float for every metric × Settings `checkpoints`
     (the value of the last point with step ≤ checkpoint, empty unless the run reached that
     step) · `last:<metric>` float · `best:<metric>` float (best in the metric's goal
-    direction) · `git_commit` str · `git_dirty` bool · `command` str (as run) · `run_dir`
+    direction) · `who` str (the OS user who submitted the attempt; only when more than one
+    person submitted the project's runs: `shown.who_shown`) · `git_commit` str · `git_dirty` bool · `command` str (as run) · `run_dir`
     str (a `file://` hyperlink for a local run; `host:path` text for a remote cluster).
     Metric values that are not finite are the text `nan`, `inf` or `-inf` (red), so a
     diverged run stands out; pandas reads `nan` as NaN by default (`pd.to_numeric`
