@@ -77,6 +77,58 @@ def test_who_is_shown_when_several_people_submitted():
     assert who_shown(["ana", "bo"])
 
 
+def test_who_submitted_shows_on_every_surface_once_two_people_did(project: Path):
+    """Attempts recorded as two people's nero records them (no second Unix user needed):
+    status (table, --json, --csv), history (--who), results.xlsx and the Python API agree."""
+    from openpyxl import load_workbook
+
+    from orchestrator.model import NewAttempt, RunState, Update
+    from orchestrator.reconcile import Reconciler
+
+    wb = write_workbook(project / "experiments.xlsx", [{"id": "a", "command": "echo loss={{ x }}", "x": "[1, 2, 3]"}])
+    rec = Reconciler(wb)
+    rec.load()
+    people = ["ana", "ana", "bo"]
+    rec.store.record_intents([NewAttempt(s, 1, "local", str(project / "runs" / str(i)), s.command, who=people[i])
+                              for i, s in enumerate(rec.specs)], 1000.0)
+    rec.store.apply([Update(s.key, 1, state=RunState.COMPLETED, intent=False, started_at=1001.0, ended_at=1002.0,
+                            reason="exit code 0", last={"loss": 1.0}, best={"loss": 1.0}) for s in rec.specs])
+    keys = [s.key for s in rec.specs]
+    rec.close()
+
+    rows = json.loads(nero("status", str(project), "--json", check=True).stdout)
+    assert {r["run"]: r["who"] for r in rows} == dict(zip(keys, people, strict=True))
+    table = nero("status", str(project), check=True).stdout.splitlines()
+    assert table[0].split()[:5] == ["#", "run", "state", "cluster", "who"]
+    assert table[3].split()[4] == "bo"
+    csv = nero("status", str(project), "--csv", check=True).stdout.splitlines()
+    assert "who" in csv[0].split(",") and csv[3].split(",")[csv[0].split(",").index("who")] == "bo"
+    bo = json.loads(nero("history", str(project), "--who", "bo", "--json", check=True).stdout)
+    assert {e["run"] for e in bo} == {keys[2]} and {e["who"] for e in bo} == {"bo"}
+    assert json.loads(nero("history", str(project), "--who", "nobody", "--json", check=True).stdout) == []
+    assert "who" in nero("history", str(project), check=True).stdout.splitlines()[0].split()
+    with Project(wb) as p:
+        p.load()
+        assert p.people() == ("ana", "bo")
+        p.write_results()
+    ws = load_workbook(project / "results.xlsx", read_only=True)["Summary"]
+    head, *values = list(ws.iter_rows(values_only=True))
+    assert [v[head.index("who")] for v in values] == people
+    assert head.index("who") == head.index("git_commit") - 1
+
+
+def test_one_persons_project_has_no_who_column(project: Path):
+    wb = write_workbook(project / "experiments.xlsx", [{"id": "a", "command": "echo loss=1"}])
+    nero("reconcile", str(project), "--until-done", "--interval", "0.3", check=True)
+    from openpyxl import load_workbook
+
+    assert "who" not in nero("status", str(project), check=True).stdout.splitlines()[0].split()
+    head = next(load_workbook(project / "results.xlsx", read_only=True)["Summary"].iter_rows(values_only=True))
+    assert "who" not in head
+    with Project(wb) as p:
+        assert len(p.people()) == 1 and p.runs()[0].who == p.people()[0]
+
+
 # --------------------------------------------------------- network file systems
 
 _MOUNTINFO = """\
