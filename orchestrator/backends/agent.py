@@ -274,6 +274,7 @@ class Limited(object):
 def unpack(stream, target):
     """Extract a tar.gz of plain files into `target` (atomically: complete or absent)."""
     tmp = "%s.tmp%d" % (target, os.getpid())
+    plain, program = umask_mode(0o666), umask_mode(0o777)
     with tarfile.open(fileobj=stream, mode="r|gz") as tar:
         for m in tar:
             name = os.path.normpath(m.name)
@@ -290,7 +291,7 @@ def unpack(stream, target):
             src = tar.extractfile(m)
             with open(dest, "wb") as out:
                 shutil.copyfileobj(src, out)
-            os.chmod(dest, umask_mode(0o777 if m.mode & 0o111 else 0o666))
+            os.chmod(dest, program if m.mode & 0o111 else plain)
     if not os.path.isdir(tmp):
         os.makedirs(tmp)
     try:
