@@ -142,6 +142,8 @@ def status(args: tuple[str, ...], as_json: bool, as_csv: bool, show_all: bool, w
     primary metric. --json and --csv write every run, run by run.
     --attempts lists each run's earlier attempts under it (in --json: an `attempts` list
     per run, oldest first).
+    Once more than one person has submitted runs of the project (a shared project), a
+    `who` column names the OS user who submitted each attempt (--json and --csv: always).
 
     A last line (on stderr with --json or --csv) says how fresh the picture is: the time of
     the last reconcile pass, and whether a reconcile is running. With none running, the live
