@@ -33,7 +33,7 @@ from .model import RunRecord, Series
 __all__ = ["ATTEMPT_COLUMNS", "attempts_frame", "runs_frame", "metrics_frame", "export", "json_ready", "table"]
 
 # the attempts frame's columns before the `last:`/`best:` ones (all of them when it is empty)
-ATTEMPT_COLUMNS = ("run", "attempt", "number", "experiment", "state", "reason", "cluster", "job_id", "host",
+ATTEMPT_COLUMNS = ("run", "attempt", "number", "experiment", "state", "reason", "cluster", "job_id", "host", "who",
                    "start", "end", "runtime_s", "git_commit", "git_dirty")
 
 
@@ -54,7 +54,7 @@ def _frame(runs: Sequence[RunRecord], now: float, values: Sequence[Mapping[str, 
         row.update({k: v for k, v in r.params})
         row.update({
             "state": r.state.value, "reason": r.reason, "attempt": r.attempt, "cluster": r.cluster,
-            "job_id": r.job_id, "host": r.host,
+            "job_id": r.job_id, "host": r.host, "who": r.who,
             "start": pd.to_datetime(r.started_at, unit="s") if r.started_at else pd.NaT,
             "end": pd.to_datetime(r.ended_at, unit="s") if r.ended_at else pd.NaT,
             "runtime_s": r.runtime(now), "git_commit": r.git_commit, "git_dirty": r.git_dirty,

@@ -107,6 +107,11 @@ def test_who_submitted_shows_on_every_surface_once_two_people_did(project: Path)
     assert {e["run"] for e in bo} == {keys[2]} and {e["who"] for e in bo} == {"bo"}
     assert json.loads(nero("history", str(project), "--who", "nobody", "--json", check=True).stdout) == []
     assert "who" in nero("history", str(project), check=True).stdout.splitlines()[0].split()
+    nero("export", str(project), "-o", str(project / "out.csv"), check=True)
+    import csv as csv_module
+
+    with open(project / "out.csv", newline="") as f:
+        assert [r["who"] for r in csv_module.DictReader(f)] == people
     with Project(wb) as p:
         p.load()
         assert p.people() == ("ana", "bo")
