@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from .errors import ExpressionError, NeroError
 from .model import Cluster, ClusterResources, Freshness
 from .paths import ProjectPaths
-from .sharing import MountTable, project_paths
+from .sharing import MountTable, project_paths, state_left_behind
 
 if TYPE_CHECKING:
     from .backends import Backend
@@ -91,7 +91,8 @@ class Project:
     @staticmethod
     def has_state(workbook: str | Path) -> bool:
         """Whether nero keeps state for this workbook (a reconcile ran), without creating it."""
-        return project_paths(Path(workbook).resolve().parent).state_db.exists()
+        paths = project_paths(Path(workbook).resolve().parent)
+        return paths.state_db.exists() or state_left_behind(paths) is not None  # (opening it then says how to move it)
 
     def close(self) -> None:
         """Close the state store and every cluster connection."""

@@ -27,7 +27,7 @@ from .errors import NetworkStateError, StateError
 from .paths import NERO_DIR, ProjectPaths, state_folder_name
 
 __all__ = ["ALLOW_NETWORK_ENV", "NETWORK_TYPES", "STATE_ROOT_ENV", "Mount", "MountTable", "check_state_folder",
-           "current_user", "project_paths"]
+           "current_user", "project_paths", "state_left_behind"]
 
 STATE_ROOT_ENV = "NERO_STATE_ROOT"
 ALLOW_NETWORK_ENV = "NERO_ALLOW_NETWORK_STATE"
@@ -115,6 +115,13 @@ def project_paths(project_dir: str | Path, env: Mapping[str, str] | None = None)
     return ProjectPaths(root, Path(os.path.expanduser(state_root)).absolute() / state_folder_name(root))
 
 
+def state_left_behind(paths: ProjectPaths) -> Path | None:
+    """The project's state store still in `<project>/.nero` while a state root moves the
+    state elsewhere and nothing is there yet; None otherwise."""
+    left = paths.root / NERO_DIR / "state.db"
+    return left if paths.state is not None and not paths.state_db.exists() and left.exists() else None
+
+
 def check_state_folder(paths: ProjectPaths, mounts: MountTable | None = None,
                        env: Mapping[str, str] | None = None) -> Mount | None:
     """The network mount the state folder of `paths` is on, if it is and the user accepted it
@@ -122,8 +129,8 @@ def check_state_folder(paths: ProjectPaths, mounts: MountTable | None = None,
     system that was not accepted raises NetworkStateError with the remedy; a state root
     whose folder has no state while `<project>/.nero` has one, StateError with the move."""
     env = _env(env)
-    left = paths.root / NERO_DIR / "state.db"
-    if paths.state is not None and not paths.state_db.exists() and left.exists():
+    left = state_left_behind(paths)
+    if left is not None:
         raise StateError(
             f"{STATE_ROOT_ENV} moves this project's state to {paths.nero}, but its state is still in {left.parent} "
             f"(a new, empty state would submit every run again). Move it first, with no nero running:\n"

@@ -217,6 +217,8 @@ def test_with_a_state_root_the_project_keeps_its_state_there(project: Path, tmp_
     refused = nero("reconcile", str(moved_back), env=env)
     assert refused.returncode == 1 and "its state is still in" in refused.stderr, refused.stderr
     assert f"mv '{moved_back.resolve() / '.nero'}'/*" in refused.stderr
+    status = nero("status", str(moved_back), env=env)
+    assert status.returncode == 1 and "its state is still in" in status.stderr  # not "No runs yet"
 
 
 # -------------------------------------------------- two Unix users, one project
