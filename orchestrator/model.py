@@ -17,7 +17,7 @@ from .series import Histories, Series
 
 __all__ = [
     "Scalar", "Shell", "RunState", "FINISHED_STATES", "LIVE_STATES", "Desired", "ClusterKind", "RESOURCE_COLUMNS",
-    "Problem", "Variation", "Until", "After", "Experiment", "Cluster", "MetricDef", "Settings", "Workbook", "MAX_GOAL_NAMES",
+    "Problem", "Variation", "Search", "Until", "After", "Experiment", "Cluster", "MetricDef", "Settings", "Workbook", "MAX_GOAL_NAMES",
     "RunSpec", "RunRecord", "ActionKind", "Action", "OverrideKind", "Override", "Plan", "JobScript",
     "CodeSnapshot", "QueueInfo", "GpuInfo", "ClusterResources", "Submission", "MetricPoint",
     "ResourceSample", "Offsets", "SourceOffset", "SourceChunk", "Handle", "JobStatus", "Event", "Update", "NewAttempt", "OutputChunk",
@@ -121,6 +121,19 @@ class After:
 
 
 @dataclass(frozen=True)
+class Search:
+    """An adaptive row's `search` cell (`tpe(val_loss, 60)`; `trials.parse_search`): the
+    sampler, the metric to optimise, how many trials, and the goal when the cell names one
+    ("" : the metric's goal, `metrics.default_goal`)."""
+
+    sampler: str
+    metric: str
+    budget: int
+    goal: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class Experiment:
     id: str
     row: int
@@ -138,6 +151,7 @@ class Experiment:
     rules: str = ""
     notify: tuple[str, ...] = ()
     cells: tuple[tuple[str, str], ...] = ()  # (column, cell) of the id, command, template, each parameter: ("lr", "Experiments!E3")
+    search: Search | None = None  # an adaptive row: its runs are the trials nero asked Optuna for (trials.py)
 
     def cell(self, column: str) -> str:
         """Where `column` was read (`Experiments!E3`); empty for a row not read from a sheet."""

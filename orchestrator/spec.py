@@ -19,7 +19,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TypeVar
 
 from .model import Experiment, RunSpec, Scalar, Variation, Workbook
@@ -306,11 +306,14 @@ def key_clashes(runs: Iterable[tuple[str, _T]]) -> Iterator[tuple[str, _T, _T]]:
             first[key] = what
 
 
-def expand_experiment(exp: Experiment, default_cluster: str = "local") -> Iterator[RunSpec]:
+def expand_experiment(exp: Experiment, default_cluster: str = "local",
+                      runs: Iterable[tuple[str, tuple[tuple[str, Scalar], ...]]] | None = None) -> Iterator[RunSpec]:
+    """The row's runs: its grid (`run_keys`), or the (key, parameters) `runs` gives (an
+    adaptive row's trials)."""
     clusters = exp.clusters or (default_cluster,)
     where = key_cell(exp)
     hashed = _row_hasher(exp, clusters)
-    for key, params in run_keys(exp):
+    for key, params in (run_keys(exp) if runs is None else runs):
         yield RunSpec(
             key=key, experiment=exp.id, row=exp.row, params=params, command=exp.command,
             clusters=clusters, resources=exp.resources, setup=exp.setup, workdir=exp.workdir,
@@ -354,9 +357,14 @@ def count_runs(exp: Experiment) -> int:
     return math.prod(len(v.values) if isinstance(v, Variation) else 1 for _, v in exp.params)
 
 
-def expand(workbook: Workbook) -> list[RunSpec]:
+def expand(workbook: Workbook,
+           trials: Mapping[str, Iterable[tuple[str, tuple[tuple[str, Scalar], ...]]]] | None = None) -> list[RunSpec]:
+    """Every run the workbook asks for; an adaptive row's are its trials (`trials`, by
+    experiment: (key, parameters); none when not given)."""
     default = workbook.settings.default_cluster or "local"
-    return [s for e in workbook.experiments for s in expand_experiment(e, default)]
+    trials = trials or {}
+    return [s for e in workbook.experiments
+            for s in expand_experiment(e, default, trials.get(e.id, ()) if e.search is not None else None)]
 
 
 def diff_essence(old: dict, new: dict) -> list[str]:

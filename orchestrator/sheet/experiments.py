@@ -15,8 +15,9 @@ from typing import Any
 
 from .. import spec
 from ..errors import ExpressionError
-from ..model import RESOURCE_COLUMNS, After, Desired, Experiment, Scalar, Until, Variation
+from ..model import RESOURCE_COLUMNS, After, Desired, Experiment, Scalar, Search, Until, Variation
 from ..rules import parse_rules
+from ..trials import parse_search, search_problems
 from ..tokens import Token, tokenize
 from .cells import choice, identifier, names, one_of, text, whole
 from .commands import BUILTIN_VARIABLES, VariablesOf, check_command, once_per_command
@@ -27,7 +28,7 @@ __all__ = ["EXPERIMENT_COLUMNS", "MAX_RUNS_PER_ROW", "NOTIFY_EVENTS", "read_expe
 
 EXPERIMENT_COLUMNS = (
     "id", "command", "cluster", "state", *RESOURCE_COLUMNS, "setup", "workdir", "template",
-    "priority", "after", "retries", "rules", "notify", "notes",
+    "priority", "after", "retries", "rules", "notify", "search", "notes",
 )
 NOTIFY_EVENTS = ("started", "completed", "failed", "terminated", "lost", "warn")
 MAX_RUNS_PER_ROW = 100_000
@@ -117,13 +118,27 @@ def _experiment(row: Row, parameters: list[tuple[str, int]], clusters: tuple[str
         after=row.get("after", _after, ()), retries=row.get("retries", _RETRIES, 0),
         rules=row.get("rules", _rules, ""), notify=row.get("notify", _NOTIFY, ()),
         cells=(("id", row.ref("id")), ("command", row.ref("command")), ("template", row.ref("template")),
-               *((name, row.ref_at(c)) for name, c in parameters)),
+               ("search", row.ref("search")), *((name, row.ref_at(c)) for name, c in parameters)),
+        search=row.get("search", _search, None),
     )
     if command:
         check_command(row, exp, {name for name, _ in parameters}, unreadable, variables_of)
-    if ident:
+    if ident and exp.search is None:
         _check_grid(row, exp)
+    elif exp.search is not None:
+        _check_search(row, exp)
     return exp if ident else None
+
+
+def _search(value: object, column: str) -> Search | None:
+    cell = text(value)
+    return parse_search(cell) if cell else None
+
+
+def _check_search(row: Row, exp: Experiment) -> None:
+    """An adaptive row searches at least one dimension, each one Optuna can search."""
+    for p in search_problems(exp):
+        row.problems.add(p.where, p.message)
 
 
 def _rules(value: object, column: str) -> str:
@@ -235,7 +250,7 @@ def _check_keys(experiments: list[Experiment], problems: Problems) -> None:
     its attempts), so two runs with one key would restart each other forever. Each list
     and function cell is already free of repeats (spec.parse_cell); here a grid's values
     holding ',' and '=' can still spell one key twice. One problem per row."""
-    made = ((key, (e, params)) for e in experiments if spec.count_runs(e) <= MAX_RUNS_PER_ROW
+    made = ((key, (e, params)) for e in experiments if e.search is None and spec.count_runs(e) <= MAX_RUNS_PER_ROW
             for key, params in spec.run_keys(e))
     reported: set[int] = set()
     for key, (first, p1), (again, p2) in spec.key_clashes(made):
