@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TypeVar
 
 from .model import Experiment, RunSpec, Scalar, Variation, Workbook
+from .space import format_value, list_value, normalize, parse_scalar
 from .tokens import PLAIN_QUOTES, number, scan, spans, tokenize
 
 __all__ = [
@@ -48,39 +49,6 @@ _FUNCTIONS = ("range", "linspace", "logspace")
 _FUNCTION_WORD = re.compile(r"(?:range|linspace|logspace)\b")  # at the start of a name token
 
 
-def normalize(v: Scalar) -> Scalar:
-    """Round floats to 12 significant digits so `linspace` keys stay readable."""
-    if isinstance(v, float) and math.isfinite(v):
-        return float(f"{v:.12g}")
-    return v
-
-
-def format_value(v: Scalar) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return f"{v:.12g}"
-    if v is None:
-        return ""
-    return str(v)
-
-
-def parse_scalar(text: str) -> Scalar:
-    """A literal inside a list: number, boolean, or (optionally quoted) string."""
-    t = text.strip()
-    if len(t) >= 2 and t[0] == t[-1] and t[0] in "'\"":
-        return t[1:-1]
-    n = number(t)
-    if n is not None:
-        return int(t) if t.lstrip("+-").isdigit() else normalize(n)
-    low = t.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("nan", "inf", "-inf"):
-        return float(low)
-    return t
-
-
 def _number(text: str, what: str) -> float:
     """One argument of range/linspace/logspace: a number, its sign written against it."""
     n = number(text)
@@ -100,21 +68,6 @@ def _whole(text: str, what: str) -> float | int:
 def _shown(text: str) -> str:
     """A cell's text in a message (long cells cut short)."""
     return text if len(text) <= 60 else text[:57] + "…"
-
-
-def _list_value(item: str, text: str) -> Scalar:
-    """One value of a list; a number too large or too close to 0 for a float is an error,
-    not a silent inf or 0 (`[1e-400, 0]` would otherwise be 0 twice)."""
-    v = parse_scalar(item)
-    if isinstance(v, float) and number(item) is not None:
-        mantissa = re.split("[eE]", item)[0]
-        if math.isinf(v):
-            raise ValueError(f"{_shown(text)}: {item} is too large for a number (it would read as inf); "
-                             "write a smaller number, or inf if you mean it")
-        if (v == 0 and any(c in "123456789" for c in mantissa)) or 0 < abs(v) < _SMALLEST:
-            raise ValueError(f"{_shown(text)}: {item} is too close to 0 for a number (below 2.2e-308 it loses its "
-                             "digits, then reads as 0); scale the parameter, e.g. pass its logarithm")
-    return v
 
 
 def _first_repeat(values: tuple[Scalar, ...]) -> tuple[int, int, str] | None:
@@ -198,7 +151,7 @@ def parse_cell(value: object) -> Scalar | Variation:
         if not items or any(not i.strip() for i in items):
             raise ValueError(f"list {text[:40]!r} has an empty value (write e.g. [0.1, 0.01])")
         written = [i.strip() for i in items]
-        vals = tuple(_list_value(w, text) for w in written)
+        vals = tuple(list_value(w, text) for w in written)
         _check_list_repeats(text, written, vals)
         return Variation(text, vals)
     call = _function_call(text) if text.startswith(_FUNCTIONS) else None
