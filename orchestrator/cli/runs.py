@@ -74,6 +74,7 @@ def plan(workbook: str | None, prune: bool, as_json: bool, details: bool) -> Non
         try:
             fresh = project.freshness()
             p = project.plan(prune=prune)
+            batches = project.next_batches()
         except NeroError as e:
             fail(e)
         now = project.clock()
@@ -81,6 +82,8 @@ def plan(workbook: str | None, prune: bool, as_json: bool, details: bool) -> Non
         click.echo(json.dumps(plan_json(p, fresh, now), indent=2))
         return
     print_plan(p, details=details)
+    for batch in batches:  # adaptive rows: trials so far, budget left, the next batch
+        click.echo(batch.line())
     click.echo(freshness_line(fresh, now))
 
 
@@ -159,6 +162,8 @@ def status(args: tuple[str, ...], as_json: bool, as_csv: bool, show_all: bool, w
         fresh = project.freshness()
         if not selector and not (as_json or as_csv or with_attempts) and project.run_count() > summary_rows():
             _summary(project, now)
+            for o in project.optimisations():
+                click.echo(o.line())
             click.echo(freshness_line(fresh, now))
             _not_started(project)
             return
@@ -178,6 +183,9 @@ def status(args: tuple[str, ...], as_json: bool, as_csv: bool, show_all: bool, w
             click.echo(freshness_line(fresh, now), err=True)
             return
         _status_table(runs, now, show_all, values, earlier, attempt_values)
+        if not selector:
+            for o in project.optimisations():
+                click.echo(o.line())
         click.echo(freshness_line(fresh, now))
         if not selector:
             _not_started(project)

@@ -46,8 +46,10 @@ def _ready(store: Store) -> None:
 
 
 def read_trials(store: Store) -> dict[str, list[Trial]]:
-    """Every adaptive row's trials, by experiment, in trial order."""
-    _ready(store)
+    """Every adaptive row's trials, by experiment, in trial order ({} in a store without the
+    table: nothing is written to read)."""
+    if not store.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='trials'").fetchone():
+        return {}
     out: dict[str, list[Trial]] = {}
     for exp, number, params, told, value in store.db.execute(
             "SELECT experiment, number, params, told, value FROM trials ORDER BY experiment, number"):
