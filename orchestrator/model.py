@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .metrics import MAX_GOAL_NAMES, default_goal
 from .series import Histories, Series
+
+if TYPE_CHECKING:
+    from .space import Distribution
 
 __all__ = [
     "Scalar", "Shell", "RunState", "FINISHED_STATES", "LIVE_STATES", "Desired", "ClusterKind", "RESOURCE_COLUMNS",
@@ -140,7 +143,7 @@ class Experiment:
     command: str
     clusters: tuple[str, ...]
     desired: Desired
-    params: tuple[tuple[str, Scalar | Variation], ...]
+    params: tuple[tuple[str, Scalar | Variation | Distribution], ...]
     resources: tuple[tuple[str, Scalar], ...] = ()
     setup: str = ""
     workdir: str = ""
@@ -151,6 +154,9 @@ class Experiment:
     rules: str = ""
     notify: tuple[str, ...] = ()
     cells: tuple[tuple[str, str], ...] = ()  # (column, cell) of the id, command, template, each parameter: ("lr", "Experiments!E3")
+    samples: int = 0  # how many draws of its sampled (Distribution) cells the row makes; 0: it samples nothing
+    sample_seed: int | None = None  # the row's, else Settings sample_seed; None: space.DEFAULT_SEED
+    together: tuple[tuple[str, ...], ...] = ()  # groups of parameters whose lists are zipped, not crossed
     search: Search | None = None  # an adaptive row: its runs are the trials nero asked Optuna for (trials.py)
 
     def cell(self, column: str) -> str:
@@ -206,6 +212,7 @@ class Settings:
     default_cluster: str = "local"
     on_save: str = "confirm"  # or "apply all": changes that throw work away wait for `nero apply` (confirm.py)
     confirm_over: int = 200  # more new runs than this at once wait for `nero apply` too
+    sample_seed: int | None = None  # the seed of sampled rows without their own (space.DEFAULT_SEED when None)
 
 
 @dataclass(frozen=True)

@@ -109,11 +109,12 @@ class Studies:
             self._storage = _optuna().storages.RDBStorage(f"sqlite:///{self.path}")
         return self._storage
 
-    def study(self, exp: Experiment, goal: str, seed: int | None = None) -> Any:
-        """The row's study (created on first use). The sampler's seed is the row's seed mixed
-        with the trials the study holds, so a restarted nero does not replay the draws
-        it made before."""
+    def study(self, exp: Experiment, goal: str) -> Any:
+        """The row's study (created on first use). The sampler's seed is the row's
+        `sample_seed` (else Settings') mixed with the number of trials the study holds, so a
+        restarted nero does not replay the draws it made before; no seed, no mixing."""
         assert exp.search is not None
+        seed = exp.sample_seed
         key = (exp.id, exp.search.sampler, goal, seed)
         study = self._studies.get(key)
         if study is None:
@@ -128,9 +129,9 @@ class Studies:
             self._studies[key] = study
         return study
 
-    def ask(self, exp: Experiment, goal: str, n: int, seed: int | None = None) -> list[Asked]:
+    def ask(self, exp: Experiment, goal: str, n: int) -> list[Asked]:
         """`n` new trials of the row's study."""
-        study = self.study(exp, goal, seed)
+        study = self.study(exp, goal)
         dists = _distributions(exp)
         out = []
         for _ in range(n):
@@ -138,11 +139,11 @@ class Studies:
             out.append(Asked(trial.number, _values(trial.params, exp)))
         return out
 
-    def adopt(self, exp: Experiment, goal: str, known: set[int], seed: int | None = None) -> list[Asked]:
+    def adopt(self, exp: Experiment, goal: str, known: set[int]) -> list[Asked]:
         """The running trials of the row's study that nero's state does not name (asked by a
         nero killed before it recorded them), each completed with the values it lacks."""
         optuna = _optuna()
-        study = self.study(exp, goal, seed)
+        study = self.study(exp, goal)
         dists = _distributions(exp)
         out = []
         for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):

@@ -9,6 +9,11 @@ render one key (`[1, 1.0]`, a `linspace` finer than 12 significant digits) and n
 overflow or underflow are errors at their cell, and `key_clashes` finds any key given twice
 (the sheet's check and the planner's last guard). The spec hash covers only what
 changes the job (command, parameters, cluster, resources, template, setup, workdir).
+
+A cell may also sample (`uniform(0, 1)`, `choice(adam, sgd)`: `space.parse_distribution`),
+and a row's `together` groups zip lists instead of crossing them: a row's runs are then the
+product of its factors (`factors.py`), and a sampled run's key ends with its sample index,
+`experiment[lr=0.00123,sample=2]`.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TypeVar
 
+from .factors import SAMPLE, factors, sizes
 from .model import Experiment, RunSpec, Scalar, Variation, Workbook
-from .space import format_value, list_value, normalize, parse_scalar
+from .space import Distribution, format_value, list_value, normalize, parse_distribution, parse_scalar
 from .tokens import PLAIN_QUOTES, number, scan, spans, tokenize
 
 __all__ = [
@@ -135,8 +141,10 @@ def _function_call(text: str) -> tuple[str, list[str]] | None:
     return name.text, [text[a:b] for a, b in spans(tokens[2:-2], ",", start, end)]
 
 
-def parse_cell(value: object) -> Scalar | Variation:
-    """Turn a parameter cell into a scalar or a Variation; ValueError says what is wrong."""
+def parse_cell(value: object, paired: bool = False) -> Scalar | Variation | Distribution:
+    """Turn a parameter cell into a scalar, a Variation or a Distribution; ValueError says
+    what is wrong. A `paired` cell (named in `together`) may list a value twice: its pairs
+    name the runs (`factors.check` finds a pair given twice)."""
     if value is None or isinstance(value, bool | int):
         return value  # type: ignore[return-value]
     if isinstance(value, float):
@@ -144,6 +152,9 @@ def parse_cell(value: object) -> Scalar | Variation:
     if not isinstance(value, str):
         return str(value)
     text = value.strip()
+    dist = parse_distribution(text)
+    if dist is not None:
+        return dist
     if text.startswith("["):
         if not text.endswith("]"):
             raise ValueError(f"list {text[:40]!r} is missing its closing ']' (write e.g. [0.1, 0.01])")
@@ -152,13 +163,15 @@ def parse_cell(value: object) -> Scalar | Variation:
             raise ValueError(f"list {text[:40]!r} has an empty value (write e.g. [0.1, 0.01])")
         written = [i.strip() for i in items]
         vals = tuple(list_value(w, text) for w in written)
-        _check_list_repeats(text, written, vals)
+        if not paired:
+            _check_list_repeats(text, written, vals)
         return Variation(text, vals)
     call = _function_call(text) if text.startswith(_FUNCTIONS) else None
     if call:
         fn, args = call
         values = _expand_function(fn, args, text)
-        _check_generated_repeats(text, values)
+        if not paired:
+            _check_generated_repeats(text, values)
         return Variation(text, values)
     if text.endswith("]") or (text.startswith(_FUNCTIONS) and _FUNCTION_WORD.match(next(scan(text)).text)):
         raise ValueError(f"{text[:40]!r} is not a valid variation; use [a, b], range(a, b[, step]), linspace(a, b, n) or logspace(a, b, n)")
@@ -231,6 +244,9 @@ def run_keys(exp: Experiment) -> Iterator[tuple[str, tuple[tuple[str, Scalar], .
     # key), formatted once per row rather than once per run: `run_key`'s form
     choices = [[(x, f"{n}={format_value(x)}") for x in v.values] if isinstance(v, Variation) else [(v, None)]
                for n, v in exp.params]
+    if exp.together or any(isinstance(v, Distribution) for _, v in exp.params):
+        yield from _factor_keys(exp, names)
+        return
     if not any(isinstance(v, Variation) for _, v in exp.params):
         yield run_key(exp.id, ()), tuple(zip(names, (c[0][0] for c in choices), strict=True))
         return
@@ -239,9 +255,28 @@ def run_keys(exp: Experiment) -> Iterator[tuple[str, tuple[tuple[str, Scalar], .
         yield f"{exp.id}[{','.join([c[1] for c in combo if c[1] is not None])}]", params
 
 
+def _factor_keys(exp: Experiment, names: list[str]) -> Iterator[tuple[str, tuple[tuple[str, Scalar], ...]]]:
+    """`run_keys` of a row with paired or sampled cells: the product of its factors, each
+    alternative's `name=value` parts made once; the key lists them in column order, then
+    `sample=i`."""
+    n = len(names)
+    alternatives = [[tuple((i, x, f"{names[i]}={format_value(x)}" if i < n else f"{SAMPLE}={x}") for i, x in alt)
+                     for alt in f.alternatives] for f in factors(exp)]
+    base: list[Scalar] = [None if isinstance(v, Variation | Distribution) else v for _, v in exp.params]
+    for combo in itertools.product(*alternatives):
+        values = base.copy()
+        parts: list[str | None] = [None] * (n + 1)
+        for alt in combo:
+            for i, x, part in alt:
+                if i < n:
+                    values[i] = x
+                parts[i] = part
+        yield f"{exp.id}[{','.join([p for p in parts if p is not None])}]", tuple(zip(names, values, strict=True))
+
+
 def key_cell(exp: Experiment) -> str:
     """The cell a row's run keys come from: its first varied parameter's, else its id's."""
-    first = next((n for n, v in exp.params if isinstance(v, Variation)), "id")
+    first = next((n for n, v in exp.params if isinstance(v, Variation | Distribution)), "id")
     return exp.cell(first) or exp.cell("id")
 
 
@@ -307,6 +342,9 @@ def _row_hasher(exp: Experiment, clusters: tuple[str, ...]) -> Callable[[tuple[t
 
 
 def count_runs(exp: Experiment) -> int:
+    """How many runs a row makes: the product of its factors' sizes."""
+    if exp.together or any(isinstance(v, Distribution) for _, v in exp.params):
+        return math.prod(size for _, size in sizes(exp))
     return math.prod(len(v.values) if isinstance(v, Variation) else 1 for _, v in exp.params)
 
 
