@@ -27,12 +27,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .model import Desired, Experiment, RunRecord, Scalar, Workbook
+from .model import Desired, Experiment, Problem, RunRecord, RunSpec, Scalar, Workbook
+from .spec import expand_experiment
 from .state import Store
 from .state.trials import mark_told, read_trials, record_trials
-from .trials import Optimisation, Trial, optimisation, outcome, search_goal, to_ask, trial_key, trial_params
+from .trials import (
+    Optimisation,
+    Trial,
+    optimisation,
+    outcome,
+    search_goal,
+    stand_in,
+    to_ask,
+    trial_key,
+    trial_params,
+)
 
-__all__ = ["NextBatch", "Searcher", "next_batches", "trial_runs"]
+__all__ = ["NextBatch", "Searcher", "next_batches", "package_problems", "stand_ins", "trial_runs"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,23 @@ def trial_runs(workbook: Workbook, trials: Mapping[str, list[Trial]]) -> dict[st
             out[exp.id] = [(trial_key(exp.id, t.number), trial_params(exp, dict(t.params)))
                            for t in trials.get(exp.id, ())]
     return out
+
+
+def stand_ins(workbook: Workbook, specs: list[RunSpec]) -> list[RunSpec]:
+    """A stand-in run (trial 0, each dimension's first value) of each adaptive row with no
+    trial yet, so the workbook's check renders its job before a trial is asked."""
+    default = workbook.settings.default_cluster or "local"
+    have = {s.experiment for s in specs}
+    return [s for exp in workbook.experiments if exp.search is not None and exp.id not in have
+            for s in expand_experiment(exp, default, [(trial_key(exp.id, 0), trial_params(exp, stand_in(exp)))])]
+
+
+def package_problems(workbook: Workbook) -> list[Problem]:
+    """Adaptive rows whose search needs a package that is not installed, at their cells."""
+    from .search import sampler_problem
+
+    rows = [e for e in workbook.experiments if e.search is not None]
+    return [p for e in rows if (p := sampler_problem(e, e.cell("search") or e.cell("id"))) is not None]
 
 
 def _free(exp: Experiment, default: str, snapshot: Mapping[str, RunRecord], capacity: Mapping[str, int]) -> int:

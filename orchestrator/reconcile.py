@@ -37,7 +37,7 @@ from .jobs import params_json
 from .lifecycle import observe, recovery
 from .metric_files import DEFAULT_GLOBS, globs_of
 from .metrics import goals_of
-from .optimise import Searcher, trial_runs
+from .optimise import Searcher, package_problems, stand_ins, trial_runs
 from .model import (
     Action,
     ActionKind,
@@ -248,12 +248,15 @@ class Reconciler:
         with its cell."""
         from .preflight import check_workbook
 
+        searching = any(e.search is not None for e in wb.experiments)
+        specs = specs + stand_ins(wb, specs) if searching else specs
         todo = make_plan(specs, self._snapshot(specs), {c.name: len(specs) + 1 for c in wb.clusters},
                          overrides=self.store.overrides())
         keys = {a.key for a in todo.actions if a.spec is not None and a.kind in (ActionKind.SUBMIT, ActionKind.RESTART,
                                                                                   ActionKind.HOLD)}
         chosen = [s for s in specs if s.key in keys]
         problems = check_workbook(wb, chosen, str(self.project_dir), {s.key: self.workdir(s) for s in chosen})
+        problems += package_problems(wb) if searching else []
         if problems:
             raise WorkbookError(str(self.workbook_path), problems)
 

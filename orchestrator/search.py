@@ -50,10 +50,12 @@ def _optuna() -> Any:
 
 
 def sampler_problem(exp: Experiment, cell: str) -> Problem | None:
-    """A sampler whose package is missing (CMA-ES needs cmaes, GP torch and scipy), at its cell."""
-    assert exp.search is not None
-    needs = {"cmaes": ("cmaes",), "gp": ("torch", "scipy")}.get(exp.search.sampler, ())
+    """A search whose packages are missing (optuna, nero's extra `search`; CMA-ES needs cmaes,
+    GP torch and scipy), at its cell."""
     import importlib.util
+
+    assert exp.search is not None
+    needs = ("optuna", *{"cmaes": ("cmaes",), "gp": ("torch", "scipy")}.get(exp.search.sampler, ()))
 
     missing = [m for m in needs if importlib.util.find_spec(m) is None]
     if not missing:

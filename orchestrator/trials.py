@@ -33,7 +33,7 @@ from .tokens import number, scan
 __all__ = [
     "SAMPLERS", "TRIAL", "Optimisation", "Trial", "TrialRow", "dimension", "dimensions", "outcome", "optimisation",
     "parse_search", "search_problems",
-    "search_goal", "to_ask", "trial_key", "trial_params",
+    "search_goal", "stand_in", "to_ask", "trial_key", "trial_params",
 ]
 
 SAMPLERS = {
@@ -133,6 +133,17 @@ def _unreadable(v: object) -> bool:
     except ValueError:
         return True
     return False
+
+
+def stand_in(exp: Experiment) -> dict[str, Scalar]:
+    """Values of an adaptive row's dimensions to render its job with before any trial is
+    asked (each dimension's first value, a range's lower end)."""
+    out: dict[str, Scalar] = {}
+    for name, v in exp.params:
+        d = dimension(v)
+        if d is not None:
+            out[name] = d[0] if isinstance(d, tuple) else d.args[0]
+    return out
 
 
 def trial_params(exp: Experiment, chosen: Mapping[str, Scalar]) -> tuple[tuple[str, Scalar], ...]:

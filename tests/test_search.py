@@ -90,6 +90,22 @@ def test_search_cell_parses_and_bad_cells_are_errors_at_their_cell(tmp_path: Pat
     assert "the number of trials must be a whole number" in text
 
 
+def test_a_search_rows_job_is_checked_before_any_trial_is_asked(project: Path):
+    """A command that does not render, or a sampler whose package is missing, refuses the
+    workbook at its cell, and Optuna is asked nothing."""
+    write_workbook(project / "experiments.xlsx", [
+        {"id": "a", "command": "echo {{ x }} {{ nosuch }}", "x": "uniform(0, 1)", "search": "tpe(loss, 5)"},
+    ])
+    proc = nero("reconcile", str(project))
+    assert proc.returncode == 2 and "nosuch" in proc.stderr and "Experiments!B2" in proc.stderr, proc.stderr
+    assert not (project / ".nero" / "search.db").exists()
+    write_workbook(project / "experiments.xlsx", [
+        {"id": "a", "command": "echo {{ x }}", "x": "uniform(0, 1)", "search": "gp(loss, 5)"},
+    ])
+    proc = nero("plan", str(project))
+    assert proc.returncode == 2 and "Experiments!D2: the sampler gp needs torch and scipy" in proc.stderr, proc.stderr
+
+
 @pytest.mark.slow
 def test_adaptive_row_runs_to_its_budget_through_kills_and_reports_the_best(project: Path):
     budget = 24
