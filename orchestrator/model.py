@@ -24,7 +24,7 @@ __all__ = [
     "RunSpec", "RunRecord", "ActionKind", "Action", "OverrideKind", "Override", "Plan", "JobScript",
     "CodeSnapshot", "QueueInfo", "GpuInfo", "ClusterResources", "Submission", "MetricPoint",
     "ResourceSample", "Offsets", "SourceOffset", "SourceChunk", "Handle", "JobStatus", "Event", "Update", "NewAttempt", "OutputChunk",
-    "Series", "Histories", "ResultsInput", "Freshness",
+    "Series", "Histories", "TrialRow", "Optimisation", "ResultsInput", "Freshness",
 ]
 
 Scalar = str | int | float | bool | None
@@ -610,6 +610,37 @@ class OutputChunk:
 
 
 @dataclass(frozen=True)
+class TrialRow:
+    """One trial as the Optimisation view lists it."""
+
+    number: int
+    key: str
+    params: tuple[tuple[str, Scalar], ...]
+    state: str  # running | complete | fail | pruned
+    value: float | None
+    best_so_far: float | None  # the best complete value up to this trial
+
+
+@dataclass(frozen=True)
+class Optimisation:
+    """What every surface shows of an adaptive row (results, status, digest, the API)."""
+
+    experiment: str
+    sampler: str
+    metric: str
+    goal: str
+    budget: int
+    trials: tuple[TrialRow, ...]
+    best: TrialRow | None
+    importances: tuple[tuple[str, float], ...] = ()  # Optuna's, where it gives them
+
+    @property
+    def done(self) -> int:
+        """Trials told (complete, failed or pruned)."""
+        return sum(1 for t in self.trials if t.state != "running")
+
+
+@dataclass(frozen=True)
 class ResultsInput:
     """Everything the results workbook shows, gathered from the state store."""
 
@@ -626,6 +657,7 @@ class ResultsInput:
     attempts: tuple[RunRecord, ...] = ()
     attempt_histories: Mapping[tuple[str, int], Mapping[str, Sequence[tuple[int | None, float]]]] = field(
         default_factory=dict)
+    optimisations: tuple[Optimisation, ...] = ()  # the adaptive rows' (the Optimisation sheet)
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ExpressionError, NeroError
-from .model import Cluster, ClusterResources, Freshness
+from .model import Cluster, ClusterResources, Freshness, Optimisation
 from .optimise import NextBatch, next_batches
 from .paths import ProjectPaths
-from .trials import Optimisation
 
 if TYPE_CHECKING:
     from .backends import Backend

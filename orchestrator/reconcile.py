@@ -848,6 +848,8 @@ class Reconciler:
             runs=tuple(sorted(snap.values(), key=lambda r: r.number)), histories=self.store.histories(),
             events=tuple(self.store.events()), queue=tuple(queue), now=self.clock(),
             attempts=tuple(self.store.earlier_attempts()), attempt_histories=self.store.earlier_histories(),
+            optimisations=tuple(self.searcher().optimisations(wb, importances=True)
+                                if any(e.search is not None for e in wb.experiments) else ()),
         )
 
     def results_path(self) -> Path:

@@ -24,14 +24,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .metrics import better, default_goal
-from .model import Experiment, Problem, RunRecord, RunState, Scalar, Search, Variation
+from .model import Experiment, Optimisation, Problem, RunRecord, RunState, Scalar, Search, TrialRow, Variation
 from .shown import run_values
 from .space import Distribution, parse_distribution
-from .spec import format_value, run_key
+from .spec import run_key
 from .tokens import number, scan
 
 __all__ = [
-    "SAMPLERS", "TRIAL", "Optimisation", "Trial", "TrialRow", "dimension", "dimensions", "outcome", "optimisation",
+    "SAMPLERS", "TRIAL", "Trial", "dimension", "dimensions", "outcome", "optimisation",
     "parse_search", "search_problems",
     "search_goal", "stand_in", "to_ask", "trial_key", "trial_params",
 ]
@@ -174,45 +174,6 @@ def outcome(rec: RunRecord, retries: int, metric: str, history: Mapping[str, Seq
     if rec.state is RunState.CANCELLED or rec.retry < retries:
         return None
     return "fail", None
-
-
-@dataclass(frozen=True)
-class TrialRow:
-    """One trial as the Optimisation view lists it."""
-
-    number: int
-    key: str
-    params: tuple[tuple[str, Scalar], ...]
-    state: str  # running | complete | fail | pruned
-    value: float | None
-    best_so_far: float | None  # the best complete value up to this trial
-
-
-@dataclass(frozen=True)
-class Optimisation:
-    """What every surface shows of an adaptive row (results, status, digest, the API)."""
-
-    experiment: str
-    sampler: str
-    metric: str
-    goal: str
-    budget: int
-    trials: tuple[TrialRow, ...]
-    best: TrialRow | None
-    importances: tuple[tuple[str, float], ...] = ()
-
-    @property
-    def done(self) -> int:
-        """Trials told (complete, failed or pruned)."""
-        return sum(1 for t in self.trials if t.state != "running")
-
-    def line(self) -> str:
-        """The one line `nero status` and the digest give it."""
-        head = f"{self.experiment}: {self.sampler} {self.goal} {self.metric}, {len(self.trials)}/{self.budget} trials"
-        if self.best is None or self.best.value is None:
-            return head + ", no complete trial yet"
-        params = ", ".join(f"{n}={format_value(v)}" for n, v in self.best.params)
-        return f"{head}, best {format_value(self.best.value)} (trial {self.best.number}: {params})"
 
 
 def optimisation(exp: Experiment, trials: Iterable[Trial], goals: Mapping[str, str],

@@ -22,14 +22,15 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from .space import format_value
 from .units import format_duration
 
 if TYPE_CHECKING:
     from .metrics import Summary
-    from .model import Action, Event, Freshness, Plan, RunRecord
+    from .model import Action, Event, Freshness, Optimisation, Plan, RunRecord
 
 __all__ = ["action_row", "attempt_row", "event_row", "flat_row", "freshness_json", "freshness_line", "html_table",
-           "plan_json", "plan_line", "run_row", "shown_json", "summary_line"]
+           "optimisation_line", "plan_json", "plan_line", "run_row", "shown_json", "summary_line"]
 
 
 def _number(v: float | None) -> float | None:
@@ -186,3 +187,13 @@ def html_table(headers: Sequence[str], rows: Iterable[Sequence[object]], caption
     if body:
         out += f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     return out + "".join(f"<p>{cell(n)}</p>" for n in notes)
+
+
+def optimisation_line(o: Optimisation) -> str:
+    """An adaptive row in one line (`nero status`, the digest): its search, trials of the
+    budget, and the best trial with its parameters."""
+    head = f"{o.experiment}: {o.sampler} {o.goal} {o.metric}, {len(o.trials)}/{o.budget} trials"
+    if o.best is None or o.best.value is None:
+        return head + ", no complete trial yet"
+    params = ", ".join(f"{n}={format_value(v)}" for n, v in o.best.params)
+    return f"{head}, best {format_value(o.best.value)} (trial {o.best.number}: {params})"

@@ -13,7 +13,7 @@ from ..errors import NeroError
 from ..operations import history_rows, run_rows
 from ..project import Project
 from ..units import format_duration, format_significant
-from ..views import freshness_json, freshness_line, plan_json, plan_line
+from ..views import freshness_json, freshness_line, optimisation_line, plan_json, plan_line
 from .console import STATE_STYLE, console, escape
 from .group import (
     WORKBOOK_ARG,
@@ -163,7 +163,7 @@ def status(args: tuple[str, ...], as_json: bool, as_csv: bool, show_all: bool, w
         if not selector and not (as_json or as_csv or with_attempts) and project.run_count() > summary_rows():
             _summary(project, now)
             for o in project.optimisations():
-                click.echo(o.line())
+                click.echo(optimisation_line(o))
             click.echo(freshness_line(fresh, now))
             _not_started(project)
             return
@@ -185,7 +185,7 @@ def status(args: tuple[str, ...], as_json: bool, as_csv: bool, show_all: bool, w
         _status_table(runs, now, show_all, values, earlier, attempt_values)
         if not selector:
             for o in project.optimisations():
-                click.echo(o.line())
+                click.echo(optimisation_line(o))
         click.echo(freshness_line(fresh, now))
         if not selector:
             _not_started(project)
