@@ -32,10 +32,10 @@ from . import loop, operations
 from . import project as facade
 from .errors import ExpressionError, NeroError
 from .units import format_duration, format_significant
-from .views import action_row, flat_row, freshness_line, html_table, plan_line
+from .views import action_row, flat_row, freshness_line, html_table, plan_line, trial_row
 
 if TYPE_CHECKING:
-    from .model import Freshness, Plan
+    from .model import Freshness, Optimisation, Plan
     from .plots import Drawn
     from .reconcile import PassReport, Reread
     from .state import Mail
@@ -383,6 +383,26 @@ class Project:
 
         _, _, rows = operations.history_rows(self.core, selector, last, warn=_warn)
         return table(rows, columns=("time", "run", "attempt", "event", "reason"))
+
+    def optimisations(self) -> list[Optimisation]:
+        """The adaptive rows' searches (a `search` cell), as `nero status`, the digest and the
+        Optimisation sheet show them: each row's trials in order with the best so far
+        (`.trials`), its best trial (`.best`: `.value`, `.params`), the budget, and Optuna's
+        parameter importances where it gives them (`.importances`).
+
+            >>> best = project.optimisations()[0].best
+            >>> best.value, dict(best.params)
+        """
+        self._load()
+        return self.core.optimisations(importances=True)
+
+    def trials(self, experiment: str | None = None) -> DataFrame:
+        """The trials of the adaptive rows (of `experiment` only, if given), one row each:
+        `experiment`, `trial`, `run`, `state`, `value`, `best_so_far`, then the parameters."""
+        from .frames import table
+
+        rows = [trial_row(o, t) for o in self.optimisations() if experiment in (None, o.experiment) for t in o.trials]
+        return table(rows, columns=("experiment", "trial", "run", "state", "value", "best_so_far"))
 
     def plot(self, selector: str, metric: str, path: str | Path | None = None, *, attempts: bool = False) -> Drawn:
         """`nero plot SELECTOR METRIC`: `metric` over steps of the started runs `selector`

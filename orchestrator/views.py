@@ -27,10 +27,10 @@ from .units import format_duration
 
 if TYPE_CHECKING:
     from .metrics import Summary
-    from .model import Action, Event, Freshness, Optimisation, Plan, RunRecord
+    from .model import Action, Event, Freshness, Optimisation, Plan, RunRecord, TrialRow
 
 __all__ = ["action_row", "attempt_row", "event_row", "flat_row", "freshness_json", "freshness_line", "html_table",
-           "optimisation_line", "plan_json", "plan_line", "run_row", "shown_json", "summary_line"]
+           "optimisation_line", "plan_json", "trial_row", "plan_line", "run_row", "shown_json", "summary_line"]
 
 
 def _number(v: float | None) -> float | None:
@@ -197,3 +197,10 @@ def optimisation_line(o: Optimisation) -> str:
         return head + ", no complete trial yet"
     params = ", ".join(f"{n}={format_value(v)}" for n, v in o.best.params)
     return f"{head}, best {format_value(o.best.value)} (trial {o.best.number}: {params})"
+
+
+def trial_row(o: Optimisation, t: TrialRow) -> dict[str, object]:
+    """A trial as `Project.trials()` lists it (the Optimisation sheet's columns): its row,
+    number, run, state, value, the best so far, then its parameters."""
+    return {"experiment": o.experiment, "trial": t.number, "run": t.key, "state": t.state, "value": t.value,
+            "best_so_far": t.best_so_far, **dict(t.params)}

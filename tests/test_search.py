@@ -149,3 +149,37 @@ def test_adaptive_row_runs_to_its_budget_through_kills_and_reports_the_best(proj
     shown = nero("status", str(project), check=True).stdout
     assert f"quad: tpe min loss, {budget}/{budget} trials, best" in shown
     assert f"trial {best}: x=" in shown and f"k={int(trials[best][2]['k'])}" in shown
+
+
+def test_every_surface_shows_one_optimisation(project: Path):
+    """`nero status`, `nero plan`, the digest, results.xlsx's Optimisation sheet and the
+    Python API read the one Optimisation: the same trials, values, best so far and best."""
+    from openpyxl import load_workbook
+
+    from orchestrator import Project
+    from orchestrator.views import optimisation_line
+
+    _workbook(project, 6, jobs=2, x="[1, 2, 3, 4, 5]")
+    plan = nero("plan", str(project), check=True).stdout
+    assert "quad: search tpe(loss, 6): 0 trial(s) asked (0 told, 0 not yet), 6 left of the budget; next batch: 2 new " \
+           "trial(s) would be asked now (2 free slot(s))" in plan
+    done = nero("reconcile", str(project), "--until-done", "--interval", "0.2", timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with Project(project) as p:
+        [o] = p.optimisations()
+        frame = p.trials("quad")
+    assert len(o.trials) == 6 and o.done == 6 and o.best is not None
+    values = [t.value for t in o.trials]
+    assert o.best.value == min(values)
+    assert [t.best_so_far for t in o.trials] == [min(values[:i + 1]) for i in range(6)]
+    assert list(frame["value"]) == values and list(frame["trial"]) == list(range(6))
+    line = optimisation_line(o)
+    assert line in nero("status", str(project), check=True).stdout
+    assert line in nero("digest", str(project), "--preview", check=True).stdout
+    sheet = load_workbook(project / "results.xlsx")["Optimisation"]
+    rows = [r for r in sheet.iter_rows(min_row=2, max_row=1 + len(o.trials), values_only=True)]
+    assert [(r[1], r[2], r[3], r[4], r[5]) for r in rows] == [(t.number, t.key, t.state, t.value, t.best_so_far)
+                                                              for t in o.trials]
+    importances = {r[1]: r[2] for r in sheet.iter_rows(min_row=len(o.trials) + 4, values_only=True)}
+    assert importances == dict(o.importances) and set(importances) == {"x", "k"}  # Optuna's, where it gives them
+    assert "0 left of the budget; next batch: 0 new trial(s)" in nero("plan", str(project), check=True).stdout

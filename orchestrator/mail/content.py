@@ -38,6 +38,7 @@ from ..metrics import default_goal, rank_key
 from ..model import FINISHED_STATES, Event, ResultsInput, RunRecord, RunSpec, Workbook
 from ..shown import metric_names, run_values
 from ..units import format_metric
+from ..views import optimisation_line
 from .compose import Draft, Part, compose, message_id, render_message
 from .formats import local_time, one_line
 
@@ -345,6 +346,7 @@ def build_digest(data: ResultsInput, attachments: Sequence[Part], attachment_not
         "resources": _resources(data), "attachment": attachments[0].filename if attachments else "",
         "attachment_note": attachment_note,
         "finished": sum(1 for r in data.runs if r.state in FINISHED_STATES),
+        "searches": [optimisation_line(o) for o in data.optimisations],
     }
     subject, text, html = render_message("digest", ctx, project_dir, warnings)
     data_bytes = compose(subject=subject, sender=sender, recipients=recipients, text=text, html=html, images=images,
