@@ -34,7 +34,7 @@ def write_optimisation(book: Any, ws: Any, view: View, fmt: Formats) -> Cells:
     if not found:
         cells.row(1)
         cells.string(0, "no row of the workbook has a search (see the search column in sheets/README.md)")
-        page(ws, widths.apply(ws), frozen=1)
+        page(ws, widths.apply(ws), frozen=3)
         return cells
     row = 0
     blocks: list[tuple[Optimisation, int, int]] = []  # (optimisation, first row, last row) of its trials

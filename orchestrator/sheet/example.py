@@ -75,6 +75,10 @@ EXPERIMENT_HELP = {
     "together": "Parameters whose lists go together instead of forming a grid: optimizer, lr pairs the first "
                 "optimizer with the first lr, the second with the second, … (lists of one length). Several groups: "
                 "optimizer, lr; batch, warmup. Other lists still cross them.",
+    "search": "Adaptive search instead of a grid: SAMPLER(METRIC, TRIALS), e.g. tpe(val_loss, 60); samplers tpe, "
+              "random, cmaes, gp (Optuna's). Optionally min or max before the metric (else its Metrics goal). nero "
+              "asks Optuna for new parameters as slots free up; each trial is a run named id[trial=N]. It searches "
+              "the row's lists and uniform, loguniform, randint and choice cells; sample_seed seeds it.",
 }
 PARAMETER_HELP = (
     "A parameter: every column nero does not know is one; use it in the command as {{ %s }}.\n"
@@ -137,17 +141,17 @@ EXAMPLE_COMMAND = "python train.py --lr {{ lr }} --layers {{ layers }} --epochs 
 EXAMPLE_EXPERIMENTS = (
     ("id", "state", "command", "lr", "layers", "epochs", "cluster", "rules", "notify", "retries",
      "priority", "after", "time", "cpus", "mem", "gpus", "partition", "account", "options", "setup",
-     "workdir", "template", "samples", "sample_seed", "together", "notes"),
+     "workdir", "template", "samples", "sample_seed", "together", "search", "notes"),
     ("demo", "run", EXAMPLE_COMMAND, "[0.01, 0.1, 3.0]", "[0, 2]", 20, "local",
      "isnan(loss) or isinf(loss); plateau(val_loss, 5)", "failed, terminated", None, None, None, None, None, None,
-     None, None, None, None, None, None, None, None, None, None,
+     None, None, None, None, None, None, None, None, None, None, None,
      "3 learning rates × 2 depths = 6 runs of about 6 s. lr=3.0 diverges (the loss turns NaN, or "
      "first overflows to inf) and the first rule stops both; the linear model (layers=0) with "
      "lr=0.1 stalls and plateau stops it. "
      "Edit a cell and run nero plan to see what would change."),
     ("demo-hold", "hold", EXAMPLE_COMMAND, "logspace(-3, -1, 3)", 3, 20, "local", "isnan(loss)",
      "failed", 1, None, "demo finished", None, None, None, None, None, None, None, None, None, None, None, None, None,
-     "Held: nothing starts until you set state to run; then it waits until every run of demo "
+     None, "Held: nothing starts until you set state to run; then it waits until every run of demo "
      "finished (after: completed or terminated by a rule) and "
      "retries a failed run once, resuming from its checkpoint."),
 )
