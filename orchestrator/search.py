@@ -113,8 +113,9 @@ class Studies:
 
     def study(self, exp: Experiment, goal: str) -> Any:
         """The row's study (created on first use). The sampler's seed is the row's
-        `sample_seed` (else Settings') mixed with the number of trials the study holds, so a
-        restarted nero does not replay the draws it made before; no seed, no mixing."""
+        `sample_seed` (else Settings'), so a new study asks what Optuna's sampler with that
+        seed asks; reopened with trials (nero restarted), the seed is mixed with their number,
+        so it does not replay the draws it made before."""
         assert exp.search is not None
         seed = exp.sample_seed
         key = (exp.id, exp.search.sampler, goal, seed)
@@ -124,8 +125,9 @@ class Studies:
             direction = "maximize" if goal == "max" else "minimize"
             study = optuna.create_study(storage=self.storage(), study_name=exp.id, direction=direction,
                                         load_if_exists=True)
-            if seed is not None:
-                seed = int(hashlib.sha256(f"{seed}|{len(study.get_trials(deepcopy=False))}".encode()).hexdigest()[:8], 16)
+            held = len(study.get_trials(deepcopy=False)) if seed is not None else 0
+            if held:  # a restart: not the draws of the first start again
+                seed = int(hashlib.sha256(f"{seed}|{held}".encode()).hexdigest()[:8], 16)
             study.sampler = _sampler(exp.search.sampler, seed)
             self._studies = {k: v for k, v in self._studies.items() if k[0] != exp.id}
             self._studies[key] = study
