@@ -60,6 +60,9 @@ def sampler_problem(exp: Experiment, cell: str) -> Problem | None:
     missing = [m for m in needs if importlib.util.find_spec(m) is None]
     if not missing:
         return None
+    if "optuna" in missing:
+        return Problem(cell, "a row with search needs Optuna, which is not installed: pip install 'nero[search]' "
+                             "(or pip install optuna)")
     return Problem(cell, f"the sampler {exp.search.sampler} needs {' and '.join(missing)}, which is not installed: "
                          f"pip install {' '.join(missing)}, or use tpe or random")
 
