@@ -43,7 +43,7 @@ from .trials import (
     trial_params,
 )
 
-__all__ = ["NextBatch", "Searcher", "next_batches", "package_problems", "stand_ins", "trial_runs"]
+__all__ = ["NextBatch", "Searcher", "free_slots", "next_batches", "package_problems", "stand_ins", "trial_runs"]
 
 
 @dataclass(frozen=True)
@@ -93,9 +93,16 @@ def package_problems(workbook: Workbook) -> list[Problem]:
     return [p for e in rows if (p := sampler_problem(e, e.cell("search") or e.cell("id"))) is not None]
 
 
-def _free(exp: Experiment, default: str, snapshot: Mapping[str, RunRecord], capacity: Mapping[str, int]) -> int:
+def free_slots(snapshot: Mapping[str, RunRecord], capacity: Mapping[str, int]) -> dict[str, int]:
+    """Each cluster's free slots: its capacity less its live runs (as the planner counts them)."""
     used = Counter(r.cluster for r in snapshot.values() if r.state.live or r.intent)
-    return sum(max(0, capacity.get(c, 1) - used[c]) for c in (exp.clusters or (default,)))
+    return {c: max(0, n - used[c]) for c, n in capacity.items()} | {
+        c: max(0, 1 - n) for c, n in used.items() if c not in capacity}
+
+
+def _row_free(exp: Experiment, default: str, free: Mapping[str, int]) -> int:
+    """The free slots of the row's clusters (a cluster the capacities do not name has one, as in the planner)."""
+    return sum(free.get(c, 1) for c in (exp.clusters or (default,)))
 
 
 def _waiting(exp: Experiment, trials: list[Trial], snapshot: Mapping[str, RunRecord]) -> int:
@@ -107,12 +114,13 @@ def next_batches(workbook: Workbook, trials: Mapping[str, list[Trial]], snapshot
                  capacity: Mapping[str, int]) -> list[NextBatch]:
     """What each adaptive row would ask for now (`nero plan`), without asking."""
     default = workbook.settings.default_cluster or "local"
+    slots = free_slots(snapshot, capacity)
     out = []
     for exp in workbook.experiments:
         if exp.search is None:
             continue
         mine = trials.get(exp.id, [])
-        free = _free(exp, default, snapshot, capacity)
+        free = _row_free(exp, default, slots)
         n = to_ask(exp.search, len(mine), _waiting(exp, mine, snapshot), free) if exp.desired is Desired.RUN else 0
         out.append(NextBatch(exp.id, exp.search.source or exp.search.sampler, len(mine),
                              sum(1 for t in mine if t.told), max(0, exp.search.budget - len(mine)), n, free))
@@ -145,8 +153,7 @@ class Searcher:
         trials = self.trials()
         changed = False
         told: list[tuple[str, int, str, float | None]] = []
-        used = Counter(r.cluster for r in snapshot.values() if r.state.live or r.intent)
-        free_by_cluster = {c: max(0, n - used[c]) for c, n in capacity.items()}
+        slots = free_slots(snapshot, capacity)
         for exp in workbook.experiments:
             if exp.search is None:
                 continue
@@ -172,17 +179,15 @@ class Searcher:
                     told.append((exp.id, t.number, *got))
             if exp.desired is not Desired.RUN:
                 continue
-            clusters = exp.clusters or (default,)
-            free = sum(free_by_cluster.get(c, 1 if c not in capacity else 0) for c in clusters)
-            n = to_ask(exp.search, len(mine), _waiting(exp, mine, snapshot), free)
+            n = to_ask(exp.search, len(mine), _waiting(exp, mine, snapshot), _row_free(exp, default, slots))
             if n > 0:
                 asked = self.studies.ask(exp, goal, n)
                 record_trials(self.store, exp.id, [(a.number, a.params) for a in asked])
                 changed = True
-                for _ in range(n):  # the slots these trials will take
-                    c = next((c for c in clusters if free_by_cluster.get(c, 0) > 0), None)
+                for _ in range(n):  # the slots these trials will take (from the next row's)
+                    c = next((c for c in exp.clusters or (default,) if slots.get(c, 1) > 0), None)
                     if c is not None:
-                        free_by_cluster[c] -= 1
+                        slots[c] = slots.get(c, 1) - 1
         mark_told(self.store, told)
         return changed
 

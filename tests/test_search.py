@@ -183,3 +183,49 @@ def test_every_surface_shows_one_optimisation(project: Path):
     importances = {r[1]: r[2] for r in sheet.iter_rows(min_row=len(o.trials) + 4, values_only=True)}
     assert importances == dict(o.importances) and set(importances) == {"x", "k"}  # Optuna's, where it gives them
     assert "0 left of the budget; next batch: 0 new trial(s)" in nero("plan", str(project), check=True).stdout
+
+
+def test_what_a_trial_is_told_and_how_many_are_asked():
+    """The pure decisions: an ended run's outcome, the trials a pass asks, the best so far."""
+    from orchestrator.model import Desired, Experiment, RunRecord, RunState, Search
+    from orchestrator.space import parse_distribution
+    from orchestrator.trials import Trial, optimisation, outcome, to_ask
+
+    def rec(state: RunState, retry: int = 0, last: dict | None = None) -> RunRecord:
+        return RunRecord("e[trial=0]", 1, "e", "h", "", (), state, retry=retry, last=last or {})
+
+    assert outcome(rec(RunState.COMPLETED, last={"acc": 0.9}), 0, "acc", {"acc": [(1, 0.5), (2, 0.8)]}, {}) \
+        == ("complete", 0.8)  # the last value of its history, as every surface shows it
+    assert outcome(rec(RunState.COMPLETED), 0, "acc", {}, {}) == ("fail", None)  # no value
+    assert outcome(rec(RunState.COMPLETED), 0, "acc", {"acc": [(1, float("nan"))]}, {}) == ("fail", None)
+    assert outcome(rec(RunState.TERMINATED), 0, "acc", None, {}) == ("pruned", None)
+    assert outcome(rec(RunState.FAILED, retry=0), 1, "acc", None, {}) is None  # a retry comes
+    assert outcome(rec(RunState.FAILED, retry=1), 1, "acc", None, {}) == ("fail", None)
+    assert outcome(rec(RunState.CANCELLED), 0, "acc", None, {}) is None
+    assert outcome(rec(RunState.RUNNING), 0, "acc", None, {}) is None
+    search = Search("tpe", "acc", 10)
+    assert to_ask(search, trials=0, waiting=0, free=4) == 4
+    assert to_ask(search, trials=8, waiting=0, free=4) == 2  # the budget left
+    assert to_ask(search, trials=3, waiting=2, free=3) == 1  # trials not submitted yet hold slots
+    assert to_ask(search, trials=10, waiting=0, free=4) == 0
+    exp = Experiment("e", 2, "x", (), Desired.RUN, (("x", parse_distribution("uniform(0, 1)")),), search=search)
+    o = optimisation(exp, [Trial("e", 1, (("x", 0.2),), "complete", 0.7), Trial("e", 0, (("x", 0.1),), "complete", 0.6),
+                           Trial("e", 2, (("x", 0.3),), "fail", None), Trial("e", 3, (("x", 0.4),))], {})
+    assert o.goal == "max"  # accuracy-like: metrics.default_goal
+    assert [(t.number, t.state, t.best_so_far) for t in o.trials] == [(0, "complete", 0.6), (1, "complete", 0.7),
+                                                                      (2, "fail", 0.7), (3, "running", 0.7)]
+    assert o.best is not None and o.best.number == 1 and o.done == 3
+    assert optimisation(exp, [], {"acc": "min"}).goal == "min"  # the Metrics sheet's goal
+    assert optimisation(Experiment("e", 2, "x", (), Desired.RUN, exp.params, search=Search("tpe", "acc", 5, "min")),
+                        [], {}).goal == "min"  # the cell's
+
+
+def test_a_search_row_refuses_samples_and_together(tmp_path: Path):
+    write_workbook(tmp_path / "experiments.xlsx", [
+        {"id": "a", "command": "echo {{ x }} {{ y }}", "x": "uniform(0, 1)", "y": "[1, 2]", "search": "tpe(loss, 5)",
+         "samples": 4, "together": "x, y"},
+    ])
+    with pytest.raises(WorkbookError) as e:
+        read_workbook(tmp_path / "experiments.xlsx")
+    assert "samples does not apply to a row with search" in str(e.value)
+    assert "together does not apply to a row with search" in str(e.value)
