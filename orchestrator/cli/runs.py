@@ -67,8 +67,10 @@ def plan(workbook: str | None, prune: bool, as_json: bool, details: bool) -> Non
 
     Changes that throw work away (restarting a running or finished run, cancelling) and
     more new runs at once than Settings confirm_over are listed as awaiting confirmation,
-    with the command that confirms exactly this plan: `nero apply 3f9a2c`. A last line
-    says how fresh the picture is (see `nero status --help`).
+    with the command that confirms exactly this plan: `nero apply 3f9a2c`. A row with a
+    `search` cell gets a line: the trials asked and told, the budget left, and how many new
+    trials a pass would ask now (its clusters' free slots). A last line says how fresh the
+    picture is (see `nero status --help`).
     """
     with open_project(workbook) as project:
         try:
@@ -144,6 +146,8 @@ def status(args: tuple[str, ...], as_json: bool, as_csv: bool, show_all: bool, w
     primary metric. --json and --csv write every run, run by run.
     --attempts lists each run's earlier attempts under it (in --json: an `attempts` list
     per run, oldest first).
+    Each row with a `search` cell gets a line under the table: its sampler and metric,
+    trials of the budget, and the best trial with its parameters.
 
     A last line (on stderr with --json or --csv) says how fresh the picture is: the time of
     the last reconcile pass, and whether a reconcile is running. With none running, the live
