@@ -17,8 +17,8 @@ from typing import Any
 from .. import factors, spec
 from ..errors import ExpressionError
 from ..model import RESOURCE_COLUMNS, After, Desired, Experiment, Scalar, Until, Variation
-from ..space import Distribution
 from ..rules import parse_rules
+from ..space import Distribution
 from ..tokens import Token, tokenize
 from .cells import choice, identifier, names, one_of, text, whole
 from .commands import BUILTIN_VARIABLES, VariablesOf, check_command, once_per_command
