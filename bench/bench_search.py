@@ -12,6 +12,9 @@ over the seeds:
   local job, its value read from the job's output and told back by nero;
 * optuna tpe: Optuna's TPESampler(seed) asked and told in-process (the peer that should
   match nero's within noise: nero drives the same sampler through its ask/tell path);
+* optuna tpe ×J (with `--jobs` J > 1): Optuna's TPESampler(seed, constant_liar=True) asked J
+  trials at a time, all told before the next J are asked: the in-process peer of nero asking
+  J trials at once (nero asks as each slot frees up, so its batches overlap);
 * random: Optuna's RandomSampler(seed), in-process;
 * grid: the grid of the budget's size (6 × 5 for 30: linspace over each range), the same
   for every seed.
@@ -85,14 +88,18 @@ def nero_tpe(tmp: Path, seed: int, budget: int, jobs: int) -> tuple[float, float
     return min(values), seconds
 
 
-def optuna_study(sampler_name: str, seed: int, budget: int) -> float:
+def optuna_study(sampler_name: str, seed: int, budget: int, batch: int = 1) -> float:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = (optuna.samplers.TPESampler(seed=seed) if sampler_name == "tpe"
+    sampler = (optuna.samplers.TPESampler(seed=seed, constant_liar=batch > 1) if sampler_name == "tpe"
                else optuna.samplers.RandomSampler(seed=seed))
     study = optuna.create_study(sampler=sampler)
-    study.optimize(lambda t: branin(t.suggest_float("x1", -5, 10), t.suggest_float("x2", 0, 15)), n_trials=budget)
+    space = {"x1": optuna.distributions.FloatDistribution(-5, 10), "x2": optuna.distributions.FloatDistribution(0, 15)}
+    while len(study.trials) < budget:
+        asked = [study.ask(space) for _ in range(min(batch, budget - len(study.trials)))]
+        for t in asked:
+            study.tell(t, branin(t.params["x1"], t.params["x2"]))
     if len(study.trials) != budget:
         sys.exit(f"bench_search: optuna {sampler_name} made {len(study.trials)} trials")
     return study.best_value
@@ -115,7 +122,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.seeds < 1 or args.budget < 2:
         sys.exit("bench_search: give at least one seed and a budget of 2 or more")
-    regrets: dict[str, list[float]] = {"nero tpe": [], "optuna tpe": [], "random": []}
+    batched = f"optuna tpe ×{args.jobs}"
+    regrets: dict[str, list[float]] = {"nero tpe": [], "optuna tpe": [], **({batched: []} if args.jobs > 1 else {}),
+                                       "random": []}
     seconds: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench_search_") as d:
         for seed in range(args.seeds):
@@ -123,9 +132,11 @@ def main() -> None:
             seconds.append(s)
             regrets["nero tpe"].append(best - F_STAR)
             regrets["optuna tpe"].append(optuna_study("tpe", seed, args.budget) - F_STAR)
+            if args.jobs > 1:
+                regrets[batched].append(optuna_study("tpe", seed, args.budget, args.jobs) - F_STAR)
             regrets["random"].append(optuna_study("random", seed, args.budget) - F_STAR)
-            print(f"  seed {seed}: nero tpe {regrets['nero tpe'][-1]:.4f}  optuna tpe {regrets['optuna tpe'][-1]:.4f}"
-                  f"  random {regrets['random'][-1]:.4f}  ({s:.1f} s)", flush=True)
+            print(f"  seed {seed}: " + "  ".join(f"{k} {v[-1]:.4f}" for k, v in regrets.items()) + f"  ({s:.1f} s)",
+                  flush=True)
     grid_best, shape = grid(args.budget)
     median = {k: statistics.median(v) for k, v in regrets.items()}
     median[f"grid {shape}"] = grid_best - F_STAR

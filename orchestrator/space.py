@@ -21,8 +21,9 @@ but the cell and u: uniform `a + (b - a)·u`; loguniform `exp(ln a + (ln b - ln 
 randint `a + floor(u·(b - a + 1))`; choice the value at `floor(u·n)`; normal
 `mu + sigma·Φ⁻¹(u)` (the inverse normal CDF by Wichura's algorithm AS241, written out here,
 so one uniform makes one draw; u = 0 is read as 2⁻⁵⁴). Floats drawn are rounded to
-`SIGNIFICANT_DIGITS` (6) significant digits, and the rounded value is what a run gets (so the
-ends of `uniform` may both be drawn).
+`SIGNIFICANT_DIGITS` (6) significant digits, then kept within the bounds (a bound written
+with more digits is drawn as written), and that value is what a run gets (so the ends of
+`uniform` and `loguniform` may both be drawn).
 
 `hash_uniform(seed, experiment, parameter, index)` gives u: the SHA-256 of the four, written
 out as UTF-8 text, its first 53 bits as a fraction (`(k + ½) / 2⁵³`, so 0 < u < 1). It uses
@@ -220,7 +221,8 @@ def _rounded(x: float) -> float:
 
 
 def draw(dist: Distribution, u: float) -> Scalar:
-    """The value of `dist` at u in [0, 1) (floats rounded to `SIGNIFICANT_DIGITS`)."""
+    """The value of `dist` at u in [0, 1) (floats rounded to `SIGNIFICANT_DIGITS`, within the
+    bounds of uniform and loguniform)."""
     kind, args = dist.kind, dist.args
     if kind == "choice":
         return args[min(int(u * len(args)), len(args) - 1)]
@@ -229,10 +231,10 @@ def draw(dist: Distribution, u: float) -> Scalar:
         return low + min(int(u * (high - low + 1)), high - low)
     a, b = float(args[0]), float(args[1])  # type: ignore[arg-type]
     if kind == "uniform":
-        return _rounded(a + (b - a) * u)
+        return min(max(_rounded(a + (b - a) * u), a), b)
     if kind == "loguniform":
         la, lb = math.log(a), math.log(b)
-        return _rounded(min(max(math.exp(la + (lb - la) * u), a), b))
+        return min(max(_rounded(math.exp(la + (lb - la) * u)), a), b)
     if kind == "normal":
         return _rounded(a + b * _inverse_normal(u if u > 0 else 2.0**-54))
     raise ValueError(f"unknown distribution {kind!r}")

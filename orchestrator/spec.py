@@ -29,7 +29,14 @@ from typing import TypeVar
 
 from .factors import SAMPLE, factors, sizes
 from .model import Experiment, RunSpec, Scalar, Variation, Workbook
-from .space import Distribution, format_value, list_value, normalize, parse_distribution, parse_scalar
+from .space import (
+    Distribution,
+    format_value,
+    list_value,
+    normalize,
+    parse_distribution,
+    parse_scalar,
+)
 from .tokens import PLAIN_QUOTES, number, scan, spans, tokenize
 
 __all__ = [

@@ -123,6 +123,15 @@ def test_draws_cover_their_range() -> None:
     assert draw(Distribution("uniform", (2.0, 4.0)), 0.5) == 3.0
 
 
+def test_rounded_draws_stay_within_their_bounds() -> None:
+    """6 significant digits would take 0.12345669 above 0.1234567: the bound is drawn instead."""
+    top = math.nextafter(1.0, 0)
+    assert draw(Distribution("uniform", (0.0, 0.1234567)), top) == 0.1234567
+    assert draw(Distribution("loguniform", (1.0000001, 2.0)), 0.0) == 1.0000001
+    assert draw(Distribution("uniform", (0.0, 1.0)), top) == 1.0  # both ends can be drawn once rounded
+    assert draw(Distribution("uniform", (0.0, 1.0)), 0.0) == 0.0
+
+
 def test_drawn_floats_are_rounded() -> None:
     for cell in ("uniform(0, 1)", "loguniform(1e-5, 1e-1)", "normal(10, 2)"):
         for v in draws(cell, n=50):

@@ -17,8 +17,8 @@ from typing import Any
 from .. import factors, spec
 from ..errors import ExpressionError
 from ..model import RESOURCE_COLUMNS, After, Desired, Experiment, Scalar, Search, Until, Variation
-from ..space import Distribution
 from ..rules import parse_rules
+from ..space import Distribution
 from ..trials import parse_search, search_problems
 from ..tokens import Token, tokenize
 from .cells import choice, identifier, names, one_of, text, whole
@@ -137,21 +137,21 @@ def _experiment(row: Row, parameters: list[tuple[str, int]], clusters: tuple[str
     )
     if command:
         check_command(row, exp, {name for name, _ in parameters}, unreadable, variables_of)
-    if unreadable:  # a cell that could not be read may be the sampled or paired one: check nothing more
-        unexpanded.add(row.number)
-        return exp if ident else None
     if exp.search is not None:  # an adaptive row: its runs are trials (trials.py), not a grid or samples
-        _check_search(row, exp)
+        if not unreadable:
+            _check_search(row, exp)
         return exp if ident else None
-    if own_seed is not None and not any(isinstance(v, Distribution) for _, v in params):
+    sampled = any(isinstance(v, Distribution) for _, v in params)
+    if own_seed is not None and not sampled and not unreadable:
         row.problems.add(row.ref("sample_seed"), "sample_seed is set but this row has no sampled cell; clear it (a "
                          "parameter of the command may not be called sample_seed)")
-    found = list(factors.check(exp))
+    # a cell that could not be read may be the sampled or paired one: then check no sampling or pairing
+    found = [] if unreadable else list(factors.check(exp))
     for where, message in found:
         row.problems.add(where, message)
-    if found:
+    if found or (unreadable and (sampled or exp.samples or exp.together)):
         unexpanded.add(row.number)
-    elif ident:
+    if ident and not found:
         _check_grid(row, exp)
     return exp if ident else None
 
