@@ -37,7 +37,6 @@ from .jobs import params_json
 from .lifecycle import observe, recovery
 from .metric_files import DEFAULT_GLOBS, globs_of
 from .metrics import goals_of
-from .optimise import Searcher, package_problems, stand_ins, trial_runs
 from .model import (
     Action,
     ActionKind,
@@ -58,6 +57,7 @@ from .model import (
     Update,
     Workbook,
 )
+from .optimise import Searcher, package_problems, stand_ins, trial_runs
 from .paths import ClusterPaths, ProjectPaths
 from .plan import plan as make_plan
 from .spec import expand

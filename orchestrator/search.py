@@ -26,7 +26,6 @@ from typing import Any
 
 from .errors import WorkbookError
 from .model import Experiment, Problem, Scalar
-from .space import Distribution
 from .trials import dimension, search_problems
 
 __all__ = ["Asked", "Studies", "sampler_problem"]
@@ -142,7 +141,9 @@ class Studies:
         dists = _distributions(exp)
         out = []
         for _ in range(n):
-            trial = study.ask(fixed_distributions=dists)
+            trial = study.ask()  # the trial is in the storage from here on (see adopt)
+            for name, dist in dists.items():
+                _suggest(trial, name, dist)
             out.append(Asked(trial.number, _values(trial.params, exp)))
         return out
 
@@ -153,12 +154,14 @@ class Studies:
         study = self.study(exp, goal)
         dists = _distributions(exp)
         out = []
+        storage = self.storage()
+        study_id = storage.get_study_id_from_name(exp.id)
         for frozen in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             if frozen.number in known:
                 continue
-            trial = optuna.trial.Trial(study, frozen._trial_id)
+            trial = optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number))
             for name, dist in dists.items():  # a value suggested before is read back, not drawn again
-                trial._suggest(name, dist)
+                _suggest(trial, name, dist)
             out.append(Asked(frozen.number, _values(trial.params, exp)))
         return out
 
@@ -204,6 +207,17 @@ class Studies:
             self._storage.engine.dispose()
         self._storage = None
         self._studies.clear()
+
+
+def _suggest(trial: Any, name: str, dist: Any) -> None:
+    """Suggest `name` from `dist` (the value stored for it, if the trial has one)."""
+    optuna = _optuna()
+    if isinstance(dist, optuna.distributions.FloatDistribution):
+        trial.suggest_float(name, dist.low, dist.high, log=dist.log)
+    elif isinstance(dist, optuna.distributions.IntDistribution):
+        trial.suggest_int(name, dist.low, dist.high)
+    else:
+        trial.suggest_categorical(name, dist.choices)
 
 
 def _values(params: Mapping[str, Any], exp: Experiment) -> tuple[tuple[str, Scalar], ...]:

@@ -24,7 +24,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from .metrics import better, default_goal
-from .model import Experiment, Optimisation, Problem, RunRecord, RunState, Scalar, Search, TrialRow, Variation
+from .model import (
+    Experiment,
+    Optimisation,
+    Problem,
+    RunRecord,
+    RunState,
+    Scalar,
+    Search,
+    TrialRow,
+    Variation,
+)
 from .shown import run_values
 from .space import Distribution, parse_distribution
 from .spec import run_key

@@ -229,3 +229,28 @@ def test_a_search_row_refuses_samples_and_together(tmp_path: Path):
         read_workbook(tmp_path / "experiments.xlsx")
     assert "samples does not apply to a row with search" in str(e.value)
     assert "together does not apply to a row with search" in str(e.value)
+
+
+def test_a_trial_killed_half_asked_is_adopted_with_its_values_completed(project: Path):
+    """nero killed after Optuna created a trial and drew some of its values: the next start
+    adopts it, keeping the values drawn and drawing the rest, and adopts it only once."""
+    from orchestrator.search import Studies
+
+    _workbook(project, 5)
+    exp = read_workbook(project / "experiments.xlsx").experiments[0]
+    studies = Studies(project / ".nero" / "search.db")
+    trial = studies.study(exp, "min").ask()
+    x = trial.suggest_float("x", -2, 8)  # the kill came before k was drawn
+    [adopted] = studies.adopt(exp, "min", known=set())
+    values = dict(adopted.params)
+    assert adopted.number == 0 and values["x"] == x and values["k"] in range(0, 5)
+    assert studies.adopt(exp, "min", known={0}) == []
+    studies.tell(exp, "min", 0, "complete", 1.5)
+    studies.tell(exp, "min", 0, "complete", 9.0)  # told again after a kill: nothing changes
+    studies.close()
+    assert [(n, s) for n, s, _ in _optuna_trials(project)] == [(0, "COMPLETE")]
+    con = sqlite3.connect(project / ".nero" / "search.db")
+    try:
+        assert con.execute("SELECT value FROM trial_values").fetchall() == [(1.5,)]
+    finally:
+        con.close()

@@ -19,8 +19,8 @@ from ..errors import ExpressionError
 from ..model import RESOURCE_COLUMNS, After, Desired, Experiment, Scalar, Search, Until, Variation
 from ..rules import parse_rules
 from ..space import Distribution
-from ..trials import parse_search, search_problems
 from ..tokens import Token, tokenize
+from ..trials import parse_search, search_problems
 from .cells import choice, identifier, names, one_of, text, whole
 from .commands import BUILTIN_VARIABLES, VariablesOf, check_command, once_per_command
 from .quantities import megabytes_cell, minutes_cell
