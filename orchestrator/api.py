@@ -32,10 +32,18 @@ from . import loop, operations
 from . import project as facade
 from .errors import ExpressionError, NeroError
 from .units import format_duration, format_significant
-from .views import action_row, flat_row, freshness_line, html_table, plan_line, trial_row
+from .views import (
+    action_row,
+    batch_line,
+    flat_row,
+    freshness_line,
+    html_table,
+    plan_line,
+    trial_row,
+)
 
 if TYPE_CHECKING:
-    from .model import Freshness, Optimisation, Plan
+    from .model import Freshness, NextBatch, Optimisation, Plan
     from .plots import Drawn
     from .reconcile import PassReport, Reread
     from .state import Mail
@@ -105,6 +113,7 @@ class PlanView:
     plan: Plan
     freshness: Freshness
     now: float
+    searches: tuple[NextBatch, ...] = ()  # what each search row would ask now (`nero plan`'s lines)
 
     @property
     def actions(self) -> list[dict[str, object]]:
@@ -127,7 +136,7 @@ class PlanView:
         """The plan as `nero plan --json` prints it."""
         from .views import plan_json
 
-        return plan_json(self.plan, self.freshness, self.now)
+        return plan_json(self.plan, self.freshness, self.now, self.searches)
 
     def frame(self) -> DataFrame:
         """The actions as a DataFrame (the columns of `actions`)."""
@@ -136,7 +145,7 @@ class PlanView:
         return table(self.actions, columns=("action", "run", "reason", "cluster", "waiting"))
 
     def _notes(self) -> list[str]:
-        notes = [plan_line(self.plan)]
+        notes = [plan_line(self.plan), *(batch_line(b) for b in self.searches)]
         if self.plan.awaiting:
             n = len(self.plan.awaiting)
             notes.append(f"{n} change{'s' if n != 1 else ''} awaiting confirmation; to apply exactly these: "
@@ -278,7 +287,7 @@ class Project:
         """
         self._load()
         fresh = self.core.freshness()
-        return PlanView(self.core.plan(prune=prune), fresh, self.core.clock())
+        return PlanView(self.core.plan(prune=prune), fresh, self.core.clock(), tuple(self.core.next_batches()))
 
     def reconcile(self, *, until_done: bool = False, watch: bool = False, interval: float | None = None,
                   prune: bool = False, yes: bool = False, verbose: bool = False) -> loop.Outcome:

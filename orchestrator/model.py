@@ -24,7 +24,7 @@ __all__ = [
     "RunSpec", "RunRecord", "ActionKind", "Action", "OverrideKind", "Override", "Plan", "JobScript",
     "CodeSnapshot", "QueueInfo", "GpuInfo", "ClusterResources", "Submission", "MetricPoint",
     "ResourceSample", "Offsets", "SourceOffset", "SourceChunk", "Handle", "JobStatus", "Event", "Update", "NewAttempt", "OutputChunk",
-    "Series", "Histories", "TrialRow", "Optimisation", "ResultsInput", "Freshness",
+    "Series", "Histories", "TrialRow", "Optimisation", "NextBatch", "ResultsInput", "Freshness",
 ]
 
 Scalar = str | int | float | bool | None
@@ -638,6 +638,20 @@ class Optimisation:
     def done(self) -> int:
         """Trials told (complete, failed or pruned)."""
         return sum(1 for t in self.trials if t.state != "running")
+
+
+@dataclass(frozen=True)
+class NextBatch:
+    """What `nero plan` says of an adaptive row: its trials, the budget left, and how many
+    trials a pass would ask for now."""
+
+    experiment: str
+    search: str
+    trials: int
+    told: int
+    left: int
+    ask: int
+    free: int
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .model import Desired, Experiment, Problem, RunRecord, RunSpec, Scalar, Workbook
+from .model import Desired, Experiment, NextBatch, Problem, RunRecord, RunSpec, Scalar, Workbook
 from .spec import expand_experiment
 from .state import Store
 from .state.trials import mark_told, read_trials, record_trials
@@ -43,27 +43,7 @@ from .trials import (
     trial_params,
 )
 
-__all__ = ["NextBatch", "Searcher", "free_slots", "next_batches", "package_problems", "stand_ins", "trial_runs"]
-
-
-@dataclass(frozen=True)
-class NextBatch:
-    """What `nero plan` says of an adaptive row: its trials, the budget left, and how many
-    trials a pass would ask for now."""
-
-    experiment: str
-    search: str
-    trials: int
-    told: int
-    left: int
-    ask: int
-    free: int
-
-    def line(self) -> str:
-        running = self.trials - self.told
-        return (f"{self.experiment}: search {self.search}: {self.trials} trial(s) asked ({self.told} told, "
-                f"{running} not yet), {self.left} left of the budget; next batch: {self.ask} new trial(s) "
-                f"would be asked now ({self.free} free slot(s))")
+__all__ = ["Searcher", "free_slots", "next_batches", "package_problems", "stand_ins", "trial_runs"]
 
 
 def trial_runs(workbook: Workbook, trials: Mapping[str, list[Trial]]) -> dict[str, list[tuple[str, tuple[tuple[str, Scalar], ...]]]]:

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ExpressionError, NeroError
-from .model import Cluster, ClusterResources, Freshness, Optimisation
-from .optimise import NextBatch, next_batches
+from .model import Cluster, ClusterResources, Freshness, NextBatch, Optimisation
+from .optimise import next_batches
 from .paths import ProjectPaths
 
 if TYPE_CHECKING:
@@ -193,6 +193,8 @@ class Project:
     def next_batches(self) -> list[NextBatch]:
         """What each adaptive row would ask for now (`nero plan`): trials, budget left, next batch."""
         assert self.workbook is not None
+        if not any(e.search is not None for e in self.workbook.experiments):
+            return []  # nothing read, no cluster asked for its slots
         rec = self._rec
         return next_batches(self.workbook, rec.searcher().trials(), rec.store.snapshot(), rec.capacity())
 

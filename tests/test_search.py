@@ -183,6 +183,11 @@ def test_every_surface_shows_one_optimisation(project: Path):
     importances = {r[1]: r[2] for r in sheet.iter_rows(min_row=len(o.trials) + 4, values_only=True)}
     assert importances == dict(o.importances) and set(importances) == {"x", "k"}  # Optuna's, where it gives them
     assert "0 left of the budget; next batch: 0 new trial(s)" in nero("plan", str(project), check=True).stdout
+    [batch] = json.loads(nero("plan", str(project), "--json", check=True).stdout)["searches"]
+    assert batch == {"experiment": "quad", "search": "tpe(loss, 6)", "trials": 6, "told": 6, "left": 0, "ask": 0,
+                     "free": 2}
+    with Project(project) as p:
+        assert "quad: search tpe(loss, 6): 6 trial(s) asked (6 told, 0 not yet)" in str(p.plan())
 
 
 def test_what_a_trial_is_told_and_how_many_are_asked():

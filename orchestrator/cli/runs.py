@@ -13,7 +13,14 @@ from ..errors import NeroError
 from ..operations import history_rows, run_rows
 from ..project import Project
 from ..units import format_duration, format_significant
-from ..views import freshness_json, freshness_line, optimisation_line, plan_json, plan_line
+from ..views import (
+    batch_line,
+    freshness_json,
+    freshness_line,
+    optimisation_line,
+    plan_json,
+    plan_line,
+)
 from .console import STATE_STYLE, console, escape
 from .group import (
     WORKBOOK_ARG,
@@ -81,11 +88,11 @@ def plan(workbook: str | None, prune: bool, as_json: bool, details: bool) -> Non
             fail(e)
         now = project.clock()
     if as_json:
-        click.echo(json.dumps(plan_json(p, fresh, now), indent=2))
+        click.echo(json.dumps(plan_json(p, fresh, now, batches), indent=2))
         return
     print_plan(p, details=details)
     for batch in batches:  # adaptive rows: trials so far, budget left, the next batch
-        click.echo(batch.line())
+        click.echo(batch_line(batch))
     click.echo(freshness_line(fresh, now))
 
 
