@@ -27,12 +27,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .model import Desired, Experiment, NextBatch, Problem, RunRecord, RunSpec, Scalar, Workbook
+from .model import (
+    Desired,
+    Experiment,
+    NextBatch,
+    Optimisation,
+    Problem,
+    RunRecord,
+    RunSpec,
+    Scalar,
+    Workbook,
+)
 from .spec import expand_experiment
 from .state import Store
 from .state.trials import mark_told, read_trials, record_trials
 from .trials import (
-    Optimisation,
     Trial,
     optimisation,
     outcome,
