@@ -178,6 +178,7 @@ def test_every_surface_shows_one_optimisation(project: Path):
     line = optimisation_line(o)
     assert line in nero("status", str(project), check=True).stdout
     assert line in nero("digest", str(project), "--preview", check=True).stdout
+    assert b'filename="quad-search.png"' in (project / ".nero" / "preview" / "digest.eml").read_bytes()  # its history
     sheet = load_workbook(project / "results.xlsx")["Optimisation"]
     rows = [r for r in sheet.iter_rows(min_row=2, max_row=1 + len(o.trials), values_only=True)]
     assert [(r[1], r[2], r[3], r[4], r[5]) for r in rows] == [(t.number, t.key, t.state, t.value, t.best_so_far)
