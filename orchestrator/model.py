@@ -10,18 +10,21 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .metrics import MAX_GOAL_NAMES, default_goal
 from .series import Histories, Series
 
+if TYPE_CHECKING:
+    from .space import Distribution
+
 __all__ = [
     "Scalar", "Shell", "RunState", "FINISHED_STATES", "LIVE_STATES", "Desired", "ClusterKind", "RESOURCE_COLUMNS",
-    "Problem", "Variation", "Until", "After", "Experiment", "Cluster", "MetricDef", "Settings", "Workbook", "MAX_GOAL_NAMES",
+    "Problem", "Variation", "Search", "Until", "After", "Experiment", "Cluster", "MetricDef", "Settings", "Workbook", "MAX_GOAL_NAMES",
     "RunSpec", "RunRecord", "ActionKind", "Action", "OverrideKind", "Override", "Plan", "JobScript",
     "CodeSnapshot", "QueueInfo", "GpuInfo", "ClusterResources", "Submission", "MetricPoint",
     "ResourceSample", "Offsets", "SourceOffset", "SourceChunk", "Handle", "JobStatus", "Event", "Update", "NewAttempt", "OutputChunk",
-    "Series", "Histories", "ResultsInput", "Freshness",
+    "Series", "Histories", "TrialRow", "Optimisation", "NextBatch", "ResultsInput", "Freshness",
 ]
 
 Scalar = str | int | float | bool | None
@@ -121,13 +124,26 @@ class After:
 
 
 @dataclass(frozen=True)
+class Search:
+    """An adaptive row's `search` cell (`tpe(val_loss, 60)`; `trials.parse_search`): the
+    sampler, the metric to optimise, how many trials, and the goal when the cell names one
+    ("" : the metric's goal, `metrics.default_goal`)."""
+
+    sampler: str
+    metric: str
+    budget: int
+    goal: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class Experiment:
     id: str
     row: int
     command: str
     clusters: tuple[str, ...]
     desired: Desired
-    params: tuple[tuple[str, Scalar | Variation], ...]
+    params: tuple[tuple[str, Scalar | Variation | Distribution], ...]
     resources: tuple[tuple[str, Scalar], ...] = ()
     setup: str = ""
     workdir: str = ""
@@ -138,6 +154,10 @@ class Experiment:
     rules: str = ""
     notify: tuple[str, ...] = ()
     cells: tuple[tuple[str, str], ...] = ()  # (column, cell) of the id, command, template, each parameter: ("lr", "Experiments!E3")
+    samples: int = 0  # how many draws of its sampled (Distribution) cells the row makes; 0: it samples nothing
+    sample_seed: int | None = None  # the row's, else Settings sample_seed; None: space.DEFAULT_SEED
+    together: tuple[tuple[str, ...], ...] = ()  # groups of parameters whose lists are zipped, not crossed
+    search: Search | None = None  # an adaptive row: its runs are the trials nero asked Optuna for (trials.py)
 
     def cell(self, column: str) -> str:
         """Where `column` was read (`Experiments!E3`); empty for a row not read from a sheet."""
@@ -192,6 +212,7 @@ class Settings:
     default_cluster: str = "local"
     on_save: str = "confirm"  # or "apply all": changes that throw work away wait for `nero apply` (confirm.py)
     confirm_over: int = 200  # more new runs than this at once wait for `nero apply` too
+    sample_seed: int | None = None  # the seed of sampled rows without their own (space.DEFAULT_SEED when None)
 
 
 @dataclass(frozen=True)
@@ -589,6 +610,51 @@ class OutputChunk:
 
 
 @dataclass(frozen=True)
+class TrialRow:
+    """One trial as the Optimisation view lists it."""
+
+    number: int
+    key: str
+    params: tuple[tuple[str, Scalar], ...]
+    state: str  # running | complete | fail | pruned
+    value: float | None
+    best_so_far: float | None  # the best complete value up to this trial
+
+
+@dataclass(frozen=True)
+class Optimisation:
+    """What every surface shows of an adaptive row (results, status, digest, the API)."""
+
+    experiment: str
+    sampler: str
+    metric: str
+    goal: str
+    budget: int
+    trials: tuple[TrialRow, ...]
+    best: TrialRow | None
+    importances: tuple[tuple[str, float], ...] = ()  # Optuna's, where it gives them
+
+    @property
+    def done(self) -> int:
+        """Trials told (complete, failed or pruned)."""
+        return sum(1 for t in self.trials if t.state != "running")
+
+
+@dataclass(frozen=True)
+class NextBatch:
+    """What `nero plan` says of an adaptive row: its trials, the budget left, and how many
+    trials a pass would ask for now."""
+
+    experiment: str
+    search: str
+    trials: int
+    told: int
+    left: int
+    ask: int
+    free: int
+
+
+@dataclass(frozen=True)
 class ResultsInput:
     """Everything the results workbook shows, gathered from the state store."""
 
@@ -605,6 +671,7 @@ class ResultsInput:
     attempts: tuple[RunRecord, ...] = ()
     attempt_histories: Mapping[tuple[str, int], Mapping[str, Sequence[tuple[int | None, float]]]] = field(
         default_factory=dict)
+    optimisations: tuple[Optimisation, ...] = ()  # the adaptive rows' (the Optimisation sheet)
 
 
 @dataclass(frozen=True)

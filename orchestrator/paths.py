@@ -57,6 +57,7 @@ class ProjectPaths:
 
     nero = _below(NERO_DIR, doc="nero's own folder: state, locks, outbox, previews")
     state_db = _below(NERO_DIR, "state.db", doc="the SQLite state store")
+    search_db = _below(NERO_DIR, "search.db", doc="Optuna's storage of the adaptive rows' studies (search.py)")
     reconcile_lock = _below(NERO_DIR, "reconcile.lock", doc="held by the one reconcile loop of the project")
     reconcile_pid = _below(NERO_DIR, "reconcile.pid", doc="who holds the reconcile lock: its pid and what it does")
     outbox = _below(NERO_DIR, "outbox", doc="every e-mail as an .eml file")

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ExpressionError, NeroError
-from .model import Cluster, ClusterResources, Freshness
+from .model import Cluster, ClusterResources, Freshness, NextBatch, Optimisation
+from .optimise import next_batches
 from .paths import ProjectPaths
 
 if TYPE_CHECKING:
@@ -175,6 +176,27 @@ class Project:
         """One reconcile pass: submit, restart, cancel, collect metrics, apply the rules;
         changes that throw work away wait for `confirm` (orchestrator.confirm) unless `yes`."""
         return self._rec.run_pass(prune=prune, yes=yes)
+
+    def optimisations(self, importances: bool = False) -> list[Optimisation]:
+        """The Optimisation of each adaptive row (best so far, trials in order; Optuna's
+        parameter importances with `importances`); [] without trials or a readable workbook."""
+        if not self._rec.searcher().trials():
+            return []
+        try:
+            if self.workbook is None:
+                self.load()
+        except NeroError:
+            return []
+        assert self.workbook is not None
+        return self._rec.searcher().optimisations(self.workbook, importances)
+
+    def next_batches(self) -> list[NextBatch]:
+        """What each adaptive row would ask for now (`nero plan`): trials, budget left, next batch."""
+        assert self.workbook is not None
+        if not any(e.search is not None for e in self.workbook.experiments):
+            return []  # nothing read, no cluster asked for its slots
+        rec = self._rec
+        return next_batches(self.workbook, rec.searcher().trials(), rec.store.snapshot(), rec.capacity())
 
     def confirm(self, plan: Plan) -> list[str]:
         """Confirm exactly the changes `plan` shows awaiting; the next pass applies them."""

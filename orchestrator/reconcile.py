@@ -57,6 +57,7 @@ from .model import (
     Update,
     Workbook,
 )
+from .optimise import Searcher, package_problems, stand_ins, trial_runs
 from .paths import ClusterPaths, ProjectPaths
 from .plan import plan as make_plan
 from .spec import expand
@@ -141,6 +142,7 @@ class Reconciler:
         self.reread: Reread | None = None  # the last re-read while watching (the loop says it)
         self._remembered = ""  # the fingerprint of the last plan kept for `nero apply ID`
         self._planning: tuple[str, dict[str, RunRecord]] | None = None  # (data version, planning_records)
+        self._searcher: Searcher | None = None
 
     # ------------------------------------------------------------ workbook
     def load(self, keep_last_good: bool = False, settle_s: float = 0.0) -> list[str]:
@@ -180,7 +182,7 @@ class Reconciler:
             specs = None
             if not isinstance(found, list):  # not checked against this state yet
                 found = None
-                specs = expand(wb)
+                specs = expand(wb, self._trial_runs(wb))
                 self._preflight(wb, specs)
         except WorkbookError as e:
             if keep_last_good and self.workbook is not None:
@@ -204,8 +206,20 @@ class Reconciler:
         work in the cache never expands them)."""
         if self._specs is None:
             assert self.workbook is not None
-            self._specs = expand(self.workbook)
+            self._specs = expand(self.workbook, self._trial_runs(self.workbook))
         return self._specs
+
+    def _trial_runs(self, wb: Workbook) -> dict:
+        """The runs of the adaptive rows' trials (`optimise.trial_runs`); {} without such rows."""
+        if not any(e.search is not None for e in wb.experiments):
+            return {}
+        return trial_runs(wb, self.searcher().trials())
+
+    def searcher(self) -> Searcher:
+        """The adaptive rows' studies (`optimise.Searcher`), opened on first use."""
+        if self._searcher is None:
+            self._searcher = Searcher(self.store, ProjectPaths(self.project_dir).search_db)
+        return self._searcher
 
     def _workbook_key(self) -> str:
         """The stamp of what reading and checking the workbook depends on besides the store:
@@ -234,12 +248,15 @@ class Reconciler:
         with its cell."""
         from .preflight import check_workbook
 
+        searching = any(e.search is not None for e in wb.experiments)
+        specs = specs + stand_ins(wb, specs) if searching else specs
         todo = make_plan(specs, self._snapshot(specs), {c.name: len(specs) + 1 for c in wb.clusters},
                          overrides=self.store.overrides())
         keys = {a.key for a in todo.actions if a.spec is not None and a.kind in (ActionKind.SUBMIT, ActionKind.RESTART,
                                                                                   ActionKind.HOLD)}
         chosen = [s for s in specs if s.key in keys]
         problems = check_workbook(wb, chosen, str(self.project_dir), {s.key: self.workdir(s) for s in chosen})
+        problems += package_problems(wb) if searching else []
         if problems:
             raise WorkbookError(str(self.workbook_path), problems)
 
@@ -283,6 +300,8 @@ class Reconciler:
     def close(self) -> None:
         for b in self._backends.values():
             b.close()
+        if self._searcher is not None:
+            self._searcher.close()
         self.store.close()
 
     # ------------------------------------------------------------ plan
@@ -370,6 +389,10 @@ class Reconciler:
         self._recover(now, report)
         self._poll(now, report)
         self._rules(now, report)
+        if any(e.search is not None for e in self.workbook.experiments):  # adaptive rows: tell, adopt, ask
+            if self.searcher().step(self.workbook, self.store.snapshot(), self.capacity()):
+                self._specs = None
+                report.changed = True
         overrides = self.store.overrides()
         gate = self.gate(yes)
         plan = self._plan(prune, gate, overrides)
@@ -825,6 +848,8 @@ class Reconciler:
             runs=tuple(sorted(snap.values(), key=lambda r: r.number)), histories=self.store.histories(),
             events=tuple(self.store.events()), queue=tuple(queue), now=self.clock(),
             attempts=tuple(self.store.earlier_attempts()), attempt_histories=self.store.earlier_histories(),
+            optimisations=tuple(self.searcher().optimisations(wb, importances=True)
+                                if any(e.search is not None for e in wb.experiments) else ()),
         )
 
     def results_path(self) -> Path:

@@ -13,7 +13,14 @@ from ..errors import NeroError
 from ..operations import history_rows, run_rows
 from ..project import Project
 from ..units import format_duration, format_significant
-from ..views import freshness_json, freshness_line, plan_json, plan_line
+from ..views import (
+    batch_line,
+    freshness_json,
+    freshness_line,
+    optimisation_line,
+    plan_json,
+    plan_line,
+)
 from .console import STATE_STYLE, console, escape
 from .group import (
     WORKBOOK_ARG,
@@ -67,20 +74,25 @@ def plan(workbook: str | None, prune: bool, as_json: bool, details: bool) -> Non
 
     Changes that throw work away (restarting a running or finished run, cancelling) and
     more new runs at once than Settings confirm_over are listed as awaiting confirmation,
-    with the command that confirms exactly this plan: `nero apply 3f9a2c`. A last line
-    says how fresh the picture is (see `nero status --help`).
+    with the command that confirms exactly this plan: `nero apply 3f9a2c`. A row with a
+    `search` cell gets a line: the trials asked and told, the budget left, and how many new
+    trials a pass would ask now (its clusters' free slots). A last line says how fresh the
+    picture is (see `nero status --help`).
     """
     with open_project(workbook) as project:
         try:
             fresh = project.freshness()
             p = project.plan(prune=prune)
+            batches = project.next_batches()
         except NeroError as e:
             fail(e)
         now = project.clock()
     if as_json:
-        click.echo(json.dumps(plan_json(p, fresh, now), indent=2))
+        click.echo(json.dumps(plan_json(p, fresh, now, batches), indent=2))
         return
     print_plan(p, details=details)
+    for batch in batches:  # adaptive rows: trials so far, budget left, the next batch
+        click.echo(batch_line(batch))
     click.echo(freshness_line(fresh, now))
 
 
@@ -141,6 +153,8 @@ def status(args: tuple[str, ...], as_json: bool, as_csv: bool, show_all: bool, w
     primary metric. --json and --csv write every run, run by run.
     --attempts lists each run's earlier attempts under it (in --json: an `attempts` list
     per run, oldest first).
+    Each row with a `search` cell gets a line under the table: its sampler and metric,
+    trials of the budget, and the best trial with its parameters.
 
     A last line (on stderr with --json or --csv) says how fresh the picture is: the time of
     the last reconcile pass, and whether a reconcile is running. With none running, the live
@@ -159,6 +173,8 @@ def status(args: tuple[str, ...], as_json: bool, as_csv: bool, show_all: bool, w
         fresh = project.freshness()
         if not selector and not (as_json or as_csv or with_attempts) and project.run_count() > summary_rows():
             _summary(project, now)
+            for o in project.optimisations():
+                click.echo(optimisation_line(o))
             click.echo(freshness_line(fresh, now))
             _not_started(project)
             return
@@ -178,6 +194,9 @@ def status(args: tuple[str, ...], as_json: bool, as_csv: bool, show_all: bool, w
             click.echo(freshness_line(fresh, now), err=True)
             return
         _status_table(runs, now, show_all, values, earlier, attempt_values)
+        if not selector:
+            for o in project.optimisations():
+                click.echo(optimisation_line(o))
         click.echo(freshness_line(fresh, now))
         if not selector:
             _not_started(project)

@@ -38,6 +38,7 @@ from ..metrics import default_goal, rank_key
 from ..model import FINISHED_STATES, Event, ResultsInput, RunRecord, RunSpec, Workbook
 from ..shown import metric_names, run_values
 from ..units import format_metric
+from ..views import optimisation_line
 from .compose import Draft, Part, compose, message_id, render_message
 from .formats import local_time, one_line
 
@@ -325,6 +326,25 @@ def _experiment_plots(data: ResultsInput, metric: str, token: str,
     return plots, images, skipped
 
 
+def _searches(data: ResultsInput, token: str, images: list[Part], warnings: list[str]) -> list[dict[str, Any]]:
+    """Each search row's line (`views.optimisation_line`) and the image of its history (added to `images`)."""
+    from ..plots import search_history_png
+
+    out = []
+    for i, o in enumerate(data.optimisations):
+        cid = ""
+        try:
+            png = search_history_png(o)
+        except Exception as e:  # a plot must not cost the digest
+            warnings.append(f"digest: no plot for the search {o.experiment}: {type(e).__name__}: {e}")
+            png = None
+        if png is not None:
+            cid = _cid("search", i, token)
+            images.append(Part(png, f"{slug_name(o.experiment)}-search.png", cid=cid))
+        out.append({"experiment": o.experiment, "line": optimisation_line(o), "image": cid})
+    return out
+
+
 def build_digest(data: ResultsInput, attachments: Sequence[Part], attachment_note: str, since: float | None,
                  project_dir: Path, sender: str, recipients: tuple[str, ...], now: float,
                  warnings: list[str]) -> Draft:
@@ -345,6 +365,7 @@ def build_digest(data: ResultsInput, attachments: Sequence[Part], attachment_not
         "resources": _resources(data), "attachment": attachments[0].filename if attachments else "",
         "attachment_note": attachment_note,
         "finished": sum(1 for r in data.runs if r.state in FINISHED_STATES),
+        "searches": _searches(data, token, images, warnings),
     }
     subject, text, html = render_message("digest", ctx, project_dir, warnings)
     data_bytes = compose(subject=subject, sender=sender, recipients=recipients, text=text, html=html, images=images,

@@ -17,7 +17,7 @@ __all__ = ["SETTING_KEYS", "SMTP_SECURITY", "read_settings"]
 SETTING_KEYS = (
     "results", "interval", "digest", "email_to", "email_from", "smtp_host", "smtp_port",
     "smtp_user", "smtp_security", "primary_metric", "checkpoints", "min_free_disk",
-    "default_cluster", "on_save", "confirm_over",
+    "default_cluster", "on_save", "confirm_over", "sample_seed",
 )
 SMTP_SECURITY = ("starttls", "ssl", "none")
 
@@ -79,7 +79,7 @@ def _setting_parsers() -> dict[str, Callable[[Any, str], Any]]:
         "smtp_port": whole(1, 587, 65535), "smtp_user": text,
         "smtp_security": choice(SMTP_SECURITY), "primary_metric": text,
         "checkpoints": _checkpoints, "min_free_disk": size_text_cell, "default_cluster": text,
-        "on_save": choice(ON_SAVE), "confirm_over": whole(0, 200),
+        "on_save": choice(ON_SAVE), "confirm_over": whole(0, 200), "sample_seed": whole(0, 42),
     }
 
 

@@ -36,9 +36,10 @@ def read_workbook(path: str | Path, variables_of: VariablesOf) -> Workbook:
     titles, sheets = _load(path, problems)
     clusters = read_clusters(sheets.get("Clusters"), problems)
     names = tuple(c.name for c in clusters)
-    experiments = read_experiments(sheets.get("Experiments"), titles, names, problems, variables_of)
-    metrics = read_metrics(sheets.get("Metrics"), problems)
     settings = read_settings(sheets.get("Settings"), names, path, problems)
+    experiments = read_experiments(sheets.get("Experiments"), titles, names, problems, variables_of,
+                                   settings.sample_seed)
+    metrics = read_metrics(sheets.get("Metrics"), problems)
     if problems.items:
         raise WorkbookError(str(path), problems.listed(_reading_order))
     return Workbook(str(path), experiments, clusters, metrics, settings)
