@@ -171,7 +171,7 @@ def _curve(points: Sequence[tuple[int | None, float]]) -> _Curve | None:
 
 
 def _shown(v: float) -> str:
-    return format_number(v)
+    return format_number(float(v))
 
 
 # ---------------------------------------------------------------------------------- deciding
@@ -242,7 +242,7 @@ def _median(pruner: Pruner, goal: str, curves: Mapping[str, _Curve], wanted: lis
         mine = best(c.values[: i + 1], goal)
         if mine is None or (mine > mid if goal == "min" else mine < mid):
             out[key] = (f"{metric}: best {_shown(math.nan if mine is None else mine)} up to step {_shown(step)} "
-                        f"vs median {_shown(mid)} of {others} other runs at step {_shown(step)}")
+                        f"vs median {_shown(mid)} of {others} other run{'' if others == 1 else 's'} at step {_shown(step)}")
     return out
 
 
@@ -277,8 +277,8 @@ def _halving(pruner: Pruner, goal: str, curves: Mapping[str, _Curve], wanted: li
         if value > edge if goal == "min" else value < edge:
             rank = 1 + (bisect_left(values, value) if goal == "min" else n - bisect_right(values, value))
             shown_at = "" if at == rung_step else f", its value at step {_shown(at)}"
-            out[key] = (f"{metric}={_shown(value)} at {where}{shown_at}: rank {rank} of the {n} runs that "
-                        f"reached it, the top {keep} go on")
+            going = "only the best goes on" if keep == 1 else f"the best {keep} go on"
+            out[key] = f"{metric}={_shown(value)} at {where}{shown_at}: rank {rank} of the {n} runs that reached it, {going}"
     return out
 
 
