@@ -141,14 +141,11 @@ def parse_pruner(text: str, start: int, end: int, label: str = "") -> Pruner:
 class _Curve:
     """One run's history of the metric: steps numbered and ascending, one point a step."""
 
-    __slots__ = ("steps", "values")
+    __slots__ = ("steps", "values", "last")
 
     def __init__(self, steps: Sequence[float], values: Sequence[float]):
         self.steps, self.values = steps, values
-
-    @property
-    def last(self) -> float:
-        return self.steps[-1]
+        self.last: float = steps[-1]
 
     def first_from(self, step: float) -> tuple[float, float] | None:
         """The first point at or past `step` (a rung's value), None if none."""
@@ -207,7 +204,7 @@ def decide(pruner: Pruner, goal: str, histories: Mapping[str, Sequence[tuple[int
 def _median(pruner: Pruner, goal: str, curves: Mapping[str, _Curve], wanted: list[str]) -> dict[str, str]:
     warmup, least, metric = pruner.get("warmup"), pruner.get("min_runs"), pruner.metric
     lasts = sorted((c.last for c in curves.values()), reverse=True)
-    at_step: dict[float, tuple[list[float], dict[str, float | None]]] = {}  # step -> sorted values, each run's
+    at_step: dict[float, tuple[list[float], int]] = {}  # step -> every run's value there, sorted (NaN left out); count
     out: dict[str, str] = {}
     for key in wanted:
         c = curves[key]
@@ -225,15 +222,15 @@ def _median(pruner: Pruner, goal: str, curves: Mapping[str, _Curve], wanted: lis
             continue
         step = c.steps[i]
         if step not in at_step:
-            each = {k: value_at(o.steps, o.values, step) for k, o in curves.items() if o.last >= step}
-            at_step[step] = (sorted(v for v in each.values() if v is not None and not math.isnan(v)), each)
-        ordered, each = at_step[step]
-        own = each.get(key)
-        others = sum(1 for k, v in each.items() if v is not None and k != key)
+            each = [v for o in curves.values() if o.last >= step and (v := value_at(o.steps, o.values, step)) is not None]
+            at_step[step] = (sorted(v for v in each if not math.isnan(v)), len(each))
+        ordered, count = at_step[step]
+        own = c.values[i]  # its own point at that step, among the values there
+        others = count - 1
         if others < least:
             continue
         values = ordered
-        if own is not None and not math.isnan(own):
+        if not math.isnan(own):
             j = bisect_left(ordered, own)
             values = ordered[:j] + ordered[j + 1:]
         if not values:

@@ -339,15 +339,15 @@ def test_a_row_of_real_jobs_is_pruned_by_the_median_rule(project: Path) -> None:
         assert m, run["reason"]
         best, step, mid, others = float(m[1]), int(m[2]), float(m[3]), int(m[4])
         # the numbers are the program's: its value at that step against the others' there
-        assert 5 <= step < 40 and others == 5
+        assert 5 <= step < 20 and others == 5  # at the first pass past the warm-up, or soon after
         assert best == pytest.approx(q + 1 / step, abs=1e-5)
         assert mid == pytest.approx(sorted(p + 1 / step for p in range(1, 7) if p != q)[2], abs=1e-5)
-        assert run["step"] < 40  # stopped early
+        assert run["step"] < 40, run  # stopped early
     for q in (1, 2, 3):
         assert runs[f"sweep[q={q}]"]["step"] == 40
     import pandas as pd
 
-    summary = pd.read_excel(project / "results.xlsx", sheet_name="Summary")
+    summary = pd.read_excel(project / "results.xlsx", sheet_name="Summary", engine="openpyxl")
     reasons = dict(zip(summary["run"], summary["reason"], strict=True))
     assert reasons["sweep[q=6]"] == runs["sweep[q=6]"]["reason"]
 
