@@ -17,8 +17,10 @@ and the runs it names stop; a stopped or finished run frees its slot for the nex
 step-unit is one step of one run. Reported, each the median over the seeds:
 
 - compute saved: 1 - step-units spent / (runs × steps), no pruning spending all of it;
-- best final: the best known final value among the runs that ran to the end, next to the
-  best of all runs (what no pruning finds), and how often the pruned row kept the very best;
+- best final: the best known final value among the runs that ran to the end, its regret
+  against the best of all runs (what no pruning finds: median and mean), how often the pruned
+  row kept the very best run and how often its best is within 0.01 (the noise) of it: equal
+  final quality;
 - the same through Optuna's own pruners in-process (a sequential study: one trial at a time,
   each reporting every step), with the matching settings, as the named peer; and nero's
   decisions in that same sequential order (`--slots 1`), which must prune as Optuna does
@@ -46,6 +48,8 @@ sys.path.insert(0, str(ROOT))
 
 from orchestrator.prune import Pruner, decide, parse_pruner  # noqa: E402
 from orchestrator.series import Series  # noqa: E402
+
+NEAR = 0.01  # a best final within the noise (sd 0.01) of the row's very best counts as equal quality
 
 
 def population(seed: int, runs: int, steps: int) -> tuple[list[list[float]], list[float]]:
@@ -159,9 +163,11 @@ def main() -> int:
     if args.seeds < 10:
         print("note: fewer than 10 seeds; the figures are medians over", args.seeds)
     total = args.runs * args.steps
-    rules = {
+    rules = {  # the eager settings, then gentler ones (later rungs, a longer warm-up)
         "median": "prune median(v, warmup=5, min_runs=3)",
+        "median/20": "prune median(v, warmup=20, min_runs=3)",
         "asha": "prune asha(v, min_step=1, eta=3)",
+        "asha/9": "prune asha(v, min_step=9, eta=3)",
         "hyperband": f"prune hyperband(v, min_step=1, max_step={args.steps}, eta=3)",
     }
     configs: list[tuple[str, str, int, int]] = []  # (label, kind, slots, lag) ; kind "" = no pruning
@@ -172,7 +178,7 @@ def main() -> int:
         configs.append((f"nero {kind}, 1 slot (sequential)", kind, 1, 1))
         if not args.no_optuna:
             configs.append((f"Optuna {kind} pruner (sequential)", kind, 1, 0))
-    results: dict[str, dict[str, list[float]]] = {c[0]: {"saved": [], "best": [], "kept": [], "regret": []}
+    results: dict[str, dict[str, list[float]]] = {c[0]: {"saved": [], "best": [], "kept": [], "regret": [], "near": []}
                                                   for c in configs}
     t0 = time.perf_counter()
     for seed in range(args.seeds):
@@ -183,7 +189,7 @@ def main() -> int:
                 spent, done = simulate(None, curves, slots)
             elif lag == 0:
                 pruner = parse_pruner(rules[kind], 0, len(rules[kind]))
-                spent, done = optuna_peer(kind, dict(pruner.settings), curves, f"row{seed}")
+                spent, done = optuna_peer(pruner.kind, dict(pruner.settings), curves, f"row{seed}")
             else:
                 spent, done = simulate(parse_pruner(rules[kind], 0, len(rules[kind])), curves, slots, lag, f"row{seed}")
             best = min(finals[i] for i in done)
@@ -192,20 +198,23 @@ def main() -> int:
             res["best"].append(best)
             res["kept"].append(float(best == optimum))
             res["regret"].append(best - optimum)
+            res["near"].append(float(best - optimum <= NEAR))
     elapsed = time.perf_counter() - t0
     print(f"{args.runs} runs × {args.steps} steps a row ({total} step-units unpruned), {args.seeds} seeds, "
           f"{args.slots} slots; medians over the seeds ({elapsed:.0f} s)")
     for kind, text in rules.items():
         print(f"  {kind}: {text}")
     print()
-    print(f"{'configuration':<52} {'saved':>7} {'best final':>11} {'regret':>8} {'kept best':>10} {'compute ratio':>14}")
+    print(f"{'configuration':<56} {'saved':>7} {'best final':>11} {'regret':>8} {'mean':>7} {'kept best':>10} "
+          f"{'within ' + str(NEAR):>11} {'compute ratio':>14}")
     failed = []
     for label, *_ in configs:
         res = results[label]
         saved = statistics.median(res["saved"])
-        print(f"{label:<52} {saved:>6.1%} {statistics.median(res['best']):>11.4f} "
-              f"{statistics.median(res['regret']):>8.4f} {sum(res['kept']):>4.0f}/{len(res['kept']):<5} "
-              f"{1 / (1 - saved):>13.2f}×")
+        seeds = len(res["kept"])
+        print(f"{label:<56} {saved:>6.1%} {statistics.median(res['best']):>11.4f} "
+              f"{statistics.median(res['regret']):>8.4f} {statistics.fmean(res['regret']):>7.4f} "
+              f"{sum(res['kept']):>4.0f}/{seeds:<5} {sum(res['near']):>5.0f}/{seeds:<5} {1 / (1 - saved):>13.2f}×")
         if label != "no pruning" and not saved > 0:
             failed.append(label)
     print()
