@@ -294,6 +294,11 @@ def test_prune_verdicts_judge_live_runs_against_the_whole_row() -> None:
     assert first_stop(verdicts) == v
     # declared goals come from the Metrics sheet: higher is better turns it round
     assert set(prune_verdicts(specs, records, read, {"val_loss": "max"})) == {"sweep[q=2]"}
+    # warn: only warns; after N waits for the run's step N
+    warned = prune_verdicts([_spec(k, rules.replace("prune", "warn: prune")) for k in records], records, read, {})
+    (v,) = warned["sweep[q=9]"].values()
+    assert v.warning and not v.stop and first_stop([v]) is None
+    assert prune_verdicts([_spec(k, rules + " after 6") for k in records], records, read, {}) == {}
     # nothing to prune: the histories are not read
     calls.clear()
     assert prune_verdicts(specs[:1], {"sweep[q=1]": records["sweep[q=1]"]}, read, {}) == {}
