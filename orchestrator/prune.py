@@ -237,8 +237,10 @@ def _median(pruner: Pruner, goal: str, curves: Mapping[str, _Curve], wanted: lis
             continue
         mid = median(values)
         mine = best(c.values[: i + 1], goal)
-        if mine is None or (mine > mid if goal == "min" else mine < mid):
-            out[key] = (f"{metric}: best {_shown(math.nan if mine is None else mine)} up to step {_shown(step)} "
+        if mine is None:  # NaN only up to that step, numbers since: not judged there
+            continue
+        if mine > mid if goal == "min" else mine < mid:
+            out[key] = (f"{metric}: best {_shown(mine)} up to step {_shown(step)} "
                         f"vs median {_shown(mid)} of {others} other run{'' if others == 1 else 's'} at step {_shown(step)}")
     return out
 

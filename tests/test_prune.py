@@ -368,3 +368,16 @@ def test_a_bad_prune_rule_is_an_error_at_its_cell(project: Path) -> None:
     assert "Experiments!D2: rule 1: a whole number for warmup expected, found 'x'" in out
     assert "Experiments!D3: rule 1: eta is a whole number from 2 to 1000000000, not 1" in out
     assert not (project / ".nero" / "state.db").exists() or "submit" not in out
+
+
+@pytest.mark.parametrize("text", ["prune median(v, warmup=3, min_runs=2)", "prune asha(v, min_step=2, eta=2)",
+                                  "prune hyperband(v, min_step=1, max_step=30, eta=3)"])
+def test_series_as_the_store_hands_them_out_decide_as_plain_points_do(text: str) -> None:
+    r = random.Random(5)
+    curves = _curves(7, 40, 30)
+    plain = {f"r{i}": [(s, c[s - 1]) for s in range(1, r.randint(1, 30) + 1)] for i, c in enumerate(curves)}
+    series = {k: Series.of(v) for k, v in plain.items()}
+    assert all(s.ordered for s in series.values())
+    pruner = parse_pruner(text, 0, len(text))
+    ours = decide(pruner, "min", series, list(plain))
+    assert ours == decide(pruner, "min", plain, list(plain)) and ours
