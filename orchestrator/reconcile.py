@@ -605,7 +605,7 @@ class Reconciler:
     def _rules(self, now: float, report: PassReport) -> None:
         """Evaluate each live run's rules on its metrics; stop rules terminate the run."""
         from .expr import Facts
-        from .rules import evaluate, first_stop, parse_rules
+        from .rules import evaluate, first_stop, parse_rules, prune_verdicts
 
         assert self.workbook is not None
         if not live_clusters(self.store):
@@ -617,7 +617,9 @@ class Reconciler:
         stops: dict[str, list[tuple[RunRecord, str]]] = {}
         updates: list[Update] = []
         histories: Histories | None = None  # read once, when a live run has rules
-        for rec in self.store.snapshot().values():
+        snapshot = self.store.snapshot()
+        pruned = prune_verdicts(specs.values(), snapshot, self.store.histories, goals)  # rules comparing a row's runs
+        for rec in snapshot.values():
             spec = specs.get(rec.key)
             if spec is None or not rec.state.live or rec.intent or rec.stop_requested:
                 continue
@@ -629,7 +631,7 @@ class Reconciler:
             if histories is None:
                 histories = self.store.histories()
             facts = Facts.of(rec, now, histories.get(rec.key), goals_of(rec.last, goals))
-            verdicts = evaluate(rules, facts)
+            verdicts = evaluate(rules, facts, pruned.get(rec.key))
             stop = first_stop(verdicts)
             if stop is not None:
                 stops.setdefault(rec.cluster, []).append((rec, stop.message))
