@@ -10,11 +10,11 @@ whole, and a People row a user person; `local` always exists. Every surface (a p
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import dataclass, fields
 
 from .model import Cluster, Effective, Layer, Origin, Person, Settings
 
-__all__ = ["ENV_PREFIX", "LAYERS", "USER_KEYS", "env_name", "merge"]
+__all__ = ["ENV_PREFIX", "LAYERS", "USER_KEYS", "SettingRow", "env_name", "merge", "setting_rows", "shown_value"]
 
 LAYERS = ("environment", "project", "user", "default")  # strongest first
 # the settings a user file (and the environment) may give: the file's key -> Settings' field
@@ -25,6 +25,20 @@ USER_KEYS = {
 }
 ENV_PREFIX = "NERO_"
 _SETTINGS = {f.name for f in fields(Settings)}
+_FILE_KEY = {field: key for key, field in USER_KEYS.items()}  # smtp_host -> mail.smtp_host
+
+
+@dataclass(frozen=True)
+class SettingRow:
+    """One line of `nero config`: the key (as `nero config set` takes it where the user
+    file may hold it), the value as text, and its origin."""
+
+    key: str
+    value: str
+    origin: Origin
+
+    def to_dict(self) -> dict[str, str]:
+        return {"key": self.key, "value": self.value, "layer": self.origin.layer, "from": str(self.origin)}
 
 
 def env_name(key: str) -> str:
@@ -61,3 +75,28 @@ def merge(project: Layer, user: Layer | None = None, env: Layer | None = None) -
                      state_root=str(state_root or ""), origins=tuple(sorted(origins.items())))
 
 
+
+
+def shown_value(value: object) -> str:
+    """A setting's value as `nero config` prints it."""
+    if isinstance(value, tuple | list):
+        return ", ".join(map(str, value))
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def setting_rows(effective: Effective) -> tuple[SettingRow, ...]:
+    """Every setting in force with its origin: the Settings keys and state_root, then the
+    clusters (`clusters.NAME`: kind and host) and the people (`people.NAME`)."""
+    rows = [SettingRow(_FILE_KEY.get(f.name, f.name), shown_value(getattr(effective.settings, f.name)),
+                       effective.origin(f.name)) for f in fields(Settings)]
+    rows.append(SettingRow("state_root", effective.state_root, effective.origin("state_root")))
+    for c in effective.clusters:
+        where = " ".join(x for x in (c.kind.value, f"{c.user}@{c.host}" if c.user else c.host) if x)
+        rows.append(SettingRow(f"clusters.{c.name}", where, effective.origin(f"clusters.{c.name}")))
+    for p in effective.people:
+        rows.append(SettingRow(f"people.{p.name}", f"{p.email} (digest: {p.digest})", effective.origin(f"people.{p.name}")))
+    return tuple(rows)

@@ -25,7 +25,7 @@ import hashlib
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -65,14 +65,6 @@ TEMPLATE = """\
 # digest = "off"                     # the progress digest: "every 6 hours", "daily at 08:00", "off"
 # state_root = "/scratch/me/nero"    # keep each project's .nero state under this local folder
 
-[mail]
-# email_to = ["me@example.org"]
-# email_from = "me@example.org"
-# smtp_host = "smtp.example.org"
-# smtp_port = 587
-# smtp_security = "starttls"         # starttls, ssl or none
-# smtp_user = "me"
-
 # Personal clusters, shared by all projects (the Clusters sheet's columns); a project's
 # Clusters row of the same name wins.
 # [clusters.gpu1]
@@ -84,6 +76,14 @@ TEMPLATE = """\
 # [people.ada]
 # email = "ada@example.org"
 # digest = "mine"
+
+[mail]
+# email_to = ["me@example.org"]
+# email_from = "me@example.org"
+# smtp_host = "smtp.example.org"
+# smtp_port = 587
+# smtp_security = "starttls"         # starttls, ssl or none
+# smtp_user = "me"
 """
 
 
@@ -129,10 +129,16 @@ def read_layers(environ: Mapping[str, str] | None = None) -> Layers:
     return Layers(user, environment, path, stamp)
 
 
-def effective(layers: Layers, workbook_effective: Effective | None = None) -> Effective:
-    """What is in force: a project's (its workbook read with these layers), else the user
-    file and the environment over the defaults."""
-    return workbook_effective or merge(Layer("project"), layers.user, layers.env)
+def effective(layers: Layers, workbook: str | Path | None = None) -> Effective:
+    """What is in force: in a project (its workbook read with these layers; WorkbookError
+    if it does not read), else the user file and the environment over the defaults."""
+    if workbook is None:
+        return merge(Layer("project"), layers.user, layers.env)
+    from .sheet import read_workbook
+
+    found = read_workbook(workbook, layers.user, layers.env).effective
+    assert found is not None
+    return found
 
 
 def state_root(environ: Mapping[str, str] | None = None) -> tuple[str, Origin]:
@@ -151,27 +157,30 @@ def create(path: Path) -> bool:
     return True
 
 
-def set_value(key: str, value: str, environ: Mapping[str, str] | None = None) -> Path:
-    """Set `key` (`mail.smtp_host`, `default_cluster`, `clusters.gpu1.host`) in the user
-    file (created from the template first), keeping its comments; the result is checked
-    as a whole before it is written, so a bad value changes nothing (ConfigError)."""
+def set_value(key: str, value: str, environ: Mapping[str, str] | None = None,
+              more: Sequence[tuple[str, str]] = ()) -> Path:
+    """Set `key` (`mail.smtp_host`, `default_cluster`, `clusters.gpu1.host`) to `value`, and
+    each pair of `more`, in the user file (created from the template first), keeping its
+    comments; the result is checked as a whole before it is written, so a bad value
+    changes nothing (ConfigError; ValueError for a key that is no setting)."""
     import tomlkit
 
     path = config_path(environ)
-    parts = _key_parts(key)
     text = path.read_text(encoding="utf-8") if path.exists() else TEMPLATE
     doc = tomlkit.parse(text)
-    table: Any = doc
-    for i, part in enumerate(parts[:-1]):
-        if part not in table:
-            table[part] = tomlkit.table(is_super_table=i == 0 and len(parts) == 3)
-        table = table[part]
-    table[parts[-1]] = _toml_value(parts[-1], value)
+    for k, v in ((key, value), *more):
+        parts = _key_parts(k)
+        table: Any = doc
+        for i, part in enumerate(parts[:-1]):
+            if part not in table:
+                table[part] = tomlkit.table(is_super_table=i == 0 and len(parts) == 3)
+            table = table[part]
+        table[parts[-1]] = _toml_value(parts[-1], v)
     new = tomlkit.dumps(doc)
     problems: list[Problem] = []
     _user_layer(new, path, problems)
     if problems:
-        raise ConfigError(str(path), problems)
+        raise ConfigError(str(path), sorted(problems, key=_line_order))
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, new)
     return path

@@ -99,6 +99,23 @@ def kill_jobs(root: Path) -> None:
             pass
 
 
+# nero's user-level settings (orchestrator/userconfig.py): no test reads the real user's file
+# or a NERO_<KEY> variable of the shell that started pytest; a test that wants a user file
+# writes the one NERO_CONFIG names here (its own, empty folder).
+_SETTING_VARIABLES = ("NERO_DEFAULT_CLUSTER", "NERO_DIGEST", "NERO_STATE_ROOT", "NERO_EMAIL_TO", "NERO_EMAIL_FROM",
+                      "NERO_SMTP_HOST", "NERO_SMTP_PORT", "NERO_SMTP_SECURITY", "NERO_SMTP_USER")
+
+
+@pytest.fixture(autouse=True)
+def user_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The user file every nero in the test reads (absent until the test writes it)."""
+    path = tmp_path_factory.mktemp("user-config") / "config.toml"
+    monkeypatch.setenv("NERO_CONFIG", str(path))
+    for name in _SETTING_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return path
+
+
 @pytest.fixture
 def project(tmp_path: Path):
     """A project folder whose leftover jobs are killed after the test."""
