@@ -167,6 +167,8 @@ def set_value(key: str, value: str, environ: Mapping[str, str] | None = None,
 
     path = config_path(environ)
     text = path.read_text(encoding="utf-8") if path.exists() else TEMPLATE
+    for k, _ in ((key, value), *more):
+        text = _uncomment(text, _key_parts(k))
     doc = tomlkit.parse(text)
     for k, v in ((key, value), *more):
         parts = _key_parts(k)
@@ -200,6 +202,24 @@ def _key_parts(key: str) -> list[str]:
         return parts
     raise ValueError(f"unknown setting {key!r}; settings: {', '.join(USER_KEYS)}, clusters.NAME.FIELD "
                      f"({', '.join(CLUSTER_FIELDS)}), people.NAME.FIELD ({', '.join(PERSON_FIELDS)})")
+
+
+def _uncomment(text: str, parts: list[str]) -> str:
+    """`text` with the template's commented example of a key not yet set (`# smtp_port =
+    587  # …`) turned into a placeholder line, so `set` writes the value where the example
+    stands, its comment kept."""
+    table, leaf = ".".join(parts[:-1]), parts[-1]
+    if f"{table}.{leaf}".strip(".") in _lines(text):
+        return text
+    lines = text.splitlines(keepends=True)
+    current = ""
+    for i, line in enumerate(lines):
+        if m := re.match(r"^\[\s*([^\]]+?)\s*\]", line.strip()):
+            current = m.group(1).strip()
+        elif current == table and (m := re.match(rf"^#\s*{re.escape(leaf)}\s*=\s*[^#]*(#.*)?$", line.strip())):
+            lines[i] = f"{leaf} = 0" + (f"  {m.group(1)}" if m.group(1) else "") + "\n"
+            return "".join(lines)
+    return text
 
 
 def _toml_value(field: str, value: str) -> Any:
