@@ -661,6 +661,10 @@ class ResultsInput:
     attempts: tuple[RunRecord, ...] = ()
     attempt_histories: Mapping[tuple[str, int], Mapping[str, Sequence[tuple[int | None, float]]]] = field(
         default_factory=dict)
+    # who gets a digest besides Settings email_to: the people (their `digest`: mine, all,
+    # off) and the addresses each experiment's `notify` names, by experiment id
+    people: tuple[Person, ...] = ()
+    named: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -834,6 +834,7 @@ class Reconciler:
             runs=tuple(sorted(snap.values(), key=lambda r: r.number)), histories=self.store.histories(),
             events=tuple(self.store.events()), queue=tuple(queue), now=self.clock(),
             attempts=tuple(self.store.earlier_attempts()), attempt_histories=self.store.earlier_histories(),
+            people=wb.people, named=tuple((e.id, e.recipients) for e in wb.experiments if e.recipients),
         )
 
     def results_path(self) -> Path:
