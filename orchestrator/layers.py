@@ -58,14 +58,15 @@ def merge(project: Layer, user: Layer | None = None, env: Layer | None = None) -
     settings = Settings(**{k: v for k, v in values.items() if k in _SETTINGS})
     clusters: dict[str, Cluster] = {}
     people: dict[str, Person] = {}
-    for layer in reversed(order):
+    for layer in order:  # strongest first: a name taken stays taken; the project's rows come first
         for cluster, where in layer.clusters:
-            clusters.pop(cluster.name.lower(), None)
-            clusters[cluster.name.lower()] = cluster
-            origins[f"clusters.{cluster.name}"] = Origin(layer.layer, where)
+            if cluster.name.lower() not in clusters:
+                clusters[cluster.name.lower()] = cluster
+                origins[f"clusters.{cluster.name}"] = Origin(layer.layer, where)
         for person, where in layer.people:
-            people[person.name.lower()] = person
-            origins[f"people.{person.name}"] = Origin(layer.layer, where)
+            if person.name.lower() not in people:
+                people[person.name.lower()] = person
+                origins[f"people.{person.name}"] = Origin(layer.layer, where)
     if "local" not in clusters:
         clusters = {"local": Cluster("local"), **clusters}
     else:  # local first, as the Clusters sheet reads it
