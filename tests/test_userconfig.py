@@ -300,6 +300,10 @@ email = "carol@user.example.org"
     assert len(notices) == 3  # `quiet` notifies nobody
     assert sorted(rcpt for rcpt, _, _ in digests) == [
         ["ada@example.org"], ["bob@example.org", "me@user.example.org"], ["carol@user.example.org"]]
+    subjects = {tuple(rcpt): subject for rcpt, subject, _ in digests}
+    assert "digest (ada-run, both):" in subjects[("ada@example.org",)]
+    assert "digest (both):" in subjects[("carol@user.example.org",)]
+    assert "digest:" in subjects[("bob@example.org", "me@user.example.org")]
     text = {tuple(rcpt): body for rcpt, _, body in digests}
     assert "ada-run" in text[("ada@example.org",)] and "both" in text[("ada@example.org",)]
     assert "team" not in text[("ada@example.org",)] and "quiet" not in text[("ada@example.org",)]
@@ -311,13 +315,17 @@ email = "carol@user.example.org"
     assert rows["people.carol"]["layer"] == "user"
 
 
-def test_unknown_person_in_notify_is_a_cell_error(tmp_path: Path):
+def test_unknown_person_in_notify_is_a_cell_error(tmp_path: Path, user_config: Path):
     project = tmp_path / "p"
-    write_workbook(project / "experiments.xlsx", [{"id": "a", "command": "echo hi", "notify": "failed, dave"}])
+    write_workbook(project / "experiments.xlsx", [{"id": "a", "command": "echo hi", "notify": "failed, dave"}],
+                   settings={"default_cluster": "nowhere"})
+    _user_file(user_config, '[people.failed]\nemail = "f@example.org"\n')
     proc = nero("plan", str(project))
     assert proc.returncode == 2
     assert "Experiments!C2: 'dave' in notify is neither an event" in proc.stderr
     assert "add dave to the People sheet" in proc.stderr
+    assert "Settings!B2: default_cluster 'nowhere' is not a cluster" in proc.stderr
+    assert f"{user_config}:1: a person cannot be called 'failed'" in proc.stderr
 
 
 @pytest.mark.parametrize("value", ["relative/path", ""])

@@ -373,9 +373,10 @@ def _experiment_plots(data: ResultsInput, metric: str, token: str,
 
 def build_digest(data: ResultsInput, attachments: Sequence[Part], attachment_note: str, since: float | None,
                  project_dir: Path, sender: str, recipients: tuple[str, ...], now: float,
-                 warnings: list[str]) -> Draft:
+                 warnings: list[str], rows: Sequence[str] = ()) -> Draft:
     """The digest of `data` since the last one (`since`; None: the first), with the
-    results workbook attached (`attachments`) or `attachment_note` saying why not."""
+    results workbook attached (`attachments`) or `attachment_note` saying why not; `rows`
+    names the experiments a person's own digest covers (`digest_of`)."""
     metric = primary_metric(data)
     msg_id = message_id("digest", sender)
     token = _token(msg_id)
@@ -390,7 +391,7 @@ def build_digest(data: ResultsInput, attachments: Sequence[Part], attachment_not
         "leaders": leaderboard(data, metric), "plots": plots, "plots_skipped": skipped,
         "resources": _resources(data), "attachment": attachments[0].filename if attachments else "",
         "attachment_note": attachment_note,
-        "finished": sum(1 for r in data.runs if r.state in FINISHED_STATES),
+        "finished": sum(1 for r in data.runs if r.state in FINISHED_STATES), "rows": sorted(rows),
     }
     subject, text, html = render_message("digest", ctx, project_dir, warnings)
     data_bytes = compose(subject=subject, sender=sender, recipients=recipients, text=text, html=html, images=images,

@@ -260,7 +260,8 @@ class Mailer:
         for audience in digest_audiences(data):
             shown = digest_of(data, audience)
             sender, recipients, status = self._route(data.settings, warnings, audience.recipients)
-            mails.append(self._digest(shown, results_file, since, sender, recipients, status, now, warnings))
+            mails.append(self._digest(shown, results_file, since, sender, recipients, status, now, warnings,
+                                      sorted(audience.experiments or ())))
         stored = self.store.enqueue_mail(mails, now, meta={DIGEST_KEY: repr(now)})
         self._write_files(stored, warnings)
         return stored[0]
@@ -276,9 +277,11 @@ class Mailer:
                             warnings)
 
     def _digest(self, data: ResultsInput, results_file: Path | None, since: float | None, sender: str,
-                recipients: tuple[str, ...], status: str, now: float, warnings: list[str]) -> Mail:
+                recipients: tuple[str, ...], status: str, now: float, warnings: list[str],
+                rows: Sequence[str] = ()) -> Mail:
         attachments, note = _results_attachment(results_file)
-        draft = build_digest(data, attachments, note, since, self.project_dir, sender, recipients, now, warnings)
+        draft = build_digest(data, attachments, note, since, self.project_dir, sender, recipients, now, warnings,
+                             rows)
         return _mail(draft, sender, recipients, status, now)
 
     # ------------------------------------------------------------ files

@@ -18,7 +18,7 @@ from ..model import Layer, MetricDef, Problem, Workbook
 from .bounds import check_bounds
 from .clusters import read_clusters
 from .commands import VariablesOf
-from .experiments import read_experiments
+from .experiments import NOTIFY_EVENTS, read_experiments
 from .metrics import read_metrics
 from .people import read_people
 from .settings import read_settings
@@ -44,6 +44,9 @@ def read_workbook(path: str | Path, variables_of: VariablesOf, user: Layer | Non
     effective = merge(project, user, env)
     names = tuple(c.name for c in effective.clusters)
     people = {p.name.lower(): p.email for p in effective.people}
+    for name in people.keys() & set(NOTIFY_EVENTS):
+        problems.add(effective.origin(f"people.{name}").where or "People",
+                     f"a person cannot be called {name!r}: notify reads it as the event; name them differently")
     experiments = read_experiments(sheets.get("Experiments"), titles, names, problems, variables_of, people)
     metrics = read_metrics(sheets.get("Metrics"), problems)
     cluster = effective.settings.default_cluster
