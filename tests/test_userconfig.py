@@ -341,3 +341,21 @@ def test_state_root_must_be_absolute(tmp_path: Path, user_config: Path, value: s
     assert root == str(Path("~/nero-state").expanduser()) and origin == Origin("user", f"{user_config}:1")
     assert state_root({"NERO_CONFIG": str(user_config), "NERO_STATE_ROOT": "/local/x"}) == (
         "/local/x", Origin("environment", "NERO_STATE_ROOT"))
+
+
+def test_python_api_config_and_a_changed_user_file_is_read_again(tmp_path: Path, user_config: Path):
+    from orchestrator import Project
+
+    _user_file(user_config, '[mail]\nsmtp_host = "first.example.org"\n')
+    path = write_workbook(tmp_path / "p" / "experiments.xlsx", [{"id": "a", "command": "echo hi"}],
+                          settings={"smtp_port": 2525})
+    with Project(path) as project:
+        frame = project.config()
+        assert frame.loc["mail.smtp_host", "value"] == "first.example.org"
+        assert frame.loc["mail.smtp_host", "from"] == f"{user_config}:2"
+        assert frame.loc["mail.smtp_port", "from"] == "Settings!B2"
+        assert frame.loc["results", "layer"] == "default"
+        _user_file(user_config, '[mail]\n\nsmtp_host = "second.example.org"\n')
+        frame = project.config()  # the workbook did not change; the user file did
+        assert frame.loc["mail.smtp_host", "value"] == "second.example.org"
+        assert frame.loc["mail.smtp_host", "from"] == f"{user_config}:3"
