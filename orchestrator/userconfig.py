@@ -169,7 +169,11 @@ def set_value(key: str, value: str, environ: Mapping[str, str] | None = None,
     text = path.read_text(encoding="utf-8") if path.exists() else TEMPLATE
     for k, _ in ((key, value), *more):
         text = _uncomment(text, _key_parts(k))
-    doc = tomlkit.parse(text)
+    try:
+        doc = tomlkit.parse(text)
+    except tomlkit.exceptions.ParseError as e:
+        raise ConfigError(str(path), [Problem(str(path), f"is not valid TOML ({e}); fix it with "
+                                                         "`nero config --edit`")]) from None
     for k, v in ((key, value), *more):
         parts = _key_parts(k)
         table: Any = doc
@@ -366,11 +370,10 @@ def _settings(values: list[tuple[str, Any]], where: Where, bad: Bad) -> tuple[tu
     keys: dict[str, str] = {}
     for key, value in values:
         if key == "state_root":
-            root = _state_root(value)
-            if root.startswith("!"):
-                bad(key, root[1:])
-            else:
-                found.append((key, root, where(key)))
+            try:
+                found.append((key, _state_root(value), where(key)))
+            except ValueError as e:
+                bad(key, str(e))
             continue
         try:
             cell = _cell(value)
@@ -385,12 +388,12 @@ def _settings(values: list[tuple[str, Any]], where: Where, bad: Bad) -> tuple[tu
 
 
 def _state_root(value: Any) -> str:
-    """A state_root value: an absolute folder (~ expanded); "!" and a message if it is none."""
+    """A state_root value: an absolute folder (~ expanded)."""
     if not isinstance(value, str) or not value.strip():
-        return "!write the path of a folder on a local disk, e.g. \"/scratch/me/nero\""
+        raise ValueError('write the path of a folder on a local disk, e.g. "/scratch/me/nero"')
     root = os.path.expanduser(value.strip())
     if not os.path.isabs(root):
-        return f"!{value!r} is not an absolute path; write one such as \"/scratch/me/nero\""
+        raise ValueError(f'{value!r} is not an absolute path; write one such as "/scratch/me/nero"')
     return root
 
 

@@ -176,6 +176,11 @@ smtp_host = "old.example.org"  # the lab's relay
         assert proc.returncode == 2, proc.stderr
     assert user_config.read_text() == text
     assert "needs a host" in nero("config", "set", "clusters.gpu2.kind", "slurm", cwd=tmp_path).stderr
+    user_config.write_text("[mail\nsmtp_host = 1\n")  # not TOML: set refuses, the file stays as it is
+    proc = nero("config", "set", "default_cluster", "local", cwd=tmp_path)
+    assert proc.returncode == 2 and "is not valid TOML" in proc.stderr
+    assert user_config.read_text() == "[mail\nsmtp_host = 1\n"
+    assert "is not valid TOML" in nero("config", cwd=tmp_path).stderr
 
 
 def test_edit_creates_the_commented_file_and_checks_what_was_saved(tmp_path: Path, user_config: Path):
