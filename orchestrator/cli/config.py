@@ -54,7 +54,7 @@ def config(ctx: click.Context, workbook: str | None, as_json: bool, edit: bool) 
     nero config                              the table (in a project: with its workbook)
     nero config --edit                       edit your user file
     nero config set mail.smtp_host smtp.example.org
-    nero config set clusters.gpu1.host gpu1.example.org
+    nero config set clusters.gpu1.kind ssh clusters.gpu1.host gpu1.example.org
     nero config get default_cluster
     """
     ctx.ensure_object(dict)
