@@ -364,3 +364,15 @@ def test_python_api_config_and_a_changed_user_file_is_read_again(tmp_path: Path,
         frame = project.config()  # the workbook did not change; the user file did
         assert frame.loc["mail.smtp_host", "value"] == "second.example.org"
         assert frame.loc["mail.smtp_host", "from"] == f"{user_config}:3"
+
+
+def test_without_smtp_notices_to_row_recipients_wait_in_the_outbox(tmp_path: Path, user_config: Path):
+    _user_file(user_config, '[people.ada]\nemail = "ada@example.org"\n')
+    project = tmp_path / "p"
+    write_workbook(project / "experiments.xlsx", [{"id": "a", "command": "echo hi", "notify": "completed, ada"}])
+    nero("reconcile", str(project), "--until-done", "--interval", "1", timeout=170, check=True)
+    (eml,) = (project / ".nero" / "outbox").glob("*.eml")
+    msg = message_from_bytes(eml.read_bytes(), policy=default_policy)
+    assert str(msg["To"]) == "ada@example.org" and "completed" in str(msg["Subject"])
+    listed = json.loads(nero("mail", str(project), "--json", check=True).stdout)
+    assert [(m["status"], m["to"]) for m in listed] == [("local", ["ada@example.org"])]
