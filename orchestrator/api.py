@@ -413,6 +413,22 @@ class Project:
         rows = [trial_row(o, t) for o in self.optimisations() if experiment in (None, o.experiment) for t in o.trials]
         return table(rows, columns=("experiment", "trial", "run", "state", "value", "best_so_far"))
 
+    def config(self) -> DataFrame:
+        """`nero config --json` as a DataFrame: every setting in force for this project,
+        with where it came from (`layer`: environment, project, user, default; `from`: the
+        variable, the cell such as Settings!B4, the user file and line).
+
+            >>> project.config().loc["mail.smtp_host"]
+        """
+        from .frames import table
+        from .layers import setting_rows
+
+        self._load()
+        wb = self.core.workbook
+        assert wb is not None and wb.effective is not None
+        return table([r.to_dict() for r in setting_rows(wb.effective)], index="key",
+                     columns=("key", "value", "layer", "from"))
+
     def plot(self, selector: str, metric: str, path: str | Path | None = None, *, attempts: bool = False) -> Drawn:
         """`nero plot SELECTOR METRIC`: `metric` over steps of the started runs `selector`
         matches, one line per run, to a PNG (`path`, default `<metric>.png` beside the

@@ -3,6 +3,8 @@
     NeroError
     ├── WorkbookError      the experiments workbook is unreadable or invalid (exit 2);
     │                      carries every Problem at once, each with its cell
+    ├── ConfigError        the user file or a NERO_ variable holds a bad setting (exit 2);
+    │                      every Problem at once, each with its file, line and key
     ├── ExpressionError    a rule or selector does not parse or cannot be evaluated
     ├── StateError         the state store is unusable (locked, newer schema, corrupt)
     ├── DiskError          a disk nero writes to is full or read-only (exit 3); nothing
@@ -22,7 +24,7 @@ from collections.abc import Sequence
 from .model import Problem
 from .units import format_megabytes
 
-__all__ = ["NeroError", "WorkbookError", "ExpressionError", "StateError", "DiskError", "BackendError", "TemplateError"]
+__all__ = ["NeroError", "WorkbookError", "ConfigError", "ExpressionError", "StateError", "DiskError", "BackendError", "TemplateError"]
 
 
 class NeroError(Exception):
@@ -39,6 +41,18 @@ class WorkbookError(NeroError):
         self.problems = tuple(problems)
         n = len(self.problems)
         head = f"{path + ': ' if path else ''}{n} problem{'s' if n != 1 else ''} in the workbook; nothing was dispatched, cancelled or written."
+        super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))
+
+
+class ConfigError(NeroError):
+    exit_code = 2
+
+    def __init__(self, path: str, problems: Sequence[Problem]):
+        self.path = path
+        self.problems = tuple(problems)
+        n = len(self.problems)
+        head = (f"{path}: {n} problem{'s' if n != 1 else ''} in your nero settings (`nero config` shows them, "
+                "`nero config --edit` opens the file); nothing was dispatched, cancelled or written.")
         super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))
 
 

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Scalar", "Shell", "RunState", "FINISHED_STATES", "LIVE_STATES", "Desired", "ClusterKind", "RESOURCE_COLUMNS",
-    "Problem", "Variation", "Search", "Until", "After", "Experiment", "Cluster", "MetricDef", "Settings", "Workbook", "MAX_GOAL_NAMES",
+    "Problem", "Variation", "Search", "Until", "After", "Experiment", "Cluster", "MetricDef", "Settings", "Person", "Origin",
+    "Layer", "Effective", "Workbook", "MAX_GOAL_NAMES",
     "RunSpec", "RunRecord", "ActionKind", "Action", "OverrideKind", "Override", "Plan", "JobScript",
     "CodeSnapshot", "QueueInfo", "GpuInfo", "ClusterResources", "Submission", "MetricPoint",
     "ResourceSample", "Offsets", "SourceOffset", "SourceChunk", "Handle", "JobStatus", "Event", "Update", "NewAttempt", "OutputChunk",
@@ -153,6 +154,7 @@ class Experiment:
     retries: int = 0
     rules: str = ""
     notify: tuple[str, ...] = ()
+    recipients: tuple[str, ...] = ()  # the addresses its `notify` names (people resolved); () means Settings email_to
     cells: tuple[tuple[str, str], ...] = ()  # (column, cell) of the id, command, template, each parameter: ("lr", "Experiments!E3")
     samples: int = 0  # how many draws of its sampled (Distribution) cells the row makes; 0: it samples nothing
     sample_seed: int | None = None  # the row's, else Settings sample_seed; None: space.DEFAULT_SEED
@@ -216,12 +218,66 @@ class Settings:
 
 
 @dataclass(frozen=True)
+class Person:
+    """Someone a row's `notify` may name (People sheet, or the user file's `[people]`), and
+    which digest they get: `mine` (the rows that name them), `all`, or `off`."""
+
+    name: str
+    email: str
+    digest: str = "mine"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an effective setting came from: its layer (environment, project, user,
+    default) and the place in it (`NERO_SMTP_HOST`, `Settings!B4`, `config.toml:12`)."""
+
+    layer: str
+    where: str = ""
+
+    def __str__(self) -> str:
+        return self.where or self.layer
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer of settings as read: values by key, clusters and people, each with where
+    it was read (a cell, a file and line, an environment variable)."""
+
+    layer: str  # environment | project | user
+    values: tuple[tuple[str, Any, str], ...] = ()  # (key, value, where)
+    clusters: tuple[tuple[Cluster, str], ...] = ()
+    people: tuple[tuple[Person, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Effective:
+    """The settings in force once the layers are merged (`layers.merge`), each with its
+    origin: keys (`smtp_host`, `state_root`), `clusters.<name>` and `people.<name>`."""
+
+    settings: Settings
+    clusters: tuple[Cluster, ...]
+    people: tuple[Person, ...] = ()
+    state_root: str = ""
+    origins: tuple[tuple[str, Origin], ...] = ()
+
+    def origin(self, key: str) -> Origin:
+        return dict(self.origins).get(key, Origin("default"))
+
+
+@dataclass(frozen=True)
 class Workbook:
     path: str
     experiments: tuple[Experiment, ...]
     clusters: tuple[Cluster, ...]
     metrics: tuple[MetricDef, ...] = ()
     settings: Settings = field(default_factory=Settings)
+    effective: Effective | None = None  # the layers merged (settings and clusters above are its own)
+
+    @property
+    def people(self) -> tuple[Person, ...]:
+        """The people rows may name (People sheet over the user file's, by name)."""
+        return self.effective.people if self.effective else ()
 
     def cluster(self, name: str) -> Cluster:
         for c in self.clusters:
@@ -672,6 +728,10 @@ class ResultsInput:
     attempt_histories: Mapping[tuple[str, int], Mapping[str, Sequence[tuple[int | None, float]]]] = field(
         default_factory=dict)
     optimisations: tuple[Optimisation, ...] = ()  # the adaptive rows' (the Optimisation sheet)
+    # who gets a digest besides Settings email_to: the people (their `digest`: mine, all,
+    # off) and the addresses each experiment's `notify` names, by experiment id
+    people: tuple[Person, ...] = ()
+    named: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True)

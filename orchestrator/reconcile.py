@@ -32,7 +32,7 @@ from typing import Any
 
 from .backends import Backend, make_backend
 from .confirm import APPLY_ALL, Gate, describe
-from .errors import BackendError, NeroError, WorkbookError
+from .errors import BackendError, ConfigError, NeroError, WorkbookError
 from .jobs import params_json
 from .lifecycle import observe, recovery
 from .metric_files import DEFAULT_GLOBS, globs_of
@@ -132,6 +132,7 @@ class Reconciler:
         self.unconfirmed_grace_s = unconfirmed_grace_s  # see _recover
         self.workbook: Workbook | None = None
         self._specs: list[RunSpec] | None = []
+        self._layers = ""  # the stamp of the user file and NERO_ variables last read (userconfig.Layers)
         self._key = ""  # the stamp of the workbook read, nero's code and the templates (see _workbook_key)
         self._stamp: tuple[int, int] | None = None
         self._backends: dict[str, Backend] = {}
@@ -152,15 +153,23 @@ class Reconciler:
         for that long, so saves in quick succession are read (and applied) once; with
         `keep_last_good`, `reread` says what a re-read found."""
         from .sheet import lock_file, read_workbook
+        from .userconfig import read_layers
 
         warnings: list[str] = []
         self._watching = keep_last_good
+        try:
+            layers = read_layers()  # the user file and NERO_ variables around the workbook
+        except ConfigError as e:
+            if keep_last_good and self.workbook is not None:
+                return self._once(("config", str(e)), f"{e}\n  keeping the last good plan; fix the file and save it")
+            raise
+        same_layers, self._layers = layers.stamp == self._layers, layers.stamp
         try:
             st = self.workbook_path.stat()
             stamp = (st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
             stamp = None
-        if stamp is not None and stamp == self._stamp and self.workbook is not None:
+        if stamp is not None and stamp == self._stamp and same_layers and self.workbook is not None:
             return warnings
         lock = lock_file(self.workbook_path)
         if lock is not None and keep_last_good and self.workbook is not None:
@@ -173,7 +182,7 @@ class Reconciler:
             key = self._workbook_key()
             wb = cached(self.store, "workbook", key)
             if not isinstance(wb, Workbook):
-                wb = read_workbook(self.workbook_path)
+                wb = read_workbook(self.workbook_path, layers.user, layers.env)
                 if key and key == self._workbook_key():  # the file did not change while it was read
                     keep(self.store, "workbook", key, wb)
             version = data_version(self.store)
@@ -223,8 +232,8 @@ class Reconciler:
 
     def _workbook_key(self) -> str:
         """The stamp of what reading and checking the workbook depends on besides the store:
-        the workbook's bytes, nero's code and job templates, the project folder ("" when the
-        workbook cannot be read)."""
+        the workbook's bytes, nero's code and job templates, the project folder, the user
+        file and NERO_ variables ("" when the workbook cannot be read)."""
         from .render import builtin_templates
 
         digest = file_digest(self.workbook_path)
@@ -232,7 +241,7 @@ class Reconciler:
             return ""
         code = folder_stamp(Path(__file__).parent, suffixes=(".py",))
         templates = folder_stamp(builtin_templates(), self.project_dir / "templates", contents=True)
-        return f"{digest}|{code}|{templates}|{self.project_dir}"
+        return f"{digest}|{code}|{templates}|{self.project_dir}|{self._layers}"
 
     def _state_key(self, *more: object) -> str:
         """The stamp of what the loaded workbook and the store's data make (with `more`), ""
@@ -852,6 +861,7 @@ class Reconciler:
             attempts=tuple(self.store.earlier_attempts()), attempt_histories=self.store.earlier_histories(),
             optimisations=tuple(self.searcher().optimisations(wb, importances=True)
                                 if any(e.search is not None for e in wb.experiments) else ()),
+            people=wb.people, named=tuple((e.id, e.recipients) for e in wb.experiments if e.recipients),
         )
 
     def results_path(self) -> Path:

@@ -63,8 +63,8 @@ EXPERIMENT_HELP = {
                "the program can continue from its checkpoint (default 0).",
     "rules": "Stop runs that go badly; separate rules with ';':\nisnan(loss); val_loss > 2 after 5; "
              "plateau(val_loss, 10); runtime > 2h\nEditing rules never restarts a run.",
-    "notify": "Events to e-mail to Settings email_to, comma separated: started, completed, failed, "
-              "terminated, lost, warn.",
+    "notify": "Events to e-mail, comma separated: started, completed, failed, terminated, lost, warn; "
+              "and to whom: addresses or people (People sheet, your user file), else Settings email_to.",
     "notes": "Free text; nero ignores it.",
     "samples": "How many runs to draw from this row's sampled cells (uniform(a, b), loguniform(a, b), randint(a, b), "
                "choice(x, y, …), normal(mu, sigma)): each sample draws every sampled cell once, and every "

@@ -21,12 +21,13 @@ from ..rules import parse_rules
 from ..space import Distribution
 from ..tokens import Token, tokenize
 from ..trials import parse_search, search_problems
-from .cells import choice, identifier, names, one_of, text, whole
+from .cells import choice, identifier, names, text, whole
 from .commands import BUILTIN_VARIABLES, VariablesOf, check_command, once_per_command
+from .people import email_address
 from .quantities import megabytes_cell, minutes_cell
 from .table import UNREADABLE, Problems, Row, Sheet, Table, read_table, table_rows
 
-__all__ = ["EXPERIMENT_COLUMNS", "MAX_RUNS_PER_ROW", "NOTIFY_EVENTS", "read_experiments"]
+__all__ = ["EXPERIMENT_COLUMNS", "MAX_RUNS_PER_ROW", "NOTIFY_DEFAULT", "NOTIFY_EVENTS", "read_experiments"]
 
 EXPERIMENT_COLUMNS = (
     "id", "command", "cluster", "state", *RESOURCE_COLUMNS, "setup", "workdir", "template",
@@ -43,7 +44,7 @@ _PRIORITY = whole(-10**9, 10)
 _RETRIES = whole(0, 2)
 _SAMPLES = whole(1, 20, MAX_RUNS_PER_ROW)
 _SEED = whole(0, 42)
-_NOTIFY = one_of(NOTIFY_EVENTS, "event")
+NOTIFY_DEFAULT = ("completed", "failed", "terminated", "lost")  # a cell naming recipients but no event
 _RESOURCE_CONVERTERS: dict[str, Callable[[Any, str], Scalar]] = {
     "time": minutes_cell, "cpus": whole(1, 4), "mem": megabytes_cell, "gpus": whole(0, 1),
     "partition": text, "account": text, "options": text,
@@ -53,10 +54,11 @@ _RESOURCE_CONVERTERS: dict[str, Callable[[Any, str], Scalar]] = {
 
 def read_experiments(sheet: Sheet | None, titles: list[str], clusters: tuple[str, ...],
                      problems: Problems, variables_of: VariablesOf,
-                     sample_seed: int | None = None) -> tuple[Experiment, ...]:
+                     sample_seed: int | None = None, people: dict[str, str] | None = None) -> tuple[Experiment, ...]:
     """The experiments, in row order; `titles` (all sheet names) explain a missing sheet,
     `clusters` are the names a row may use, `variables_of` names a command's variables,
-    `sample_seed` is Settings' (for sampled rows without their own)."""
+    `sample_seed` is Settings' (for sampled rows without their own), `people` the names
+    `notify` may use (lower-cased name -> address)."""
     if sheet is None:
         found = ", ".join(titles) or "none"
         problems.add("Experiments", f"the workbook has no Experiments sheet (sheets found: {found}); add a sheet "
@@ -74,11 +76,12 @@ def read_experiments(sheet: Sheet | None, titles: list[str], clusters: tuple[str
         return ()
     parameters = _parameter_columns(table, problems)
     variables_of = once_per_command(variables_of)
+    notify = _notify(people or {})
     experiments: list[Experiment] = []
     ids: dict[str, str] = {}
     unexpanded: set[int] = set()  # rows whose sampling or pairing is wrong: no keys to check
     for row in table_rows(table, problems):
-        exp = _experiment(row, parameters, clusters, variables_of, sample_seed, unexpanded)
+        exp = _experiment(row, parameters, clusters, variables_of, sample_seed, unexpanded, notify)
         if exp is None:
             continue
         if exp.id.lower() in ids:
@@ -110,7 +113,8 @@ def _parameter_columns(table: Table, problems: Problems) -> list[tuple[str, int]
 
 
 def _experiment(row: Row, parameters: list[tuple[str, int]], clusters: tuple[str, ...],
-                variables_of: VariablesOf, sample_seed: int | None, unexpanded: set[int]) -> Experiment | None:
+                variables_of: VariablesOf, sample_seed: int | None, unexpanded: set[int],
+                notify: Callable[[Any, str], tuple[tuple[str, ...], tuple[str, ...]]]) -> Experiment | None:
     """The row's experiment (None without an id); a row whose sampling or pairing is wrong
     (or unreadable) joins `unexpanded`."""
     ident = row.require("id", identifier, "", "missing id; every row needs a unique id such as lr-sweep")
@@ -119,6 +123,7 @@ def _experiment(row: Row, parameters: list[tuple[str, int]], clusters: tuple[str
     together = row.get("together", _together, ())
     params, unreadable = _parameters(row, parameters, {n for g in together for n in g})
     own_seed = row.get("sample_seed", _SEED, None)
+    events, recipients = row.get("notify", notify, ((), ()))
     exp = Experiment(
         id=ident, row=row.number, command=command,
         clusters=row.get("cluster", _known_clusters(clusters), ()),
@@ -127,7 +132,7 @@ def _experiment(row: Row, parameters: list[tuple[str, int]], clusters: tuple[str
         setup=row.get("setup", text, ""), workdir=row.get("workdir", text, ""),
         template=row.get("template", text, ""), priority=row.get("priority", _PRIORITY, 0),
         after=row.get("after", _after, ()), retries=row.get("retries", _RETRIES, 0),
-        rules=row.get("rules", _rules, ""), notify=row.get("notify", _NOTIFY, ()),
+        rules=row.get("rules", _rules, ""), notify=events, recipients=recipients,
         cells=(("id", row.ref("id")), ("command", row.ref("command")), ("template", row.ref("template")),
                *((name, row.ref_at(c)) for name, c in parameters),
                *((name, row.ref(name)) for name in ("samples", "sample_seed", "together", "search")
@@ -176,6 +181,32 @@ def _together(value: object, column: str) -> tuple[tuple[str, ...], ...]:
     """`optimizer, lr; batch, warmup`: groups of parameters (`;` between groups, `,` within)."""
     groups = (tuple(n.strip() for n in part.split(",") if n.strip()) for part in text(value).split(";"))
     return tuple(g for g in groups if g)
+
+
+def _notify(people: dict[str, str]) -> Callable[[Any, str], tuple[tuple[str, ...], tuple[str, ...]]]:
+    """The `notify` cell: event words, e-mail addresses and people's names, in any order.
+    Returns (events, addresses); recipients without an event word mean NOTIFY_DEFAULT."""
+    def convert(value: object, column: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        events: list[str] = []
+        to: list[str] = []
+        for item in names(value):
+            word = item.lower()
+            if word in NOTIFY_EVENTS:
+                events.append(word)
+            elif "@" in item:
+                to.append(email_address(item, column))
+            elif word in people:
+                to.append(people[word])
+            else:
+                known = ", ".join(sorted(people)) or "none defined"
+                raise ValueError(f"{item!r} in {column} is neither an event ({', '.join(NOTIFY_EVENTS)}), an e-mail "
+                                 f"address nor a person (people: {known}); add {item} to the People sheet (name, "
+                                 "email) or to [people] in your user file (`nero config`), or write an address")
+        if to and not events:
+            events = list(NOTIFY_DEFAULT)
+        return tuple(dict.fromkeys(events)), tuple(dict.fromkeys(to))
+
+    return convert
 
 
 def _rules(value: object, column: str) -> str:
