@@ -49,7 +49,7 @@ __all__ = [
 SAMPLERS = {
     "tpe": "Tree-structured Parzen Estimator (Optuna's TPESampler)",
     "random": "random search (Optuna's RandomSampler)",
-    "cmaes": "CMA-ES (Optuna's CmaEsSampler; needs the package cmaes)",
+    "cmaes": "CMA-ES (Optuna's CmaEsSampler; the package cmaes comes with the search extra)",
     "gp": "Gaussian process (Optuna's GPSampler; needs torch and scipy)",
 }
 TRIAL = "trial"  # the name of a trial's number in its run key
