@@ -10,7 +10,8 @@ Before a pass plans, for each adaptive row whose state is `run`:
    state; a kill between the two tells it again, which changes nothing (Optuna skips a
    finished trial);
 3. ask for as many new trials as the row's clusters have free slots, up to the budget
-   (`trials.to_ask`), and record them in the state in one transaction. Then the pass plans
+   (`trials.to_ask`); the slots the sheet's new runs ahead of the row in the planner's order
+   (higher priority, then earlier rows) will take are not free (`slots_left`), and record them in the state in one transaction. Then the pass plans
    them as runs (`spec.expand` with the trials), submits them like any run (an attempt's
    intent recorded before it is handed to a backend), and a kill after the record leaves
    trials the next pass submits.
@@ -52,7 +53,7 @@ from .trials import (
     trial_params,
 )
 
-__all__ = ["Searcher", "free_slots", "next_batches", "package_problems", "stand_ins", "trial_runs"]
+__all__ = ["Searcher", "free_slots", "next_batches", "package_problems", "slots_left", "stand_ins", "trial_runs"]
 
 
 def trial_runs(workbook: Workbook, trials: Mapping[str, list[Trial]]) -> dict[str, list[tuple[str, tuple[tuple[str, Scalar], ...]]]]:
@@ -89,6 +90,42 @@ def free_slots(snapshot: Mapping[str, RunRecord], capacity: Mapping[str, int]) -
         c: max(0, 1 - n) for c, n in used.items() if c not in capacity}
 
 
+def _order(item: Experiment | RunSpec) -> tuple[int, int]:
+    """The planner's order of submits (`plan._assign`): higher priority first, then row order."""
+    return (-item.priority, item.row)
+
+
+def _take(slots: dict[str, int], clusters: tuple[str, ...], n: int) -> None:
+    """Take `n` slots as the planner gives them: each from the first listed cluster with one free."""
+    for _ in range(n):
+        c = next((c for c in clusters if slots.get(c, 1) > 0), None)
+        if c is None:
+            return
+        slots[c] = slots.get(c, 1) - 1
+
+
+def slots_left(workbook: Workbook, specs: list[RunSpec], snapshot: Mapping[str, RunRecord],
+               capacity: Mapping[str, int]) -> list[tuple[Experiment, dict[str, int]]]:
+    """Each adaptive row (in the planner's order) with the free slots left for its new trials:
+    each cluster's free slots less those the sheet's new runs ahead of the row will take
+    (runs of other rows to start, not yet submitted, waiting on no `after`) and those the
+    trials of the adaptive rows before it will take. Without this a pass asked for trials
+    the planner then left waiting behind a grid row, and `nero plan` promised them a slot."""
+    slots = free_slots(snapshot, capacity)
+    searched = {e.id for e in workbook.experiments if e.search is not None}
+    waiting_rows = {e.id for e in workbook.experiments if e.after}
+    ahead = sorted((s for s in specs if s.experiment not in searched and s.experiment not in waiting_rows
+                    and s.desired is Desired.RUN and s.key not in snapshot), key=_order)
+    out = []
+    i = 0
+    for exp in sorted((e for e in workbook.experiments if e.search is not None), key=_order):
+        while i < len(ahead) and _order(ahead[i]) < _order(exp):
+            _take(slots, ahead[i].clusters, 1)
+            i += 1
+        out.append((exp, slots))
+    return out
+
+
 def _row_free(exp: Experiment, default: str, free: Mapping[str, int]) -> int:
     """The free slots of the row's clusters (a cluster the capacities do not name has one, as in the planner)."""
     return sum(free.get(c, 1) for c in (exp.clusters or (default,)))
@@ -99,21 +136,19 @@ def _waiting(exp: Experiment, trials: list[Trial], snapshot: Mapping[str, RunRec
     return sum(1 for t in trials if trial_key(exp.id, t.number) not in snapshot)
 
 
-def next_batches(workbook: Workbook, trials: Mapping[str, list[Trial]], snapshot: Mapping[str, RunRecord],
-                 capacity: Mapping[str, int]) -> list[NextBatch]:
+def next_batches(workbook: Workbook, specs: list[RunSpec], trials: Mapping[str, list[Trial]],
+                 snapshot: Mapping[str, RunRecord], capacity: Mapping[str, int]) -> list[NextBatch]:
     """What each adaptive row would ask for now (`nero plan`), without asking."""
     default = workbook.settings.default_cluster or "local"
-    slots = free_slots(snapshot, capacity)
     out = []
-    for exp in workbook.experiments:
-        if exp.search is None:
-            continue
+    for exp, slots in slots_left(workbook, specs, snapshot, capacity):
         mine = trials.get(exp.id, [])
         free = _row_free(exp, default, slots)
         n = to_ask(exp.search, len(mine), _waiting(exp, mine, snapshot), free) if exp.desired is Desired.RUN else 0
+        _take(slots, exp.clusters or (default,), n + _waiting(exp, mine, snapshot))
         out.append(NextBatch(exp.id, exp.search.source or exp.search.sampler, len(mine),
                              sum(1 for t in mine if t.told), max(0, exp.search.budget - len(mine)), n, free))
-    return out
+    return sorted(out, key=lambda b: [e.id for e in workbook.experiments].index(b.experiment))
 
 
 @dataclass
@@ -136,16 +171,14 @@ class Searcher:
     def trials(self) -> dict[str, list[Trial]]:
         return read_trials(self.store)
 
-    def step(self, workbook: Workbook, snapshot: Mapping[str, RunRecord], capacity: Mapping[str, int]) -> bool:
+    def step(self, workbook: Workbook, specs: list[RunSpec], snapshot: Mapping[str, RunRecord],
+             capacity: Mapping[str, int]) -> bool:
         """Adopt, tell and ask (see the module); True when trials were recorded (the specs change)."""
         default = workbook.settings.default_cluster or "local"
         trials = self.trials()
         changed = False
         told: list[tuple[str, int, str, float | None]] = []
-        slots = free_slots(snapshot, capacity)
-        for exp in workbook.experiments:
-            if exp.search is None:
-                continue
+        for exp, slots in slots_left(workbook, specs, snapshot, capacity):
             goal = search_goal(exp.search, workbook.goals)
             mine = trials.get(exp.id, [])
             if exp.id not in self.adopted:
@@ -168,15 +201,13 @@ class Searcher:
                     told.append((exp.id, t.number, *got))
             if exp.desired is not Desired.RUN:
                 continue
-            n = to_ask(exp.search, len(mine), _waiting(exp, mine, snapshot), _row_free(exp, default, slots))
+            waiting = _waiting(exp, mine, snapshot)
+            n = to_ask(exp.search, len(mine), waiting, _row_free(exp, default, slots))
             if n > 0:
                 asked = self.studies.ask(exp, goal, n)
                 record_trials(self.store, exp.id, [(a.number, a.params) for a in asked])
                 changed = True
-                for _ in range(n):  # the slots these trials will take (from the next row's)
-                    c = next((c for c in exp.clusters or (default,) if slots.get(c, 1) > 0), None)
-                    if c is not None:
-                        slots[c] = slots.get(c, 1) - 1
+            _take(slots, exp.clusters or (default,), n + waiting)  # the slots these trials take (from the next row's)
         mark_told(self.store, told)
         return changed
 

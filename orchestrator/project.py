@@ -196,7 +196,7 @@ class Project:
         if not any(e.search is not None for e in self.workbook.experiments):
             return []  # nothing read, no cluster asked for its slots
         rec = self._rec
-        return next_batches(self.workbook, rec.searcher().trials(), rec.store.snapshot(), rec.capacity())
+        return next_batches(self.workbook, rec.specs, rec.searcher().trials(), rec.store.snapshot(), rec.capacity())
 
     def confirm(self, plan: Plan) -> list[str]:
         """Confirm exactly the changes `plan` shows awaiting; the next pass applies them."""

@@ -399,7 +399,7 @@ class Reconciler:
         self._poll(now, report)
         self._rules(now, report)
         if any(e.search is not None for e in self.workbook.experiments):  # adaptive rows: tell, adopt, ask
-            if self.searcher().step(self.workbook, self.store.snapshot(), self.capacity()):
+            if self.searcher().step(self.workbook, self.specs, self.store.snapshot(), self.capacity()):
                 self._specs = None
                 report.changed = True
         overrides = self.store.overrides()

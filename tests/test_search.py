@@ -286,3 +286,24 @@ def test_a_cmaes_row_searches_with_optunas_cma_es_and_closes_in_on_the_optimum(p
     finally:
         studies.close()
     assert best < 0.5, best  # random search over [-2, 8] x {0..4} reaches this in 40 draws ~40 % of the time
+
+
+def test_a_search_row_behind_a_grid_row_asks_only_for_the_slots_the_grid_leaves(project: Path):
+    """The planner starts a higher-priority (or earlier) row's new runs first: a search row
+    behind them is promised, and asks for, only the slots they leave. With 4 slots and 3 grid
+    runs ahead, `nero plan` says 1 trial would be asked, and the pass asks exactly 1 (it asked
+    4, which then waited behind the grid with no slot)."""
+    (project / "quad.py").write_text(QUAD)
+    write_workbook(project / "experiments.xlsx", [
+        {"id": "grid", "command": "sleep {{ x }}", "x": "[1, 2, 3]", "k": "1"},
+        {"id": "quad", "command": "python quad.py x={{ x }} k={{ k }}", "x": "uniform(-2, 8)", "k": "randint(0, 4)",
+         "search": "tpe(loss, 10)"},
+    ], clusters=[{"name": "local", "kind": "local", "max_jobs": 4}])
+    plan = json.loads(nero("plan", "--json", cwd=project).stdout)
+    assert [(s["experiment"], s["ask"], s["free"]) for s in plan["searches"]] == [("quad", 1, 1)], plan["searches"]
+    proc = nero("reconcile", cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    assert [n for n, _, _ in _optuna_trials(project)] == [0]
+    with state_db(project) as con:
+        live = sorted(k for (k,) in con.execute("SELECT key FROM runs"))
+    assert live == ["grid[x=1]", "grid[x=2]", "grid[x=3]", "quad[trial=0]"], live
