@@ -14,8 +14,10 @@ Operations (request["op"]):
   hello      home, user, host, CPUs, free disk in the workdir, which tools exist, and
              the output of a few configuration commands (limits)
   submit     under the workdir's submit lock: unpack code archives (once per content
-             hash), write run directories, run the submission commands (in parallel) or
-             start detached processes, record each job id in its run directory at once
+             hash), write run directories (each with its owner: project id and attempt;
+             never one of another project's, or of a live job), run the submission commands
+             (in parallel) or start detached processes, record each job id in its run
+             directory at once
   poll       the scheduler's word on the live jobs (a listing of those jobs by id, then
              details for the jobs the listing lacks), then each run's status files and the bytes
              appended to its outputs since the given offsets, bounded per file and in
@@ -52,10 +54,11 @@ from concurrent.futures import ThreadPoolExecutor
 __all__ = ["OPS", "SPAWNED", "Reply", "disk_free_mb", "main", "serve"]
 
 MAGIC = b"NERO-AGENT/1"
-# nero's folder and lock below a workdir: orchestrator/paths.py names them on nero's side;
-# this file is shipped alone, so it repeats them
+# nero's folder and lock below a workdir, and a run folder's owner marker: orchestrator/paths.py
+# names them on nero's side; this file is shipped alone, so it repeats them
 NERO_DIR = ".nero"
 SUBMIT_LOCK = "submit.lock"
+OWNER = "owner.json"
 HANDED = "handed"  # in a run folder: its job was handed to the scheduler or started (adopt reads it)
 HOME = os.path.expanduser("~")
 TICK = ".tick"  # in a run folder: a FIFO the job script reads with a timeout to wait
@@ -514,18 +517,58 @@ def _handed_ids(d, cache):
     return handed, line.strip() or None
 
 
-def _write_job(job):
+def _live(d, jid, check_pid, fresh_s):
+    """Why the job of run folder d may still be alive (None: it is not): its process
+    lives, its heartbeat is fresh, or a scheduler holds it queued."""
+    if read_status(os.path.join(d, "exit_code")) is not None:
+        return None
+    pid = read_status(os.path.join(d, "pid")) or jid or ""
+    if check_pid and pid.isdigit() and process_alive(int(pid), d):
+        return "its process %s is alive" % pid
+    for name in ("heartbeat", "started"):
+        try:
+            age = time.time() - os.path.getmtime(os.path.join(d, name))
+        except OSError:
+            continue
+        if age < fresh_s:
+            return "its %s file is %d s old" % (name, age)
+    if not check_pid and jid and not os.path.exists(os.path.join(d, "started")):
+        return "job %s was queued and has not started" % jid
+    return None
+
+
+def _write_job(job, check_pid=False, fresh_s=60):
+    """Write a job's run folder; the reason why not (nothing written) when it holds
+    another project's run or a job that may be alive."""
     d = job["dir"]
-    if os.path.isdir(d) and (os.path.exists(os.path.join(d, "started")) or _handed_ids(d, {})[1]):
-        # a folder left by a job nero no longer knows (its state was deleted): kept aside,
-        # never mixed with the new job's output or mistaken for it
-        os.rename(d, "%s.replaced-%d" % (d, int(time.time() * 1000)))
+    mine = job.get("owner") or {}
+    if os.path.isdir(d):
+        try:
+            theirs = json.loads(read_small(os.path.join(d, OWNER), 65536) or "{}")
+        except ValueError:
+            theirs = {}
+        theirs = theirs if isinstance(theirs, dict) else {}
+        if theirs.get("project") and mine.get("project") and theirs["project"] != mine["project"]:
+            return ("run folder %s belongs to another nero project (%s, id %s); nothing was written there: give "
+                    "each project its own Clusters workdir" % (d, theirs.get("path", "?"), theirs["project"]))
+        jid = _handed_ids(d, {})[1]
+        if os.path.exists(os.path.join(d, "started")) or jid:
+            why = _live(d, jid, check_pid, fresh_s)
+            if why:
+                return ("run folder %s holds a job this project's state does not know that may be alive (%s); "
+                        "nothing was written there: stop that job, or remove the folder" % (d, why))
+            # a folder left by a job nero no longer knows (its state was deleted): kept aside,
+            # never mixed with the new job's output or mistaken for it
+            os.rename(d, "%s.replaced-%d" % (d, int(time.time() * 1000)))
     try:
         os.makedirs(d)
     except OSError as e:
         if e.errno != errno.EEXIST:
             raise
-    for name, text in sorted(job.get("files", {}).items()):
+    files = dict(job.get("files", {}))
+    if mine:
+        files[OWNER] = json.dumps(mine) + "\n"
+    for name, text in sorted(files.items()):
         write_new(os.path.join(d, name), text, 0o755 if name in job.get("exec", ()) else 0o644)
     try:  # the job script's way to wait without starting a process (templates/_job_body.sh.j2)
         os.mkfifo(os.path.join(d, TICK))
@@ -624,11 +667,17 @@ def op_submit(req, inp, reply):
         # many small files: written by a few threads (system calls overlap; 10x faster on
         # slow or network file systems)
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(_write_job, req.get("jobs", [])))
+            refused = list(pool.map(lambda j: _write_job(j, req.get("check_pid"), float(req.get("fresh_s", 60))),
+                                    req.get("jobs", [])))
+        refused = dict((j["dir"], why) for j, why in zip(req.get("jobs", []), refused) if why)
         seconds["files"] = time.time() - t0 - sum(seconds.values())
         units = req.get("units", [])
         results = [None] * len(units)
-        cmds = [i for i, u in enumerate(units) if u["kind"] != "spawn"]
+        for i, u in enumerate(units):  # a unit with a refused folder is not submitted at all
+            why = [refused[d] for d in u["runs"] if d in refused]
+            if why:
+                results[i] = {"rc": 1, "out": "", "err": why[0], "ids": [], "refused": True}
+        cmds = [i for i, u in enumerate(units) if u["kind"] != "spawn" and results[i] is None]
         todo = list(cmds)
         guard = threading.Lock()
 
@@ -654,7 +703,7 @@ def op_submit(req, inp, reply):
             except Exception as e:  # noqa: BLE001
                 results[i] = {"rc": 125, "out": "", "err": "%s: %s" % (type(e).__name__, e), "ids": []}
 
-        spawns = [i for i, u in enumerate(units) if u["kind"] == "spawn"]
+        spawns = [i for i, u in enumerate(units) if u["kind"] == "spawn" and results[i] is None]
         # a few at once: starting a process waits for its exec, which other threads overlap
         with ThreadPoolExecutor(min(8, max(1, len(spawns)))) as pool:
             list(pool.map(spawn, spawns))
