@@ -224,7 +224,7 @@ def test_two_users_runs_on_one_ssh_host_never_share_a_gpu(tmp_path: Path):
             write_workbook(r.project / "experiments.xlsx", [
                 {"id": f"g{n}", "command": "python3 gpu.py {{ i }}", "i": "[1, 2, 3]", "cluster": "ssh", "gpus": 1},
             ], clusters=[_ssh_row(r, user=r.env["NERO_TEST_SSH_USER"], python=f"{bin_dir}/python3", max_jobs=3)])
-        for r, proc in zip(people, _reconcile_at_once(people, "--until-done", "--interval", "1"), strict=True):
+        for proc in _reconcile_at_once(people, "--until-done", "--interval", "1"):
             assert proc.returncode == 0, proc.stdout + proc.stderr
         spans = []  # (start, end, GPU, user) of each job's program
         for r in people:

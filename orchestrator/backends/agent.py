@@ -547,10 +547,10 @@ def _write_job(job, check_pid=False, fresh_s=60):
             theirs = json.loads(read_small(os.path.join(d, OWNER), 65536) or "{}")
         except ValueError:
             theirs = {}
-        theirs = theirs if isinstance(theirs, dict) else {}
-        if theirs.get("project") and mine.get("project") and theirs["project"] != mine["project"]:
-            return ("run folder %s belongs to another nero project (%s, id %s); nothing was written there: give "
-                    "each project its own Clusters workdir" % (d, theirs.get("path", "?"), theirs["project"]))
+        if isinstance(theirs, dict) and theirs.get("project") and theirs["project"] != mine.get("project", theirs["project"]):
+            return ("run folder %s belongs to another nero project (%s, id %s); nothing was written there: give each "
+                    "project its own Clusters workdir (or restore this project's .nero/project_id if it was remade)"
+                    % (d, theirs.get("path", "?"), theirs["project"]))
         jid = _handed_ids(d, {})[1]
         if os.path.exists(os.path.join(d, "started")) or jid:
             why = _live(d, jid, check_pid, fresh_s)

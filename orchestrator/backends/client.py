@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendError
+from ..identity import project_id
 from ..metric_files import MAX_FILES, needs_head
 from ..model import (
     Cluster,
@@ -47,7 +48,6 @@ from ..model import (
     SourceChunk,
     Submission,
 )
-from ..identity import project_id
 from ..paths import ClusterPaths, remote_workdir
 from .shell import LocalShell, Shell
 from .wire import BOOTSTRAP, AgentReply, decode_reply, encode_request
