@@ -59,11 +59,12 @@ def script_context(spec: RunSpec, cluster: Cluster, *, attempt: int, run_dir: st
     `python` the interpreter whose folder goes first on PATH (empty: PATH as it is).
     `gpu_claims`: the host-wide folder where ssh and local jobs claim GPUs (empty elsewhere)."""
     resources = dict(spec.resources)
+    claims = GPU_CLAIMS if cluster.kind in (ClusterKind.SSH, ClusterKind.LOCAL) else ""
     return {
         "job_name": job_name, "partition": directive(str(resources.get("partition") or cluster.partition)),
         "account": directive(str(resources.get("account") or cluster.account)),
         "options": scheduler_options(cluster.options, str(resources.get("options") or "")),
-        "kind": cluster.kind.value, "gpu_pool": directive(cluster.gpus), "gpu_claims": GPU_CLAIMS if cluster.kind in (ClusterKind.SSH, ClusterKind.LOCAL) else "",
+        "kind": cluster.kind.value, "gpu_pool": directive(cluster.gpus), "gpu_claims": claims,
         "key": spec.key, "experiment": spec.experiment, "attempt": attempt, "cluster": cluster.name,
         "run_dir": run_dir, "workdir": workdir, "command": Shell(command),
         "setup": Shell("\n".join(x for x in (cluster.setup, spec.setup) if x)), "resume": int(resume),
