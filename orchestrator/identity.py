@@ -2,8 +2,8 @@
 
 Two projects whose folders have the same name (`~/a/exp` and `~/b/exp`) are told apart by
 it: their default workdirs on a cluster are `nero/<name>-<id8>` (`paths.remote_workdir`), and
-every run folder nero writes holds an owner marker naming it (`owner.json`, read by the
-agent before it writes into an existing folder). `nero init` makes it, else the first use
+every run folder nero writes names it as its owner (in `submit.json`, read by the agent
+before it writes into an existing folder). `nero init` makes it, else the first use
 (the first pass that submits or reaches a remote cluster). It is written whole and never
 replaced (`files.write_once`): two processes making it at once agree on the one written
 first, and it never changes afterwards, so a project's folders stay where they are.

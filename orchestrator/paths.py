@@ -24,15 +24,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["GPU_CLAIMS", "NERO_DIR", "OWNER_FILE", "ClusterPaths", "ProjectPaths", "remote_workdir", "run_folder",
+__all__ = ["GPU_CLAIMS", "NERO_DIR", "SUBMIT_FILE", "ClusterPaths", "ProjectPaths", "remote_workdir", "run_folder",
            "slug"]
 
 NERO_DIR = ".nero"
 # the host-wide folder where ssh and local jobs claim GPUs (a job script's NERO_GPU_CLAIMS
 # environment variable, set on the host, overrides it)
 GPU_CLAIMS = "/tmp/nero-gpu-claims"
-# in a run folder: the project (its id) and the attempt it belongs to (backends/agent.py repeats it)
-OWNER_FILE = "owner.json"
+# in a run folder: its submission record (job name, array record) and owner (project id and
+# folder, run key, attempt), read before anything is written there (backends/agent.py repeats it)
+SUBMIT_FILE = "submit.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=,+-]+")
 
 

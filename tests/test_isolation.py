@@ -16,7 +16,7 @@ from conftest import nero, state_db, wait_for, write_workbook
 
 from orchestrator.errors import NeroError
 from orchestrator.identity import project_id
-from orchestrator.paths import OWNER_FILE, ProjectPaths, remote_workdir
+from orchestrator.paths import SUBMIT_FILE, ProjectPaths, remote_workdir
 
 
 def _id_in(root: str) -> str:
@@ -56,7 +56,7 @@ def test_a_project_never_writes_into_another_projects_run_folder(tmp_path: Path)
         _workbook(p, "echo hello from $PWD", str(shared))
     assert nero("reconcile", str(first), "--until-done", "--interval", "0.2").returncode == 0
     folder = shared / "e" / "e" / "1"
-    owner = json.loads((folder / OWNER_FILE).read_text())
+    owner = json.loads((folder / SUBMIT_FILE).read_text())["owner"]
     assert owner == {"project": project_id(first), "path": str(first), "key": "e", "attempt": 1}
     before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     nero("reconcile", str(second))

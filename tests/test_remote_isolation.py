@@ -101,7 +101,7 @@ def test_two_projects_named_alike_on_one_slurm_account_keep_their_own_folders(al
             assert run["run_dir"].startswith(f"{root}/e/") and run["run_dir"].endswith("/1"), run["run_dir"]
             out = r.ssh(f"cat {run['run_dir']}/stdout.log")
             assert f"who={side} tag={key[4]}" in out and "who=" + "ab"[side == "a"] not in out
-            owner = json.loads(r.ssh(f"cat {run['run_dir']}/owner.json"))
+            owner = json.loads(r.ssh(f"cat {run['run_dir']}/submit.json"))["owner"]
             assert owner == {"project": pid, "path": str(r.project), "key": key, "attempt": 1}
         assert r.ssh(f"find {root} -name '*.replaced-*'") == ""
     # one folder per project below ~/nero, none under the bare folder name

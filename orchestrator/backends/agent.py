@@ -54,11 +54,12 @@ from concurrent.futures import ThreadPoolExecutor
 __all__ = ["OPS", "SPAWNED", "Reply", "disk_free_mb", "main", "serve"]
 
 MAGIC = b"NERO-AGENT/1"
-# nero's folder and lock below a workdir, and a run folder's owner marker: orchestrator/paths.py
-# names them on nero's side; this file is shipped alone, so it repeats them
+# nero's folder and lock below a workdir, and a run folder's submission record (job name,
+# array record, owner: project id and attempt): orchestrator/paths.py names them on nero's
+# side; this file is shipped alone, so it repeats them
 NERO_DIR = ".nero"
 SUBMIT_LOCK = "submit.lock"
-OWNER = "owner.json"
+SUBMIT = "submit.json"
 HANDED = "handed"  # in a run folder: its job was handed to the scheduler or started (adopt reads it)
 HOME = os.path.expanduser("~")
 TICK = ".tick"  # in a run folder: a FIFO the job script reads with a timeout to wait
@@ -498,7 +499,7 @@ def _record(d):
     submission record (`submit.json`) names for all the runs of one submission (a job
     array), with the run's line in that folder's `job_id`."""
     try:
-        sub = json.loads(read_small(os.path.join(d, "submit.json"), 65536) or "{}")
+        sub = json.loads(read_small(os.path.join(d, SUBMIT), 65536) or "{}")
     except ValueError:
         sub = {}
     if isinstance(sub, dict) and sub.get("record"):
@@ -544,8 +545,8 @@ def _write_job(job, check_pid=False, fresh_s=60):
     mine = job.get("owner") or {}
     if os.path.isdir(d):
         try:
-            theirs = json.loads(read_small(os.path.join(d, OWNER), 65536) or "{}")
-        except ValueError:
+            theirs = json.loads(read_small(os.path.join(d, SUBMIT), 65536) or "{}").get("owner") or {}
+        except (ValueError, AttributeError):
             theirs = {}
         if isinstance(theirs, dict) and theirs.get("project") and theirs["project"] != mine.get("project", theirs["project"]):
             return ("run folder %s belongs to another nero project (%s, id %s); nothing was written there: give each "
@@ -565,10 +566,7 @@ def _write_job(job, check_pid=False, fresh_s=60):
     except OSError as e:
         if e.errno != errno.EEXIST:
             raise
-    files = dict(job.get("files", {}))
-    if mine:
-        files[OWNER] = json.dumps(mine) + "\n"
-    for name, text in sorted(files.items()):
+    for name, text in sorted(job.get("files", {}).items()):
         write_new(os.path.join(d, name), text, 0o755 if name in job.get("exec", ()) else 0o644)
     try:  # the job script's way to wait without starting a process (templates/_job_body.sh.j2)
         os.mkfifo(os.path.join(d, TICK))
@@ -724,7 +722,7 @@ def op_adopt(req, inp, reply):
             d = r["dir"]
             handed, jid = _handed_ids(d, records)
             item = {"job_id": jid,
-                    "submit": read_small(os.path.join(d, "submit.json"), 65536),
+                    "submit": read_small(os.path.join(d, SUBMIT), 65536),
                     "pid": read_status(os.path.join(d, "pid")),
                     "has_job": os.path.exists(os.path.join(d, "job.sh")),
                     "handed": handed}

@@ -48,7 +48,7 @@ from ..model import (
     SourceChunk,
     Submission,
 )
-from ..paths import ClusterPaths, remote_workdir
+from ..paths import SUBMIT_FILE, ClusterPaths, remote_workdir
 from .shell import LocalShell, Shell
 from .wire import BOOTSTRAP, AgentReply, decode_reply, encode_request
 
@@ -332,9 +332,12 @@ class AgentBackend(ABC):
         owner = {"project": self.project_id, "path": str(Path(self.project_dir).resolve())}
         for j in jobs:
             extra = extras.get(j.run_dir, {})
-            entries.append({"dir": j.run_dir, "exec": ["job.sh"], "links": extra.get("links", {}),
-                            "files": {"job.sh": j.text, "params.json": j.params_json, **extra.get("files", {})},
-                            "owner": {**owner, "key": j.key, "attempt": j.attempt}})
+            files = {"job.sh": j.text, "params.json": j.params_json, **extra.get("files", {})}
+            # the submission record names the run's owner too (no file more to write per run)
+            mine = {**owner, "key": j.key, "attempt": j.attempt}
+            files[SUBMIT_FILE] = json.dumps({**json.loads(files.get(SUBMIT_FILE, "{}")), "owner": mine})
+            entries.append({"dir": j.run_dir, "exec": ["job.sh"], "links": extra.get("links", {}), "files": files,
+                            "owner": mine})
         # a folder that holds another project's run, or a live job, is never written: those jobs fail
         reply = self.call("submit", {"workdir": info.workdir, "code": code_req, "jobs": entries, "units": units,
                                      "parallel": 4, "check_pid": self.adopt_query()[0] is None,
