@@ -11,8 +11,8 @@ first, and it never changes afterwards, so a project's folders stay where they a
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 from pathlib import Path
 
 from .errors import NeroError
@@ -30,7 +30,7 @@ def project_id(root: str | Path) -> str:
     text = _read(path)
     if text is None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_once(path, secrets.token_hex(8) + "\n")
+        write_once(path, os.urandom(8).hex() + "\n")
         text = _read(path)
     if text is None or not _ID.fullmatch(text):
         raise NeroError(f"{path} does not hold a project id (16 hex digits) but {text!r}; restore it from a "
