@@ -826,10 +826,8 @@ class Reconciler:
         python = c.python or (sys.executable if c.kind is ClusterKind.LOCAL else "")
         workdir, code = self._code(spec, c)
         name = job_name(spec.key, attempt, run_dir)
-        gpu_claims = (ClusterPaths(str(self.backend(cluster).run_root())).gpu_claims
-                      if c.kind in (ClusterKind.SSH, ClusterKind.LOCAL) else "")
         job = render_job(self.workbook, spec, c, attempt=attempt, run_dir=run_dir, workdir=workdir, python=python,
-                         resume=resume, prev_dir=prev_dir, job_name=name, gpu_claims=gpu_claims,
+                         resume=resume, prev_dir=prev_dir, job_name=name,
                          rendered_at=time.strftime("%Y-%m-%d %H:%M:%S"), project_dir=str(self.project_dir))
         return JobScript(spec.key, attempt, run_dir, job.script, params_json(spec), cluster, job.command,
                          job_name=name, code=code)
