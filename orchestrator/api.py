@@ -32,10 +32,18 @@ from . import loop, operations
 from . import project as facade
 from .errors import ExpressionError, NeroError
 from .units import format_duration, format_significant
-from .views import action_row, flat_row, freshness_line, html_table, plan_line
+from .views import (
+    action_row,
+    batch_line,
+    flat_row,
+    freshness_line,
+    html_table,
+    plan_line,
+    trial_row,
+)
 
 if TYPE_CHECKING:
-    from .model import Freshness, Plan
+    from .model import Freshness, NextBatch, Optimisation, Plan
     from .plots import Drawn
     from .reconcile import PassReport, Reread
     from .state import Mail
@@ -105,6 +113,7 @@ class PlanView:
     plan: Plan
     freshness: Freshness
     now: float
+    searches: tuple[NextBatch, ...] = ()  # what each search row would ask now (`nero plan`'s lines)
 
     @property
     def actions(self) -> list[dict[str, object]]:
@@ -127,7 +136,7 @@ class PlanView:
         """The plan as `nero plan --json` prints it."""
         from .views import plan_json
 
-        return plan_json(self.plan, self.freshness, self.now)
+        return plan_json(self.plan, self.freshness, self.now, self.searches)
 
     def frame(self) -> DataFrame:
         """The actions as a DataFrame (the columns of `actions`)."""
@@ -136,7 +145,7 @@ class PlanView:
         return table(self.actions, columns=("action", "run", "reason", "cluster", "waiting"))
 
     def _notes(self) -> list[str]:
-        notes = [plan_line(self.plan)]
+        notes = [plan_line(self.plan), *(batch_line(b) for b in self.searches)]
         if self.plan.awaiting:
             n = len(self.plan.awaiting)
             notes.append(f"{n} change{'s' if n != 1 else ''} awaiting confirmation; to apply exactly these: "
@@ -278,7 +287,7 @@ class Project:
         """
         self._load()
         fresh = self.core.freshness()
-        return PlanView(self.core.plan(prune=prune), fresh, self.core.clock())
+        return PlanView(self.core.plan(prune=prune), fresh, self.core.clock(), tuple(self.core.next_batches()))
 
     def reconcile(self, *, until_done: bool = False, watch: bool = False, interval: float | None = None,
                   prune: bool = False, yes: bool = False, verbose: bool = False) -> loop.Outcome:
@@ -384,6 +393,42 @@ class Project:
 
         _, _, rows = operations.history_rows(self.core, selector, last, warn=_warn, who=who)
         return table(rows, columns=("time", "run", "attempt", "event", "reason", "who"))
+
+    def optimisations(self) -> list[Optimisation]:
+        """The adaptive rows' searches (a `search` cell), as `nero status`, the digest and the
+        Optimisation sheet show them: each row's trials in order with the best so far
+        (`.trials`), its best trial (`.best`: `.value`, `.params`), the budget, and Optuna's
+        parameter importances where it gives them (`.importances`).
+
+            >>> best = project.optimisations()[0].best
+            >>> best.value, dict(best.params)
+        """
+        self._load()
+        return self.core.optimisations(importances=True)
+
+    def trials(self, experiment: str | None = None) -> DataFrame:
+        """The trials of the adaptive rows (of `experiment` only, if given), one row each:
+        `experiment`, `trial`, `run`, `state`, `value`, `best_so_far`, then the parameters."""
+        from .frames import table
+
+        rows = [trial_row(o, t) for o in self.optimisations() if experiment in (None, o.experiment) for t in o.trials]
+        return table(rows, columns=("experiment", "trial", "run", "state", "value", "best_so_far"))
+
+    def config(self) -> DataFrame:
+        """`nero config --json` as a DataFrame: every setting in force for this project,
+        with where it came from (`layer`: environment, project, user, default; `from`: the
+        variable, the cell such as Settings!B4, the user file and line).
+
+            >>> project.config().loc["mail.smtp_host"]
+        """
+        from .frames import table
+        from .layers import setting_rows
+
+        self._load()
+        wb = self.core.workbook
+        assert wb is not None and wb.effective is not None
+        return table([r.to_dict() for r in setting_rows(wb.effective)], index="key",
+                     columns=("key", "value", "layer", "from"))
 
     def plot(self, selector: str, metric: str, path: str | Path | None = None, *, attempts: bool = False) -> Drawn:
         """`nero plot SELECTOR METRIC`: `metric` over steps of the started runs `selector`

@@ -3,6 +3,8 @@
     NeroError
     ├── WorkbookError      the experiments workbook is unreadable or invalid (exit 2);
     │                      carries every Problem at once, each with its cell
+    ├── ConfigError        the user file or a NERO_ variable holds a bad setting (exit 2);
+    │                      every Problem at once, each with its file, line and key
     ├── ExpressionError    a rule or selector does not parse or cannot be evaluated
     ├── StateError         the state store is unusable (locked, newer schema, corrupt)
     │   └── NetworkStateError  its folder is on a network file system (exit 2), with the remedy
@@ -23,7 +25,8 @@ from collections.abc import Sequence
 from .model import Problem
 from .units import format_megabytes
 
-__all__ = ["NeroError", "WorkbookError", "ExpressionError", "StateError", "NetworkStateError", "DiskError", "BackendError", "TemplateError"]
+__all__ = ["NeroError", "WorkbookError", "ConfigError", "ExpressionError", "StateError", "NetworkStateError", "DiskError",
+           "BackendError", "TemplateError"]
 
 
 class NeroError(Exception):
@@ -40,6 +43,18 @@ class WorkbookError(NeroError):
         self.problems = tuple(problems)
         n = len(self.problems)
         head = f"{path + ': ' if path else ''}{n} problem{'s' if n != 1 else ''} in the workbook; nothing was dispatched, cancelled or written."
+        super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))
+
+
+class ConfigError(NeroError):
+    exit_code = 2
+
+    def __init__(self, path: str, problems: Sequence[Problem]):
+        self.path = path
+        self.problems = tuple(problems)
+        n = len(self.problems)
+        head = (f"{path}: {n} problem{'s' if n != 1 else ''} in your nero settings (`nero config` shows them, "
+                "`nero config --edit` opens the file); nothing was dispatched, cancelled or written.")
         super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))
 
 

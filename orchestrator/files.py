@@ -25,7 +25,7 @@ from pathlib import Path
 from .errors import DiskError
 
 __all__ = ["NEEDED_BYTES", "STALE_AFTER_S", "TEMP_SUFFIX", "create_file", "disk_error", "remove_stale_temporaries",
-           "sync_folder", "temporary_beside", "umask_mode", "write_atomically"]
+           "sync_folder", "temporary_beside", "umask_mode", "write_atomically", "write_once"]
 
 TEMP_SUFFIX = ".tmp"
 NEEDED_BYTES = 16 * 2**20  # the free space nero asks for: a pass's state writes and a results file
@@ -136,6 +136,45 @@ def write_atomically(path: str | Path, data: bytes | str | Callable[[Path], None
     if durable:
         sync_folder(path.parent)
     return path
+
+
+def write_once(path: str | Path, data: bytes | str) -> bool:
+    """Create `path` holding `data`, whole (written beside it, synced, then linked in
+    place), unless it exists: never replaces a file, so of two processes writing at once
+    exactly one wins. True if this call made it. DiskError on a full or read-only disk."""
+    path = Path(path)
+    tmp = temporary_beside(path)
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, umask_mode())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            return _create_exclusive(path, tmp.read_bytes())  # a file system without hard links
+    except OSError as e:
+        raise disk_error(path, e) or e from e
+    finally:
+        tmp.unlink(missing_ok=True)
+    sync_folder(path.parent)
+    return True
+
+
+def _create_exclusive(path: Path, data: bytes) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # less the umask
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
 
 
 STALE_AFTER_S = 600.0  # a temporary file this old is no live writer's

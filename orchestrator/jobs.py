@@ -1,7 +1,7 @@
 """Builds the job-script context: the variables a run's command and job template see (pure).
 
 The reconciler decides where a run goes and what it needs from its cluster (the run
-directory, the shipped code, the GPU claims folder); this module turns that and the run's
+directory, the shipped code); this module turns that and the run's
 spec into the two dicts that render.py renders:
 
 * `command_variables`: what the `command` cell may use: the run's resources and
@@ -18,7 +18,8 @@ import json
 import shlex
 from pathlib import Path
 
-from .model import Cluster, RunSpec, Shell
+from .model import Cluster, ClusterKind, RunSpec, Shell
+from .paths import GPU_CLAIMS
 from .spec import format_value
 
 __all__ = ["HEARTBEAT_S", "directive", "scheduler_options", "command_variables", "script_context", "params_json"]
@@ -52,17 +53,18 @@ def command_variables(spec: RunSpec, run_dir: str, attempt: int, resume: bool) -
 
 
 def script_context(spec: RunSpec, cluster: Cluster, *, attempt: int, run_dir: str, workdir: str, command: str,
-                   python: str, resume: bool, prev_run_dir: str, job_name: str, gpu_claims: str,
+                   python: str, resume: bool, prev_run_dir: str, job_name: str,
                    rendered_at: str) -> dict[str, object]:
     """The variables of the run's job template. `command` is the rendered command line,
-    `python` the interpreter whose folder goes first on PATH (empty: PATH as it is),
-    `gpu_claims` the folder where ssh and local jobs claim GPUs (empty elsewhere)."""
+    `python` the interpreter whose folder goes first on PATH (empty: PATH as it is).
+    `gpu_claims`: the host-wide folder where ssh and local jobs claim GPUs (empty elsewhere)."""
     resources = dict(spec.resources)
+    claims = GPU_CLAIMS if cluster.kind in (ClusterKind.SSH, ClusterKind.LOCAL) else ""
     return {
         "job_name": job_name, "partition": directive(str(resources.get("partition") or cluster.partition)),
         "account": directive(str(resources.get("account") or cluster.account)),
         "options": scheduler_options(cluster.options, str(resources.get("options") or "")),
-        "kind": cluster.kind.value, "gpu_pool": directive(cluster.gpus), "gpu_claims": gpu_claims,
+        "kind": cluster.kind.value, "gpu_pool": directive(cluster.gpus), "gpu_claims": claims,
         "key": spec.key, "experiment": spec.experiment, "attempt": attempt, "cluster": cluster.name,
         "run_dir": run_dir, "workdir": workdir, "command": Shell(command),
         "setup": Shell("\n".join(x for x in (cluster.setup, spec.setup) if x)), "resume": int(resume),

@@ -10,18 +10,22 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .metrics import MAX_GOAL_NAMES, default_goal
 from .series import Histories, Series
 
+if TYPE_CHECKING:
+    from .space import Distribution
+
 __all__ = [
     "Scalar", "Shell", "RunState", "FINISHED_STATES", "LIVE_STATES", "Desired", "ClusterKind", "RESOURCE_COLUMNS",
-    "Problem", "Variation", "Until", "After", "Experiment", "Cluster", "MetricDef", "Settings", "Workbook", "MAX_GOAL_NAMES",
+    "Problem", "Variation", "Search", "Until", "After", "Experiment", "Cluster", "MetricDef", "Settings", "Person", "Origin",
+    "Layer", "Effective", "Workbook", "MAX_GOAL_NAMES",
     "RunSpec", "RunRecord", "ActionKind", "Action", "OverrideKind", "Override", "Plan", "JobScript",
     "CodeSnapshot", "QueueInfo", "GpuInfo", "ClusterResources", "Submission", "MetricPoint",
     "ResourceSample", "Offsets", "SourceOffset", "SourceChunk", "Handle", "JobStatus", "Event", "Update", "NewAttempt", "OutputChunk",
-    "Series", "Histories", "ResultsInput", "Freshness",
+    "Series", "Histories", "TrialRow", "Optimisation", "NextBatch", "ResultsInput", "Freshness",
 ]
 
 Scalar = str | int | float | bool | None
@@ -121,13 +125,26 @@ class After:
 
 
 @dataclass(frozen=True)
+class Search:
+    """An adaptive row's `search` cell (`tpe(val_loss, 60)`; `trials.parse_search`): the
+    sampler, the metric to optimise, how many trials, and the goal when the cell names one
+    ("" : the metric's goal, `metrics.default_goal`)."""
+
+    sampler: str
+    metric: str
+    budget: int
+    goal: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class Experiment:
     id: str
     row: int
     command: str
     clusters: tuple[str, ...]
     desired: Desired
-    params: tuple[tuple[str, Scalar | Variation], ...]
+    params: tuple[tuple[str, Scalar | Variation | Distribution], ...]
     resources: tuple[tuple[str, Scalar], ...] = ()
     setup: str = ""
     workdir: str = ""
@@ -137,7 +154,12 @@ class Experiment:
     retries: int = 0
     rules: str = ""
     notify: tuple[str, ...] = ()
+    recipients: tuple[str, ...] = ()  # the addresses its `notify` names (people resolved); () means Settings email_to
     cells: tuple[tuple[str, str], ...] = ()  # (column, cell) of the id, command, template, each parameter: ("lr", "Experiments!E3")
+    samples: int = 0  # how many draws of its sampled (Distribution) cells the row makes; 0: it samples nothing
+    sample_seed: int | None = None  # the row's, else Settings sample_seed; None: space.DEFAULT_SEED
+    together: tuple[tuple[str, ...], ...] = ()  # groups of parameters whose lists are zipped, not crossed
+    search: Search | None = None  # an adaptive row: its runs are the trials nero asked Optuna for (trials.py)
 
     def cell(self, column: str) -> str:
         """Where `column` was read (`Experiments!E3`); empty for a row not read from a sheet."""
@@ -192,6 +214,55 @@ class Settings:
     default_cluster: str = "local"
     on_save: str = "confirm"  # or "apply all": changes that throw work away wait for `nero apply` (confirm.py)
     confirm_over: int = 200  # more new runs than this at once wait for `nero apply` too
+    sample_seed: int | None = None  # the seed of sampled rows without their own (space.DEFAULT_SEED when None)
+
+
+@dataclass(frozen=True)
+class Person:
+    """Someone a row's `notify` may name (People sheet, or the user file's `[people]`), and
+    which digest they get: `mine` (the rows that name them), `all`, or `off`."""
+
+    name: str
+    email: str
+    digest: str = "mine"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an effective setting came from: its layer (environment, project, user,
+    default) and the place in it (`NERO_SMTP_HOST`, `Settings!B4`, `config.toml:12`)."""
+
+    layer: str
+    where: str = ""
+
+    def __str__(self) -> str:
+        return self.where or self.layer
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer of settings as read: values by key, clusters and people, each with where
+    it was read (a cell, a file and line, an environment variable)."""
+
+    layer: str  # environment | project | user
+    values: tuple[tuple[str, Any, str], ...] = ()  # (key, value, where)
+    clusters: tuple[tuple[Cluster, str], ...] = ()
+    people: tuple[tuple[Person, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Effective:
+    """The settings in force once the layers are merged (`layers.merge`), each with its
+    origin: keys (`smtp_host`, `state_root`), `clusters.<name>` and `people.<name>`."""
+
+    settings: Settings
+    clusters: tuple[Cluster, ...]
+    people: tuple[Person, ...] = ()
+    state_root: str = ""
+    origins: tuple[tuple[str, Origin], ...] = ()
+
+    def origin(self, key: str) -> Origin:
+        return dict(self.origins).get(key, Origin("default"))
 
 
 @dataclass(frozen=True)
@@ -201,6 +272,12 @@ class Workbook:
     clusters: tuple[Cluster, ...]
     metrics: tuple[MetricDef, ...] = ()
     settings: Settings = field(default_factory=Settings)
+    effective: Effective | None = None  # the layers merged (settings and clusters above are its own)
+
+    @property
+    def people(self) -> tuple[Person, ...]:
+        """The people rows may name (People sheet over the user file's, by name)."""
+        return self.effective.people if self.effective else ()
 
     def cluster(self, name: str) -> Cluster:
         for c in self.clusters:
@@ -591,6 +668,51 @@ class OutputChunk:
 
 
 @dataclass(frozen=True)
+class TrialRow:
+    """One trial as the Optimisation view lists it."""
+
+    number: int
+    key: str
+    params: tuple[tuple[str, Scalar], ...]
+    state: str  # running | complete | fail | pruned
+    value: float | None
+    best_so_far: float | None  # the best complete value up to this trial
+
+
+@dataclass(frozen=True)
+class Optimisation:
+    """What every surface shows of an adaptive row (results, status, digest, the API)."""
+
+    experiment: str
+    sampler: str
+    metric: str
+    goal: str
+    budget: int
+    trials: tuple[TrialRow, ...]
+    best: TrialRow | None
+    importances: tuple[tuple[str, float], ...] = ()  # Optuna's, where it gives them
+
+    @property
+    def done(self) -> int:
+        """Trials told (complete, failed or pruned)."""
+        return sum(1 for t in self.trials if t.state != "running")
+
+
+@dataclass(frozen=True)
+class NextBatch:
+    """What `nero plan` says of an adaptive row: its trials, the budget left, and how many
+    trials a pass would ask for now."""
+
+    experiment: str
+    search: str
+    trials: int
+    told: int
+    left: int
+    ask: int
+    free: int
+
+
+@dataclass(frozen=True)
 class ResultsInput:
     """Everything the results workbook shows, gathered from the state store."""
 
@@ -607,7 +729,12 @@ class ResultsInput:
     attempts: tuple[RunRecord, ...] = ()
     attempt_histories: Mapping[tuple[str, int], Mapping[str, Sequence[tuple[int | None, float]]]] = field(
         default_factory=dict)
-    people: tuple[str, ...] = ()  # the OS users who submitted the project's attempts (`shown.who_shown`)
+    optimisations: tuple[Optimisation, ...] = ()  # the adaptive rows' (the Optimisation sheet)
+    # who gets a digest besides Settings email_to: the people (their `digest`: mine, all,
+    # off) and the addresses each experiment's `notify` names, by experiment id
+    people: tuple[Person, ...] = ()
+    named: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    who_submitted: tuple[str, ...] = ()  # the OS users who submitted the project's attempts (`shown.who_shown`)
 
 
 @dataclass(frozen=True)

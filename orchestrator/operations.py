@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import NeroError
+from .identity import project_id
 from .project import Candidate, Project
 from .views import attempt_row, event_row, html_table, run_row
 
@@ -66,6 +67,7 @@ def create(directory: str | Path, force: bool = False) -> tuple[Path, Path]:
             raise NeroError(f"{p} exists; use --force to overwrite it, or pick another directory")
     write_example_workbook(wb)
     shutil.copyfile(builtin_templates() / "project" / "train.py", train)
+    project_id(d)  # the project's identity, from its first moment (identity.py)
     return wb, train
 
 

@@ -5,7 +5,12 @@ Two families, because they live on different machines:
 * `ProjectPaths`: beside the experiments workbook on the user's machine: the `.nero/`
   folder (state, locks, outbox, previews) and the default local run root `runs/`.
 * `ClusterPaths`: below a cluster's nero workdir, as POSIX strings resolved there: run
-  folders, shipped code copies, Slurm array batches and the host's GPU claims.
+  folders, shipped code copies and Slurm array batches. A project's default workdir on a
+  cluster is `nero/<project folder name>-<first 8 characters of its id>` (`remote_workdir`),
+  so two projects whose folders have the same name never share one.
+
+GPU claims are host-wide, not a workdir's: every nero job of every user of an ssh host (or
+this machine) claims its GPUs in `GPU_CLAIMS` (`templates/_gpus.sh.j2`).
 
 A run folder is `<root>/<experiment slug>/<run key slug>/<attempt>` on every cluster.
 The job-side agent (`backends/agent.py`) is shipped alone and repeats the few names it
@@ -19,9 +24,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["NERO_DIR", "ClusterPaths", "ProjectPaths", "run_folder", "slug", "state_folder_name"]
+__all__ = ["GPU_CLAIMS", "NERO_DIR", "SUBMIT_FILE", "ClusterPaths", "ProjectPaths", "remote_workdir", "run_folder",
+           "slug", "state_folder_name"]
 
 NERO_DIR = ".nero"
+# the host-wide folder where ssh and local jobs claim GPUs (a job script's NERO_GPU_CLAIMS
+# environment variable, set on the host, overrides it)
+GPU_CLAIMS = "/tmp/nero-gpu-claims"
+# in a run folder: its submission record (job name, array record) and owner (project id and
+# folder, run key, attempt), read before anything is written there (backends/agent.py repeats it)
+SUBMIT_FILE = "submit.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.=,+-]+")
 
 
@@ -38,6 +50,12 @@ def slug(key: str) -> str:
 def run_folder(root: str, experiment: str, key: str, attempt: int) -> str:
     """The run folder of one attempt below `root` (a local or a cluster path)."""
     return f"{root.rstrip('/')}/{slug(experiment)}/{slug(key)}/{attempt}"
+
+
+def remote_workdir(project_name: str, project_id: str) -> str:
+    """A project's default workdir on a cluster, relative to the home folder there: its
+    folder's name (readable) and the first 8 characters of its id (unique)."""
+    return f"nero/{slug(project_name or 'project')}-{project_id[:8]}"
 
 
 def _below(*parts: str, doc: str) -> property:
@@ -71,7 +89,9 @@ class ProjectPaths:
         """nero's own folder: state, locks, outbox, previews."""
         return self.state if self.state is not None else self.root / NERO_DIR
 
+    project_id = _below(NERO_DIR, "project_id", doc="the project's identity, made once, never changed (identity.py)")
     state_db = _in_state("state.db", doc="the SQLite state store")
+    search_db = _in_state("search.db", doc="Optuna's storage of the adaptive rows' studies (search.py)")
     reconcile_lock = _in_state("reconcile.lock", doc="held by the one reconcile loop of the project")
     reconcile_pid = _in_state("reconcile.pid", doc="who holds the reconcile lock: its pid and what it does")
     outbox = _in_state("outbox", doc="every e-mail as an .eml file")
@@ -95,10 +115,6 @@ class ClusterPaths:
 
     def batch(self, name: str) -> str:
         return f"{self.nero}/batches/{name}"
-
-    @property
-    def gpu_claims(self) -> str:
-        return f"{self.nero}/gpus"
 
     def run(self, experiment: str, key: str, attempt: int) -> str:
         return run_folder(self.root, experiment, key, attempt)

@@ -19,9 +19,10 @@ from typing import Any
 from .curves import PALETTE, Points, axis_cap, finite, log_scale, nice, nonfinite_text, normalize
 from .errors import NeroError
 from .metrics import default_goal
-from .model import RunRecord
+from .model import Optimisation, RunRecord
 
-__all__ = ["PALETTE", "PLOT_DPI", "Drawn", "draw_curves", "experiment_curves_png", "plot_curves", "run_curves_png"]
+__all__ = ["PALETTE", "PLOT_DPI", "Drawn", "draw_curves", "experiment_curves_png", "plot_curves", "run_curves_png",
+           "search_history_png"]
 
 PLOT_DPI = 150  # e-mail images are 1092 px wide, shown at 728: sharp on high-density screens
 
@@ -235,4 +236,33 @@ def experiment_curves_png(runs: Sequence[RunRecord], histories: Mapping[str, Map
     ax.grid(True, color="#DDDDDD", linewidth=0.6)
     if legend_rows:
         fig.legend(loc="outside lower center", ncols=2 if n > 1 else 1, fontsize=8.5, frameon=False)
+    return _png(fig)
+
+
+def search_history_png(o: Optimisation) -> bytes | None:
+    """A search row's history for an e-mail column: each complete trial's value (dots) and
+    the best so far (a step line) over the trial number, as the Optimisation sheet's chart;
+    None before a complete trial with a finite value."""
+    from matplotlib.figure import Figure
+
+    done = [(t.number, t.value) for t in o.trials if t.value is not None and math.isfinite(t.value)]
+    if not done:
+        return None
+    best = [(t.number, t.best_so_far) for t in o.trials if t.best_so_far is not None and math.isfinite(t.best_so_far)]
+    fig = Figure(figsize=(7.28, 3.4), dpi=PLOT_DPI, layout="constrained")
+    ax = fig.subplots()
+    ax.scatter([n for n, _ in done], [v for _, v in done], s=14, color=PALETTE[0], label="trial value", zorder=3)
+    ax.step([n for n, _ in best], [v for _, v in best], where="post", color=PALETTE[1], linewidth=1.8,
+            label="best so far")
+    values = [v for _, v in done]
+    if min(values) > 0 and max(values) / min(values) > 50:
+        ax.set_yscale("log")
+    ax.set_title(f"{o.experiment}: {o.metric} ({o.goal} is better), {o.sampler}, {len(o.trials)}/{o.budget} trials",
+                 fontsize=10.5)
+    ax.set_xlabel("trial", fontsize=9)
+    ax.set_ylabel(o.metric, fontsize=9)
+    _integer_steps(ax, [n for n, _ in done])
+    ax.tick_params(labelsize=8.5)
+    ax.grid(True, color="#DDDDDD", linewidth=0.6)
+    ax.legend(fontsize=8.5, frameon=False)
     return _png(fig)

@@ -47,12 +47,12 @@ def template_name(spec: RunSpec, cluster: Cluster) -> str:
 
 
 def render_job(workbook: Workbook, spec: RunSpec, cluster: Cluster, *, attempt: int, run_dir: str, workdir: str,
-               python: str, resume: bool, prev_dir: str, job_name: str, gpu_claims: str, rendered_at: str,
+               python: str, resume: bool, prev_dir: str, job_name: str, rendered_at: str,
                project_dir: str) -> JobText:
     """The run's command and job script; a WorkbookError naming the cell when either fails."""
     problems: list[Problem] = []
     text = _render(workbook, spec, cluster, problems, attempt=attempt, run_dir=run_dir, workdir=workdir,
-                   python=python, resume=resume, prev_dir=prev_dir, job_name=job_name, gpu_claims=gpu_claims,
+                   python=python, resume=resume, prev_dir=prev_dir, job_name=job_name,
                    rendered_at=rendered_at, project_dir=project_dir)
     if text is None:
         raise WorkbookError(workbook.path, problems)
@@ -129,10 +129,9 @@ def _check_jobs(workbook: Workbook, specs: Iterable[RunSpec], project_dir: str, 
                 bad_names[template] = bool(template_problem(template, project_dir))
             before = len(problems)
             run_dir = ClusterPaths(_STAND_IN_ROOT).run(spec.experiment, spec.key, 1)
-            claims = ClusterPaths(_STAND_IN_ROOT).gpu_claims if c.kind in (ClusterKind.SSH, ClusterKind.LOCAL) else ""
             _render(workbook, spec, c, problems, attempt=1, run_dir=run_dir, workdir=workdir_of.get(spec.key, ""),
                     python=c.python or (sys.executable if c.kind is ClusterKind.LOCAL else ""), resume=False,
-                    prev_dir="", job_name=spec.key, gpu_claims=claims, rendered_at="", project_dir=project_dir,
+                    prev_dir="", job_name=spec.key, rendered_at="", project_dir=project_dir,
                     with_script=not bad_names[template] and not known
                     and not (own_only and (spec.experiment, template, name) in scripted))
             scripted.add((spec.experiment, template, name))
@@ -154,7 +153,7 @@ def _shape(spec: RunSpec, template: str, cluster: str) -> tuple[object, ...]:
 
 
 def _render(workbook: Workbook, spec: RunSpec, cluster: Cluster, problems: list[Problem], *, attempt: int,
-            run_dir: str, workdir: str, python: str, resume: bool, prev_dir: str, job_name: str, gpu_claims: str,
+            run_dir: str, workdir: str, python: str, resume: bool, prev_dir: str, job_name: str,
             rendered_at: str, project_dir: str, with_script: bool = True) -> JobText | None:
     """The job (None when the command, or with `with_script` the job script, fails: the problem added)."""
     try:
@@ -168,7 +167,7 @@ def _render(workbook: Workbook, spec: RunSpec, cluster: Cluster, problems: list[
     try:
         script = render_template(template, script_context(
             spec, cluster, attempt=attempt, run_dir=run_dir, workdir=workdir, command=command, python=python,
-            resume=resume, prev_run_dir=prev_dir, job_name=job_name, gpu_claims=gpu_claims,
+            resume=resume, prev_run_dir=prev_dir, job_name=job_name,
             rendered_at=rendered_at), project_dir)
     except TemplateError as e:
         where = (cluster.cell("template") if cluster.template and not spec.template else "")

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ExpressionError, NeroError
-from .model import Cluster, ClusterResources, Freshness
+from .model import Cluster, ClusterResources, Freshness, NextBatch, Optimisation
+from .optimise import next_batches
 from .paths import ProjectPaths
-from .sharing import MountTable, project_paths, state_left_behind
+from .sharing import MountTable, state_left_behind
 
 if TYPE_CHECKING:
     from .backends import Backend
@@ -91,7 +92,9 @@ class Project:
     @staticmethod
     def has_state(workbook: str | Path) -> bool:
         """Whether nero keeps state for this workbook (a reconcile ran), without creating it."""
-        paths = project_paths(Path(workbook).resolve().parent)
+        from .reconcile import paths_of
+
+        paths = paths_of(Path(workbook).resolve().parent)
         return paths.state_db.exists() or state_left_behind(paths) is not None  # (opening it then says how to move it)
 
     def close(self) -> None:
@@ -118,7 +121,9 @@ class Project:
     @property
     def paths(self) -> ProjectPaths:
         """The files nero keeps for this project."""
-        return project_paths(self.directory)
+        from .reconcile import paths_of
+
+        return paths_of(self.directory)
 
     @property
     def workbook(self) -> Workbook | None:
@@ -180,6 +185,27 @@ class Project:
         """One reconcile pass: submit, restart, cancel, collect metrics, apply the rules;
         changes that throw work away wait for `confirm` (orchestrator.confirm) unless `yes`."""
         return self._rec.run_pass(prune=prune, yes=yes)
+
+    def optimisations(self, importances: bool = False) -> list[Optimisation]:
+        """The Optimisation of each adaptive row (best so far, trials in order; Optuna's
+        parameter importances with `importances`); [] without trials or a readable workbook."""
+        if not self._rec.searcher().trials():
+            return []
+        try:
+            if self.workbook is None:
+                self.load()
+        except NeroError:
+            return []
+        assert self.workbook is not None
+        return self._rec.searcher().optimisations(self.workbook, importances)
+
+    def next_batches(self) -> list[NextBatch]:
+        """What each adaptive row would ask for now (`nero plan`): trials, budget left, next batch."""
+        assert self.workbook is not None
+        if not any(e.search is not None for e in self.workbook.experiments):
+            return []  # nothing read, no cluster asked for its slots
+        rec = self._rec
+        return next_batches(self.workbook, rec.specs, rec.searcher().trials(), rec.store.snapshot(), rec.capacity())
 
     def confirm(self, plan: Plan) -> list[str]:
         """Confirm exactly the changes `plan` shows awaiting; the next pass applies them."""
@@ -295,12 +321,12 @@ class Project:
 
         return run_count(self._rec.store)
 
-    def people(self) -> tuple[str, ...]:
+    def who_submitted(self) -> tuple[str, ...]:
         """The OS users who submitted the project's attempts, sorted (`shown.who_shown`
         decides from them whether the tables show a `who` column)."""
-        from .state.tally import people
+        from .state.tally import who_submitted
 
-        return people(self._rec.store)
+        return who_submitted(self._rec.store)
 
     def submitters(self) -> dict[tuple[str, int], str]:
         """Who submitted each attempt: (run key, attempt) → OS user."""

@@ -32,7 +32,7 @@ from typing import Any
 
 from .backends import Backend, make_backend
 from .confirm import APPLY_ALL, Gate, describe
-from .errors import BackendError, NeroError, WorkbookError
+from .errors import BackendError, ConfigError, NeroError, WorkbookError
 from .jobs import params_json
 from .lifecycle import observe, recovery
 from .metric_files import DEFAULT_GLOBS, globs_of
@@ -57,7 +57,8 @@ from .model import (
     Update,
     Workbook,
 )
-from .paths import ClusterPaths
+from .optimise import Searcher, package_problems, stand_ins, trial_runs
+from .paths import ClusterPaths, ProjectPaths
 from .plan import plan as make_plan
 from .sharing import MountTable, check_state_folder, current_user, project_paths
 from .spec import expand
@@ -68,12 +69,12 @@ from .state.tally import (
     live_clusters,
     metric_names,
     orphaned_keys,
-    people,
     planning_records,
+    who_submitted,
 )
 from .units import format_megabytes
 
-__all__ = ["PassReport", "Reconciler", "Reread", "ClusterWatch", "SETTLE_S", "state_path", "git_info"]
+__all__ = ["PassReport", "Reconciler", "Reread", "ClusterWatch", "SETTLE_S", "paths_of", "state_path", "git_info"]
 
 _Jobs = dict[str, list[tuple[JobScript, RunRecord | None]]]  # the jobs of a pass, by cluster
 
@@ -109,10 +110,18 @@ def _reread(before: Workbook, after: Workbook, stamp: tuple[int, int] | None) ->
     return Reread(stamp[0] / 1e9 if stamp else time.time(), changed)
 
 
+def paths_of(project_dir: str | Path) -> ProjectPaths:
+    """The one resolution of a project's files: its state folder under the state root the
+    user set (`userconfig.state_root`: env `NERO_STATE_ROOT`, else the user file), else `.nero`."""
+    from .userconfig import state_root
+
+    return project_paths(project_dir, state_root()[0])
+
+
 def state_path(workbook: Path, mounts: MountTable | None = None) -> Path:
-    """The state store of the project whose workbook is `workbook` (`sharing.project_paths`),
-    after `sharing.check_state_folder` found its folder safe (NetworkStateError if not)."""
-    paths = project_paths(Path(workbook).resolve().parent)
+    """The state store of the project whose workbook is `workbook` (`paths_of`), after
+    `sharing.check_state_folder` found its folder safe (NetworkStateError if not)."""
+    paths = paths_of(Path(workbook).resolve().parent)
     check_state_folder(paths, mounts)
     return paths.state_db
 
@@ -145,6 +154,7 @@ class Reconciler:
         self.unconfirmed_grace_s = unconfirmed_grace_s  # see _recover
         self.workbook: Workbook | None = None
         self._specs: list[RunSpec] | None = []
+        self._layers = ""  # the stamp of the user file and NERO_ variables last read (userconfig.Layers)
         self._key = ""  # the stamp of the workbook read, nero's code and the templates (see _workbook_key)
         self._stamp: tuple[int, int] | None = None
         self._backends: dict[str, Backend] = {}
@@ -155,6 +165,7 @@ class Reconciler:
         self.reread: Reread | None = None  # the last re-read while watching (the loop says it)
         self._remembered = ""  # the fingerprint of the last plan kept for `nero apply ID`
         self._planning: tuple[str, dict[str, RunRecord]] | None = None  # (data version, planning_records)
+        self._searcher: Searcher | None = None
 
     # ------------------------------------------------------------ workbook
     def load(self, keep_last_good: bool = False, settle_s: float = 0.0) -> list[str]:
@@ -164,15 +175,23 @@ class Reconciler:
         for that long, so saves in quick succession are read (and applied) once; with
         `keep_last_good`, `reread` says what a re-read found."""
         from .sheet import lock_file, read_workbook
+        from .userconfig import read_layers
 
         warnings: list[str] = []
         self._watching = keep_last_good
+        try:
+            layers = read_layers()  # the user file and NERO_ variables around the workbook
+        except ConfigError as e:
+            if keep_last_good and self.workbook is not None:
+                return self._once(("config", str(e)), f"{e}\n  keeping the last good plan; fix the file and save it")
+            raise
+        same_layers, self._layers = layers.stamp == self._layers, layers.stamp
         try:
             st = self.workbook_path.stat()
             stamp = (st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
             stamp = None
-        if stamp is not None and stamp == self._stamp and self.workbook is not None:
+        if stamp is not None and stamp == self._stamp and same_layers and self.workbook is not None:
             return warnings
         lock = lock_file(self.workbook_path)
         if lock is not None and keep_last_good and self.workbook is not None:
@@ -185,7 +204,7 @@ class Reconciler:
             key = self._workbook_key()
             wb = cached(self.store, "workbook", key)
             if not isinstance(wb, Workbook):
-                wb = read_workbook(self.workbook_path)
+                wb = read_workbook(self.workbook_path, layers.user, layers.env)
                 if key and key == self._workbook_key():  # the file did not change while it was read
                     keep(self.store, "workbook", key, wb)
             version = data_version(self.store)
@@ -194,7 +213,7 @@ class Reconciler:
             specs = None
             if not isinstance(found, list):  # not checked against this state yet
                 found = None
-                specs = expand(wb)
+                specs = expand(wb, self._trial_runs(wb))
                 self._preflight(wb, specs)
         except WorkbookError as e:
             if keep_last_good and self.workbook is not None:
@@ -218,13 +237,25 @@ class Reconciler:
         work in the cache never expands them)."""
         if self._specs is None:
             assert self.workbook is not None
-            self._specs = expand(self.workbook)
+            self._specs = expand(self.workbook, self._trial_runs(self.workbook))
         return self._specs
+
+    def _trial_runs(self, wb: Workbook) -> dict:
+        """The runs of the adaptive rows' trials (`optimise.trial_runs`); {} without such rows."""
+        if not any(e.search is not None for e in wb.experiments):
+            return {}
+        return trial_runs(wb, self.searcher().trials())
+
+    def searcher(self) -> Searcher:
+        """The adaptive rows' studies (`optimise.Searcher`), opened on first use."""
+        if self._searcher is None:
+            self._searcher = Searcher(self.store, paths_of(self.project_dir).search_db)
+        return self._searcher
 
     def _workbook_key(self) -> str:
         """The stamp of what reading and checking the workbook depends on besides the store:
-        the workbook's bytes, nero's code and job templates, the project folder ("" when the
-        workbook cannot be read)."""
+        the workbook's bytes, nero's code and job templates, the project folder, the user
+        file and NERO_ variables ("" when the workbook cannot be read)."""
         from .render import builtin_templates
 
         digest = file_digest(self.workbook_path)
@@ -232,7 +263,7 @@ class Reconciler:
             return ""
         code = folder_stamp(Path(__file__).parent, suffixes=(".py",))
         templates = folder_stamp(builtin_templates(), self.project_dir / "templates", contents=True)
-        return f"{digest}|{code}|{templates}|{self.project_dir}"
+        return f"{digest}|{code}|{templates}|{self.project_dir}|{self._layers}"
 
     def _state_key(self, *more: object) -> str:
         """The stamp of what the loaded workbook and the store's data make (with `more`), ""
@@ -248,12 +279,15 @@ class Reconciler:
         with its cell."""
         from .preflight import check_workbook
 
+        searching = any(e.search is not None for e in wb.experiments)
+        specs = specs + stand_ins(wb, specs) if searching else specs
         todo = make_plan(specs, self._snapshot(specs), {c.name: len(specs) + 1 for c in wb.clusters},
                          overrides=self.store.overrides())
         keys = {a.key for a in todo.actions if a.spec is not None and a.kind in (ActionKind.SUBMIT, ActionKind.RESTART,
                                                                                   ActionKind.HOLD)}
         chosen = [s for s in specs if s.key in keys]
         problems = check_workbook(wb, chosen, str(self.project_dir), {s.key: self.workdir(s) for s in chosen})
+        problems += package_problems(wb) if searching else []
         if problems:
             raise WorkbookError(str(self.workbook_path), problems)
 
@@ -297,6 +331,8 @@ class Reconciler:
     def close(self) -> None:
         for b in self._backends.values():
             b.close()
+        if self._searcher is not None:
+            self._searcher.close()
         self.store.close()
 
     # ------------------------------------------------------------ plan
@@ -384,6 +420,10 @@ class Reconciler:
         self._recover(now, report)
         self._poll(now, report)
         self._rules(now, report)
+        if any(e.search is not None for e in self.workbook.experiments):  # adaptive rows: tell, adopt, ask
+            if self.searcher().step(self.workbook, self.specs, self.store.snapshot(), self.capacity()):
+                self._specs = None
+                report.changed = True
         overrides = self.store.overrides()
         gate = self.gate(yes)
         plan = self._plan(prune, gate, overrides)
@@ -596,7 +636,7 @@ class Reconciler:
     def _rules(self, now: float, report: PassReport) -> None:
         """Evaluate each live run's rules on its metrics; stop rules terminate the run."""
         from .expr import Facts
-        from .rules import evaluate, first_stop, parse_rules
+        from .rules import evaluate, first_stop, parse_rules, prune_verdicts
 
         assert self.workbook is not None
         if not live_clusters(self.store):
@@ -608,7 +648,9 @@ class Reconciler:
         stops: dict[str, list[tuple[RunRecord, str]]] = {}
         updates: list[Update] = []
         histories: Histories | None = None  # read once, when a live run has rules
-        for rec in self.store.snapshot().values():
+        snapshot = self.store.snapshot()
+        pruned = prune_verdicts(specs.values(), snapshot, self.store.histories, goals)  # rules comparing a row's runs
+        for rec in snapshot.values():
             spec = specs.get(rec.key)
             if spec is None or not rec.state.live or rec.intent or rec.stop_requested:
                 continue
@@ -620,7 +662,7 @@ class Reconciler:
             if histories is None:
                 histories = self.store.histories()
             facts = Facts.of(rec, now, histories.get(rec.key), goals_of(rec.last, goals))
-            verdicts = evaluate(rules, facts)
+            verdicts = evaluate(rules, facts, pruned.get(rec.key))
             stop = first_stop(verdicts)
             if stop is not None:
                 stops.setdefault(rec.cluster, []).append((rec, stop.message))
@@ -806,10 +848,8 @@ class Reconciler:
         python = c.python or (sys.executable if c.kind is ClusterKind.LOCAL else "")
         workdir, code = self._code(spec, c)
         name = job_name(spec.key, attempt, run_dir)
-        gpu_claims = (ClusterPaths(str(self.backend(cluster).run_root())).gpu_claims
-                      if c.kind in (ClusterKind.SSH, ClusterKind.LOCAL) else "")
         job = render_job(self.workbook, spec, c, attempt=attempt, run_dir=run_dir, workdir=workdir, python=python,
-                         resume=resume, prev_dir=prev_dir, job_name=name, gpu_claims=gpu_claims,
+                         resume=resume, prev_dir=prev_dir, job_name=name,
                          rendered_at=time.strftime("%Y-%m-%d %H:%M:%S"), project_dir=str(self.project_dir))
         return JobScript(spec.key, attempt, run_dir, job.script, params_json(spec), cluster, job.command,
                          job_name=name, code=code)
@@ -839,7 +879,10 @@ class Reconciler:
             runs=tuple(sorted(snap.values(), key=lambda r: r.number)), histories=self.store.histories(),
             events=tuple(self.store.events()), queue=tuple(queue), now=self.clock(),
             attempts=tuple(self.store.earlier_attempts()), attempt_histories=self.store.earlier_histories(),
-            people=people(self.store),
+            optimisations=tuple(self.searcher().optimisations(wb, importances=True)
+                                if any(e.search is not None for e in wb.experiments) else ()),
+            people=wb.people, named=tuple((e.id, e.recipients) for e in wb.experiments if e.recipients),
+            who_submitted=who_submitted(self.store),
         )
 
     def results_path(self) -> Path:

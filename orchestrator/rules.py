@@ -4,7 +4,7 @@ A rules cell is a `;`-separated list of rules (a `;` in quotes does not split; t
 read as the tokens of `orchestrator.tokens`); empty parts are ignored::
 
     rules := rule (";" rule)*
-    rule  := ["warn:"] condition ["after" N]
+    rule  := ["warn:"] (condition | "prune" pruner) ["after" N]
 
 The condition is the expression language of `orchestrator.expr` (comparisons on the latest
 metric values, parameters, `runtime`, `step`, `state`, `cluster`; `and`/`or`/`not`; `isnan`,
@@ -14,6 +14,11 @@ A rule without `warn:` is a stop rule: when it fires, the run is cancelled and e
 
     isnan(loss); val_err > 0.4 after 500; warn: plateau(val_loss, 10); runtime > 2h
 
+A `prune` rule (`prune median(val_loss, warmup=5)`, `prune asha(val_loss, eta=3)`,
+`prune hyperband(val_loss, max_step=81)`: `orchestrator.prune`) compares the run with the other
+runs of its row at the same step; `prune_verdicts` decides those for every live run at once
+(from the row's metric histories) and hands them to `evaluate`.
+
 `evaluate` gives one `Verdict` per rule for the run's current `Facts`; its message names the
 rule and the values that fired it: `val_err > 0.4 after 500 (val_err=0.52 at step 612)`.
 Deciding when to evaluate (every pass on new metrics) and recording events is the caller's job.
@@ -22,15 +27,16 @@ Deciding when to evaluate (every pass on new metrics) and recording events is th
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 from .errors import ExpressionError, NeroError
 from .expr import MAX_LENGTH, Expr, Facts, explain, parse_at
 from .expr import names as expr_names
-from .metrics import unknown_metric
-from .model import RunSpec
+from .metrics import default_goal, unknown_metric
+from .model import RunRecord, RunSpec, Series
+from .prune import Pruner, decide, parse_pruner
 from .tokens import Token, tokenize, trim
 
 __all__ = [
@@ -42,6 +48,7 @@ __all__ = [
     "name_warnings",
     "names",
     "parse_rules",
+    "prune_verdicts",
     "verdict",
 ]
 
@@ -53,12 +60,14 @@ _STEP = re.compile(r"\d+")
 
 @dataclass(frozen=True)
 class Rule:
-    """One rule of a rules cell. `source` is the rule as written, without `warn:`."""
+    """One rule of a rules cell. `source` is the rule as written, without `warn:`; a `prune`
+    rule has its `pruner` and no `expr`."""
 
     source: str
-    expr: Expr
+    expr: Expr | None
     after: int | None = None
     warn: bool = False
+    pruner: Pruner | None = None
 
     def __str__(self) -> str:
         return f"warn: {self.source}" if self.warn else self.source
@@ -119,8 +128,10 @@ def _rule(text: str, tokens: list[Token], label: str) -> Rule:
         if word is not None:
             raise ExpressionError(text, f"{label}: 'after' takes a whole step number and ends the rule, "
                                   "e.g. 'val_err > 0.4 after 500'", word.pos)
-    expr = parse_at(text, start, body_end, label=label)
     source = " ".join(text[start:end].split())
+    if len(tokens) >= 2 and tokens[0].kind == "name" and tokens[0].text.lower() == "prune" and tokens[1].kind == "name":
+        return Rule(source=source, expr=None, after=after, warn=warn, pruner=parse_pruner(text, start, body_end, label))
+    expr = parse_at(text, start, body_end, label=label)
     return Rule(source=source, expr=expr, after=after, warn=warn)
 
 
@@ -132,8 +143,8 @@ def _is_after(text: str, tok: Token) -> bool:
 
 
 def verdict(rule: Rule, facts: Facts) -> Verdict:
-    """Evaluate one rule for one run."""
-    if rule.after is not None and (facts.step is None or facts.step < rule.after):
+    """Evaluate one rule for one run (a `prune` rule never fires here: `prune_verdicts`)."""
+    if rule.expr is None or (rule.after is not None and (facts.step is None or facts.step < rule.after)):
         return Verdict(rule, False, "")
     ex = explain(rule.expr, facts)
     values = ", ".join(f"{name}={value}" for name, value in ex.values)
@@ -144,9 +155,49 @@ def verdict(rule: Rule, facts: Facts) -> Verdict:
     return Verdict(rule, ex.result is True, message)
 
 
-def evaluate(rules: Sequence[Rule], facts: Facts) -> list[Verdict]:
-    """One verdict per rule, in the order of the rules cell."""
-    return [verdict(rule, facts) for rule in rules]
+def evaluate(rules: Sequence[Rule], facts: Facts, decided: Mapping[Rule, Verdict] | None = None) -> list[Verdict]:
+    """One verdict per rule, in the order of the rules cell; `decided`: the run's verdicts of
+    the `prune` rules that fired (`prune_verdicts`)."""
+    decided = decided or {}
+    return [decided.get(rule) or verdict(rule, facts) for rule in rules]
+
+
+def prune_verdicts(specs: Iterable[RunSpec], records: Mapping[str, RunRecord],
+                   histories: Callable[[], Mapping[str, Mapping[str, Series]]],
+                   goals: Mapping[str, str]) -> dict[str, dict[Rule, Verdict]]:
+    """The fired `prune` rules of every live run (run key -> rule -> verdict): each row's
+    rules judge its live runs (not waiting for a submission or a stop, past `after N`)
+    against every run of the row in `records`, on the metric's current-attempt history
+    (`histories`, called once, only if some live run has a prune rule); goals come from
+    `metrics.default_goal` over the Metrics sheet's `goals`."""
+    rows: dict[str, str] = {}  # experiment -> its rules cell, where it holds a prune rule
+    for spec in specs:
+        if "prune" in spec.rules.lower() and spec.experiment not in rows:
+            try:
+                if any(r.pruner for r in parse_rules(spec.rules)):
+                    rows[spec.experiment] = spec.rules
+            except NeroError:  # the sheet reports it
+                continue
+    runs: dict[str, list[RunRecord]] = {}
+    for rec in records.values():
+        if rec.experiment in rows:
+            runs.setdefault(rec.experiment, []).append(rec)
+    out: dict[str, dict[Rule, Verdict]] = {}
+    read: Mapping[str, Mapping[str, Series]] | None = None
+    for experiment, siblings in runs.items():
+        live = [r for r in siblings if r.state.live and not r.intent and not r.stop_requested]
+        if not live:
+            continue
+        read = histories() if read is None else read
+        for rule in parse_rules(rows[experiment]):
+            if rule.pruner is None:
+                continue
+            metric = rule.pruner.metric
+            candidates = [r.key for r in live if rule.after is None or (r.step is not None and r.step >= rule.after)]
+            curves = {r.key: read[r.key][metric] for r in siblings if metric in read.get(r.key, {})}
+            for key, why in decide(rule.pruner, default_goal(metric, goals), curves, candidates).items():
+                out.setdefault(key, {})[rule] = Verdict(rule, True, f"{rule.source} ({why})")
+    return out
 
 
 def first_stop(verdicts: Iterable[Verdict]) -> Verdict | None:
@@ -158,7 +209,7 @@ def names(rules: Iterable[Rule]) -> set[str]:
     """The metric and parameter names the rules refer to (for workbook warnings)."""
     out: set[str] = set()
     for rule in rules:
-        out |= expr_names(rule.expr)
+        out |= {rule.pruner.metric} if rule.pruner else expr_names(rule.expr)  # type: ignore[arg-type]
     return out
 
 

@@ -1,8 +1,9 @@
 """A project shared by people and machines: where its state lives, whether that folder is
 safe for SQLite, and who is at the keyboard.
 
-* `project_paths`: the one place that resolves a project's state folder: `<project>/.nero`,
-  or, with a state root (env `NERO_STATE_ROOT`: a folder on a local disk),
+* `project_paths`: a project's files given its state root: `<project>/.nero`, or, with a
+  state root (a folder on a local disk: the user setting `state_root` or env
+  `NERO_STATE_ROOT`, read by `userconfig.state_root`; `reconcile.paths_of` joins the two),
   `<state root>/<project name>-<hash of its path>` (`paths.state_folder_name`).
 * `check_state_folder`: refuses a state root while the project's state is still in its
   `.nero` (a new, empty state would submit every run again: the message says how to move
@@ -105,14 +106,14 @@ def _env(env: Mapping[str, str] | None) -> Mapping[str, str]:
     return os.environ if env is None else env
 
 
-def project_paths(project_dir: str | Path, env: Mapping[str, str] | None = None) -> ProjectPaths:
+def project_paths(project_dir: str | Path, state_root: str = "") -> ProjectPaths:
     """The files of the project in `project_dir`: its state folder is `.nero` inside it, or,
-    when `NERO_STATE_ROOT` names a folder, the project's own folder below that one."""
+    with a `state_root` (the user setting `state_root`, env `NERO_STATE_ROOT`:
+    `userconfig.state_root`), the project's own folder below that one."""
     root = Path(project_dir).resolve()
-    state_root = _env(env).get(STATE_ROOT_ENV, "").strip()
-    if not state_root:
+    if not state_root.strip():
         return ProjectPaths(root)
-    return ProjectPaths(root, Path(os.path.expanduser(state_root)).absolute() / state_folder_name(root))
+    return ProjectPaths(root, Path(os.path.expanduser(state_root.strip())).absolute() / state_folder_name(root))
 
 
 def state_left_behind(paths: ProjectPaths) -> Path | None:
@@ -132,7 +133,8 @@ def check_state_folder(paths: ProjectPaths, mounts: MountTable | None = None,
     left = state_left_behind(paths)
     if left is not None:
         raise StateError(
-            f"{STATE_ROOT_ENV} moves this project's state to {paths.nero}, but its state is still in {left.parent} "
+            f"The state root (setting state_root, {STATE_ROOT_ENV}) moves this project's state to {paths.nero}, "
+            f"but its state is still in {left.parent} "
             f"(a new, empty state would submit every run again). Move it first, with no nero running:\n"
             f"    mkdir -p '{paths.nero}' && mv '{left.parent}'/* '{paths.nero}'/ && rmdir '{left.parent}'")
     mount = (mounts or MountTable()).mount_of(paths.nero)
@@ -140,15 +142,15 @@ def check_state_folder(paths: ProjectPaths, mounts: MountTable | None = None,
         return None
     if env.get(ALLOW_NETWORK_ENV, "").strip().lower() in ("1", "yes", "true"):
         return mount
-    moved = STATE_ROOT_ENV in env and env[STATE_ROOT_ENV].strip()
+    moved = paths.state is not None
     raise NetworkStateError(
         f"nero's state folder {paths.nero} is on a network file system ({mount.fstype} from {mount.source}, "
         f"mounted at {mount.point}). SQLite's locking is not reliable there: two machines (or a lost lock) "
         f"can damage the state, so nero opened nothing.\n"
         f"  Keep the state on a local disk: set {STATE_ROOT_ENV} to a folder on a local disk"
         f"{' (the one set now is on that network file system too)' if moved else ''}, e.g.\n"
-        f"    export {STATE_ROOT_ENV}=/var/tmp/$USER/nero\n"
-        f"  and this project's state lives in $NERO_STATE_ROOT/{state_folder_name(paths.root)}; every command "
+        f"    nero config set state_root /var/tmp/$USER/nero     (or: export {STATE_ROOT_ENV}=/var/tmp/$USER/nero)\n"
+        f"  and this project's state lives in <that folder>/{state_folder_name(paths.root)}; every command "
         f"that touches the project must then run on that machine, with the same setting.\n"
         f"  Or accept the risk (one machine at a time, never two nero processes on two machines): "
         f"{ALLOW_NETWORK_ENV}=1.")

@@ -81,9 +81,9 @@ def run_values(record: RunRecord, history: Mapping[str, Sequence[tuple[int | Non
     return out
 
 
-def who_shown(people: Iterable[str]) -> bool:
+def who_shown(names: Iterable[str]) -> bool:
     """Whether `nero status` and the results workbook show a `who` column: when more than one
-    person submitted the project's attempts (`people`, as `state.tally.people` lists them), a
+    person submitted the project's attempts (`names`, as `state.tally.who_submitted` lists them), a
     project shared by several. The rows made for programs (`status --json`/`--csv`, export,
     the Python API's frames) carry `who` always."""
-    return len({p for p in people if p}) > 1
+    return len({n for n in names if n}) > 1

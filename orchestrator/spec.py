@@ -9,6 +9,11 @@ render one key (`[1, 1.0]`, a `linspace` finer than 12 significant digits) and n
 overflow or underflow are errors at their cell, and `key_clashes` finds any key given twice
 (the sheet's check and the planner's last guard). The spec hash covers only what
 changes the job (command, parameters, cluster, resources, template, setup, workdir).
+
+A cell may also sample (`uniform(0, 1)`, `choice(adam, sgd)`: `space.parse_distribution`),
+and a row's `together` groups zip lists instead of crossing them: a row's runs are then the
+product of its factors (`factors.py`), and a sampled run's key ends with its sample index,
+`experiment[lr=0.00123,sample=2]`.
 """
 
 from __future__ import annotations
@@ -19,10 +24,19 @@ import json
 import math
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TypeVar
 
+from .factors import SAMPLE, factors, sizes
 from .model import Experiment, RunSpec, Scalar, Variation, Workbook
+from .space import (
+    Distribution,
+    format_value,
+    list_value,
+    normalize,
+    parse_distribution,
+    parse_scalar,
+)
 from .tokens import PLAIN_QUOTES, number, scan, spans, tokenize
 
 __all__ = [
@@ -48,39 +62,6 @@ _FUNCTIONS = ("range", "linspace", "logspace")
 _FUNCTION_WORD = re.compile(r"(?:range|linspace|logspace)\b")  # at the start of a name token
 
 
-def normalize(v: Scalar) -> Scalar:
-    """Round floats to 12 significant digits so `linspace` keys stay readable."""
-    if isinstance(v, float) and math.isfinite(v):
-        return float(f"{v:.12g}")
-    return v
-
-
-def format_value(v: Scalar) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return f"{v:.12g}"
-    if v is None:
-        return ""
-    return str(v)
-
-
-def parse_scalar(text: str) -> Scalar:
-    """A literal inside a list: number, boolean, or (optionally quoted) string."""
-    t = text.strip()
-    if len(t) >= 2 and t[0] == t[-1] and t[0] in "'\"":
-        return t[1:-1]
-    n = number(t)
-    if n is not None:
-        return int(t) if t.lstrip("+-").isdigit() else normalize(n)
-    low = t.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("nan", "inf", "-inf"):
-        return float(low)
-    return t
-
-
 def _number(text: str, what: str) -> float:
     """One argument of range/linspace/logspace: a number, its sign written against it."""
     n = number(text)
@@ -100,21 +81,6 @@ def _whole(text: str, what: str) -> float | int:
 def _shown(text: str) -> str:
     """A cell's text in a message (long cells cut short)."""
     return text if len(text) <= 60 else text[:57] + "…"
-
-
-def _list_value(item: str, text: str) -> Scalar:
-    """One value of a list; a number too large or too close to 0 for a float is an error,
-    not a silent inf or 0 (`[1e-400, 0]` would otherwise be 0 twice)."""
-    v = parse_scalar(item)
-    if isinstance(v, float) and number(item) is not None:
-        mantissa = re.split("[eE]", item)[0]
-        if math.isinf(v):
-            raise ValueError(f"{_shown(text)}: {item} is too large for a number (it would read as inf); "
-                             "write a smaller number, or inf if you mean it")
-        if (v == 0 and any(c in "123456789" for c in mantissa)) or 0 < abs(v) < _SMALLEST:
-            raise ValueError(f"{_shown(text)}: {item} is too close to 0 for a number (below 2.2e-308 it loses its "
-                             "digits, then reads as 0); scale the parameter, e.g. pass its logarithm")
-    return v
 
 
 def _first_repeat(values: tuple[Scalar, ...]) -> tuple[int, int, str] | None:
@@ -182,8 +148,10 @@ def _function_call(text: str) -> tuple[str, list[str]] | None:
     return name.text, [text[a:b] for a, b in spans(tokens[2:-2], ",", start, end)]
 
 
-def parse_cell(value: object) -> Scalar | Variation:
-    """Turn a parameter cell into a scalar or a Variation; ValueError says what is wrong."""
+def parse_cell(value: object, paired: bool = False) -> Scalar | Variation | Distribution:
+    """Turn a parameter cell into a scalar, a Variation or a Distribution; ValueError says
+    what is wrong. A `paired` cell (named in `together`) may list a value twice: its pairs
+    name the runs (`factors.check` finds a pair given twice)."""
     if value is None or isinstance(value, bool | int):
         return value  # type: ignore[return-value]
     if isinstance(value, float):
@@ -191,6 +159,9 @@ def parse_cell(value: object) -> Scalar | Variation:
     if not isinstance(value, str):
         return str(value)
     text = value.strip()
+    dist = parse_distribution(text)
+    if dist is not None:
+        return dist
     if text.startswith("["):
         if not text.endswith("]"):
             raise ValueError(f"list {text[:40]!r} is missing its closing ']' (write e.g. [0.1, 0.01])")
@@ -198,14 +169,16 @@ def parse_cell(value: object) -> Scalar | Variation:
         if not items or any(not i.strip() for i in items):
             raise ValueError(f"list {text[:40]!r} has an empty value (write e.g. [0.1, 0.01])")
         written = [i.strip() for i in items]
-        vals = tuple(_list_value(w, text) for w in written)
-        _check_list_repeats(text, written, vals)
+        vals = tuple(list_value(w, text) for w in written)
+        if not paired:
+            _check_list_repeats(text, written, vals)
         return Variation(text, vals)
     call = _function_call(text) if text.startswith(_FUNCTIONS) else None
     if call:
         fn, args = call
         values = _expand_function(fn, args, text)
-        _check_generated_repeats(text, values)
+        if not paired:
+            _check_generated_repeats(text, values)
         return Variation(text, values)
     if text.endswith("]") or (text.startswith(_FUNCTIONS) and _FUNCTION_WORD.match(next(scan(text)).text)):
         raise ValueError(f"{text[:40]!r} is not a valid variation; use [a, b], range(a, b[, step]), linspace(a, b, n) or logspace(a, b, n)")
@@ -278,6 +251,9 @@ def run_keys(exp: Experiment) -> Iterator[tuple[str, tuple[tuple[str, Scalar], .
     # key), formatted once per row rather than once per run: `run_key`'s form
     choices = [[(x, f"{n}={format_value(x)}") for x in v.values] if isinstance(v, Variation) else [(v, None)]
                for n, v in exp.params]
+    if exp.together or any(isinstance(v, Distribution) for _, v in exp.params):
+        yield from _factor_keys(exp, names)
+        return
     if not any(isinstance(v, Variation) for _, v in exp.params):
         yield run_key(exp.id, ()), tuple(zip(names, (c[0][0] for c in choices), strict=True))
         return
@@ -286,9 +262,28 @@ def run_keys(exp: Experiment) -> Iterator[tuple[str, tuple[tuple[str, Scalar], .
         yield f"{exp.id}[{','.join([c[1] for c in combo if c[1] is not None])}]", params
 
 
+def _factor_keys(exp: Experiment, names: list[str]) -> Iterator[tuple[str, tuple[tuple[str, Scalar], ...]]]:
+    """`run_keys` of a row with paired or sampled cells: the product of its factors, each
+    alternative's `name=value` parts made once; the key lists them in column order, then
+    `sample=i`."""
+    n = len(names)
+    alternatives = [[tuple((i, x, f"{names[i]}={format_value(x)}" if i < n else f"{SAMPLE}={x}") for i, x in alt)
+                     for alt in f.alternatives] for f in factors(exp)]
+    base: list[Scalar] = [None if isinstance(v, Variation | Distribution) else v for _, v in exp.params]
+    for combo in itertools.product(*alternatives):
+        values = base.copy()
+        parts: list[str | None] = [None] * (n + 1)
+        for alt in combo:
+            for i, x, part in alt:
+                if i < n:
+                    values[i] = x
+                parts[i] = part
+        yield f"{exp.id}[{','.join([p for p in parts if p is not None])}]", tuple(zip(names, values, strict=True))
+
+
 def key_cell(exp: Experiment) -> str:
     """The cell a row's run keys come from: its first varied parameter's, else its id's."""
-    first = next((n for n, v in exp.params if isinstance(v, Variation)), "id")
+    first = next((n for n, v in exp.params if isinstance(v, Variation | Distribution)), "id")
     return exp.cell(first) or exp.cell("id")
 
 
@@ -306,11 +301,14 @@ def key_clashes(runs: Iterable[tuple[str, _T]]) -> Iterator[tuple[str, _T, _T]]:
             first[key] = what
 
 
-def expand_experiment(exp: Experiment, default_cluster: str = "local") -> Iterator[RunSpec]:
+def expand_experiment(exp: Experiment, default_cluster: str = "local",
+                      runs: Iterable[tuple[str, tuple[tuple[str, Scalar], ...]]] | None = None) -> Iterator[RunSpec]:
+    """The row's runs: its grid (`run_keys`), or the (key, parameters) `runs` gives (an
+    adaptive row's trials)."""
     clusters = exp.clusters or (default_cluster,)
     where = key_cell(exp)
     hashed = _row_hasher(exp, clusters)
-    for key, params in run_keys(exp):
+    for key, params in (run_keys(exp) if runs is None else runs):
         yield RunSpec(
             key=key, experiment=exp.id, row=exp.row, params=params, command=exp.command,
             clusters=clusters, resources=exp.resources, setup=exp.setup, workdir=exp.workdir,
@@ -351,12 +349,20 @@ def _row_hasher(exp: Experiment, clusters: tuple[str, ...]) -> Callable[[tuple[t
 
 
 def count_runs(exp: Experiment) -> int:
+    """How many runs a row makes: the product of its factors' sizes."""
+    if exp.together or any(isinstance(v, Distribution) for _, v in exp.params):
+        return math.prod(size for _, size in sizes(exp))
     return math.prod(len(v.values) if isinstance(v, Variation) else 1 for _, v in exp.params)
 
 
-def expand(workbook: Workbook) -> list[RunSpec]:
+def expand(workbook: Workbook,
+           trials: Mapping[str, Iterable[tuple[str, tuple[tuple[str, Scalar], ...]]]] | None = None) -> list[RunSpec]:
+    """Every run the workbook asks for; an adaptive row's are its trials (`trials`, by
+    experiment: (key, parameters); none when not given)."""
     default = workbook.settings.default_cluster or "local"
-    return [s for e in workbook.experiments for s in expand_experiment(e, default)]
+    trials = trials or {}
+    return [s for e in workbook.experiments
+            for s in expand_experiment(e, default, trials.get(e.id, ()) if e.search is not None else None)]
 
 
 def diff_essence(old: dict, new: dict) -> list[str]:

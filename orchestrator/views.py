@@ -22,14 +22,15 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from .space import format_value
 from .units import format_duration
 
 if TYPE_CHECKING:
     from .metrics import Summary
-    from .model import Action, Event, Freshness, Plan, RunRecord
+    from .model import Action, Event, Freshness, NextBatch, Optimisation, Plan, RunRecord, TrialRow
 
 __all__ = ["action_row", "attempt_row", "event_row", "flat_row", "freshness_json", "freshness_line", "html_table",
-           "plan_json", "plan_line", "run_row", "shown_json", "summary_line"]
+           "batch_line", "optimisation_line", "plan_json", "trial_row", "plan_line", "run_row", "shown_json", "summary_line"]
 
 
 def _number(v: float | None) -> float | None:
@@ -99,15 +100,24 @@ def action_row(a: Action) -> dict[str, object]:
             "waiting": a.waiting, **({"awaiting": a.awaiting} if a.awaiting else {})}
 
 
-def plan_json(p: Plan, fresh: Freshness, now: float) -> dict[str, object]:
-    """A plan as `nero plan --json` prints it."""
+def plan_json(p: Plan, fresh: Freshness, now: float, searches: Sequence[NextBatch] = ()) -> dict[str, object]:
+    """A plan as `nero plan --json` prints it (with `searches`, what each search row would ask)."""
     return {
         "actions": [action_row(a) for a in p.actions],
         "unchanged": p.unchanged,
         "awaiting": {"count": len(p.awaiting), "id": p.fingerprint,
                      "confirm": f"nero apply {p.fingerprint}" if p.fingerprint else ""},
         "freshness": freshness_json(fresh, now),
+        "searches": [{"experiment": b.experiment, "search": b.search, "trials": b.trials, "told": b.told,
+                      "left": b.left, "ask": b.ask, "free": b.free} for b in searches],
     }
+
+
+def batch_line(b: NextBatch) -> str:
+    """A search row as `nero plan` shows it: trials asked and told, the budget left, the next batch."""
+    return (f"{b.experiment}: search {b.search}: {b.trials} trial(s) asked ({b.told} told, {b.trials - b.told} not "
+            f"yet), {b.left} left of the budget; next batch: {b.ask} new trial(s) would be asked now ({b.free} free "
+            "slot(s))")
 
 
 def event_row(e: Event, who: str = "") -> dict[str, object]:
@@ -186,3 +196,20 @@ def html_table(headers: Sequence[str], rows: Iterable[Sequence[object]], caption
     if body:
         out += f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     return out + "".join(f"<p>{cell(n)}</p>" for n in notes)
+
+
+def optimisation_line(o: Optimisation) -> str:
+    """An adaptive row in one line (`nero status`, the digest): its search, trials of the
+    budget, and the best trial with its parameters."""
+    head = f"{o.experiment}: {o.sampler} {o.goal} {o.metric}, {len(o.trials)}/{o.budget} trials"
+    if o.best is None or o.best.value is None:
+        return head + ", no complete trial yet"
+    params = ", ".join(f"{n}={format_value(v)}" for n, v in o.best.params)
+    return f"{head}, best {format_value(o.best.value)} (trial {o.best.number}: {params})"
+
+
+def trial_row(o: Optimisation, t: TrialRow) -> dict[str, object]:
+    """A trial as `Project.trials()` lists it (the Optimisation sheet's columns): its row,
+    number, run, state, value, the best so far, then its parameters."""
+    return {"experiment": o.experiment, "trial": t.number, "run": t.key, "state": t.state, "value": t.value,
+            "best_so_far": t.best_so_far, **dict(t.params)}

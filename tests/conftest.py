@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -97,6 +100,30 @@ def kill_jobs(root: Path) -> None:
             os.killpg(int(pid_file.read_text().strip()), signal.SIGKILL)
         except (ValueError, ProcessLookupError, PermissionError):
             pass
+
+
+# nero's user-level settings (orchestrator/userconfig.py): no test reads the real user's file
+# or a NERO_<KEY> variable of the shell that started pytest; a test that wants a user file
+# writes the one NERO_CONFIG names here (its own, empty folder).
+_SETTING_VARIABLES = ("NERO_DEFAULT_CLUSTER", "NERO_DIGEST", "NERO_STATE_ROOT", "NERO_EMAIL_TO", "NERO_EMAIL_FROM",
+                      "NERO_SMTP_HOST", "NERO_SMTP_PORT", "NERO_SMTP_SECURITY", "NERO_SMTP_USER")
+
+
+_NO_USER_FILE = Path(tempfile.mkdtemp(prefix="nero-tests-user-config-"))
+atexit.register(shutil.rmtree, _NO_USER_FILE, True)
+os.environ["NERO_CONFIG"] = str(_NO_USER_FILE / "config.toml")  # what session fixtures' nero reads too
+for _name in _SETTING_VARIABLES:
+    os.environ.pop(_name, None)
+
+
+@pytest.fixture(autouse=True)
+def user_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The user file every nero in the test reads (absent until the test writes it)."""
+    path = tmp_path_factory.mktemp("user-config") / "config.toml"
+    monkeypatch.setenv("NERO_CONFIG", str(path))
+    for name in _SETTING_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    return path
 
 
 @pytest.fixture

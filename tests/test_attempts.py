@@ -91,7 +91,7 @@ def test_attempts_sheet_shows_each_earlier_attempt_by_the_summarys_rules(tmp_pat
     path = tmp_path / "results.xlsx"
     assert write_results(path, data)
     wb = openpyxl.load_workbook(path)
-    assert wb.sheetnames == list(SHEETS) and SHEETS[-1] == "Attempts"
+    assert wb.sheetnames == list(SHEETS) and SHEETS[-2:] == ("Attempts", "Optimisation")
     rows = list(wb["Attempts"].iter_rows(values_only=True))
     head = list(rows[0])
     assert head[:6] == ["#", "run", "experiment", "state", "reason", "attempt"]

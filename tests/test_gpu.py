@@ -10,6 +10,7 @@ Everything else is real: the workbook, `nero reconcile`, the job scripts, SQLite
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -89,7 +90,8 @@ print("gpus=%s t0=%.3f t1=%.3f" % (gpus, t0, time.time()), flush=True)
 @pytest.fixture
 def fake_gpus(tmp_path: Path):
     """A fake nvidia-smi on PATH, its folder, and a process of no run that holds 300 MB on
-    GPU 0 (under the 500 MB that makes a GPU busy)."""
+    GPU 0 (under the 500 MB that makes a GPU busy). The jobs claim these fake GPUs in a
+    claims folder of their own (NERO_GPU_CLAIMS), not the host's."""
     d = tmp_path / "fake-gpu"
     (d / "bin").mkdir(parents=True)
     (d / "apps").mkdir()
@@ -99,7 +101,8 @@ def fake_gpus(tmp_path: Path):
     other = subprocess.Popen(["sleep", "300"])
     (d / "apps" / str(other.pid)).write_text("0 300")
     try:
-        yield d, {"PATH": f"{d / 'bin'}:{os.environ['PATH']}", "FAKE_GPU_DIR": str(d)}
+        yield d, {"PATH": f"{d / 'bin'}:{os.environ['PATH']}", "FAKE_GPU_DIR": str(d),
+                  "NERO_GPU_CLAIMS": str(d / "claims")}
     finally:
         other.kill()
         other.wait()
@@ -149,8 +152,17 @@ def test_local_runs_get_distinct_free_gpus_wait_for_one_and_record_their_own_gpu
         assert summary.loc[key, "gpu_util_pct"] == runs[key]["gpu_util_pct"]
     resources = pd.read_excel(project / "results.xlsx", sheet_name="Resources").set_index("run")
     assert resources.loc["g[mb=2222]", "peak_gpu_mem_mb"] == 2322
-    # the claims folder of the local cluster holds the GPUs' last owners, as on ssh hosts
-    assert sorted(p.name for p in (project / "runs" / ".nero" / "gpus").iterdir() if not p.name.startswith(".")) == ["0", "1"]
+    # the claims folder (host-wide, as on ssh hosts: every user may make a GPU's folder in it)
+    # holds one folder per GPU claimed, and no claim outlives its job: each folder locks now
+    claims = d / "claims"
+    assert claims.stat().st_mode & 0o7777 == 0o1777
+    assert sorted(p.name for p in claims.iterdir()) == ["0", "1"]
+    for gpu in claims.iterdir():
+        fd = os.open(gpu, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
     # the sampler asked for utilisation only while the run had a process on a GPU
     calls = (d / "calls").read_text().splitlines()
     assert sum("utilization.gpu" in c for c in calls) <= sum("compute-apps" in c for c in calls)

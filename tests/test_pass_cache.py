@@ -49,9 +49,9 @@ def expansions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = reconcile_module.expand
 
-    def counted(wb):  # type: ignore[no-untyped-def]
+    def counted(wb, *trials):  # type: ignore[no-untyped-def]
         calls.append(1)
-        return real(wb)
+        return real(wb, *trials)
 
     monkeypatch.setattr(reconcile_module, "expand", counted)
     return calls

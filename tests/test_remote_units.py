@@ -38,6 +38,7 @@ from orchestrator.backends.slurm import (
 from orchestrator.backends.ssh import SshBackend
 from orchestrator.backends.wire import AgentReply, decode_reply
 from orchestrator.model import Cluster, ClusterKind, Handle, JobScript, Offsets
+from orchestrator.paths import GPU_CLAIMS
 from orchestrator.render import render_template
 from orchestrator.units import parse_size_mb as size_mb
 
@@ -230,13 +231,14 @@ def test_scheduler_templates_keep_hostile_values_on_their_directive_lines(tmp_pa
     sge = render_template("sge.sh.j2", {**common, "kind": "sge"})
     assert "#$ -l h_rt=1:30:00" in sge and "#$ -l h_vmem=4000M" in sge and "#$ -pe smp 2" in sge
     assert "#$ -N nero-k-1-a1" in sge
-    ssh = render_template("ssh.sh.j2", {**common, "kind": "ssh", "gpu_pool": "0,1", "gpu_claims": "/w/.nero/gpus"})
+    ssh = render_template("ssh.sh.j2", {**common, "kind": "ssh", "gpu_pool": "0,1", "gpu_claims": GPU_CLAIMS})
     assert "NERO_GPUS_WANTED=1" in ssh and "NERO_GPU_POOL=0,1" in ssh
-    # the local cluster waits for GPUs with the same block as ssh hosts; without gpus, neither has it
-    local = render_template("local.sh.j2", {**common, "kind": "local", "gpu_pool": "", "gpu_claims": "/p/runs/.nero/gpus"})
-    assert "NERO_GPUS_WANTED=1" in local and "NERO_GPU_CLAIMS=/p/runs/.nero/gpus" in local
+    # the local cluster waits for GPUs with the same block as ssh hosts, claims in the same host-wide
+    # folder (the host's NERO_GPU_CLAIMS overrides it); without gpus, neither has it
+    local = render_template("local.sh.j2", {**common, "kind": "local", "gpu_pool": "", "gpu_claims": GPU_CLAIMS})
+    assert "NERO_GPUS_WANTED=1" in local and f"NERO_GPU_CLAIMS=${{NERO_GPU_CLAIMS:-{GPU_CLAIMS}}}" in local
     assert local[local.index("NERO_GPUS_WANTED"):] == ssh[ssh.index("NERO_GPUS_WANTED"):].replace(
-        "NERO_GPU_POOL=0,1", "NERO_GPU_POOL=''").replace("/w/.nero/gpus", "/p/runs/.nero/gpus")
+        "NERO_GPU_POOL=0,1", "NERO_GPU_POOL=''")
     no_gpus = {**common, "resources": {"time": 90}}
     assert "NERO_GPUS_WANTED" not in render_template("local.sh.j2", {**no_gpus, "kind": "local"})
     assert "NERO_GPUS_WANTED" not in render_template("ssh.sh.j2", {**no_gpus, "kind": "ssh"})

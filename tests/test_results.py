@@ -330,7 +330,8 @@ def test_summary_layout(written):
 # sheet prints landscape, one page wide where it can, the header row on each page, and is
 # frozen at its run column
 PRINTED = {"Summary": ("C2", None), "Curves": (None, None), "Curve data": ("F2", "$A:$E"), "Events": ("C2", None),
-           "Resources": ("B2", None), "Queue": ("B2", None), "Attempts": ("C2", None)}
+           "Resources": ("B2", None), "Queue": ("B2", None), "Attempts": ("C2", None),
+           "Optimisation": ("D2", None)}
 
 
 def test_every_sheet_prints_readably(written):

@@ -114,7 +114,7 @@ def test_who_submitted_shows_on_every_surface_once_two_people_did(project: Path)
         assert [r["who"] for r in csv_module.DictReader(f)] == people
     with Project(wb) as p:
         p.load()
-        assert p.people() == ("ana", "bo")
+        assert p.who_submitted() == ("ana", "bo")
         p.write_results()
     ws = load_workbook(project / "results.xlsx", read_only=True)["Summary"]
     head, *values = list(ws.iter_rows(values_only=True))
@@ -131,7 +131,7 @@ def test_one_persons_project_has_no_who_column(project: Path):
     head = next(load_workbook(project / "results.xlsx", read_only=True)["Summary"].iter_rows(values_only=True))
     assert "who" not in head
     with Project(wb) as p:
-        assert len(p.people()) == 1 and p.runs()[0].who == p.people()[0]
+        assert len(p.who_submitted()) == 1 and p.runs()[0].who == p.who_submitted()[0]
 
 
 # --------------------------------------------------------- network file systems
@@ -162,22 +162,22 @@ def test_the_mount_of_a_folder_is_the_longest_mount_point_above_it(mounts: Mount
 
 
 def test_a_state_folder_on_nfs_is_refused_with_the_remedy(mounts: MountTable, tmp_path: Path):
-    paths = project_paths("/home/ana/project", env={})
+    paths = project_paths("/home/ana/project")
     with pytest.raises(NetworkStateError) as e:
         check_state_folder(paths, mounts, env={})
     text = str(e.value)
     assert e.value.exit_code == 2
     assert "/home/ana/project/.nero is on a network file system (nfs4 from fileserver:/export/home" in text
-    assert "export NERO_STATE_ROOT=" in text and state_folder_name(Path("/home/ana/project")) in text
+    assert "nero config set state_root" in text and "export NERO_STATE_ROOT=" in text
+    assert state_folder_name(Path("/home/ana/project")) in text
     assert "NERO_ALLOW_NETWORK_STATE=1" in text
     # the remedy works: a state root on a local disk
-    moved = project_paths("/home/ana/project", env={"NERO_STATE_ROOT": "/var/tmp/ana/nero"})
+    moved = project_paths("/home/ana/project", "/var/tmp/ana/nero")
     assert moved.state_db == Path("/var/tmp/ana/nero") / state_folder_name(Path("/home/ana/project")) / "state.db"
-    assert check_state_folder(moved, mounts, env={"NERO_STATE_ROOT": "/var/tmp/ana/nero"}) is None
+    assert check_state_folder(moved, mounts, env={}) is None
     # a state root on the network file system too is refused, and says so
     with pytest.raises(NetworkStateError, match="the one set now is on that network file system too"):
-        env = {"NERO_STATE_ROOT": "/mnt/share/nero"}
-        check_state_folder(project_paths("/home/ana/project", env=env), mounts, env=env)
+        check_state_folder(project_paths("/home/ana/project", "/mnt/share/nero"), mounts, env={})
     # accepting the risk
     assert check_state_folder(paths, mounts, env={"NERO_ALLOW_NETWORK_STATE": "1"}).fstype == "nfs4"
 

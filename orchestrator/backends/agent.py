@@ -14,8 +14,10 @@ Operations (request["op"]):
   hello      home, user, host, CPUs, free disk in the workdir, which tools exist, and
              the output of a few configuration commands (limits)
   submit     under the workdir's submit lock: unpack code archives (once per content
-             hash), write run directories, run the submission commands (in parallel) or
-             start detached processes, record each job id in its run directory at once
+             hash), write run directories (each with its owner: project id and attempt;
+             never one of another project's, or of a live job), run the submission commands
+             (in parallel) or start detached processes, record each job id in its run
+             directory at once
   poll       the scheduler's word on the live jobs (a listing of those jobs by id, then
              details for the jobs the listing lacks), then each run's status files and the bytes
              appended to its outputs since the given offsets, bounded per file and in
@@ -52,10 +54,12 @@ from concurrent.futures import ThreadPoolExecutor
 __all__ = ["OPS", "SPAWNED", "Reply", "disk_free_mb", "main", "serve"]
 
 MAGIC = b"NERO-AGENT/1"
-# nero's folder and lock below a workdir: orchestrator/paths.py names them on nero's side;
-# this file is shipped alone, so it repeats them
+# nero's folder and lock below a workdir, and a run folder's submission record (job name,
+# array record, owner: project id and attempt): orchestrator/paths.py names them on nero's
+# side; this file is shipped alone, so it repeats them
 NERO_DIR = ".nero"
 SUBMIT_LOCK = "submit.lock"
+SUBMIT = "submit.json"
 HANDED = "handed"  # in a run folder: its job was handed to the scheduler or started (adopt reads it)
 HOME = os.path.expanduser("~")
 TICK = ".tick"  # in a run folder: a FIFO the job script reads with a timeout to wait
@@ -526,7 +530,7 @@ def _record(d):
     submission record (`submit.json`) names for all the runs of one submission (a job
     array), with the run's line in that folder's `job_id`."""
     try:
-        sub = json.loads(read_small(os.path.join(d, "submit.json"), 65536) or "{}")
+        sub = json.loads(read_small(os.path.join(d, SUBMIT), 65536) or "{}")
     except ValueError:
         sub = {}
     if isinstance(sub, dict) and sub.get("record"):
@@ -545,12 +549,49 @@ def _handed_ids(d, cache):
     return handed, line.strip() or None
 
 
-def _write_job(job):
+def _live(d, jid, check_pid, fresh_s):
+    """Why the job of run folder d may still be alive (None: it is not): its process
+    lives, its heartbeat is fresh, or a scheduler holds it queued."""
+    if read_status(os.path.join(d, "exit_code")) is not None:
+        return None
+    pid = read_status(os.path.join(d, "pid")) or jid or ""
+    if check_pid and pid.isdigit() and process_alive(int(pid), d):
+        return "its process %s is alive" % pid
+    for name in ("heartbeat", "started"):
+        try:
+            age = time.time() - os.path.getmtime(os.path.join(d, name))
+        except OSError:
+            continue
+        if age < fresh_s:
+            return "its %s file is %d s old" % (name, age)
+    if not check_pid and jid and not os.path.exists(os.path.join(d, "started")):
+        return "job %s was queued and has not started" % jid
+    return None
+
+
+def _write_job(job, check_pid=False, fresh_s=60):
+    """Write a job's run folder; the reason why not (nothing written) when it holds
+    another project's run or a job that may be alive."""
     d = job["dir"]
-    if os.path.isdir(d) and (os.path.exists(os.path.join(d, "started")) or _handed_ids(d, {})[1]):
-        # a folder left by a job nero no longer knows (its state was deleted): kept aside,
-        # never mixed with the new job's output or mistaken for it
-        os.rename(d, "%s.replaced-%d" % (d, int(time.time() * 1000)))
+    mine = job.get("owner") or {}
+    if os.path.isdir(d):
+        try:
+            theirs = json.loads(read_small(os.path.join(d, SUBMIT), 65536) or "{}").get("owner") or {}
+        except (ValueError, AttributeError):
+            theirs = {}
+        if isinstance(theirs, dict) and theirs.get("project") and theirs["project"] != mine.get("project", theirs["project"]):
+            return ("run folder %s belongs to another nero project (%s, id %s); nothing was written there: give each "
+                    "project its own Clusters workdir (or restore this project's .nero/project_id if it was remade)"
+                    % (d, theirs.get("path", "?"), theirs["project"]))
+        jid = _handed_ids(d, {})[1]
+        if os.path.exists(os.path.join(d, "started")) or jid:
+            why = _live(d, jid, check_pid, fresh_s)
+            if why:
+                return ("run folder %s holds a job this project's state does not know that may be alive (%s); "
+                        "nothing was written there: stop that job, or remove the folder" % (d, why))
+            # a folder left by a job nero no longer knows (its state was deleted): kept aside,
+            # never mixed with the new job's output or mistaken for it
+            os.rename(d, "%s.replaced-%d" % (d, int(time.time() * 1000)))
     try:
         os.makedirs(d)
     except OSError as e:
@@ -655,11 +696,17 @@ def op_submit(req, inp, reply):
         # many small files: written by a few threads (system calls overlap; 10x faster on
         # slow or network file systems)
         with ThreadPoolExecutor(8) as pool:
-            list(pool.map(_write_job, req.get("jobs", [])))
+            refused = list(pool.map(lambda j: _write_job(j, req.get("check_pid"), float(req.get("fresh_s", 60))),
+                                    req.get("jobs", [])))
+        refused = dict((j["dir"], why) for j, why in zip(req.get("jobs", []), refused) if why)
         seconds["files"] = time.time() - t0 - sum(seconds.values())
         units = req.get("units", [])
         results = [None] * len(units)
-        cmds = [i for i, u in enumerate(units) if u["kind"] != "spawn"]
+        for i, u in enumerate(units):  # a unit with a refused folder is not submitted at all
+            why = [refused[d] for d in u["runs"] if d in refused]
+            if why:
+                results[i] = {"rc": 1, "out": "", "err": why[0], "ids": [], "refused": True}
+        cmds = [i for i, u in enumerate(units) if u["kind"] != "spawn" and results[i] is None]
         todo = list(cmds)
         guard = threading.Lock()
 
@@ -685,7 +732,7 @@ def op_submit(req, inp, reply):
             except Exception as e:  # noqa: BLE001
                 results[i] = {"rc": 125, "out": "", "err": "%s: %s" % (type(e).__name__, e), "ids": []}
 
-        spawns = [i for i, u in enumerate(units) if u["kind"] == "spawn"]
+        spawns = [i for i, u in enumerate(units) if u["kind"] == "spawn" and results[i] is None]
         # a few at once: starting a process waits for its exec, which other threads overlap
         with ThreadPoolExecutor(min(8, max(1, len(spawns)))) as pool:
             list(pool.map(spawn, spawns))
@@ -706,7 +753,7 @@ def op_adopt(req, inp, reply):
             d = r["dir"]
             handed, jid = _handed_ids(d, records)
             item = {"job_id": jid,
-                    "submit": read_small(os.path.join(d, "submit.json"), 65536),
+                    "submit": read_small(os.path.join(d, SUBMIT), 65536),
                     "pid": read_status(os.path.join(d, "pid")),
                     "has_job": os.path.exists(os.path.join(d, "job.sh")),
                     "handed": handed}

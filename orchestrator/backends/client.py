@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendError
+from ..identity import project_id
 from ..metric_files import MAX_FILES, needs_head
 from ..model import (
     Cluster,
@@ -47,7 +48,7 @@ from ..model import (
     SourceChunk,
     Submission,
 )
-from ..paths import ClusterPaths
+from ..paths import SUBMIT_FILE, ClusterPaths, remote_workdir
 from .shell import LocalShell, Shell
 from .wire import BOOTSTRAP, AgentReply, decode_reply, encode_request
 
@@ -186,7 +187,14 @@ class AgentBackend(ABC):
                                hint) from None
 
     def workdir_setting(self) -> str:
-        return self.cluster.workdir or f"nero/{Path(self.project_dir).name or 'project'}"
+        """The cluster's `workdir`, else the project's own folder below `~/nero`, named
+        after the project's folder and its id (attempts keep the run folder they were
+        submitted to, so runs of an older nero, below `~/nero/<name>`, are still found)."""
+        return self.cluster.workdir or remote_workdir(Path(self.project_dir).resolve().name, self.project_id)
+
+    @property
+    def project_id(self) -> str:
+        return project_id(self.project_dir)
 
     def connect(self, refresh: bool = False) -> HostInfo:
         """Reach the cluster (one round trip the first time, and to refresh)."""
@@ -321,12 +329,19 @@ class AgentBackend(ABC):
             payload.append(blob)
         units, extras = self.units(jobs, info.workdir)
         entries = []
+        owner = {"project": self.project_id, "path": str(Path(self.project_dir).resolve())}
         for j in jobs:
             extra = extras.get(j.run_dir, {})
-            entries.append({"dir": j.run_dir, "exec": ["job.sh"], "links": extra.get("links", {}),
-                            "files": {"job.sh": j.text, "params.json": j.params_json, **extra.get("files", {})}})
+            files = {"job.sh": j.text, "params.json": j.params_json, **extra.get("files", {})}
+            # the submission record names the run's owner too (no file more to write per run)
+            mine = {**owner, "key": j.key, "attempt": j.attempt}
+            files[SUBMIT_FILE] = json.dumps({**json.loads(files.get(SUBMIT_FILE, "{}")), "owner": mine})
+            entries.append({"dir": j.run_dir, "exec": ["job.sh"], "links": extra.get("links", {}), "files": files,
+                            "owner": mine})
+        # a folder that holds another project's run, or a live job, is never written: those jobs fail
         reply = self.call("submit", {"workdir": info.workdir, "code": code_req, "jobs": entries, "units": units,
-                                     "parallel": 4}, b"".join(payload))
+                                     "parallel": 4, "check_pid": self.adopt_query()[0] is None,
+                                     "fresh_s": UNKNOWN_HEARTBEAT_S}, b"".join(payload))
         self._shipped.update(snaps)
         if reply.header.get("disk_free_mb") is not None:
             info.disk_free_mb = reply.header["disk_free_mb"]
@@ -339,7 +354,7 @@ class AgentBackend(ABC):
                     by_dir[d] = Submission("", 0, job_id=jid)
                 continue
             message = (res.get("err") or res.get("out") or f"exit code {res.get('rc')}").strip().splitlines()
-            text = f"{unit['argv'][0]}: {' '.join(message)[-400:]}"
+            text = " ".join(message) if res.get("refused") else f"{unit['argv'][0]}: {' '.join(message)[-400:]}"
             if TRANSIENT.search(text):
                 transient.append(text)
             for d in unit["runs"]:

@@ -8,7 +8,7 @@ job's process group and SIGKILL after a grace period. Run folders go below the c
 `workdir` (relative to the project), else the project's `runs/`; the command runs in the
 run's workdir as it is (nothing is shipped). A run that asks for `gpus` waits for free
 GPUs and gets `CUDA_VISIBLE_DEVICES` exactly as on an ssh host (`templates/_gpus.sh.j2`,
-claims below `<run root>/.nero/gpus`).
+claims in the host-wide folder every user's nero shares, `paths.GPU_CLAIMS`).
 """
 
 from __future__ import annotations

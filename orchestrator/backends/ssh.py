@@ -3,7 +3,7 @@ processes (own session and process group, so they outlive the SSH session and ne
 the process id is the job id. At most `max_jobs` run at once (default: the host's CPU
 count). A run that asks for `gpus` waits inside its job script until that many GPUs are
 free (`templates/_gpus.sh.j2`, shared with the local cluster: the cluster's `gpus` list or every GPU nvidia-smi shows,
-minus those claimed by live nero jobs or busy per nvidia-smi) and runs with
+minus those claimed by live nero jobs of any user of the host, or busy per nvidia-smi) and runs with
 `CUDA_VISIBLE_DEVICES` set to them. Cancel: SIGTERM to the process group, SIGKILL after
 a grace period unless the job wrote its exit code.
 """

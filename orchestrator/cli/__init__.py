@@ -17,14 +17,15 @@ commands share.
     mail       digest, mail
     data       export, plot, resources
     metrics    metrics test (what the Metrics patterns take from a log)
+    config     config (the settings in force and their origins), config set/get/--edit
 """
 
 from __future__ import annotations
 
-from . import actions, data, logs, loop, mail, metrics, runs, scaffold
+from . import actions, config, data, logs, loop, mail, metrics, runs, scaffold
 from .group import main
 from .loop import DigestLoop
 
 __all__ = ["DigestLoop", "main"]
 
-_COMMANDS = (scaffold, runs, loop, actions, logs, mail, data, metrics)  # imported for their commands on `main`
+_COMMANDS = (scaffold, runs, loop, actions, logs, mail, data, metrics, config)  # imported for their commands on `main`

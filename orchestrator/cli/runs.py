@@ -14,7 +14,14 @@ from ..operations import history_rows, run_rows
 from ..project import Project
 from ..shown import who_shown
 from ..units import format_duration, format_significant
-from ..views import freshness_json, freshness_line, plan_json, plan_line
+from ..views import (
+    batch_line,
+    freshness_json,
+    freshness_line,
+    optimisation_line,
+    plan_json,
+    plan_line,
+)
 from .console import STATE_STYLE, console, escape
 from .group import (
     WORKBOOK_ARG,
@@ -68,20 +75,25 @@ def plan(workbook: str | None, prune: bool, as_json: bool, details: bool) -> Non
 
     Changes that throw work away (restarting a running or finished run, cancelling) and
     more new runs at once than Settings confirm_over are listed as awaiting confirmation,
-    with the command that confirms exactly this plan: `nero apply 3f9a2c`. A last line
-    says how fresh the picture is (see `nero status --help`).
+    with the command that confirms exactly this plan: `nero apply 3f9a2c`. A row with a
+    `search` cell gets a line: the trials asked and told, the budget left, and how many new
+    trials a pass would ask now (its clusters' free slots). A last line says how fresh the
+    picture is (see `nero status --help`).
     """
     with open_project(workbook) as project:
         try:
             fresh = project.freshness()
             p = project.plan(prune=prune)
+            batches = project.next_batches()
         except NeroError as e:
             fail(e)
         now = project.clock()
     if as_json:
-        click.echo(json.dumps(plan_json(p, fresh, now), indent=2))
+        click.echo(json.dumps(plan_json(p, fresh, now, batches), indent=2))
         return
     print_plan(p, details=details)
+    for batch in batches:  # adaptive rows: trials so far, budget left, the next batch
+        click.echo(batch_line(batch))
     click.echo(freshness_line(fresh, now))
 
 
@@ -144,6 +156,8 @@ def status(args: tuple[str, ...], as_json: bool, as_csv: bool, show_all: bool, w
     per run, oldest first).
     Once more than one person has submitted runs of the project (a shared project), a
     `who` column names the OS user who submitted each attempt (--json and --csv: always).
+    Each row with a `search` cell gets a line under the table: its sampler and metric,
+    trials of the budget, and the best trial with its parameters.
 
     A last line (on stderr with --json or --csv) says how fresh the picture is: the time of
     the last reconcile pass, and whether a reconcile is running. With none running, the live
@@ -162,6 +176,8 @@ def status(args: tuple[str, ...], as_json: bool, as_csv: bool, show_all: bool, w
         fresh = project.freshness()
         if not selector and not (as_json or as_csv or with_attempts) and project.run_count() > summary_rows():
             _summary(project, now)
+            for o in project.optimisations():
+                click.echo(optimisation_line(o))
             click.echo(freshness_line(fresh, now))
             _not_started(project)
             return
@@ -180,7 +196,10 @@ def status(args: tuple[str, ...], as_json: bool, as_csv: bool, show_all: bool, w
             _status_csv(runs, now, values)
             click.echo(freshness_line(fresh, now), err=True)
             return
-        _status_table(runs, now, show_all, values, earlier, attempt_values, who_shown(project.people()))
+        _status_table(runs, now, show_all, values, earlier, attempt_values, who_shown(project.who_submitted()))
+        if not selector:
+            for o in project.optimisations():
+                click.echo(optimisation_line(o))
         click.echo(freshness_line(fresh, now))
         if not selector:
             _not_started(project)
@@ -306,7 +325,7 @@ def history(args: tuple[str, ...], workbook: str | None, as_json: bool, last: in
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return
-        with_who = who_shown(project.people())
+        with_who = who_shown(project.who_submitted())
         t = Table(box=None, header_style="bold", pad_edge=False)
         for col in ("time", "#", "run", "attempt", *(("who",) if with_who else ()), "event", "reason"):
             t.add_column(col, no_wrap=col in ("time", "#", "attempt", "who", "event"), overflow="fold")

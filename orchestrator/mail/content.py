@@ -30,7 +30,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +38,14 @@ from ..metrics import default_goal, rank_key
 from ..model import FINISHED_STATES, Event, ResultsInput, RunRecord, RunSpec, Workbook
 from ..shown import metric_names, run_values
 from ..units import format_metric
+from ..views import optimisation_line
 from .compose import Draft, Part, compose, message_id, render_message
 from .formats import local_time, one_line
 
 __all__ = [
     "CHANGE_KINDS", "DETAILED_IN_GROUP", "DIGEST_CHANGES", "DIGEST_PLOTS", "DIGEST_TOP", "ENDINGS", "EVENT_WORDS",
-    "GROUP_OVER", "STATE_ORDER", "TAIL_LINES", "RunFacts", "build_digest", "build_notice", "fallback_notice",
+    "GROUP_OVER", "STATE_ORDER", "TAIL_LINES", "Audience", "RunFacts", "addressed_batches", "build_digest",
+    "digest_audiences", "digest_of", "build_notice", "fallback_notice",
     "is_detailed", "leaderboard", "needs_details", "notice_batches", "notice_item", "primary_metric", "slug_name",
 ]
 
@@ -113,16 +115,61 @@ def _token(msg_id: str) -> str:
 def notice_batches(events: Sequence[Event], specs: Mapping[str, RunSpec]) -> list[list[Event]]:
     """The events whose row's `notify` names them, as one notice each, or one notice for
     all of a kind when there are more than GROUP_OVER of it."""
-    groups: dict[str, list[Event]] = {}
+    return [batch for _, batch in addressed_batches(events, specs, {})]
+
+
+def addressed_batches(events: Sequence[Event], specs: Mapping[str, RunSpec],
+                      named: Mapping[str, tuple[str, ...]]) -> list[tuple[tuple[str, ...], list[Event]]]:
+    """`notice_batches` with the recipients of each: the addresses the row's `notify`
+    names (`named`, by experiment id), () for Settings email_to. Events whose rows name
+    different recipients never share a notice."""
+    groups: dict[tuple[str, tuple[str, ...]], list[Event]] = {}
     for e in events:
         word = EVENT_WORDS.get(e.kind)
         spec = specs.get(e.key)
         if word and spec is not None and word in spec.notify:
-            groups.setdefault(word, []).append(e)
-    batches: list[list[Event]] = []
-    for group in groups.values():
-        batches += [group] if len(group) > GROUP_OVER else [[e] for e in group]
+            groups.setdefault((word, named.get(spec.experiment, ())), []).append(e)
+    batches: list[tuple[tuple[str, ...], list[Event]]] = []
+    for (_, to), group in groups.items():
+        batches += [(to, group)] if len(group) > GROUP_OVER else [(to, [e]) for e in group]
     return batches
+
+
+@dataclass(frozen=True)
+class Audience:
+    """Who gets one digest, and of which rows (`experiments`; None: all of them)."""
+
+    recipients: tuple[str, ...]
+    experiments: frozenset[str] | None = None
+    person: str = ""
+
+
+def digest_audiences(data: ResultsInput) -> list[Audience]:
+    """The digests to send: one of all rows to Settings email_to and every person whose
+    digest is `all` (always, as before people: the outbox keeps it without recipients),
+    then one per person whose digest is `mine`, of the rows whose `notify` names them
+    (none for a person no row names)."""
+    everyone = list(data.settings.email_to)
+    everyone += [p.email for p in data.people if p.digest == "all" and p.email not in everyone]
+    audiences = [Audience(tuple(everyone))]
+    for p in data.people:
+        rows = frozenset(experiment for experiment, to in data.named if p.email in to)
+        if p.digest == "mine" and rows and p.email not in everyone:
+            audiences.append(Audience((p.email,), rows, p.name))
+    return audiences
+
+
+def digest_of(data: ResultsInput, audience: Audience) -> ResultsInput:
+    """What `audience`'s digest shows: the runs (events, queue, histories) of its rows."""
+    if audience.experiments is None:
+        return data
+    runs = tuple(r for r in data.runs if r.experiment in audience.experiments)
+    keys = {r.key for r in runs}
+    return replace(data, runs=runs, events=tuple(e for e in data.events if e.key in keys),
+                   queue=tuple(q for q in data.queue if q[0] in keys),
+                   histories={k: v for k, v in data.histories.items() if k in keys},
+                   attempts=tuple(a for a in data.attempts if a.key in keys),
+                   attempt_histories={k: v for k, v in data.attempt_histories.items() if k[0] in keys})
 
 
 def is_detailed(index: int, count: int) -> bool:
@@ -325,11 +372,31 @@ def _experiment_plots(data: ResultsInput, metric: str, token: str,
     return plots, images, skipped
 
 
+def _searches(data: ResultsInput, token: str, images: list[Part], warnings: list[str]) -> list[dict[str, Any]]:
+    """Each search row's line (`views.optimisation_line`) and the image of its history (added to `images`)."""
+    from ..plots import search_history_png
+
+    out = []
+    for i, o in enumerate(data.optimisations):
+        cid = ""
+        try:
+            png = search_history_png(o)
+        except Exception as e:  # a plot must not cost the digest
+            warnings.append(f"digest: no plot for the search {o.experiment}: {type(e).__name__}: {e}")
+            png = None
+        if png is not None:
+            cid = _cid("search", i, token)
+            images.append(Part(png, f"{slug_name(o.experiment)}-search.png", cid=cid))
+        out.append({"experiment": o.experiment, "line": optimisation_line(o), "image": cid})
+    return out
+
+
 def build_digest(data: ResultsInput, attachments: Sequence[Part], attachment_note: str, since: float | None,
                  project_dir: Path, sender: str, recipients: tuple[str, ...], now: float,
-                 warnings: list[str]) -> Draft:
+                 warnings: list[str], rows: Sequence[str] = ()) -> Draft:
     """The digest of `data` since the last one (`since`; None: the first), with the
-    results workbook attached (`attachments`) or `attachment_note` saying why not."""
+    results workbook attached (`attachments`) or `attachment_note` saying why not; `rows`
+    names the experiments a person's own digest covers (`digest_of`)."""
     metric = primary_metric(data)
     msg_id = message_id("digest", sender)
     token = _token(msg_id)
@@ -344,7 +411,8 @@ def build_digest(data: ResultsInput, attachments: Sequence[Part], attachment_not
         "leaders": leaderboard(data, metric), "plots": plots, "plots_skipped": skipped,
         "resources": _resources(data), "attachment": attachments[0].filename if attachments else "",
         "attachment_note": attachment_note,
-        "finished": sum(1 for r in data.runs if r.state in FINISHED_STATES),
+        "finished": sum(1 for r in data.runs if r.state in FINISHED_STATES), "rows": sorted(rows),
+        "searches": _searches(data, token, images, warnings),
     }
     subject, text, html = render_message("digest", ctx, project_dir, warnings)
     data_bytes = compose(subject=subject, sender=sender, recipients=recipients, text=text, html=html, images=images,

@@ -56,12 +56,14 @@ from .content import (
     ENDINGS,
     TAIL_LINES,
     RunFacts,
+    addressed_batches,
     build_digest,
     build_notice,
+    digest_audiences,
+    digest_of,
     fallback_notice,
     is_detailed,
     needs_details,
-    notice_batches,
 )
 from .smtp import (
     Broken,
@@ -72,6 +74,7 @@ from .smtp import (
     smtp_config,
     smtp_error,
     smtp_password,
+    smtp_server,
 )
 
 __all__ = [
@@ -179,15 +182,16 @@ class Mailer:
             warnings.append(f"e-mail: old .eml files not removed: {type(e).__name__}: {e}")
         return warnings
 
-    def _route(self, settings: Settings, warnings: list[str]) -> tuple[str, tuple[str, ...], str]:
-        """Sender, recipients and the status new messages start in."""
-        cfg = smtp_config(settings)
+    def _route(self, settings: Settings, warnings: list[str],
+               recipients: tuple[str, ...] = ()) -> tuple[str, tuple[str, ...], str]:
+        """Sender, recipients (`recipients`, else email_to) and the status new messages start in."""
+        cfg = smtp_config(settings, recipients)
         if cfg is None:
-            if settings.smtp_host and not settings.email_to and "no-to" not in self._warned:
+            if settings.smtp_host and not (recipients or settings.email_to) and "no-to" not in self._warned:
                 self._warned.add("no-to")
                 warnings.append(f"e-mail: smtp_host is set but email_to is empty; messages are only written to "
                                 f"{self.outbox}")
-            return sender_address(settings), tuple(settings.email_to), "local"
+            return sender_address(settings), recipients or tuple(settings.email_to), "local"
         return cfg.sender, cfg.recipients, "queued"
 
     def _facts(self, event: Event, detailed: bool) -> RunFacts:
@@ -214,10 +218,10 @@ class Mailer:
                 self.store.set_meta(CURSOR_KEY, str(cursor))
             return []
         by_key = {s.key: s for s in specs}
-        batches = notice_batches([e for _, e in new], by_key)
-        sender, recipients, status = self._route(workbook.settings, warnings)
+        named = {e.id: e.recipients for e in workbook.experiments if e.recipients}
         mails: list[Mail] = []
-        for batch in batches:
+        for to, batch in addressed_batches([e for _, e in new], by_key, named):
+            sender, recipients, status = self._route(workbook.settings, warnings, to)
             try:
                 facts = [self._facts(e, is_detailed(i, len(batch))) for i, e in enumerate(batch)]
                 draft = build_notice(batch, facts, by_key, workbook, self.project_dir, sender, recipients, now,
@@ -242,8 +246,9 @@ class Mailer:
     # ------------------------------------------------------------ digests
     def digest(self, data: ResultsInput, results_file: Path | None, now: float, *, force: bool = False,
                warnings: list[str] | None = None) -> Mail | None:
-        """Queue a digest (and remember its time); without `force` only if something
-        happened since the last one or runs are live."""
+        """Queue the digests (and remember their time); without `force` only if something
+        happened since the last one or runs are live. Returns the digest of all rows (to
+        email_to); the per-person digests (`content.digest_audiences`) are queued with it."""
         warnings = [] if warnings is None else warnings
         raw = self.store.get_meta(DIGEST_KEY)
         since = float(raw) if raw else None
@@ -251,9 +256,13 @@ class Mailer:
             changed = any(e.time > since for e in data.events) if since is not None else bool(data.events)
             if not changed and not any(r.state.live for r in data.runs):
                 return None
-        sender, recipients, status = self._route(data.settings, warnings)
-        mail = self._digest(data, results_file, since, sender, recipients, status, now, warnings)
-        stored = self.store.enqueue_mail([mail], now, meta={DIGEST_KEY: repr(now)})
+        mails = []
+        for audience in digest_audiences(data):
+            shown = digest_of(data, audience)
+            sender, recipients, status = self._route(data.settings, warnings, audience.recipients)
+            mails.append(self._digest(shown, results_file, since, sender, recipients, status, now, warnings,
+                                      sorted(audience.experiments or ())))
+        stored = self.store.enqueue_mail(mails, now, meta={DIGEST_KEY: repr(now)})
         self._write_files(stored, warnings)
         return stored[0]
 
@@ -268,9 +277,11 @@ class Mailer:
                             warnings)
 
     def _digest(self, data: ResultsInput, results_file: Path | None, since: float | None, sender: str,
-                recipients: tuple[str, ...], status: str, now: float, warnings: list[str]) -> Mail:
+                recipients: tuple[str, ...], status: str, now: float, warnings: list[str],
+                rows: Sequence[str] = ()) -> Mail:
         attachments, note = _results_attachment(results_file)
-        draft = build_digest(data, attachments, note, since, self.project_dir, sender, recipients, now, warnings)
+        draft = build_digest(data, attachments, note, since, self.project_dir, sender, recipients, now, warnings,
+                             rows)
         return _mail(draft, sender, recipients, status, now)
 
     # ------------------------------------------------------------ files
@@ -320,7 +331,7 @@ class Mailer:
     def _deliver(self, settings: Settings, now: float, force: bool) -> list[str]:
         from filelock import FileLock, Timeout
 
-        cfg = smtp_config(settings)
+        cfg = smtp_server(settings)
         if cfg is None or not (force or now >= self._retry_at):
             return []
         if not self.store.mail(("queued", "sending"), limit=1):

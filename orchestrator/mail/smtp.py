@@ -24,7 +24,7 @@ from .formats import one_line
 
 __all__ = [
     "SMTP_TIMEOUT_S", "Broken", "Refused", "SmtpConfig", "Transport", "keyring_password", "sender_address",
-    "smtp_config", "smtp_error", "smtp_password",
+    "smtp_config", "smtp_error", "smtp_password", "smtp_server",
 ]
 
 SMTP_TIMEOUT_S = 10.0
@@ -54,9 +54,20 @@ def sender_address(settings: Settings) -> str:
     return f"nero@{socket.getfqdn() or 'localhost'}"
 
 
-def smtp_config(settings: Settings) -> SmtpConfig | None:
-    """Where to deliver, or None: without smtp_host and email_to, mail stays in the outbox."""
-    if not settings.smtp_host or not settings.email_to:
+def smtp_config(settings: Settings, recipients: tuple[str, ...] = ()) -> SmtpConfig | None:
+    """Where to deliver, or None: without smtp_host, or without anyone to send to
+    (`recipients`, else email_to), mail stays in the outbox."""
+    server = smtp_server(settings)
+    to = recipients or tuple(settings.email_to)
+    if server is None or not to:
+        return None
+    return SmtpConfig(server.host, server.port, server.security, server.user, server.sender, to)
+
+
+def smtp_server(settings: Settings) -> SmtpConfig | None:
+    """The server queued messages go through (each carries its own recipients); None
+    without smtp_host."""
+    if not settings.smtp_host:
         return None
     security = (settings.smtp_security or "starttls").lower()
     port = settings.smtp_port or _DEFAULT_PORTS.get(security, 587)

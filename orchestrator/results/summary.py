@@ -60,7 +60,7 @@ def _columns(view: View, runs: Sequence[RunView], metrics: Sequence[str], with_p
         metric_cols += [(f"{m}@{cp}", m, i) for i, cp in enumerate(view.checkpoints)]
     for m in metrics:
         metric_cols += [(f"last:{m}", m, _LAST), (f"best:{m}", m, _BEST)]
-    with_who = who_shown(view.data.people)
+    with_who = who_shown(view.data.who_submitted)
     taken = set(FIXED_COLUMNS) | {h for h, _, _ in metric_cols} | ({"who"} if with_who else set())
     head = ["#", "run", "experiment", *[f"{p} (param)" if p in taken else p for p in param_names],
             "state", "reason", "attempt", "cluster", "job_id", "host", "start", "end",

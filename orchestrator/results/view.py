@@ -34,8 +34,8 @@ __all__ = [
     "cell_text", "chart_text", "excel_time", "fingerprint", "points_per_series", "short_label", "time_zone",
 ]
 
-FORMAT_VERSION = "3"  # 3: the page setup of #13
-SHEETS = ("Summary", "Curves", "Curve data", "Events", "Resources", "Queue", "Attempts")
+FORMAT_VERSION = "4"  # 3: the page setup of #13; 4: the Optimisation sheet
+SHEETS = ("Summary", "Curves", "Curve data", "Events", "Resources", "Queue", "Attempts", "Optimisation")
 CURVE_SHEETS = (2, 3)  # 1-based positions of the sheets copied on a summary-only refresh
 MAX_POINTS_PER_SERIES = 200
 MIN_POINTS_PER_SERIES = 32
@@ -174,7 +174,8 @@ class View:
             )))
         summary.update(_bytes((self.attempt_metrics, len(d.events),
                                [(e.time, e.key, e.kind, e.reason, e.attempt) for e in d.events[-50:]])))
-        summary.update(_bytes((d.queue, d.people)))
+        summary.update(_bytes((d.queue, d.who_submitted)))
+        summary.update(_bytes(d.optimisations))
         return summary.hexdigest(), curves.hexdigest()
 
     # --------------------------------------------------------------- per-run values

@@ -18,6 +18,7 @@ from ..files import disk_error, remove_stale_temporaries, write_atomically
 from ..model import ResultsInput
 from .curves import write_curves
 from .ooxml import CannotReuse, Cells, Existing, assemble
+from .optimisation import write_optimisation
 from .sheets import Formats, write_events, write_queue, write_resources
 from .summary import write_attempts, write_summary
 from .view import CHEAP_POINTS, CURVES_MAX_AGE, FORMAT_VERSION, SHEETS, View
@@ -135,5 +136,6 @@ def _write_book(view: View, summary_fp: str, curves_fp: str, *, curves: bool,
     rows["Resources"] = write_resources(sheets["Resources"], view, fmt)
     rows["Queue"] = write_queue(sheets["Queue"], view, fmt)
     rows["Attempts"] = write_attempts(sheets["Attempts"], view, fmt)
+    rows["Optimisation"] = write_optimisation(book, sheets["Optimisation"], view, fmt)
     book.close()
     return base, {f"xl/worksheets/sheet{SHEETS.index(name) + 1}.xml": cells for name, cells in rows.items()}

@@ -63,14 +63,29 @@ EXPERIMENT_HELP = {
                "the program can continue from its checkpoint (default 0).",
     "rules": "Stop runs that go badly; separate rules with ';':\nisnan(loss); val_loss > 2 after 5; "
              "plateau(val_loss, 10); runtime > 2h\nEditing rules never restarts a run.",
-    "notify": "Events to e-mail to Settings email_to, comma separated: started, completed, failed, "
-              "terminated, lost, warn.",
+    "notify": "Events to e-mail, comma separated: started, completed, failed, terminated, lost, warn; "
+              "and to whom: addresses or people (People sheet, your user file), else Settings email_to.",
     "notes": "Free text; nero ignores it.",
+    "samples": "How many runs to draw from this row's sampled cells (uniform(a, b), loguniform(a, b), randint(a, b), "
+               "choice(x, y, …), normal(mu, sigma)): each sample draws every sampled cell once, and every "
+               "combination of the row's lists runs with each sample. Raising it keeps the runs drawn so far. "
+               "Required on a row with sampled cells, an error without them.",
+    "sample_seed": "The seed of this row's draws (whole number ≥ 0). Empty: Settings sample_seed, else 0. The same "
+                   "seed draws the same values on every machine; run keys end with the sample: lr-rs[lr=0.00123,sample=2].",
+    "together": "Parameters whose lists go together instead of forming a grid: optimizer, lr pairs the first "
+                "optimizer with the first lr, the second with the second, … (lists of one length). Several groups: "
+                "optimizer, lr; batch, warmup. Other lists still cross them.",
+    "search": "Adaptive search instead of a grid: SAMPLER(METRIC, TRIALS), e.g. tpe(val_loss, 60); samplers tpe, "
+              "random, cmaes, gp (Optuna's). Optionally min or max before the metric (else its Metrics goal). nero "
+              "asks Optuna for new parameters as slots free up; each trial is a run named id[trial=N]. It searches "
+              "the row's lists and uniform, loguniform, randint and choice cells; sample_seed seeds it.",
 }
 PARAMETER_HELP = (
     "A parameter: every column nero does not know is one; use it in the command as {{ %s }}.\n"
     "A cell is one value (0.1) or a variation: [0.1, 0.01], range(1, 5), linspace(0, 1, 5), "
-    "logspace(-4, -1, 4). Several variations in a row form a grid: each combination is one run. "
+    "logspace(-4, -1, 4). Several variations in a row form a grid: each combination is one run "
+    "(lists named in together are paired instead). Or a distribution, drawn samples times: uniform(0.1, 0.5), "
+    "loguniform(1e-5, 1e-1), randint(1, 8), choice(adam, sgd), normal(0, 1). "
     "An empty cell means the row does not use the parameter."
 )
 CLUSTER_HELP = {
@@ -119,23 +134,24 @@ SETTING_HELP = {
     "checkpoints": "Steps at which metrics get their own result columns: 10, 50, 200 → val_loss@10 …",
     "min_free_disk": "Warn when a run folder's disk has less free space than this, e.g. 10G.",
     "default_cluster": "The cluster for rows whose cluster cell is empty. Empty: local.",
+    "sample_seed": "The seed of sampled rows without their own sample_seed (whole number ≥ 0). Empty: 0.",
 }
 
 EXAMPLE_COMMAND = "python train.py --lr {{ lr }} --layers {{ layers }} --epochs {{ epochs }}"
 EXAMPLE_EXPERIMENTS = (
     ("id", "state", "command", "lr", "layers", "epochs", "cluster", "rules", "notify", "retries",
      "priority", "after", "time", "cpus", "mem", "gpus", "partition", "account", "options", "setup",
-     "workdir", "template", "notes"),
+     "workdir", "template", "samples", "sample_seed", "together", "search", "notes"),
     ("demo", "run", EXAMPLE_COMMAND, "[0.01, 0.1, 3.0]", "[0, 2]", 20, "local",
      "isnan(loss) or isinf(loss); plateau(val_loss, 5)", "failed, terminated", None, None, None, None, None, None,
-     None, None, None, None, None, None, None,
+     None, None, None, None, None, None, None, None, None, None, None,
      "3 learning rates × 2 depths = 6 runs of about 6 s. lr=3.0 diverges (the loss turns NaN, or "
      "first overflows to inf) and the first rule stops both; the linear model (layers=0) with "
      "lr=0.1 stalls and plateau stops it. "
      "Edit a cell and run nero plan to see what would change."),
     ("demo-hold", "hold", EXAMPLE_COMMAND, "logspace(-3, -1, 3)", 3, 20, "local", "isnan(loss)",
-     "failed", 1, None, "demo finished", None, None, None, None, None, None, None, None, None, None,
-     "Held: nothing starts until you set state to run; then it waits until every run of demo "
+     "failed", 1, None, "demo finished", None, None, None, None, None, None, None, None, None, None, None, None, None,
+     None, "Held: nothing starts until you set state to run; then it waits until every run of demo "
      "finished (after: completed or terminated by a rule) and "
      "retries a failed run once, resuming from its checkpoint."),
 )
@@ -146,7 +162,7 @@ EXAMPLE_SETTINGS: tuple[tuple[str, object], ...] = (
     ("results", "results.xlsx"), ("interval", 5), ("digest", "off"), ("email_to", None),
     ("email_from", None), ("smtp_host", None), ("smtp_port", None), ("smtp_user", None),
     ("smtp_security", None), ("primary_metric", "val_loss"), ("checkpoints", "5, 10, 20"),
-    ("min_free_disk", None), ("default_cluster", None),
+    ("min_free_disk", None), ("default_cluster", None), ("sample_seed", None),
 )
 
 

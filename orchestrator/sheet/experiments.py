@@ -1,5 +1,6 @@
 """The Experiments sheet: one row per experiment, its parameter columns (values or
-variations that expand into a grid of runs), resources, dependencies, rules and notices.
+variations that expand into a grid of runs, distributions drawn `samples` times, lists zipped
+by `together`), resources, dependencies, rules and notices.
 
 Normalised values: `time` is whole minutes, `mem` whole megabytes, `cpus`/`gpus` whole
 numbers; empty cells are left out (of parameters and resources alike).
@@ -13,21 +14,24 @@ from datetime import date, datetime, timedelta
 from datetime import time as clock_time
 from typing import Any
 
-from .. import spec
+from .. import factors, spec
 from ..errors import ExpressionError
-from ..model import RESOURCE_COLUMNS, After, Desired, Experiment, Scalar, Until, Variation
+from ..model import RESOURCE_COLUMNS, After, Desired, Experiment, Scalar, Search, Until, Variation
 from ..rules import parse_rules
+from ..space import Distribution
 from ..tokens import Token, tokenize
-from .cells import choice, identifier, names, one_of, text, whole
+from ..trials import parse_search, search_problems
+from .cells import choice, identifier, names, text, whole
 from .commands import BUILTIN_VARIABLES, VariablesOf, check_command, once_per_command
+from .people import email_address
 from .quantities import megabytes_cell, minutes_cell
 from .table import UNREADABLE, Problems, Row, Sheet, Table, read_table, table_rows
 
-__all__ = ["EXPERIMENT_COLUMNS", "MAX_RUNS_PER_ROW", "NOTIFY_EVENTS", "read_experiments"]
+__all__ = ["EXPERIMENT_COLUMNS", "MAX_RUNS_PER_ROW", "NOTIFY_DEFAULT", "NOTIFY_EVENTS", "read_experiments"]
 
 EXPERIMENT_COLUMNS = (
     "id", "command", "cluster", "state", *RESOURCE_COLUMNS, "setup", "workdir", "template",
-    "priority", "after", "retries", "rules", "notify", "notes",
+    "priority", "after", "retries", "rules", "notify", "notes", "samples", "sample_seed", "together", "search",
 )
 NOTIFY_EVENTS = ("started", "completed", "failed", "terminated", "lost", "warn")
 MAX_RUNS_PER_ROW = 100_000
@@ -38,7 +42,9 @@ _DESIRED = {d.value: d for d in Desired}
 _STATE = choice(list(_DESIRED))
 _PRIORITY = whole(-10**9, 10)
 _RETRIES = whole(0, 2)
-_NOTIFY = one_of(NOTIFY_EVENTS, "event")
+_SAMPLES = whole(1, 20, MAX_RUNS_PER_ROW)
+_SEED = whole(0, 42)
+NOTIFY_DEFAULT = ("completed", "failed", "terminated", "lost")  # a cell naming recipients but no event
 _RESOURCE_CONVERTERS: dict[str, Callable[[Any, str], Scalar]] = {
     "time": minutes_cell, "cpus": whole(1, 4), "mem": megabytes_cell, "gpus": whole(0, 1),
     "partition": text, "account": text, "options": text,
@@ -47,9 +53,12 @@ _RESOURCE_CONVERTERS: dict[str, Callable[[Any, str], Scalar]] = {
 
 
 def read_experiments(sheet: Sheet | None, titles: list[str], clusters: tuple[str, ...],
-                     problems: Problems, variables_of: VariablesOf) -> tuple[Experiment, ...]:
+                     problems: Problems, variables_of: VariablesOf,
+                     sample_seed: int | None = None, people: dict[str, str] | None = None) -> tuple[Experiment, ...]:
     """The experiments, in row order; `titles` (all sheet names) explain a missing sheet,
-    `clusters` are the names a row may use, `variables_of` names a command's variables."""
+    `clusters` are the names a row may use, `variables_of` names a command's variables,
+    `sample_seed` is Settings' (for sampled rows without their own), `people` the names
+    `notify` may use (lower-cased name -> address)."""
     if sheet is None:
         found = ", ".join(titles) or "none"
         problems.add("Experiments", f"the workbook has no Experiments sheet (sheets found: {found}); add a sheet "
@@ -67,10 +76,12 @@ def read_experiments(sheet: Sheet | None, titles: list[str], clusters: tuple[str
         return ()
     parameters = _parameter_columns(table, problems)
     variables_of = once_per_command(variables_of)
+    notify = _notify(people or {})
     experiments: list[Experiment] = []
     ids: dict[str, str] = {}
+    unexpanded: set[int] = set()  # rows whose sampling or pairing is wrong: no keys to check
     for row in table_rows(table, problems):
-        exp = _experiment(row, parameters, clusters, variables_of)
+        exp = _experiment(row, parameters, clusters, variables_of, sample_seed, unexpanded, notify)
         if exp is None:
             continue
         if exp.id.lower() in ids:
@@ -79,7 +90,7 @@ def read_experiments(sheet: Sheet | None, titles: list[str], clusters: tuple[str
             continue
         ids[exp.id.lower()] = row.ref("id")
         experiments.append(exp)
-    _check_keys(experiments, problems)
+    _check_keys([e for e in experiments if e.row not in unexpanded], problems)
     _check_after(experiments, table, problems)
     return tuple(experiments)
 
@@ -102,11 +113,17 @@ def _parameter_columns(table: Table, problems: Problems) -> list[tuple[str, int]
 
 
 def _experiment(row: Row, parameters: list[tuple[str, int]], clusters: tuple[str, ...],
-                variables_of: VariablesOf) -> Experiment | None:
+                variables_of: VariablesOf, sample_seed: int | None, unexpanded: set[int],
+                notify: Callable[[Any, str], tuple[tuple[str, ...], tuple[str, ...]]]) -> Experiment | None:
+    """The row's experiment (None without an id); a row whose sampling or pairing is wrong
+    (or unreadable) joins `unexpanded`."""
     ident = row.require("id", identifier, "", "missing id; every row needs a unique id such as lr-sweep")
     command = row.require("command", text, "", "missing command; write the shell command of one run, "
                           "e.g. python train.py --lr {{ lr }}")
-    params, unreadable = _parameters(row, parameters)
+    together = row.get("together", _together, ())
+    params, unreadable = _parameters(row, parameters, {n for g in together for n in g})
+    own_seed = row.get("sample_seed", _SEED, None)
+    events, recipients = row.get("notify", notify, ((), ()))
     exp = Experiment(
         id=ident, row=row.number, command=command,
         clusters=row.get("cluster", _known_clusters(clusters), ()),
@@ -115,15 +132,81 @@ def _experiment(row: Row, parameters: list[tuple[str, int]], clusters: tuple[str
         setup=row.get("setup", text, ""), workdir=row.get("workdir", text, ""),
         template=row.get("template", text, ""), priority=row.get("priority", _PRIORITY, 0),
         after=row.get("after", _after, ()), retries=row.get("retries", _RETRIES, 0),
-        rules=row.get("rules", _rules, ""), notify=row.get("notify", _NOTIFY, ()),
+        rules=row.get("rules", _rules, ""), notify=events, recipients=recipients,
         cells=(("id", row.ref("id")), ("command", row.ref("command")), ("template", row.ref("template")),
-               *((name, row.ref_at(c)) for name, c in parameters)),
+               *((name, row.ref_at(c)) for name, c in parameters),
+               *((name, row.ref(name)) for name in ("samples", "sample_seed", "together", "search")
+                 if name in row.table.columns)),
+        samples=row.get("samples", _SAMPLES, 0), sample_seed=sample_seed if own_seed is None else own_seed,
+        together=together, search=row.get("search", _search, None),
     )
     if command:
         check_command(row, exp, {name for name, _ in parameters}, unreadable, variables_of)
-    if ident:
+    if exp.search is not None:  # an adaptive row: its runs are trials (trials.py), not a grid or samples
+        if not unreadable:
+            _check_search(row, exp)
+        return exp if ident else None
+    sampled = any(isinstance(v, Distribution) for _, v in params)
+    if own_seed is not None and not sampled and not unreadable:
+        row.problems.add(row.ref("sample_seed"), "sample_seed is set but this row has no sampled cell; clear it (a "
+                         "parameter of the command may not be called sample_seed)")
+    # a cell that could not be read may be the sampled or paired one: then check no sampling or pairing
+    found = [] if unreadable else list(factors.check(exp))
+    for where, message in found:
+        row.problems.add(where, message)
+    if found or (unreadable and (sampled or exp.samples or exp.together)):
+        unexpanded.add(row.number)
+    if ident and not found:
         _check_grid(row, exp)
     return exp if ident else None
+
+
+def _search(value: object, column: str) -> Search | None:
+    cell = text(value)
+    return parse_search(cell) if cell else None
+
+
+def _check_search(row: Row, exp: Experiment) -> None:
+    """An adaptive row searches at least one dimension, each one Optuna can search, and
+    neither samples nor pairs (its trials are its runs; sample_seed seeds its sampler)."""
+    for p in search_problems(exp):
+        row.problems.add(p.where, p.message)
+    for column in ("samples", "together"):
+        if getattr(exp, column):
+            row.problems.add(row.ref(column), f"{column} does not apply to a row with search (its runs are the trials "
+                             "its search asks for, up to the budget the search cell gives); clear it")
+
+
+def _together(value: object, column: str) -> tuple[tuple[str, ...], ...]:
+    """`optimizer, lr; batch, warmup`: groups of parameters (`;` between groups, `,` within)."""
+    groups = (tuple(n.strip() for n in part.split(",") if n.strip()) for part in text(value).split(";"))
+    return tuple(g for g in groups if g)
+
+
+def _notify(people: dict[str, str]) -> Callable[[Any, str], tuple[tuple[str, ...], tuple[str, ...]]]:
+    """The `notify` cell: event words, e-mail addresses and people's names, in any order.
+    Returns (events, addresses); recipients without an event word mean NOTIFY_DEFAULT."""
+    def convert(value: object, column: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        events: list[str] = []
+        to: list[str] = []
+        for item in names(value):
+            word = item.lower()
+            if word in NOTIFY_EVENTS:
+                events.append(word)
+            elif "@" in item:
+                to.append(email_address(item, column))
+            elif word in people:
+                to.append(people[word])
+            else:
+                known = ", ".join(sorted(people)) or "none defined"
+                raise ValueError(f"{item!r} in {column} is neither an event ({', '.join(NOTIFY_EVENTS)}), an e-mail "
+                                 f"address nor a person (people: {known}); add {item} to the People sheet (name, "
+                                 "email) or to [people] in your user file (`nero config`), or write an address")
+        if to and not events:
+            events = list(NOTIFY_DEFAULT)
+        return tuple(dict.fromkeys(events)), tuple(dict.fromkeys(to))
+
+    return convert
 
 
 def _rules(value: object, column: str) -> str:
@@ -188,9 +271,11 @@ def _known_clusters(clusters: tuple[str, ...]) -> Callable[[Any, str], tuple[str
     return convert
 
 
-def _parameters(row: Row, parameters: list[tuple[str, int]]) -> tuple[tuple[tuple[str, Scalar | Variation], ...], set[str]]:
-    """Non-empty parameter cells in column order, and the names of unreadable ones."""
-    params: list[tuple[str, Scalar | Variation]] = []
+def _parameters(row: Row, parameters: list[tuple[str, int]],
+                paired: set[str]) -> tuple[tuple[tuple[str, Scalar | Variation | Distribution], ...], set[str]]:
+    """Non-empty parameter cells in column order, and the names of unreadable ones
+    (`paired`: the names in `together`, whose lists may repeat a value)."""
+    params: list[tuple[str, Scalar | Variation | Distribution]] = []
     unreadable: set[str] = set()
     for name, c in parameters:
         value = row.at(c)
@@ -198,7 +283,7 @@ def _parameters(row: Row, parameters: list[tuple[str, int]]) -> tuple[tuple[tupl
             unreadable.add(name)
         elif value is not None:
             try:
-                params.append((name, spec.parse_cell(_param_value(value))))
+                params.append((name, spec.parse_cell(_param_value(value), paired=name in paired)))
             except ValueError as e:
                 row.problems.add(row.ref_at(c), f"{name}: {e}")
                 unreadable.add(name)
@@ -225,7 +310,7 @@ def _resources(row: Row) -> tuple[tuple[str, Scalar], ...]:
 def _check_grid(row: Row, exp: Experiment) -> None:
     runs = spec.count_runs(exp)
     if runs > MAX_RUNS_PER_ROW:
-        sizes = " × ".join(f"{n}: {len(v.values)}" for n, v in exp.params if isinstance(v, Variation))
+        sizes = " × ".join(f"{n}: {size}" for n, size in factors.sizes(exp))
         row.problems.add(row.ref("id"), f"this row expands to {runs:,} runs ({sizes}); at most {MAX_RUNS_PER_ROW:,} "
                          "per row: use fewer values or split it into several rows")
 
@@ -235,7 +320,7 @@ def _check_keys(experiments: list[Experiment], problems: Problems) -> None:
     its attempts), so two runs with one key would restart each other forever. Each list
     and function cell is already free of repeats (spec.parse_cell); here a grid's values
     holding ',' and '=' can still spell one key twice. One problem per row."""
-    made = ((key, (e, params)) for e in experiments if spec.count_runs(e) <= MAX_RUNS_PER_ROW
+    made = ((key, (e, params)) for e in experiments if e.search is None and spec.count_runs(e) <= MAX_RUNS_PER_ROW
             for key, params in spec.run_keys(e))
     reported: set[int] = set()
     for key, (first, p1), (again, p2) in spec.key_clashes(made):

@@ -7,26 +7,27 @@ from pathlib import Path
 from typing import Any
 
 from ..confirm import ON_SAVE
-from ..model import Settings
 from .cells import choice, names, number, show, text, whole
 from .quantities import digest_cell, interval_cell, size_text_cell
 from .table import UNREADABLE, Problems, Sheet, header_key
 
 __all__ = ["SETTING_KEYS", "SMTP_SECURITY", "read_settings"]
 
+Values = tuple[tuple[str, Any, str], ...]  # (key, value, its value cell)
+
 SETTING_KEYS = (
     "results", "interval", "digest", "email_to", "email_from", "smtp_host", "smtp_port",
     "smtp_user", "smtp_security", "primary_metric", "checkpoints", "min_free_disk",
-    "default_cluster", "on_save", "confirm_over",
+    "default_cluster", "on_save", "confirm_over", "sample_seed",
 )
 SMTP_SECURITY = ("starttls", "ssl", "none")
 
 
-def read_settings(sheet: Sheet | None, clusters: tuple[str, ...], path: Path,
-                  problems: Problems) -> Settings:
-    """The settings; defaults for keys the sheet leaves out or empty."""
+def read_settings(sheet: Sheet | None, path: Path, problems: Problems) -> Values:
+    """The settings the sheet gives, each with its value cell (empty values left out: the
+    weaker layers and the defaults give those, `layers.merge`)."""
     if sheet is None or not sheet.rows:
-        return Settings()
+        return ()
     key_col, value_col, rows = _settings_layout(sheet)
     parsers = _setting_parsers()
     values: dict[str, Any] = {}
@@ -51,8 +52,8 @@ def read_settings(sheet: Sheet | None, clusters: tuple[str, ...], path: Path,
                     problems.add(value_ref, str(e))
         elif raw_key is not UNREADABLE:
             problems.add(key_ref, _unknown_setting(text(raw_key)))
-    _check_settings(values, seen, clusters, path, problems)
-    return Settings(**values)
+    _check_results(values, seen, path, problems)
+    return tuple((key, value, seen[key]) for key, value in values.items())
 
 
 def _settings_layout(sheet: Sheet) -> tuple[int, int, list[tuple[int, list[object]]]]:
@@ -79,16 +80,11 @@ def _setting_parsers() -> dict[str, Callable[[Any, str], Any]]:
         "smtp_port": whole(1, 587, 65535), "smtp_user": text,
         "smtp_security": choice(SMTP_SECURITY), "primary_metric": text,
         "checkpoints": _checkpoints, "min_free_disk": size_text_cell, "default_cluster": text,
-        "on_save": choice(ON_SAVE), "confirm_over": whole(0, 200),
+        "on_save": choice(ON_SAVE), "confirm_over": whole(0, 200), "sample_seed": whole(0, 42),
     }
 
 
-def _check_settings(values: dict[str, Any], cells: dict[str, str], clusters: tuple[str, ...], path: Path,
-                    problems: Problems) -> None:
-    cluster = values.get("default_cluster")
-    if cluster and cluster not in clusters:
-        problems.add(cells["default_cluster"], f"default_cluster {cluster!r} is not a cluster; "
-                     f"clusters defined: {', '.join(clusters)}")
+def _check_results(values: dict[str, Any], cells: dict[str, str], path: Path, problems: Problems) -> None:
     results = values.get("results")
     if results:
         folder = path.parent.resolve()

@@ -13,35 +13,50 @@ import re
 from pathlib import Path
 
 from ..errors import WorkbookError
-from ..model import MetricDef, Problem, Workbook
+from ..layers import merge
+from ..model import Layer, MetricDef, Problem, Workbook
 from .bounds import check_bounds
 from .clusters import read_clusters
 from .commands import VariablesOf
-from .experiments import read_experiments
+from .experiments import NOTIFY_EVENTS, read_experiments
 from .metrics import read_metrics
+from .people import read_people
 from .settings import read_settings
 from .table import UNREADABLE, Problems, Sheet
 from .xlsx import CellError, NoSavedValue, read_sheets
 
 __all__ = ["SHEETS", "lock_file", "read_metric_definitions", "read_workbook"]
 
-SHEETS = ("Experiments", "Clusters", "Metrics", "Settings")
+SHEETS = ("Experiments", "Clusters", "Metrics", "Settings", "People")
 
 
-def read_workbook(path: str | Path, variables_of: VariablesOf) -> Workbook:
+def read_workbook(path: str | Path, variables_of: VariablesOf, user: Layer | None = None,
+                  env: Layer | None = None) -> Workbook:
     """Read and validate an experiments workbook; WorkbookError lists every problem.
-    `variables_of` names the variables a command template uses (see commands.py)."""
+    `variables_of` names the variables a command template uses (see commands.py); `user`
+    and `env` are the weaker and the stronger layer of settings (`layers.merge`)."""
     path = Path(path)
     problems = Problems()
     titles, sheets = _load(path, problems)
-    clusters = read_clusters(sheets.get("Clusters"), problems)
-    names = tuple(c.name for c in clusters)
-    experiments = read_experiments(sheets.get("Experiments"), titles, names, problems, variables_of)
+    project = Layer("project", read_settings(sheets.get("Settings"), path, problems),
+                    tuple((c, c.cell("name")) for c in read_clusters(sheets.get("Clusters"), problems) if c.cell("name")),
+                    read_people(sheets.get("People"), problems))
+    effective = merge(project, user, env)
+    names = tuple(c.name for c in effective.clusters)
+    people = {p.name.lower(): p.email for p in effective.people}
+    for name in people.keys() & set(NOTIFY_EVENTS):
+        problems.add(effective.origin(f"people.{name}").where or "People",
+                     f"a person cannot be called {name!r}: notify reads it as the event; name them differently")
+    experiments = read_experiments(sheets.get("Experiments"), titles, names, problems, variables_of,
+                                   effective.settings.sample_seed, people)
     metrics = read_metrics(sheets.get("Metrics"), problems)
-    settings = read_settings(sheets.get("Settings"), names, path, problems)
+    cluster = effective.settings.default_cluster
+    if cluster not in names:
+        problems.add(effective.origin("default_cluster").where or "Settings",
+                     f"default_cluster {cluster!r} is not a cluster; clusters defined: {', '.join(names)}")
     if problems.items:
         raise WorkbookError(str(path), problems.listed(_reading_order))
-    return Workbook(str(path), experiments, clusters, metrics, settings)
+    return Workbook(str(path), experiments, effective.clusters, metrics, effective.settings, effective)
 
 
 def read_metric_definitions(path: str | Path) -> tuple[MetricDef, ...]:
@@ -72,7 +87,7 @@ def lock_file(path: str | Path) -> Path | None:
 
 
 def _reading_order(problem: Problem) -> tuple[int, int, int]:
-    """Sheets in the order Experiments, Clusters, Metrics, Settings; then row, then column."""
+    """Sheets in the order Experiments, Clusters, Metrics, Settings, People; then row, then column."""
     sheet, _, cell = problem.where.partition("!")
     rank = next((i for i, s in enumerate(SHEETS) if s.lower() == sheet.strip().lower()), -1)
     m = re.match(r"^([A-Z]*)(\d+)$", cell)

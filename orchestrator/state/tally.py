@@ -24,8 +24,8 @@ from .schema import LIVE_WHERE, PLANNING_SQL, SNAPSHOT_SQL, record_of
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["Tally", "any_intent", "first_metric", "live_clusters", "metric_names", "orphaned_keys", "people",
-           "planning_records", "run_count", "submitters", "tally"]
+__all__ = ["Tally", "any_intent", "first_metric", "live_clusters", "metric_names", "orphaned_keys",
+           "planning_records", "run_count", "submitters", "tally", "who_submitted"]
 
 _CURRENT = "FROM runs r JOIN attempts a ON a.key = r.key AND a.attempt = r.attempt"
 _CHANGED = ("MAX(COALESCE(a.ended_at, 0), COALESCE(a.started_at, 0), COALESCE(a.submitted_at, 0), "
@@ -54,7 +54,7 @@ def run_count(store: Store) -> int:
     return store.db.execute("SELECT count(*) FROM runs").fetchone()[0]
 
 
-def people(store: Store) -> tuple[str, ...]:
+def who_submitted(store: Store) -> tuple[str, ...]:
     """The OS users who submitted the project's attempts (any attempt, earlier ones too),
     sorted; kept in the store's cache under its data version."""
     stamp = data_version(store)

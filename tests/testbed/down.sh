@@ -75,9 +75,11 @@ done
 
 write_env
 if [ "$PURGE" = 1 ]; then
-  if getent passwd "$SSH_USER" >/dev/null && [ "$(getent passwd "$SSH_USER" | cut -d: -f5)" = "$USER_GECOS" ]; then
-    userdel "$SSH_USER" 2>/dev/null && log "deleted user $SSH_USER"
-  fi
+  for u in "$SSH_USER" "$SSH_USER2"; do
+    if getent passwd "$u" >/dev/null && [ "$(getent passwd "$u" | cut -d: -f5)" = "$USER_GECOS" ]; then
+      userdel "$u" 2>/dev/null && log "deleted user $u"
+    fi
+  done
   # empty per-job cgroup dirs slurmd leaves behind (rmdir only removes empty ones)
   for d in /sys/fs/cgroup/*/"slurm_$HOST_S" /sys/fs/cgroup/"slurm_$HOST_S"; do
     [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null

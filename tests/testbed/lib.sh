@@ -8,6 +8,8 @@ RUN=$TB_DIR/run          # pidfiles (only daemons up.sh started have one here) a
 LOGD=$TB_DIR/log         # every daemon's log
 SSH_PORT=${NERO_TESTBED_SSH_PORT:-2222}
 SSH_USER=${NERO_TESTBED_SSH_USER:-nerotest}
+# a second login on the same host (same key): two users' nero runs on one machine
+SSH_USER2=${NERO_TESTBED_SSH_USER2:-nerotest2}
 SSH_ALIAS=nero-test
 SMTP_PORT=${NERO_TESTBED_SMTP_PORT:-8025}
 DB_PORT=${NERO_TESTBED_DB_PORT:-3307}
@@ -97,7 +99,7 @@ smtp_up()  { [ -s "$RUN/aiosmtpd.pid" ] && is_running "$(cat "$RUN/aiosmtpd.pid"
 lo_up()    { [ -x /usr/bin/soffice ] && [ -x /usr/bin/pdftoppm ] && [ -f "$TB_DIR/libreoffice/ok" ]; }
 chromium_up() { [ -x /usr/bin/chromium ] && [ -f "$TB_DIR/chromium/ok" ]; }
 
-ssh_home() { getent passwd "$SSH_USER" | cut -d: -f6; }
+ssh_home() { getent passwd "${1:-$SSH_USER}" | cut -d: -f6; }
 
 # write_env: $TB_DIR/env.sh exports the variables of the services that are up right now
 write_env() {
@@ -118,6 +120,11 @@ write_env() {
       echo "export NERO_TEST_SSH_CONFIG=$TB_DIR/ssh_config"
       echo "export NERO_TEST_SSH_ALIAS=$SSH_ALIAS"
       echo "export NERO_TEST_SSH_HOME=$home"
+      if getent passwd "$SSH_USER2" >/dev/null; then
+        echo "# a second login on the same host, with the same key (the Clusters row's user column picks it)"
+        echo "export NERO_TEST_SSH_USER2=$SSH_USER2"
+        echo "export NERO_TEST_SSH_HOME2=$(ssh_home "$SSH_USER2")"
+      fi
       echo "export NERO_TEST_REMOTE_PYTHON=/usr/bin/python3"
     fi
     if slurm_up; then

@@ -50,7 +50,7 @@ SSH_VARS = (
 )
 
 
-def connect(known_hosts: str | None = None) -> paramiko.SSHClient:
+def connect(known_hosts: str | None = None, user: str | None = None) -> paramiko.SSHClient:
     """Key login with host-key checking against the testbed's known_hosts (unknown -> reject)."""
     env = need(*SSH_VARS)
     client = paramiko.SSHClient()
@@ -59,7 +59,7 @@ def connect(known_hosts: str | None = None) -> paramiko.SSHClient:
     client.connect(
         env["NERO_TEST_SSH_HOST"],
         port=int(env["NERO_TEST_SSH_PORT"]),
-        username=env["NERO_TEST_SSH_USER"],
+        username=user or env["NERO_TEST_SSH_USER"],
         key_filename=env["NERO_TEST_SSH_KEY"],
         look_for_keys=False,
         allow_agent=False,
@@ -122,6 +122,21 @@ def test_ssh_key_login_non_root_with_home_and_python(ssh):
     user, uid, writable, py = out.split()
     assert user == env["NERO_TEST_SSH_USER"] and uid != "0"
     assert writable == "writable" and py == "True"
+
+
+def test_a_second_login_is_another_user_on_the_same_host(ssh):
+    env = need(*SSH_VARS, "NERO_TEST_SSH_USER2", "NERO_TEST_SSH_HOME", "NERO_TEST_SSH_HOME2")
+    other = connect(user=env["NERO_TEST_SSH_USER2"])
+    try:
+        user, uid, home, host = ok(other, 'id -un; id -u; echo "$HOME"; hostname').split()
+        first_uid, first_host = ok(ssh, "id -u; hostname").split()
+        assert (user, home, host) == (env["NERO_TEST_SSH_USER2"], env["NERO_TEST_SSH_HOME2"], first_host)
+        assert uid not in ("0", first_uid)
+        ok(other, "test -w nero-work")
+        rc, _, _ = run(other, f"touch {env['NERO_TEST_SSH_HOME']}/nero-work/not-yours")
+        assert rc != 0  # two people, not one: neither writes in the other's home
+    finally:
+        other.close()
 
 
 def test_ssh_unknown_host_key_is_rejected(tmp_path):

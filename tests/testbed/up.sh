@@ -11,10 +11,11 @@
 # (default /tmp/nero-testbed); the only files written outside it are /etc/slurm/*.conf
 # (where Slurm's CLI looks, also in non-interactive ssh sessions), the SGE cell under
 # /var/lib/gridengine + /var/spool/gridengine (where the Debian packages put it), the munge key
-# and the login user. tests/testbed/down.sh stops exactly what this script started.
+# and the two login users. tests/testbed/down.sh stops exactly what this script started.
 #
 # Env: NERO_TESTBED_DIR (/tmp/nero-testbed)   NERO_TESTBED_SSH_PORT (2222)
-#      NERO_TESTBED_SSH_USER (nerotest)       NERO_TESTBED_SMTP_PORT (8025)
+#      NERO_TESTBED_SSH_USER (nerotest)       NERO_TESTBED_SSH_USER2 (nerotest2, a second login)
+#      NERO_TESTBED_SMTP_PORT (8025)
 #      NERO_TESTBED_DB_PORT (3307)            NERO_TESTBED_SLURM_CPUS (8, advertised)
 #      NERO_TESTBED_SGE_SLOTS (nproc)
 #      NERO_TESTBED_RECHECK=1: rerun the smoke jobs/conversions even when everything is up.
@@ -26,7 +27,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 RECHECK=${NERO_TESTBED_RECHECK:-0}
 
 ORDER=(slurm sge sshd smtp libreoffice chromium)   # start order: sshd's check runs sinfo/qstat
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 want=()
 for a in "$@"; do
   case "$a" in
@@ -383,33 +384,38 @@ up_sge() {
 
 # ============================================================================ sshd
 SSHD=$TB_DIR/ssh
+login_user() {  # login_user NAME: the unprivileged login user NAME (home under the state dir), key authorized
+  local u=$1 home
+  if ! getent passwd "$u" >/dev/null; then
+    useradd -m -d "$TB_DIR/home/$u" -s /bin/bash -c "$USER_GECOS" "$u" || die "useradd $u failed"
+    log "created user $u"
+  elif [ "$(getent passwd "$u" | cut -d: -f5)" = "$USER_GECOS" ] && [ ! -d "$(ssh_home "$u")" ] \
+       && [ "$(ssh_home "$u")" != "$TB_DIR/home/$u" ]; then
+    # ours, left by a run with another (since deleted) NERO_TESTBED_DIR; a home that still
+    # exists may be in use by another testbed, so it is never moved
+    usermod -d "$TB_DIR/home/$u" "$u"
+  fi
+  home=$(ssh_home "$u")
+  if [ ! -d "$home" ]; then   # state dir wiped but user kept
+    install -d -m 0755 -o "$u" -g "$(id -gn "$u")" "$home"
+    cp -rT /etc/skel "$home" && chown -R "$u:$(id -gn "$u")" "$home"
+  fi
+  # UsePAM=no => sshd refuses accounts whose password is locked ('!'); '*' = no password, not locked
+  if [ "$(getent shadow "$u" | cut -d: -f2 | cut -c1)" = '!' ]; then usermod -p '*' "$u"; fi
+  cmp -s "$SSHD/id_ed25519.pub" "$SSHD/authorized_keys/$u" \
+    || install -m 0644 "$SSHD/id_ed25519.pub" "$SSHD/authorized_keys/$u"
+}
 up_sshd() {
-  local cold=0 pid home changed=0 new hostpub
+  local cold=0 pid changed=0 new hostpub
   install -d -m 0755 "$SSHD" "$SSHD/authorized_keys" "$TB_DIR/home"
   install -d -m 0755 /run/sshd            # privilege-separation dir sshd insists on
   [ -s "$SSHD/ssh_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N '' -C nero-testbed-host -f "$SSHD/ssh_host_ed25519_key"
   [ -s "$SSHD/id_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -C nero-testbed-client -f "$SSHD/id_ed25519"
   chmod 0600 "$SSHD/id_ed25519" "$SSHD/ssh_host_ed25519_key"
 
-  # the unprivileged login user (home under the state dir)
-  if ! getent passwd "$SSH_USER" >/dev/null; then
-    useradd -m -d "$TB_DIR/home/$SSH_USER" -s /bin/bash -c "$USER_GECOS" "$SSH_USER" || die "useradd $SSH_USER failed"
-    log "created user $SSH_USER"
-  elif [ "$(getent passwd "$SSH_USER" | cut -d: -f5)" = "$USER_GECOS" ] && [ ! -d "$(ssh_home)" ] \
-       && [ "$(ssh_home)" != "$TB_DIR/home/$SSH_USER" ]; then
-    # ours, left by a run with another (since deleted) NERO_TESTBED_DIR; a home that still
-    # exists may be in use by another testbed, so it is never moved
-    usermod -d "$TB_DIR/home/$SSH_USER" "$SSH_USER"
-  fi
-  home=$(ssh_home)
-  if [ ! -d "$home" ]; then   # state dir wiped but user kept
-    install -d -m 0755 -o "$SSH_USER" -g "$(id -gn "$SSH_USER")" "$home"
-    cp -rT /etc/skel "$home" && chown -R "$SSH_USER:$(id -gn "$SSH_USER")" "$home"
-  fi
-  # UsePAM=no => sshd refuses accounts whose password is locked ('!'); '*' = no password, not locked
-  if [ "$(getent shadow "$SSH_USER" | cut -d: -f2 | cut -c1)" = '!' ]; then usermod -p '*' "$SSH_USER"; fi
-  cmp -s "$SSHD/id_ed25519.pub" "$SSHD/authorized_keys/$SSH_USER" \
-    || install -m 0644 "$SSHD/id_ed25519.pub" "$SSHD/authorized_keys/$SSH_USER"
+  # two logins with the same key: the test user, and a second one (two users on one host)
+  login_user "$SSH_USER"
+  login_user "$SSH_USER2"
 
   # known_hosts (OpenSSH and paramiko look up "[host]:port" for a non-22 port)
   hostpub=$(cut -d' ' -f1,2 "$SSHD/ssh_host_ed25519_key.pub")
@@ -447,7 +453,7 @@ PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin no
-AllowUsers ${SSH_USER}
+AllowUsers ${SSH_USER} ${SSH_USER2}
 UsePAM no
 UseDNS no
 PrintMotd no
@@ -490,10 +496,14 @@ for c in qsub qstat qacct qdel; do command -v $c >/dev/null; done
 qstat -g c | grep -q "^all.q"; echo "qstat=ok"'
     what+=", qstat"
   fi
-  local out
+  local out out2
   out=$(timeout 30 ssh -F "$TB_DIR/ssh_config" "$SSH_ALIAS" "$remote" </dev/null 2>&1) \
     || die "ssh check failed: $out" "$LOGD/sshd.log"
-  SSHD_DETAIL="$what over ssh ok ($(tr '\n' ' ' <<<"$out"))"
+  # the second login: the same alias and key, another user (`-l` wins over the alias's User)
+  out2=$(timeout 30 ssh -F "$TB_DIR/ssh_config" -l "$SSH_USER2" "$SSH_ALIAS" \
+         'set -e; echo "user=$(id -un)"; cd; mkdir -p nero-work; test -w nero-work' </dev/null 2>&1) \
+    || die "ssh check as $SSH_USER2 failed: $out2" "$LOGD/sshd.log"
+  SSHD_DETAIL="$what over ssh ok ($(tr '\n' ' ' <<<"$out")), second login: $out2"
 }
 
 # ============================================================================ smtp
