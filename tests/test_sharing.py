@@ -203,7 +203,8 @@ def test_with_a_state_root_the_project_keeps_its_state_there(project: Path, tmp_
     assert proc.returncode == 0, proc.stdout + proc.stderr
     state = state_root / state_folder_name(project.resolve())
     assert (state / "state.db").is_file()
-    assert not (project / ".nero").exists()  # nothing of the state beside the workbook
+    # nothing of the state beside the workbook: only the project's identity, which stays with it
+    assert {p.name for p in (project / ".nero").iterdir()} <= {"project_id"}
     assert (project / "results.xlsx").is_file()
     rows = json.loads(nero("status", str(project), "--json", env=env, check=True).stdout)
     assert sorted(r["state"] for r in rows) == ["completed", "completed"]
@@ -213,7 +214,7 @@ def test_with_a_state_root_the_project_keeps_its_state_there(project: Path, tmp_
     # a state root set after runs were made beside the workbook: nero refuses, says how to move it
     moved_back = project.parent / f"{project.name}-second"
     shutil.copytree(project, moved_back, ignore=shutil.ignore_patterns("runs"))
-    shutil.copytree(state, moved_back / ".nero")
+    shutil.copytree(state, moved_back / ".nero", dirs_exist_ok=True)
     refused = nero("reconcile", str(moved_back), env=env)
     assert refused.returncode == 1 and "its state is still in" in refused.stderr, refused.stderr
     assert f"mv '{moved_back.resolve() / '.nero'}'/*" in refused.stderr
