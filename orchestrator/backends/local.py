@@ -63,5 +63,9 @@ class LocalBackend(SshBackend):
     def poll(self, handles: Sequence[Handle]) -> list[JobStatus]:
         from .agent import SPAWNED
 
-        SPAWNED[:] = [p for p in SPAWNED if p.poll() is None]  # reaped as they end: no zombie lingers
-        return super().poll(handles)
+        # reaped as they end, before the poll (a zombie would look alive) and after it (a job
+        # that ended in between is reaped by the poll that saw it end, not left to the next)
+        SPAWNED[:] = [p for p in SPAWNED if p.poll() is None]
+        found = super().poll(handles)
+        SPAWNED[:] = [p for p in SPAWNED if p.poll() is None]
+        return found
