@@ -118,14 +118,18 @@ class Remote:
                       username=self.env["NERO_TEST_SSH_USER"], key_filename=self.env["NERO_TEST_SSH_KEY"],
                       look_for_keys=False, allow_agent=False, timeout=15)
             self._client = c
-        _, out, err = self._client.exec_command(command, timeout=timeout)
+        stdin, out, err = self._client.exec_command(command, timeout=timeout)
         if not out.channel.status_event.wait(timeout):  # recv_exit_status() alone waits forever
             out.channel.close()
             raise AssertionError(f"{command!r} did not finish within {timeout:.0f} s")
         rc = out.channel.recv_exit_status()
-        text = out.read().decode()
+        text, error = out.read().decode(), err.read().decode()
+        # closed here, in this thread: a paramiko file left to the garbage collector may be
+        # closed in the transport's own thread, which then deadlocks on its lock (a CI hang)
+        for f in (stdin, out, err):
+            f.close()
         if rc != 0:
-            raise AssertionError(f"{command!r} exited {rc}: {text} {err.read().decode()}")
+            raise AssertionError(f"{command!r} exited {rc}: {text} {error}")
         return text
 
     def close(self) -> None:

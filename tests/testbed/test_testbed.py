@@ -77,7 +77,8 @@ def ssh():
 
 def run(client: paramiko.SSHClient, cmd: str, timeout: float = 60) -> tuple[int, str, str]:
     """Run cmd in a non-interactive session (as nero will), return (rc, stdout, stderr)."""
-    _, out, err = client.exec_command(cmd, timeout=timeout)
+    stdin, out, err = client.exec_command(cmd, timeout=timeout)
+    stdin.close()  # not left to the garbage collector (it may close it in paramiko's own thread: a deadlock)
     # recv_exit_status() waits forever: every wait on the testbed has its own deadline
     if not out.channel.status_event.wait(timeout):
         out.channel.close()
