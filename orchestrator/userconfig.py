@@ -210,8 +210,8 @@ def _key_parts(key: str) -> list[str]:
 
 def _uncomment(text: str, parts: list[str]) -> str:
     """`text` with the template's commented example of a key not yet set (`# smtp_port =
-    587  # …`) turned into a placeholder line, so `set` writes the value where the example
-    stands, its comment kept."""
+    587  # …`) made a live line (`smtp_port = 0  # …`), which `set` then overwrites with the
+    value: the value lands where the example stands, its comment kept."""
     table, leaf = ".".join(parts[:-1]), parts[-1]
     if f"{table}.{leaf}".strip(".") in _lines(text):
         return text
