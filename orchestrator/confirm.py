@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .model import Action, ActionKind, RunRecord, RunState
 
@@ -75,7 +75,7 @@ def mark(action: Action, why: str, attempt: int, gate: Gate) -> Action:
     spec_hash = action.spec.spec_hash if action.spec else ""
     token = f"{action.kind.value} {action.key} {spec_hash} {attempt}"
     waits = not gate.apply_all and token not in gate.confirmed
-    return replace(action, token=token, awaiting=why if waits else "")
+    return action.but(token=token, awaiting=why if waits else "")
 
 
 def fingerprint(tokens: Iterable[str]) -> str:

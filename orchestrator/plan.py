@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 
 from .confirm import Gate, fingerprint, mark, risk, too_many
 from .errors import WorkbookError
@@ -165,7 +164,7 @@ def plan(
         if kind is ActionKind.SUBMIT:
             template = mark(Action(kind, spec.key, "new run", spec), many, 0, gate)
         if template is not None and template.awaiting:
-            actions.append(replace(template, reason=reason.partition("|")[0]))
+            actions.append(template.but(reason=reason.partition("|")[0]))
         else:
             going.append((spec, kind, reason, template))
     actions.extend(_assign(going, snapshot, capacity))
@@ -241,13 +240,13 @@ def _assign(wanted: list[tuple[RunSpec, ActionKind, str, Action | None]], snapsh
         reason, _, dep_wait = reason.partition("|")
         base = template or Action(kind, spec.key, reason, spec)
         if dep_wait:
-            out.append(replace(base, reason=reason, waiting=dep_wait))
+            out.append(base.but(reason=reason, waiting=dep_wait))
             continue
         chosen = next((c for c in spec.clusters if used[c] < capacity.get(c, 1)), "")
         if chosen:
             used[chosen] += 1
-            out.append(replace(base, reason=reason, cluster=chosen))
+            out.append(base.but(reason=reason, cluster=chosen))
         else:
             full = ", ".join(f"{c} {used[c]}/{capacity.get(c, 1)}" for c in spec.clusters)
-            out.append(replace(base, reason=reason, waiting=f"no free slot ({full})"))
+            out.append(base.but(reason=reason, waiting=f"no free slot ({full})"))
     return out
