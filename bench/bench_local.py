@@ -13,7 +13,20 @@
 Both fail loudly when the work did not happen (a run not completed, a job that wrote no
 exit code), so a figure never measures nothing.
 
-Run: python bench/bench_local.py [--runs 1000] [--wrapper 200]
+Two things of the machine move these figures and are printed beside them:
+* nero's bytecode. nero runs as installed, its modules compiled once (into a cache folder of
+  the bench's, PYTHONPYCACHEPREFIX), not compiled again by every command as they are where
+  PYTHONDONTWRITEBYTECODE is set and nero is an editable install without __pycache__.
+* what a new file costs in the bench's folder. Every run makes ~15 (its folders, job.sh,
+  params.json, submit.json, handed, job_id, .tick; the job script's pid, started, stdout.log,
+  stderr.log, heartbeat, exit_code). On ext4 without a journal (this VM's) a new inode is
+  found by skipping every inode freed in the last 60 s (5 min while its table block is not
+  yet written back) in the folder's block group, so right after many files were deleted
+  there (the bench's own previous run, a test suite in /tmp) each new file costs 100-400 µs
+  of system time instead of ~15 µs. The bench measures it first (`--dir` puts its folder
+  elsewhere).
+
+Run: python bench/bench_local.py [--runs 1000] [--wrapper 200] [--dir PARENT] [--code CHECKOUT]
 """
 
 from __future__ import annotations
@@ -45,10 +58,28 @@ def workbook(path: Path, runs: int) -> None:
     wb.save(path)
 
 
-def throughput(tmp: Path, runs: int) -> tuple[float, float, Path]:
+def nero_env(tmp: Path, code: Path) -> dict[str, str]:
+    """The environment nero runs in: `code` first on the path, its modules compiled once."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(PYTHONPATH=str(code), PYTHONPYCACHEPREFIX=str(tmp / "pycache"))
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(code / "orchestrator")], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    return env
+
+
+def new_file_us(tmp: Path, n: int = 300) -> float:
+    """CPU µs (mostly system time) of creating one empty file in a new folder here."""
+    d = tmp / "probe"
+    d.mkdir()
+    t = time.process_time()
+    for i in range(n):
+        os.close(os.open(d / str(i), os.O_CREAT | os.O_WRONLY, 0o644))
+    return (time.process_time() - t) / n * 1e6
+
+
+def throughput(tmp: Path, runs: int, env: dict[str, str]) -> tuple[float, float, Path]:
     path = tmp / "experiments.xlsx"
     workbook(path, runs)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "orchestrator", "reconcile", str(path), "--until-done", "--quiet",
@@ -106,10 +137,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--wrapper", type=int, default=200)
+    ap.add_argument("--dir", type=Path, default=None, help="the folder to make the bench's folder in (default: the "
+                                                           "system's temporary folder)")
+    ap.add_argument("--code", type=Path, default=ROOT, help="the nero checkout to measure (default: this one)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as t:
+    with tempfile.TemporaryDirectory(dir=args.dir) as t:
         tmp = Path(t)
-        seconds, cpu_s, job = throughput(tmp, args.runs)
+        env = nero_env(tmp, args.code.resolve())
+        probe = new_file_us(tmp)
+        seconds, cpu_s, job = throughput(tmp, args.runs, env)
         job_cpu, bash_cpu = wrapper(tmp, job, args.wrapper)
     rate = args.runs / seconds
     load = os.getloadavg()[0]
@@ -122,7 +158,8 @@ def main() -> None:
           f"{cores} cores)")
     print(f"{'job.sh for `true` vs `bash -c true`, CPU per run':<52} {job_cpu * 1000:>9.2f} ms {bash_cpu * 1000:>9.2f} ms "
           f"{job_cpu / bash_cpu:>6.2f}x {'<= 3.0x':>8}   ({args.wrapper} each)")
-    print(f"(load average {load:.2f})")
+    print(f"(load average {load:.2f}; a new file in the bench's folder: {probe:.0f} µs of CPU; nero from "
+          f"{args.code.resolve()})")
 
 
 if __name__ == "__main__":

@@ -426,7 +426,7 @@ def op_poll(req, inp, reply):
             item["complete"] = complete and all(f[5] for f in found)
         if files.get("exit_code") is not None:
             item["tail"] = reply.blob(tail(os.path.join(d, "stderr.log")))
-        if r.get("check_pid"):
+        if r.get("check_pid") and files.get("exit_code") is None:  # an exit code ends the run, alive or not
             pid = (r.get("pid") or files.get("pid") or "").strip()
             item["alive"] = pid.isdigit() and process_alive(int(pid), d)
         runs.append(item)
@@ -645,8 +645,10 @@ def _submit_unit(unit):
     else:
         _write_each(unit["runs"], HANDED, ["%f\n" % time.time()] * len(unit["runs"]))
     if unit["kind"] == "spawn":
-        env = dict(os.environ)
-        env.update(unit.get("env", {}))
+        env = None  # nero's own environment, passed on as it is (no copy to encode per job)
+        if unit.get("env"):
+            env = dict(os.environ)
+            env.update(unit["env"])
         try:
             with open(os.devnull, "r+b") as null:
                 p = subprocess.Popen(unit["argv"], cwd=unit["cwd"], stdin=null, stdout=null, stderr=null,
@@ -733,8 +735,10 @@ def op_submit(req, inp, reply):
                 results[i] = {"rc": 125, "out": "", "err": "%s: %s" % (type(e).__name__, e), "ids": []}
 
         spawns = [i for i, u in enumerate(units) if u["kind"] == "spawn" and results[i] is None]
-        # a few at once: starting a process waits for its exec, which other threads overlap
-        with ThreadPoolExecutor(min(8, max(1, len(spawns)))) as pool:
+        # a few at once: starting a process waits for its exec, which other threads overlap;
+        # 4, not 8: more threads only contend for the interpreter lock (1,000 local runs of
+        # `true`: 0.69 s of nero's CPU with 8, 0.49 s with 4, the same 2.2 s)
+        with ThreadPoolExecutor(min(4, max(1, len(spawns)))) as pool:
             list(pool.map(spawn, spawns))
         reply.header["units"] = results
         seconds["submit"] = time.time() - t0 - sum(seconds.values())
