@@ -26,7 +26,7 @@ Two things of the machine move these figures and are printed beside them:
   of system time instead of ~15 µs. The bench measures it first (`--dir` puts its folder
   elsewhere).
 
-Run: python bench/bench_local.py [--runs 1000] [--wrapper 200] [--dir PARENT] [--code CHECKOUT]
+Run: python bench/bench_local.py [--runs 1000] [--wrapper 200] [--dir PARENT] [--code CHECKOUT] [--keep]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -140,13 +141,18 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="the folder to make the bench's folder in (default: the "
                                                            "system's temporary folder)")
     ap.add_argument("--code", type=Path, default=ROOT, help="the nero checkout to measure (default: this one)")
+    ap.add_argument("--keep", action="store_true", help="leave the bench's folder (its ~16,000 files deleted at once "
+                                                        "slow the files the next minutes make there, see above)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(dir=args.dir) as t:
-        tmp = Path(t)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_local-", dir=args.dir))
+    try:
         env = nero_env(tmp, args.code.resolve())
         probe = new_file_us(tmp)
         seconds, cpu_s, job = throughput(tmp, args.runs, env)
         job_cpu, bash_cpu = wrapper(tmp, job, args.wrapper)
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
     rate = args.runs / seconds
     load = os.getloadavg()[0]
     print(f"{'benchmark':<52} {'figure':>12} {'peer':>12} {'ratio':>7} {'target':>8}")
@@ -159,7 +165,7 @@ def main() -> None:
     print(f"{'job.sh for `true` vs `bash -c true`, CPU per run':<52} {job_cpu * 1000:>9.2f} ms {bash_cpu * 1000:>9.2f} ms "
           f"{job_cpu / bash_cpu:>6.2f}x {'<= 3.0x':>8}   ({args.wrapper} each)")
     print(f"(load average {load:.2f}; a new file in the bench's folder: {probe:.0f} µs of CPU; nero from "
-          f"{args.code.resolve()})")
+          f"{args.code.resolve()}{'; kept ' + str(tmp) if args.keep else ''})")
 
 
 if __name__ == "__main__":

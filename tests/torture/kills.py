@@ -229,7 +229,8 @@ def check(project: Path, lines: int, runs: int, report: KillReport) -> KillRepor
     report.duplicated_points += sum(stored.values())  # stored, never printed
     for a in attempts:
         d = Path(a[4])
-        if (d / "started").exists() and not (d / ".claim").is_file():
+        # the claim: .claim under a scheduler, the pid file itself on these local runs
+        if (d / "started").exists() and not ((d / ".claim").is_file() or (d / "pid").is_file()):
             report.problems.append(f"{a[0]} attempt {a[1]} started without its claim")
     report.stale_temporaries = len(list(project.glob(".results.xlsx.*")))
     try:
