@@ -34,14 +34,20 @@ class LocalBackend(SshBackend):
     tools = ()
     default_capacity = 1
     remote = False
+    _run_root: tuple[tuple[str, str], str] | None = None  # (the settings it came from, the run root)
 
     def exchange(self, request: dict[str, Any], payload: bytes, timeout: float) -> AgentReply:
         return serve_in_process(request, payload)
 
     def run_root(self) -> str:
         c = self.cluster
+        known = self._run_root
+        if known is not None and known[0] == (c.workdir, self.project_dir):
+            return known[1]  # asked once per job rendered: worked out once
         base = Path(os.path.expanduser(c.workdir)) if c.workdir else ProjectPaths(Path(self.project_dir)).runs
-        return str(base if base.is_absolute() else Path(self.project_dir) / base)
+        root = str(base if base.is_absolute() else Path(self.project_dir) / base)
+        self._run_root = ((c.workdir, self.project_dir), root)
+        return root
 
     def workdir_setting(self) -> str:
         return self.run_root()
