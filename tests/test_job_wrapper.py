@@ -82,3 +82,38 @@ def test_until_done_does_not_wait_the_interval_while_local_runs_end(project: Pat
     assert proc.returncode == 0, proc.stdout + proc.stderr
     with state_db(project) as con:
         assert con.execute("SELECT count(*) FROM attempts WHERE state = 'completed'").fetchone()[0] == 20
+
+
+def test_the_claim_lets_one_copy_of_an_attempt_run_with_or_without_a_scheduler(project: Path):
+    """#14: without a scheduler the pid file is the claim (one file fewer); under one, .claim
+    holds the job's id: another job's copy ends at once, the same job started again (a
+    requeue) runs. Copies of a rendered job.sh, run by hand in fresh run folders."""
+    import subprocess
+
+    write_workbook(project / "experiments.xlsx", [{"id": "c", "command": "echo ran"}])
+    assert nero("reconcile", str(project), "--until-done", "--interval", "1", timeout=120).returncode == 0
+    (r,) = json.loads(nero("status", str(project), "--json", check=True).stdout)
+    text = (Path(r["run_dir"]) / "job.sh").read_text()
+
+    def run(d: Path, job_id: str | None) -> str:
+        d.mkdir(exist_ok=True)
+        (d / "job.sh").write_text(text.replace(r["run_dir"], str(d)))
+        env = {k: v for k, v in os.environ.items() if k not in ("SLURM_JOB_ID", "JOB_ID")}
+        if job_id:
+            env["SLURM_JOB_ID"] = job_id
+        p = subprocess.run(["bash", str(d / "job.sh")], env=env, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr
+        return p.stderr
+
+    bare = project / "bare"
+    assert run(bare, None) == ""
+    assert not (bare / ".claim").exists() and (bare / "pid").read_text().strip().isdigit()
+    assert "already started" in run(bare, None)  # a second copy: the pid file is there
+    assert (bare / "stdout.log").read_text() == "ran\n"
+
+    queued = project / "queued"
+    run(queued, "101")
+    assert (queued / ".claim").read_text() == "101\n" and (queued / "pid").read_text().strip().isdigit()
+    assert "already started (job 101)" in run(queued, "102")  # another job's copy ends at once
+    run(queued, "101")  # the same job again (a requeue) keeps its claim and runs
+    assert (queued / "stdout.log").read_text() == "ran\nran\n"
