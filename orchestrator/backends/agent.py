@@ -73,7 +73,7 @@ def _user():
 
 
 USER = _user()
-STATUS_FILES = ("started", "exit_code", "heartbeat", "pid", "job_id", "stopped")
+STATUS_FILES = ("started", "exit_code", "heartbeat", "stopped")  # what a poll sends of each run's status files
 OUTPUTS = ("stdout.log", "stderr.log", "metrics.jsonl", "resources.jsonl")
 TAIL = 4096
 
@@ -427,7 +427,7 @@ def op_poll(req, inp, reply):
         if files.get("exit_code") is not None:
             item["tail"] = reply.blob(tail(os.path.join(d, "stderr.log")))
         if r.get("check_pid") and files.get("exit_code") is None:  # an exit code ends the run, alive or not
-            pid = (r.get("pid") or files.get("pid") or "").strip()
+            pid = (r.get("pid") or read_status(os.path.join(d, "pid")) or "").strip()
             item["alive"] = pid.isdigit() and process_alive(int(pid), d)
         runs.append(item)
     reply.header["runs"] = runs
