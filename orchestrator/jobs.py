@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+from functools import lru_cache
 from pathlib import Path
 
 from .model import Cluster, ClusterKind, RunSpec, Shell
@@ -160,16 +161,27 @@ def run_lead(lead: str, values: tuple[tuple[str, str], ...]) -> str:
     value, a comment) replaced, in one sweep, by the run's value on one line, then the
     run's values set."""
     given = dict(values)
-
-    def word(m: re.Match[str]) -> str:
-        return shlex.quote(directive(given[m.group(1)])) if m.group(1) in given else m.group(0)
-
-    lead = _LEAD_REF.sub(word, lead)
-    sets = "".join(f"{var}={bash_word(value)}\n" for var, value in values)
-    return f"{lead}# this run's own values; the lines below them are the same for every run of its array\n{sets}"
+    out = []
+    for text, var in _lead_pieces(lead):
+        out.append(text)
+        if var:
+            out.append(shlex.quote(directive(given[var])) if var in given else _REF % var)
+    out.append("# this run's own values; the lines below them are the same for every run of its array\n")
+    out += [f"{var}={bash_word(value)}\n" for var, value in values]
+    return "".join(out)
 
 
 _LEAD_REF = re.compile(r"""'?"\$\{(NERO_V_[A-Z_]+)\}"'?""")
+
+
+@lru_cache(maxsize=64)
+def _lead_pieces(lead: str) -> tuple[tuple[str, str], ...]:
+    """The leading lines of a shared script as (text, the variable referred to after it)."""
+    pieces, at = [], 0
+    for m in _LEAD_REF.finditer(lead):
+        pieces.append((lead[at:m.start()], m.group(1)))
+        at = m.end()
+    return (*pieces, (lead[at:], ""))
 
 
 def runnable_script(text: str, values: tuple[tuple[str, str], ...]) -> str:
