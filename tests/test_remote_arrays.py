@@ -95,8 +95,11 @@ def test_pending_array_tasks_have_no_folder_show_in_status_and_are_cancelled(rem
     assert proc.returncode == 0, proc.stdout + proc.stderr
     runs = remote.status()
     assert all(r["state"] == "submitted" for r in runs.values()), [(k, r["state"], r["reason"]) for k, r in runs.items()]
+    assert all(r["job_id"] == jid for (key, _, jid) in rows for r in [runs[key]])
     text = remote.nero("status", str(remote.project)).stdout
-    assert "BeginTime" in text or "submitted" in text, text
+    assert text.count("submitted") >= 4 or "4 submitted" in text, text
+    logs = remote.nero("logs", "-w", str(remote.project), rows[0][0])
+    assert logs.returncode != 0 and "has not started" in logs.stderr, logs.stdout + logs.stderr
     proc = remote.nero("abort", str(remote.project), "later*", "--yes")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     wait_for(lambda: remote.nero("reconcile", str(remote.project), "-q", "--yes") and
