@@ -110,3 +110,53 @@ def test_pending_array_tasks_have_no_folder_show_in_status_and_are_cancelled(rem
     assert not remote.ssh(f"squeue -h -r -j {array} 2>/dev/null; true").strip()
     for _, run_dir, _ in rows:  # cancelled before they started: never made
         assert remote.ssh(f"test -e {run_dir!r} && echo there || echo absent").strip() == "absent"
+
+
+def test_nero_killed_after_sbatch_adopts_queued_tasks_that_have_no_folder(remote: Remote):  # noqa: F811
+    """Killed right after `sbatch` returned, before the job ids were recorded, with the
+    array's tasks still queued (no run folder exists): the next pass finds each run's batch
+    through the batch index, adopts every task, and submits nothing again."""
+    import os
+    import subprocess
+    import sys
+
+    from test_remote import ROOT
+
+    write_workbook(remote.project / "experiments.xlsx", [
+        {"id": "held", "command": "python3 stepper.py steps=2 delay=0.1 tag={{ t }}", "t": "range(0, 5)",
+         "cluster": "slurm", "options": "--begin=now+1hour"},
+    ], clusters=remote.clusters())
+    crash = (
+        "import os\n"
+        "from orchestrator.backends import make_backend\n"
+        "from orchestrator.backends.slurm import SlurmBackend\n"
+        "from orchestrator.reconcile import Reconciler\n"
+        "class Crashing(SlurmBackend):\n"
+        "    def submit(self, jobs):\n"
+        "        super().submit(jobs)  # sbatch returned: the array exists\n"
+        "        os.kill(os.getpid(), 9)  # ... and nero dies before recording it\n"
+        "def factory(cluster, project_dir):\n"
+        "    if cluster.kind.value == 'slurm':\n"
+        "        return Crashing(cluster, project_dir)\n"
+        "    return make_backend(cluster, project_dir)\n"
+        f"r = Reconciler({str(remote.project / 'experiments.xlsx')!r}, backend_factory=factory)\n"
+        "r.load(); r.run_pass()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **remote.nero_env}, cwd=ROOT)
+    assert proc.returncode == -9, proc.stderr
+    rows = remote.db("SELECT key, intent, job_id, run_dir FROM attempts")
+    assert len(rows) == 5 and all(intent == 1 and not jid for _, intent, jid, _ in rows)
+    for *_, run_dir in rows:
+        assert remote.ssh(f"test -e {run_dir!r} && echo there || echo absent").strip() == "absent"
+    proc = remote.nero("reconcile", str(remote.project))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "5 were found on the cluster and adopted" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    runs = remote.status()
+    assert all(r["state"] == "submitted" and r["attempt"] == 1 for r in runs.values()), runs
+    arrays = {r["job_id"].split("_")[0] for r in runs.values()}
+    assert len(arrays) == 1 and sorted(r["job_id"].split("_")[1] for r in runs.values()) == ["0", "1", "2", "3", "4"]
+    name = remote.ssh(f"sacct -X -P -n -j {next(iter(arrays))} -o JobName").split()[0]
+    again = remote.ssh(f"squeue -h -r -u $USER -n {name} -o %i").split()
+    assert len({i.split("_")[0] for i in again}) == 1, again  # never a second array
+    assert remote.db("SELECT COUNT(*) FROM attempts") == [(5,)]
