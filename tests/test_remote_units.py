@@ -457,3 +457,25 @@ def test_array_tasks_write_their_run_folders_from_one_values_file(tmp_path: Path
     done = subprocess.run(["bash", array_sh], env={**os.environ, "SLURM_ARRAY_TASK_ID": "99", "SLURM_JOB_ID": "9"},
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 97 and "no task 99" in done.stderr
+
+
+def test_hello_answers_the_site_limits_from_the_agents_keep_within_the_refresh_time(tmp_path: Path):
+    """`sacctmgr` costs every nero command's first request 0.2 s: the agent keeps a hello
+    command's output for `cache_s` (HELLO_REFRESH_S) and runs it again after, or when asked."""
+    from orchestrator.backends import agent
+
+    def hello(cache_s: float) -> str:
+        reply = agent.serve({"op": "hello", "workdir": str(tmp_path / "w"), "tools": [],
+                             "commands": [["sh", "-c", "echo $$"]], "cache_s": cache_s}, None)
+        assert reply.header["ok"], reply.header
+        out = reply.header["outputs"][0]
+        start, size = out["out"]
+        return b"".join(reply.blobs)[start:start + size].decode()
+
+    first = hello(600)
+    assert hello(600) == first  # kept
+    assert hello(0) != first  # asked afresh (nero's refresh)
+    kept = next((tmp_path / "w" / ".nero" / "hello").iterdir())
+    os.utime(kept, (time.time() - 700, time.time() - 700))
+    again = hello(600)
+    assert again != first and hello(600) == again  # older than cache_s: run again, then kept

@@ -204,8 +204,9 @@ class AgentBackend(ABC):
         """Reach the cluster (one round trip the first time, and to refresh)."""
         if self.info is not None and not refresh and time.monotonic() - self.info.at < HELLO_REFRESH_S:
             return self.info
+        # the site's limits, asked at most every HELLO_REFRESH_S by any nero command (kept by the agent)
         reply = self.call("hello", {"workdir": self.workdir_setting(), "tools": list(self.tools),
-                                    "commands": self.hello_commands()})
+                                    "commands": self.hello_commands(), "cache_s": 0 if refresh else HELLO_REFRESH_S})
         h = reply.header
         self.info = HostInfo(h["home"], h["user"], h["host"], h.get("cpus"), h["workdir"], h.get("disk_free_mb"),
                              h.get("tools", {}), _outputs(reply))
