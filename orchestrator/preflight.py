@@ -71,22 +71,30 @@ def render_shared(workbook: Workbook, spec: RunSpec, cluster: Cluster, shared: d
                   job_name: str, rendered_at: str, project_dir: str) -> JobText | None:
     """The run's command and the shared job script of its shape (`jobs.shared_context`:
     the run's own names are shell variables its job.sh sets), rendered once per shape and
-    kept in `shared`; None when the shape's script cannot be shared (render it per run).
-    Only for nero's own templates (`own_templates_only`). WorkbookError as `render_job`."""
+    kept in `shared`; None when the shape's script cannot be shared or does not render
+    (render it per run: `render_job` says why). Only for nero's own templates
+    (`own_templates_only`). WorkbookError as `render_job` when the command does not render."""
     problems: list[Problem] = []
     template = template_name(spec, cluster)
     shape = (*_shape(spec, template, cluster.name), python, rendered_at)
-    first = shape not in shared
-    job = _render(workbook, spec, cluster, problems, attempt=attempt, run_dir=run_dir, workdir=workdir, python=python,
-                  resume=resume, prev_dir=prev_dir, job_name=job_name, rendered_at=rendered_at,
-                  project_dir=project_dir, with_script=first, shared=first)
-    if job is None:
-        raise WorkbookError(workbook.path, problems)
-    if first:
-        shared[shape] = job.script if shared_parts(job.script) is not None else None
+    if shape not in shared:
+        # rendered with references for the run's names: a template that computes with one
+        # (nero's do not) fails or differs here, and its runs are rendered one by one
+        failed: list[Problem] = []
+        job = _render(workbook, spec, cluster, failed, attempt=attempt, run_dir=run_dir, workdir=workdir,
+                      python=python, resume=resume, prev_dir=prev_dir, job_name=job_name, rendered_at=rendered_at,
+                      project_dir=project_dir, shared=True)
+        if failed and failed[0].message.startswith(_COMMAND):
+            return None  # this run's command: `render_job` reports it; the shape is tried with the next run
+        shared[shape] = job.script if job is not None and shared_parts(job.script) is not None else None
     script = shared[shape]
     if script is None:
         return None
+    job = _render(workbook, spec, cluster, problems, attempt=attempt, run_dir=run_dir, workdir=workdir, python=python,
+                  resume=resume, prev_dir=prev_dir, job_name=job_name, rendered_at=rendered_at,
+                  project_dir=project_dir, with_script=False)
+    if job is None:
+        raise WorkbookError(workbook.path, problems)
     return JobText(job.command, script)
 
 
