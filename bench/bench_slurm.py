@@ -19,7 +19,11 @@ Measured in the same run, against the testbed's real Slurm and sshd:
 
 Targets: nero ≥ 0.5× the plain loop's runs/s and ≥ 10× the per-connection loop's;
 ≥ 1.0× submitit's map_array; the monitoring pass after the history ≤ 1.2× the one before.
-Every job submitted here is cancelled right after it is counted.
+Every job submitted here is cancelled right after it is counted, but slurmctld keeps each
+for MinJobAge (an hour on the testbed) and holds at most MaxJobCount (50,000): the dispatch
+part submits 3,000 + 3,000 × reps jobs + --per-connection (11,030 with the defaults), so
+about four runs an hour fill the testbed's Slurm ("Resource temporarily unavailable" for
+every user of it until the oldest are purged).
 
 Run (as root, testbed up): . /tmp/nero-testbed/env.sh && python bench/bench_slurm.py [--runs 1000]
 [--history 15000 | --history 0] [--no-dispatch] [--reps 3]
