@@ -865,7 +865,7 @@ class Reconciler:
                 "project_dir": str(self.project_dir)}
         if memo.own is None:
             memo.own = own_templates_only(str(self.project_dir))
-        if memo.own and getattr(self.backend(cluster), "shared_scripts", False):
+        if memo.own and self.backend(cluster).shared_scripts:
             job = render_shared(self.workbook, spec, c, memo.shared, **args)
             if job is not None:
                 values = shared_values(run_dir=run_dir, key=spec.key, experiment=spec.experiment, attempt=attempt,
