@@ -15,20 +15,25 @@ spec into the two dicts that render.py renders:
 from __future__ import annotations
 
 import json
+import re
 import shlex
+from functools import lru_cache
 from pathlib import Path
 
 from .model import Cluster, ClusterKind, RunSpec, Shell
 from .paths import GPU_CLAIMS
 from .spec import format_value
 
-__all__ = ["HEARTBEAT_S", "directive", "scheduler_options", "command_variables", "script_context", "params_json"]
+__all__ = ["HEARTBEAT_S", "SHARED", "bash_word", "command_variables", "directive", "params_json", "run_lead",
+           "runnable_script", "scheduler_options", "script_context", "shared_context", "shared_parts", "shared_values"]
 
 HEARTBEAT_S = 10  # how often the job script writes its heartbeat file (seconds)
 
 
 def directive(value: str) -> str:
     """A value for a scheduler directive line: no line breaks or control characters."""
+    if value.isprintable():
+        return value.strip()
     return "".join(ch if ch.isprintable() else " " for ch in value).strip()
 
 
@@ -75,4 +80,113 @@ def script_context(spec: RunSpec, cluster: Cluster, *, attempt: int, run_dir: st
 
 def params_json(spec: RunSpec) -> str:
     """The run's parameters as the `params.json` a job reads (`orchestrator.track.params`)."""
+    if spec.params and all(v is None or isinstance(v, str | int | float) for _, v in spec.params):
+        # what json.dumps(indent=2) writes for scalars, without its (slow) indenting encoder
+        return "{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in dict(spec.params).items()) + "\n}"
     return json.dumps({k: v for k, v in spec.params}, indent=2, default=format_value)
+
+
+# ------------------------------------------------------------------ shared job scripts
+# A job script rendered once for many runs (a Slurm job array of 1,000 runs renders one,
+# not 1,000): the run's own names go into it as references to shell variables, set by the
+# run's job.sh (`runnable_script`) before the shared part runs. Only nero's own templates
+# render this way: they use these names as quoted words or in their comment and directive
+# lines (a project's template may branch on them, and is rendered per run).
+SHARED = (("run_dir", "NERO_V_RUN_DIR"), ("key", "NERO_V_KEY"), ("experiment", "NERO_V_EXPERIMENT"),
+          ("attempt", "NERO_V_ATTEMPT"), ("resume", "NERO_V_RESUME"), ("prev_run_dir", "NERO_V_PREV_RUN_DIR"),
+          ("job_name", "NERO_V_JOB_NAME"), ("workdir", "NERO_V_WORKDIR"), ("command", "NERO_V_COMMAND"))
+_REF = '"${%s}"'  # how a shared script names a value (a quoted word, never split or globbed)
+
+
+def shared_context(context: dict[str, object]) -> dict[str, object]:
+    """A script context (`script_context`) whose run's own names are shell references;
+    the command runs as `eval "$NERO_V_COMMAND"` (the rendered command line, verbatim)."""
+    out = dict(context)
+    for name, var in SHARED:
+        out[name] = Shell(f'eval "${var}"' if name == "command" else _REF % var)
+    return out
+
+
+def shared_values(*, run_dir: str, key: str, experiment: str, attempt: int, resume: bool, prev_run_dir: str,
+                  job_name: str, workdir: str, command: str) -> tuple[tuple[str, str], ...]:
+    """The (variable, value) pairs a run's job.sh sets before its shared script."""
+    given = {"run_dir": run_dir, "key": key, "experiment": experiment, "attempt": str(attempt),
+             "resume": str(int(resume)), "prev_run_dir": prev_run_dir, "job_name": job_name, "workdir": workdir,
+             "command": command}
+    return tuple((var, given[name]) for name, var in SHARED)
+
+
+def _lead_end(text: str) -> int:
+    """Where the leading comment and directive lines of a script end (its first command)."""
+    pos = 0
+    while pos < len(text):
+        end = text.find("\n", pos)
+        end = len(text) if end < 0 else end + 1
+        line = text[pos:end].strip()
+        if line and not line.startswith("#"):
+            break
+        pos = end
+    return pos
+
+
+def shared_parts(text: str) -> tuple[str, str] | None:
+    """A shared script as (leading comment/directive lines, the rest), or None when a run's
+    value would reach the rest other than as a plain reference (a filter applied to it in
+    the body: then it cannot be shared)."""
+    cut = _lead_end(text)
+    body = text[cut:]
+    if any("'" + _REF % var + "'" in body for _, var in SHARED):
+        return None
+    return text[:cut], body
+
+
+_SPECIAL = re.compile("[\x00-\x1f\x7f\\\\']")
+_ESCAPES = {**{chr(i): f"\\x{i:02x}" for i in (*range(32), 127)}, "\\": "\\\\", "'": "\\'", "\0": ""}
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
+def bash_word(value: str) -> str:
+    """`value` as one shell word on one line: single-quoted, or `$'…'` (bash) when it holds
+    line breaks or control characters; a NUL, which no shell variable holds, is dropped."""
+    if not _CONTROL.search(value):
+        return shlex.quote(value)
+    text = value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\x0a")  # the usual ones, fast
+    if _CONTROL.search(text):
+        text = _SPECIAL.sub(lambda m: _ESCAPES[m.group()], value)
+    return "$'" + text + "'"
+
+
+def run_lead(lead: str, values: tuple[tuple[str, str], ...]) -> str:
+    """A shared script's leading lines for one run: each reference in them (a directive's
+    value, a comment) replaced, in one sweep, by the run's value on one line, then the
+    run's values set."""
+    given = dict(values)
+    out = []
+    for text, var in _lead_pieces(lead):
+        out.append(text)
+        if var:
+            out.append(shlex.quote(directive(given[var])) if var in given else _REF % var)
+    out.append("# this run's own values; the lines below them are the same for every run of its array\n")
+    out += [f"{var}={bash_word(value)}\n" for var, value in values]
+    return "".join(out)
+
+
+_LEAD_REF = re.compile(r"""'?"\$\{(NERO_V_[A-Z_]+)\}"'?""")
+
+
+@lru_cache(maxsize=64)
+def _lead_pieces(lead: str) -> tuple[tuple[str, str], ...]:
+    """The leading lines of a shared script as (text, the variable referred to after it)."""
+    pieces, at = [], 0
+    for m in _LEAD_REF.finditer(lead):
+        pieces.append((lead[at:m.start()], m.group(1)))
+        at = m.end()
+    return (*pieces, (lead[at:], ""))
+
+
+def runnable_script(text: str, values: tuple[tuple[str, str], ...]) -> str:
+    """A run's job.sh: its own script, or (with `values`) the shared one made the run's."""
+    if not values:
+        return text
+    lead, body = text[:_lead_end(text)], text[_lead_end(text):]
+    return run_lead(lead, values) + body

@@ -461,6 +461,10 @@ class JobScript:
     name: str
     job_name: str = ""  # the scheduler's job name: carries the run key and attempt (adoption)
     code: CodeSnapshot | None = None  # the workdir shipped to a remote cluster with the job
+    # a shared job script (`text` rendered once for many runs: templates/_job_body.sh.j2
+    # reads the run's own names from shell variables): each (variable, value) of this run.
+    # `jobs.runnable_script` makes the run's own job.sh of it; empty: `text` is the run's
+    values: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

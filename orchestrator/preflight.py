@@ -21,12 +21,13 @@ from pathlib import Path
 
 from .backends import DEFAULT_TEMPLATES
 from .errors import TemplateError, WorkbookError
-from .jobs import command_variables, script_context
+from .jobs import command_variables, script_context, shared_context, shared_parts
 from .model import Cluster, ClusterKind, Problem, RunSpec, Workbook
 from .paths import ClusterPaths
 from .render import bounded, plain_substitution, render_command, render_template, template_problem
 
-__all__ = ["JobText", "check_templates", "check_workbook", "render_job", "template_name"]
+__all__ = ["JobText", "check_templates", "check_workbook", "own_templates_only", "render_job", "render_shared",
+           "template_name"]
 
 _COMMAND = "the command does not render: "
 _STAND_IN_ROOT = "/nero-check/runs"  # the run root a check renders with (the cluster's is not asked)
@@ -57,6 +58,44 @@ def render_job(workbook: Workbook, spec: RunSpec, cluster: Cluster, *, attempt: 
     if text is None:
         raise WorkbookError(workbook.path, problems)
     return text
+
+
+def own_templates_only(project_dir: str) -> bool:
+    """Whether the project's job scripts are all nero's own templates (no `templates/*.j2`
+    of its own, partials included): they render alike for every run of a shape."""
+    return not any((Path(project_dir) / "templates").glob("*.j2")) if project_dir else True
+
+
+def render_shared(workbook: Workbook, spec: RunSpec, cluster: Cluster, shared: dict[tuple[object, ...], str | None],
+                  *, attempt: int, run_dir: str, workdir: str, python: str, resume: bool, prev_dir: str,
+                  job_name: str, rendered_at: str, project_dir: str) -> JobText | None:
+    """The run's command and the shared job script of its shape (`jobs.shared_context`:
+    the run's own names are shell variables its job.sh sets), rendered once per shape and
+    kept in `shared`; None when the shape's script cannot be shared or does not render
+    (render it per run: `render_job` says why). Only for nero's own templates
+    (`own_templates_only`). WorkbookError as `render_job` when the command does not render."""
+    problems: list[Problem] = []
+    template = template_name(spec, cluster)
+    shape = (*_shape(spec, template, cluster.name), python, rendered_at)
+    if shape not in shared:
+        # rendered with references for the run's names: a template that computes with one
+        # (nero's do not) fails or differs here, and its runs are rendered one by one
+        failed: list[Problem] = []
+        job = _render(workbook, spec, cluster, failed, attempt=attempt, run_dir=run_dir, workdir=workdir,
+                      python=python, resume=resume, prev_dir=prev_dir, job_name=job_name, rendered_at=rendered_at,
+                      project_dir=project_dir, shared=True)
+        if failed and failed[0].message.startswith(_COMMAND):
+            return None  # this run's command: `render_job` reports it; the shape is tried with the next run
+        shared[shape] = job.script if job is not None and shared_parts(job.script) is not None else None
+    script = shared[shape]
+    if script is None:
+        return None
+    job = _render(workbook, spec, cluster, problems, attempt=attempt, run_dir=run_dir, workdir=workdir, python=python,
+                  resume=resume, prev_dir=prev_dir, job_name=job_name, rendered_at=rendered_at,
+                  project_dir=project_dir, with_script=False)
+    if job is None:
+        raise WorkbookError(workbook.path, problems)
+    return JobText(job.command, script)
 
 
 def check_templates(workbook: Workbook, project_dir: str) -> list[Problem]:
@@ -109,7 +148,7 @@ def _check_jobs(workbook: Workbook, specs: Iterable[RunSpec], project_dir: str, 
     commands: set[tuple[str, str]] = set()  # (row, command) rendered, of a command whose every render is alike
     # nero's own job templates render alike for every run of a row; a project's own (or a
     # project override of one of nero's partials) may branch on values: rendered for every run
-    own_only = not any((Path(project_dir) / "templates").glob("*.j2")) if project_dir else True
+    own_only = own_templates_only(project_dir)
     # nero's own templates put a run's names (key, folders, command) only into quoted text:
     # rows alike in everything else (cluster, template, resources, setup) render alike, so one
     # render stands for them all (a 50,000-row sweep: 50,000 renders, ~1 ms each, became a few)
@@ -154,7 +193,7 @@ def _shape(spec: RunSpec, template: str, cluster: str) -> tuple[object, ...]:
 
 def _render(workbook: Workbook, spec: RunSpec, cluster: Cluster, problems: list[Problem], *, attempt: int,
             run_dir: str, workdir: str, python: str, resume: bool, prev_dir: str, job_name: str,
-            rendered_at: str, project_dir: str, with_script: bool = True) -> JobText | None:
+            rendered_at: str, project_dir: str, with_script: bool = True, shared: bool = False) -> JobText | None:
     """The job (None when the command, or with `with_script` the job script, fails: the problem added)."""
     try:
         command = render_command(spec.command, command_variables(spec, run_dir, attempt, resume))
@@ -164,11 +203,11 @@ def _render(workbook: Workbook, spec: RunSpec, cluster: Cluster, problems: list[
     if not with_script:
         return JobText(command, "")
     template = template_name(spec, cluster)
+    context = script_context(spec, cluster, attempt=attempt, run_dir=run_dir, workdir=workdir, command=command,
+                             python=python, resume=resume, prev_run_dir=prev_dir, job_name=job_name,
+                             rendered_at=rendered_at)
     try:
-        script = render_template(template, script_context(
-            spec, cluster, attempt=attempt, run_dir=run_dir, workdir=workdir, command=command, python=python,
-            resume=resume, prev_run_dir=prev_dir, job_name=job_name,
-            rendered_at=rendered_at), project_dir)
+        script = render_template(template, shared_context(context) if shared else context, project_dir)
     except TemplateError as e:
         where = (cluster.cell("template") if cluster.template and not spec.template else "")
         where = where or _cell(workbook, spec, "template" if spec.template else "command")

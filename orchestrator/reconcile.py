@@ -514,6 +514,7 @@ class Reconciler:
         self.store.apply(updates)
         specs = {s.key: s for s in self.specs}
         again: dict[str, list[tuple[JobScript, RunRecord | None]]] = {}
+        memo = _RenderMemo(time.strftime("%Y-%m-%d %H:%M:%S"))
         for r in resubmit:
             spec = specs.get(r.key)
             if spec is None:
@@ -522,7 +523,7 @@ class Reconciler:
                                          ended_at=now, events=(ev,))])
                 continue
             try:
-                job = self._job(spec, r.cluster, r.attempt, r.run_dir, resume=False, prev_dir="")
+                job = self._job(spec, r.cluster, r.attempt, r.run_dir, resume=False, prev_dir="", memo=memo)
             except NeroError as e:
                 report.warnings.append(f"{r.key}: not resubmitted this pass: {e}")
                 continue
@@ -741,6 +742,7 @@ class Reconciler:
         snap = self.store.snapshot()
         problems: list[Problem] = []
         retries: dict[str, tuple[int, str]] = {}
+        memo = _RenderMemo(time.strftime("%Y-%m-%d %H:%M:%S"))  # one snapshot per folder, one script per shape
         for a in plan.actions:
             if a.kind not in (ActionKind.SUBMIT, ActionKind.RESTART) or a.waiting or a.awaiting or a.spec is None:
                 continue
@@ -749,7 +751,7 @@ class Reconciler:
             prev_dir = prev.run_dir if (prev and a.resume) else ""
             try:
                 job = self._job(a.spec, a.cluster, attempt, self.run_dir(a.spec, a.cluster, attempt),
-                                resume=a.resume, prev_dir=prev_dir)
+                                resume=a.resume, prev_dir=prev_dir, memo=memo)
             except WorkbookError as e:
                 problems += [p for p in e.problems if p not in problems]
                 continue
@@ -838,19 +840,40 @@ class Reconciler:
         except KeyError:
             return Cluster(name=name)
 
-    def _job(self, spec: RunSpec, cluster: str, attempt: int, run_dir: str, resume: bool, prev_dir: str) -> JobScript:
-        """The attempt's job script; WorkbookError (with the cell) if it does not render."""
+    def _job(self, spec: RunSpec, cluster: str, attempt: int, run_dir: str, resume: bool, prev_dir: str,
+             memo: _RenderMemo | None = None) -> JobScript:
+        """The attempt's job script; WorkbookError (with the cell) if it does not render.
+        With `memo` (a pass's jobs): the workdir's snapshot is taken once per folder, and on
+        a cluster that submits many runs as one job (`Backend.shared_scripts`: Slurm arrays)
+        the script of nero's own templates is rendered once per shape, the run's own names
+        kept as its `values` (jobs.shared_context)."""
         from .backends import job_name
-        from .preflight import render_job
+        from .jobs import shared_values
+        from .preflight import own_templates_only, render_job, render_shared
 
         assert self.workbook is not None
+        memo = memo or _RenderMemo(time.strftime("%Y-%m-%d %H:%M:%S"))
         c = self._cluster(cluster)
         python = c.python or (sys.executable if c.kind is ClusterKind.LOCAL else "")
-        workdir, code = self._code(spec, c)
+        where = (c.name, self.workdir(spec), spec.workdir)
+        if where not in memo.code:
+            memo.code[where] = self._code(spec, c)
+        workdir, code = memo.code[where]
         name = job_name(spec.key, attempt, run_dir)
-        job = render_job(self.workbook, spec, c, attempt=attempt, run_dir=run_dir, workdir=workdir, python=python,
-                         resume=resume, prev_dir=prev_dir, job_name=name,
-                         rendered_at=time.strftime("%Y-%m-%d %H:%M:%S"), project_dir=str(self.project_dir))
+        args = {"attempt": attempt, "run_dir": run_dir, "workdir": workdir, "python": python, "resume": resume,
+                "prev_dir": prev_dir, "job_name": name, "rendered_at": memo.rendered_at,
+                "project_dir": str(self.project_dir)}
+        if memo.own is None:
+            memo.own = own_templates_only(str(self.project_dir))
+        if memo.own and self.backend(cluster).shared_scripts:
+            job = render_shared(self.workbook, spec, c, memo.shared, **args)
+            if job is not None:
+                values = shared_values(run_dir=run_dir, key=spec.key, experiment=spec.experiment, attempt=attempt,
+                                       resume=resume, prev_run_dir=prev_dir, job_name=name, workdir=workdir,
+                                       command=job.command)
+                return JobScript(spec.key, attempt, run_dir, job.script, params_json(spec), cluster, job.command,
+                                 job_name=name, code=code, values=values)
+        job = render_job(self.workbook, spec, c, **args)
         return JobScript(spec.key, attempt, run_dir, job.script, params_json(spec), cluster, job.command,
                          job_name=name, code=code)
 
@@ -973,3 +996,14 @@ class ClusterWatch:
         self.unchanged = 0 if changed else self.unchanged + 1
         k = self.unchanged - 3
         self.next_poll = 0.0 if k < 0 else now + min(60.0, 5.0 * 2 ** k)
+
+
+@dataclass
+class _RenderMemo:
+    """What the jobs of one pass share: the time they were rendered, each workdir's code
+    snapshot (one per folder, not one per run), each shape's shared script."""
+
+    rendered_at: str
+    code: dict[tuple[str, str, str], tuple[str, CodeSnapshot | None]] = field(default_factory=dict)
+    shared: dict[tuple[object, ...], str | None] = field(default_factory=dict)
+    own: bool | None = None  # nero's own templates only (None: not looked at yet)

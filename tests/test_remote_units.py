@@ -37,7 +37,7 @@ from orchestrator.backends.slurm import (
 )
 from orchestrator.backends.ssh import SshBackend
 from orchestrator.backends.wire import AgentReply, decode_reply
-from orchestrator.model import Cluster, ClusterKind, Handle, JobScript, Offsets
+from orchestrator.model import Cluster, ClusterKind, Handle, JobScript, Offsets, RunSpec
 from orchestrator.paths import GPU_CLAIMS
 from orchestrator.render import render_template
 from orchestrator.units import parse_size_mb as size_mb
@@ -373,3 +373,109 @@ def test_agent_bounds_the_bytes_read_per_pass(tmp_path: Path, monkeypatch: pytes
     assert len(st.stdout) == 1000 and not st.complete
     st = b.poll([Handle("big", 1, "", str(d), Offsets(stdout=3000))])[0]
     assert len(st.stdout) == 1000 and st.complete
+
+
+# --------------------------------------------------------------------------- shared array scripts
+HOSTILE_VALUES = ["a b", "it's", "$HOME", "`id`", 'say "hi"', "x;y", "tab\there", "line\nbreak", "back\\slash", "ünï"]
+
+
+def test_bash_words_keep_every_value_whole_on_one_line():
+    from orchestrator.jobs import bash_word
+
+    for v in [*HOSTILE_VALUES, "", "nul\0byte", "\x7f\x01"]:
+        word = bash_word(v)
+        assert "\n" not in word
+        out = subprocess.run(["bash", "-c", 'eval "V=$1"; printf %s "$V"', "x", word], capture_output=True, text=True)
+        assert out.stdout == v.replace("\0", ""), (v, word)
+
+
+def test_array_tasks_write_their_run_folders_from_one_values_file(tmp_path: Path):
+    """The job side of a shared-script job array, run here with bash as Slurm would run
+    each task (SLURM_ARRAY_TASK_ID set): each task makes its run folder and files from its
+    line of `values`, its program gets its values as written, and a second start of the same
+    task keeps the files the first one wrote."""
+    import shlex
+
+    from orchestrator.jobs import runnable_script, script_context, shared_context, shared_values
+    from orchestrator.model import Desired
+
+    project = tmp_path / "project"
+    project.mkdir()
+    root = tmp_path / "work"
+    workdir = tmp_path / "code"
+    workdir.mkdir()
+    (workdir / "probe.py").write_text("import json, os, sys\n"
+                                      "json.dump(sys.argv[1:], open(os.environ['NERO_RUN_DIR'] + '/argv.json', 'w'))\n")
+    cluster = Cluster(name="slurm", kind=ClusterKind.SLURM, partition="debug")
+    jobs = []
+    for i, v in enumerate(HOSTILE_VALUES):
+        key = f"q[v={v}]"
+        spec = RunSpec(key, "q", 2, (("v", v),), "", ("slurm",), (), "", "", "", Desired.RUN, 0, (), 0, "", (), "")
+        run_dir = f"{root}/q/{i}/1"
+        command = f"python3 probe.py {shlex.quote(v)} 'two words' > \"$NERO_RUN_DIR/argv.out\"\necho done=1"
+        context = script_context(spec, cluster, attempt=1, run_dir=run_dir, workdir=str(workdir), command=command,
+                                 python="", resume=False, prev_run_dir="", job_name=job_name(key, 1, run_dir),
+                                 rendered_at="now")
+        shared = render_template("slurm.sbatch.j2", shared_context(context))
+        values = shared_values(run_dir=run_dir, key=key, experiment="q", attempt=1, resume=False, prev_run_dir="",
+                               job_name=job_name(key, 1, run_dir), workdir=str(workdir), command=command)
+        jobs.append(JobScript(key, 1, run_dir, shared, json.dumps({"v": v}), "slurm", command,
+                              job_name=job_name(key, 1, run_dir), values=values))
+    assert len({id(j.text) for j in jobs}) == len(jobs) and len({j.text for j in jobs}) == 1  # one text for all
+    # a run's own job.sh says its own name and output where sbatch reads them
+    own = runnable_script(jobs[0].text, jobs[0].values)
+    assert f"#SBATCH --job-name={jobs[0].job_name}\n" in own and f"#SBATCH --output={jobs[0].run_dir}/slurm-%j.out" in own
+    assert "NERO_V_" not in own.split("set -u")[0].split("# this run's own values")[0]
+    units, extras = SlurmBackend(cluster, str(project)).units(jobs, str(root))
+    [unit] = units
+    assert unit["lazy"] and unit["array"] and not extras and unit["runs"] == [j.run_dir for j in jobs]
+    for path, text in unit["files"].items():
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
+    assert len(Path(f"{unit['record']}/values").read_text().splitlines()) == len(jobs)
+    array_sh = f"{unit['record']}/array.sh"
+    for i, j in enumerate(jobs):
+        env = {**os.environ, "SLURM_ARRAY_TASK_ID": str(i), "SLURM_JOB_ID": f"77{i}"}
+        done = subprocess.run(["bash", array_sh], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        d = Path(j.run_dir)
+        assert json.loads((d / "argv.json").read_text()) == [HOSTILE_VALUES[i], "two words"]
+        assert (d / "stdout.log").read_text() == "done=1\n" and (d / "exit_code").read_text() == "0\n"
+        assert json.loads((d / "params.json").read_text()) == {"v": HOSTILE_VALUES[i]}
+        submit = json.loads((d / "submit.json").read_text())
+        assert submit["index"] == i and submit["owner"]["key"] == j.key and submit["record"] == unit["record"]
+        assert (d / "job.sh").read_text() == runnable_script(j.text, j.values)
+        assert os.access(d / "job.sh", os.X_OK) and (d / ".tick").is_fifo() and (d / "slurm.out").is_symlink()
+    # the same task started again (a requeue, a duplicate): the files stay, the claim stops the copy
+    first = Path(jobs[0].run_dir)
+    before = (first / "job.sh").stat().st_mtime_ns
+    done = subprocess.run(["bash", array_sh], env={**os.environ, "SLURM_ARRAY_TASK_ID": "0", "SLURM_JOB_ID": "999"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "already started" in done.stderr
+    assert (first / "job.sh").stat().st_mtime_ns == before
+    # a task past the end of the file fails, saying so
+    done = subprocess.run(["bash", array_sh], env={**os.environ, "SLURM_ARRAY_TASK_ID": "99", "SLURM_JOB_ID": "9"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 97 and "no task 99" in done.stderr
+
+
+def test_hello_answers_the_site_limits_from_the_agents_keep_within_the_refresh_time(tmp_path: Path):
+    """`sacctmgr` costs every nero command's first request 0.2 s: the agent keeps a hello
+    command's output for `cache_s` (HELLO_REFRESH_S) and runs it again after, or when asked."""
+    from orchestrator.backends import agent
+
+    def hello(cache_s: float) -> str:
+        reply = agent.serve({"op": "hello", "workdir": str(tmp_path / "w"), "tools": [],
+                             "commands": [["sh", "-c", "echo $$"]], "cache_s": cache_s}, None)
+        assert reply.header["ok"], reply.header
+        out = reply.header["outputs"][0]
+        start, size = out["out"]
+        return b"".join(reply.blobs)[start:start + size].decode()
+
+    first = hello(600)
+    assert hello(600) == first  # kept
+    assert hello(0) != first  # asked afresh (nero's refresh)
+    kept = next((tmp_path / "w" / ".nero" / "hello").iterdir())
+    os.utime(kept, (time.time() - 700, time.time() - 700))
+    again = hello(600)
+    assert again != first and hello(600) == again  # older than cache_s: run again, then kept

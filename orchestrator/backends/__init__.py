@@ -75,6 +75,9 @@ class Backend(Protocol):
 
     cluster: Cluster
     remote: bool
+    # whether its `submit` takes jobs with `values` (one script shared by many runs, each
+    # task writing its run folder when it starts: Slurm arrays); the reconciler renders them so
+    shared_scripts: bool
 
     def connect(self) -> object:
         """Reach the cluster now (once, then as needed); BackendError if it cannot be reached."""

@@ -61,6 +61,10 @@ NERO_DIR = ".nero"
 SUBMIT_LOCK = "submit.lock"
 SUBMIT = "submit.json"
 HANDED = "handed"  # in a run folder: its job was handed to the scheduler or started (adopt reads it)
+# in the batches folder: the batch folders, newest last (adopt reads its last BATCH_INDEX_TAIL
+# bytes to find a run that has no folder yet: its task writes it when it starts)
+BATCH_INDEX = "index"
+BATCH_INDEX_TAIL = 1 << 20
 HOME = os.path.expanduser("~")
 TICK = ".tick"  # in a run folder: a FIFO the job script reads with a timeout to wait
 
@@ -304,11 +308,32 @@ def unpack(stream, target):
         shutil.rmtree(tmp, ignore_errors=True)  # another submission put it there first
 
 
-def run_all(commands, reply):
-    """Run configuration or queue commands one after the other; their outputs as blobs."""
+def run_all(commands, reply, cache=None, cache_s=0):
+    """Run configuration or queue commands one after the other; their outputs as blobs.
+    With `cache` (a folder) and `cache_s`: a command that succeeded less than `cache_s`
+    seconds ago is answered from its output kept there (the site's limits: `sacctmgr` asks
+    slurmdbd, 0.2 s, in every nero command's first request)."""
     outputs = []
     for argv in commands:
-        r = run(subst(argv), timeout=60)
+        argv = subst(argv)
+        keep = os.path.join(cache, "%08x.out" % (zlib.crc32(json.dumps(argv).encode("utf-8")) & 0xffffffff)) \
+            if cache and cache_s > 0 else None
+        r = None
+        try:
+            if keep and time.time() - os.path.getmtime(keep) < cache_s:
+                with open(keep, "rb") as f:
+                    r = {"rc": 0, "out": f.read(), "err": "", "cached": True}
+        except (IOError, OSError):
+            r = None
+        if r is None:
+            r = run(argv, timeout=60)
+            if keep and r["rc"] == 0:
+                try:
+                    if not os.path.isdir(cache):
+                        os.makedirs(cache)
+                    write_atomic(keep, r["out"])
+                except (IOError, OSError):
+                    pass
         r["out"] = reply.blob(r["out"])
         outputs.append(r)
     return outputs
@@ -320,7 +345,8 @@ def op_hello(req, inp, reply):
     for d in (workdir, os.path.join(workdir, NERO_DIR)):
         if not os.path.isdir(d):
             os.makedirs(d)
-    outputs = run_all(req.get("commands", []), reply)
+    outputs = run_all(req.get("commands", []), reply, os.path.join(workdir, NERO_DIR, "hello"),
+                      float(req.get("cache_s", 0)))
     reply.header.update({
         "home": HOME, "user": USER, "host": socket.gethostname(), "cpus": os.cpu_count(),
         "workdir": workdir, "disk_free_mb": disk_free_mb(workdir),
@@ -538,9 +564,10 @@ def _record(d):
     return d, None
 
 
-def _handed_ids(d, cache):
-    """(handed, job id) of a run folder, from its own records or its submission's."""
-    folder, index = _record(d)
+def _handed_ids(d, cache, batch=None):
+    """(handed, job id) of a run folder, from its own records or its submission's (`batch`:
+    (batch folder, index) of a run whose folder its task has not written yet)."""
+    folder, index = batch if batch else _record(d)
     if folder not in cache:
         ids = read_small(os.path.join(folder, "job_id"), 1 << 22)
         cache[folder] = (os.path.exists(os.path.join(folder, HANDED)), (ids or "").split("\n"))
@@ -592,6 +619,8 @@ def _write_job(job, check_pid=False, fresh_s=60):
             # a folder left by a job nero no longer knows (its state was deleted): kept aside,
             # never mixed with the new job's output or mistaken for it
             os.rename(d, "%s.replaced-%d" % (d, int(time.time() * 1000)))
+    if job.get("lazy"):
+        return None  # its job writes the folder when it starts (a task of a job array: slurm.py values_array_script)
     try:
         os.makedirs(d)
     except OSError as e:
@@ -641,6 +670,14 @@ def _submit_unit(unit):
     # folder (each run's submit.json names it): two files, not two per run
     shared = unit.get("record")
     if shared:
+        # the batches of the workdir, newest last: adopt finds the batch of a run whose task
+        # has not started (no run folder yet) in the last ones (one line: one O_APPEND write)
+        fd = os.open(os.path.join(os.path.dirname(shared), BATCH_INDEX), os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                     umask_mode(0o666))
+        try:
+            os.write(fd, (shared + "\n").encode("utf-8"))
+        finally:
+            os.close(fd)
         write_atomic(os.path.join(shared, HANDED), "%f\n" % time.time())
     else:
         _write_each(unit["runs"], HANDED, ["%f\n" % time.time()] * len(unit["runs"]))
@@ -748,23 +785,69 @@ def op_submit(req, inp, reply):
         lock.release()
 
 
+def _batches_of(dirs):
+    """Run folder -> (batch folder, index) for the given run folders, from the batches of
+    the workdir(s) they are below, newest first (the batch index's last BATCH_INDEX_TAIL
+    bytes: the recent batches; an older one's runs have long written their folders)."""
+    want, found, seen = set(dirs), {}, set()
+    indexes, looked = set(), {}
+    for d in dirs:  # <workdir>/<experiment>/<key>/<attempt>: the workdir's .nero/batches/index
+        head = d
+        for _ in range(8):
+            head = os.path.dirname(head)
+            if head not in looked:
+                p = os.path.join(head, NERO_DIR, "batches", BATCH_INDEX)
+                looked[head] = p if os.path.exists(p) else None
+            if looked[head]:
+                indexes.add(looked[head])
+                break
+            if not head or head == "/":
+                break
+    for p in indexes:
+        try:
+            with open(p, "rb") as f:
+                f.seek(0, 2)
+                start = max(0, f.tell() - BATCH_INDEX_TAIL)
+                f.seek(start)
+                names = f.read().decode("utf-8", "replace").split("\n")[1 if start else 0:]  # a cut first line
+        except (IOError, OSError):
+            continue
+        for bdir in reversed([n for n in names if n]):
+            if bdir in seen or not want - set(found):
+                continue
+            seen.add(bdir)
+            tasks = (read_small(os.path.join(bdir, "tasks"), 1 << 24, strip=False) or "").split("\n")
+            for i, t in enumerate(tasks):
+                if t in want and t not in found:
+                    found[t] = (bdir, i)
+    return found
+
+
 def op_adopt(req, inp, reply):
     workdir = path(req["workdir"])
     lock = Lock(workdir)
     try:
         runs, names, records = [], [], {}
-        for r in req.get("runs", []):
+        subs = [read_small(os.path.join(r["dir"], SUBMIT), 65536) for r in req.get("runs", [])]
+        # a task of a job array writes its run folder when it starts: a run without its
+        # submission record may be one whose task has not started; its batch says
+        pending = _batches_of([r["dir"] for r, sub in zip(req.get("runs", []), subs) if sub is None])
+        for r, sub in zip(req.get("runs", []), subs):
             d = r["dir"]
-            handed, jid = _handed_ids(d, records)
-            item = {"job_id": jid,
-                    "submit": read_small(os.path.join(d, SUBMIT), 65536),
+            batch = pending.get(d)
+            if batch:
+                sub = json.dumps({"batch": os.path.basename(batch[0]), "index": batch[1], "record": batch[0]})
+            handed, jid = _handed_ids(d, records, batch)
+            item = {"job_id": jid, "submit": sub,
                     "pid": read_status(os.path.join(d, "pid")),
-                    "has_job": os.path.exists(os.path.join(d, "job.sh")),
+                    "has_job": bool(batch) or os.path.exists(os.path.join(d, "job.sh")),
                     "handed": handed}
             if r.get("check_pid") and item["job_id"]:
                 item["alive"] = item["job_id"].isdigit() and process_alive(int(item["job_id"]), d)
             if not item["job_id"] and item["has_job"] and r.get("name"):
-                names.append(r["name"])
+                name = os.path.basename(batch[0]) if batch else r["name"]
+                if name not in names:
+                    names.append(name)
             runs.append(item)
         reply.header["runs"] = runs
         out = {}

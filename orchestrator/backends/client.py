@@ -33,6 +33,7 @@ from typing import Any
 
 from ..errors import BackendError
 from ..identity import project_id
+from ..jobs import runnable_script
 from ..metric_files import MAX_FILES, needs_head
 from ..model import (
     Cluster,
@@ -143,6 +144,9 @@ class AgentBackend(ABC):
     listing_hint = ""  # what to check when the scheduler's listing fails
     cancel_command: tuple[str, ...] = ()  # scancel / qdel: the job ids follow
     cancel_refused = re.compile(r"(?!)")  # a cancel command's output saying the user may not cancel
+    # many runs go as one job whose tasks write their own run folders: the reconciler renders
+    # one shared script per shape for them (JobScript.values; Slurm arrays)
+    shared_scripts = False
 
     def __init__(self, cluster: Cluster, project_dir: str, shell: Shell | None = None):
         self.cluster = cluster
@@ -200,8 +204,9 @@ class AgentBackend(ABC):
         """Reach the cluster (one round trip the first time, and to refresh)."""
         if self.info is not None and not refresh and time.monotonic() - self.info.at < HELLO_REFRESH_S:
             return self.info
+        # the site's limits, asked at most every HELLO_REFRESH_S by any nero command (kept by the agent)
         reply = self.call("hello", {"workdir": self.workdir_setting(), "tools": list(self.tools),
-                                    "commands": self.hello_commands()})
+                                    "commands": self.hello_commands(), "cache_s": 0 if refresh else HELLO_REFRESH_S})
         h = reply.header
         self.info = HostInfo(h["home"], h["user"], h["host"], h.get("cpus"), h["workdir"], h.get("disk_free_mb"),
                              h.get("tools", {}), _outputs(reply))
@@ -235,6 +240,10 @@ class AgentBackend(ABC):
             snap = snapshot(local, self.cluster.name, exclude=exclude)
             return self.code_dir(snap.hash), snap
         return self.remote_path(setting), None
+
+    def owner(self) -> dict[str, str]:
+        """Who a run folder belongs to (its submit.json says): this project's id and folder."""
+        return {"project": self.project_id, "path": str(Path(self.project_dir).resolve())}
 
     def free_disk_mb(self) -> float | None:
         return self.info.disk_free_mb if self.info else None
@@ -328,13 +337,20 @@ class AgentBackend(ABC):
             code_req.append({"dir": self.code_dir(h), "size": len(blob), "hash": h})
             payload.append(blob)
         units, extras = self.units(jobs, info.workdir)
+        # runs whose job writes their folder when it starts (a unit marked `lazy`): only
+        # checked here (another project's folder, a live job's), nothing written
+        lazy = {d for u in units if u.get("lazy") for d in u["runs"]}
         entries = []
-        owner = {"project": self.project_id, "path": str(Path(self.project_dir).resolve())}
+        owner = self.owner()
         for j in jobs:
-            extra = extras.get(j.run_dir, {})
-            files = {"job.sh": j.text, "params.json": j.params_json, **extra.get("files", {})}
-            # the submission record names the run's owner too (no file more to write per run)
             mine = {**owner, "key": j.key, "attempt": j.attempt}
+            if j.run_dir in lazy:
+                entries.append({"dir": j.run_dir, "owner": mine, "lazy": True})
+                continue
+            extra = extras.get(j.run_dir, {})
+            files = {"job.sh": runnable_script(j.text, j.values), "params.json": j.params_json,
+                     **extra.get("files", {})}
+            # the submission record names the run's owner too (no file more to write per run)
             files[SUBMIT_FILE] = json.dumps({**json.loads(files.get(SUBMIT_FILE, "{}")), "owner": mine})
             entries.append({"dir": j.run_dir, "exec": ["job.sh"], "links": extra.get("links", {}), "files": files,
                             "owner": mine})

@@ -24,17 +24,19 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..jobs import bash_word, run_lead, shared_parts
 from ..model import Cluster, ClusterKind, Handle, JobScript, QueueInfo
 from ..paths import ClusterPaths
 from .client import AgentBackend, HostInfo, SchedState, Units, one_unit_per_job
 from .shell import Shell
 
-__all__ = ["GONE", "PER_JOB_LISTING", "SACCT", "SCONTROL", "SQUEUE", "SQUEUE_MANY", "SlurmBackend", "array_script", "batch_name",
+__all__ = ["GONE", "PER_JOB_LISTING", "SACCT", "SCONTROL", "SQUEUE", "SQUEUE_MANY", "SlurmBackend", "array_script", "batch_name", "batch_values",
            "expand_array_id", "group", "header", "listing_query", "parse_config", "parse_exit_code", "parse_limit",
-           "parse_names", "parse_sacct", "parse_scontrol", "parse_sinfo", "parse_squeue"]
+           "parse_names", "parse_sacct", "parse_scontrol", "parse_sinfo", "parse_squeue", "values_array_script"]
 
 FINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
                    "BOOT_FAIL", "DEADLINE", "REVOKED"})
@@ -211,10 +213,14 @@ def header(text: str) -> tuple[str, ...]:
 
 
 def group(jobs: Sequence[JobScript], max_array: int) -> list[list[JobScript]]:
-    """Jobs with identical resources, in submission order, in chunks of at most `max_array`."""
-    groups: dict[tuple[str, ...], list[JobScript]] = {}
+    """Jobs with identical resources, in submission order, in chunks of at most `max_array`;
+    jobs of one shared script (JobScript.values) apart from the others, one group per script."""
+    groups: dict[tuple[object, ...], list[JobScript]] = {}
+    heads: dict[str, tuple[str, ...]] = {}  # a shared script is one string for many jobs: read once
     for j in jobs:
-        groups.setdefault(header(j.text), []).append(j)
+        if j.text not in heads:
+            heads[j.text] = header(j.text)
+        groups.setdefault((heads[j.text], j.text if j.values else None), []).append(j)
     out = []
     for members in groups.values():
         for k in range(0, len(members), max_array):
@@ -233,6 +239,54 @@ def array_script(lines: Iterable[str], name: str, batch_dir: str, count: int) ->
             'cd "$RUN_DIR" && exec bash ./job.sh\n')
 
 
+def values_array_script(lines: Iterable[str], name: str, batch_dir: str, count: int) -> str:
+    """The script of a job array of runs that share one script: task i takes line i+1 of
+    the batch's `values` (each value one quoted shell word, `jobs.bash_word`), makes its run
+    folder and the run's files (job.sh = the run's lines + the shared `body.sh`; params.json;
+    submit.json; the .tick FIFO; slurm.out) unless a start of the same run made them, and
+    runs its job.sh. Bash builtins but for mkdir, chmod, mkfifo and ln."""
+    body = "\n".join(lines)
+    b = shlex.quote(batch_dir)
+    return (f"#!/bin/bash\n{body}\n#SBATCH --job-name={name}\n#SBATCH --output={batch_dir}/%a.out\n"
+            f"#SBATCH --array=0-{count - 1}\n"
+            f"# nero job array: task i makes the run folder of line i+1 of {batch_dir}/values and runs its job.sh\n"
+            f"NERO_BATCH={b}\n"
+            "NERO_LINE=()\n"
+            'mapfile -t -s "$SLURM_ARRAY_TASK_ID" -n 1 NERO_LINE < "$NERO_BATCH/values"\n'
+            '[ -n "${NERO_LINE[0]:-}" ] || { echo "nero: no task $SLURM_ARRAY_TASK_ID in $NERO_BATCH/values" >&2; exit 97; }\n'
+            'NERO_T_DIR= NERO_T_SCRIPT= NERO_T_PARAMS= NERO_T_SUBMIT=\n'
+            'eval "${NERO_LINE[0]}"  # NERO_T_DIR=… NERO_T_SCRIPT=… NERO_T_PARAMS=… NERO_T_SUBMIT=…, each one quoted word\n'
+            '[ -n "$NERO_T_DIR" ] || { echo "nero: line $((SLURM_ARRAY_TASK_ID + 1)) of $NERO_BATCH/values names no run folder" >&2; exit 97; }\n'
+            'mkdir -p -- "$NERO_T_DIR" && cd -- "$NERO_T_DIR" || { echo "nero: cannot make the run folder $NERO_T_DIR" >&2; exit 97; }\n'
+            'if [ ! -s job.sh ]; then  # a requeued or duplicated task finds them made\n'
+            '    NERO_BODY=\n'
+            '    IFS= read -r -d \'\' NERO_BODY < "$NERO_BATCH/body.sh"\n'
+            '    [ -n "$NERO_BODY" ] || { echo "nero: cannot read $NERO_BATCH/body.sh" >&2; exit 97; }\n'
+            '    printf \'%s\' "$NERO_T_PARAMS" > params.json\n'
+            '    printf \'%s\' "$NERO_T_SUBMIT" > submit.json\n'
+            '    printf \'%s%s\' "$NERO_T_SCRIPT" "$NERO_BODY" > job.sh.tmp && chmod +x job.sh.tmp && mv -f job.sh.tmp job.sh || exit 97\n'
+            'fi\n'
+            '[ -p .tick ] || mkfifo .tick 2>/dev/null\n'
+            '[ -L slurm.out ] || ln -s "$NERO_BATCH/$SLURM_ARRAY_TASK_ID.out" slurm.out 2>/dev/null\n'
+            'exec bash ./job.sh\n')
+
+
+def batch_values(jobs: Sequence[JobScript], name: str, batch_dir: str, owner: dict[str, str]) -> tuple[str, str]:
+    """The `values` file of a job array of runs that share one script (line i: task i's run
+    folder, its job.sh's own lines, params.json and submit.json, each one quoted word) and
+    the shared `body.sh`."""
+    parts = shared_parts(jobs[0].text)
+    assert parts is not None, "a shared script whose body cannot be shared"  # render_shared checked it
+    lead, body = parts
+    lines = []
+    for i, j in enumerate(jobs):
+        submit = json.dumps({"job_name": j.job_name, "batch": name, "index": i, "record": batch_dir,
+                             "owner": {**owner, "key": j.key, "attempt": j.attempt}})
+        lines.append(f"NERO_T_DIR={bash_word(j.run_dir)} NERO_T_SCRIPT={bash_word(run_lead(lead, j.values))} "
+                     f"NERO_T_PARAMS={bash_word(j.params_json)} NERO_T_SUBMIT={bash_word(submit)}\n")
+    return "".join(lines), body
+
+
 def batch_name(dirs: Sequence[str]) -> str:
     return "nero-batch-" + hashlib.sha1("\n".join(dirs).encode()).hexdigest()[:12]
 
@@ -244,6 +298,10 @@ class SlurmBackend(AgentBackend):
     listing_hint = "is slurmctld up? `squeue` on the login node should answer; runs keep their state"
     cancel_command = ("scancel",)
     cancel_refused = re.compile(r"denied|not permitted|access", re.I)
+
+    @property
+    def shared_scripts(self) -> bool:  # type: ignore[override]
+        return self.arrays
 
     def __init__(self, cluster: Cluster, project_dir: str, shell: Shell | None = None, arrays: bool = True):
         super().__init__(cluster, project_dir, shell)
@@ -282,6 +340,15 @@ class SlurmBackend(AgentBackend):
             dirs = [j.run_dir for j in g]
             name = batch_name(dirs)
             bdir = ClusterPaths(root).batch(name)
+            if g[0].values:  # one shared script: each task writes its own run folder when it starts
+                values, body = batch_values(g, name, bdir, self.owner())
+                units.append({"kind": "cmd", "argv": ["sbatch", "--parsable", f"{bdir}/array.sh"], "cwd": bdir,
+                              "runs": dirs, "array": True, "record": bdir, "lazy": True,
+                              "files": {f"{bdir}/tasks": "\n".join(dirs) + "\n", f"{bdir}/values": values,
+                                        f"{bdir}/body.sh": body,
+                                        f"{bdir}/array.sh": values_array_script(header(g[0].text), name, bdir,
+                                                                                len(g))}})
+                continue
             units.append({"kind": "cmd", "argv": ["sbatch", "--parsable", f"{bdir}/array.sh"], "cwd": bdir,
                           "runs": dirs, "array": True, "record": bdir,
                           "files": {f"{bdir}/tasks": "\n".join(dirs) + "\n",

@@ -50,7 +50,8 @@ def logs(run: str, workbook: str | None, follow: bool, which: str, lines: int, r
         except NeroError as e:
             fail(e)
         view = None if raw or not sys.stdout.isatty() else TerminalView(backend.read_limits()[0])
-        _print_output(backend, match.run_dir, f"{which or 'stdout'}.log", lines, follow, view)
+        _print_output(backend, match.run_dir, f"{which or 'stdout'}.log", lines, follow, view,
+                      queued=match.state.value in ("pending", "submitted"))
 
 
 # C0 controls but newline and tab, DEL and the C1 controls: shown escaped on a terminal
@@ -103,9 +104,11 @@ def _last_lines(data: bytes, lines: int) -> bytes:
     return b"\n".join(data.splitlines()[-lines:]) + b"\n" if lines and data else data
 
 
-def _print_output(backend, run_dir: str, name: str, lines: int, follow: bool, view: TerminalView | None) -> None:
+def _print_output(backend, run_dir: str, name: str, lines: int, follow: bool, view: TerminalView | None,
+                  queued: bool = False) -> None:
     """`nero logs`: one output file of a run, read through its cluster's backend (one
-    round trip per read on a remote cluster); through `view` on a terminal, else exact bytes."""
+    round trip per read on a remote cluster); through `view` on a terminal, else exact bytes.
+    `queued`: the run has not started (a Slurm array task writes its folder when it starts)."""
     where = f"{backend.cluster.name}:{run_dir}/{name}"
 
     def show(data: bytes, end: bool = False) -> None:
@@ -131,6 +134,9 @@ def _print_output(backend, run_dir: str, name: str, lines: int, follow: bool, vi
                     break
         if not chunk.dir_exists:
             show(b"", end=True)
+            if queued:
+                raise click.ClickException(f"{backend.cluster.name}:{run_dir} does not exist yet: the run's job has "
+                                           "not started (a job array's task makes its run folder when it starts)")
             raise click.ClickException(f"the run directory {backend.cluster.name}:{run_dir} does not exist "
                                        "(any more): its output is gone")
         if chunk.size is None:
