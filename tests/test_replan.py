@@ -3,8 +3,8 @@
 writes (submissions, state changes, retries, overrides, orphans; through the command's
 store and through another connection) and workbook edits (values, state, retries, a row
 removed), each step in a fresh Reconciler as a new command would be. The status summary's
-top runs, renewed the same way, equal those ranked from scratch. Real workbooks, real
-SQLite stores."""
+top runs, renewed the same way, equal those ranked from scratch; every run listed a batch
+at a time reads as all at once. Real workbooks, real SQLite stores, real commands."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import write_workbook
+from conftest import nero, write_workbook
 
 import orchestrator.replan as replan_module
-from orchestrator.model import NewAttempt, Override, OverrideKind, RunState, Update
+from orchestrator.model import MetricPoint, NewAttempt, Override, OverrideKind, RunState, Update
 from orchestrator.plan import plan as full_plan
 from orchestrator.reconcile import Reconciler
 from orchestrator.state import Store
-from orchestrator.state.tally import tally
+from orchestrator.state.tally import histories_of, record_batches, tally
 
 STATES = (RunState.RUNNING, RunState.COMPLETED, RunState.FAILED, RunState.LOST, RunState.SUBMITTED,
           RunState.TIMEOUT)
@@ -140,3 +140,44 @@ def test_the_renewed_top_runs_equal_those_ranked_from_scratch(tmp_path: Path, go
         assert [(v, r.key) for v, r in got.top] == [(v, r.key) for v, r in want.top], step
         assert got == want
     rec.close()
+
+
+def _listed(tmp_path: Path) -> Path:
+    """A project of 9 runs: metric points (the csv and json show last and best from them),
+    a restarted run (an earlier attempt), stored values without points."""
+    wb = write_workbook(tmp_path / "experiments.xlsx", [{"id": "a", "command": "echo {{ x }}", "x": "range(9)"}])
+    rec = Reconciler(wb)
+    rec.load()
+    now = time.time()
+    specs = rec.specs
+    rec.store.record_intents([NewAttempt(s, 1, "local", f"/r/{s.key}", s.command) for s in specs], now - 50)
+    rec.store.record_intents([NewAttempt(specs[2], 2, "local", f"/r/{specs[2].key}/2", specs[2].command)], now - 40)
+    rec.store.apply([Update(s.key, 2 if i == 2 else 1, state=RunState.COMPLETED, intent=False, started_at=now - 30,
+                            ended_at=now - i, last={"acc": 0.5 + i / 100}, best={"acc": 0.5 + i / 100},
+                            points=tuple(MetricPoint("loss", 1 / (1 + i + j), j, now - 20 + j, "stdout")
+                                         for j in range(3 if i % 2 else 0)))
+                     for i, s in enumerate(specs)])
+    rec.close()
+    return wb
+
+
+def test_every_run_listed_a_batch_at_a_time_reads_as_all_at_once(tmp_path: Path):
+    """`status all`, `--json`, `--csv` above the summary's size stream the runs a batch at a
+    time: the same lines as the listing of them all at once (below the summary's size)."""
+    wb = _listed(tmp_path)
+    store = Store(tmp_path / ".nero" / "state.db")
+    batches = list(record_batches(store, 4))
+    assert [len(b) for b in batches] == [4, 4, 1]
+    every = [r for b in batches for r in b]
+    assert every == sorted(store.snapshot().values(), key=lambda r: r.number)
+    assert histories_of(store, every) == store.histories() != {}
+    store.close()
+    for args in (["status", "all"], ["status", "--json"], ["status", "--csv"], ["status", "--json", "--attempts"]):
+        streamed = nero(args[0], str(wb), *args[1:], check=True, env={"NERO_STATUS_ROWS": "3"}).stdout
+        if args[1] == "all":  # every run matches `completed` too: read all at once, the same plain table
+            at_once = nero("status", str(wb), "completed", check=True, env={"NERO_STATUS_ROWS": "3"}).stdout
+            streamed, at_once = (x.rsplit("as of", 1)[0] for x in (streamed, at_once))  # "…s ago" moves
+        else:
+            at_once = nero(args[0], str(wb), *args[1:], check=True, env={"NERO_STATUS_ROWS": "1000"}).stdout
+        assert streamed == at_once, args
+        assert "loss" in streamed and "acc" in streamed

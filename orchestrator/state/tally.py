@@ -13,19 +13,20 @@ metric (NaN left out), ties by run number.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..model import RunRecord
+from ..model import RunRecord, Series
 from .cache import cached, data_version, keep
+from .histories import METRIC_ROWS, RunHistories, merge
 from .schema import CHANGED_AT, CHANGES_SINCE, LIVE_WHERE, PLANNING_SQL, SNAPSHOT_SQL, record_of
 
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["Tally", "any_intent", "changed_since", "first_metric", "live_clusters", "metric_names", "orphaned_keys",
-           "planning_records", "run_count", "submitters", "tally", "who_submitted"]
+__all__ = ["Tally", "any_intent", "changed_since", "first_metric", "histories_of", "live_clusters", "metric_names", "orphaned_keys",
+           "planning_records", "record_batches", "run_count", "shown_names", "submitters", "tally", "who_submitted"]
 
 _CURRENT = "FROM runs r JOIN attempts a ON a.key = r.key AND a.attempt = r.attempt"
 _CHANGED = CHANGED_AT.replace("COALESCE(", "COALESCE(a.")  # matches the index attempts_changed
@@ -96,6 +97,30 @@ def planning_records(store: Store, keys: Iterable[str] | None = None) -> dict[st
     return out
 
 
+def record_batches(store: Store, size: int = 2_000) -> Iterator[list[RunRecord]]:
+    """Every run with its current attempt (as `Store.snapshot` reads it), by number, `size`
+    at a time: a listing of every run holds one batch, not every run."""
+    last = 0
+    while True:
+        rows = store.db.execute(f"{SNAPSHOT_SQL} WHERE r.number > ? ORDER BY r.number LIMIT ?", (last, size)).fetchall()
+        if not rows:
+            return
+        batch = [record_of(row) for row in rows]
+        last = batch[-1].number
+        yield batch
+
+
+def histories_of(store: Store, records: Iterable[RunRecord]) -> dict[str, dict[str, Series]]:
+    """The metric histories of the attempts `records` are (as `Store.histories` has them),
+    read for those runs alone; runs without a point are left out."""
+    runs = {r.key: RunHistories(r.attempt) for r in records}
+    keys = list(runs)
+    for i in range(0, len(keys), 500):
+        part = keys[i:i + 500]
+        merge(store.db.execute(f"{METRIC_ROWS} WHERE key IN ({','.join('?' * len(part))}) ORDER BY rowid", part), runs)
+    return {key: run.view() for key, run in runs.items() if run.curves}
+
+
 def changed_since(store: Store, version: int) -> list[str] | None:
     """The runs written (their run row, an attempt, an override) since the store's data
     version was `version`, and a few written just before (`schema.CHANGES`); None when the
@@ -110,6 +135,14 @@ def metric_names(store: Store) -> set[str]:
     """The metrics the runs' current attempts recorded a last value of."""
     return {k for (k,) in store.db.execute(
         f"SELECT DISTINCT j.key {_CURRENT}, json_each(COALESCE(NULLIF(a.last, ''), '{{}}')) j")}
+
+
+def shown_names(store: Store) -> list[str]:
+    """The metrics of the runs' current attempts: a last or best value, or a point; sorted."""
+    return sorted(k for (k,) in store.db.execute(
+        f"SELECT j.key {_CURRENT}, json_each(COALESCE(NULLIF(a.last, ''), '{{}}')) j UNION "
+        f"SELECT j.key {_CURRENT}, json_each(COALESCE(NULLIF(a.best, ''), '{{}}')) j UNION "
+        "SELECT m.name FROM metrics m JOIN runs r ON m.key = r.key AND m.attempt = r.attempt"))
 
 
 def orphaned_keys(store: Store) -> set[str]:
