@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -183,7 +184,11 @@ def main() -> None:
             rows.append((n, PEER, *peer, 1.0))
             for name, argv, cwd, check, cold in cases:
                 if args.before:
-                    s, mib = median(argv, cwd, check, args.repeat, cold, args.before.resolve())
+                    # in a copy of the project: the two nero's caches share names, not stamps
+                    twin = Path(tmp) / f"before-{cwd.name}"
+                    if not twin.exists():
+                        shutil.copytree(cwd, twin)
+                    s, mib = median(argv, twin, check, args.repeat, cold, args.before.resolve())
                     before.append((n, name, s, mib, s / peer[0]))
                     print(f"  before: {name}: {s:.2f}s {mib:.0f} MiB", file=sys.stderr, flush=True)
                 s, mib = median(argv, cwd, check, args.repeat, cold)

@@ -61,7 +61,7 @@ from .optimise import Searcher, package_problems, stand_ins, trial_runs
 from .paths import ClusterPaths, ProjectPaths
 from .plan import finish
 from .plan import plan as make_plan
-from .replan import current, firsts, incremental, specs_of, to_render
+from .replan import Kept, current, firsts, incremental, specs_of, to_render
 from .sharing import MountTable, check_state_folder, current_user, project_paths
 from .spec import expand
 from .state import Store
@@ -168,6 +168,7 @@ class Reconciler:
         self._remembered = ""  # the fingerprint of the last plan kept for `nero apply ID`
         self._planning: tuple[str, dict[str, RunRecord]] | None = None  # (data version, planning_records)
         self._searcher: Searcher | None = None
+        self._kept: tuple[tuple[str, str], Kept] | None = None  # ((workbook stamp, data version), decisions)
 
     # ------------------------------------------------------------ workbook
     def load(self, keep_last_good: bool = False, settle_s: float = 0.0) -> list[str]:
@@ -310,7 +311,7 @@ class Reconciler:
             every[:] = expand(wb, {})
             return every
 
-        kept = current(self.store, wb, key, expanded, self._snapshot, self.store.overrides())
+        kept = self._decisions(wb, key, expanded)
         todo, passed = to_render(self.store, key, kept.decisions.waiting_keys())
         if every:
             chosen = [s for s in every if s.key in todo]
@@ -321,6 +322,18 @@ class Reconciler:
             raise WorkbookError(str(self.workbook_path), problems)
         passed()
         return every or None
+
+    def _decisions(self, wb: Workbook, key: str, specs: Callable[[], list[RunSpec]],
+                   overrides: dict | None = None) -> Kept:
+        """`replan.current`, made once per data version in this process (a load, a plan and a
+        pass's reach ask for it in turn)."""
+        version = data_version(self.store)
+        if self._kept is not None and self._kept[0] == (key, version):
+            return self._kept[1]
+        kept = current(self.store, wb, key, specs, self._snapshot,
+                       self.store.overrides() if overrides is None else overrides)
+        self._kept = ((key, version), kept)
+        return kept
 
     def metric_names(self) -> set[str]:
         """The known metrics: the Metrics rows' and those the runs' current attempts produced."""
@@ -403,7 +416,7 @@ class Reconciler:
             return found
         overrides = self.store.overrides() if overrides is None else overrides
         if self._key and incremental(self.workbook):  # the kept decisions, renewed with the runs written since
-            d = current(self.store, self.workbook, self._key, lambda: self.specs, self._snapshot, overrides).decisions
+            d = self._decisions(self.workbook, self._key, lambda: self.specs, overrides).decisions
             restarts = [k for k, (_, x) in d.by_key.items() if x.wants and x.action.kind is ActionKind.RESTART]
             found = finish(d, self.capacity(), live_clusters(self.store), planning_records(self.store, restarts),
                            prune=prune, gate=gate)
@@ -659,7 +672,7 @@ class Reconciler:
         if isinstance(found, set):
             return found
         if self._key and incremental(self.workbook):  # the kept decisions: the runs to submit, restart or hold
-            d = current(self.store, self.workbook, self._key, lambda: self.specs, self._snapshot, self.store.overrides())
+            d = self._decisions(self.workbook, self._key, lambda: self.specs)
             found = {c for _, x in d.decisions.by_key.values() if (s := x.action.spec) is not None
                      and s.desired is Desired.RUN and x.action.kind is not ActionKind.CANCEL for c in s.clusters}
             keep(self.store, "wanted", stamp, found)
