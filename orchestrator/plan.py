@@ -1,6 +1,9 @@
 """(specs, snapshot, capacity) → Plan: what a pass must do, each action with its reason.
 
-Pure: no backend, file or clock. Decisions, in order:
+Pure: no backend, file or clock. `plan` is `decide` (each run's decision, alone: for a sheet
+without `after` it depends on the run's own spec, record and override) then `finish` (the
+gate's marks, orphans, slots in priority order); `renew` decides again only the runs written
+since, so a kept plan is brought up to date run by run (`replan.py`). Decisions, in order:
 
 * two specs with one run key → a WorkbookError, and no plan at all;
 * a run the sheet asks for and nero never submitted → `submit` (or `held` for state=hold);
