@@ -7,20 +7,24 @@ real pass so that a later pass has nothing to do. A second workbook folder with 
 rows and an empty store gives `nero plan` with every run new. Each command is then run as a
 subprocess, median of 3, peak RSS from wait4: over the unchanged project (what the last
 command computed is reused: the pass cache, `orchestrator/state/cache.py`), and for `status`,
-`plan` and `reconcile` also right after a run changed (the store's data version raised
-before each run, as any write to a run does: the cache misses and the command does the
-whole work). The script fails loudly when a workbook is refused, when the store does not
+`plan` and `reconcile` also right after a run changed (one run written
+before each run (its heartbeat, as a poll writes it): the store's data version rises, so the
+cache misses, and the command brings what it kept up to date with that run). The script fails loudly when a workbook is refused, when the store does not
 hold the runs, when a command does not print what it should (a summary that counts every
 run, a plan with every run new), or when it measured nothing; it ends with the figures
 #14 names beside their targets.
 
-Run: python bench/bench_cli.py [--sizes 1000,10000,100000] [--repeat 3]
+Run: python bench/bench_cli.py [--sizes 1000,10000,100000] [--repeat 3] [--before CHECKOUT]
+(`--before`: a checkout of an earlier nero, e.g. `git archive COMMIT | tar -x -C DIR`: each
+command is timed with it too, right before this one, over the same projects.)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -92,20 +96,30 @@ def _ends(path: Path, size: int = 1 << 16) -> str:
 
 
 def changed(cwd: Path) -> None:
-    """Raise the store's data version, as a write to any run does (the cache then misses)."""
+    """Write one run, as a poll does (its heartbeat): the store's triggers raise its data
+    version (the cache misses) and note the run as changed. Fails loudly when the version
+    did not move (the command would measure a cache hit)."""
     con = sqlite3.connect(cwd / ".nero" / "state.db")
+    before = con.execute("SELECT value FROM meta WHERE key = 'data_version'").fetchone()
     with con:
-        con.execute("INSERT OR IGNORE INTO meta VALUES ('data_version', 0)")
-        con.execute("UPDATE meta SET value = value + 1 WHERE key = 'data_version'")
+        n = con.execute("SELECT max(number) FROM runs").fetchone()[0]
+        key, attempt = con.execute("SELECT key, attempt FROM runs WHERE number = ?",
+                                   (random.randint(1, n),)).fetchone()
+        con.execute("UPDATE attempts SET heartbeat_at = ? WHERE key = ? AND attempt = ?", (time.time(), key, attempt))
+    after = con.execute("SELECT value FROM meta WHERE key = 'data_version'").fetchone()
     con.close()
+    if after is None or after == before:
+        sys.exit("bench_cli: writing a run did not raise the store's data version")
 
 
-def timed(argv: list[str], cwd: Path, check: str | None, cold: bool = False) -> tuple[float, float, str]:
+def timed(argv: list[str], cwd: Path, check: str | None, cold: bool = False,
+          root: Path = ROOT) -> tuple[float, float, str]:
     """(seconds, peak RSS MiB, the ends of its output) of one whole process; `cold`: right
     after the store's data changed."""
     if cold:
         changed(cwd)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), COLUMNS="160", PYTHONPYCACHEPREFIX=str(cwd.parent / "pycache"))
+    env = dict(os.environ, PYTHONPATH=str(root), COLUMNS="160",
+               PYTHONPYCACHEPREFIX=str(cwd.parent / f"pycache{abs(hash(str(root)))}"))
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # as installed: compiled modules cached
     t = time.perf_counter()
     with open(cwd / ".out", "wb") as out:
@@ -119,9 +133,10 @@ def timed(argv: list[str], cwd: Path, check: str | None, cold: bool = False) -> 
     return dt, ru.ru_maxrss / 1024, text
 
 
-def median(argv: list[str], cwd: Path, check: str | None, repeat: int, cold: bool = False) -> tuple[float, float]:
-    timed(argv, cwd, check)  # warm: the modules compiled, the files in the page cache, the pass cache made
-    got = [timed(argv, cwd, check, cold) for _ in range(repeat)]
+def median(argv: list[str], cwd: Path, check: str | None, repeat: int, cold: bool = False,
+           root: Path = ROOT) -> tuple[float, float]:
+    timed(argv, cwd, check, root=root)  # warm: the modules compiled, the files in the page cache, the pass cache made
+    got = [timed(argv, cwd, check, cold, root) for _ in range(repeat)]
     return statistics.median(g[0] for g in got), max(g[1] for g in got)
 
 
@@ -129,6 +144,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1000,10000,100000")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--before", type=Path, help="a checkout of an earlier nero: each command is timed with it too, "
+                    "right before this one's, over the same projects (before → after in one run)")
     ap.add_argument("--build", nargs=3, metavar=("FOLDER", "RUNS", "FILL"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.build:  # the child that builds a project: the timing parent stays small, for its
@@ -136,7 +153,8 @@ def main() -> None:
         print(build(Path(args.build[0]), int(args.build[1]), args.build[2] == "1"))
         return
     nero = [sys.executable, "-m", "orchestrator"]
-    rows = []
+    rows: list[tuple[int, str, float, float, float]] = []
+    before: list[tuple[int, str, float, float, float]] = []  # the same, timed with --before's nero
     with tempfile.TemporaryDirectory() as tmp:
         for size in (int(s) for s in args.sizes.split(",")):
             t = time.perf_counter()
@@ -153,18 +171,26 @@ def main() -> None:
             peer = median(sql, done, None, args.repeat)
             cases = [
                 (STATUS, nero + ["status"], done, f"{n:,} runs", False),
-                ("nero status, a run changed", nero + ["status"], done, f"{n:,} runs", True),
+                (STATUS_CHANGED, nero + ["status"], done, f"{n:,} runs", True),
                 ("nero status all (full table)", nero + ["status", "all"], done, None, False),
                 ("nero status --json", nero + ["status", "--json"], done, None, False),
                 ("nero status --csv", nero + ["status", "--csv"], done, None, False),
                 (PLAN, nero + ["plan"], done, "No changes.", False),
-                ("nero plan, a run changed", nero + ["plan"], done, "No changes.", True),
+                (PLAN_CHANGED, nero + ["plan"], done, "No changes.", True),
                 ("nero plan (every run new)", nero + ["plan"], fresh, f"{n:,} to submit", False),
                 (RECONCILE, nero + ["reconcile"], done, None, False),
-                ("nero reconcile, a run changed", nero + ["reconcile"], done, None, True),
+                (RECONCILE_CHANGED, nero + ["reconcile"], done, None, True),
             ]
             rows.append((n, PEER, *peer, 1.0))
             for name, argv, cwd, check, cold in cases:
+                if args.before:
+                    # in a copy of the project: the two nero's caches share names, not stamps
+                    twin = Path(tmp) / f"before-{cwd.name}"
+                    if not twin.exists():
+                        shutil.copytree(cwd, twin)
+                    s, mib = median(argv, twin, check, args.repeat, cold, args.before.resolve())
+                    before.append((n, name, s, mib, s / peer[0]))
+                    print(f"  before: {name}: {s:.2f}s {mib:.0f} MiB", file=sys.stderr, flush=True)
                 s, mib = median(argv, cwd, check, args.repeat, cold)
                 rows.append((n, name, s, mib, s / peer[0]))
                 print(f"  {name}: {s:.2f}s {mib:.0f} MiB", file=sys.stderr, flush=True)
@@ -173,10 +199,16 @@ def main() -> None:
     print(f"{'runs':>8}  {'command':<38} {'median':>8} {'peak RSS':>9} {'× sqlite3':>10}")
     for n, name, s, mib, ratio in rows:
         print(f"{n:>8,}  {name:<38} {s:>7.2f}s {mib:>6.0f}MiB {ratio:>9.1f}×")
+    if before:
+        print(f"\nbefore → after ({args.before}):")
+        for (n, name, s0, m0, _), (_, _, s, mib, _) in zip(before, [r for r in rows if r[1] != PEER], strict=True):
+            print(f"{n:>8,}  {name:<38} {s0:>7.2f}s → {s:.2f}s ({s0 / s:.1f}× faster)  {m0:>5.0f} → {mib:.0f} MiB")
     verdicts(rows)
 
 
 STATUS, PLAN, RECONCILE = "nero status", "nero plan (no change)", "nero reconcile (one pass, no change)"
+STATUS_CHANGED, PLAN_CHANGED = "nero status, a run changed", "nero plan, a run changed"
+RECONCILE_CHANGED = "nero reconcile, a run changed"
 PEER = "sqlite3 (the same rows)"
 
 
@@ -192,7 +224,7 @@ def verdicts(rows: list[tuple[int, str, float, float, float]]) -> None:
 
     print("\n#14 must-show 1 (targets beside what was measured):")
     big, mid = near(100_000), near(10_000)
-    for name in (STATUS, PLAN, RECONCILE):
+    for name in (STATUS, PLAN, RECONCILE, STATUS_CHANGED, PLAN_CHANGED, RECONCILE_CHANGED):
         if big is None:
             print(f"  {name} at 100,000 runs: not measured (--sizes has no 100000)")
             continue
@@ -203,8 +235,9 @@ def verdicts(rows: list[tuple[int, str, float, float, float]]) -> None:
     if mid is None:
         print("  nero status at 10,000 runs: not measured (--sizes has no 10000)")
     else:
-        ratio = by[(mid, STATUS)][2]
-        print(f"  nero status at {mid:,} runs: {ratio:.1f}× sqlite3 (≤ 20×): {'met' if ratio <= 20 else 'NOT met'}")
+        for name in (STATUS, STATUS_CHANGED):
+            ratio = by[(mid, name)][2]
+            print(f"  {name} at {mid:,} runs: {ratio:.1f}× sqlite3 (≤ 20×): {'met' if ratio <= 20 else 'NOT met'}")
 
 
 if __name__ == "__main__":

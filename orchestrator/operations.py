@@ -17,6 +17,7 @@ refuses without `--yes` when not on a terminal); the Python API acts only with `
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -88,23 +89,27 @@ def select(project: Project, selector: str, need_workbook: bool = False, warn: W
     return project.select(parsed)
 
 
-def run_rows(project: Project, runs: Sequence[RunRecord], fresh: Freshness,
+def run_rows(project: Project, runs: Iterable[RunRecord], fresh: Freshness,
              with_attempts: bool = False) -> Iterator[dict[str, object]]:
     """`runs` as `nero status --json` lists them (`views.run_row`), one at a time; each run's
     `as_of` is now when `fresh` read it, else the last pass's time. `with_attempts` adds each
-    run's earlier attempts (`views.attempt_row`)."""
+    run's earlier attempts (`views.attempt_row`). Read and made 2,000 runs at a time (their
+    values, histories and earlier attempts), so `runs` may be a stream of every run."""
     now = project.clock()
-    earlier: dict[str, list[RunRecord]] = {}
-    if with_attempts:
-        for a in project.earlier_attempts(r.key for r in runs):
-            earlier.setdefault(a.key, []).append(a)
-    values, checkpoints = project.metric_values(runs), project.checkpoints()
-    attempt_values = project.attempt_values([a for per in earlier.values() for a in per])
+    checkpoints = project.checkpoints()
     refreshed = set(fresh.refreshed)
-    for r in runs:
-        attempts = ([attempt_row(a, now, attempt_values[(a.key, a.attempt)], checkpoints)
-                     for a in earlier.get(r.key, ())] if with_attempts else None)
-        yield run_row(r, now, values[r.key], checkpoints, now if r.key in refreshed else fresh.last_pass, attempts)
+    it = iter(runs)
+    while batch := list(itertools.islice(it, 2_000)):
+        earlier: dict[str, list[RunRecord]] = {}
+        if with_attempts:
+            for a in project.earlier_attempts(r.key for r in batch):
+                earlier.setdefault(a.key, []).append(a)
+        values = project.metric_values(batch)
+        attempt_values = project.attempt_values([a for per in earlier.values() for a in per])
+        for r in batch:
+            attempts = ([attempt_row(a, now, attempt_values[(a.key, a.attempt)], checkpoints)
+                         for a in earlier.get(r.key, ())] if with_attempts else None)
+            yield run_row(r, now, values[r.key], checkpoints, now if r.key in refreshed else fresh.last_pass, attempts)
 
 
 def history_rows(project: Project, selector: str = "all", last: int = 0, warn: Warn = _ignore,

@@ -315,6 +315,19 @@ class Project:
             return [c.record for c in self.select(selector) if c.record is not None]
         return sorted(self._rec.store.snapshot().values(), key=lambda r: r.number)
 
+    def run_batches(self, size: int = 2_000) -> Iterator[list[RunRecord]]:
+        """The runs nero started, by number, `size` at a time: a listing of every run holds
+        one batch, not every run (`status all`, `--json`, `--csv`)."""
+        from .state.tally import record_batches
+
+        return record_batches(self._rec.store, size)
+
+    def shown_names(self) -> list[str]:
+        """The metrics the runs' current attempts have (a last or best value, or a point), sorted."""
+        from .state.tally import shown_names
+
+        return shown_names(self._rec.store)
+
     def run_count(self) -> int:
         """How many runs nero started (without reading them)."""
         from .state.tally import run_count
@@ -460,9 +473,11 @@ class Project:
         metric → (last, best, value at each of `checkpoints()`). Goals and checkpoints are the
         workbook's (read if it was not; defaults when it does not read)."""
         from .shown import run_values
+        from .state.tally import histories_of
 
         goals, checkpoints = self._shown_settings()
-        histories = self.histories()
+        few = runs is not None and len(runs) <= 5_000  # their histories alone (a batch of a listing)
+        histories = histories_of(self._rec.store, runs) if few else self.histories()
         return {r.key: run_values(r, histories.get(r.key), goals, checkpoints)
                 for r in (self.runs() if runs is None else runs)}
 

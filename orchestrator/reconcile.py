@@ -59,7 +59,9 @@ from .model import (
 )
 from .optimise import Searcher, package_problems, stand_ins, trial_runs
 from .paths import ClusterPaths, ProjectPaths
+from .plan import finish
 from .plan import plan as make_plan
+from .replan import Kept, current, firsts, incremental, specs_of, to_render
 from .sharing import MountTable, check_state_folder, current_user, project_paths
 from .spec import expand
 from .state import Store
@@ -166,6 +168,7 @@ class Reconciler:
         self._remembered = ""  # the fingerprint of the last plan kept for `nero apply ID`
         self._planning: tuple[str, dict[str, RunRecord]] | None = None  # (data version, planning_records)
         self._searcher: Searcher | None = None
+        self._kept: tuple[tuple[str, str], Kept] | None = None  # ((workbook stamp, data version), decisions)
 
     # ------------------------------------------------------------ workbook
     def load(self, keep_last_good: bool = False, settle_s: float = 0.0) -> list[str]:
@@ -213,8 +216,11 @@ class Reconciler:
             specs = None
             if not isinstance(found, list):  # not checked against this state yet
                 found = None
-                specs = expand(wb, self._trial_runs(wb))
-                self._preflight(wb, specs)
+                if key and incremental(wb):  # only the runs not rendered yet under this workbook
+                    specs = self._check(wb, key)
+                else:
+                    specs = expand(wb, self._trial_runs(wb))
+                    self._preflight(wb, specs)
         except WorkbookError as e:
             if keep_last_good and self.workbook is not None:
                 return self._once(("bad", stamp), f"{e}\n  keeping the last good plan; fix the workbook and save it")
@@ -227,7 +233,9 @@ class Reconciler:
         if found is None:
             from .rules import name_warnings
 
-            found = name_warnings(self.specs, wb.settings.primary_metric, self.metric_names())
+            named = firsts(wb) if incremental(wb) else self.specs  # what name_warnings reads of the rows
+            primary = wb.settings.primary_metric
+            found = name_warnings(named, primary, self.metric_names() if primary or any(s.rules for s in named) else ())
             keep(self.store, "checked", checked, found)
         return warnings + found
 
@@ -290,6 +298,42 @@ class Reconciler:
         problems += package_problems(wb) if searching else []
         if problems:
             raise WorkbookError(str(self.workbook_path), problems)
+
+    def _check(self, wb: Workbook, key: str) -> list[RunSpec] | None:
+        """`_preflight` for a sheet whose runs are decided one by one (`replan.incremental`):
+        the runs to submit, restart or hold from the kept decisions, and of those only the
+        ones not rendered yet under this workbook; the specs if it expanded them all."""
+        from .preflight import check_workbook
+
+        every: list[RunSpec] = []
+
+        def expanded() -> list[RunSpec]:
+            every[:] = expand(wb, {})
+            return every
+
+        kept = self._decisions(wb, key, expanded)
+        todo, passed = to_render(self.store, key, kept.decisions.waiting_keys())
+        if every:
+            chosen = [s for s in every if s.key in todo]
+        else:
+            chosen = [s for _, s in sorted(specs_of(wb, todo, kept.starts).values(), key=lambda x: x[0])]
+        problems = check_workbook(wb, chosen, str(self.project_dir), {s.key: self.workdir(s) for s in chosen})
+        if problems:
+            raise WorkbookError(str(self.workbook_path), problems)
+        passed()
+        return every or None
+
+    def _decisions(self, wb: Workbook, key: str, specs: Callable[[], list[RunSpec]],
+                   overrides: dict | None = None) -> Kept:
+        """`replan.current`, made once per data version in this process (a load, a plan and a
+        pass's reach ask for it in turn)."""
+        version = data_version(self.store)
+        if self._kept is not None and self._kept[0] == (key, version):
+            return self._kept[1]
+        kept = current(self.store, wb, key, specs, self._snapshot,
+                       self.store.overrides() if overrides is None else overrides)
+        self._kept = ((key, version), kept)
+        return kept
 
     def metric_names(self) -> set[str]:
         """The known metrics: the Metrics rows' and those the runs' current attempts produced."""
@@ -370,8 +414,15 @@ class Reconciler:
         found = cached(self.store, "plan", stamp)
         if isinstance(found, Plan):
             return found
-        found = make_plan(self.specs, self._snapshot(self.specs), self.capacity(), prune=prune,
-                          overrides=self.store.overrides() if overrides is None else overrides, gate=gate)
+        overrides = self.store.overrides() if overrides is None else overrides
+        if self._key and incremental(self.workbook):  # the kept decisions, renewed with the runs written since
+            d = self._decisions(self.workbook, self._key, lambda: self.specs, overrides).decisions
+            restarts = [k for k, (_, x) in d.by_key.items() if x.wants and x.action.kind is ActionKind.RESTART]
+            found = finish(d, self.capacity(), live_clusters(self.store), planning_records(self.store, restarts),
+                           prune=prune, gate=gate)
+        else:
+            found = make_plan(self.specs, self._snapshot(self.specs), self.capacity(), prune=prune, overrides=overrides,
+                              gate=gate)
         if len(found.actions) <= PLAN_KEPT and not any(a.kind in (ActionKind.SUBMIT, ActionKind.RESTART)
                                                         and not a.awaiting for a in found.actions):
             keep(self.store, "plan", stamp, found)
@@ -620,6 +671,12 @@ class Reconciler:
         stamp = self._state_key()
         found = cached(self.store, "wanted", stamp)
         if isinstance(found, set):
+            return found
+        if self._key and incremental(self.workbook):  # the kept decisions: the runs to submit, restart or hold
+            d = self._decisions(self.workbook, self._key, lambda: self.specs)
+            found = {c for _, x in d.decisions.by_key.values() if (s := x.action.spec) is not None
+                     and s.desired is Desired.RUN and x.action.kind is not ActionKind.CANCEL for c in s.clusters}
+            keep(self.store, "wanted", stamp, found)
             return found
         snap = self._planning_records()
         restarts = {k for k, o in self.store.overrides().items() if o.kind is OverrideKind.RESTART}

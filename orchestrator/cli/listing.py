@@ -82,10 +82,11 @@ def stream_json(items: Iterable[dict[str, object]]) -> None:
     out.flush()
 
 
-def stream_csv(header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
-    """CSV with a header line, written row by row."""
+def stream_csv(header: Sequence[str] | None, rows: Iterable[Sequence[object]]) -> None:
+    """CSV with a header line (none when None: more rows of the same table), written row by row."""
     w = csv.writer(sys.stdout, lineterminator="\n")
-    w.writerow(header)
+    if header is not None:
+        w.writerow(header)
     w.writerows(rows)
     sys.stdout.flush()
 

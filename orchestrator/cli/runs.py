@@ -47,8 +47,10 @@ from .listing import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from ..metrics import Summary
-    from ..model import Plan, RunRecord
+    from ..model import Freshness, Plan, RunRecord
 
 __all__ = ["freshness_json", "freshness_line", "history", "plan", "print_plan", "status"]
 
@@ -181,6 +183,15 @@ def status(args: tuple[str, ...], as_json: bool, as_csv: bool, show_all: bool, w
             click.echo(freshness_line(fresh, now))
             _not_started(project)
             return
+        if (not selector or selector.strip().lower() == "all") and project.run_count() > summary_rows():
+            _every_run(project, now, as_json, as_csv, show_all, with_attempts, fresh)
+            if not (as_json or as_csv or selector):
+                for o in project.optimisations():
+                    click.echo(optimisation_line(o))
+            click.echo(freshness_line(fresh, now), err=as_json or as_csv)
+            if not (as_json or as_csv or selector):
+                _not_started(project)
+            return
         runs = [c.record for c in select(project, selector) if c.record] if selector else project.runs()
         if as_json:
             stream_json(run_rows(project, runs, fresh, with_attempts))
@@ -215,16 +226,44 @@ def _summary(project: Project, now: float) -> None:
     print_summary(project.tally(metric, SHOWN, ATTENTION), now, summary_rows())
 
 
-def _status_csv(runs: list[RunRecord], now: float, values: dict[str, dict[str, Summary]]) -> None:
-    """`status --csv`: one line per run, a `last:<metric>` and `best:<metric>` column per metric."""
-    metrics = sorted({m for v in values.values() for m in v})
-    header = ["number", "run", "experiment", "state", "cluster", "attempt", "job_id", "host", "runtime_s", "step",
+def _every_run(project: Project, now: float, as_json: bool, as_csv: bool, show_all: bool, with_attempts: bool,
+               fresh: Freshness) -> None:
+    """Every run (`status all`, `--json`, `--csv` of more than `summary_rows()` runs), read and
+    written a batch at a time (`Project.run_batches`): JSON and CSV hold one batch; the
+    table holds its lines until their widths are known, not the runs."""
+    batches = project.run_batches()
+    if as_json:
+        stream_json(run_rows(project, (r for b in batches for r in b), fresh, with_attempts))
+        return
+    if as_csv:
+        names = project.shown_names()
+        for i, batch in enumerate(batches):
+            _status_csv(batch, now, project.metric_values(batch), names, header=i == 0)
+        return
+    with_who = who_shown(project.who_submitted())
+    rows: list[list[str]] = []
+    for batch in batches:
+        earlier: dict[str, list[RunRecord]] = {}
+        if with_attempts:
+            for a in project.earlier_attempts(r.key for r in batch):
+                earlier.setdefault(a.key, []).append(a)
+        attempt_values = project.attempt_values([a for per in earlier.values() for a in per])
+        rows += _plain_rows(batch, now, show_all, project.metric_values(batch), earlier, attempt_values, with_who)
+    _plain_table(rows, with_who)
+
+
+def _status_csv(runs: list[RunRecord], now: float, values: dict[str, dict[str, Summary]],
+                metrics: list[str] | None = None, header: bool = True) -> None:
+    """`status --csv`: one line per run, a `last:<metric>` and `best:<metric>` column per metric
+    (`metrics`, else those of `values`); `header`: the header line first."""
+    metrics = sorted({m for v in values.values() for m in v}) if metrics is None else metrics
+    header_line = ["number", "run", "experiment", "state", "cluster", "attempt", "job_id", "host", "runtime_s", "step",
               "orphaned", "retry", "reason", "who", *(f"{k}:{m}" for m in metrics for k in ("last", "best"))]
 
     def cell(x: float | None) -> object:
         return "" if x is None or x != x else x
 
-    stream_csv(header, ([r.number, r.key, r.experiment, r.state.value, r.cluster, r.attempt, r.job_id, r.host,
+    stream_csv(header_line if header else None, ([r.number, r.key, r.experiment, r.state.value, r.cluster, r.attempt, r.job_id, r.host,
                          r.runtime(now), "" if r.step is None else r.step, int(r.orphaned), r.retry, r.reason, r.who,
                          *(cell(getattr(values[r.key].get(m), k, None)) for m in metrics for k in ("last", "best"))]
                         for r in runs))
@@ -247,6 +286,38 @@ def _not_started(project: Project) -> None:
         click.echo(f"Not started: {parts} (`nero plan` says why).")
 
 
+def _metrics_text(values: dict[str, Summary], show_all: bool) -> str:
+    """A run's last values as the table shows them (the first four unless `show_all`)."""
+    last = {m: v.last for m, v in values.items() if v.last is not None}
+    names = sorted(last)
+    shown = names if show_all else names[:4]
+    return "  ".join(f"{k}={format_significant(last[k])}" for k in shown) + (" …" if len(names) > len(shown) else "")
+
+
+def _plain_rows(runs: Iterable[RunRecord], now: float, show_all: bool, values: dict[str, dict[str, Summary]],
+                earlier: dict[str, list[RunRecord]], attempt_values: dict[tuple[str, int], dict[str, Summary]],
+                with_who: bool) -> list[list[str]]:
+    """The lines of the plain table of `runs` (each with its `earlier` attempts below it), as cells."""
+    def who(r: RunRecord) -> list[str]:
+        return [r.who] if with_who else []
+
+    rows = []
+    for r in runs:
+        rows.append([str(r.number), r.key, r.state.value + (" (orphaned)" if r.orphaned else ""), r.cluster,
+                     *who(r), format_duration(r.runtime(now)), "" if r.step is None else str(r.step),
+                     _metrics_text(values[r.key], show_all), r.reason])
+        rows += [["", f"  └ attempt {a.attempt}", a.state.value, a.cluster, *who(a), format_duration(a.runtime(now)),
+                  "" if a.step is None else str(a.step), _metrics_text(attempt_values[(a.key, a.attempt)], show_all),
+                  a.reason] for a in earlier.get(r.key, ())]
+    return rows
+
+
+def _plain_table(rows: list[list[str]], with_who: bool) -> None:
+    shift = int(with_who)
+    write_lines(plain_table(("#", "run", "state", "cluster", *(["who"] if with_who else []), "runtime", "step",
+                             "metrics", "reason"), rows, right=frozenset({0, 4 + shift, 5 + shift})))
+
+
 def _status_table(runs: list[RunRecord], now: float, show_all: bool, values: dict[str, dict[str, Summary]],
                   earlier: dict[str, list[RunRecord]],
                   attempt_values: dict[tuple[str, int], dict[str, Summary]], with_who: bool = False) -> None:
@@ -259,24 +330,8 @@ def _status_table(runs: list[RunRecord], now: float, show_all: bool, values: dic
 
     from rich.table import Table
 
-    def metrics_of(values: dict[str, Summary]) -> str:
-        last = {m: v.last for m, v in values.items() if v.last is not None}
-        names = sorted(last)
-        shown = names if show_all else names[:4]
-        return "  ".join(f"{k}={format_significant(last[k])}" for k in shown) + (" …" if len(names) > len(shown) else "")
-
     if len(runs) + sum(map(len, earlier.values())) > summary_rows():
-        rows = []
-        for r in runs:
-            rows.append([str(r.number), r.key, r.state.value + (" (orphaned)" if r.orphaned else ""), r.cluster,
-                         *who(r), format_duration(r.runtime(now)), "" if r.step is None else str(r.step),
-                         metrics_of(values[r.key]), r.reason])
-            rows += [["", f"  └ attempt {a.attempt}", a.state.value, a.cluster, *who(a), format_duration(a.runtime(now)),
-                      "" if a.step is None else str(a.step), metrics_of(attempt_values[(a.key, a.attempt)]), a.reason]
-                     for a in earlier.get(r.key, ())]
-        shift = int(with_who)
-        write_lines(plain_table(("#", "run", "state", "cluster", *(["who"] if with_who else []), "runtime", "step",
-                                 "metrics", "reason"), rows, right=frozenset({0, 4 + shift, 5 + shift})))
+        _plain_table(_plain_rows(runs, now, show_all, values, earlier, attempt_values, with_who), with_who)
         return
 
     t = Table(header_style="bold", box=None, pad_edge=False)
@@ -286,7 +341,7 @@ def _status_table(runs: list[RunRecord], now: float, show_all: bool, values: dic
                     ("reason", {"overflow": "fold", "max_width": 60})):
         t.add_column(col, **kw)
     def row(r: RunRecord, number: str, name: str, state: str, values: dict[str, Summary]) -> None:
-        metrics = metrics_of(values)
+        metrics = _metrics_text(values, show_all)
         style = STATE_STYLE.get(r.state.value, "")
         t.add_row(number, name, f"[{style}]{state}[/]", escape(r.cluster), *map(escape, who(r)),
                   format_duration(r.runtime(now)),

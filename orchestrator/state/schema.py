@@ -9,7 +9,7 @@ import sys
 
 from ..model import LIVE_STATES, Offsets, RunRecord, RunState, SourceOffset
 
-__all__ = ["ADDED_COLUMNS", "DATA_VERSION", "LAST_PASS", "LIVE_WHERE", "PLANNING_SQL", "REWRITES", "SCHEMA",
+__all__ = ["ADDED_COLUMNS", "CHANGED_AT", "CHANGES", "CHANGES_SINCE", "DATA_VERSION", "INSTALL", "LAST_PASS", "LIVE_WHERE", "PLANNING_SQL", "REWRITES", "SCHEMA",
            "SCHEMA_VERSION", "SNAPSHOT_SQL", "TRIGGERS", "files_json", "files_of", "record_of"]
 
 SCHEMA_VERSION = 1
@@ -193,10 +193,43 @@ TRIGGERS |= {
     for table in ("runs", "attempts", "overrides")
     for event in ("INSERT", "UPDATE", "DELETE")
 }
+# Which runs changed since a data version (`state/tally.py: changed_since`): each run key
+# with the data version of its last write (to its run row, an attempt, an override), so a
+# plan can be brought up to date by deciding again only the runs written since it was made
+# (`replan.py`). One row a run, however often it is written. A trigger may read the counter
+# before or after the version trigger raised it, so a run written at version V holds V - 1
+# or V: asked for the runs written after V, the store answers those holding V or more (a
+# few more than needed, none missing). `CHANGES_SINCE`: the data version the log starts at
+# (a store from before it has no record of older writes).
+CHANGES = "CREATE TABLE IF NOT EXISTS changes (key TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+CHANGES_SINCE = "changes_since"
+_NOW = f"COALESCE((SELECT value FROM meta WHERE key = '{DATA_VERSION}'), 0)"
+TRIGGERS["changes_by_version"] = "CREATE INDEX IF NOT EXISTS changes_by_version ON changes (version)"
+TRIGGERS |= {
+    f"{table}_{event.lower()}_change": (
+        f"CREATE TRIGGER IF NOT EXISTS {table}_{event.lower()}_change AFTER {event} ON {table} BEGIN "
+        f"UPDATE changes SET version = {_NOW} WHERE key = {row}.key; "
+        f"INSERT INTO changes SELECT {row}.key, {_NOW} WHERE NOT EXISTS (SELECT 1 FROM changes WHERE key = {row}.key); "
+        "END"
+    )
+    for table in ("runs", "attempts", "overrides")
+    for event, row in (("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD"))
+}
 # The attempts that are live or not confirmed, few of many: which clusters have live runs
 # (every pass, every `nero status`) is answered from this index (`state/tally.py`).
 LIVE_WHERE = f"state IN ({', '.join(sorted(repr(s.value) for s in LIVE_STATES))}) OR intent"
 TRIGGERS["attempts_live"] = f"CREATE INDEX IF NOT EXISTS attempts_live ON attempts (key, attempt) WHERE {LIVE_WHERE}"
+
+# The attempts by the time they last changed (the latest of ended, started, submitted,
+# heartbeat): the runs that changed last (`nero status`) are read from its end, not sorted.
+CHANGED_AT = ("MAX(COALESCE(ended_at, 0), COALESCE(started_at, 0), COALESCE(submitted_at, 0), "
+              "COALESCE(heartbeat_at, 0))")
+TRIGGERS["attempts_changed"] = f"CREATE INDEX IF NOT EXISTS attempts_changed ON attempts ({CHANGED_AT})"
+
+# what a store from before the triggers gets, in order: the change log's table, the triggers
+# and indexes, and the version the change log starts at (writes before it are not in it)
+# (a store that has every trigger and index of TRIGGERS needs none of them)
+INSTALL = (CHANGES, *TRIGGERS.values(), f"INSERT OR IGNORE INTO meta SELECT '{CHANGES_SINCE}', {_NOW}")
 
 # the meta key of the time (seconds since the epoch, the pass's clock) of the last reconcile
 # pass that ran to its end; a store from before it was recorded lacks it

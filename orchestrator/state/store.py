@@ -47,6 +47,7 @@ from .histories import METRIC_ROWS, EarlierHistories, RunHistories, merge
 from .outbox import Outbox
 from .schema import (
     ADDED_COLUMNS,
+    INSTALL,
     LAST_PASS,
     REWRITES,
     SCHEMA,
@@ -61,7 +62,6 @@ __all__ = ["SCHEMA_VERSION", "Store"]
 
 def _json_num(d: dict[str, float]) -> str:
     return json.dumps({k: (v if math.isfinite(v) else str(v)) for k, v in d.items()})
-
 
 class Store(Outbox):
     """One SQLite database in WAL mode; every write method is one transaction."""
@@ -123,7 +123,7 @@ class Store(Outbox):
         have = {name for (name,) in self.db.execute("SELECT name FROM sqlite_master WHERE type IN ('trigger', 'index')")}
         if not have.issuperset(TRIGGERS):  # a store from before the triggers
             with self.transaction():
-                for statement in TRIGGERS.values():
+                for statement in INSTALL:
                     self.db.execute(statement)
 
     def close(self) -> None:

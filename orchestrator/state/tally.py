@@ -13,23 +13,23 @@ metric (NaN left out), ties by run number.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..model import RunRecord
+from ..model import RunRecord, Series
 from .cache import cached, data_version, keep
-from .schema import LIVE_WHERE, PLANNING_SQL, SNAPSHOT_SQL, record_of
+from .histories import METRIC_ROWS, RunHistories, merge
+from .schema import CHANGED_AT, CHANGES_SINCE, LIVE_WHERE, PLANNING_SQL, SNAPSHOT_SQL, record_of
 
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["Tally", "any_intent", "first_metric", "live_clusters", "metric_names", "orphaned_keys",
-           "planning_records", "run_count", "submitters", "tally", "who_submitted"]
+__all__ = ["Tally", "any_intent", "changed_since", "first_metric", "histories_of", "live_clusters", "metric_names", "orphaned_keys",
+           "planning_records", "record_batches", "run_count", "shown_names", "submitters", "tally", "who_submitted"]
 
 _CURRENT = "FROM runs r JOIN attempts a ON a.key = r.key AND a.attempt = r.attempt"
-_CHANGED = ("MAX(COALESCE(a.ended_at, 0), COALESCE(a.started_at, 0), COALESCE(a.submitted_at, 0), "
-            "COALESCE(a.heartbeat_at, 0))")
+_CHANGED = CHANGED_AT.replace("COALESCE(", "COALESCE(a.")  # matches the index attempts_changed
 _LIVE_A = "a." + LIVE_WHERE.replace(" OR ", " OR a.")
 _LIVE_ONLY = "FROM attempts a INDEXED BY attempts_live JOIN runs r ON r.key = a.key AND r.attempt = a.attempt"
 
@@ -83,16 +83,66 @@ def any_intent(store: Store) -> bool:
     return store.db.execute(f"SELECT 1 {_LIVE_ONLY} WHERE ({_LIVE_A}) AND a.intent LIMIT 1").fetchone() is not None
 
 
-def planning_records(store: Store) -> dict[str, RunRecord]:
-    """Every run with its current attempt as the planner reads it: without its parameters,
-    last and best values (empty), a third of a snapshot's memory and time."""
-    return {row[0]: record_of(row) for row in store.db.execute(PLANNING_SQL)}
+def planning_records(store: Store, keys: Iterable[str] | None = None) -> dict[str, RunRecord]:
+    """Every run (or those of `keys` that nero started) with its current attempt as the
+    planner reads it: without its parameters, last and best values (empty), a third of a
+    snapshot's memory and time."""
+    if keys is None:
+        return {row[0]: record_of(row) for row in store.db.execute(PLANNING_SQL)}
+    wanted, out = list(keys), {}
+    for i in range(0, len(wanted), 500):
+        part = wanted[i:i + 500]
+        rows = store.db.execute(f"{PLANNING_SQL} WHERE r.key IN ({','.join('?' * len(part))})", part)
+        out.update((row[0], record_of(row)) for row in rows)
+    return out
+
+
+def record_batches(store: Store, size: int = 2_000) -> Iterator[list[RunRecord]]:
+    """Every run with its current attempt (as `Store.snapshot` reads it), by number, `size`
+    at a time: a listing of every run holds one batch, not every run."""
+    last = 0
+    while True:
+        rows = store.db.execute(f"{SNAPSHOT_SQL} WHERE r.number > ? ORDER BY r.number LIMIT ?", (last, size)).fetchall()
+        if not rows:
+            return
+        batch = [record_of(row) for row in rows]
+        last = batch[-1].number
+        yield batch
+
+
+def histories_of(store: Store, records: Iterable[RunRecord]) -> dict[str, dict[str, Series]]:
+    """The metric histories of the attempts `records` are (as `Store.histories` has them),
+    read for those runs alone; runs without a point are left out."""
+    runs = {r.key: RunHistories(r.attempt) for r in records}
+    keys = list(runs)
+    for i in range(0, len(keys), 500):
+        part = keys[i:i + 500]
+        merge(store.db.execute(f"{METRIC_ROWS} WHERE key IN ({','.join('?' * len(part))}) ORDER BY rowid", part), runs)
+    return {key: run.view() for key, run in runs.items() if run.curves}
+
+
+def changed_since(store: Store, version: int) -> list[str] | None:
+    """The runs written (their run row, an attempt, an override) since the store's data
+    version was `version`, and a few written just before (`schema.CHANGES`); None when the
+    store's change log does not reach back that far."""
+    start = store.db.execute("SELECT value FROM meta WHERE key = ?", (CHANGES_SINCE,)).fetchone()
+    if start is None or int(start[0]) > version:
+        return None
+    return [k for (k,) in store.db.execute("SELECT key FROM changes WHERE version >= ?", (version,))]
 
 
 def metric_names(store: Store) -> set[str]:
     """The metrics the runs' current attempts recorded a last value of."""
     return {k for (k,) in store.db.execute(
         f"SELECT DISTINCT j.key {_CURRENT}, json_each(COALESCE(NULLIF(a.last, ''), '{{}}')) j")}
+
+
+def shown_names(store: Store) -> list[str]:
+    """The metrics of the runs' current attempts: a last or best value, or a point; sorted."""
+    return sorted(k for (k,) in store.db.execute(
+        f"SELECT j.key {_CURRENT}, json_each(COALESCE(NULLIF(a.last, ''), '{{}}')) j UNION "
+        f"SELECT j.key {_CURRENT}, json_each(COALESCE(NULLIF(a.best, ''), '{{}}')) j UNION "
+        "SELECT m.name FROM metrics m JOIN runs r ON m.key = r.key AND m.attempt = r.attempt"))
 
 
 def orphaned_keys(store: Store) -> set[str]:
@@ -139,40 +189,84 @@ def tally(store: Store, metric: str = "", goal_of: Callable[[str], str] = lambda
 def _tally(store: Store, metric: str, goal: str, shown: int, attention: tuple[str, ...]) -> Tally:
     db = store.db
     total = run_count(store)
-    rows = db.execute(f"SELECT r.experiment, a.state, count(*), min(r.number) {_CURRENT} GROUP BY 1, 2").fetchall()
+    # one scan of the current attempts: counts by experiment, state and orphaned flag, with
+    # each group's first run and its latest change (the kinds needing attention are ranked by it)
+    rows = db.execute(f"SELECT r.experiment, a.state, r.orphaned, count(*), min(r.number), max({_CHANGED}) "
+                      f"{_CURRENT} GROUP BY 1, 2, 3").fetchall()
     states: dict[str, list[int]] = {}
-    experiments: dict[str, list[tuple[str, int, int]]] = {}
-    for experiment, state, n, first in rows:
-        s = states.setdefault(state, [0, first])
-        s[0] += n
-        s[1] = min(s[1], first)
-        experiments.setdefault(experiment, []).append((state, n, first))
+    experiments: dict[str, dict[str, list[int]]] = {}
+    kinds: dict[str, list] = {}
+    for experiment, state, orphaned, n, first, changed in rows:
+        for s in (states.setdefault(state, [0, first]), experiments.setdefault(experiment, {}).setdefault(state, [0, first])):
+            s[0] += n
+            s[1] = min(s[1], first)
+        if state in attention or orphaned:
+            k = kinds.setdefault(state + (" (orphaned)" if orphaned else ""), [0, changed, first])
+            k[0] += n
+            k[1] = max(k[1], changed)
+            k[2] = min(k[2], first)
     marks = ", ".join("?" * len(attention)) or "NULL"
     flagged = f"WHERE (a.state IN ({marks}) OR r.orphaned)"
-    label = "a.state || CASE WHEN r.orphaned THEN ' (orphaned)' ELSE '' END"
-    kinds = db.execute(f"SELECT {label}, count(*), max({_CHANGED}) AS t, min(r.number) {_CURRENT} {flagged} "
-                       "GROUP BY 1 ORDER BY 2 DESC, 3 DESC, 4", attention).fetchall()
     top: tuple[tuple[float, RunRecord], ...] = ()
     if metric and shown:
-        path = '$."' + metric.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        best = "COALESCE(NULLIF(a.best, ''), '{}')"
-        value = ("CASE WHEN typeof(x) IN ('real', 'integer') THEN x WHEN x = 'inf' THEN 9e999 "
-                 "WHEN x = '-inf' THEN -9e999 END")
-        sql = (f"SELECT v, key FROM (SELECT {value} AS v, key, number FROM (SELECT json_extract({best}, ?1) AS x, "
-               f"r.key AS key, r.number AS number {_CURRENT})) WHERE v IS NOT NULL "
-               f"ORDER BY v {'DESC' if goal == 'max' else 'ASC'}, number LIMIT ?2")
-        found = db.execute(sql, (path, shown)).fetchall()
+        found = _top(store, metric, goal, shown)
         records = {r.key: r for r in _records(store, "WHERE r.key IN (" + ", ".join("?" * len(found)) + ")",
-                                              "r.number", shown, tuple(k for _, k in found))} if found else {}
-        top = tuple((float(v), records[k]) for v, k in found if k in records)
+                                              "r.number", shown, tuple(k for _, k, _ in found))} if found else {}
+        top = tuple((float(v), records[k]) for v, k, _ in found if k in records)
     return Tally(
         total=total,
         states=_most_first([(s, n, first) for s, (n, first) in states.items()]),
-        experiments=tuple((e, _most_first(experiments[e])) for e in sorted(experiments)),
-        attention=tuple((k, n) for k, n, _, _ in kinds),
+        experiments=tuple((e, _most_first([(s, n, f) for s, (n, f) in experiments[e].items()]))
+                          for e in sorted(experiments)),
+        attention=tuple((label, n) for label, (n, _, _) in sorted(kinds.items(), key=lambda x: (-x[1][0], -x[1][1], x[1][2]))),
         attention_runs=_records(store, flagged, f"{_CHANGED} DESC, r.number", shown, attention) if kinds and shown else (),
         recent=_records(store, "", f"{_CHANGED} DESC, r.number", shown) if shown else (),
         metric=metric,
         goal=goal,
         top=top,
     )
+
+
+_TOP_RENEWED = 1_000  # the most runs written since the last ranking that are ranked again alone
+
+
+def _top(store: Store, metric: str, goal: str, shown: int) -> list[tuple[float, str, int]]:
+    """The `shown` best runs by `metric` ((value, key, number), best first). Ranking every run
+    reads every run's best values; after a few runs were written, the last ranking (kept
+    under the data version it was made at) is brought up to date with those runs alone,
+    when that is exact: each run not written since keeps its value, so one that ranked below
+    the last ranking's end still does, and the new ranking is exact if its `shown` runs all
+    rank no lower than that end (or the last ranking held every run with a value)."""
+    path = '$."' + metric.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    best = "COALESCE(NULLIF(a.best, ''), '{}')"
+    value = ("CASE WHEN typeof(x) IN ('real', 'integer') THEN x WHEN x = 'inf' THEN 9e999 "
+             "WHEN x = '-inf' THEN -9e999 END")
+    sign = -1 if goal == "max" else 1
+
+    def ranked(where: str, args: tuple, limit: int) -> list[tuple[float, str, int]]:
+        sql = (f"SELECT v, key, number FROM (SELECT {value} AS v, key, number FROM (SELECT json_extract({best}, ?1) AS x, "
+               f"r.key AS key, r.number AS number {_CURRENT} {where})) WHERE v IS NOT NULL "
+               f"ORDER BY v {'DESC' if goal == 'max' else 'ASC'}, number LIMIT {int(limit)}")
+        return [(float(v), k, n) for v, k, n in store.db.execute(sql, (path, *args))]
+
+    version = int(data_version(store))
+    name, stamp = f"top:{shown}", f"{metric}|{goal}"
+    kept = cached(store, name, stamp)
+    found = None
+    if isinstance(kept, tuple) and len(kept) == 2:
+        since, last = kept
+        written = changed_since(store, since) if since <= version else None
+        if written is not None and len(written) <= _TOP_RENEWED:
+            fresh = []
+            for i in range(0, len(written), 500):
+                part = written[i:i + 500]
+                fresh += ranked(f"WHERE r.key IN ({', '.join('?' * len(part))})", tuple(part), len(part))
+            gone = set(written)
+            both = sorted([t for t in last if t[1] not in gone] + fresh, key=lambda t: (sign * t[0], t[2]))[:shown]
+            end = (sign * last[-1][0], last[-1][2]) if last else None
+            if len(last) < shown or (len(both) == shown and (sign * both[-1][0], both[-1][2]) <= end):
+                found = both
+    if found is None:
+        found = ranked("", (), shown)
+    keep(store, name, stamp, (version, found))
+    return found
