@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .model import Action, ActionKind, RunRecord, RunState
 
@@ -73,9 +73,11 @@ def mark(action: Action, why: str, attempt: int, gate: Gate) -> Action:
     if not why:
         return action
     spec_hash = action.spec.spec_hash if action.spec else ""
-    token = f"{action.kind.value} {action.key} {spec_hash} {attempt}"
+    token = f"{action.kind} {action.key} {spec_hash} {attempt}"  # a StrEnum formats as its value
     waits = not gate.apply_all and token not in gate.confirmed
-    return replace(action, token=token, awaiting=why if waits else "")
+    return Action(kind=action.kind, key=action.key, reason=action.reason, spec=action.spec, cluster=action.cluster,
+                  waiting=action.waiting, resume=action.resume, retry=action.retry, token=token,
+                  awaiting=why if waits else "")  # dataclasses.replace, written out: once per run of a big plan
 
 
 def fingerprint(tokens: Iterable[str]) -> str:

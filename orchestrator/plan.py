@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 
 from .confirm import Gate, fingerprint, mark, risk, too_many
 from .errors import WorkbookError
@@ -92,14 +91,16 @@ def plan(
     unchanged = 0
     seen: set[str] = set()
     by_experiment: dict[str, list[RunSpec]] = {}
-    for s in specs:
-        by_experiment.setdefault(s.experiment, []).append(s)
+    if any(s.after for s in specs):  # what `after` waits for (none: 200,000 runs not sorted for nothing)
+        for s in specs:
+            by_experiment.setdefault(s.experiment, []).append(s)
 
     for spec in specs:
         seen.add(spec.key)
         rec = snapshot.get(spec.key)
         live = rec is not None and (rec.state.live or rec.intent)
-        override = active_override(overrides.get(spec.key), spec, rec)
+        asked = overrides.get(spec.key)
+        override = active_override(asked, spec, rec) if asked is not None else None
         manual = override.kind if override else None
         if spec.desired is Desired.STOP or manual is OverrideKind.ABORT:
             why = f"{_STOPPED}{spec.row}" if spec.desired is Desired.STOP else _ABORTED
@@ -137,7 +138,7 @@ def plan(
         if manual is OverrideKind.HOLD:
             actions.append(Action(ActionKind.HOLD, spec.key, f"held with `nero hold` ({reason})", spec))
             continue
-        blocked = _dependencies(spec, by_experiment, snapshot, overrides)
+        blocked = _dependencies(spec, by_experiment, snapshot, overrides) if spec.after else None
         if spec.desired is Desired.HOLD:
             what = "not started" if kind is ActionKind.SUBMIT else f"restart deferred ({reason})"
             then = f"; then {blocked[1]}" if blocked else ""
@@ -165,7 +166,8 @@ def plan(
         if kind is ActionKind.SUBMIT:
             template = mark(Action(kind, spec.key, "new run", spec), many, 0, gate)
         if template is not None and template.awaiting:
-            actions.append(replace(template, reason=reason.partition("|")[0]))
+            why = reason.partition("|")[0]
+            actions.append(template if why == template.reason else _with(template, why))
         else:
             going.append((spec, kind, reason, template))
     actions.extend(_assign(going, snapshot, capacity))
@@ -174,11 +176,23 @@ def plan(
     return Plan(tuple(actions), unchanged, fingerprint(a.token for a in actions if a.awaiting))
 
 
+def _with(a: Action, reason: str, cluster: str | None = None, waiting: str | None = None) -> Action:
+    """`dataclasses.replace(a, reason=…, cluster=…, waiting=…)` written out: a plan makes one
+    per run, and replace took 15 of the 200 s of a profiled 200,000-run plan (#14). It names
+    every field of Action (tests/test_plan.py checks the list), as `confirm.mark` does."""
+    return Action(kind=a.kind, key=a.key, reason=reason, spec=a.spec, cluster=a.cluster if cluster is None else cluster,
+                  waiting=a.waiting if waiting is None else waiting, resume=a.resume, retry=a.retry, token=a.token,
+                  awaiting=a.awaiting)
+
+
 def _one_spec_per_key(specs: Sequence[RunSpec]) -> None:
     """The last guard of run keys: two specs with one key would share a folder and restart
     each other every pass, so the planner refuses them as a workbook error, before any
     action. The sheet reports every such case first (sheet/experiments.py); this holds
     even for a variation that forgets to."""
+    if len({s.key for s in specs}) == len(specs):
+        return  # the usual case, found at the speed of a set
+
     def cell(s: RunSpec) -> str:
         return s.where or f"Experiments row {s.row}"
 
@@ -241,13 +255,13 @@ def _assign(wanted: list[tuple[RunSpec, ActionKind, str, Action | None]], snapsh
         reason, _, dep_wait = reason.partition("|")
         base = template or Action(kind, spec.key, reason, spec)
         if dep_wait:
-            out.append(replace(base, reason=reason, waiting=dep_wait))
+            out.append(_with(base, reason, waiting=dep_wait))
             continue
         chosen = next((c for c in spec.clusters if used[c] < capacity.get(c, 1)), "")
         if chosen:
             used[chosen] += 1
-            out.append(replace(base, reason=reason, cluster=chosen))
+            out.append(_with(base, reason, cluster=chosen))
         else:
             full = ", ".join(f"{c} {used[c]}/{capacity.get(c, 1)}" for c in spec.clusters)
-            out.append(replace(base, reason=reason, waiting=f"no free slot ({full})"))
+            out.append(_with(base, reason, waiting=f"no free slot ({full})"))
     return out
