@@ -26,9 +26,9 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .model import Action, ActionKind, RunRecord, RunState
+from .model import Action, ActionKind, RunRecord, RunSpec, RunState
 
-__all__ = ["APPLY_ALL", "ON_SAVE", "Gate", "describe", "fingerprint", "mark", "risk", "too_many"]
+__all__ = ["APPLY_ALL", "ON_SAVE", "Gate", "describe", "fingerprint", "mark", "new_run", "risk", "too_many"]
 
 ON_SAVE = ("confirm", "apply all")  # Settings on_save: the default first
 APPLY_ALL = "apply all"
@@ -78,6 +78,16 @@ def mark(action: Action, why: str, attempt: int, gate: Gate) -> Action:
     return Action(kind=action.kind, key=action.key, reason=action.reason, spec=action.spec, cluster=action.cluster,
                   waiting=action.waiting, resume=action.resume, retry=action.retry, token=token,
                   awaiting=why if waits else "")  # dataclasses.replace, written out: once per run of a big plan
+
+
+def new_run(spec: RunSpec, why: str, gate: Gate) -> Action:
+    """`mark(Action(SUBMIT, spec.key, "new run", spec), why, 0, gate)`, the Action made once
+    (a first plan makes one per run: 200,000)."""
+    if not why:
+        return Action(ActionKind.SUBMIT, spec.key, "new run", spec)
+    token = f"submit {spec.key} {spec.spec_hash} 0"
+    waits = not gate.apply_all and token not in gate.confirmed
+    return Action(ActionKind.SUBMIT, spec.key, "new run", spec, token=token, awaiting=why if waits else "")
 
 
 def fingerprint(tokens: Iterable[str]) -> str:

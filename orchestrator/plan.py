@@ -28,7 +28,7 @@ import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
-from .confirm import Gate, fingerprint, mark, risk, too_many
+from .confirm import Gate, fingerprint, mark, new_run, risk, too_many
 from .errors import WorkbookError
 from .model import (
     Action,
@@ -164,7 +164,7 @@ def plan(
     going = []
     for spec, kind, reason, template in wanted:
         if kind is ActionKind.SUBMIT:
-            template = mark(Action(kind, spec.key, "new run", spec), many, 0, gate)
+            template = new_run(spec, many, gate)
         if template is not None and template.awaiting:
             why = reason.partition("|")[0]
             actions.append(template if why == template.reason else _with(template, why))

@@ -250,3 +250,15 @@ def test_the_plan_json_is_written_in_pieces_as_json_dumps_writes_it():
              "freshness": {"as_of": 1.5, "pid": None, "live": True, "nested": [1, 2.5, "s", None, {"k": []}]},
              "odd": [float("nan"), float("inf"), (1, "2")]}
     assert "".join(indented_json(value)) == json.dumps(value, indent=2)
+
+
+def test_a_new_run_is_marked_as_mark_marks_it():
+    """confirm.new_run makes in one Action what mark(Action(submit…)) made in two (#14)."""
+    from orchestrator.confirm import Gate, mark, new_run
+    from orchestrator.model import Action as A
+
+    spec = expand(wb(exp()))[0]
+    token = f"submit {spec.key} {spec.spec_hash} 0"
+    for why in ("", "one of 300 new runs, more than Settings confirm_over (200)"):
+        for gate in (Gate(apply_all=True), Gate(), Gate(confirmed=frozenset({token}))):
+            assert new_run(spec, why, gate) == mark(A(ActionKind.SUBMIT, spec.key, "new run", spec), why, 0, gate)

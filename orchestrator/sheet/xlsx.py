@@ -334,7 +334,7 @@ class _SheetReader:
         self.row_nodes = 0  # XML elements and attributes in the current row
         self.others = 0  # and besides rows
         self.first = _OUTSIDE  # row_nodes at the current <c> (a cell's text: at most RUNS more)
-        self.lengths = {"v": 0, "f": 0, "t": 0}  # characters of the current cell's value, formula, inline text
+        self.tlen = 0  # characters of the current cell's inline text (its value's and formula's are their lists')
         self.rows: Rows = []
         self.expected = 1  # openpyxl's next row: a row numbered before it is skipped
         self.row = 0
@@ -371,7 +371,7 @@ class _SheetReader:
                 self.limits.sheet_nodes(self.title)
         if tag == "c":
             self.ref = ref = attrs.get("r", "")
-            col = _column(ref) if ref else 0
+            col = (_COLUMNS.get(ref.rstrip(_DIGITS)) or _column(ref)) if ref else 0
             self.col = col if col else self.col + 1
             if self.col > COLUMNS:
                 self.limits.columns(self._where(), self.col)
@@ -380,7 +380,7 @@ class _SheetReader:
             self.style = int(s) if s else 0
             self.value = []
             self.first = self.row_nodes
-            self.lengths = {"v": 0, "f": 0, "t": 0}
+            self.tlen = 0
             if self.formula is not None or self.text is not None:
                 self.formula = self.text = None
         elif tag == "row":
@@ -412,8 +412,9 @@ class _SheetReader:
         self.depth -= 1
         if tag == "c":
             self.first = _OUTSIDE
-            lengths = self.lengths
-            if lengths["t"] + lengths["v"] > TEXT or lengths["f"] > FORMULA or (self.kind == "s" and self.limits.long_strings):
+            v = self.value
+            if (self.tlen or self.formula is not None or (v and (len(v) > 1 or len(v[0]) > TEXT))
+                    or (self.kind == "s" and self.limits.long_strings)):
                 self._check_cell()
             self.cells.append((self.col, self._value()))
         elif tag == "v":
@@ -437,14 +438,14 @@ class _SheetReader:
 
     def data(self, chunk: str) -> None:
         field = self.field
-        if field:
-            self.lengths[field] += len(chunk)
-            if field == "v":
-                self.value.append(chunk)
-            elif field == "f":
-                self.formula.append(chunk)  # type: ignore[union-attr]
-        if self.text is not None and self.text.collecting:
-            self.text.pieces.append(chunk)
+        if field == "v":
+            self.value.append(chunk)
+        elif field == "f":
+            self.formula.append(chunk)  # type: ignore[union-attr]
+        elif field == "t":
+            self.tlen += len(chunk)
+            if self.text is not None and self.text.collecting:
+                self.text.pieces.append(chunk)
 
     def _where(self) -> str:
         return f"{self.title}!{column_letter(self.col - 1)}{self.row}"
@@ -452,14 +453,13 @@ class _SheetReader:
     def _check_cell(self) -> None:
         """The cell's text and formula within Excel's limits (a shared string's length is
         the one `check_bounds` found, reported at each cell that shows it)."""
-        lengths = self.lengths
-        text = lengths["t"] + (lengths["v"] if self.kind != "s" else 0)
-        if self.kind == "s":
-            v = "".join(self.value).strip()
-            if v.isdigit():
-                text = self.limits.long_strings.get(int(v), 0)
-        if text > TEXT or lengths["f"] > FORMULA:
-            self.limits.cell(self._where(), text, lengths["f"])
+        value = "".join(self.value)
+        formula = sum(map(len, self.formula or ()))
+        text = self.tlen + (len(value) if self.kind != "s" else 0)
+        if self.kind == "s" and value.strip().isdigit():
+            text = self.limits.long_strings.get(int(value.strip()), 0)
+        if text > TEXT or formula > FORMULA:
+            self.limits.cell(self._where(), text, formula)
 
     def finish(self) -> None:
         self._row_done()
