@@ -222,11 +222,10 @@ def indented_json(value: object, level: int = 0) -> Iterator[str]:
     action) is one piece, made at C speed. `nero plan --json` of 200,000 actions took
     280 MB and seconds to dump whole through json's indenting encoder (#14)."""
     pad = "\n" + "  " * (level + 1)
-    if isinstance(value, dict) and value and all(type(k) is str for k in value):
-        if all(type(v) is str for v in value.values()):
-            yield "{" + ",".join([pad + encode_basestring_ascii(k) + ": " + encode_basestring_ascii(v)
-                                  for k, v in value.items()]) + pad[:-2] + "}"
-            return
+    flat = _flat(value, pad)
+    if flat is not None:
+        yield flat
+    elif isinstance(value, dict) and value and all(type(k) is str for k in value):
         yield "{"
         for i, (k, v) in enumerate(value.items()):
             yield ("," if i else "") + pad + encode_basestring_ascii(k) + ": "
@@ -234,11 +233,24 @@ def indented_json(value: object, level: int = 0) -> Iterator[str]:
         yield pad[:-2] + "}"
     elif isinstance(value, list | tuple) and value:
         yield "["
+        inner = pad + "  "
         for i, v in enumerate(value):
-            yield ("," if i else "") + pad
-            yield from indented_json(v, level + 1)
+            flat = _flat(v, inner)
+            if flat is not None:
+                yield ("," if i else "") + pad + flat
+            else:
+                yield ("," if i else "") + pad
+                yield from indented_json(v, level + 1)
         yield pad[:-2] + "]"
     elif type(value) is str:
         yield encode_basestring_ascii(value)
     else:  # a number, None, a boolean, an empty or unusual container: as json writes it
         yield json.dumps(value, indent=2).replace("\n", "\n" + "  " * level)
+
+
+def _flat(value: object, pad: str) -> str | None:
+    """A dict of texts as `indented_json` writes it (its items at `pad`), else None."""
+    if type(value) is not dict or not value or not all(type(k) is str and type(v) is str for k, v in value.items()):
+        return None
+    return "{" + ",".join([pad + encode_basestring_ascii(k) + ": " + encode_basestring_ascii(v)
+                           for k, v in value.items()]) + pad[:-2] + "}"

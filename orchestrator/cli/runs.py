@@ -90,10 +90,13 @@ def plan(workbook: str | None, prune: bool, as_json: bool, details: bool) -> Non
             fail(e)
         now = project.clock()
     if as_json:
-        out = click.get_text_stream("stdout")
+        out, pieces = click.get_text_stream("stdout"), []
         for piece in indented_json(plan_json(p, fresh, now, batches)):  # json.dumps(…, indent=2), a piece at a time
-            out.write(piece)
-        out.write("\n")
+            pieces.append(piece)
+            if len(pieces) == 4096:
+                out.write("".join(pieces))
+                pieces.clear()
+        out.write("".join(pieces) + "\n")
         return
     print_plan(p, details=details)
     for batch in batches:  # adaptive rows: trials so far, budget left, the next batch
