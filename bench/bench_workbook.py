@@ -4,16 +4,21 @@ whole process, and the workbook readers side by side.
 * build: an Experiments sheet of N rows (id, command, lr, seed: one run each), written by
   xlsxwriter with shared strings as Excel saves them.
 * readers, each in a fresh process (seconds, peak RSS): nero's bounds check alone
-  (bounds.py, expat: every reader comes after it), nero's streamed reader
-  (orchestrator/sheet/xlsx.py, expat), the openpyxl read-only path nero used before
+  (bounds.py, expat: every reader comes after it; since #14 it leaves the cells of the
+  sheets nero reads to the read), nero's streamed reader (orchestrator/sheet/xlsx.py,
+  expat, counting each sheet against the limits as it reads it), the openpyxl read-only path nero used before
   (tests/openpyxl_sheets.py: two passes when there are formulas), and python-calamine (Rust)
   if installed (`pip install .[bench]`); each reader must give N + 1 rows.
 * plan: `python -m orchestrator plan --json` on the N-row workbook, whole process (time,
   peak RSS), with nero's reader and, with --peer-plan, with the openpyxl path put in its
   place; it must exit 0 and list N submits.
 * profile: with --profile, the top of cProfile for the plan (which layer takes the time).
+* another checkout: with --root DIR the plans run that checkout of nero (the commit before,
+  say), and with --raise-limits its row and cell limits are raised in the process (a commit
+  whose limits refuse the N rows: before #14 they were 50,000 rows, 300,000 cells).
 
 Run: python bench/bench_workbook.py [--rows 10000,200000] [--plan-rows 200000] [--peer-plan] [--profile]
+     [--root DIR] [--raise-limits]    (--rows "" skips the readers)
 """
 
 from __future__ import annotations
@@ -71,6 +76,18 @@ main()
 """
 
 
+# `nero plan` with the row and cell limits raised (a commit whose limits refuse the workbook)
+_RAISED_PLAN = r"""
+import sys
+sys.path[:0] = [sys.argv.pop(1)]
+from orchestrator.sheet import bounds
+bounds.ROWS, bounds.CELLS = max(bounds.ROWS, 250_000), max(bounds.CELLS, 1_000_000)
+from orchestrator.cli import main
+sys.argv[0] = "nero"
+main()
+"""
+
+
 def build(path: Path, rows: int) -> Path:
     import xlsxwriter
 
@@ -97,12 +114,15 @@ def read(reader: str, path: Path, rows: int) -> dict[str, float]:
     return got
 
 
-def plan(path: Path, rows: int, peer: bool = False, profile: str = "") -> dict[str, float]:
-    """`nero plan --json` on `path` in a fresh process: seconds, peak MB; fails loudly
-    unless it exits 0 and lists one submit per row."""
+def plan(path: Path, rows: int, peer: bool = False, profile: str = "", root: Path = ROOT,
+         raised: bool = False) -> dict[str, float]:
+    """`nero plan --json` on `path` in a fresh process (nero from `root`; `raised`: its limits
+    raised): seconds, peak MB; fails loudly unless it exits 0 and lists one submit per row."""
     env_path = os.environ.get("PYTHONPATH", "")
-    os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + env_path if env_path else "")
-    if peer:
+    os.environ["PYTHONPATH"] = str(root) + (os.pathsep + env_path if env_path else "")
+    if raised:
+        cmd = [sys.executable, "-c", _RAISED_PLAN, str(root), "plan", "--json", str(path)]
+    elif peer:
         cmd = [sys.executable, "-c", _PEER_PLAN, str(ROOT), str(ROOT / "tests"), "plan", "--json", str(path)]
     elif profile:
         cmd = [sys.executable, "-m", "cProfile", "-o", profile, "-m", "orchestrator", "plan", "--json", str(path)]
@@ -126,6 +146,8 @@ def main() -> None:
     ap.add_argument("--plan-rows", type=int, default=200_000)
     ap.add_argument("--peer-plan", action="store_true", help="also plan with the openpyxl path (minutes)")
     ap.add_argument("--profile", action="store_true", help="print the top of cProfile for the plan")
+    ap.add_argument("--root", type=Path, default=ROOT, help="the nero checkout whose plan is measured")
+    ap.add_argument("--raise-limits", action="store_true", help="raise that nero's row and cell limits")
     args = ap.parse_args()
     try:
         import python_calamine  # noqa: F401
@@ -136,7 +158,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         print("\nreaders (fresh process each, import included; the bounds check comes before any of them):")
         print(f"{'rows':>8} | {'reader':<9} | {'seconds':>8} | {'peak MB':>8} | ratio to nero")
-        for rows in (int(n) for n in args.rows.split(",")):
+        for rows in (int(n) for n in args.rows.split(",") if n):
             book = build(Path(tmp) / f"read{rows}.xlsx", rows)
             base = None
             for reader in readers:
@@ -149,9 +171,10 @@ def main() -> None:
         folder.mkdir()
         book = build(folder / "experiments.xlsx", args.plan_rows)
         size = book.stat().st_size / 2**20
-        print(f"\n`nero plan --json`, whole process, {args.plan_rows:,} rows ({size:.1f} MB on disk):")
+        print(f"\n`nero plan --json`, whole process, {args.plan_rows:,} rows ({size:.1f} MB on disk), nero from "
+              f"{args.root}{' (limits raised)' if args.raise_limits else ''}, load average {os.getloadavg()[0]:.2f}:")
         t = time.perf_counter()
-        ours = plan(book, args.plan_rows)
+        ours = plan(book, args.plan_rows, root=args.root, raised=args.raise_limits)
         print(f"  streamed reader: {ours['seconds']:.1f} s, {ours['peak_mb']:.0f} MB peak"
               f" ({'under' if ours['seconds'] < 20 else 'OVER'} the 20 s target)")
         if args.peer_plan:

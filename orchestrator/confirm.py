@@ -73,7 +73,7 @@ def mark(action: Action, why: str, attempt: int, gate: Gate) -> Action:
     if not why:
         return action
     spec_hash = action.spec.spec_hash if action.spec else ""
-    token = f"{action.kind.value} {action.key} {spec_hash} {attempt}"
+    token = f"{action.kind} {action.key} {spec_hash} {attempt}"  # a StrEnum formats as its value
     waits = not gate.apply_all and token not in gate.confirmed
     return action.but(token=token, awaiting=why if waits else "")
 

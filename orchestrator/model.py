@@ -8,8 +8,9 @@ about metric values, such as a metric's default goal, live in metrics.py).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from .metrics import MAX_GOAL_NAMES, default_goal
@@ -137,7 +138,7 @@ class Search:
     source: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Experiment:
     id: str
     row: int
@@ -155,15 +156,30 @@ class Experiment:
     rules: str = ""
     notify: tuple[str, ...] = ()
     recipients: tuple[str, ...] = ()  # the addresses its `notify` names (people resolved); () means Settings email_to
-    cells: tuple[tuple[str, str], ...] = ()  # (column, cell) of the id, command, template, each parameter: ("lr", "Experiments!E3")
+    # (column, cell) of the id, command, template, each parameter: ("lr", "Experiments!E3"); read from a sheet,
+    # the cell without its row ("Experiments!E"; "Experiments!" for a column the sheet lacks), one tuple shared
+    # by every row (#14: 200,000 rows), and `cell` adds the row
+    cells: tuple[tuple[str, str], ...] = ()
     samples: int = 0  # how many draws of its sampled (Distribution) cells the row makes; 0: it samples nothing
     sample_seed: int | None = None  # the row's, else Settings sample_seed; None: space.DEFAULT_SEED
     together: tuple[tuple[str, ...], ...] = ()  # groups of parameters whose lists are zipped, not crossed
     search: Search | None = None  # an adaptive row: its runs are the trials nero asked Optuna for (trials.py)
 
     def cell(self, column: str) -> str:
-        """Where `column` was read (`Experiments!E3`); empty for a row not read from a sheet."""
-        return dict(self.cells).get(column, "")
+        """Where `column` was read (`Experiments!E3`; the row, `Experiments!3`, for a column
+        the sheet lacks); empty for a row not read from a sheet."""
+        for name, where in reversed(self.cells):  # the last, as dict(cells) keeps it
+            if name == column:
+                return where if where[-1:].isdigit() else f"{where}{self.row}"
+        return ""
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        """Pickled as its fields in order (the pass cache keeps a workbook as read: the
+        state a slotted dataclass makes itself walks `fields()` once per row)."""
+        return Experiment, _experiment_fields(self)
+
+
+_experiment_fields = attrgetter(*(f.name for f in fields(Experiment)))
 
 
 @dataclass(frozen=True)

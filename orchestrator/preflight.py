@@ -24,7 +24,15 @@ from .errors import TemplateError, WorkbookError
 from .jobs import command_variables, script_context, shared_context, shared_parts
 from .model import Cluster, ClusterKind, Problem, RunSpec, Workbook
 from .paths import ClusterPaths
-from .render import bounded, plain_substitution, render_command, render_template, template_problem
+from .render import (
+    OUTPUT_CHARS,
+    bounded,
+    plain_substitution,
+    render_command,
+    render_template,
+    substitution,
+    template_problem,
+)
 
 __all__ = ["JobText", "check_templates", "check_workbook", "own_templates_only", "render_job", "render_shared",
            "template_name"]
@@ -157,6 +165,7 @@ def _check_jobs(workbook: Workbook, specs: Iterable[RunSpec], project_dir: str, 
         if (spec.experiment, spec.command) in failed:
             continue
         alike = (spec.experiment, spec.command) in commands
+        sure = alike or _renders_surely(spec)  # its command need not be rendered
         for name in spec.clusters or ("local",):
             c = clusters.get(name) or Cluster(name=name)
             template = template_name(spec, c)
@@ -166,6 +175,9 @@ def _check_jobs(workbook: Workbook, specs: Iterable[RunSpec], project_dir: str, 
             known = shape is not None and shape in shapes
             if template not in bad_names:
                 bad_names[template] = bool(template_problem(template, project_dir))
+            if sure and (known or bad_names[template]):  # nothing to render: one run a row, 200,000 rows
+                scripted.add((spec.experiment, template, name))
+                continue
             before = len(problems)
             run_dir = ClusterPaths(_STAND_IN_ROOT).run(spec.experiment, spec.key, 1)
             _render(workbook, spec, c, problems, attempt=1, run_dir=run_dir, workdir=workdir_of.get(spec.key, ""),
@@ -182,6 +194,44 @@ def _check_jobs(workbook: Workbook, specs: Iterable[RunSpec], project_dir: str, 
                 break
             if shape is not None:
                 shapes.add(shape)
+
+
+def _renders_surely(spec: RunSpec) -> bool:
+    """Whether the run's command renders for sure, so the check need not render it: a
+    plain substitution (`render.substitution`) of variables the run defines, whose output
+    cannot reach OUTPUT_CHARS (each value's quoted length bounded from above). Rows with
+    one command and their own values (one run a row) then render no command at all."""
+    parts = substitution(spec.command)
+    if parts is None:
+        return False
+    size, names = parts
+    values = {**dict(spec.resources), **dict(spec.params)}
+    for name in names:
+        if name in ("run_key", "experiment"):
+            size += 5 * len(spec.key) + 2
+        elif name == "run_dir":  # the stand-in folder: each slug at most its name or 109 characters
+            size += 5 * (len(_STAND_IN_ROOT) + max(len(spec.experiment), 109) + max(len(spec.key), 109) + 4) + 2
+        elif name in ("attempt", "resume"):
+            size += 3
+        elif name in values:
+            size += _quoted_size(values[name])
+        else:
+            return False  # undefined: the render says so
+    return size <= OUTPUT_CHARS
+
+
+def _quoted_size(value: object) -> int:
+    """At most the characters `render._finalize` makes of a value (shell quoting writes a
+    quote as 5 characters); past OUTPUT_CHARS for what it does not bound."""
+    if value is None or isinstance(value, bool):
+        return 7
+    if isinstance(value, float):
+        return 32
+    if isinstance(value, int):
+        return 24 if value.bit_length() <= 64 else OUTPUT_CHARS + 1
+    if isinstance(value, str):
+        return 5 * len(value) + 2
+    return OUTPUT_CHARS + 1
 
 
 def _shape(spec: RunSpec, template: str, cluster: str) -> tuple[object, ...]:

@@ -43,6 +43,7 @@ from .model import (
     Cluster,
     ClusterKind,
     CodeSnapshot,
+    Desired,
     Event,
     Handle,
     Histories,
@@ -289,11 +290,16 @@ class Reconciler:
 
         searching = any(e.search is not None for e in wb.experiments)
         specs = specs + stand_ins(wb, specs) if searching else specs
-        todo = make_plan(specs, self._snapshot(specs), {c.name: len(specs) + 1 for c in wb.clusters},
-                         overrides=self.store.overrides())
-        keys = {a.key for a in todo.actions if a.spec is not None and a.kind in (ActionKind.SUBMIT, ActionKind.RESTART,
-                                                                                  ActionKind.HOLD)}
-        chosen = [s for s in specs if s.key in keys]
+        snapshot, overrides = self._snapshot(specs), self.store.overrides()
+        if not snapshot and not overrides and len({s.key for s in specs}) == len(specs):
+            # nothing ran yet: the plan would submit or hold every run but those of rows set to stop (a plan of
+            # 200,000 new runs made here and again by `plan`, #14)
+            chosen = [s for s in specs if s.desired is not Desired.STOP]
+        else:
+            todo = make_plan(specs, snapshot, {c.name: len(specs) + 1 for c in wb.clusters}, overrides=overrides)
+            keys = {a.key for a in todo.actions
+                    if a.spec is not None and a.kind in (ActionKind.SUBMIT, ActionKind.RESTART, ActionKind.HOLD)}
+            chosen = [s for s in specs if s.key in keys]
         problems = check_workbook(wb, chosen, str(self.project_dir), {s.key: self.workdir(s) for s in chosen})
         problems += package_problems(wb) if searching else []
         if problems:

@@ -34,7 +34,7 @@ from .model import Shell
 __all__ = [
     "MAX_ITEMS", "MEMORY_BYTES", "OUTPUT_CHARS", "RENDER_SECONDS", "Shell", "bounded", "builtin_templates",
            "command_variables", "environment", "mail_environment", "plain_substitution", "render_command",
-           "render_template", "template_problem"]
+           "render_template", "substitution", "template_problem"]
 
 RENDER_SECONDS = 3.0  # wall time of one render
 OUTPUT_CHARS = 1 << 20  # characters one render may produce (and one value may hold)
@@ -315,20 +315,38 @@ def command_variables(command: str) -> set[str]:
     return set(meta.find_undeclared_variables(ast))
 
 
-@lru_cache(maxsize=256)
 def plain_substitution(command: str) -> bool:
     """Whether a command template only puts variables in text (`--lr {{ lr }}`: no filter,
     operator, call, test or statement), so that it renders for any scalar values if it
     renders for one set of them (a row's runs have the same variables)."""
+    return substitution(command) is not None
+
+
+@lru_cache(maxsize=256)
+def substitution(command: str) -> tuple[int, tuple[str, ...]] | None:
+    """A plain substitution (`plain_substitution`) taken apart: the characters of its text
+    and the variable it puts at each place, in order (`--lr {{ lr }}`: (5, ("lr",))); None
+    for any other command. Its render is that text and each value shell-quoted, so it
+    fails only on an undefined variable or past OUTPUT_CHARS (what the caller can bound)."""
     import jinja2
     from jinja2 import nodes
 
     try:
         ast = _environment(()).parse(command)
     except jinja2.TemplateSyntaxError:
-        return False
-    return all(isinstance(n, nodes.Output) and all(isinstance(x, nodes.TemplateData | nodes.Name) for x in n.nodes)
-               for n in ast.body)
+        return None
+    text, names = 0, []
+    for n in ast.body:
+        if not isinstance(n, nodes.Output):
+            return None
+        for x in n.nodes:
+            if isinstance(x, nodes.TemplateData):
+                text += len(x.data)
+            elif isinstance(x, nodes.Name):
+                names.append(x.name)
+            else:
+                return None
+    return text, tuple(names)
 
 
 @lru_cache(maxsize=256)

@@ -25,6 +25,7 @@ import math
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import TypeVar
 
 from .factors import SAMPLE, factors, sizes
@@ -246,6 +247,9 @@ def spec_hash(essence: dict) -> str:
 
 def run_keys(exp: Experiment) -> Iterator[tuple[str, tuple[tuple[str, Scalar], ...]]]:
     """(key, parameters) of every run of a row, in grid order (its first variation varies slowest)."""
+    if not exp.together and not any(isinstance(v, Variation | Distribution) for _, v in exp.params):
+        yield exp.id, exp.params  # one run: its key is the id, its parameters the row's (one tuple for both)
+        return
     names = [n for n, _ in exp.params]
     # each value with its `name=value` part of the key (None: a fixed parameter, not in the
     # key), formatted once per row rather than once per run: `run_key`'s form
@@ -301,13 +305,25 @@ def key_clashes(runs: Iterable[tuple[str, _T]]) -> Iterator[tuple[str, _T, _T]]:
             first[key] = what
 
 
+_Hasher = Callable[[tuple[tuple[str, Scalar], ...]], str]
+
+
 def expand_experiment(exp: Experiment, default_cluster: str = "local",
-                      runs: Iterable[tuple[str, tuple[tuple[str, Scalar], ...]]] | None = None) -> Iterator[RunSpec]:
+                      runs: Iterable[tuple[str, tuple[tuple[str, Scalar], ...]]] | None = None,
+                      hashers: dict[tuple[object, ...], _Hasher] | None = None) -> Iterator[RunSpec]:
     """The row's runs: its grid (`run_keys`), or the (key, parameters) `runs` gives (an
-    adaptive row's trials)."""
+    adaptive row's trials). `hashers` keeps each row hasher for the rows alike in all
+    the hash covers but the values (`expand`: 200,000 one-run rows made one, not 200,000)."""
     clusters = exp.clusters or (default_cluster,)
     where = key_cell(exp)
-    hashed = _row_hasher(exp, clusters)
+    if hashers is None:
+        hashed = _row_hasher(exp, clusters)
+    else:
+        alike = (clusters, exp.command, exp.resources, exp.setup, exp.template, exp.workdir,
+                 tuple(n for n, _ in exp.params))
+        hashed = hashers.get(alike)  # type: ignore[assignment]
+        if hashed is None:
+            hashed = hashers[alike] = _row_hasher(exp, clusters)
     for key, params in (run_keys(exp) if runs is None else runs):
         yield RunSpec(
             key=key, experiment=exp.id, row=exp.row, params=params, command=exp.command,
@@ -317,11 +333,16 @@ def expand_experiment(exp: Experiment, default_cluster: str = "local",
         )
 
 
-def _row_hasher(exp: Experiment, clusters: tuple[str, ...]) -> Callable[[tuple[tuple[str, Scalar], ...]], str]:
+_PIECES = 10_000  # "name":value pieces a row hasher keeps (values seen once are not worth keeping)
+
+
+def _row_hasher(exp: Experiment, clusters: tuple[str, ...]) -> _Hasher:
     """`spec_hash(spec.essence())` of a row's runs, the row's part serialised once: the
     essence's keys sorted put `params` between `command` and `resources`, so the blob is
     the row's prefix, the run's parameters, the row's suffix (the same bytes, so the same
-    hash; a JSON dump of the whole essence per run was most of a 100,000-run expansion)."""
+    hash; a JSON dump of the whole essence per run was most of a 100,000-run expansion).
+    It serves every row with the same command, clusters, resources, setup, template,
+    workdir and parameter names in the same order."""
     def dump(x: object) -> str:
         return json.dumps(x, sort_keys=True, default=str, separators=(",", ":"))
 
@@ -334,11 +355,18 @@ def _row_hasher(exp: Experiment, clusters: tuple[str, ...]) -> Callable[[tuple[t
         return lambda params: hashlib.sha256((prefix + dump(dict(params)) + suffix).encode()).hexdigest()[:16]
     order = sorted(range(len(names)), key=names.__getitem__)  # a row's runs list its names in one order
     pieces: dict[tuple[int, type, Scalar], str] = {}  # "name":value of each value, serialised once
+    heads = [dump(n) + ":" for n in names]
 
     def piece(i: int, value: Scalar) -> str:
+        if type(value) is int:  # as JSON writes it (a seed per run: each value met once)
+            return heads[i] + int.__repr__(value)
+        if type(value) is str:
+            return heads[i] + encode_basestring_ascii(value)
         got = pieces.get((i, type(value), value))
         if got is None:
-            got = pieces[(i, type(value), value)] = dump({names[i]: value})[1:-1]
+            got = dump({names[i]: value})[1:-1]
+            if len(pieces) < _PIECES and not (value == 0 and type(value) is float):  # 0.0 == -0.0, dumped apart
+                pieces[(i, type(value), value)] = got
         return got
 
     def hashed(params: tuple[tuple[str, Scalar], ...]) -> str:
@@ -361,8 +389,9 @@ def expand(workbook: Workbook,
     experiment: (key, parameters); none when not given)."""
     default = workbook.settings.default_cluster or "local"
     trials = trials or {}
+    hashers: dict[tuple[object, ...], _Hasher] = {}
     return [s for e in workbook.experiments
-            for s in expand_experiment(e, default, trials.get(e.id, ()) if e.search is not None else None)]
+            for s in expand_experiment(e, default, trials.get(e.id, ()) if e.search is not None else None, hashers)]
 
 
 def diff_essence(old: dict, new: dict) -> list[str]:

@@ -17,9 +17,11 @@ The metric values of a row are the ones every surface shows (`shown.run_values`,
 from __future__ import annotations
 
 import html
+import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING
 
 from .space import format_value
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
     from .model import Action, Event, Freshness, NextBatch, Optimisation, Plan, RunRecord, TrialRow
 
 __all__ = ["action_row", "attempt_row", "event_row", "flat_row", "freshness_json", "freshness_line", "html_table",
-           "batch_line", "optimisation_line", "plan_json", "trial_row", "plan_line", "run_row", "shown_json", "summary_line"]
+           "batch_line", "indented_json", "optimisation_line", "plan_json", "trial_row", "plan_line", "run_row", "shown_json", "summary_line"]
 
 
 def _number(v: float | None) -> float | None:
@@ -213,3 +215,42 @@ def trial_row(o: Optimisation, t: TrialRow) -> dict[str, object]:
     number, run, state, value, the best so far, then its parameters."""
     return {"experiment": o.experiment, "trial": t.number, "run": t.key, "state": t.state, "value": t.value,
             "best_so_far": t.best_so_far, **dict(t.params)}
+
+
+def indented_json(value: object, level: int = 0) -> Iterator[str]:
+    """`json.dumps(value, indent=2)`, the same text, in pieces: a dict of texts (a plan's
+    action) is one piece, made at C speed. `nero plan --json` of 200,000 actions took
+    280 MB and seconds to dump whole through json's indenting encoder (#14)."""
+    pad = "\n" + "  " * (level + 1)
+    flat = _flat(value, pad)
+    if flat is not None:
+        yield flat
+    elif isinstance(value, dict) and value and all(type(k) is str for k in value):
+        yield "{"
+        for i, (k, v) in enumerate(value.items()):
+            yield ("," if i else "") + pad + encode_basestring_ascii(k) + ": "
+            yield from indented_json(v, level + 1)
+        yield pad[:-2] + "}"
+    elif isinstance(value, list | tuple) and value:
+        yield "["
+        inner = pad + "  "
+        for i, v in enumerate(value):
+            flat = _flat(v, inner)
+            if flat is not None:
+                yield ("," if i else "") + pad + flat
+            else:
+                yield ("," if i else "") + pad
+                yield from indented_json(v, level + 1)
+        yield pad[:-2] + "]"
+    elif type(value) is str:
+        yield encode_basestring_ascii(value)
+    else:  # a number, None, a boolean, an empty or unusual container: as json writes it
+        yield json.dumps(value, indent=2).replace("\n", "\n" + "  " * level)
+
+
+def _flat(value: object, pad: str) -> str | None:
+    """A dict of texts as `indented_json` writes it (its items at `pad`), else None."""
+    if type(value) is not dict or not value or not all(type(k) is str and type(v) is str for k, v in value.items()):
+        return None
+    return "{" + ",".join([pad + encode_basestring_ascii(k) + ": " + encode_basestring_ascii(v)
+                           for k, v in value.items()]) + pad[:-2] + "}"

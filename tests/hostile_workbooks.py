@@ -249,8 +249,8 @@ def _build() -> dict[str, tuple[str, Callable[[], bytes]]]:
                 f'<row r="{r}">{_inline(f"A{r}", f"x{r}")}<c r="B{r}" t="str"><f>REPT("n",30000)</f>'
                 f'<v>{"n" * 30000}</v></c></row>' for r in range(2, 382)))
             for title in ("Experiments", "Clusters", "Metrics", "Settings")})),
-        "cells_at_limits_four_sheets": ("refused", lambda: _four_sheets_of_cells(49_999)),
-        "cells_near_limit_four_sheets": ("refused", lambda: _four_sheets_of_cells(12_400)),
+        "cells_at_limits_four_sheets": ("refused", lambda: _four_sheets_of_cells(41_667)),  # 1,000,008 cells
+        "cells_near_limit_four_sheets": ("refused", lambda: _four_sheets_of_cells(41_600)),  # 998,400: all read
         # --- parts over the limit of their role
         "styles_3mb": ("refused", lambda: _book(styles=_styles(40_000))),
         "sheet_40mb": ("refused", lambda: _book({"Experiments": _bomb(
@@ -351,16 +351,16 @@ def _build() -> dict[str, tuple[str, Callable[[], bytes]]]:
             GOOD_ROWS + '<row r="3"><c r="C3" foo="' + "a" * (5 * MB) + '"><v>1</v></c></row>')})),
         "tag_name_5mb": ("refused", lambda: _book({"Experiments": _sheet(GOOD_ROWS + "<" + "a" * (5 * MB) + "/>")})),
         # --- shape of a sheet
-        "rows_60000": ("refused", lambda: _book({"Experiments": _sheet(
-            _row(1, HEADER) + "".join(f'<row r="{r}"><c r="C{r}"><v>1</v></c></row>' for r in range(2, 60002)))})),
+        "rows_260000": ("refused", lambda: _book({"Experiments": _sheet(
+            _row(1, HEADER) + "".join(f'<row r="{r}"><c r="C{r}"><v>1</v></c></row>' for r in range(2, 260_002)))})),
         "row_index_1048576": ("refused", lambda: _book({"Experiments": _sheet(
             GOOD_ROWS + '<row r="1048576"><c r="A1048576"><v>1</v></c></row>')})),
-        "rows_without_index_200k": ("refused", lambda: _book({"Experiments": _bomb(
-            "xl/worksheets/sheet1.xml", _XML_HEAD + _SHEET_OPEN, b"<row><c><v>1</v></c></row>", 5 * MB, _SHEET_CLOSE)})),
+        "rows_without_index_400k": ("refused", lambda: _book({"Experiments": _bomb(
+            "xl/worksheets/sheet1.xml", _XML_HEAD + _SHEET_OPEN, b"<row><c><v>1</v></c></row>", 10 * MB, _SHEET_CLOSE)})),
         "columns_1500": ("refused", lambda: _book({"Experiments": _sheet(
             GOOD_ROWS + "<row r=\"3\">" + "".join(f'<c r="{_col(c)}3"><v>1</v></c>' for c in range(1, 1501)) + "</row>")})),
         "column_XFD": ("refused", lambda: _book({"Experiments": _sheet(GOOD_ROWS + '<row r="3"><c r="XFD3"><v>1</v></c></row>')})),
-        "cells_350k": ("refused", lambda: _book({"Experiments": _sheet(_row(1, HEADER) + _rows_of_cells(35_000, 10))})),
+        "cells_1050k": ("refused", lambda: _book({"Experiments": _sheet(_row(1, HEADER) + _rows_of_cells(105_000, 10))})),
         "sparse_far_cells": ("refused", lambda: _book({"Experiments": _sheet(
             _row(1, HEADER) + "".join(f'<row r="{r}"><c r="ALL{r}"><v>1</v></c></row>' for r in range(2, 20002)))})),
         "many_problems_at_once": ("refused", lambda: _book({

@@ -291,3 +291,28 @@ def test_rows_alike_but_for_their_values_share_one_job_script_render_and_a_bad_c
     assert scripts == ["r0[x=0]", "cpus[x=1]"], scripts  # one render per shape
     plan = nero("plan", str(project))
     assert plan.returncode == 2 and "Experiments!B42" in plan.stdout + plan.stderr
+
+
+def test_rows_with_one_plain_command_render_it_once_unless_a_value_could_break_its_bound(
+        project: Path, monkeypatch: pytest.MonkeyPatch):
+    """#14: a 200,000-row sweep (one run a row) rendered its command once per row; a command
+    that only puts variables in text renders for any values whose quoted length keeps it
+    within render's OUTPUT_CHARS, so those rows render it once. A row whose value could
+    break that bound is still rendered, and reported at its command cell."""
+    import orchestrator.preflight as preflight
+    from orchestrator.sheet import read_workbook
+    from orchestrator.spec import expand
+
+    command = "echo " + "{{ x }}" * 40
+    rows = [{"id": f"r{i}", "command": command, "x": f"v{i}"} for i in range(30)]
+    rows.append({"id": "long", "command": command, "x": "y" * 30_000})  # 40 × 30,000 characters: over 1 MiB
+    write_workbook(project / "experiments.xlsx", rows)
+    workbook = read_workbook(project / "experiments.xlsx")
+    rendered: list[str] = []
+    real = preflight.render_command
+    monkeypatch.setattr(preflight, "render_command",
+                        lambda text, variables: rendered.append(str(variables["run_key"])) or real(text, variables))
+    problems = preflight.check_workbook(workbook, expand(workbook), str(project), {})
+    assert rendered == ["r0", "long"], rendered  # the first row's (with its job script), then the one at risk
+    assert [p.where for p in problems] == ["Experiments!B32"], problems
+    assert "longer than" in problems[0].message and problems[0].message.startswith("the command does not render")

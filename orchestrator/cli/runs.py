@@ -18,6 +18,7 @@ from ..views import (
     batch_line,
     freshness_json,
     freshness_line,
+    indented_json,
     optimisation_line,
     plan_json,
     plan_line,
@@ -91,7 +92,13 @@ def plan(workbook: str | None, prune: bool, as_json: bool, details: bool) -> Non
             fail(e)
         now = project.clock()
     if as_json:
-        click.echo(json.dumps(plan_json(p, fresh, now, batches), indent=2))
+        out, pieces = click.get_text_stream("stdout"), []
+        for piece in indented_json(plan_json(p, fresh, now, batches)):  # json.dumps(…, indent=2), a piece at a time
+            pieces.append(piece)
+            if len(pieces) == 4096:
+                out.write("".join(pieces))
+                pieces.clear()
+        out.write("".join(pieces) + "\n")
         return
     print_plan(p, details=details)
     for batch in batches:  # adaptive rows: trials so far, budget left, the next batch

@@ -8,11 +8,17 @@ reads), so nothing is read until:
    and all parts together, and the number of parts. Python's zipfile never yields more
    than the size the directory states (a lie ends in a CRC error), so these figures bound
    everything read afterwards;
-2. each XML part openpyxl will parse streams through expat, a chunk at a time, holding
-   nothing but counters: no DTD (so no entity can expand), a bounded nesting depth, no tag
-   or text longer than `LONGEST_RUN` bytes; the number of sheets; in the sheets nero reads,
-   the rows, columns and cells (cells counted across those sheets), and the length of each
-   cell's text and formula (a shared string's length is reported at the cells that show it).
+2. each XML part besides the sheets nero reads streams through expat, a chunk at a time,
+   holding nothing but counters: no DTD (so no entity can expand), a bounded nesting
+   depth, no tag or text longer than `LONGEST_RUN` bytes; the number of sheets;
+3. the sheets nero reads are checked as they are read (xlsx.py, one expat pass over each:
+   #14, the check was a pass of its own costing as much as the read), by `SheetLimits`:
+   the same DTD, depth and run limits, the rows, columns and cells (cells counted across
+   those sheets), the XML elements of a row, of a cell's text and outside rows, and the
+   length of each cell's text and formula (a shared string's length, found by step 2, is
+   reported at the cells that show it). The reader counts as it goes and calls
+   `SheetLimits` when a count passes its limit, so it never holds more than the limits
+   allow; the sheet's reading stops there (`Exceeded`), the problem is listed.
 
 Every limit exceeded becomes a `Problem` (the cell's address where it is a cell's), all
 at once, as one `WorkbookError`. A file that is no zip, or a damaged part, is left to the
@@ -27,15 +33,16 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 from xml.parsers import expat
 
 from ..errors import WorkbookError
-from .table import Problems, column_letter
+from .table import Problems
 
 __all__ = [
     "CELLS", "CHARTSHEETS", "COLUMNS", "DEPTH", "ELEMENTS", "FORMULA", "LONGEST_RUN", "OTHER_PART", "PART",
     "PARTS", "ROW_NODES", "ROWS", "RUNS", "SHARED_STRINGS", "SHEET", "SHEETS", "SHEETS_READ", "SHEET_NODES",
-    "TEXT", "TOTAL", "check_bounds",
+    "TEXT", "TOTAL", "Exceeded", "SheetLimits", "check_bounds",
 ]
 
 MB = 1024 * 1024
@@ -54,9 +61,9 @@ CHARTSHEETS = 8 * MB  # what the chart sheets show, each chart and picture count
 SHEETS = 1_000  # sheets in the workbook (openpyxl and nero walk them all)
 TEXT = 32_767  # characters in a cell: Excel's own limit
 FORMULA = 8_192  # characters in a formula: Excel's own limit
-ROWS = 50_000  # per sheet (#12's 300 MB bound; #14's 200,000-row sheets need less memory per run first)
+ROWS = 250_000  # per sheet (#14: a 200,000-row sweep; #12's 300 MB bound measured in bench/README.md)
 COLUMNS = 1_000  # per sheet
-CELLS = 300_000  # in the sheets nero reads together (about 110 bytes each once read), counting the empty cells left of each row's last one
+CELLS = 1_000_000  # in the sheets nero reads together, counting the empty cells left of each row's last one
 DEPTH = 48  # XML nesting
 LONGEST_RUN = MB  # bytes of one tag or text without a '<' (what expat buffers whole)
 
@@ -64,7 +71,6 @@ _CHUNK = 64 * 1024
 _RESAVE = "save the workbook again from Excel or LibreOffice (File › Save As › .xlsx)"
 _CT = "application/vnd.openxmlformats-officedocument.spreadsheetml"
 _BINARY = re.compile(r"\.(png|jpe?g|gif|bmp|tiff?|emf|wmf|bin|ico|wdp|pdf|mp[34]|wav|svg)$", re.IGNORECASE)
-_REF = re.compile(r"^\$?([A-Za-z]{1,7})\$?(\d{1,9})$")
 
 
 class _Stop(Exception):
@@ -72,19 +78,21 @@ class _Stop(Exception):
     argument, if any, is the problem to report at the part."""
 
 
-def check_bounds(path: Path, wanted: Callable[[str], bool]) -> None:
-    """Raise WorkbookError listing every limit the workbook at `path` exceeds; `wanted`
-    says which sheet titles nero reads (their shape and cells are checked). Returns quietly
-    when the file is within bounds, and when it is no zip or is damaged (left to openpyxl,
-    whose error nero reports)."""
+def check_bounds(path: Path, wanted: Callable[[str], bool]) -> SheetLimits:
+    """Raise WorkbookError listing every limit the workbook at `path` exceeds but those of
+    the cells of the sheets nero reads (`wanted` says which titles): the `SheetLimits` it
+    returns checks them as they are read. Returns quietly when the file is within bounds,
+    and when it is no zip or is damaged (left to the reading, whose error nero reports)."""
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
-        return
+        return SheetLimits({})
     with archive:
-        problems = _Check(path.name, archive, wanted).run()
+        check = _Check(path.name, archive, wanted)
+        problems = check.run()
     if problems.items:
         raise WorkbookError(str(path), problems.listed())
+    return SheetLimits(check.long_strings)
 
 
 def _mb(size: int) -> str:
@@ -99,6 +107,7 @@ class _Check:
         self.problems = Problems()
         self.infos = {i.filename: i for i in archive.infolist()}
         self.sheet_count = 0  # the workbook part's <sheet> entries
+        self.long_strings: dict[int, int] = {}  # shared string index -> length, of those longer than TEXT
         self.add = self.problems.add
 
     def run(self) -> Problems:
@@ -136,21 +145,13 @@ class _Check:
                     self.add(title, f"the chart sheets up to this one show charts and pictures of {_mb(shown)} "
                              f"(each counted every time it is shown); the limit is {_mb(CHARTSHEETS)}. Delete "
                              "chart sheets, or keep them in another file")
-        long_strings: dict[int, int] = {}
         for part in strings:
-            self._scan(part, _SharedStrings(long_strings))
+            self._scan(part, _SharedStrings(self.long_strings))
         done = {"[Content_Types].xml", "_rels/.rels", book, rels, *strings, *parts_read, *unread}
         for part in self.infos:
             if part not in done and not _BINARY.search(part) and not part.endswith("/"):
                 self._scan(part)
-        cells = 0
-        for part, title in read:
-            visitor = _SheetCells(title, long_strings, self.problems, cells)
-            self._scan(part, visitor, title)
-            cells = visitor.cells
-            if cells > CELLS:
-                break  # reported at the sheet that went over
-        return self.problems
+        return self.problems  # the sheets nero reads: as they are read (SheetLimits)
 
     # -------------------------------------------------------------------- sizes, unparsed
 
@@ -386,112 +387,82 @@ class _SharedStrings(_Visitor):
             self.length += len(data)
 
 
-class _SheetCells(_Visitor):
-    """A sheet nero reads: rows, columns and cells within bounds, each cell's text and
-    formula within Excel's own limits. Rows and cells are numbered as openpyxl does (an
-    element without `r` follows the previous one)."""
+class Exceeded(Exception):
+    """A sheet nero reads went past a limit while it was read: its reading stops there
+    (the problem is in `SheetLimits.problems`)."""
 
-    most = SHEET  # elements: bounded by the rows, cells and text limits instead
 
-    def __init__(self, title: str, long_strings: dict[int, int], problems: Problems, cells: int):
-        super().__init__()
-        self.title, self.long, self.problems = title, long_strings, problems
-        self.row = self.col = 0
-        self.cells = cells  # in this sheet and those read before it
-        self.kind = ""
-        self.field = ""  # 'v', 'f' or 't' (an inline string's text) while inside one
-        self.lengths = {"v": 0, "f": 0, "t": 0}
-        self.value = ""  # the start of <v>, for a shared string's index
-        self.in_row, self.row_nodes, self.first = False, 0, SHEET  # row_nodes at the current <c>
-        self.others = 0  # elements and attributes besides rows (openpyxl holds them to the end)
+class SheetLimits:
+    """The limits on the sheets nero reads, checked while xlsx.py reads them (one pass over
+    each sheet). The reader counts what it meets: rows and columns (numbered as it numbers
+    them, so what it allocates is what is checked), cells across the sheets (`cells`, each
+    row counting up to its last cell), XML nesting, elements and attributes in a row, in a
+    cell's text and besides rows, each cell's text and formula lengths; past a limit it
+    calls the method below, which lists the problem and raises `Exceeded` (a cell's text
+    or formula too long is listed and the reading goes on, until the list is full).
+    `long_strings`: the length of each shared string longer than TEXT, by index."""
 
-    def where(self) -> str:
-        return f"{self.title}!{column_letter(self.col - 1)}{self.row}"
+    def __init__(self, long_strings: dict[int, int]):
+        self.long_strings = long_strings
+        self.problems = Problems()
+        self.cells = 0  # in the sheets read so far
 
-    def stop(self, where: str, message: str) -> None:
+    def _stop(self, where: str, message: str) -> NoReturn:
         self.problems.add(where, message)
-        raise _Stop
+        raise Exceeded
 
-    def start(self, tag: str, attrs: dict[str, str]) -> None:
-        nodes = 1 + len(attrs)  # what openpyxl holds: a row's tree at a time, all else to the end
-        if tag == "row" or self.in_row:
-            self.in_row, self.row_nodes = True, nodes if tag == "row" else self.row_nodes + nodes
-            if self.row_nodes > ROW_NODES:
-                self.stop(self.title, f"row {self.row + (tag == 'row'):,} holds over {ROW_NODES:,} XML elements and "
-                          f"attributes; the limit is {ROW_NODES:,}; {_RESAVE}")
-        else:
-            self.others += nodes
-            if self.others > SHEET_NODES:
-                self.stop(self.title, f"over {SHEET_NODES:,} XML elements and attributes besides rows (merged "
-                          f"ranges, links, formats…); the limit is {SHEET_NODES:,}. Clear unused formatting, "
-                          f"or {_RESAVE}")
-        if tag == "row":
-            r = attrs.get("r", "")
-            self.row = int(r) if r.isdigit() else self.row + 1
-            self.col = 0
-            if self.row > ROWS:
-                self.stop(self.title, f"row {self.row:,} is beyond the limit of {ROWS:,} rows per sheet; delete "
-                          "the rows below your table (formatting too: select them, Delete Rows), or split the "
-                          "experiments into several workbooks")
-        elif tag == "c":
-            m = _REF.match(attrs.get("r", ""))
-            self.col = _column(m.group(1)) if m else self.col + 1
-            if self.col > COLUMNS:
-                self.stop(self.where(), f"column {self.col:,} is beyond the limit of {COLUMNS:,} columns per "
-                          "sheet; delete the columns right of your table (formatting too)")
-            self.kind, self.value, self.first = attrs.get("t", "n"), "", self.row_nodes
-            self.lengths = {"v": 0, "f": 0, "t": 0}
-        elif self.row_nodes - self.first > RUNS:
-            self.stop(self.where(), f"text is made of over {RUNS:,} XML elements and attributes (formatted "
-                      f"runs); the limit is {RUNS:,}")
-        elif tag in ("v", "f", "t"):
-            self.field = tag
+    def damaged(self, title: str, why: str) -> NoReturn:
+        """A DTD, nesting too deep, a tag or text too long: the sheet is not read on."""
+        self._stop(title, f"{why}; {_RESAVE}")
 
-    def end(self, tag: str) -> None:
-        if tag in ("v", "f", "t"):
-            self.field = ""
-        elif tag == "c":
-            self.first = SHEET  # outside a cell
-            self._cell_done()
-        elif tag == "row":
-            self.in_row = False
-            self.cells += self.col
-            if self.cells > CELLS:
-                self.stop(self.title, f"more than {CELLS:,} cells by row {self.row:,}, in the sheets nero reads "
-                          f"together (counting the empty cells left of each row's last one); the limit is "
-                          f"{CELLS:,}. Delete unused rows and columns, or split the experiments into several "
-                          "workbooks")
+    def dtd(self, title: str) -> NoReturn:
+        self.damaged(title, "declares a DTD (<!DOCTYPE …>); a workbook never needs one, and its entities could "
+                     "expand without end, so nero does not read it")
 
-    def text(self, data: str) -> None:
-        if self.field:
-            self.lengths[self.field] += len(data)
-            if self.field == "v" and len(self.value) < 16:
-                self.value += data[:16]
+    def deep(self, title: str) -> NoReturn:
+        self.damaged(title, f"its XML is nested deeper than {DEPTH} levels")
 
-    def _cell_done(self) -> None:
-        text = self.lengths["t"] + (self.lengths["v"] if self.kind != "s" else 0)
-        if self.kind == "s" and self.value.strip().isdigit():
-            text = self.long.get(int(self.value), 0)
+    def long_run(self, title: str) -> NoReturn:
+        self.damaged(title, f"one XML tag or text runs over {_mb(LONGEST_RUN)} without a break")
+
+    def row_nodes(self, title: str, row: int) -> NoReturn:
+        self._stop(title, f"row {row:,} holds over {ROW_NODES:,} XML elements and attributes; the limit is "
+                   f"{ROW_NODES:,}; {_RESAVE}")
+
+    def sheet_nodes(self, title: str) -> NoReturn:
+        self._stop(title, f"over {SHEET_NODES:,} XML elements and attributes besides rows (merged ranges, links, "
+                   f"formats…); the limit is {SHEET_NODES:,}. Clear unused formatting, or {_RESAVE}")
+
+    def rows(self, title: str, row: int) -> NoReturn:
+        self._stop(title, f"row {row:,} is beyond the limit of {ROWS:,} rows per sheet; delete the rows below your "
+                   "table (formatting too: select them, Delete Rows), or split the experiments into several "
+                   "workbooks")
+
+    def columns(self, where: str, col: int) -> NoReturn:
+        self._stop(where, f"column {col:,} is beyond the limit of {COLUMNS:,} columns per sheet; delete the "
+                   "columns right of your table (formatting too)")
+
+    def runs(self, where: str) -> NoReturn:
+        self._stop(where, f"text is made of over {RUNS:,} XML elements and attributes (formatted runs); the limit "
+                   f"is {RUNS:,}")
+
+    def too_many_cells(self, title: str, row: int) -> NoReturn:
+        self._stop(title, f"more than {CELLS:,} cells by row {row:,}, in the sheets nero reads together (counting "
+                   f"the empty cells left of each row's last one); the limit is {CELLS:,}. Delete unused rows and "
+                   "columns, or split the experiments into several workbooks")
+
+    def cell(self, where: str, text: int, formula: int) -> None:
+        """A cell's text or formula past Excel's own limits (`text`, `formula`: lengths)."""
         if text > TEXT:
-            self._cell(f"text is {text:,} characters; the limit is {TEXT:,} (Excel's own). Shorten it, or "
-                       "put it in a file the command reads")
-        elif self.lengths["f"] > FORMULA:
-            self._cell(f"formula is {self.lengths['f']:,} characters; the limit is {FORMULA:,} (Excel's own). "
-                       "Shorten it, or type its value")
-
-    def _cell(self, message: str) -> None:
-        self.problems.add(self.where(), message)
+            self.problems.add(where, f"text is {text:,} characters; the limit is {TEXT:,} (Excel's own). Shorten "
+                              "it, or put it in a file the command reads")
+        elif formula > FORMULA:
+            self.problems.add(where, f"formula is {formula:,} characters; the limit is {FORMULA:,} (Excel's own). "
+                              "Shorten it, or type its value")
         if self.problems.unlisted:
-            raise _Stop  # the list is full: the rest would not be shown
+            raise Exceeded  # the list is full: the rest would not be shown
 
 
 def _rels_of(part: str) -> str:
     """The relationships part of `part`: xl/workbook.xml -> xl/_rels/workbook.xml.rels."""
     return posixpath.join(posixpath.dirname(part), "_rels", posixpath.basename(part) + ".rels")
-
-
-def _column(letters: str) -> int:
-    col = 0
-    for letter in letters.upper():
-        col = col * 26 + ord(letter) - 64
-    return col

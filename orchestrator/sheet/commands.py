@@ -45,20 +45,22 @@ def once_per_command(variables_of: VariablesOf) -> VariablesOf:
 
 
 def check_command(row: Row, exp: Experiment, columns: set[str], unreadable: set[str],
-                  variables_of: VariablesOf) -> None:
+                  variables_of: VariablesOf) -> bool:
     """Report, at the command cell, a command that does not parse or uses a variable this row
-    leaves undefined (`columns`: the parameter columns; `unreadable`: those already reported)."""
+    leaves undefined (`columns`: the parameter columns; `unreadable`: those already reported).
+    True when it found nothing to report."""
     try:
         used = variables_of(exp.command)
     except TemplateError as e:
         row.problems.add(row.ref("command"), f"the command is not a valid template: {e}; "
                          "write each variable as {{ name }}")
-        return
+        return False
     present = {name for name, _ in exp.params} | {name for name, _ in exp.resources}
     undefined = sorted(used - present - set(RUN_VARIABLES) - unreadable)
     if undefined:
         reasons = [_undefined_reason(row, name, columns, present) for name in undefined]
         row.problems.add(row.ref("command"), "; ".join(reasons))
+    return not undefined
 
 
 def _undefined_reason(row: Row, name: str, columns: set[str], present: set[str]) -> str:

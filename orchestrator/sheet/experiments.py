@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as clock_time
 from typing import Any
@@ -25,7 +26,7 @@ from .cells import choice, identifier, names, text, whole
 from .commands import BUILTIN_VARIABLES, VariablesOf, check_command, once_per_command
 from .people import email_address
 from .quantities import megabytes_cell, minutes_cell
-from .table import UNREADABLE, Problems, Row, Sheet, Table, read_table, table_rows
+from .table import UNREADABLE, Problems, Row, Sheet, Table, column_letter, read_table, table_rows
 
 __all__ = ["EXPERIMENT_COLUMNS", "MAX_RUNS_PER_ROW", "NOTIFY_DEFAULT", "NOTIFY_EVENTS", "read_experiments"]
 
@@ -75,20 +76,23 @@ def read_experiments(sheet: Sheet | None, titles: list[str], clusters: tuple[str
                      f"(headers found: {found}); add columns named id and command")
         return ()
     parameters = _parameter_columns(table, problems)
-    variables_of = once_per_command(variables_of)
-    notify = _notify(people or {})
+    shared = _Shared(once_per_command(variables_of), _notify(people or {}), _known_clusters(clusters),
+                     _cells(table, parameters), {name for name, _ in parameters},
+                     tuple(n for n in RESOURCE_COLUMNS if n in table.columns))
     experiments: list[Experiment] = []
-    ids: dict[str, str] = {}
+    ids: dict[str, Experiment] = {}
     unexpanded: set[int] = set()  # rows whose sampling or pairing is wrong: no keys to check
     for row in table_rows(table, problems):
-        exp = _experiment(row, parameters, clusters, variables_of, sample_seed, unexpanded, notify)
+        exp = _experiment(row, parameters, clusters, shared, sample_seed, unexpanded)
         if exp is None:
             continue
-        if exp.id.lower() in ids:
-            problems.add(row.ref("id"), f"duplicate id {exp.id!r} (also {ids[exp.id.lower()]}); ids must be "
+        key = exp.id.lower()
+        key = exp.id if key == exp.id else key  # one string for both, when the id is lower case already
+        if key in ids:
+            problems.add(row.ref("id"), f"duplicate id {exp.id!r} (also {ids[key].cell('id')}); ids must be "
                          f"unique (ignoring case): rename one, e.g. {exp.id}-2")
             continue
-        ids[exp.id.lower()] = row.ref("id")
+        ids[key] = exp  # its cell is made when a duplicate needs it, not kept for every row
         experiments.append(exp)
     _check_keys([e for e in experiments if e.row not in unexpanded], problems)
     _check_after(experiments, table, problems)
@@ -112,36 +116,70 @@ def _parameter_columns(table: Table, problems: Problems) -> list[tuple[str, int]
     return good
 
 
-def _experiment(row: Row, parameters: list[tuple[str, int]], clusters: tuple[str, ...],
-                variables_of: VariablesOf, sample_seed: int | None, unexpanded: set[int],
-                notify: Callable[[Any, str], tuple[tuple[str, ...], tuple[str, ...]]]) -> Experiment | None:
+@dataclass
+class _Shared:
+    """What every row of the sheet shares: the command check (once per command), the
+    notify and cluster converters, the cells of its columns (one tuple for all rows: `Experiment.cell`
+    adds the row), the parameter columns' names, the resource columns, and the commands found to use only
+    variables a row defines (command, parameter names, resource names)."""
+
+    variables_of: VariablesOf
+    notify: Callable[[Any, str], tuple[tuple[str, ...], tuple[str, ...]]]
+    clusters: Callable[[Any, str], tuple[str, ...]]
+    cells: tuple[tuple[str, str], ...]
+    columns: set[str]
+    resources: tuple[str, ...]  # the resource columns the sheet has
+    defined: set[tuple[str, tuple[str, ...], tuple[str, ...]]] = field(default_factory=set)
+
+
+def _cells(table: Table, parameters: list[tuple[str, int]]) -> tuple[tuple[str, str], ...]:
+    """(column, cell without its row) of the id, command, template, each parameter, and the
+    sampling and search columns the sheet has: `Experiments!B` (`Experiments!` where the sheet
+    lacks the column: the row is the place then)."""
+    title = table.sheet.title
+
+    def at(c: int | None) -> str:
+        return f"{title}!" if c is None else f"{title}!{column_letter(c)}"
+
+    return (("id", at(table.columns.get("id"))), ("command", at(table.columns.get("command"))),
+            ("template", at(table.columns.get("template"))), *((name, at(c)) for name, c in parameters),
+            *((name, at(table.columns[name])) for name in ("samples", "sample_seed", "together", "search")
+              if name in table.columns))
+
+
+def _experiment(row: Row, parameters: list[tuple[str, int]], clusters: tuple[str, ...], shared: _Shared,
+                sample_seed: int | None, unexpanded: set[int]) -> Experiment | None:
     """The row's experiment (None without an id); a row whose sampling or pairing is wrong
     (or unreadable) joins `unexpanded`."""
     ident = row.require("id", identifier, "", "missing id; every row needs a unique id such as lr-sweep")
     command = row.require("command", text, "", "missing command; write the shell command of one run, "
                           "e.g. python train.py --lr {{ lr }}")
-    together = row.get("together", _together, ())
+    cols = row.table.columns  # a column the sheet lacks is its default, asked no further (#14: 200,000 rows)
+    together = row.get("together", _together, ()) if "together" in cols else ()
     params, unreadable = _parameters(row, parameters, {n for g in together for n in g})
-    own_seed = row.get("sample_seed", _SEED, None)
-    events, recipients = row.get("notify", notify, ((), ()))
+    own_seed = row.get("sample_seed", _SEED, None) if "sample_seed" in cols else None
+    events, recipients = row.get("notify", shared.notify, ((), ())) if "notify" in cols else ((), ())
     exp = Experiment(
         id=ident, row=row.number, command=command,
-        clusters=row.get("cluster", _known_clusters(clusters), ()),
-        desired=_DESIRED[row.get("state", _STATE, "run")],
-        params=params, resources=_resources(row),
-        setup=row.get("setup", text, ""), workdir=row.get("workdir", text, ""),
-        template=row.get("template", text, ""), priority=row.get("priority", _PRIORITY, 0),
-        after=row.get("after", _after, ()), retries=row.get("retries", _RETRIES, 0),
-        rules=row.get("rules", _rules, ""), notify=events, recipients=recipients,
-        cells=(("id", row.ref("id")), ("command", row.ref("command")), ("template", row.ref("template")),
-               *((name, row.ref_at(c)) for name, c in parameters),
-               *((name, row.ref(name)) for name in ("samples", "sample_seed", "together", "search")
-                 if name in row.table.columns)),
-        samples=row.get("samples", _SAMPLES, 0), sample_seed=sample_seed if own_seed is None else own_seed,
-        together=together, search=row.get("search", _search, None),
+        clusters=row.get("cluster", shared.clusters, ()) if "cluster" in cols else (),
+        desired=_DESIRED[row.get("state", _STATE, "run")] if "state" in cols else Desired.RUN,
+        params=params, resources=_resources(row, shared.resources) if shared.resources else (),
+        setup=row.get("setup", text, "") if "setup" in cols else "",
+        workdir=row.get("workdir", text, "") if "workdir" in cols else "",
+        template=row.get("template", text, "") if "template" in cols else "",
+        priority=row.get("priority", _PRIORITY, 0) if "priority" in cols else 0,
+        after=row.get("after", _after, ()) if "after" in cols else (),
+        retries=row.get("retries", _RETRIES, 0) if "retries" in cols else 0,
+        rules=row.get("rules", _rules, "") if "rules" in cols else "", notify=events, recipients=recipients,
+        cells=shared.cells, samples=row.get("samples", _SAMPLES, 0) if "samples" in cols else 0,
+        sample_seed=sample_seed if own_seed is None else own_seed, together=together,
+        search=row.get("search", _search, None) if "search" in cols else None,
     )
     if command:
-        check_command(row, exp, {name for name, _ in parameters}, unreadable, variables_of)
+        defined = (command, tuple(n for n, _ in params), tuple(n for n, _ in exp.resources))
+        if unreadable or defined not in shared.defined:
+            if check_command(row, exp, shared.columns, unreadable, shared.variables_of) and not unreadable:
+                shared.defined.add(defined)  # rows alike in these are alike in the check
     if exp.search is not None:  # an adaptive row: its runs are trials (trials.py), not a grid or samples
         if not unreadable:
             _check_search(row, exp)
@@ -151,7 +189,8 @@ def _experiment(row: Row, parameters: list[tuple[str, int]], clusters: tuple[str
         row.problems.add(row.ref("sample_seed"), "sample_seed is set but this row has no sampled cell; clear it (a "
                          "parameter of the command may not be called sample_seed)")
     # a cell that could not be read may be the sampled or paired one: then check no sampling or pairing
-    found = [] if unreadable else list(factors.check(exp))
+    # (a row that neither samples nor pairs has none to check)
+    found = [] if unreadable or not (sampled or exp.samples or exp.together) else list(factors.check(exp))
     for where, message in found:
         row.problems.add(where, message)
     if found or (unreadable and (sampled or exp.samples or exp.together)):
@@ -296,9 +335,10 @@ def _param_value(value: object) -> object:
     return value
 
 
-def _resources(row: Row) -> tuple[tuple[str, Scalar], ...]:
+def _resources(row: Row, columns: tuple[str, ...]) -> tuple[tuple[str, Scalar], ...]:
+    """The row's resources, of the resource `columns` the sheet has (in RESOURCE_COLUMNS' order)."""
     out = []
-    for name in RESOURCE_COLUMNS:
+    for name in columns:
         value = row.get(name, _RESOURCE_CONVERTERS[name], None)
         if value is not None:
             out.append((name, value))
@@ -319,9 +359,11 @@ def _check_keys(experiments: list[Experiment], problems: Problems) -> None:
     """No run key twice, in a row's grid or across rows: a key names one run (its folder,
     its attempts), so two runs with one key would restart each other forever. Each list
     and function cell is already free of repeats (spec.parse_cell); here a grid's values
-    holding ',' and '=' can still spell one key twice. One problem per row."""
-    made = ((key, (e, params)) for e in experiments if e.search is None and spec.count_runs(e) <= MAX_RUNS_PER_ROW
-            for key, params in spec.run_keys(e))
+    holding ',' and '=' can still spell one key twice. One problem per row. A row of one
+    run whose key is its id (no list, sample or pairing) clashes with none: ids are unique
+    and hold no '[', which every other row's keys do."""
+    made = ((key, (e, params)) for e in experiments if e.search is None and _varies(e)
+            and spec.count_runs(e) <= MAX_RUNS_PER_ROW for key, params in spec.run_keys(e))
     reported: set[int] = set()
     for key, (first, p1), (again, p2) in spec.key_clashes(made):
         if again.row in reported:
@@ -340,7 +382,14 @@ def _check_keys(experiments: list[Experiment], problems: Problems) -> None:
                          "names one run: change a value or the id")
 
 
+def _varies(exp: Experiment) -> bool:
+    """Whether a row's run keys are more than its id (a list, a sample or a pairing)."""
+    return bool(exp.together) or any(isinstance(v, Variation | Distribution) for _, v in exp.params)
+
+
 def _check_after(experiments: list[Experiment], table: Table, problems: Problems) -> None:
+    if not any(e.after for e in experiments):
+        return
     ids = {e.id for e in experiments}
     refs = {e.id: table.sheet.ref(e.row, table.columns.get("after", 0)) for e in experiments}
     for e in experiments:

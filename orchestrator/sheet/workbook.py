@@ -105,11 +105,15 @@ def _load(path: Path, problems: Problems) -> tuple[list[str], dict[str, Sheet]]:
         what = "is a folder, not a workbook" if path.is_dir() else "was not found"
         hint = "give the path of an .xlsx file, or create an example with `nero init`"
         raise WorkbookError(str(path), [Problem(path.name, f"{path} {what}; {hint}")])
-    check_bounds(path, lambda title: _canonical_sheet(title) is not None)  # before the file is parsed
+    limits = check_bounds(path, lambda title: _canonical_sheet(title) is not None)  # before the file is parsed
     try:
-        titles, read = read_sheets(path, _canonical_sheet)
+        titles, read = read_sheets(path, _canonical_sheet, limits)  # the sheets' own limits, as they are read
     except Exception as e:  # zipfile, zlib, XML and value errors all mean "unreadable"
+        if limits.problems.items:  # past a limit before the damage: that is what to fix first
+            raise WorkbookError(str(path), limits.problems.listed()) from None
         raise WorkbookError(str(path), [Problem(path.name, _unreadable(path, e))]) from None
+    if limits.problems.items:
+        raise WorkbookError(str(path), limits.problems.listed())
     sheets = {canonical: _sheet(title, rows, problems) for canonical, (title, rows) in read.items()}
     return titles, sheets
 
@@ -156,11 +160,16 @@ def _canonical_sheet(title: str) -> str | None:
     return next((s for s in SHEETS if s.lower() == key), None)
 
 
+_MARKERS = frozenset((CellError, NoSavedValue))
+
+
 def _sheet(title: str, rows: list[tuple[int, list[object]]], problems: Problems) -> Sheet:
     """The sheet's rows; cells showing an error or lacking a formula's value are reported
     here and become UNREADABLE, so nothing downstream reports them twice."""
     sheet = Sheet(title, rows)
     for r, values in rows:
+        if _MARKERS.isdisjoint(map(type, values)):
+            continue  # the usual row: no marker (a test per row at C speed, not one per cell)
         for c, value in enumerate(values):
             if isinstance(value, CellError):
                 problems.add(sheet.ref(r, c), f"the cell shows the error {value.text}; fix the formula or type the value")

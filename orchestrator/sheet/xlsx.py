@@ -14,7 +14,9 @@ the previous one is skipped; a row is as wide as its last cell).
 The styles part (which formats are dates) is parsed by openpyxl itself, the one thing
 kept from it: it is small (bounds.py holds it under 2 MB and 100,000 elements).
 Nothing is handed to this module before `bounds.check_bounds` has passed the file, so
-every part is within its limits and has no DTD.
+every part is within its limits and has no DTD; the sheets it reads are checked as they
+are read (`bounds.SheetLimits`: rows, columns, cells, nesting, elements, text lengths,
+no DTD), in the same pass, and a sheet past a limit is read no further.
 """
 
 from __future__ import annotations
@@ -26,6 +28,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from xml.parsers import expat
+
+from .bounds import (
+    CELLS,
+    COLUMNS,
+    DEPTH,
+    FORMULA,
+    LONGEST_RUN,
+    ROW_NODES,
+    ROWS,
+    RUNS,
+    SHEET_NODES,
+    TEXT,
+    Exceeded,
+    SheetLimits,
+)
+from .table import column_letter
 
 __all__ = ["DATE_FORMAT_IDS", "CellError", "NoSavedValue", "read_sheets"]
 
@@ -53,13 +71,16 @@ class NoSavedValue:
 Rows = list[tuple[int, list[object]]]
 
 
-def read_sheets(path: Path, wanted: Callable[[str], str | None]
+def read_sheets(path: Path, wanted: Callable[[str], str | None], limits: SheetLimits | None = None
                 ) -> tuple[list[str], dict[str, tuple[str, Rows]]]:
     """Every sheet title in order, and by the key `wanted` gives a worksheet's title (None:
     not read; of two titles with one key, the first is read) its title and rows: (1-based
     row number, values from column A), rows without a value left out. Damage raises
     (zipfile, KeyError, ValueError, expat.ExpatError…): the caller reports the file as
-    unreadable."""
+    unreadable. Each sheet is checked against `limits` as it is read (`check_bounds`
+    gives them): a sheet past one is read no further and its problem is in
+    `limits.problems`, which the caller reports instead of the rows."""
+    limits = limits or SheetLimits({})
     with zipfile.ZipFile(path) as archive:
         names = set(archive.namelist())
         book = _workbook_part(archive, names)
@@ -84,8 +105,13 @@ def read_sheets(path: Path, wanted: Callable[[str], str | None]
             epoch = CALENDAR_MAC_1904 if date1904 else CALENDAR_WINDOWS_1900
         sheets: dict[str, tuple[str, Rows]] = {}
         for key, (title, part) in chosen.items():
-            reader = _SheetReader(strings, dates, durations, epoch)
-            _parse(archive, part, reader.handlers())
+            reader = _SheetReader(strings, dates, durations, epoch, title, limits)
+            try:
+                _parse_sheet(archive, part, reader, limits)
+            except Exceeded:
+                if limits.cells > CELLS:
+                    break  # reported at the sheet that went over
+                continue
             reader.finish()
             sheets[key] = (title, reader.rows)
         return titles, sheets
@@ -103,6 +129,34 @@ def _parse(archive: zipfile.ZipFile, part: str, handlers: dict[str, Any]) -> Non
         setattr(parser, name, handler)
     with archive.open(part) as stream:
         while chunk := stream.read(_CHUNK):
+            parser.Parse(chunk, False)
+        parser.Parse(b"", True)
+
+
+def _parse_sheet(archive: zipfile.ZipFile, part: str, reader: _SheetReader, limits: SheetLimits) -> None:
+    """`_parse` of a sheet, within the limits on XML: no DTD (no entity can expand), no
+    tag or text run longer than LONGEST_RUN bytes (what expat buffers whole)."""
+    parser = expat.ParserCreate()
+    parser.buffer_text = True
+    parser.buffer_size = _CHUNK
+
+    def dtd(*_: object) -> None:
+        limits.dtd(reader.title)
+
+    parser.StartDoctypeDeclHandler = dtd
+    parser.EntityDeclHandler = dtd
+    parser.StartElementHandler = reader.start
+    parser.EndElementHandler = reader.end
+    parser.CharacterDataHandler = reader.data
+    run = 0  # bytes since the last '<'
+    with archive.open(part) as stream:
+        while chunk := stream.read(_CHUNK):
+            last = chunk.rfind(b"<")
+            run = run + (chunk.find(b"<") if last >= 0 else len(chunk))
+            if run > LONGEST_RUN:
+                limits.long_run(reader.title)
+            if last >= 0:
+                run = len(chunk) - last - 1
             parser.Parse(chunk, False)
         parser.Parse(b"", True)
 
@@ -191,13 +245,13 @@ def _shared_strings(archive: zipfile.ZipFile, part: str) -> list[str]:
     text = _Text()
 
     def start(name: str, attrs: dict[str, str]) -> None:
-        tag = _local(name)
+        tag = name if ":" not in name else _local(name)
         if tag == "si":
             text.pieces.clear()
         text.start(tag)
 
     def end(name: str) -> None:
-        tag = _local(name)
+        tag = name if ":" not in name else _local(name)
         text.end(tag)
         if tag == "si":
             strings.append(text.take().replace("x005F_", ""))  # as openpyxl reads them
@@ -247,6 +301,7 @@ def _date_styles(archive: zipfile.ZipFile, part: str) -> tuple[set[int], set[int
 
 
 _DIGITS = "0123456789"
+_OUTSIDE = 1 << 62  # `first` outside a cell: no element there counts as a cell's text
 _COLUMNS: dict[str, int] = {}  # letters -> 1-based column, as met
 
 
@@ -267,10 +322,19 @@ def _column(ref: str) -> int:
 
 
 class _SheetReader:
-    """One worksheet's rows, cell by cell, as expat hands over its elements."""
+    """One worksheet's rows, cell by cell, as expat hands over its elements, counted
+    against `limits` as they come (see bounds.SheetLimits)."""
 
-    def __init__(self, strings: list[str], dates: set[int], durations: set[int], epoch: object):
+    def __init__(self, strings: list[str], dates: set[int], durations: set[int], epoch: object, title: str,
+                 limits: SheetLimits):
         self.strings, self.dates, self.durations, self.epoch = strings, dates, durations, epoch
+        self.title, self.limits = title, limits
+        self.depth = 0
+        self.in_row = False
+        self.row_nodes = 0  # XML elements and attributes in the current row
+        self.others = 0  # and besides rows
+        self.first = _OUTSIDE  # row_nodes at the current <c> (a cell's text: at most RUNS more)
+        self.tlen = 0  # characters of the current cell's inline text (its value's and formula's are their lists')
         self.rows: Rows = []
         self.expected = 1  # openpyxl's next row: a row numbered before it is skipped
         self.row = 0
@@ -292,53 +356,110 @@ class _SheetReader:
 
     def start(self, name: str, attrs: dict[str, str]) -> None:
         tag = name if ":" not in name else _local(name)
+        self.depth += 1
+        if self.depth > DEPTH:
+            self.limits.deep(self.title)
+        nodes = 1 + len(attrs)  # elements and attributes: in a row, or besides rows
+        if tag == "row" or self.in_row:
+            self.row_nodes = nodes if tag == "row" else self.row_nodes + nodes
+            self.in_row = True
+            if self.row_nodes > ROW_NODES:
+                self.limits.row_nodes(self.title, self.row + (tag == "row"))
+        else:
+            self.others += nodes
+            if self.others > SHEET_NODES:
+                self.limits.sheet_nodes(self.title)
         if tag == "c":
             self.ref = ref = attrs.get("r", "")
-            col = _column(ref) if ref else 0
+            col = (_COLUMNS.get(ref.rstrip(_DIGITS)) or _column(ref)) if ref else 0
             self.col = col if col else self.col + 1
+            if self.col > COLUMNS:
+                self.limits.columns(self._where(), self.col)
             self.kind = attrs.get("t", "n")
             s = attrs.get("s")
             self.style = int(s) if s else 0
             self.value = []
+            self.first = self.row_nodes
+            self.tlen = 0
             if self.formula is not None or self.text is not None:
                 self.formula = self.text = None
-        elif tag == "v":
-            self.field = "v"
         elif tag == "row":
             self._row_done()
             r = attrs.get("r")
             self.row = int(float(r)) if r else self.row + 1
             self.col = 0
+            if self.row > ROWS:
+                self.limits.rows(self.title, self.row)
+        elif self.row_nodes - self.first > RUNS:
+            self.limits.runs(self._where())
+        elif tag == "v":
+            self.field = "v"
         elif tag == "f":
             self.field = "f"
             self.formula = []
             self.formula_attrs = attrs
         elif tag == "is":
             self.text = _Text()
+        elif tag == "t":
+            self.field = "t"
+            if self.text is not None:
+                self.text.start(tag)
         elif self.text is not None:
             self.text.start(tag)
 
     def end(self, name: str) -> None:
         tag = name if ":" not in name else _local(name)
+        self.depth -= 1
         if tag == "c":
+            self.first = _OUTSIDE
+            v = self.value
+            if (self.tlen or self.formula is not None or (v and (len(v) > 1 or len(v[0]) > TEXT))
+                    or (self.kind == "s" and self.limits.long_strings)):
+                self._check_cell()
             self.cells.append((self.col, self._value()))
         elif tag == "v":
             self.field = ""
+        elif tag == "row":
+            self.in_row = False
+            self.limits.cells += self.col
+            if self.limits.cells > CELLS:
+                self.limits.too_many_cells(self.title, self.row)
         elif tag == "f":
             self.field = ""
             attrs = self.formula_attrs
             if attrs.get("t") == "shared" and "si" in attrs and self.formula:  # a shared formula's first cell
                 self.shared[attrs["si"]] = ("=" + "".join(self.formula), self.ref)
+        elif tag == "t":
+            self.field = ""
+            if self.text is not None:
+                self.text.end(tag)
         elif self.text is not None and tag != "is":
             self.text.end(tag)
 
     def data(self, chunk: str) -> None:
-        if self.field == "v":
+        field = self.field
+        if field == "v":
             self.value.append(chunk)
-        elif self.field == "f":
+        elif field == "f":
             self.formula.append(chunk)  # type: ignore[union-attr]
-        elif self.text is not None and self.text.collecting:
-            self.text.pieces.append(chunk)
+        elif field == "t":
+            self.tlen += len(chunk)
+            if self.text is not None and self.text.collecting:
+                self.text.pieces.append(chunk)
+
+    def _where(self) -> str:
+        return f"{self.title}!{column_letter(self.col - 1)}{self.row}"
+
+    def _check_cell(self) -> None:
+        """The cell's text and formula within Excel's limits (a shared string's length is
+        the one `check_bounds` found, reported at each cell that shows it)."""
+        value = "".join(self.value)
+        formula = sum(map(len, self.formula or ()))
+        text = self.tlen + (len(value) if self.kind != "s" else 0)
+        if self.kind == "s" and value.strip().isdigit():
+            text = self.limits.long_strings.get(int(value.strip()), 0)
+        if text > TEXT or formula > FORMULA:
+            self.limits.cell(self._where(), text, formula)
 
     def finish(self) -> None:
         self._row_done()
