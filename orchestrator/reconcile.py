@@ -234,7 +234,8 @@ class Reconciler:
         if found is None:
             from .rules import name_warnings
 
-            named = firsts(wb) if incremental(wb) else self.specs  # what name_warnings reads of the rows
+            # what name_warnings reads of the rows: every run once expanded (a first plan), else each row's first
+            named = firsts(wb) if incremental(wb) and self._specs is None else self.specs
             primary = wb.settings.primary_metric
             found = name_warnings(named, primary, self.metric_names() if primary or any(s.rules for s in named) else ())
             keep(self.store, "checked", checked, found)

@@ -71,7 +71,8 @@ def specs_of(wb: Workbook, keys: Iterable[str], starts: dict[str, int]) -> dict[
 def firsts(wb: Workbook) -> list[RunSpec]:
     """The first run of each grid row (what `rules.name_warnings` reads of a row)."""
     default = wb.settings.default_cluster or "local"
-    return [s for e in wb.experiments if e.search is None for s in _first(expand_experiment(e, default))]
+    hashers: dict[tuple[object, ...], object] = {}  # shared by alike rows, as `spec.expand` shares them (a hasher a row was 20 s of 200,000 rows)
+    return [s for e in wb.experiments if e.search is None for s in _first(expand_experiment(e, default, None, hashers))]
 
 
 def _first(specs: Iterable[RunSpec]) -> list[RunSpec]:
