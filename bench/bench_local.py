@@ -144,6 +144,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="leave the bench's folder (its ~16,000 files deleted at once "
                                                         "slow the files the next minutes make there, see above)")
     args = ap.parse_args()
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="bench_local-", dir=args.dir))
     try:
         env = nero_env(tmp, args.code.resolve())
