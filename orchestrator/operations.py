@@ -30,12 +30,13 @@ from .project import Candidate, Project
 from .views import attempt_row, event_row, html_table, run_row
 
 if TYPE_CHECKING:
+    from .metrics import Summary
     from .model import Event, Freshness, Plan, RunRecord
     from .plots import Drawn
     from .reconcile import PassReport
 
 __all__ = ["VERBS", "Confirmed", "Exported", "Manual", "NoRunMatches", "PlanChanged", "confirm_plan", "create",
-           "export", "history_rows", "override", "plot", "run_rows", "select"]
+           "export", "history_rows", "override", "plot", "run_rows", "run_values", "select"]
 
 VERBS = ("abort", "restart", "hold", "release")
 Warn = Callable[[str], None]
@@ -89,6 +90,17 @@ def select(project: Project, selector: str, need_workbook: bool = False, warn: W
     return project.select(parsed)
 
 
+def run_values(project: Project, runs: Sequence[RunRecord], with_attempts: bool) -> tuple[
+        dict[str, list[RunRecord]], dict[str, dict[str, Summary]], dict[tuple[str, int], dict[str, Summary]]]:
+    """What a listing of `runs` shows besides their records: each run's earlier attempts (by
+    key; none unless `with_attempts`), each run's metric values, and each earlier attempt's."""
+    earlier: dict[str, list[RunRecord]] = {}
+    if with_attempts:
+        for a in project.earlier_attempts(r.key for r in runs):
+            earlier.setdefault(a.key, []).append(a)
+    return earlier, project.metric_values(runs), project.attempt_values([a for per in earlier.values() for a in per])
+
+
 def run_rows(project: Project, runs: Iterable[RunRecord], fresh: Freshness,
              with_attempts: bool = False) -> Iterator[dict[str, object]]:
     """`runs` as `nero status --json` lists them (`views.run_row`), one at a time; each run's
@@ -100,12 +112,7 @@ def run_rows(project: Project, runs: Iterable[RunRecord], fresh: Freshness,
     refreshed = set(fresh.refreshed)
     it = iter(runs)
     while batch := list(itertools.islice(it, 2_000)):
-        earlier: dict[str, list[RunRecord]] = {}
-        if with_attempts:
-            for a in project.earlier_attempts(r.key for r in batch):
-                earlier.setdefault(a.key, []).append(a)
-        values = project.metric_values(batch)
-        attempt_values = project.attempt_values([a for per in earlier.values() for a in per])
+        earlier, values, attempt_values = run_values(project, batch, with_attempts)
         for r in batch:
             attempts = ([attempt_row(a, now, attempt_values[(a.key, a.attempt)], checkpoints)
                          for a in earlier.get(r.key, ())] if with_attempts else None)

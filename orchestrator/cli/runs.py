@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..errors import NeroError
-from ..operations import history_rows, run_rows
+from ..operations import history_rows, run_rows, run_values
 from ..project import Project
 from ..shown import who_shown
 from ..units import format_duration, format_significant
@@ -204,12 +204,7 @@ def status(args: tuple[str, ...], as_json: bool, as_csv: bool, show_all: bool, w
             stream_json(run_rows(project, runs, fresh, with_attempts))
             click.echo(freshness_line(fresh, now), err=True)
             return
-        earlier: dict[str, list[RunRecord]] = {}
-        if with_attempts:
-            for a in project.earlier_attempts(r.key for r in runs):
-                earlier.setdefault(a.key, []).append(a)
-        values = project.metric_values(runs)
-        attempt_values = project.attempt_values([a for per in earlier.values() for a in per])
+        earlier, values, attempt_values = run_values(project, runs, with_attempts)
         if as_csv:
             _status_csv(runs, now, values)
             click.echo(freshness_line(fresh, now), err=True)
@@ -250,12 +245,8 @@ def _every_run(project: Project, now: float, as_json: bool, as_csv: bool, show_a
     with_who = who_shown(project.who_submitted())
     rows: list[list[str]] = []
     for batch in batches:
-        earlier: dict[str, list[RunRecord]] = {}
-        if with_attempts:
-            for a in project.earlier_attempts(r.key for r in batch):
-                earlier.setdefault(a.key, []).append(a)
-        attempt_values = project.attempt_values([a for per in earlier.values() for a in per])
-        rows += _plain_rows(batch, now, show_all, project.metric_values(batch), earlier, attempt_values, with_who)
+        earlier, values, attempt_values = run_values(project, batch, with_attempts)
+        rows += _plain_rows(batch, now, show_all, values, earlier, attempt_values, with_who)
     _plain_table(rows, with_who)
 
 
