@@ -15,6 +15,7 @@ spec into the two dicts that render.py renders:
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 from functools import lru_cache
@@ -25,7 +26,7 @@ from .paths import GPU_CLAIMS
 from .spec import format_value
 
 __all__ = ["HEARTBEAT_S", "SHARED", "bash_word", "command_variables", "directive", "params_json", "run_lead",
-           "runnable_script", "scheduler_options", "script_context", "shared_context", "shared_parts", "shared_values"]
+           "run_lead_word", "runnable_script", "scheduler_options", "script_context", "shared_context", "shared_parts", "shared_values"]
 
 HEARTBEAT_S = 10  # how often the job script writes its heartbeat file (seconds)
 
@@ -82,8 +83,22 @@ def params_json(spec: RunSpec) -> str:
     """The run's parameters as the `params.json` a job reads (`orchestrator.track.params`)."""
     if spec.params and all(v is None or isinstance(v, str | int | float) for _, v in spec.params):
         # what json.dumps(indent=2) writes for scalars, without its (slow) indenting encoder
-        return "{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in dict(spec.params).items()) + "\n}"
+        return "{\n" + ",\n".join(f"  {_json_str(k)}: {_json_scalar(v)}" for k, v in dict(spec.params).items()) + "\n}"
     return json.dumps({k: v for k, v in spec.params}, indent=2, default=format_value)
+
+
+_json_str = json.encoder.encode_basestring_ascii  # json.dumps of a str, without building an encoder
+
+
+def _json_scalar(v: object) -> str:
+    """json.dumps(v) for None, a bool, an int, a float or a str."""
+    if isinstance(v, str):
+        return _json_str(v)
+    if v is None or isinstance(v, bool):
+        return json.dumps(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return json.dumps(v)
+    return repr(int(v)) if isinstance(v, int) else float.__repr__(v)
 
 
 # ------------------------------------------------------------------ shared job scripts
@@ -145,11 +160,19 @@ _ESCAPES = {**{chr(i): f"\\x{i:02x}" for i in (*range(32), 127)}, "\\": "\\\\", 
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
+_UNSAFE_WORD = re.compile(r"[^\w@%+=:,./-]", re.ASCII)  # what shlex.quote leaves bare
+
+
 def bash_word(value: str) -> str:
     """`value` as one shell word on one line: single-quoted, or `$'…'` (bash) when it holds
-    line breaks or control characters; a NUL, which no shell variable holds, is dropped."""
-    if not _CONTROL.search(value):
-        return shlex.quote(value)
+    line breaks or control characters; a NUL, which no shell variable holds, is dropped.
+    (shlex.quote's result, with one look at the value where it needs no quotes: a job
+    array's values file quotes a dozen words a run.)"""
+    unsafe = _UNSAFE_WORD.search(value)
+    if unsafe is None:
+        return value or "''"
+    if not _CONTROL.search(value, unsafe.start()):  # a control character is unsafe: none before the first
+        return "'" + value.replace("'", "'\"'\"'") + "'"
     text = value.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\x0a")  # the usual ones, fast
     if _CONTROL.search(text):
         text = _SPECIAL.sub(lambda m: _ESCAPES[m.group()], value)
@@ -166,9 +189,49 @@ def run_lead(lead: str, values: tuple[tuple[str, str], ...]) -> str:
         out.append(text)
         if var:
             out.append(shlex.quote(directive(given[var])) if var in given else _REF % var)
-    out.append("# this run's own values; the lines below them are the same for every run of its array\n")
+    out.append(_OWN_VALUES)
     out += [f"{var}={bash_word(value)}\n" for var, value in values]
     return "".join(out)
+
+
+_OWN_VALUES = "# this run's own values; the lines below them are the same for every run of its array\n"
+
+
+def run_lead_word(lead: str, values: tuple[tuple[str, str], ...]) -> str:
+    """`bash_word(run_lead(lead, values))`, made from pieces (a job array's values file
+    holds one a run): the lead's fixed text escaped once, each value's word escaped on
+    its own (a `$'…'` word escapes character by character, so the pieces' escapes make
+    the whole's; a value met before is not escaped again)."""
+    given = dict(values)
+    out = ["$'"]
+    for text, var in _lead_pieces(lead):
+        out.append(_escaped(text))
+        if var:
+            out.append(_escaped_directive(given[var]) if var in given else _escaped(_REF % var))
+    out.append(_escaped(_OWN_VALUES))
+    out += [f"{var}={_escaped_word(value)}\\x0a" for var, value in values]
+    out.append("'")
+    return "".join(out)
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    return _ESCAPES[m.group()]
+
+
+@lru_cache(maxsize=4096)
+def _escaped(text: str) -> str:
+    """`text` as it stands inside a `$'…'` word (bash_word's escapes)."""
+    return _SPECIAL.sub(_escape_char, text)
+
+
+@lru_cache(maxsize=4096)
+def _escaped_word(value: str) -> str:
+    return _escaped(bash_word(value))
+
+
+@lru_cache(maxsize=4096)
+def _escaped_directive(value: str) -> str:
+    return _escaped(shlex.quote(directive(value)))
 
 
 _LEAD_REF = re.compile(r"""'?"\$\{(NERO_V_[A-Z_]+)\}"'?""")

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .backends import Backend, make_backend
+from .backends import Backend, job_name, make_backend
 from .confirm import APPLY_ALL, Gate, describe
 from .errors import BackendError, ConfigError, NeroError, WorkbookError
-from .jobs import params_json
+from .jobs import params_json, shared_values
 from .lifecycle import observe, recovery
 from .metric_files import DEFAULT_GLOBS, globs_of
 from .metrics import goals_of
@@ -838,19 +838,24 @@ class Reconciler:
             git_cache: dict[str, tuple[str, bool]] = {}
             for job, prev in jobs:
                 spec = specs[job.key]
-                wd = self.workdir(spec)
-                if wd not in git_cache:
-                    git_cache[wd] = git_info(wd)
-                commit, dirty = git_cache[wd]
+                if spec.workdir not in git_cache:  # by the row's workdir setting: one look a folder
+                    git_cache[spec.workdir] = git_info(self.workdir(spec))
+                commit, dirty = git_cache[spec.workdir]
                 retry, why = self._retry.pop(job.key, (0, ""))
                 intents.append(NewAttempt(spec, job.attempt, cluster, job.run_dir, job.name,
                                           commit, dirty, code_hash=job.code.hash if job.code else "",
                                           parent=prev.attempt if prev else None,
                                           retry=retry, reason=why, who=self.user))
-            self.store.record_intents(intents, now)
+        # the intents are committed while the cluster reads the submission, before it hands
+        # any job over (`ready`: over SSH the agent waits for the word that they are)
+        ready = None if intents_recorded else _Recording(self.store, intents, now)
         try:
-            results = self.backend(cluster).submit([j for j, _ in jobs])
+            results = self.backend(cluster).submit([j for j, _ in jobs], ready=ready)
+        except _Unrecorded as e:  # nothing was handed over
+            raise e.__cause__ from None  # type: ignore[misc]
         except NeroError as e:  # the request may have been carried out: never submit these again blindly
+            if ready is not None and not ready.done:  # failed before asking: the attempts are recorded now
+                ready()
             report.warnings.append(f"{e}; {len(jobs)} run(s) stay unconfirmed until the next pass has looked "
                                    "for them on the cluster")
             return
@@ -911,33 +916,35 @@ class Reconciler:
         a cluster that submits many runs as one job (`Backend.shared_scripts`: Slurm arrays)
         the script of nero's own templates is rendered once per shape, the run's own names
         kept as its `values` (jobs.shared_context)."""
-        from .backends import job_name
-        from .jobs import shared_values
-        from .preflight import own_templates_only, render_job, render_shared
+        from . import preflight
 
         assert self.workbook is not None
         memo = memo or _RenderMemo(time.strftime("%Y-%m-%d %H:%M:%S"))
-        c = self._cluster(cluster)
-        python = c.python or (sys.executable if c.kind is ClusterKind.LOCAL else "")
-        where = (c.name, self.workdir(spec), spec.workdir)
-        if where not in memo.code:
-            memo.code[where] = self._code(spec, c)
-        workdir, code = memo.code[where]
+        setting = memo.settings.get((cluster, spec.workdir))
+        if setting is None:  # what the runs of one cluster and workdir share, looked up once a pass
+            c = self._cluster(cluster)
+            where = (c.name, self.workdir(spec), spec.workdir)
+            if where not in memo.code:
+                memo.code[where] = self._code(spec, c)
+            if memo.own is None:
+                memo.own = preflight.own_templates_only(str(self.project_dir))
+            setting = memo.settings[(cluster, spec.workdir)] = (
+                c, c.python or (sys.executable if c.kind is ClusterKind.LOCAL else ""), *memo.code[where],
+                memo.own and self.backend(cluster).shared_scripts)
+        c, python, workdir, code, shared = setting
         name = job_name(spec.key, attempt, run_dir)
         args = {"attempt": attempt, "run_dir": run_dir, "workdir": workdir, "python": python, "resume": resume,
                 "prev_dir": prev_dir, "job_name": name, "rendered_at": memo.rendered_at,
                 "project_dir": str(self.project_dir)}
-        if memo.own is None:
-            memo.own = own_templates_only(str(self.project_dir))
-        if memo.own and self.backend(cluster).shared_scripts:
-            job = render_shared(self.workbook, spec, c, memo.shared, **args)
+        if shared:
+            job = preflight.render_shared(self.workbook, spec, c, memo.shared, **args)
             if job is not None:
                 values = shared_values(run_dir=run_dir, key=spec.key, experiment=spec.experiment, attempt=attempt,
                                        resume=resume, prev_run_dir=prev_dir, job_name=name, workdir=workdir,
                                        command=job.command)
                 return JobScript(spec.key, attempt, run_dir, job.script, params_json(spec), cluster, job.command,
                                  job_name=name, code=code, values=values)
-        job = render_job(self.workbook, spec, c, **args)
+        job = preflight.render_job(self.workbook, spec, c, **args)
         return JobScript(spec.key, attempt, run_dir, job.script, params_json(spec), cluster, job.command,
                          job_name=name, code=code)
 
@@ -1029,6 +1036,29 @@ class Reconciler:
         return live + waiting
 
 
+class _Unrecorded(Exception):
+    """The pass's intents could not be committed (the cause says why): nothing was handed over.
+    Not a NeroError: no backend takes it for its own failure."""
+
+
+class _Recording:
+    """`ready` for Backend.submit: commits a pass's intents (`Store.record_intents`) once;
+    _Unrecorded (from the error) if they could not be."""
+
+    def __init__(self, store: Store, intents: list[NewAttempt], now: float):
+        self.store, self.intents, self.now = store, intents, now
+        self.done = False
+
+    def __call__(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        try:
+            self.store.record_intents(self.intents, self.now)
+        except NeroError as e:
+            raise _Unrecorded() from e
+
+
 class _Specs(Sequence):
     """A reconciler's specs, expanded only if something reads them."""
 
@@ -1071,3 +1101,6 @@ class _RenderMemo:
     code: dict[tuple[str, str, str], tuple[str, CodeSnapshot | None]] = field(default_factory=dict)
     shared: dict[tuple[object, ...], str | None] = field(default_factory=dict)
     own: bool | None = None  # nero's own templates only (None: not looked at yet)
+    # by (cluster, the row's workdir): the cluster, its python, the workdir there, the code
+    # shipped, whether its runs share one script
+    settings: dict[tuple[str, str], tuple[Cluster, str, str, CodeSnapshot | None, bool]] = field(default_factory=dict)

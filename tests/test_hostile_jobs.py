@@ -195,14 +195,14 @@ POINT = sys.argv[2]
 
 
 class KilledInSubmit(LocalBackend):
-    def exchange(self, request, payload, timeout):
+    def exchange(self, request, payload, timeout, then=None):
         if request["op"] != "submit":
-            return super().exchange(request, payload, timeout)
+            return super().exchange(request, payload, timeout, then)
         if POINT == "files":
             request = {**request, "units": []}
         else:
             request = {**request, "units": [{**u, "kind": "command", "argv": ["true"]} for u in request["units"]]}
-        super().exchange(request, payload, timeout)
+        super().exchange(request, payload, timeout, then)
         os._exit(9)
 
 

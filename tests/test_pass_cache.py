@@ -148,6 +148,50 @@ def test_the_results_workbook_is_written_again_when_it_is_gone(project: Path):
     assert results.exists()
 
 
+# the triggers a store got until 2026-12 (two a table and event: the counter, the change log)
+_NOW = "COALESCE((SELECT value FROM meta WHERE key = 'data_version'), 0)"
+OLD_TRIGGERS = [
+    *(f"CREATE TRIGGER {t}_{e.lower()}_version AFTER {e} ON {t} BEGIN "
+      "INSERT INTO meta SELECT 'data_version', 0 WHERE NOT EXISTS (SELECT 1 FROM meta WHERE key = 'data_version'); "
+      "UPDATE meta SET value = value + 1 WHERE key = 'data_version'; END"
+      for t in ("runs", "attempts", "overrides") for e in ("INSERT", "UPDATE", "DELETE")),
+    *(f"CREATE TRIGGER {t}_{e.lower()}_change AFTER {e} ON {t} BEGIN "
+      f"UPDATE changes SET version = {_NOW} WHERE key = {r}.key; "
+      f"INSERT INTO changes SELECT {r}.key, {_NOW} WHERE NOT EXISTS (SELECT 1 FROM changes WHERE key = {r}.key); END"
+      for t in ("runs", "attempts", "overrides") for e, r in (("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD"))),
+]
+
+
+def test_a_store_with_the_two_triggers_of_before_gets_the_one_and_keeps_counting(project: Path):
+    """A store from before the triggers were merged (one trigger a table and event now, a
+    statement less a row written) is given the new ones when opened: the old are gone, the
+    data version goes on from where it was, and a run's write stamps the change log with
+    the version it made."""
+    from orchestrator.state.cache import data_version
+    from orchestrator.state.tally import changed_since
+
+    keys = _done(project)
+    with state_db(project) as con:  # made as the older nero left it
+        for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE '%_written'"):
+            con.execute(f"DROP TRIGGER {name}")
+        for sql in OLD_TRIGGERS:
+            con.execute(sql)
+        con.execute("UPDATE meta SET value = 41 WHERE key = 'data_version'")
+        con.commit()
+    store = Store(project / ".nero" / "state.db")
+    try:
+        names = {n for (n,) in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+        assert not any(n.endswith(("_version", "_change")) for n in names), names
+        assert {f"{t}_{e}_written" for t in ("runs", "attempts", "overrides") for e in ("insert", "update", "delete")} <= names
+        assert int(data_version(store)) == 41
+        store.apply([Update(keys[0], 1, reason="edited")])
+        assert int(data_version(store)) == 42
+        assert store.db.execute("SELECT version FROM changes WHERE key = ?", (keys[0],)).fetchone() == (42,)
+        assert keys[0] in changed_since(store, 42) and keys[1] not in changed_since(store, 42)
+    finally:
+        store.close()
+
+
 def test_the_data_version_counts_every_write_to_runs_attempts_and_overrides(project: Path):
     from orchestrator.state.cache import data_version
 

@@ -132,8 +132,8 @@ def test_nero_killed_after_sbatch_adopts_queued_tasks_that_have_no_folder(remote
         "from orchestrator.backends.slurm import SlurmBackend\n"
         "from orchestrator.reconcile import Reconciler\n"
         "class Crashing(SlurmBackend):\n"
-        "    def submit(self, jobs):\n"
-        "        super().submit(jobs)  # sbatch returned: the array exists\n"
+        "    def submit(self, jobs, ready=None):\n"
+        "        super().submit(jobs, ready)  # sbatch returned: the array exists\n"
         "        os.kill(os.getpid(), 9)  # ... and nero dies before recording it\n"
         "def factory(cluster, project_dir):\n"
         "    if cluster.kind.value == 'slurm':\n"
@@ -156,7 +156,115 @@ def test_nero_killed_after_sbatch_adopts_queued_tasks_that_have_no_folder(remote
     assert all(r["state"] == "submitted" and r["attempt"] == 1 for r in runs.values()), runs
     arrays = {r["job_id"].split("_")[0] for r in runs.values()}
     assert len(arrays) == 1 and sorted(r["job_id"].split("_")[1] for r in runs.values()) == ["0", "1", "2", "3", "4"]
-    name = remote.ssh(f"sacct -X -P -n -j {next(iter(arrays))} -o JobName").split()[0]
+    # its name from slurmctld (held an hour: queued), not sacct (slurmdbd learns of it a moment later)
+    name = remote.ssh(f"squeue -h -j {next(iter(arrays))} -o %j").split()[0]
     again = remote.ssh(f"squeue -h -r -u $USER -n {name} -o %i").split()
     assert len({i.split("_")[0] for i in again}) == 1, again  # never a second array
     assert remote.db("SELECT COUNT(*) FROM attempts") == [(5,)]
+
+
+def test_nothing_is_handed_to_slurm_before_the_attempts_are_recorded(remote: Remote,  # noqa: F811
+                                                                    monkeypatch: pytest.MonkeyPatch):
+    """The agent reads a submission while nero commits its attempts, and runs `sbatch` only
+    on nero's word that they are committed (#14: the two overlap). A store that cannot
+    record them (a full disk, injected through the Reconciler's constructor: a disk cannot
+    be filled here) fails the pass with its own error, and Slurm never sees the array; the
+    next pass, with the disk back, submits every run exactly once."""
+    from orchestrator.errors import DiskError
+    from orchestrator.reconcile import Reconciler
+    from orchestrator.state import Store
+
+    class FullDisk(Store):
+        full = True
+
+        def record_intents(self, new, now):
+            if FullDisk.full:
+                raise DiskError(str(self.path), "/", 0, 1 << 30, 1 << 20, detail="injected")
+            super().record_intents(new, now)
+
+    monkeypatch.setenv("NERO_SSH_CONFIG", remote.env["NERO_TEST_SSH_CONFIG"])
+    write_workbook(remote.project / "experiments.xlsx", [
+        {"id": "gated", "command": "true {{ t }}", "t": "range(0, 6)", "cluster": "slurm",
+         "options": "--begin=now+1hour"},
+    ], clusters=remote.clusters())
+    (remote.project / ".nero").mkdir(exist_ok=True)
+    rec = Reconciler(remote.project / "experiments.xlsx", store=FullDisk(remote.project / ".nero" / "state.db"))
+    try:
+        rec.load()
+        with pytest.raises(DiskError, match="injected"):
+            rec.run_pass(yes=True)
+        assert rec.store.snapshot() == {}  # nothing recorded
+        folders = remote.ssh("squeue -h -u $USER -o %Z").split()  # each job's working folder: its batch's
+        assert not any(remote.tag in f for f in folders), folders
+        written = remote.ssh(f"ls {remote.workdir}/.nero/batches/*/handed 2>/dev/null | wc -l").strip()
+        assert written == "0", written  # the request was read (its files may be there), never handed over
+        FullDisk.full = False
+        rec.run_pass(yes=True)
+        runs = rec.store.snapshot()
+    finally:
+        rec.close()
+    assert len(runs) == 6 and all(r.state.value == "submitted" and r.attempt == 1 for r in runs.values()), runs
+    arrays = {r.job_id.split("_")[0] for r in runs.values()}
+    assert len(arrays) == 1
+    name = remote.ssh(f"squeue -h -j {next(iter(arrays))} -o %j").split()[0]
+    assert len({i.split("_")[0] for i in remote.ssh(f"squeue -h -r -u $USER -n {name} -o %i").split()}) == 1
+
+
+@pytest.mark.parametrize("where", ["ssh", "here"])
+def test_a_command_fed_in_two_parts_reads_both_and_a_failed_second_part_cuts_it_off(
+        remote: Remote, monkeypatch: pytest.MonkeyPatch, where: str):  # noqa: F811
+    """`Shell.run(..., then=)`: what `then` returns follows stdin (the go-ahead after a
+    submission's request); what it raises is raised as it is, the command reads no more,
+    and the connection stays usable. Over sshd and through /bin/sh here."""
+    from orchestrator.backends.connection import SshShell
+    from orchestrator.backends.shell import LocalShell, Then
+    from orchestrator.model import Cluster, ClusterKind
+
+    monkeypatch.setenv("NERO_SSH_CONFIG", remote.env["NERO_TEST_SSH_CONFIG"])
+    shell = (SshShell(Cluster(name="slurm", kind=ClusterKind.SLURM, host=remote.env["NERO_TEST_SSH_ALIAS"]))
+             if where == "ssh" else LocalShell("here"))
+    try:
+        told = []
+
+        def then() -> bytes:
+            told.append(True)
+            return b"go\n"
+
+        done = shell.run("cat; echo end", b"request\n", timeout=30, then=then)
+        assert (done.rc, done.stdout, told) == (0, b"request\ngo\nend\n", [True])
+
+        def fails() -> bytes:
+            raise RuntimeError("not recorded")
+
+        with pytest.raises(Then) as caught:  # its input ends after the request: no go-ahead
+            shell.run("cat", b"request\n", timeout=30, then=fails)
+        assert isinstance(caught.value.error, RuntimeError) and str(caught.value.error) == "not recorded"
+        assert shell.run("echo still", timeout=30).stdout == b"still\n"
+    finally:
+        shell.close()
+
+
+def test_the_next_agent_is_started_before_it_is_asked_and_answers_the_same(remote: Remote,  # noqa: F811
+                                                                            monkeypatch: pytest.MonkeyPatch):
+    """After each call over SSH nero starts the next call's agent and feeds it its source
+    (`SshShell.prestart`): the next call sends only its request to that agent. Each call
+    is still one round trip and gets its own answer; a spare whose agent ended is not used."""
+    from orchestrator.backends.slurm import SlurmBackend
+    from orchestrator.model import Cluster, ClusterKind
+
+    monkeypatch.setenv("NERO_SSH_CONFIG", remote.env["NERO_TEST_SSH_CONFIG"])
+    b = SlurmBackend(Cluster(name="slurm", kind=ClusterKind.SLURM, host=remote.env["NERO_TEST_SSH_ALIAS"],
+                             workdir=remote.workdir), str(remote.project))
+    try:
+        info = b.connect()
+        spare = wait_for(lambda: b.shell._spare, timeout=15)  # started in the background
+        reply = b.call("hello", {"workdir": remote.workdir, "tools": ["sbatch"], "commands": [], "cache_s": 0})
+        assert reply.header["ok"] and reply.header["home"] == info.home and reply.header["tools"]["sbatch"]
+        assert b.shell.round_trips == 2 and b.shell.connections == 1
+        nxt = wait_for(lambda: b.shell._spare if b.shell._spare is not spare else None, timeout=15)
+        assert nxt is not spare and spare.chan.closed  # the first spare answered that call
+        nxt.chan.close()  # a spare that can no longer be used: the call starts its own agent
+        reply = b.call("hello", {"workdir": remote.workdir, "tools": [], "commands": [], "cache_s": 0})
+        assert reply.header["ok"] and b.shell.round_trips == 3
+    finally:
+        b.shell.close()

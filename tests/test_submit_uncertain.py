@@ -65,8 +65,8 @@ class DroppedSsh(SshBackend):
 
     dropped = 0
 
-    def call(self, op, request, payload=b"", timeout=None):
-        reply = super().call(op, request, payload, timeout)
+    def call(self, op, request, payload=b"", timeout=None, then=None):
+        reply = super().call(op, request, payload, timeout, then)
         if op == "submit" and not DroppedSsh.dropped:
             DroppedSsh.dropped += 1
             raise BackendError(self.cluster.name, "connection lost: Socket is closed", "nero checks again next pass")

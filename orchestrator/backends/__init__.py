@@ -44,7 +44,7 @@ The `Backend` protocol:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from ..model import (
@@ -96,8 +96,10 @@ class Backend(Protocol):
         wrote it) runs on the cluster, and the snapshot of its files that `submit` ships
         there (None: nothing to ship). `exclude`: files never shipped (the workbooks)."""
 
-    def submit(self, jobs: Sequence[JobScript]) -> list[Submission]:
-        """Create each job's run folder, write its files and start it."""
+    def submit(self, jobs: Sequence[JobScript], ready: Callable[[], None] | None = None) -> list[Submission]:
+        """Create each job's run folder, write its files and start it. `ready` (the
+        caller's record of the attempts, made meanwhile) is called before any job is
+        handed over: what it raises hands none over."""
 
     def poll(self, handles: Sequence[Handle]) -> list[JobStatus]:
         """Status and appended output of every given live job, in one round trip."""

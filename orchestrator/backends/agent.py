@@ -733,13 +733,28 @@ def op_submit(req, inp, reply):
         reply.header["code"] = shipped
         seconds["code"] = time.time() - t0 - sum(seconds.values())
         # many small files: written by a few threads (system calls overlap; 10x faster on
-        # slow or network file systems)
+        # slow or network file systems). A task's folder its job writes (`lazy`) needs a
+        # look only where it exists already: one stat here, no thread's hand-off
+        jobs = [j for j in req.get("jobs", []) if not j.get("lazy") or os.path.isdir(j["dir"])]
+        owner = req.get("owner") or {}
+        for j in jobs:
+            if owner and "owner" in j:  # the request names the project's part of each run's owner once
+                j["owner"] = dict(owner, **j["owner"])
         with ThreadPoolExecutor(8) as pool:
             refused = list(pool.map(lambda j: _write_job(j, req.get("check_pid"), float(req.get("fresh_s", 60))),
-                                    req.get("jobs", [])))
-        refused = dict((j["dir"], why) for j, why in zip(req.get("jobs", []), refused) if why)
+                                    jobs))
+        refused = dict((j["dir"], why) for j, why in zip(jobs, refused) if why)
         seconds["files"] = time.time() - t0 - sum(seconds.values())
         units = req.get("units", [])
+        if req.get("gate"):  # nero commits its attempts meanwhile, then says go (wire.GO): else nothing is handed over
+            word = inp.readline().strip()
+            seconds["gate"] = time.time() - t0 - sum(seconds.values())
+            if word != b"go":
+                reply.header["units"] = [{"rc": 1, "out": "", "ids": [], "refused": True,
+                                          "err": "nero did not confirm the submission (its attempts were not "
+                                                 "recorded): no job was handed over"} for _ in units]
+                reply.header["seconds"] = seconds
+                return
         results = [None] * len(units)
         for i, u in enumerate(units):  # a unit with a refused folder is not submitted at all
             why = [refused[d] for d in u["runs"] if d in refused]

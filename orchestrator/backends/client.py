@@ -26,7 +26,7 @@ import json
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,8 +50,8 @@ from ..model import (
     Submission,
 )
 from ..paths import SUBMIT_FILE, ClusterPaths, remote_workdir
-from .shell import LocalShell, Shell
-from .wire import BOOTSTRAP, AgentReply, decode_reply, encode_request
+from .shell import LocalShell, Shell, Then
+from .wire import BOOTSTRAP, GO, AgentReply, agent_prefix, decode_reply, encode_request
 
 __all__ = ["AgentBackend", "HostInfo", "SchedState", "Units", "job_name", "one_unit_per_job", "parse_nvidia_smi"]
 
@@ -168,20 +168,28 @@ class AgentBackend(ABC):
                 self._shell = LocalShell(self.cluster.name)
         return self._shell
 
-    def call(self, op: str, request: dict[str, Any], payload: bytes = b"", timeout: float | None = None) -> AgentReply:
-        """One agent operation; BackendError if it could not run or failed."""
-        reply = self.exchange({"op": op, **request}, payload, timeout or OP_TIMEOUT_S.get(op, 120.0))
+    def call(self, op: str, request: dict[str, Any], payload: bytes = b"", timeout: float | None = None,
+             then: Callable[[], bytes] | None = None) -> AgentReply:
+        """One agent operation; BackendError if it could not run or failed. `then`: called
+        once the request is on its way, what it returns is sent after it (see `exchange`)."""
+        reply = self.exchange({"op": op, **request}, payload, timeout or OP_TIMEOUT_S.get(op, 120.0), then)
         if not reply.header.get("ok"):
             raise BackendError(self.cluster.name, f"nero's agent failed on {self.shell.host} ({op}): "
                                f"{reply.header.get('error', 'unknown error')}",
                                "check the cluster's workdir is writable and the disk is not full")
         return reply
 
-    def exchange(self, request: dict[str, Any], payload: bytes, timeout: float) -> AgentReply:
-        """Send one request to the agent and read its reply: one command over the shell."""
-        done = self.shell.run(BOOTSTRAP, encode_request(request, payload), timeout=timeout)
+    def exchange(self, request: dict[str, Any], payload: bytes, timeout: float,
+                 then: Callable[[], bytes] | None = None) -> AgentReply:
+        """Send one request to the agent and read its reply: one command over the shell.
+        `then` runs while the agent reads the request; its bytes follow the request (a
+        submission's go-ahead: `wire.GO`). What it raises is raised here, the command cut off."""
         try:
-            return decode_reply(done.stdout)
+            done = self.shell.run(BOOTSTRAP, encode_request(request, payload), timeout=timeout, then=then)
+        except Then as e:
+            raise e.error  # noqa: B904 - its own, as `then` raised it (the command was cut off)
+        try:
+            reply = decode_reply(done.stdout)
         except (ValueError, json.JSONDecodeError):
             where = self.shell.host
             err = done.err_text() or done.stdout.decode("utf-8", "replace")[-300:]
@@ -189,6 +197,10 @@ class AgentBackend(ABC):
                     if done.rc in (126, 127) or "python3" in err else "check that `ssh` to the host gives a working shell")
             raise BackendError(self.cluster.name, f"nero's agent did not run on {where} (exit code {done.rc}): {err}",
                                hint) from None
+        prestart = getattr(self.shell, "prestart", None)
+        if prestart is not None:  # the next call's agent, started while this pass works on the reply
+            prestart(BOOTSTRAP, agent_prefix())
+        return reply
 
     def workdir_setting(self) -> str:
         """The cluster's `workdir`, else the project's own folder below `~/nero`, named
@@ -324,8 +336,10 @@ class AgentBackend(ABC):
         return ()
 
     # ------------------------------------------------------------ submit
-    def submit(self, jobs: Sequence[JobScript]) -> list[Submission]:
+    def submit(self, jobs: Sequence[JobScript], ready: Callable[[], None] | None = None) -> list[Submission]:
         if not jobs:
+            if ready is not None:
+                ready()
             return []
         info = self.connect()
         from .code import archive
@@ -343,10 +357,10 @@ class AgentBackend(ABC):
         entries = []
         owner = self.owner()
         for j in jobs:
-            mine = {**owner, "key": j.key, "attempt": j.attempt}
-            if j.run_dir in lazy:
-                entries.append({"dir": j.run_dir, "owner": mine, "lazy": True})
+            if j.run_dir in lazy:  # the owner's project part is the request's `owner`
+                entries.append({"dir": j.run_dir, "owner": {"key": j.key, "attempt": j.attempt}, "lazy": True})
                 continue
+            mine = {**owner, "key": j.key, "attempt": j.attempt}
             extra = extras.get(j.run_dir, {})
             files = {"job.sh": runnable_script(j.text, j.values), "params.json": j.params_json,
                      **extra.get("files", {})}
@@ -354,10 +368,16 @@ class AgentBackend(ABC):
             files[SUBMIT_FILE] = json.dumps({**json.loads(files.get(SUBMIT_FILE, "{}")), "owner": mine})
             entries.append({"dir": j.run_dir, "exec": ["job.sh"], "links": extra.get("links", {}), "files": files,
                             "owner": mine})
+        gate = None
+        if ready is not None:  # the agent reads the request while the attempts are committed, and hands
+            def gate() -> bytes:  # nothing over before it is told they are (`GO`; else it stops there)
+                ready()
+                return GO
         # a folder that holds another project's run, or a live job, is never written: those jobs fail
         reply = self.call("submit", {"workdir": info.workdir, "code": code_req, "jobs": entries, "units": units,
+                                     "owner": owner, "gate": gate is not None,
                                      "parallel": 4, "check_pid": self.adopt_query()[0] is None,
-                                     "fresh_s": UNKNOWN_HEARTBEAT_S}, b"".join(payload))
+                                     "fresh_s": UNKNOWN_HEARTBEAT_S}, b"".join(payload), then=gate)
         self._shipped.update(snaps)
         if reply.header.get("disk_free_mb") is not None:
             info.disk_free_mb = reply.header["disk_free_mb"]

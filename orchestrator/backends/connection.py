@@ -22,12 +22,13 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..errors import BackendError
 from ..model import Cluster
-from .shell import Completed
+from .shell import Completed, Then
 
 __all__ = ["SshShell", "ssh_config_path"]
 
@@ -103,6 +104,7 @@ class SshShell:
         self._retry_at = 0.0
         self._last_error: BackendError | None = None
         self._lock = threading.Lock()
+        self._spare: _Spare | None = None
 
     # ------------------------------------------------------------ connecting
     def _target(self) -> Any:
@@ -175,6 +177,7 @@ class SshShell:
         self._failures += 1
 
     def _drop(self) -> None:
+        self._drop_spare()
         if self._conn is not None:
             try:
                 self._conn.close()
@@ -235,12 +238,54 @@ class SshShell:
         return BackendError(name, f"ssh to {where} failed: {type(e).__name__}: {e}")
 
     # ------------------------------------------------------------ commands
-    def run(self, command: str, stdin: bytes = b"", timeout: float = 300) -> Completed:
+    def prestart(self, command: str, prefix: bytes) -> None:
+        """Start `command` now, in the background, and feed it `prefix`: the next `run` of
+        the same command whose stdin begins with `prefix` sends only the rest to it, so
+        what the program does with its first bytes (nero's agent: start Python, compile
+        itself, import) is done before that call is made. A spare is kept only on a live
+        connection; a failed start is no error (the next call starts its own)."""
+        def start() -> None:
+            with self._lock:
+                self._drop_spare()
+                conn = self._conn
+                if conn is None or not conn.is_connected or not conn.transport.is_active():
+                    return
+                try:
+                    chan = conn.transport.open_session(timeout=self.connect_timeout)
+                    chan.exec_command(command)
+                    chan.sendall(prefix)
+                except Exception:  # noqa: BLE001 - no spare then
+                    return
+                self._spare = _Spare(command, prefix, conn.transport, chan)
+
+        threading.Thread(target=start, daemon=True, name=f"nero-spare-{self.cluster}").start()
+
+    def _take_spare(self, transport: Any, command: str, stdin: bytes) -> tuple[Any, bytes]:
+        """The spare channel started for this command and stdin, and what is left to send."""
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None, stdin
+        if (spare.command == command and spare.transport is transport and stdin.startswith(spare.prefix)
+                and not spare.chan.closed and not spare.chan.exit_status_ready()):
+            return spare.chan, stdin[len(spare.prefix):]
+        spare.close()
+        return None, stdin
+
+    def _drop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.close()
+
+    def run(self, command: str, stdin: bytes = b"", timeout: float = 300,
+            then: Callable[[], bytes] | None = None) -> Completed:
         with self._lock:
             conn = self._connect()
             self.round_trips += 1
             try:
-                return _exec(conn.transport, command, stdin, timeout)
+                chan, rest = self._take_spare(conn.transport, command, stdin)
+                return _exec(conn.transport, command, rest, timeout, chan, then)
+            except Then:
+                raise  # not the connection's: the command's input was cut off, the connection is fine
             except Exception as e:  # noqa: BLE001 - translated at the boundary
                 self._drop()
                 if isinstance(e, socket.timeout | TimeoutError):
@@ -262,11 +307,30 @@ def _strip(e: BackendError) -> str:
     return text
 
 
-def _exec(transport: Any, command: str, stdin: bytes, timeout: float) -> Completed:
-    chan = transport.open_session(timeout=timeout)
+class _Spare:
+    """A command started ahead of its call (`SshShell.prestart`) and the bytes it was fed."""
+
+    def __init__(self, command: str, prefix: bytes, transport: Any, chan: Any):
+        self.command, self.prefix, self.transport, self.chan = command, prefix, transport, chan
+
+    def close(self) -> None:
+        try:
+            self.chan.close()
+        except Exception:  # noqa: BLE001 - closing a channel of a broken connection
+            pass
+
+
+def _exec(transport: Any, command: str, stdin: bytes, timeout: float, chan: Any = None,
+          then: Callable[[], bytes] | None = None) -> Completed:
+    """Run `command` on a channel of its own (or on `chan`, where it was started already
+    and fed the first bytes), feeding it `stdin`, then what `then` returns (Shell.run)."""
+    started = chan is not None
+    if chan is None:
+        chan = transport.open_session(timeout=timeout)
     try:
         chan.settimeout(timeout)
-        chan.exec_command(command)
+        if not started:
+            chan.exec_command(command)
         err_parts: list[bytes] = []
         failures: list[BaseException] = []
 
@@ -274,7 +338,8 @@ def _exec(transport: Any, command: str, stdin: bytes, timeout: float) -> Complet
             try:
                 if stdin:
                     chan.sendall(stdin)
-                chan.shutdown_write()
+                if then is None:
+                    chan.shutdown_write()
             except Exception as e:  # noqa: BLE001 - reported by the reader
                 failures.append(e)
 
@@ -292,6 +357,18 @@ def _exec(transport: Any, command: str, stdin: bytes, timeout: float) -> Complet
         reader = threading.Thread(target=drain_stderr, daemon=True)
         writer.start()
         reader.start()
+        if then is not None:
+            try:
+                more = then()  # while the command reads what was sent
+            except BaseException as e:
+                raise Then(e) from e  # the channel is closed below: the command reads no more
+            writer.join(timeout)
+            if not failures:
+                try:
+                    chan.sendall(more)
+                    chan.shutdown_write()
+                except Exception as e:  # noqa: BLE001 - reported as the writer's would be
+                    failures.append(e)
         out_parts = []
         while True:
             data = chan.recv(1 << 20)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,9 @@ class LocalBackend(SshBackend):
     remote = False
     _run_root: tuple[tuple[str, str], str] | None = None  # (the settings it came from, the run root)
 
-    def exchange(self, request: dict[str, Any], payload: bytes, timeout: float) -> AgentReply:
-        return serve_in_process(request, payload)
+    def exchange(self, request: dict[str, Any], payload: bytes, timeout: float,
+                 then: Callable[[], bytes] | None = None) -> AgentReply:
+        return serve_in_process(request, payload + (then() if then is not None else b""))
 
     def run_root(self) -> str:
         c = self.cluster

@@ -28,7 +28,7 @@ import shlex
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..jobs import bash_word, run_lead, shared_parts
+from ..jobs import bash_word, run_lead_word, shared_parts
 from ..model import Cluster, ClusterKind, Handle, JobScript, QueueInfo
 from ..paths import ClusterPaths
 from .client import AgentBackend, HostInfo, SchedState, Units, one_unit_per_job
@@ -279,10 +279,15 @@ def batch_values(jobs: Sequence[JobScript], name: str, batch_dir: str, owner: di
     assert parts is not None, "a shared script whose body cannot be shared"  # render_shared checked it
     lead, body = parts
     lines = []
+    # each run's submit.json: json.dumps({"job_name": …, "batch": name, "index": i, "record":
+    # batch_dir, "owner": {**owner, "key": …, "attempt": …}}), its fixed parts encoded once
+    s = json.encoder.encode_basestring_ascii
+    middle = f', "batch": {s(name)}, "index": '
+    record = f', "record": {s(batch_dir)}, "owner": {{' + "".join(
+        f"{s(k)}: {s(v)}, " for k, v in owner.items() if k not in ("key", "attempt")) + '"key": '
     for i, j in enumerate(jobs):
-        submit = json.dumps({"job_name": j.job_name, "batch": name, "index": i, "record": batch_dir,
-                             "owner": {**owner, "key": j.key, "attempt": j.attempt}})
-        lines.append(f"NERO_T_DIR={bash_word(j.run_dir)} NERO_T_SCRIPT={bash_word(run_lead(lead, j.values))} "
+        submit = f'{{"job_name": {s(j.job_name)}{middle}{i}{record}{s(j.key)}, "attempt": {int(j.attempt)}}}}}'
+        lines.append(f"NERO_T_DIR={bash_word(j.run_dir)} NERO_T_SCRIPT={run_lead_word(lead, j.values)} "
                      f"NERO_T_PARAMS={bash_word(j.params_json)} NERO_T_SUBMIT={bash_word(submit)}\n")
     return "".join(lines), body
 

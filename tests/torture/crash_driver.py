@@ -88,8 +88,8 @@ def arm(point: str, n: int) -> None:
 
         real_submit = LocalBackend.submit
 
-        def submit(self, jobs):
-            out = real_submit(self, jobs)
+        def submit(self, jobs, ready=None):
+            out = real_submit(self, jobs, ready)
             if count.hit():
                 _die()
             return out
