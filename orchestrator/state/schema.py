@@ -1,16 +1,19 @@
 """The state store's tables (`SCHEMA`, with the columns added since `ADDED_COLUMNS` and the
 metrics table's rewrite and the data version's `TRIGGERS`) and how a row of runs × attempts becomes a RunRecord
-(`SNAPSHOT_SQL`, `record_of`). Pure: the statements are run by `orchestrator.state.store`."""
+(`SNAPSHOT_SQL`, `record_of`), and the rows written (`essence_json`, `update_of`). Pure: the
+statements are run by `orchestrator.state.store`."""
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 
-from ..model import LIVE_STATES, Offsets, RunRecord, RunState, SourceOffset
+from ..model import LIVE_STATES, Offsets, RunRecord, RunSpec, RunState, SourceOffset, Update
 
 __all__ = ["ADDED_COLUMNS", "CHANGED_AT", "CHANGES", "CHANGES_SINCE", "DATA_VERSION", "INSTALL", "LAST_PASS", "LIVE_WHERE", "PLANNING_SQL", "REWRITES", "SCHEMA",
-           "SCHEMA_VERSION", "SNAPSHOT_SQL", "TRIGGERS", "files_json", "files_of", "record_of"]
+           "SCHEMA_VERSION", "SNAPSHOT_SQL", "TRIGGERS", "essence_json", "files_json", "files_of", "record_of",
+           "update_of"]
 
 SCHEMA_VERSION = 1
 
@@ -249,3 +252,61 @@ def files_json(files: tuple[SourceOffset, ...]) -> str:
 def files_of(text: str) -> tuple[SourceOffset, ...]:
     """The offsets `files_json` wrote."""
     return tuple(SourceOffset(*f) for f in json.loads(text)) if text else ()
+
+
+def essence_json(spec: RunSpec, ends: dict[tuple[object, ...], tuple[str, str]]) -> str:
+    """The JSON of `spec.essence()` (keys sorted, compact): the runs of a row share all of it
+    but their parameters, which sort between `command` and `resources` (`ends`: the text
+    before and after them, by row)."""
+    alike = (spec.command, spec.clusters, spec.resources, spec.setup, spec.workdir, spec.template)
+    around = ends.get(alike)
+    if around is None:
+        whole = json.dumps({**spec.essence(), "params": None}, sort_keys=True, default=str, separators=(",", ":"))
+        cut = whole.index('"params":null') + len('"params":')  # a quote inside a value is escaped
+        around = ends[alike] = (whole[:cut], whole[cut + len("null"):])
+    return around[0] + json.dumps(dict(spec.params), sort_keys=True, default=str, separators=(",", ":")) + around[1]
+
+
+def _json_num(d: dict[str, float]) -> str:
+    return json.dumps({k: (v if math.isfinite(v) else str(v)) for k, v in d.items()})
+
+def update_of(u: Update) -> tuple[str, tuple[object, ...]]:
+    """The UPDATE of an attempt's row that `u` makes, and its arguments ("" when it sets nothing)."""
+    sets: list[str] = []
+    args: list[object] = []
+    simple = {
+        "state": u.state.value if u.state else None, "reason": u.reason, "job_id": u.job_id,
+        "host": u.host, "started_at": u.started_at, "ended_at": u.ended_at,
+        "exit_code": u.exit_code, "heartbeat_at": u.heartbeat_at,
+        "intent": None if u.intent is None else int(u.intent),
+        "stop_requested": u.stop_requested, "step": u.step,
+        "last": None if u.last is None else _json_num(u.last),
+        "best": None if u.best is None else _json_num(u.best),
+    }
+    for col, val in simple.items():
+        if val is not None:
+            sets.append(f"{col}=?")
+            args.append(val)
+    if u.offsets is not None:  # the metric files' offsets too (off_files): with their points, one transaction
+        sets += ["off_stdout=?", "off_stderr=?", "off_metrics=?", "off_resources=?", "off_files=?"]
+        args += [u.offsets.stdout, u.offsets.stderr, u.offsets.metrics, u.offsets.resources, files_json(u.offsets.files)]
+    if u.samples:
+        rss = [s.rss_mb for s in u.samples if s.rss_mb is not None]
+        gpu = [s.gpu_mem_mb for s in u.samples if s.gpu_mem_mb is not None]
+        disk = [s.disk_free_mb for s in u.samples if s.disk_free_mb is not None]
+        if rss:
+            sets.append("peak_rss=MAX(COALESCE(peak_rss, 0), ?)")
+            args.append(max(rss))
+        if gpu:
+            sets.append("peak_gpu=MAX(COALESCE(peak_gpu, 0), ?)")
+            args.append(max(gpu))
+        util = [s.gpu_util_pct for s in u.samples if s.gpu_util_pct is not None]
+        if util:
+            sets += ["gpu_util_sum=COALESCE(gpu_util_sum, 0) + ?", "gpu_util_n=gpu_util_n + ?"]
+            args += [sum(util), len(util)]
+        if disk:
+            sets.append("min_disk=MIN(COALESCE(min_disk, 1e18), ?)")
+            args.append(min(disk))
+    if not sets:
+        return "", ()
+    return f"UPDATE attempts SET {', '.join(sets)} WHERE key=? AND attempt=?", (*args, u.key, u.attempt)

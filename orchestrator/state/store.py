@@ -39,7 +39,6 @@ from ..model import (
     Override,
     OverrideKind,
     RunRecord,
-    RunSpec,
     RunState,
     Series,
     Update,
@@ -55,71 +54,14 @@ from .schema import (
     SCHEMA_VERSION,
     SNAPSHOT_SQL,
     TRIGGERS,
-    files_json,
+    essence_json,
     record_of,
+    update_of,
 )
 
 __all__ = ["SCHEMA_VERSION", "Store"]
 
-def _essence_json(spec: RunSpec, ends: dict[tuple[object, ...], tuple[str, str]]) -> str:
-    """The JSON of `spec.essence()` (keys sorted, compact): the runs of a row share all of it
-    but their parameters, which sort between `command` and `resources` (`ends`: the text
-    before and after them, by row)."""
-    alike = (spec.command, spec.clusters, spec.resources, spec.setup, spec.workdir, spec.template)
-    around = ends.get(alike)
-    if around is None:
-        whole = json.dumps({**spec.essence(), "params": None}, sort_keys=True, default=str, separators=(",", ":"))
-        cut = whole.index('"params":null') + len('"params":')  # a quote inside a value is escaped
-        around = ends[alike] = (whole[:cut], whole[cut + len("null"):])
-    return around[0] + json.dumps(dict(spec.params), sort_keys=True, default=str, separators=(",", ":")) + around[1]
-
-
 _EVENT_SQL = "INSERT INTO events (time, key, attempt, kind, reason) VALUES (?,?,?,?,?)"
-
-
-def _json_num(d: dict[str, float]) -> str:
-    return json.dumps({k: (v if math.isfinite(v) else str(v)) for k, v in d.items()})
-
-def _update_of(u: Update) -> tuple[str, tuple[object, ...]]:
-    """The UPDATE of an attempt's row that `u` makes, and its arguments ("" when it sets nothing)."""
-    sets: list[str] = []
-    args: list[object] = []
-    simple = {
-        "state": u.state.value if u.state else None, "reason": u.reason, "job_id": u.job_id,
-        "host": u.host, "started_at": u.started_at, "ended_at": u.ended_at,
-        "exit_code": u.exit_code, "heartbeat_at": u.heartbeat_at,
-        "intent": None if u.intent is None else int(u.intent),
-        "stop_requested": u.stop_requested, "step": u.step,
-        "last": None if u.last is None else _json_num(u.last),
-        "best": None if u.best is None else _json_num(u.best),
-    }
-    for col, val in simple.items():
-        if val is not None:
-            sets.append(f"{col}=?")
-            args.append(val)
-    if u.offsets is not None:  # the metric files' offsets too (off_files): with their points, one transaction
-        sets += ["off_stdout=?", "off_stderr=?", "off_metrics=?", "off_resources=?", "off_files=?"]
-        args += [u.offsets.stdout, u.offsets.stderr, u.offsets.metrics, u.offsets.resources, files_json(u.offsets.files)]
-    if u.samples:
-        rss = [s.rss_mb for s in u.samples if s.rss_mb is not None]
-        gpu = [s.gpu_mem_mb for s in u.samples if s.gpu_mem_mb is not None]
-        disk = [s.disk_free_mb for s in u.samples if s.disk_free_mb is not None]
-        if rss:
-            sets.append("peak_rss=MAX(COALESCE(peak_rss, 0), ?)")
-            args.append(max(rss))
-        if gpu:
-            sets.append("peak_gpu=MAX(COALESCE(peak_gpu, 0), ?)")
-            args.append(max(gpu))
-        util = [s.gpu_util_pct for s in u.samples if s.gpu_util_pct is not None]
-        if util:
-            sets += ["gpu_util_sum=COALESCE(gpu_util_sum, 0) + ?", "gpu_util_n=gpu_util_n + ?"]
-            args += [sum(util), len(util)]
-        if disk:
-            sets.append("min_disk=MIN(COALESCE(min_disk, 1e18), ?)")
-            args.append(min(disk))
-    if not sets:
-        return "", ()
-    return f"UPDATE attempts SET {', '.join(sets)} WHERE key=? AND attempt=?", (*args, u.key, u.attempt)
 
 
 class Store(Outbox):
@@ -323,7 +265,7 @@ class Store(Outbox):
             ends: dict[tuple[object, ...], tuple[str, str]] = {}
             for n in new:
                 s = n.spec
-                essence = _essence_json(s, ends)
+                essence = essence_json(s, ends)
                 params = json.dumps([[k, v] for k, v in s.params], default=str)
                 if s.key in known:
                     updates.append((s.spec_hash, essence, params, n.attempt, s.key))
@@ -354,7 +296,7 @@ class Store(Outbox):
             points: list[tuple[object, ...]] = []
             written: list[tuple[object, ...]] = []
             for u in updates:
-                this, args = _update_of(u)
+                this, args = update_of(u)
                 if this != sql:
                     if rows:
                         self.db.executemany(sql, rows)
