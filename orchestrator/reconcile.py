@@ -23,9 +23,10 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,7 @@ class Reconciler:
         self._warned: tuple | None = None
         self._watching = False  # load(keep_last_good=True): a loop that keeps going on a bad workbook
         self._retry: dict[str, tuple[int, str]] = {}  # run key -> (retry number, reason) of the attempt being submitted
+        self._commits = _Commits(())  # the git commit of each workdir the pass submits from (asked as it renders)
         self.reread: Reread | None = None  # the last re-read while watching (the loop says it)
         self._remembered = ""  # the fingerprint of the last plan kept for `nero apply ID`
         self._planning: tuple[str, dict[str, RunRecord]] | None = None  # (data version, planning_records)
@@ -803,6 +805,8 @@ class Reconciler:
         by_cluster: _Jobs = {}
         if not any(a.kind in (ActionKind.SUBMIT, ActionKind.RESTART) for a in plan.actions):
             return by_cluster
+        self._commits = _Commits({self.workdir(a.spec) for a in plan.actions
+                                  if a.kind in (ActionKind.SUBMIT, ActionKind.RESTART) and a.spec is not None})
         snap = self.store.snapshot()
         problems: list[Problem] = []
         retries: dict[str, tuple[int, str]] = {}
@@ -839,7 +843,7 @@ class Reconciler:
             for job, prev in jobs:
                 spec = specs[job.key]
                 if spec.workdir not in git_cache:  # by the row's workdir setting: one look a folder
-                    git_cache[spec.workdir] = git_info(self.workdir(spec))
+                    git_cache[spec.workdir] = self._commits.get(self.workdir(spec))
                 commit, dirty = git_cache[spec.workdir]
                 retry, why = self._retry.pop(job.key, (0, ""))
                 intents.append(NewAttempt(spec, job.attempt, cluster, job.run_dir, job.name,
@@ -1034,6 +1038,29 @@ class Reconciler:
         live = sum(1 for r in self.store.snapshot().values() if r.state.live or r.intent)
         waiting = sum(1 for a in plan.actions if a.kind in (ActionKind.SUBMIT, ActionKind.RESTART) and not a.awaiting)
         return live + waiting
+
+
+class _Commits:
+    """`git_info` of each workdir a pass submits from, each asked on a thread of its own
+    while the pass renders its jobs (two git processes; `git status` of a large repository
+    takes a while); one not asked for is asked when wanted."""
+
+    def __init__(self, workdirs: Iterable[str]):
+        self.found: dict[str, tuple[str, bool]] = {}
+        self.asking = {wd: threading.Thread(target=self._ask, args=(wd,), daemon=True, name="nero-git")
+                       for wd in workdirs}
+        for t in self.asking.values():
+            t.start()
+
+    def _ask(self, workdir: str) -> None:
+        self.found[workdir] = git_info(workdir)
+
+    def get(self, workdir: str) -> tuple[str, bool]:
+        asked = self.asking.get(workdir)
+        if asked is None:
+            return git_info(workdir)
+        asked.join()
+        return self.found.get(workdir, ("", False))
 
 
 class _Unrecorded(Exception):
