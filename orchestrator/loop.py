@@ -137,7 +137,11 @@ def reconcile(project: Project, *, until_done: bool = False, watch: bool = False
         if not (watch or until_done):
             report = project.reconcile(prune=prune, yes=yes)
             said.passed(report)
-            return Outcome(report, report.plan, runs_line(project, report.plan), 1)
+            line = runs_line(project, report.plan)
+            if report.results_deferred:  # a large project's results workbook, while runs are live (RESULTS_DUTY)
+                line += (f" (not rewritten this pass: while runs are live, a results workbook that takes a second "
+                         f"or more to write is rewritten after ten times that; next in {report.results_deferred:.0f} s)")
+            return Outcome(report, report.plan, line, 1)
         return _loop(project, interval, until_done, prune, yes, said)
 
 

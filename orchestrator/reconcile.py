@@ -90,11 +90,20 @@ class PassReport:
     warnings: list[str] = field(default_factory=list)
     changed: bool = False
     results_written: bool = False
+    results_deferred: float = 0.0  # seconds until the results workbook is rewritten (RESULTS_DUTY), 0: not deferred
 
 
 UNCONFIRMED_GRACE_S = 60.0  # above Slurm's and SGE's default message timeouts
 PLAN_KEPT = 10_000  # the most actions a plan kept in the cache has (held runs, cancels, orphans)
 SETTLE_S = 2.0  # the watch loop reads a saved workbook once its file has not changed for this long
+# While runs are live, a results workbook that took RESULTS_SLOW_S or more to write is
+# written again RESULTS_DUTY times that long after its last write at the earliest: a
+# 100,000-run project (3-10 s a write) is not rewritten every pass, and the loop spends at
+# most a tenth of its time on it. A smaller one is rewritten every pass, as before; with no
+# run live, and when a loop ends, it is always written at once.
+RESULTS_DUTY = 10.0
+RESULTS_SLOW_S = 1.0
+RESULTS_BUILT = "results_built"  # the store's meta key: "<time of the write> <seconds it took>"
 
 
 @dataclass(frozen=True)
@@ -503,6 +512,7 @@ class Reconciler:
         self._expire_overrides(overrides)
         if results and (report.changed or not self._results_fingerprint):
             report.results_written = self._write_results_unless_current(plan)
+            report.results_deferred = 0.0 if report.results_written else self._results_wait()
         self._notify(report, now)
         self.store.record_pass(now)
         return report
@@ -1026,11 +1036,26 @@ class Reconciler:
         if cached(self.store, "results", stamp()) is True:
             self._results_fingerprint = "written"
             return False
+        if self._results_wait() > 0:
+            return False
         current: list[bool] = []
+        started = time.monotonic()
         written = self.write_results(plan, current=current)
+        self.store.set_meta(RESULTS_BUILT, f"{self.clock()!r} {time.monotonic() - started:.3f}")
         if current:
             keep(self.store, "results", stamp(), True)
         return written
+
+    def _results_wait(self) -> float:
+        """Seconds until the results workbook may be written again (RESULTS_DUTY); 0 when
+        it may be now: no run is live, or its last write was quick or long enough ago."""
+        raw = (self.store.get_meta(RESULTS_BUILT) or "").split()
+        if len(raw) != 2 or not live_clusters(self.store):
+            return 0.0
+        at, took = float(raw[0]), float(raw[1])
+        if took < RESULTS_SLOW_S:
+            return 0.0
+        return max(0.0, at + RESULTS_DUTY * took - self.clock())
 
     # ------------------------------------------------------------ queries
     def outstanding(self, plan: Plan) -> int:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import nero, state_db, write_workbook
+from conftest import nero, state_db, wait_for, write_workbook
 
 import orchestrator.reconcile as reconcile_module
 from orchestrator.errors import WorkbookError
@@ -208,5 +208,61 @@ def test_the_data_version_counts_every_write_to_runs_attempts_and_overrides(proj
         for n in range(3):  # an `INSERT OR REPLACE` (of an override) counts each time: never back to 0
             store.set_overrides([Override(keys[0], OverrideKind.HOLD, "h", 1, time.time())])
             assert int(data_version(store)) == int(before) + 2 + n
+    finally:
+        store.close()
+
+
+def test_a_slow_results_workbook_is_rewritten_at_most_every_ten_times_its_write_while_runs_are_live(
+        project: Path):
+    """#14: a 100,000-run results workbook takes seconds to write, and every pass with a
+    live run changed it. While runs are live, one whose last write took a second or more
+    is rewritten once ten times that has passed (the pass says when); a quick one every
+    pass as before, and with no run live at once. Each pass here is a new `nero reconcile`."""
+    from orchestrator.reconcile import RESULTS_BUILT
+
+    wb = write_workbook(project / "experiments.xlsx", [
+        {"id": "long", "command": "python -c \"import time; print('step=1 loss=0.5', flush=True); time.sleep(60)\""},
+    ])
+    results = project / "results.xlsx"
+
+    def state() -> RunState:
+        with state_db(project) as con:
+            return RunState(con.execute("SELECT state FROM attempts WHERE key = 'long'").fetchone()[0])
+
+    def one_pass():
+        rec = Reconciler(wb)
+        try:
+            rec.load()
+            return rec.run_pass()
+        finally:
+            rec.close()
+
+    one_pass()
+    wait_for(lambda: one_pass() and state() is RunState.RUNNING, timeout=30, what="the run running")
+    store = Store(project / ".nero" / "state.db")
+    try:
+        took = float(store.get_meta(RESULTS_BUILT).split()[1])
+        assert 0 <= took < 1  # a small project's write: quick, never deferred
+
+        store.set_meta(RESULTS_BUILT, f"{time.time()!r} 5.0")  # as if the last write had taken 5 s, just now
+        before = results.stat().st_mtime_ns
+        store.apply([Update("long", 1, reason="moved on", step=7)])  # what the workbook shows changed
+        report = one_pass()
+        assert not report.results_written and 40 < report.results_deferred <= 50, report.results_deferred
+        assert results.stat().st_mtime_ns == before
+        proc = nero("reconcile", str(project))  # and says so
+        assert proc.returncode == 0 and "not rewritten this pass" in proc.stdout + proc.stderr, proc.stdout
+
+        store.set_meta(RESULTS_BUILT, f"{time.time() - 51!r} 5.0")  # ten times 5 s have passed
+        report = one_pass()
+        assert report.results_written and report.results_deferred == 0
+        assert results.stat().st_mtime_ns != before
+        assert float(store.get_meta(RESULTS_BUILT).split()[1]) < 1  # this write's own time rules the next
+
+        store.set_meta(RESULTS_BUILT, f"{time.time()!r} 5.0")
+        store.apply([Update("long", 1, state=RunState.COMPLETED, intent=False, reason="exit code 0",
+                            ended_at=time.time())])  # no run live: written at once
+        report = one_pass()
+        assert report.results_written and report.results_deferred == 0
     finally:
         store.close()
