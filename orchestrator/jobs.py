@@ -15,15 +15,15 @@ spec into the two dicts that render.py renders:
 from __future__ import annotations
 
 import json
-import math
 import re
 import shlex
 from functools import lru_cache
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 
 from .model import Cluster, ClusterKind, RunSpec, Shell
 from .paths import GPU_CLAIMS
-from .spec import format_value
+from .spec import format_value, json_scalar
 
 __all__ = ["HEARTBEAT_S", "SHARED", "bash_word", "command_variables", "directive", "params_json", "run_lead",
            "run_lead_word", "runnable_script", "scheduler_options", "script_context", "shared_context", "shared_parts", "shared_values"]
@@ -83,22 +83,9 @@ def params_json(spec: RunSpec) -> str:
     """The run's parameters as the `params.json` a job reads (`orchestrator.track.params`)."""
     if spec.params and all(v is None or isinstance(v, str | int | float) for _, v in spec.params):
         # what json.dumps(indent=2) writes for scalars, without its (slow) indenting encoder
-        return "{\n" + ",\n".join(f"  {_json_str(k)}: {_json_scalar(v)}" for k, v in dict(spec.params).items()) + "\n}"
+        return "{\n" + ",\n".join(f"  {encode_basestring_ascii(k)}: {json_scalar(v)}"
+                                   for k, v in dict(spec.params).items()) + "\n}"
     return json.dumps({k: v for k, v in spec.params}, indent=2, default=format_value)
-
-
-_json_str = json.encoder.encode_basestring_ascii  # json.dumps of a str, without building an encoder
-
-
-def _json_scalar(v: object) -> str:
-    """json.dumps(v) for None, a bool, an int, a float or a str."""
-    if isinstance(v, str):
-        return _json_str(v)
-    if v is None or isinstance(v, bool):
-        return json.dumps(v)
-    if isinstance(v, float) and not math.isfinite(v):
-        return json.dumps(v)
-    return repr(int(v)) if isinstance(v, int) else float.__repr__(v)
 
 
 # ------------------------------------------------------------------ shared job scripts

@@ -44,6 +44,7 @@ __all__ = [
     "MAX_VALUES",
     "count_runs",
     "diff_essence",
+    "json_scalar",
     "expand",
     "expand_experiment",
     "format_value",
@@ -374,6 +375,16 @@ def _row_hasher(exp: Experiment, clusters: tuple[str, ...]) -> _Hasher:
         return hashlib.sha256((prefix + "{" + body + "}" + suffix).encode()).hexdigest()[:16]
 
     return hashed
+
+
+def json_scalar(v: object) -> str:
+    """`json.dumps(v)` of None, a bool, an int, a float or a str, without building an
+    encoder (a run's parameters, written a run at a time)."""
+    if isinstance(v, str):
+        return encode_basestring_ascii(v)
+    if v is None or isinstance(v, bool) or (isinstance(v, float) and not math.isfinite(v)):
+        return json.dumps(v)
+    return int.__repr__(v) if isinstance(v, int) else float.__repr__(v)  # type: ignore[arg-type]
 
 
 def count_runs(exp: Experiment) -> int:

@@ -479,3 +479,40 @@ def test_hello_answers_the_site_limits_from_the_agents_keep_within_the_refresh_t
     os.utime(kept, (time.time() - 700, time.time() - 700))
     again = hello(600)
     assert again != first and hello(600) == again  # older than cache_s: run again, then kept
+
+
+def test_a_job_arrays_words_made_from_pieces_equal_the_whole_quoted():
+    """`run_lead_word` (a values file's line, escaped piece by piece) is `bash_word` of the
+    whole `run_lead`, for values with quotes, backslashes, control characters, NUL and
+    non-ASCII, and a lead with a reference no run sets."""
+    import random
+
+    from orchestrator.jobs import SHARED, bash_word, run_lead, run_lead_word
+
+    lead = ("#!/bin/bash\n#SBATCH --job-name='\"${NERO_V_JOB_NAME}\"'\n#SBATCH --output=\"${NERO_V_RUN_DIR}\"/o-%j\n"
+            "# run \"${NERO_V_KEY}\", attempt \"${NERO_V_ATTEMPT}\" \"${NERO_V_OTHER}\"\n# it's\x01 \\ done\n")
+    chars = "aZ09_@%+=:,./-'\" \t\n\x01\x00é€$`\\[]{}*?~!#&;<>|()\x7f"
+    rng = random.Random(2)
+    for _ in range(5000):
+        values = tuple((var, "".join(rng.choice(chars) for _ in range(rng.randint(0, 6)))) for _, var in SHARED)
+        assert run_lead_word(lead, values) == bash_word(run_lead(lead, values)), values
+
+
+def test_parameters_written_without_an_encoder_read_as_json_writes_them():
+    """The store's `params` column and the essence's parameters (`schema.params_json`) are
+    byte for byte what `json.dumps` writes, NaN, infinities, -0.0, bools, None, escapes and
+    a repeated name included."""
+    import json
+    import random
+
+    from orchestrator.state.schema import params_json
+
+    values = [0, -1, 10**20, 0.1, -0.0, 1e300, float("nan"), float("inf"), "a\"b\u00e9\n", "", True, False, None]
+    rng = random.Random(5)
+    for _ in range(5000):
+        pairs = tuple((k, rng.choice(values)) for k in rng.sample(["lr", "b", "z", "params", "é", "a b"], rng.randint(0, 5)))
+        assert params_json(pairs) == json.dumps([[k, v] for k, v in pairs], default=str)
+        assert params_json(pairs, compact=True, ordered=True) == json.dumps(dict(pairs), sort_keys=True, default=str,
+                                                                            separators=(",", ":"))
+    twice = (("a", 1), ("a", 2))
+    assert params_json(twice, compact=True, ordered=True) == '{"a":2}'

@@ -658,12 +658,18 @@ def _write_each(runs, name, texts):
             write_new(os.path.join(d, name), text)
 
 
-def _submit_unit(unit):
+def _unit_files(unit):
+    """Write a unit's own files (a job array's scripts and values): nothing is handed over yet."""
     for p, text in unit.get("files", {}).items():
         parent = os.path.dirname(p)
         if parent and not os.path.isdir(parent):
             os.makedirs(parent)
         write_atomic(p, text, executable=p.endswith(".sh"))
+
+
+def _submit_unit(unit, written=False):
+    if not written:
+        _unit_files(unit)
     # recorded before the job is handed over (process started, submit command run): a run
     # folder without it was never handed to anyone, so nero may submit it again at once.
     # A unit of many runs (a job array) keeps one record for all of them in its `record`
@@ -746,7 +752,15 @@ def op_submit(req, inp, reply):
         refused = dict((j["dir"], why) for j, why in zip(jobs, refused) if why)
         seconds["files"] = time.time() - t0 - sum(seconds.values())
         units = req.get("units", [])
+        written, results_early = set(), {}
         if req.get("gate"):  # nero commits its attempts meanwhile, then says go (wire.GO): else nothing is handed over
+            for i, u in enumerate(units):  # meanwhile too: the units' own files (a job array's values)
+                if u["kind"] != "spawn" and not any(d in refused for d in u["runs"]):
+                    try:
+                        _unit_files(u)
+                    except Exception as e:  # noqa: BLE001 - reported per unit
+                        results_early[i] = {"rc": 125, "out": "", "err": "%s: %s" % (type(e).__name__, e), "ids": []}
+                    written.add(i)
             word = inp.readline().strip()
             seconds["gate"] = time.time() - t0 - sum(seconds.values())
             if word != b"go":
@@ -755,7 +769,7 @@ def op_submit(req, inp, reply):
                                                  "recorded): no job was handed over"} for _ in units]
                 reply.header["seconds"] = seconds
                 return
-        results = [None] * len(units)
+        results = [results_early.get(i) for i in range(len(units))]
         for i, u in enumerate(units):  # a unit with a refused folder is not submitted at all
             why = [refused[d] for d in u["runs"] if d in refused]
             if why:
@@ -771,7 +785,7 @@ def op_submit(req, inp, reply):
                         return
                     i = todo.pop(0)
                 try:
-                    results[i] = _submit_unit(units[i])
+                    results[i] = _submit_unit(units[i], i in written)
                 except Exception as e:  # noqa: BLE001 - reported per unit
                     results[i] = {"rc": 125, "out": "", "err": "%s: %s" % (type(e).__name__, e), "ids": []}
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import math
 import sys
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 
 from ..model import LIVE_STATES, Offsets, RunRecord, RunSpec, RunState, SourceOffset, Update
+from ..spec import json_scalar
 
 __all__ = ["ADDED_COLUMNS", "CHANGED_AT", "CHANGES", "CHANGES_SINCE", "DATA_VERSION", "INSTALL", "LAST_PASS", "LIVE_WHERE", "PLANNING_SQL", "REWRITES", "SCHEMA",
            "SCHEMA_VERSION", "SNAPSHOT_SQL", "TRIGGERS", "essence_json", "files_json", "files_of", "record_of",
-           "update_of"]
+           "params_json", "update_of"]
 
 SCHEMA_VERSION = 1
 
@@ -264,7 +266,24 @@ def essence_json(spec: RunSpec, ends: dict[tuple[object, ...], tuple[str, str]])
         whole = json.dumps({**spec.essence(), "params": None}, sort_keys=True, default=str, separators=(",", ":"))
         cut = whole.index('"params":null') + len('"params":')  # a quote inside a value is escaped
         around = ends[alike] = (whole[:cut], whole[cut + len("null"):])
-    return around[0] + json.dumps(dict(spec.params), sort_keys=True, default=str, separators=(",", ":")) + around[1]
+    return around[0] + params_json(spec.params, compact=True, ordered=True) + around[1]
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def params_json(params: tuple[tuple[str, object], ...], compact: bool = False, ordered: bool = False) -> str:
+    """`json.dumps` of a run's parameters: the pairs as a list (the `params` column), or
+    with `compact` as an object with the names sorted (the essence's, `ordered`), its
+    scalars written without building an encoder."""
+    if not all(isinstance(v, _SCALARS) for _, v in params) or (compact and len({k for k, _ in params}) != len(params)):
+        if compact:
+            return json.dumps(dict(params), sort_keys=ordered, default=str, separators=(",", ":"))
+        return json.dumps([[k, v] for k, v in params], default=str)
+    if compact:
+        pairs = sorted(params) if ordered else params
+        return "{" + ",".join(f"{encode_basestring_ascii(k)}:{json_scalar(v)}" for k, v in pairs) + "}"
+    return "[" + ", ".join(f"[{encode_basestring_ascii(k)}, {json_scalar(v)}]" for k, v in params) + "]"
 
 
 def _json_num(d: dict[str, float]) -> str:

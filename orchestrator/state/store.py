@@ -55,6 +55,7 @@ from .schema import (
     SNAPSHOT_SQL,
     TRIGGERS,
     essence_json,
+    params_json,
     record_of,
     update_of,
 )
@@ -266,7 +267,7 @@ class Store(Outbox):
             for n in new:
                 s = n.spec
                 essence = essence_json(s, ends)
-                params = json.dumps([[k, v] for k, v in s.params], default=str)
+                params = params_json(s.params)
                 if s.key in known:
                     updates.append((s.spec_hash, essence, params, n.attempt, s.key))
                 else:
