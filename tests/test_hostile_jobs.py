@@ -169,7 +169,7 @@ def test_a_job_that_deletes_its_run_folder_is_lost_with_its_own_reason(project: 
     write_workbook(project / "experiments.xlsx", [{"id": "gone", "command": 'rm -rf "$NERO_RUN_DIR"; sleep 0.5'}])
     nero("reconcile", str(project), "--until-done", "--interval", "0.3", "-q", timeout=60)
     run = status(project)[0]
-    assert run["state"] == "lost"
+    assert run["state"] == "lost", run
     assert run["reason"].startswith("the run folder ") and "vanished while the job ran" in run["reason"], run
     assert "out of memory" not in run["reason"]
 
