@@ -139,8 +139,9 @@ def reconcile(project: Project, *, until_done: bool = False, watch: bool = False
             said.passed(report)
             line = runs_line(project, report.plan)
             if report.results_deferred:  # a large project's results workbook, while runs are live (RESULTS_DUTY)
-                line += (f" (not rewritten this pass: while runs are live, a results workbook that takes a second "
-                         f"or more to write is rewritten after ten times that; next in {report.results_deferred:.0f} s)")
+                line += (f" (not rewritten this pass: while runs are live, a results workbook of 10,000 runs or more "
+                         f"that takes a second or more to write is rewritten after ten times that; next in "
+                         f"{report.results_deferred:.0f} s)")
             return Outcome(report, report.plan, line, 1)
         return _loop(project, interval, until_done, prune, yes, said)
 

@@ -96,14 +96,16 @@ class PassReport:
 UNCONFIRMED_GRACE_S = 60.0  # above Slurm's and SGE's default message timeouts
 PLAN_KEPT = 10_000  # the most actions a plan kept in the cache has (held runs, cancels, orphans)
 SETTLE_S = 2.0  # the watch loop reads a saved workbook once its file has not changed for this long
-# While runs are live, a results workbook that took RESULTS_SLOW_S or more to write is
-# written again RESULTS_DUTY times that long after its last write at the earliest: a
-# 100,000-run project (3-10 s a write) is not rewritten every pass, and the loop spends at
-# most a tenth of its time on it. A smaller one is rewritten every pass, as before; with no
-# run live, and when a loop ends, it is always written at once.
+# While runs are live, a results workbook of RESULTS_MANY runs or more that took
+# RESULTS_SLOW_S or more to write is written again RESULTS_DUTY times that long after its
+# last write at the earliest: a 100,000-run project (3-10 s a write) is not rewritten every
+# pass, and the loop spends at most a tenth of its time on it. A smaller one is rewritten
+# every pass, as before (however long a loaded machine takes); with no run live, and when a
+# loop ends, it is always written at once.
 RESULTS_DUTY = 10.0
 RESULTS_SLOW_S = 1.0
-RESULTS_BUILT = "results_built"  # the store's meta key: "<time of the write> <seconds it took>"
+RESULTS_MANY = 10_000
+RESULTS_BUILT = "results_built"  # the store's meta key: "<time of the write> <seconds it took> <runs>"
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,7 @@ class Reconciler:
         self._stamp: tuple[int, int] | None = None
         self._backends: dict[str, Backend] = {}
         self._results_fingerprint = ""
+        self._results_runs = 0  # the runs the last results workbook written held (RESULTS_MANY)
         self._warned: tuple | None = None
         self._watching = False  # load(keep_last_good=True): a loop that keeps going on a bad workbook
         self._retry: dict[str, tuple[int, str]] = {}  # run key -> (retry number, reason) of the attempt being submitted
@@ -1008,8 +1011,9 @@ class Reconciler:
         assert self.workbook is not None
         remote = {c.name: c.host for c in self.workbook.clusters if c.kind is not ClusterKind.LOCAL and c.host}
         self._results_fingerprint = ""  # a write that fails (a full disk) is tried again next pass
-        written = write_results(self.results_path(), self.results_input(plan), charts=charts, remote_hosts=remote,
-                                current=current)
+        data = self.results_input(plan)
+        self._results_runs = len(data.runs)
+        written = write_results(self.results_path(), data, charts=charts, remote_hosts=remote, current=current)
         self._results_fingerprint = "written"
         return written
 
@@ -1041,7 +1045,7 @@ class Reconciler:
         current: list[bool] = []
         started = time.monotonic()
         written = self.write_results(plan, current=current)
-        self.store.set_meta(RESULTS_BUILT, f"{self.clock()!r} {time.monotonic() - started:.3f}")
+        self.store.set_meta(RESULTS_BUILT, f"{self.clock()!r} {time.monotonic() - started:.3f} {self._results_runs}")
         if current:
             keep(self.store, "results", stamp(), True)
         return written
@@ -1050,10 +1054,10 @@ class Reconciler:
         """Seconds until the results workbook may be written again (RESULTS_DUTY); 0 when
         it may be now: no run is live, or its last write was quick or long enough ago."""
         raw = (self.store.get_meta(RESULTS_BUILT) or "").split()
-        if len(raw) != 2 or not live_clusters(self.store):
+        if len(raw) != 3 or not live_clusters(self.store):
             return 0.0
-        at, took = float(raw[0]), float(raw[1])
-        if took < RESULTS_SLOW_S:
+        at, took, runs = float(raw[0]), float(raw[1]), int(raw[2])
+        if took < RESULTS_SLOW_S or runs < RESULTS_MANY:
             return 0.0
         return max(0.0, at + RESULTS_DUTY * took - self.clock())
 

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, nero, write_workbook
+from conftest import ROOT, nero, wait_for, write_workbook
 from jobs import CONSTANT
 
 from orchestrator import NeroWarning, PlanView, Project, StatusView
@@ -112,6 +112,9 @@ def test_manual_actions_select_confirm_and_record_as_the_command_line_does(proje
         cli_history = json.loads(nero("history", str(project), "c[loss=0.9]", "--json", check=True).stdout)
         assert events.to_dict(orient="records") == cli_history
 
+        # the cancelled process ends when it ends (a loaded machine: seconds): passes until it is seen ended
+        wait_for(lambda: p.reconcile() and p.runs().loc["c[loss=0.9]", "state"] == "cancelled", timeout=60,
+                 what="the aborted run seen cancelled")
         held = p.hold("c[loss=0.2]", yes=True, reason="keep it for later")
         assert held.done and p.core.overrides()["c[loss=0.2]"].kind.value == "hold"
         released = p.release("all", yes=True)  # only runs an override holds count
