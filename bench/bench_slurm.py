@@ -206,7 +206,7 @@ def monitor(live: int, passes: int, tag: str) -> dict:
     rec.load()
     ids: list[str] = []
     try:
-        rec.run_pass(results=False)
+        rec.run_pass(results=False, yes=True)  # `live` new runs at once: over Settings confirm_over (as `--yes`)
         snap = rec.store.snapshot()
         ids = sorted({r.job_id.split("_")[0] for r in snap.values() if r.job_id})
         time.sleep(3)

@@ -872,7 +872,10 @@ class Reconciler:
             raise e.__cause__ from None  # type: ignore[misc]
         except NeroError as e:  # the request may have been carried out: never submit these again blindly
             if ready is not None and not ready.done:  # failed before asking: the attempts are recorded now
-                ready()
+                try:
+                    ready()
+                except _Unrecorded as u:
+                    raise u.__cause__ from None  # type: ignore[misc]
             report.warnings.append(f"{e}; {len(jobs)} run(s) stay unconfirmed until the next pass has looked "
                                    "for them on the cluster")
             return
