@@ -206,9 +206,11 @@ def test_a_grid_across_slurm_sge_and_ssh_runs_to_completion_with_slurm_reasons(r
     assert oom["state"] == "failed" and oom["reason"].startswith("OUT_OF_MEMORY: OutOfMemory"), oom
     assert slow["state"] == "timeout" and slow["reason"].startswith("TIMEOUT: TimeLimit"), slow
     assert slow["step"] and slow["step"] > 50  # metrics kept flowing until Slurm stopped it
-    # job ids as the schedulers know them: array tasks on Slurm, numbers on SGE, pids on ssh
-    assert all("_" in r["job_id"] for r in grid if r["cluster"] == "slurm")
-    assert all(r["job_id"].isdigit() for r in grid if r["cluster"] in ("sge", "ssh"))
+    # job ids as the schedulers know them: array tasks on Slurm (from 0) and SGE (from 1), pids on ssh
+    assert sorted(int(r["job_id"].split("_")[1]) for r in grid if r["cluster"] == "slurm") == list(range(27))
+    assert sorted(int(r["job_id"].split(".")[1]) for r in grid if r["cluster"] == "sge") == list(range(1, 11))
+    assert len({r["job_id"].split(".")[0] for r in grid if r["cluster"] == "sge"}) == 1  # one qsub
+    assert all(r["job_id"].isdigit() for r in grid if r["cluster"] == "ssh")
     jobs = remote.ssh("sacct -X -P -n -o JobID,State -j " + ",".join(r["job_id"] for r in runs.values()
                                                                       if r["cluster"] == "slurm"))
     states = dict(line.split("|", 1) for line in jobs.split())

@@ -1,6 +1,7 @@
-"""Slurm job arrays whose tasks write their own run folders (issue #14: 1,000 runs
-dispatched in one pass): one job script rendered per group, one `values` file, each task
-making its run folder when it starts. Against the testbed's real Slurm through sshd.
+"""Job arrays whose tasks write their own run folders (issue #14: 1,000 runs dispatched in
+one pass), on Slurm and on SGE: one job script rendered per group, one `values` file, each
+task making its run folder when it starts. Against the testbed's real Slurm and SGE through
+sshd.
 
 * Sheet values that need quoting (spaces, quotes, `$`, backticks, `;`) and a command of two
   lines reach each run's program as they were written; every run's folder holds what it
@@ -12,6 +13,7 @@ making its run folder when it starts. Against the testbed's real Slurm through s
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -29,6 +31,36 @@ for i in range(1, 4):
     print(f"step={i} loss={1 / i:.6f}", flush=True)
 '''
 
+# per kind: the sheet's option that holds a job (it stays queued), the link to a task's output,
+# the job script's name directive, how a task's id joins its array's and the tasks' first number
+KINDS = {"slurm": ("--begin=now+1hour", "slurm.out", "#SBATCH --job-name=nero-", "_", 0),
+         "sge": ("-h", "sge.out", "#$ -N nero-", ".", 1)}
+
+
+def _array(jid: str, kind: str) -> str:
+    return jid.split(KINDS[kind][3])[0]
+
+
+def _queued(remote: Remote, kind: str, array: str) -> list[str]:  # noqa: F811
+    """The task ids of `array` the scheduler still holds."""
+    if kind == "slurm":
+        return remote.ssh(f"squeue -h -r -j {array} -o %i 2>/dev/null; true").split()
+    xml = remote.ssh("qstat -xml -g d -u $USER")
+    return [f"{array}.{t}" for j, t in re.findall(r"<JB_job_number>(\d+)</JB_job_number>.*?<tasks>(\d+)</tasks>",
+                                                  xml, re.S) if j == array]
+
+
+def _named(remote: Remote, kind: str, array: str) -> set[str]:  # noqa: F811
+    """The arrays of the user named as `array` is (never a second one)."""
+    if kind == "slurm":
+        name = remote.ssh(f"squeue -h -j {array} -o %j").split()[0]
+        return {i.split("_")[0] for i in remote.ssh(f"squeue -h -r -u $USER -n {name} -o %i").split()}
+    xml = remote.ssh("qstat -xml -g d -u $USER")
+    jobs = re.findall(r"<JB_job_number>(\d+)</JB_job_number>\s*<JAT_prio>[^<]*</JAT_prio>\s*<JB_name>([^<]*)</JB_name>", xml)
+    name = next(n for j, n in jobs if j == array)
+    return {j for j, n in jobs if n == name}
+
+
 HOSTILE = ["a b", "it's", "$HOME", "`id`", 'say "hi"', "x;y", "tab\there", "back\\slash", "ünï"]
 
 
@@ -40,18 +72,22 @@ def _cell(values: list[str]) -> str:
     return "[" + ", ".join(out) + "]"
 
 
-def test_an_array_of_hostile_values_runs_each_task_in_the_folder_it_writes_itself(remote: Remote):  # noqa: F811
+@pytest.mark.parametrize("kind", ["slurm", "sge"])
+def test_an_array_of_hostile_values_runs_each_task_in_the_folder_it_writes_itself(remote: Remote,  # noqa: F811
+                                                                                   kind: str):
+    _, link, name_directive, sep, first = KINDS[kind]
     (remote.project / "probe.py").write_text(PROBE)
     write_workbook(remote.project / "experiments.xlsx", [
         {"id": "q", "command": "python3 probe.py {{ v }} 'fixed arg'\necho done=1", "v": _cell(HOSTILE),
-         "cluster": "slurm"},
+         "cluster": kind},
     ], clusters=remote.clusters())
     proc = remote.nero("reconcile", str(remote.project), "--until-done", "--interval", "1", timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     runs = remote.status()
     assert len(runs) == len(HOSTILE)
     assert all(r["state"] == "completed" for r in runs.values()), [(k, r["state"], r["reason"]) for k, r in runs.items()]
-    assert len({r["job_id"].split("_")[0] for r in runs.values()}) == 1  # one array, one sbatch
+    assert len({_array(r["job_id"], kind) for r in runs.values()}) == 1  # one array, one sbatch / qsub
+    assert sorted(int(r["job_id"].split(sep)[1]) for r in runs.values()) == list(range(first, first + len(HOSTILE)))
     rows = remote.db("SELECT key, run_dir, job_id FROM attempts")
     assert len(rows) == len(HOSTILE) and all(jid for _, _, jid in rows)
     # the batch folder holds one shared script and one line of values per run
@@ -60,7 +96,7 @@ def test_an_array_of_hostile_values_runs_each_task_in_the_folder_it_writes_itsel
     for key, run_dir, _ in rows:
         listing = set(remote.ssh(f"ls -A {run_dir!r}").split())
         assert {"job.sh", "params.json", "submit.json", "stdout.log", "stderr.log", "started", "exit_code",
-                "heartbeat", "pid", ".claim", ".tick", "slurm.out", "probe.json"} <= listing, listing
+                "heartbeat", "pid", ".claim", ".tick", link, "probe.json"} <= listing, listing
         probe = json.loads(remote.ssh(f"cat {run_dir!r}/probe.json"))
         value = json.loads(remote.ssh(f"cat {run_dir!r}/params.json"))["v"]
         assert value in HOSTILE
@@ -69,25 +105,30 @@ def test_an_array_of_hostile_values_runs_each_task_in_the_folder_it_writes_itsel
         submit = json.loads(remote.ssh(f"cat {run_dir!r}/submit.json"))
         assert submit["owner"]["key"] == key and submit["record"] == batch
         job_sh = remote.ssh(f"cat {run_dir!r}/job.sh")
-        assert job_sh.startswith("#!/bin/bash\n") and "#SBATCH --job-name=nero-" in job_sh
+        assert job_sh.startswith("#!/bin/bash\n") and name_directive in job_sh
         assert "NERO_V_COMMAND=" in job_sh
         assert remote.ssh(f"cat {run_dir!r}/stdout.log").splitlines()[-1] == "done=1"
-        assert remote.ssh(f"readlink {run_dir!r}/slurm.out").strip().startswith(batch + "/")
+        # the task's own output file, in its batch folder, named by its task number
+        task = next(r for r in runs.values() if r["run"] == key)["job_id"].split(sep)[1]
+        assert remote.ssh(f"readlink {run_dir!r}/{link}").strip() == f"{batch}/{task}.out"
         assert runs[key]["step"] == 3, runs[key]
     losses = remote.db("SELECT a.key, m.step, m.value FROM metrics m JOIN attempts a USING (key) WHERE m.name='loss'")
     assert sorted((k, s) for k, s, _ in losses) == sorted((k, s) for k, _, _ in rows for s in (1, 2, 3))
     assert all(abs(v - 1 / s) < 1e-5 for _, s, v in losses)
 
 
-def test_pending_array_tasks_have_no_folder_show_in_status_and_are_cancelled(remote: Remote):  # noqa: F811
+@pytest.mark.parametrize("kind", ["slurm", "sge"])
+def test_pending_array_tasks_have_no_folder_show_in_status_and_are_cancelled(remote: Remote,  # noqa: F811
+                                                                             kind: str):
+    hold, _, _, sep, _ = KINDS[kind]
     write_workbook(remote.project / "experiments.xlsx", [
         {"id": "later", "command": "python3 stepper.py steps=2 delay=0.1 tag={{ t }}", "t": "range(0, 4)",
-         "cluster": "slurm", "options": "--begin=now+1hour"},
+         "cluster": kind, "options": hold},
     ], clusters=remote.clusters())
     proc = remote.nero("reconcile", str(remote.project), "-q")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = remote.db("SELECT key, run_dir, job_id FROM attempts")
-    assert len(rows) == 4 and all("_" in jid for _, _, jid in rows)
+    assert len(rows) == 4 and all(sep in jid for _, _, jid in rows)
     for _, run_dir, _ in rows:  # the tasks have not started: their folders do not exist yet
         assert remote.ssh(f"test -e {run_dir!r} && echo there || echo absent").strip() == "absent"
     time.sleep(1.1)
@@ -104,15 +145,17 @@ def test_pending_array_tasks_have_no_folder_show_in_status_and_are_cancelled(rem
     assert proc.returncode == 0, proc.stdout + proc.stderr
     wait_for(lambda: remote.nero("reconcile", str(remote.project), "-q", "--yes") and
              all(r["state"] == "cancelled" for r in remote.status().values()), timeout=60, what="all cancelled")
-    [array] = {jid.split("_")[0] for _, _, jid in rows}
-    states = remote.ssh(f"sacct -X -P -n -o JobID,State -j {array}")  # pending tasks: one line, `ID_[0-3]`
-    assert states.strip() and all(line.split("|")[1].startswith("CANCELLED") for line in states.splitlines()), states
-    assert not remote.ssh(f"squeue -h -r -j {array} 2>/dev/null; true").strip()
+    [array] = {_array(jid, kind) for _, _, jid in rows}
+    if kind == "slurm":
+        states = remote.ssh(f"sacct -X -P -n -o JobID,State -j {array}")  # pending tasks: one line, `ID_[0-3]`
+        assert states.strip() and all(line.split("|")[1].startswith("CANCELLED") for line in states.splitlines()), states
+    assert _queued(remote, kind, array) == []
     for _, run_dir, _ in rows:  # cancelled before they started: never made
         assert remote.ssh(f"test -e {run_dir!r} && echo there || echo absent").strip() == "absent"
 
 
-def test_nero_killed_after_sbatch_adopts_queued_tasks_that_have_no_folder(remote: Remote):  # noqa: F811
+@pytest.mark.parametrize("kind", ["slurm", "sge"])
+def test_nero_killed_after_sbatch_adopts_queued_tasks_that_have_no_folder(remote: Remote, kind: str):  # noqa: F811
     """Killed right after `sbatch` returned, before the job ids were recorded, with the
     array's tasks still queued (no run folder exists): the next pass finds each run's batch
     through the batch index, adopts every task, and submits nothing again."""
@@ -122,21 +165,23 @@ def test_nero_killed_after_sbatch_adopts_queued_tasks_that_have_no_folder(remote
 
     from test_remote import ROOT
 
+    hold, _, _, sep, first = KINDS[kind]
     write_workbook(remote.project / "experiments.xlsx", [
         {"id": "held", "command": "python3 stepper.py steps=2 delay=0.1 tag={{ t }}", "t": "range(0, 5)",
-         "cluster": "slurm", "options": "--begin=now+1hour"},
+         "cluster": kind, "options": hold},
     ], clusters=remote.clusters())
+    cls = {"slurm": "SlurmBackend", "sge": "SgeBackend"}[kind]
     crash = (
         "import os\n"
         "from orchestrator.backends import make_backend\n"
-        "from orchestrator.backends.slurm import SlurmBackend\n"
+        f"from orchestrator.backends.{kind} import {cls}\n"
         "from orchestrator.reconcile import Reconciler\n"
-        "class Crashing(SlurmBackend):\n"
+        f"class Crashing({cls}):\n"
         "    def submit(self, jobs, ready=None):\n"
         "        super().submit(jobs, ready)  # sbatch returned: the array exists\n"
         "        os.kill(os.getpid(), 9)  # ... and nero dies before recording it\n"
         "def factory(cluster, project_dir):\n"
-        "    if cluster.kind.value == 'slurm':\n"
+        f"    if cluster.kind.value == {kind!r}:\n"
         "        return Crashing(cluster, project_dir)\n"
         "    return make_backend(cluster, project_dir)\n"
         f"r = Reconciler({str(remote.project / 'experiments.xlsx')!r}, backend_factory=factory)\n"
@@ -154,12 +199,12 @@ def test_nero_killed_after_sbatch_adopts_queued_tasks_that_have_no_folder(remote
     assert "5 were found on the cluster and adopted" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     runs = remote.status()
     assert all(r["state"] == "submitted" and r["attempt"] == 1 for r in runs.values()), runs
-    arrays = {r["job_id"].split("_")[0] for r in runs.values()}
-    assert len(arrays) == 1 and sorted(r["job_id"].split("_")[1] for r in runs.values()) == ["0", "1", "2", "3", "4"]
-    # its name from slurmctld (held an hour: queued), not sacct (slurmdbd learns of it a moment later)
-    name = remote.ssh(f"squeue -h -j {next(iter(arrays))} -o %j").split()[0]
-    again = remote.ssh(f"squeue -h -r -u $USER -n {name} -o %i").split()
-    assert len({i.split("_")[0] for i in again}) == 1, again  # never a second array
+    arrays = {_array(r["job_id"], kind) for r in runs.values()}
+    assert len(arrays) == 1
+    assert sorted(int(r["job_id"].split(sep)[1]) for r in runs.values()) == list(range(first, first + 5))
+    # its name from the scheduler's listing (held: queued), not accounting
+    assert _named(remote, kind, next(iter(arrays))) == arrays  # never a second array
+    assert len(_queued(remote, kind, next(iter(arrays)))) == 5
     assert remote.db("SELECT COUNT(*) FROM attempts") == [(5,)]
 
 

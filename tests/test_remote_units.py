@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -13,20 +14,21 @@ from pathlib import Path
 import pytest
 
 from orchestrator.backends import code as codeship
+from orchestrator.backends.arrays import SGE, SLURM, array_script, array_units, group, header
 from orchestrator.backends.client import SchedState, job_name, parse_nvidia_smi
 from orchestrator.backends.sge import (
+    PRESENT,
+    parse_max_array,
     parse_qacct,
     parse_qacct_names,
     parse_qstat_g_c,
     parse_qstat_names,
     parse_qstat_xml,
+    task_numbers,
 )
 from orchestrator.backends.slurm import (
     SlurmBackend,
-    array_script,
     expand_array_id,
-    group,
-    header,
     parse_exit_code,
     parse_limit,
     parse_names,
@@ -97,24 +99,43 @@ def test_sinfo_partitions_and_nvidia_smi():
     assert size_mb("10G") == 10240 and size_mb("500M") == 500 and size_mb("4000") == 4000 and size_mb("x") is None
 
 
-def _job(run_dir: str, extra: str = "") -> JobScript:
-    text = (f"#!/bin/bash\n#SBATCH --job-name=nero-{Path(run_dir).name}\n#SBATCH --output={run_dir}/slurm-%j.out\n"
-            f"#SBATCH --partition=debug\n{extra}# comment\nset -u\n#SBATCH --ignored-after-commands\n")
+def _job(run_dir: str, extra: str = "", sge: bool = False) -> JobScript:
+    if sge:
+        text = (f"#!/bin/bash\n#$ -N nero-{Path(run_dir).name}\n#$ -S /bin/bash\n#$ -o {run_dir}/sge.out\n"
+                f"#$ -e {run_dir}/sge.err\n#$ -q all.q\n{extra}# comment\nset -u\n#$ -ignored-after-commands\n")
+    else:
+        text = (f"#!/bin/bash\n#SBATCH --job-name=nero-{Path(run_dir).name}\n#SBATCH --output={run_dir}/slurm-%j.out\n"
+                f"#SBATCH --partition=debug\n{extra}# comment\nset -u\n#SBATCH --ignored-after-commands\n")
     return JobScript(Path(run_dir).name, 1, run_dir, text, "{}", "c", "cmd", job_name=f"nero-{Path(run_dir).name}")
 
 
-def test_jobs_with_identical_resources_form_arrays_chunked_at_max_array_size():
-    assert header(_job("/w/a").text) == ("#SBATCH --partition=debug",)  # name/output/later lines excluded
-    jobs = [_job(f"/w/r{i}") for i in range(5)] + [_job("/w/big", "#SBATCH --mem=4000M\n")]
-    groups = group(jobs, max_array=2)
+@pytest.mark.parametrize("sge", [False, True], ids=["slurm", "sge"])
+def test_jobs_with_identical_resources_form_arrays_chunked_at_max_array_size(sge: bool):
+    dialect, mem = (SGE, "#$ -l h_vmem=4000M\n") if sge else (SLURM, "#SBATCH --mem=4000M\n")
+    own = ("#$ -q all.q",) if sge else ("#SBATCH --partition=debug",)
+    assert header(_job("/w/a", sge=sge).text, dialect) == own  # name/output/shell/later lines excluded
+    jobs = [_job(f"/w/r{i}", sge=sge) for i in range(5)] + [_job("/w/big", mem, sge=sge)]
+    groups = group(jobs, 2, dialect)
     assert [[j.run_dir for j in g] for g in groups] == [["/w/r0", "/w/r1"], ["/w/r2", "/w/r3"], ["/w/r4"], ["/w/big"]]
-    script = array_script(header(jobs[0].text), "nero-batch-abc", "/w/.nero/batches/nero-batch-abc", 2)
-    assert "#SBATCH --array=0-1" in script and "#SBATCH --job-name=nero-batch-abc" in script
-    assert "#SBATCH --partition=debug" in script and "exec bash ./job.sh" in script
-    # the directives come before the first command: sbatch reads them
+    script = array_script(header(jobs[0].text, dialect), "nero-batch-abc", "/w/.nero/batches/nero-batch-abc", 2,
+                          dialect)
+    if sge:  # tasks 1 and 2, stdout and stderr in one file each, in the batch folder
+        assert "#$ -t 1-2" in script and "#$ -N nero-batch-abc" in script and "#$ -S /bin/bash" in script
+        assert "#$ -o /w/.nero/batches/nero-batch-abc/$TASK_ID.out" in script and "NERO_TASK=$((SGE_TASK_ID - 1))" in script
+    else:
+        assert "#SBATCH --array=0-1" in script and "#SBATCH --job-name=nero-batch-abc" in script
+        assert "NERO_TASK=$((SLURM_ARRAY_TASK_ID - 0))" in script
+    assert own[0] in script and "exec bash ./job.sh" in script
+    # the directives come before the first command: sbatch and qsub read them
     lines = script.splitlines()
     first_cmd = next(i for i, line in enumerate(lines) if line and not line.startswith("#"))
-    assert all(not line.startswith("#SBATCH") for line in lines[first_cmd:])
+    assert all(not line.startswith(dialect.directive) for line in lines[first_cmd:])
+    units, extras = array_units(jobs, "/w", dialect, 2, {"project": "p"})
+    assert [u["argv"][0] for u in units] == [dialect.submit[0]] * 4 and [len(u["runs"]) for u in units] == [2, 2, 1, 1]
+    # the run's link to its task's output: task numbers from 1 on SGE, from 0 on Slurm
+    link = extras["/w/r1"]["links"][dialect.out_link]
+    assert link.endswith("/2.out" if sge else "/1.out"), link
+    assert units[0]["array"] % ("7", units[0]["first"] + 1) == ("7.2" if sge else "7_1") == dialect.task_id("7", 1)
 
 
 # --------------------------------------------------------------------------- sge parsers
@@ -172,6 +193,48 @@ def test_sge_qstat_qacct_and_queues():
                          "--------------------------------------------------------------------------------\n"
                          "all.q            0.96      0      0      2      2      0      0\n")
     assert [(q.name, q.free_slots, q.total_slots) for q in qs] == [("all.q", 2, 2)]
+
+
+# `qstat -xml -g d` as SGE 8.1.9 writes it for an array: a task a line, a plain job without <tasks>
+QSTAT_TASKS = """<?xml version='1.0'?>
+<job_info>
+  <queue_info>
+    <job_list state="running"><JB_job_number>2</JB_job_number><JB_name>nero-batch-1</JB_name><state>r</state>
+      <queue_name>all.q@vm</queue_name><slots>1</slots><tasks>1</tasks></job_list>
+    <job_list state="running"><JB_job_number>5</JB_job_number><JB_name>nero-lone-a1</JB_name><state>r</state>
+      <queue_name>all.q@vm</queue_name><slots>1</slots></job_list>
+  </queue_info>
+  <job_info>
+    <job_list state="pending"><JB_job_number>2</JB_job_number><JB_name>nero-batch-1</JB_name><state>qw</state>
+      <slots>1</slots><tasks>3</tasks></job_list>
+    <job_list state="pending"><JB_job_number>3</JB_job_number><JB_name>nero-batch-2</JB_name><state>hqw</state>
+      <slots>1</slots><tasks>4-8:2</tasks></job_list>
+    <job_list state="pending"><JB_job_number>4</JB_job_number><JB_name>nero-batch-3</JB_name><state>Eqw</state>
+      <slots>1</slots><tasks>2</tasks></job_list>
+  </job_info>
+</job_info>"""
+
+
+def test_sge_array_tasks_are_listed_accounted_and_named_by_task():
+    st = parse_qstat_xml(QSTAT_TASKS)
+    assert {k for k, v in st.items() if v.live} == {"2.1", "2.3", "5", "3.4", "3.6", "3.8"}
+    assert not st["4.2"].live and "Eqw (qstat -j 4 says why)" in st["4.2"].reason  # an error state ends the task
+    assert task_numbers("1,4-5:1") == [1, 4, 5] and task_numbers("7") == [7] and task_numbers("x") == []
+    assert parse_qstat_names(QSTAT_TASKS)["nero-batch-1"] == ["2"]  # the array once, not once a task
+    # the agent's listing ids: the pattern's groups joined by `.` (agent._scheduler)
+    ids = {".".join(g for g in m.groups() if g) for m in re.finditer(PRESENT, QSTAT_TASKS)}
+    assert ids == {"2.1", "2.3", "5", "3", "4.2"}  # a range stays its job (its tasks then go to qacct)
+    acct = parse_qacct("jobname      nero-batch-1\njobnumber    2\ntaskid       1\nfailed       0\nexit_status  0\n"
+                       "==============================================================\n"
+                       "jobname      nero-batch-1\njobnumber    2\ntaskid       2\nfailed       0\nexit_status  3\n"
+                       "==============================================================\n"
+                       "jobname      nero-lone-a1\njobnumber    5\ntaskid       undefined\nfailed       0\n"
+                       "exit_status  0\n")
+    assert acct["2.1"].state == "COMPLETED" and acct["2.2"] == SchedState("FAILED", False, "exit_status 3", 3)
+    assert acct["5"].state == "COMPLETED"
+    assert parse_qacct_names("jobname a\njobnumber 9\ntaskid 1\n===\njobname a\njobnumber 9\ntaskid 2\n") == {"a": ["9"]}
+    assert parse_max_array("max_aj_instances 2000\nmax_aj_tasks                 75000\n") == 75000
+    assert parse_max_array("max_aj_tasks 0\n") is None
 
 
 # --------------------------------------------------------------------------- framing

@@ -390,7 +390,9 @@ def _scheduler(sched, ids, reply):
         r = _listing(sched)
         pattern = re.compile(sched.get("present", r"^\s*(\S+)").encode("utf-8"), re.M)
         if r["rc"] == 0:
-            present = set(m.group(1).decode("utf-8", "replace") for m in pattern.finditer(r["out"]))
+            # an id is the pattern's groups that matched, joined by `.` (SGE's `<job>.<task>`)
+            present = set(".".join(g.decode("utf-8", "replace") for g in m.groups() if g)
+                          for m in pattern.finditer(r["out"]))
         r["out"] = reply.blob(r["out"])
         out["list"] = r
     missing = [i for i in ids if i not in present] if listing else list(ids)
@@ -706,7 +708,9 @@ def _submit_unit(unit, written=False):
         jid = _job_id(r["out"]) if r["rc"] == 0 else ""
         ids = []
         if jid:
-            ids = ["%s_%d" % (jid, i) for i in range(len(unit["runs"]))] if unit.get("array") else [jid]
+            # a job array's tasks: `array` spells a task's id from the array's and its number
+            first = int(unit.get("first", 0))
+            ids = [unit["array"] % (jid, first + i) for i in range(len(unit["runs"]))] if unit.get("array") else [jid]
         result = {"rc": r["rc"], "out": r["out"].decode("utf-8", "replace")[-2000:], "err": r["err"], "ids": ids}
     # read by adopt only under the submit lock
     if shared:

@@ -311,6 +311,11 @@ class AgentBackend(ABC):
         with `detail`, from the detail command's output."""
         return {}
 
+    def task_id(self, array_id: str, index: int) -> str:
+        """The job id of the task of a job array that runs its run number `index` (from 0):
+        kinds that submit job arrays say (`arrays.Dialect.task_id`)."""
+        raise NotImplementedError(f"{self.kind.value} clusters submit no job arrays")
+
     def cancel_request(self, handles: Sequence[Handle]) -> dict[str, Any]:
         """The agent request that stops these jobs: `cancel_command` with their ids."""
         ids = [h.job_id for h in handles if h.job_id]
@@ -533,7 +538,7 @@ class AgentBackend(ABC):
                 ids = names.get(name) or []
                 if ids:
                     base = max(ids, key=_id_order)
-                    jid = f"{base}_{submit['index']}" if submit.get("batch") else base
+                    jid = self.task_id(base, int(submit["index"])) if submit.get("batch") else base
             if jid or item.get("handed"):
                 found[h.key] = Submission(h.key, h.attempt, job_id=jid)
         return found
