@@ -976,7 +976,10 @@ class Reconciler:
                                               exclude=(str(self.workbook_path), str(self.results_path())))
 
     # ------------------------------------------------------------ results
-    def results_input(self, plan: Plan | None = None) -> ResultsInput:
+    def results_input(self, plan: Plan | None = None, events: int | None = None) -> ResultsInput:
+        """Everything the results workbook and the digest show, as of now; `events`: only
+        the newest this many events (the workbook shows the newest `results.MAX_EVENTS`: at
+        100,000 runs every event held took 32 MiB)."""
         assert self.workbook is not None
         wb = self.workbook
         snap = self.store.snapshot()
@@ -991,7 +994,7 @@ class Reconciler:
         return ResultsInput(
             experiments_path=str(self.workbook_path), settings=wb.settings, goals=goals,
             runs=tuple(sorted(snap.values(), key=lambda r: r.number)), histories=self.store.histories(),
-            events=tuple(self.store.events()), queue=tuple(queue), now=self.clock(),
+            events=tuple(self.store.events(limit=events)), queue=tuple(queue), now=self.clock(),
             attempts=tuple(self.store.earlier_attempts()), attempt_histories=self.store.earlier_histories(),
             optimisations=tuple(self.searcher().optimisations(wb, importances=True)
                                 if any(e.search is not None for e in wb.experiments) else ()),
@@ -1009,12 +1012,12 @@ class Reconciler:
         """Rewrite the results workbook if what it shows changed (results.py decides;
         `charts=True` forces fresh curves, e.g. when the loop ends); `current` gets True
         when the file then shows this data, curves included."""
-        from .results import write_results
+        from .results import MAX_EVENTS, write_results
 
         assert self.workbook is not None
         remote = {c.name: c.host for c in self.workbook.clusters if c.kind is not ClusterKind.LOCAL and c.host}
         self._results_fingerprint = ""  # a write that fails (a full disk) is tried again next pass
-        data = self.results_input(plan)
+        data = self.results_input(plan, events=MAX_EVENTS)
         self._results_runs = len(data.runs)
         written = write_results(self.results_path(), data, charts=charts, remote_hosts=remote, current=current)
         self._results_fingerprint = "written"

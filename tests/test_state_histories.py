@@ -10,7 +10,7 @@ import random
 import sqlite3
 from pathlib import Path
 
-from orchestrator.model import Desired, MetricPoint, NewAttempt, RunSpec, Series, Update
+from orchestrator.model import Desired, Event, MetricPoint, NewAttempt, RunSpec, Series, Update
 from orchestrator.state import Store
 
 RANK = {"track": 2, "stdout": 1, "stderr": 0}
@@ -211,6 +211,16 @@ def test_history_of_a_past_attempt(tmp_path: Path) -> None:
     assert past[0] == (1, 1.0) and past[1][0] == 2 and math.isnan(past[1][1])
     assert store.history("a", 2) == store.history("a") == {"loss": [(1, 0.5)]}
     assert store.history("nothing") == {} and store.history("a", 7) == {}
+    store.close()
+
+
+def test_the_newest_events_come_in_time_order(tmp_path: Path) -> None:
+    """`events(limit=n)`: what the results workbook reads (its newest MAX_EVENTS), not every event."""
+    store = Store(tmp_path / "state.db")
+    store.apply([], events=[Event(time=float(t), key=f"r{t}", kind="started") for t in range(10)])
+    assert [e.key for e in store.events(limit=3)] == ["r7", "r8", "r9"]
+    assert [e.time for e in store.events()] == [float(t) for t in range(10)]
+    assert [e.key for e in store.events(key="r2", limit=3)] == ["r2"]
     store.close()
 
 

@@ -77,9 +77,9 @@ the e-mail digest.
 """
 
 from ..curves import PALETTE
-from .sheets import MIN_PRINT_SCALE
+from .sheets import MAX_EVENTS, MIN_PRINT_SCALE
 from .view import FORMAT_VERSION, MAX_POINTS_PER_SERIES, SERIES_PER_CHART, SHEETS, fingerprint
 from .workbook import write_results
 
-__all__ = ["FORMAT_VERSION", "MAX_POINTS_PER_SERIES", "MIN_PRINT_SCALE", "PALETTE", "SERIES_PER_CHART", "SHEETS",
+__all__ = ["FORMAT_VERSION", "MAX_EVENTS", "MAX_POINTS_PER_SERIES", "MIN_PRINT_SCALE", "PALETTE", "SERIES_PER_CHART", "SHEETS",
            "fingerprint", "write_results"]
