@@ -70,10 +70,13 @@ from .state import Store
 from .state.cache import cached, data_version, file_digest, folder_stamp, keep
 from .state.tally import (
     any_intent,
+    histories_of,
     live_clusters,
     metric_names,
     orphaned_keys,
     planning_records,
+    record_batches,
+    run_count,
     who_submitted,
 )
 from .units import format_megabytes
@@ -980,9 +983,13 @@ class Reconciler:
         """Everything the results workbook and the digest show, as of now; `events`: only
         the newest this many events (the workbook shows the newest `results.MAX_EVENTS`: at
         100,000 runs every event held took 32 MiB)."""
+        return self._with_runs(self._results_head(plan, events))
+
+    def _results_head(self, plan: Plan | None, events: int | None) -> ResultsInput:
+        """`results_input` but the runs: none, no histories, the declared goals only (the
+        runs' metrics add theirs: `_with_runs`, `results.shows`)."""
         assert self.workbook is not None
         wb = self.workbook
-        snap = self.store.snapshot()
         queue = []
         if plan is not None:
             for a in plan.actions:
@@ -990,10 +997,9 @@ class Reconciler:
                     queue.append((a.key, f"awaiting confirmation ({a.awaiting}): nero apply {plan.fingerprint}"))
                 elif a.kind is ActionKind.HOLD or a.waiting:
                     queue.append((a.key, a.reason if a.kind is ActionKind.HOLD else a.waiting))
-        goals = goals_of((name for r in snap.values() for name in r.last), wb.goals)
         return ResultsInput(
-            experiments_path=str(self.workbook_path), settings=wb.settings, goals=goals,
-            runs=tuple(sorted(snap.values(), key=lambda r: r.number)), histories=self.store.histories(),
+            experiments_path=str(self.workbook_path), settings=wb.settings, goals=dict(wb.goals),
+            runs=(), histories={},
             events=tuple(self.store.events(limit=events)), queue=tuple(queue), now=self.clock(),
             attempts=tuple(self.store.earlier_attempts()), attempt_histories=self.store.earlier_histories(),
             optimisations=tuple(self.searcher().optimisations(wb, importances=True)
@@ -1001,6 +1007,11 @@ class Reconciler:
             people=wb.people, named=tuple((e.id, e.recipients) for e in wb.experiments if e.recipients),
             who_submitted=who_submitted(self.store),
         )
+
+    def _with_runs(self, head: ResultsInput) -> ResultsInput:
+        runs = tuple(sorted(self.store.snapshot().values(), key=lambda r: r.number))
+        return replace(head, runs=runs, histories=self.store.histories(),
+                                   goals=goals_of((name for r in runs for name in r.last), head.goals))
 
     def results_path(self) -> Path:
         assert self.workbook is not None
@@ -1012,14 +1023,25 @@ class Reconciler:
         """Rewrite the results workbook if what it shows changed (results.py decides;
         `charts=True` forces fresh curves, e.g. when the loop ends); `current` gets True
         when the file then shows this data, curves included."""
-        from .results import MAX_EVENTS, write_results
+        from .results import MAX_EVENTS, shows, streamed_fingerprints, write_results
 
         assert self.workbook is not None
         remote = {c.name: c.host for c in self.workbook.clusters if c.kind is not ClusterKind.LOCAL and c.host}
         self._results_fingerprint = ""  # a write that fails (a full disk) is tried again next pass
-        data = self.results_input(plan, events=MAX_EVENTS)
+        head = self._results_head(plan, MAX_EVENTS)
+        path = self.results_path()
+        batches = ((batch, histories_of(self.store, batch)) for batch in record_batches(self.store))
+        fingerprints = streamed_fingerprints(head, batches, remote)  # not every run held just to learn nothing changed
+        if shows(path, fingerprints):
+            self._results_runs = run_count(self.store)
+            self._results_fingerprint = "written"
+            if current is not None:
+                current.append(True)
+            return False
+        data = self._with_runs(head)
         self._results_runs = len(data.runs)
-        written = write_results(self.results_path(), data, charts=charts, remote_hosts=remote, current=current)
+        written = write_results(path, data, charts=charts, remote_hosts=remote, current=current,
+                                fingerprints=fingerprints)
         self._results_fingerprint = "written"
         return written
 

@@ -17,6 +17,7 @@ import pytest
 
 from orchestrator.curves import downsample
 from orchestrator.errors import NeroError
+from orchestrator.metrics import goals_of
 from orchestrator.model import Event, ResultsInput, RunRecord, RunState, Series, Settings
 from orchestrator.plots import plot_curves
 from orchestrator.results import (
@@ -25,6 +26,8 @@ from orchestrator.results import (
     SERIES_PER_CHART,
     SHEETS,
     fingerprint,
+    shows,
+    streamed_fingerprints,
     write_results,
 )
 
@@ -400,6 +403,37 @@ def test_unchanged_content_is_not_rewritten_and_time_alone_is_no_change(written)
     changed = dataclasses.replace(data, queue=())
     assert fingerprint(changed) != fingerprint(data)
     assert write_results(path, changed) is True
+
+
+@pytest.mark.parametrize("primary,declared", [("val_err", {"val_err": "min"}), ("", {}), ("", {"loss": "max"})])
+def test_shows_reads_the_runs_a_batch_at_a_time_and_agrees_with_a_whole_write(tmp_path, primary, declared):
+    """`streamed_fingerprints` (what a pass asks first) hold one batch of runs at a time, and
+    the file `shows` them exactly when `write_results` would write nothing; the goals and
+    metric columns the runs bring are decided as the whole input decides them."""
+    data = make_input(tmp_path, extra_runs=3)
+    data = dataclasses.replace(data, settings=dataclasses.replace(data.settings, primary_metric=primary),
+                               goals=goals_of((m for r in data.runs for m in r.last), declared))
+    head = dataclasses.replace(data, runs=(), histories={}, goals=declared)
+
+    def batches(d: ResultsInput, size: int = 2):
+        for i in range(0, len(d.runs), size):
+            part = d.runs[i:i + size]
+            yield part, {r.key: d.histories[r.key] for r in part if r.key in d.histories}
+
+    path = tmp_path / "results.xlsx"
+    fingerprints = streamed_fingerprints(head, batches(data))
+    assert not shows(path, fingerprints)  # no file yet
+    assert write_results(path, data) is True
+    assert shows(path, fingerprints) and shows(path, streamed_fingerprints(head, batches(data, 1)))
+    assert write_results(path, data) is False
+    for change in ({"reason": "another reason"}, {"best": {"val_err": 0.001}}, {"last": {"new_metric": 1.0}}):
+        runs = list(data.runs)
+        runs[4] = dataclasses.replace(runs[4], **change)
+        other = dataclasses.replace(data, runs=tuple(runs), goals=goals_of((m for r in runs for m in r.last), declared))
+        assert not shows(path, streamed_fingerprints(head, batches(other))), change
+        assert write_results(path, other) is True
+        assert shows(path, streamed_fingerprints(head, batches(other))), change
+        assert write_results(path, data) is True  # back
 
 
 def test_summary_only_refresh_keeps_the_curves_and_matches_a_full_write(tmp_path, written):

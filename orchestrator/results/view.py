@@ -16,13 +16,13 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 from ..curves import finite, normalize
-from ..metrics import default_goal
+from ..metrics import default_goal, goals_of
 from ..model import ResultsInput, RunRecord
 from ..shown import run_values, signature
 
@@ -109,6 +109,11 @@ class RunView:
     at: dict[str, tuple[float | None, ...]] = field(default_factory=dict)  # per checkpoint
 
 
+# runs (by number) and the histories of their current attempts, by run key: a part of a
+# ResultsInput's runs, for `View.fingerprints`
+Batch = tuple[Iterable[RunRecord], Mapping[str, Mapping[str, Any]]]
+
+
 class View:
     """What the workbook shows, computed once from a ResultsInput."""
 
@@ -117,21 +122,11 @@ class View:
         self.remote_hosts = dict(remote_hosts) if remote_hosts is not None else None
         self.runs = sorted(data.runs, key=lambda r: (r.number, r.key))
         self.checkpoints = tuple(sorted({int(c) for c in data.settings.checkpoints}))
-        seen: dict[str, None] = {}
-        if data.settings.primary_metric:
-            seen[data.settings.primary_metric] = None
-        seen.update(dict.fromkeys(data.goals))
+        names: dict[str, None] = {}
         for r in self.runs:
-            seen.update(dict.fromkeys(r.last))
-            seen.update(dict.fromkeys(r.best))
-            seen.update(dict.fromkeys(data.histories.get(r.key, {})))
-        self.metrics = list(seen)
+            _see(names, r.last, r.best, data.histories.get(r.key, {}))
         self.attempts = sorted(data.attempts, key=lambda r: (r.number, r.key, r.attempt))
-        for r in self.attempts:  # the Summary's metrics, then those only earlier attempts have
-            seen.update(dict.fromkeys(r.last))
-            seen.update(dict.fromkeys(r.best))
-            seen.update(dict.fromkeys(data.attempt_histories.get((r.key, r.attempt), {})))
-        self.attempt_metrics = list(seen)
+        self.metrics, self.attempt_metrics = self._columns(data.goals, names)
         self.primary = data.settings.primary_metric or (self.metrics[0] if self.metrics else "")
         self._prepared: list[RunView] | None = None
         self._prepared_attempts: list[RunView] | None = None
@@ -147,32 +142,61 @@ class View:
         h = (self.data.attempt_histories if isinstance(key, tuple) else self.data.histories).get(key, {})
         return tuple((m, signature(p)) for m, p in h.items())
 
-    def fingerprints(self) -> tuple[str, str]:
+    def _columns(self, goals: Mapping[str, str], names: Mapping[str, None]) -> tuple[list[str], list[str]]:
+        """(the Summary's metrics, the Attempts sheet's): the primary metric, the goals'
+        metrics, then every other name in the runs' order (`names`), then those only earlier
+        attempts have."""
+        seen: dict[str, None] = {}
+        if self.data.settings.primary_metric:
+            seen[self.data.settings.primary_metric] = None
+        seen.update(dict.fromkeys(goals))
+        seen.update(names)
+        metrics = list(seen)
+        for r in self.attempts:
+            _see(seen, r.last, r.best, self.data.attempt_histories.get((r.key, r.attempt), {}))
+        return metrics, list(seen)
+
+    def fingerprints(self, batches: Iterable[Batch] | None = None) -> tuple[str, str]:
         """(what the sheets but Curves and Curve data show, what those two show), hashed run
-        by run (not a list of every run's fields first: 100,000 runs held 100 MB)."""
+        by run (not a list of every run's fields first: 100,000 runs held 100 MB).
+
+        `batches`: the runs (by number) and their histories, a batch at a time, for a
+        ResultsInput that leaves them out (`runs=()`, `histories={}`, `goals`: the declared
+        ones): the fingerprints the same data would have whole, holding one batch of runs
+        at a time (`workbook.shows`)."""
         d = self.data
-        common = (FORMAT_VERSION, self.primary, sorted(d.goals.items()), self.metrics)
         curves, summary = hashlib.blake2b(digest_size=16), hashlib.blake2b(digest_size=16)
-        curves.update(_bytes(common))
-        summary.update(_bytes((common, self.checkpoints, d.experiments_path, sorted((self.remote_hosts or {}).items()),
-                               self.remote_hosts is None)))
-        for r in self.runs:
-            hist = self._history_signature(r.key)
-            curves.update(_bytes((r.number, r.key, r.experiment, r.best.get(self.primary), hist)))
-            summary.update(_bytes((
-                r.number, r.key, r.experiment, r.params, r.state.value, r.reason, r.attempt,
-                r.cluster, r.job_id, r.host, r.started_at, r.ended_at,
-                sorted(r.last.items()), sorted(r.best.items()), r.git_commit, r.git_dirty,
-                r.command, r.run_dir, r.peak_rss_mb, r.peak_gpu_mem_mb, r.min_disk_free_mb, r.mean_gpu_util_pct, hist,
-                r.who,
-            )))
+        names: dict[str, None] = {}
+        lasts: dict[str, None] = {}
+        for runs, histories in ((self.runs, d.histories),) if batches is None else batches:
+            for r in runs:
+                h = histories.get(r.key, {})
+                lasts.update(dict.fromkeys(r.last))
+                _see(names, r.last, r.best, h)
+                hist = tuple((m, signature(p)) for m, p in h.items())
+                best = sorted(r.best.items())
+                curves.update(_bytes((r.number, r.key, r.experiment, best, hist)))
+                summary.update(_bytes((
+                    r.number, r.key, r.experiment, r.params, r.state.value, r.reason, r.attempt,
+                    r.cluster, r.job_id, r.host, r.started_at, r.ended_at,
+                    sorted(r.last.items()), best, r.git_commit, r.git_dirty,
+                    r.command, r.run_dir, r.peak_rss_mb, r.peak_gpu_mem_mb, r.min_disk_free_mb, r.mean_gpu_util_pct, hist,
+                    r.who,
+                )))
+        goals = goals_of(lasts, d.goals)  # d.goals whole, or the declared ones (`batches`)
+        metrics, attempt_metrics = self._columns(goals, names)
+        primary = d.settings.primary_metric or (metrics[0] if metrics else "")
         for r in self.attempts:
             summary.update(_bytes((
                 r.number, r.key, r.experiment, r.attempt, r.state.value, r.reason, r.cluster, r.job_id, r.host,
                 r.started_at, r.ended_at, sorted(r.last.items()), sorted(r.best.items()), r.git_commit,
                 r.git_dirty, r.command, r.run_dir, self._history_signature((r.key, r.attempt)), r.who,
             )))
-        summary.update(_bytes((self.attempt_metrics, len(d.events),
+        common = (FORMAT_VERSION, primary, list(goals.items()), metrics)
+        curves.update(_bytes(common))
+        summary.update(_bytes((common, self.checkpoints, d.experiments_path, sorted((self.remote_hosts or {}).items()),
+                               self.remote_hosts is None)))
+        summary.update(_bytes((attempt_metrics, len(d.events),
                                [(e.time, e.key, e.kind, e.reason, e.attempt) for e in d.events[-50:]])))
         summary.update(_bytes((d.queue, d.who_submitted)))
         summary.update(_bytes(d.optimisations))
@@ -234,6 +258,12 @@ class View:
             return f"{remote}:{r.run_dir}", None
         p = os.path.abspath(os.path.expanduser(r.run_dir))
         return r.run_dir, "File://" + quote(p if p.startswith("/") else "/" + p, safe="/:@")
+
+
+def _see(names: dict[str, None], *named: Iterable[str]) -> None:
+    """Add the names of `named` (dicts' keys) to `names`, in order, each once."""
+    for n in named:
+        names.update(dict.fromkeys(n))
 
 
 def _bytes(obj: Any) -> bytes:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,13 +21,14 @@ from .ooxml import CannotReuse, Cells, Existing, assemble
 from .optimisation import write_optimisation
 from .sheets import Formats, write_events, write_queue, write_resources
 from .summary import write_attempts, write_summary
-from .view import CHEAP_POINTS, CURVES_MAX_AGE, FORMAT_VERSION, SHEETS, View
+from .view import CHEAP_POINTS, CURVES_MAX_AGE, FORMAT_VERSION, SHEETS, Batch, View
 
-__all__ = ["write_results"]
+__all__ = ["shows", "streamed_fingerprints", "write_results"]
 
 
 def write_results(path: str | Path, data: ResultsInput, *, charts: bool | None = None,
-                  remote_hosts: Mapping[str, str] | None = None, current: list[bool] | None = None) -> bool:
+                  remote_hosts: Mapping[str, str] | None = None, current: list[bool] | None = None,
+                  fingerprints: tuple[str, str] | None = None) -> bool:
     """Write the results workbook for `data` to `path` atomically; True if it was written.
 
     Skips the write (returns False) when the file already shows exactly this content, so
@@ -49,7 +50,7 @@ def write_results(path: str | Path, data: ResultsInput, *, charts: bool | None =
     path = Path(path)
     remove_stale_temporaries(path)  # what writers killed mid-write left (`.tmp`; `.base` from earlier versions)
     view = View(data, remote_hosts)
-    summary_fp, curves_fp = view.fingerprints()
+    summary_fp, curves_fp = fingerprints or view.fingerprints()
     old = Existing.open(path)
     if charts is None:
         charts = (old is None or view.points() <= CHEAP_POINTS
@@ -71,6 +72,22 @@ def write_results(path: str | Path, data: ResultsInput, *, charts: bool | None =
     if whole and current is not None:
         current.append(True)
     return True
+
+
+def streamed_fingerprints(head: ResultsInput, batches: Iterable[Batch],
+                          remote_hosts: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """The fingerprints `write_results` would find for `head` with the runs of `batches`
+    (`View.fingerprints`), holding one batch of runs at a time: a pass learns whether the
+    file `shows` them without holding every run (100,000 runs and their histories held
+    200 MiB), and hands them to `write_results` when it does not."""
+    return View(head, remote_hosts).fingerprints(batches)
+
+
+def shows(path: str | Path, fingerprints: tuple[str, str]) -> bool:
+    """Whether the results workbook at `path` shows data of these fingerprints, its curves
+    included: `write_results` would write nothing."""
+    old = Existing.open(Path(path))
+    return old is not None and (old.summary_fp, old.curves_fp) == fingerprints
 
 
 def _disk_trouble(path: Path, exc: BaseException) -> DiskError | None:
