@@ -122,21 +122,30 @@ def test_sge_accounting_is_read_from_a_bounded_tail_of_the_file(remote: Remote):
     import time
 
     acc = '"${SGE_ROOT:-/var/lib/gridengine}/${SGE_CELL:-default}/common/accounting"'
-    # a history longer than the tail read below, whatever ran before this test (a fresh
-    # testbed's file holds a job or two): an array of 24 short jobs adds ~12 KB
-    deadline = time.time() + 90
-    if int(remote.ssh(f"wc -c < {acc}")) <= 8000:
-        remote.ssh("qsub -terse -t 1-24 -b y -o /dev/null -e /dev/null -N history /bin/true")
-        while time.time() < deadline and int(remote.ssh(f"wc -c < {acc}")) <= 8000:
+
+    def ended(command: str) -> str:
+        """Submit `command`; its job id once its record is in the accounting file."""
+        jid = remote.ssh(f"qsub -terse -b y -o /dev/null -e /dev/null -N not-nero {command}").strip()
+        deadline = time.time() + 120
+        while f"jobnumber    {jid}" not in remote.ssh(f"qacct -j {jid} 2>/dev/null; true"):
+            assert time.time() < deadline, f"SGE job {jid} ({command}) not accounted for in 120 s"
             time.sleep(1)
-    jid = remote.ssh("qsub -terse -b y -o /dev/null -e /dev/null -N not-nero /bin/false").strip()
-    first = remote.ssh(f"grep -v '^#' {acc} | head -n 1 | cut -d: -f6").strip()
-    deadline = time.time() + 60
-    while time.time() < deadline and f"jobnumber    {jid}" not in remote.ssh(f"qacct -j {jid} 2>/dev/null; true"):
-        time.sleep(1)
-    assert first and first != jid and int(remote.ssh(f"wc -c < {acc}")) > 8000
-    small = [a.replace(str(ACCOUNTING_TAIL), "4000").replace("{ids}", f"{first},{jid}") for a in QACCT]
+        return jid
+
+    # records before the job looked for: two at least (a fresh testbed's file may have none)
+    while len([line for line in remote.ssh(f"cat {acc}").splitlines() if line and not line.startswith("#")]) < 2:
+        ended("/bin/true")
+    jid = ended("/bin/false")
+    text = remote.ssh(f"cat {acc}").encode()
+    at = next(i for i, line in enumerate(text.split(b"\n")) if line and not line.startswith(b"#"))
+    start = sum(len(line) + 1 for line in text.split(b"\n")[:at])  # where the file's first record starts
+    fields = text[start:].split(b"\n", 1)[0].decode().split(":")
+    first = fields[5] if fields[35] == "0" else f"{fields[5]}.{fields[35]}"  # its id as parse_qacct keys it
+    assert fields[5] != jid
+    # a tail that starts one byte into the first record: what follows it is read, the first is not
+    tail = len(text) - start - 1
+    small = [a.replace(str(ACCOUNTING_TAIL), str(tail)).replace("{ids}", f"{fields[5]},{jid}") for a in QACCT]
     states = parse_qacct(remote.ssh(shlex.join(small)))
     assert states[jid].state == "FAILED" and states[jid].exit_code == 1, states
     assert first not in states
-    assert first in parse_qacct(remote.ssh(f"qacct -j {first}"))
+    assert first in parse_qacct(remote.ssh(f"qacct -j {fields[5]}"))
