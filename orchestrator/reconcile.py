@@ -109,6 +109,10 @@ RESULTS_DUTY = 10.0
 RESULTS_SLOW_S = 1.0
 RESULTS_MANY = 10_000
 RESULTS_BUILT = "results_built"  # the store's meta key: "<time of the write> <seconds it took> <runs>"
+# the store's meta key: the last metric point (rowid) when the results workbook was last
+# written or found current. A point added since lengthens a history the file shows: the
+# pass writes without first hashing the runs to learn whether it must (`write_results`).
+RESULTS_POINTS = "results_points"
 
 
 @dataclass(frozen=True)
@@ -1030,18 +1034,23 @@ class Reconciler:
         self._results_fingerprint = ""  # a write that fails (a full disk) is tried again next pass
         head = self._results_head(plan, MAX_EVENTS)
         path = self.results_path()
-        batches = ((batch, histories_of(self.store, batch)) for batch in record_batches(self.store))
-        fingerprints = streamed_fingerprints(head, batches, remote)  # not every run held just to learn nothing changed
-        if shows(path, fingerprints):
-            self._results_runs = run_count(self.store)
-            self._results_fingerprint = "written"
-            if current is not None:
-                current.append(True)
-            return False
+        points = str(self.store.db.execute("SELECT max(rowid) FROM metrics").fetchone()[0])
+        fingerprints = None
+        if points == self.store.get_meta(RESULTS_POINTS):  # no new point: whether the file shows this state is
+            # learnt holding a batch of runs at a time, not every run (100,000: 200 MiB)
+            batches = ((batch, histories_of(self.store, batch)) for batch in record_batches(self.store))
+            fingerprints = streamed_fingerprints(head, batches, remote)
+            if shows(path, fingerprints):
+                self._results_runs = run_count(self.store)
+                self._results_fingerprint = "written"
+                if current is not None:
+                    current.append(True)
+                return False
         data = self._with_runs(head)
         self._results_runs = len(data.runs)
         written = write_results(path, data, charts=charts, remote_hosts=remote, current=current,
                                 fingerprints=fingerprints)
+        self.store.set_meta(RESULTS_POINTS, points)
         self._results_fingerprint = "written"
         return written
 
