@@ -1013,9 +1013,10 @@ class Reconciler:
         )
 
     def _with_runs(self, head: ResultsInput) -> ResultsInput:
+        """`head` with every run, their histories, and the goals their metrics add."""
         runs = tuple(sorted(self.store.snapshot().values(), key=lambda r: r.number))
         return replace(head, runs=runs, histories=self.store.histories(),
-                                   goals=goals_of((name for r in runs for name in r.last), head.goals))
+                       goals=goals_of((name for r in runs for name in r.last), head.goals))
 
     def results_path(self) -> Path:
         assert self.workbook is not None
