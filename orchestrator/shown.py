@@ -19,25 +19,37 @@ finite the same way) and no checkpoint value.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .curves import normalize
 from .metrics import Summary, default_goal, shown_best, summarize
-from .model import RunRecord
+from .model import RunRecord, Series
 
 __all__ = ["run_values", "metric_names", "signature", "who_shown"]
 
 # Histories of finished runs do not change: their summaries are remembered between calls
-# of a long-lived process (bounded), so a refresh does not sort every history again.
+# of a long-lived process (bounded), so a refresh does not sort every history again. They
+# are remembered by the history's whole content (`signature`), not a sample of its points:
+# a value replaced inside a history of the same length (a printed point overridden by a
+# tracked one) must not show the old best.
 _MEMO: dict[tuple[Any, ...], Summary] = {}
 _MEMO_MAX = 200_000
 
 
-def signature(p: Sequence[Any]) -> tuple[Any, ...]:
-    """A cheap fingerprint of a history: its length and five of its points."""
-    n = len(p)
-    return (n, p[0], p[n // 4], p[n // 2], p[3 * n // 4], p[-1]) if n else (0,)
+def signature(p: Sequence[Any]) -> tuple[int, bytes]:
+    """A history's fingerprint: its length and a digest of every point (a sample of a few
+    points missed a value replaced inside a history of the same length)."""
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        series = p if isinstance(p, Series) else Series.of(p)  # a list and a Series of the same points agree
+    except TypeError:  # a value that is not a number
+        h.update(repr(tuple(p)).encode("utf-8", "surrogatepass"))
+    else:
+        h.update(series.steps.tobytes())
+        h.update(series.values.tobytes())
+    return len(p), h.digest()
 
 
 def _summary(key: tuple[str, int], metric: str, points: Sequence[tuple[int | None, float]], goal: str,

@@ -405,6 +405,23 @@ def test_unchanged_content_is_not_rewritten_and_time_alone_is_no_change(written)
     assert write_results(path, changed) is True
 
 
+@pytest.mark.parametrize("series", [False, True])
+def test_a_value_replaced_inside_a_history_rewrites_the_file(tmp_path, series):
+    """A history of the same length with one value changed where no sample looks (a printed
+    point overridden by a tracked one) is new content: the Summary's best shows it."""
+    data = make_input(tmp_path)
+    path = tmp_path / "results.xlsx"
+    assert write_results(path, as_series(data) if series else data) is True
+    h = dict(data.histories)
+    points = list(h["rnn[act=relu]"]["val_err"])
+    points[101] = (points[101][0], -5.0)  # not the first, a quarter, the middle, three quarters or the last
+    h["rnn[act=relu]"] = {**h["rnn[act=relu]"], "val_err": tuple(points)}
+    changed = dataclasses.replace(data, histories=h)
+    assert write_results(path, as_series(changed) if series else changed) is True
+    summary = pd.read_excel(path, sheet_name="Summary")
+    assert summary.loc[summary["run"] == "rnn[act=relu]", "best:val_err"].item() == -5.0
+
+
 @pytest.mark.parametrize("primary,declared", [("val_err", {"val_err": "min"}), ("", {}), ("", {"loss": "max"})])
 def test_shows_reads_the_runs_a_batch_at_a_time_and_agrees_with_a_whole_write(tmp_path, primary, declared):
     """`streamed_fingerprints` (what a pass asks first) hold one batch of runs at a time, and

@@ -202,3 +202,22 @@ def test_last_best_and_checkpoints_agree_on_every_surface(runs) -> None:
         nero("export", str(workbook), "-o", str(root / "runs.json"), check=True)
         exported = json.loads((root / "runs.json").read_text())["runs"]
         compare("export", expected, {r["run"]: r for r in exported})
+
+
+def test_a_value_replaced_inside_a_history_of_the_same_length_changes_what_shows() -> None:
+    """The summaries a long-lived process remembers are keyed by every point: a point
+    changed where a sample of five would not look (index 5 of 8) is seen (the run's best
+    once stayed at the old history's)."""
+    from orchestrator.model import RunRecord, Series
+    from orchestrator.shown import run_values
+
+    record = RunRecord(key="e[i=1]", number=1, experiment="e", spec_hash="", essence="", params=(("i", 1),),
+                       state=RunState.COMPLETED, attempt=1)
+    points = [(None, -0.314), (None, 0.0), (None, 0.0), (None, math.nan), (3, -13.584), (None, -294.0),
+              (None, -294.788), (6, 581888.83)]
+    changed = list(points)
+    changed[5] = (None, -158255.17)
+    for make in (list, Series.of):
+        first = run_values(record, {"val_err": make(points)}, {"val_err": "min"})["val_err"]
+        second = run_values(record, {"val_err": make(changed)}, {"val_err": "min"})["val_err"]
+        assert (first.best, second.best) == (-294.788, -158255.17)

@@ -277,7 +277,7 @@ def _bytes(obj: Any) -> bytes:
 def fingerprint(data: ResultsInput, remote_hosts: Mapping[str, str] | None = None) -> str:
     """A cheap hash of what `write_results` would show (the time of the pass excluded).
 
-    Histories enter by their length and first, middle and last points, which catches the
-    way they change (appended points); a runtime that only grew is not a change."""
+    Histories enter by their length and a digest of every point (`shown.signature`), so a
+    value replaced inside a history is a change; a runtime that only grew is not."""
     s, c = View(data, remote_hosts).fingerprints()
     return hashlib.blake2b(f"{s}:{c}".encode(), digest_size=16).hexdigest()
