@@ -17,7 +17,7 @@ from operator import itemgetter
 from .metrics import number_steps
 from .model import Series
 
-__all__ = ["PALETTE", "Points", "axis_cap", "decimals", "downsample", "finite", "log_scale", "nice",
+__all__ = ["PALETTE", "Magnitudes", "Points", "axis_cap", "decimals", "downsample", "finite", "log_scale", "nice",
            "nonfinite_text", "normalize"]
 
 # Line colours (matplotlib's tab10) of the workbook's charts and of the plots; runs 11-20 of
@@ -121,13 +121,39 @@ def nice(x: float) -> float:
 
 def decimals(values: Iterable[float]) -> int | None:
     """Decimals showing about four significant digits of the typical value; None: scientific."""
-    mags = sorted(abs(v) for v in values if isinstance(v, int | float) and math.isfinite(v) and v != 0)
-    if not mags:
-        return 3
-    med = mags[len(mags) // 2]
-    if med >= 1e7 or med < 1e-5:
-        return None
-    return max(0, min(6, 3 - math.floor(math.log10(med))))
+    mags = Magnitudes()
+    for v in values:
+        mags.add(v)
+    return mags.decimals()
+
+
+class Magnitudes:
+    """The typical magnitude of a column's values, learnt a value at a time (`decimals`): a
+    count per power of ten, not the values, whose median's power of ten it gives exactly."""
+
+    __slots__ = ("counts", "n")
+    _SMALL, _LARGE = -1000, 1000  # below 1e-5, at least 1e7: shown scientific
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.n = 0
+
+    def add(self, v: float) -> None:
+        if isinstance(v, int | float) and math.isfinite(v) and v != 0:
+            a = abs(v)
+            k = self._LARGE if a >= 1e7 else self._SMALL if a < 1e-5 else math.floor(math.log10(a))
+            self.counts[k] = self.counts.get(k, 0) + 1
+            self.n += 1
+
+    def decimals(self) -> int | None:
+        if not self.n:
+            return 3
+        seen, powers = 0, iter(sorted(self.counts))
+        k = next(powers)
+        while seen + self.counts[k] <= self.n // 2:  # the median: the n // 2-th value from the smallest
+            seen += self.counts[k]
+            k = next(powers)
+        return None if k in (self._SMALL, self._LARGE) else max(0, min(6, 3 - k))
 
 
 def nonfinite_text(v: float) -> str:

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -1035,22 +1035,25 @@ class Reconciler:
         self._results_fingerprint = ""  # a write that fails (a full disk) is tried again next pass
         head = self._results_head(plan, MAX_EVENTS)
         path = self.results_path()
-        points = str(self.store.db.execute("SELECT max(rowid) FROM metrics").fetchone()[0])
         fingerprints = None
-        if points == self.store.get_meta(RESULTS_POINTS):  # no new point: whether the file shows this state is
-            # learnt holding a batch of runs at a time, not every run (100,000: 200 MiB)
-            batches = ((batch, histories_of(self.store, batch)) for batch in record_batches(self.store))
-            fingerprints = streamed_fingerprints(head, batches, remote)
-            if shows(path, fingerprints):
-                self._results_runs = run_count(self.store)
-                self._results_fingerprint = "written"
-                if current is not None:
-                    current.append(True)
-                return False
-        data = self._with_runs(head)
-        self._results_runs = len(data.runs)
-        written = write_results(path, data, charts=charts, remote_hosts=remote, current=current,
-                                fingerprints=fingerprints)
+
+        def batches() -> Iterator[tuple[list[RunRecord], dict[str, Any]]]:  # every run, 2,000 at a time
+            return ((batch, histories_of(self.store, batch)) for batch in record_batches(self.store))
+
+        with self.store.reading():  # every pass over the runs sees the same runs
+            points = str(self.store.db.execute("SELECT max(rowid) FROM metrics").fetchone()[0])
+            if points == self.store.get_meta(RESULTS_POINTS):  # no new point: whether the file shows this state is
+                # learnt in a pass that computes nothing else
+                fingerprints = streamed_fingerprints(head, batches, remote)
+                if shows(path, fingerprints):
+                    self._results_runs = run_count(self.store)
+                    self._results_fingerprint = "written"
+                    if current is not None:
+                        current.append(True)
+                    return False
+            self._results_runs = run_count(self.store)
+            written = write_results(path, head, charts=charts, remote_hosts=remote, current=current,
+                                    fingerprints=fingerprints, batches=batches)
         self.store.set_meta(RESULTS_POINTS, points)
         self._results_fingerprint = "written"
         return written

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchestrator.curves import downsample
 from orchestrator.errors import NeroError
@@ -438,19 +440,53 @@ def test_shows_reads_the_runs_a_batch_at_a_time_and_agrees_with_a_whole_write(tm
             yield part, {r.key: d.histories[r.key] for r in part if r.key in d.histories}
 
     path = tmp_path / "results.xlsx"
-    fingerprints = streamed_fingerprints(head, batches(data))
+    fingerprints = streamed_fingerprints(head, lambda: batches(data))
     assert not shows(path, fingerprints)  # no file yet
     assert write_results(path, data) is True
-    assert shows(path, fingerprints) and shows(path, streamed_fingerprints(head, batches(data, 1)))
+    assert shows(path, fingerprints) and shows(path, streamed_fingerprints(head, lambda: batches(data, 1)))
     assert write_results(path, data) is False
     for change in ({"reason": "another reason"}, {"best": {"val_err": 0.001}}, {"last": {"new_metric": 1.0}}):
         runs = list(data.runs)
         runs[4] = dataclasses.replace(runs[4], **change)
         other = dataclasses.replace(data, runs=tuple(runs), goals=goals_of((m for r in runs for m in r.last), declared))
-        assert not shows(path, streamed_fingerprints(head, batches(other))), change
+        assert not shows(path, streamed_fingerprints(head, lambda d=other: batches(d))), change
         assert write_results(path, other) is True
-        assert shows(path, streamed_fingerprints(head, batches(other))), change
+        assert shows(path, streamed_fingerprints(head, lambda d=other: batches(d))), change
         assert write_results(path, data) is True  # back
+
+
+@pytest.mark.parametrize("size", [1, 2, 5])
+def test_a_write_a_batch_of_runs_at_a_time_is_the_whole_write_byte_for_byte(tmp_path, size):
+    """`write_results` with `batches` (what a pass over 100,000 runs does: two passes over
+    the store, a batch of runs held at a time) writes the very file the whole input writes:
+    every part, Summary, Curve data, charts and leaderboard included."""
+    import zipfile
+
+    data = make_input(tmp_path, extra_runs=25)
+    runs = list(data.runs)
+    h = dict(data.histories)
+    h["wide[seed=3]"] = {**h["wide[seed=3]"], "loss": tuple((s, math.nan) for s in range(1, 40))}  # never finite
+    runs[7] = dataclasses.replace(runs[7], last={"acc": 0.5, **runs[7].last}, best={"acc": 0.9})  # a stored-only metric
+    runs[8] = dataclasses.replace(runs[8], experiment="other", key="other[seed=2]", params=(("seed", 2), ("wd", 0.1)))
+    h["other[seed=2]"] = h.pop(runs[8].key.replace("other", "wide"), {})
+    declared = {"val_err": "min"}
+    data = dataclasses.replace(data, runs=tuple(runs), histories=h,
+                               goals=goals_of((m for r in runs for m in r.last), declared))
+    head = dataclasses.replace(data, runs=(), histories={}, goals=declared)
+
+    def batches():
+        for i in range(0, len(runs), size):
+            part = runs[i:i + size]
+            yield part, {r.key: h[r.key] for r in part if r.key in h}
+
+    whole, streamed = tmp_path / "whole.xlsx", tmp_path / "streamed.xlsx"
+    assert write_results(whole, data, charts=True) and write_results(streamed, head, charts=True, batches=batches)
+    with zipfile.ZipFile(whole) as a, zipfile.ZipFile(streamed) as b:
+        assert a.namelist() == b.namelist()
+        for name in a.namelist():
+            assert a.read(name) == b.read(name), name
+    summary = pd.read_excel(streamed, sheet_name="Summary")
+    assert list(summary["run"]) == [r.key for r in runs] and "wd" in summary.columns and "best:acc" in summary.columns
 
 
 def test_summary_only_refresh_keeps_the_curves_and_matches_a_full_write(tmp_path, written):
@@ -662,3 +698,21 @@ def test_diverged_runs_do_not_flatten_the_charts(tmp_path):
     assert s.loc["lr-sweep[lr=0.01]", "best:val_err"] == pytest.approx(1e140)
     out = plot_curves(data.runs, h, "val_err", tmp_path / "val_err.png")  # no overflow in the axis
     assert out.stat().st_size > 10_000
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**9, 10**9),
+                          st.sampled_from([1e7, 9999999.999999998, 1e-5, 9.999999999999999e-06, 0.0, 1000.0]))))
+def test_a_columns_number_format_learnt_a_value_at_a_time_is_the_median_rule(values):
+    """`curves.decimals` (Summary's metric columns, learnt a batch of runs at a time through
+    `Magnitudes`) is the rule on the sorted values: four significant digits of the median
+    magnitude, scientific at or over 1e7 and under 1e-5."""
+    from orchestrator.curves import decimals
+
+    mags = sorted(abs(v) for v in values if math.isfinite(v) and v != 0)
+    if not mags:
+        expected = 3
+    else:
+        med = mags[len(mags) // 2]
+        expected = None if med >= 1e7 or med < 1e-5 else max(0, min(6, 3 - math.floor(math.log10(med))))
+    assert decimals(values) == expected

@@ -71,9 +71,10 @@ histories, or when a caller accepts curves a few minutes old (`charts=None`, the
 rebuilds them at most every five minutes once histories are large; `charts=False` never),
 those two sheets are copied from the existing file byte for byte and only the rest is
 rebuilt — about 0.25 s for 1,000 runs. xlsxwriter writes each sheet's frame (columns,
-comments, filters, conditional formats, links, charts, page setup); nero writes the rows
-itself (`ooxml.Cells`: a cell is one f-string, against ~6 µs through xlsxwriter) and
-`ooxml.assemble` splices them in. Histories come as `model.Series` (arrays of steps and
+comments, filters, conditional formats, charts, page setup); nero writes the rows and the
+run directories' links itself (`ooxml.Cells`: a cell is one f-string, against ~6 µs through
+xlsxwriter) and `ooxml.assemble` splices them in. The runs come a batch at a time (`View`:
+a survey pass learns the columns, a second writes the rows), so no write holds every run. Histories come as `model.Series` (arrays of steps and
 values). `orchestrator.plots` draws the same curves with matplotlib for `nero plot` and
 the e-mail digest.
 """

@@ -10,13 +10,15 @@ runs, the experiment's metrics side by side, page breaks between rows so none is
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..curves import PALETTE, axis_cap, decimals, downsample, log_scale
+from ..curves import PALETTE, axis_cap, decimals, downsample, finite, log_scale, normalize
 from .ooxml import Cells
 from .sheets import MAX_ROWS, Formats, Widths, header, page
 from .view import (
+    LEADERBOARD_SIZE,
     SERIES_PER_CHART,
     RunView,
     View,
@@ -26,13 +28,13 @@ from .view import (
     short_label,
 )
 
-__all__ = ["write_curves"]
+__all__ = ["CurveRows", "write_curves"]
 
 _CHART_WIDTH, _GAP, _PER_ROW = 560, 16, 3  # pixels, pixels, charts side by side
 _BOARD_WIDTH = 900  # pixels
 
 
-@dataclass
+@dataclass(slots=True)
 class _Placed:
     """One run × metric in Curve data, as its chart needs it."""
 
@@ -45,19 +47,96 @@ class _Placed:
     y_first: float
 
 
-# (experiment, metric, the experiment's runs with points of it)
-_Order = list[tuple[str, str, list[RunView]]]
 # a chart: (experiment, metric, its series, a note on which runs it shows)
 _Chart = tuple[str, str, list[_Placed], str]
 
 
-def write_curves(book: Any, ws: Any, data_ws: Any, view: View, fmt: Formats) -> tuple[Cells, Cells]:
-    """Curves and Curve data; returns their rows."""
-    order = _order(view)
-    data_cells, placed = _write_curve_data(data_ws, view, fmt, order)
-    board = view.leaderboard()
+class CurveRows:
+    """Curve data's rows and the leaderboard, gathered a batch of runs at a time (`add`).
+
+    Curve data is grouped by experiment, then metric; the runs come by number. The view's
+    survey counted each group's series, so every series knows its row when its run comes
+    and is written at once (`ooxml.ShuffledCells` reads the rows back in order): the
+    downsampled histories are never all held."""
+
+    HEAD = ("experiment", "run", "metric", "axis", "points")
+
+    def __init__(self, data_ws: Any, view: View, fmt: Formats):
+        survey = view.survey
+        self.data_ws, self.view, self.fmt = data_ws, view, fmt
+        self.per = per = points_per_series(survey.series)
+        self.cells = fmt.shuffled_cells(len(self.HEAD) + per)
+        header(data_ws, self.cells, self.HEAD, fmt)
+        for k in range(per):
+            self.cells.number(5 + k, k + 1, fmt.header)
+        metric_at = {m: i for i, m in enumerate(view.metrics)}
+        experiment_at = {e: i for i, e in enumerate(survey.experiments)}
+        row = 1
+        self.next_row: dict[tuple[str, str], int] = {}  # where the group's next series goes
+        self.end_row: dict[tuple[str, str], int] = {}  # and where the next group starts
+        for group in sorted(survey.plotted, key=lambda g: (experiment_at[g[0]], metric_at[g[1]])):
+            self.next_row[group] = row
+            row += 2 * survey.plotted[group]
+            self.end_row[group] = row
+        self.placed: dict[tuple[str, str], list[_Placed]] = {group: [] for group in self.next_row}
+        self.widths = Widths(self.HEAD)
+        self.board: list[tuple[RunView, float]] = []
+
+    def add(self, runs: Sequence[RunView], histories: Mapping[str, Mapping[str, Any]]) -> None:
+        primary = self.view.primary
+        for run in runs:
+            best = run.best.get(primary) if primary else None
+            if best is not None and math.isfinite(best):
+                self.board.append((run, best))
+            h = histories.get(run.record.key)
+            if h:
+                for m in run.at:
+                    self._series(run, m, h.get(m, ()))
+        if len(self.board) > 4 * LEADERBOARD_SIZE:
+            self.board = self.view.ranked(self.board)
+
+    def _series(self, run: RunView, m: str, points: Any) -> None:
+        """One run × metric: its two rows (steps, values) where its group puts them."""
+        steps, values = downsample(*finite(*normalize(points)), self.per)
+        if not steps:
+            return
+        r = run.record
+        group = (r.experiment, m)
+        row = self.next_row.get(group, MAX_ROWS)
+        if row + 2 > self.end_row.get(group, 0) or row + 1 >= MAX_ROWS:
+            return  # not surveyed (the runs changed between the passes): the next write shows it
+        self.next_row[group] = row + 2
+        cells, string = self.cells, self.cells.string
+        exp_t, m_t, key = cell_text(r.experiment), cell_text(m), cell_text(r.key)
+        n = len(steps)
+        for axis, seq in (("step", steps), ("value", values)):
+            cells.row(row)
+            string(0, exp_t)
+            string(1, key)
+            string(2, m_t)
+            string(3, axis)
+            cells.number(4, n)
+            cells.numbers(5, seq)
+            row += 1
+        for col, text in ((0, exp_t), (1, key), (2, m_t)):
+            self.widths.see(row, col, len(text))
+        self.placed[group].append(_Placed(row - 2, n, short_label(r.key, r.experiment), steps[-1],
+                                          min(values), max(values), values[0]))
+
+    def finish(self) -> Cells:
+        """Curve data's frame; its rows."""
+        columns = self.widths.apply(self.data_ws, 48)
+        self.data_ws.set_column(5, 5 + self.per - 1, 10)
+        page(self.data_ws, [*columns[:5], *[10] * self.per], frozen=5)  # experiment, run, metric, axis, points
+        return self.cells
+
+
+def write_curves(book: Any, ws: Any, rows: CurveRows, view: View, fmt: Formats) -> tuple[Cells, Cells]:
+    """Curves, and Curve data from the rows gathered; returns their rows."""
+    data_cells = rows.finish()
+    board = view.ranked(rows.board)
     cells, table_px = _write_leaderboard(ws, view, fmt, board)
-    layout = _layout(order, placed)
+    layout = _layout(rows.placed)
     board_height = max(240, 90 + 22 * len(board)) if board else 0
     content_px = max(table_px + _BOARD_WIDTH, _PER_ROW * (_CHART_WIDTH + _GAP) if layout else 0, 1)
     # A4 landscape, fit to the width. The scale estimated here is at least the one the
@@ -81,64 +160,6 @@ def write_curves(book: Any, ws: Any, data_ws: Any, view: View, fmt: Formats) -> 
     if breaks:
         ws.set_h_pagebreaks(breaks[:1000])
     return cells, data_cells
-
-
-def _order(view: View) -> _Order:
-    """The run × metric series of Curve data: by experiment, then metric."""
-    experiments: dict[str, list[RunView]] = {}
-    for run in view.prepared():
-        experiments.setdefault(run.record.experiment, []).append(run)
-    order: _Order = []
-    for exp, exp_runs in experiments.items():
-        for m in view.metrics:
-            with_m = [run for run in exp_runs if m in run.at]
-            if with_m:
-                order.append((exp, m, with_m))
-    return order
-
-
-def _write_curve_data(data_ws: Any, view: View, fmt: Formats,
-                      order: _Order) -> tuple[Cells, dict[tuple[str, str], list[_Placed]]]:
-    """Curve data's rows, and where each series went, by (experiment, metric)."""
-    per = points_per_series(sum(len(rs) for _, _, rs in order))
-    head = ["experiment", "run", "metric", "axis", "points"]
-    data_cells = fmt.cells(len(head) + per)
-    header(data_ws, data_cells, head, fmt)
-    for k in range(per):
-        data_cells.number(5 + k, k + 1, fmt.header)
-    placed: dict[tuple[str, str], list[_Placed]] = {}
-    widths = Widths(head)
-    row = 1
-    string = data_cells.string
-    for exp, m, with_m in order:
-        slot = placed.setdefault((exp, m), [])
-        exp_t, m_t = cell_text(exp), cell_text(m)
-        for run in with_m:
-            if row + 1 >= MAX_ROWS:
-                break
-            steps, values = downsample(*view.series(run, m), per)
-            if not steps:
-                continue
-            key = cell_text(run.record.key)
-            n = len(steps)
-            for axis, seq in (("step", steps), ("value", values)):
-                data_cells.row(row)
-                string(0, exp_t)
-                string(1, key)
-                string(2, m_t)
-                string(3, axis)
-                data_cells.number(4, n)
-                data_cells.numbers(5, seq)
-                row += 1
-            widths.see(row, 0, len(exp_t))
-            widths.see(row, 1, len(key))
-            widths.see(row, 2, len(m_t))
-            slot.append(_Placed(row - 2, n, short_label(run.record.key, run.record.experiment), steps[-1],
-                                min(values), max(values), values[0]))
-    columns = widths.apply(data_ws, 48)
-    data_ws.set_column(5, 5 + per - 1, 10)
-    page(data_ws, [*columns[:5], *[10] * per], frozen=5)  # experiment, run, metric, axis, points
-    return data_cells, placed
 
 
 def _value_head(view: View) -> str:
@@ -167,19 +188,20 @@ def _write_leaderboard(ws: Any, view: View, fmt: Formats,
     return cells, sum(_column_px(min(max(w, 6), lw.cap.get(c, 40))) for c, w in enumerate(lw.w)) + 64
 
 
-def _layout(order: _Order, placed: dict[tuple[str, str], list[_Placed]]) -> list[list[_Chart]]:
+def _layout(placed: dict[tuple[str, str], list[_Placed]]) -> list[list[_Chart]]:
     """Rows of charts: per experiment, a row per group of runs with the experiment's metrics
-    side by side (at most _PER_ROW a row)."""
+    side by side (at most _PER_ROW a row). `placed`: the series by (experiment, metric), in
+    Curve data's order."""
     layout: list[list[_Chart]] = []
-    for exp in dict.fromkeys(e for e, _, _ in order):
-        metrics = [m for e, m, _ in order if e == exp]
-        n_runs = max(len(placed.get((exp, m), [])) for m in metrics)
+    for exp in dict.fromkeys(e for e, _ in placed):
+        metrics = [m for e, m in placed if e == exp]
+        n_runs = max(len(placed[(exp, m)]) for m in metrics)
         groups = math.ceil(n_runs / SERIES_PER_CHART)
         size = math.ceil(n_runs / groups) if groups else SERIES_PER_CHART  # balanced groups
         for g in range(groups):
             charts = []
             for m in metrics:
-                series = placed.get((exp, m), [])
+                series = placed[(exp, m)]
                 chunk = series[g * size:(g + 1) * size]
                 if chunk:
                     part = f", runs {g * size + 1}–{g * size + len(chunk)} of {len(series)}" if groups > 1 else ""

@@ -11,14 +11,14 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..curves import decimals, nonfinite_text
-from ..model import Event, RunState, Scalar
-from .ooxml import Cells
+from ..curves import Magnitudes, decimals, nonfinite_text
+from ..model import Event, RunRecord, RunState, Scalar
+from .ooxml import Cells, ShuffledCells
 from .view import View, cell_text, excel_time, time_zone
 
 __all__ = [
     "MAX_EVENTS", "MAX_ROWS", "MIN_PRINT_SCALE", "STATE_COLOURS", "Formats", "Widths",
-    "header", "page", "write_events", "write_queue", "write_resources", "write_value",
+    "ResourceRows", "header", "page", "write_events", "write_queue", "write_value",
 ]
 
 MAX_EVENTS = 10_000
@@ -83,9 +83,18 @@ class Formats:
         """The rows of a new sheet `ncols` columns wide, in these formats."""
         return Cells(ncols, self.xf)
 
+    def shuffled_cells(self, ncols: int) -> ShuffledCells:
+        """`cells` whose rows may come in any order."""
+        return ShuffledCells(ncols, self.xf)
+
     def metric(self, values: Iterable[float]) -> Any:
         """About four significant digits at the column's typical magnitude."""
         d = decimals(values)
+        return self.sci if d is None else self.decimals[d]
+
+    def metric_of(self, magnitudes: Magnitudes | None) -> Any:
+        """`metric` of the values `magnitudes` saw (None: none)."""
+        d = magnitudes.decimals() if magnitudes is not None else 3
         return self.sci if d is None else self.decimals[d]
 
     def fit(self, v: float, column: Any) -> Any:
@@ -200,30 +209,40 @@ def write_events(ws: Any, view: View, fmt: Formats) -> Cells:
     return cells
 
 
-def write_resources(ws: Any, view: View, fmt: Formats) -> Cells:
+class ResourceRows:
     """Resources: `run` · `peak_rss_mb` · `peak_gpu_mem_mb` · `min_disk_free_mb` ·
-    `gpu_util_pct`, for the runs with at least one sample."""
-    head = ["run", "peak_rss_mb", "peak_gpu_mem_mb", "min_disk_free_mb", "gpu_util_pct"]
-    cells = fmt.cells(len(head))
-    header(ws, cells, head, fmt, {1: "Peak resident memory of the job (MB)", 2: "Peak GPU memory of the run's own processes (MB)",
-                                  3: "Lowest free disk space seen in the run directory (MB)",
-                                  4: "Mean utilisation of the GPUs the run's processes were on (%)"})
-    widths = Widths(head)
-    row = 0
-    for r in view.runs:
-        vals = (r.peak_rss_mb, r.peak_gpu_mem_mb, r.min_disk_free_mb,
-                None if r.mean_gpu_util_pct is None else round(r.mean_gpu_util_pct, 1))
-        if all(v is None for v in vals):
-            continue
-        row += 1
-        cells.row(row)
-        key = cell_text(r.key)
-        cells.string(0, key)
-        widths.see(row, 0, len(key))
-        for c, v in enumerate(vals, start=1):
-            write_value(cells, c, v, fmt, fmt.mb)
-    _finish(ws, widths, row, len(head), run_column=0)
-    return cells
+    `gpu_util_pct`, for the runs with at least one sample; `add` a batch of runs at a time."""
+
+    HEAD = ("run", "peak_rss_mb", "peak_gpu_mem_mb", "min_disk_free_mb", "gpu_util_pct")
+
+    def __init__(self, ws: Any, fmt: Formats):
+        self.ws, self.fmt = ws, fmt
+        self.cells = fmt.cells(len(self.HEAD))
+        header(ws, self.cells, self.HEAD, fmt, {
+            1: "Peak resident memory of the job (MB)", 2: "Peak GPU memory of the run's own processes (MB)",
+            3: "Lowest free disk space seen in the run directory (MB)",
+            4: "Mean utilisation of the GPUs the run's processes were on (%)"})
+        self.widths = Widths(self.HEAD)
+        self.n = 0
+
+    def add(self, runs: Iterable[RunRecord]) -> None:
+        cells, fmt = self.cells, self.fmt
+        for r in runs:
+            vals = (r.peak_rss_mb, r.peak_gpu_mem_mb, r.min_disk_free_mb,
+                    None if r.mean_gpu_util_pct is None else round(r.mean_gpu_util_pct, 1))
+            if all(v is None for v in vals) or self.n + 1 >= MAX_ROWS:
+                continue
+            self.n += 1
+            cells.row(self.n)
+            key = cell_text(r.key)
+            cells.string(0, key)
+            self.widths.see(self.n, 0, len(key))
+            for c, v in enumerate(vals, start=1):
+                write_value(cells, c, v, fmt, fmt.mb)
+
+    def finish(self) -> Cells:
+        _finish(self.ws, self.widths, self.n, len(self.HEAD), run_column=0)
+        return self.cells
 
 
 def write_queue(ws: Any, view: View, fmt: Formats) -> Cells:

@@ -23,16 +23,15 @@ from ..model import RunRecord
 from ..shown import who_shown
 from .ooxml import Cells
 from .sheets import MAX_ROWS, Formats, Widths, header, page, write_value
-from .view import RunView, View, cell_text, excel_time, time_zone
+from .view import BEST, LAST, RunView, View, cell_text, excel_time, time_zone
 
-__all__ = ["FIXED_COLUMNS", "MAX_LINKS", "write_attempts", "write_summary"]
+__all__ = ["FIXED_COLUMNS", "MAX_LINKS", "Rows", "summary_rows", "write_attempts"]
 
 FIXED_COLUMNS = ("#", "run", "experiment", "state", "reason", "attempt", "cluster", "job_id",
                  "host", "start", "end", "runtime_s", "runtime", "peak_gpu_mem_mb", "gpu_util_pct",
                  "git_commit", "git_dirty",
                  "command", "run_dir")
 MAX_LINKS = 65_000  # Excel keeps at most 65,530 hyperlinks per sheet
-_LAST, _BEST = -1, -2  # metric columns that are not checkpoints
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class _Columns:
     """The Summary's columns: the headers and where each group starts."""
 
     params: list[str]
-    # (header, metric, what): what is a checkpoint's index, _LAST or _BEST
+    # (header, metric, what): what is a checkpoint's index, LAST or BEST
     metrics: list[tuple[str, str, int]]
     head: list[str]
     p0: int  # the first parameter
@@ -50,16 +49,12 @@ class _Columns:
     who: int | None = None  # `who` (before `git_commit`), shown when several people submitted (`shown.who_shown`)
 
 
-def _columns(view: View, runs: Sequence[RunView], metrics: Sequence[str], with_params: bool = True) -> _Columns:
-    params: dict[str, None] = {}
-    for run in runs if with_params else ():
-        params.update(dict.fromkeys(name for name, _ in run.record.params))
-    param_names = list(params)
+def _columns(view: View, param_names: Sequence[str], metrics: Sequence[str]) -> _Columns:
     metric_cols: list[tuple[str, str, int]] = []
     for m in metrics:
         metric_cols += [(f"{m}@{cp}", m, i) for i, cp in enumerate(view.checkpoints)]
     for m in metrics:
-        metric_cols += [(f"last:{m}", m, _LAST), (f"best:{m}", m, _BEST)]
+        metric_cols += [(f"last:{m}", m, LAST), (f"best:{m}", m, BEST)]
     with_who = who_shown(view.data.who_submitted)
     taken = set(FIXED_COLUMNS) | {h for h, _, _ in metric_cols} | ({"who"} if with_who else set())
     head = ["#", "run", "experiment", *[f"{p} (param)" if p in taken else p for p in param_names],
@@ -70,7 +65,7 @@ def _columns(view: View, runs: Sequence[RunView], metrics: Sequence[str], with_p
     s0 = p0 + len(param_names)
     m0 = s0 + 12
     g0 = m0 + len(metric_cols) + with_who
-    return _Columns(param_names, metric_cols, head, p0, s0, m0, g0, g0 - 1 if with_who else None)
+    return _Columns(list(param_names), metric_cols, head, p0, s0, m0, g0, g0 - 1 if with_who else None)
 
 
 def _comments(view: View, cols: _Columns, which: str = "the current attempt") -> dict[int, str]:
@@ -97,9 +92,9 @@ def _comments(view: View, cols: _Columns, which: str = "the current attempt") ->
     }
     for i, (_, m, what) in enumerate(cols.metrics):
         goal = view.goal(m)
-        if what == _LAST:
+        if what == LAST:
             comments[cols.m0 + i] = f"Last value of {m}"
-        elif what == _BEST:
+        elif what == BEST:
             comments[cols.m0 + i] = f"Best value of {m} ({goal} is better)"
         else:
             cp = view.checkpoints[what]
@@ -115,9 +110,9 @@ def _metric_values(runs: Sequence[RunView],
     for run in runs:
         row: list[float | None] = []
         for _, m, what in metric_cols:
-            if what == _LAST:
+            if what == LAST:
                 row.append(run.last.get(m))
-            elif what == _BEST:
+            elif what == BEST:
                 row.append(run.best.get(m))
             else:
                 at = run.at.get(m)
@@ -126,49 +121,62 @@ def _metric_values(runs: Sequence[RunView],
     return values
 
 
-def write_summary(ws: Any, view: View, fmt: Formats) -> Cells:
-    """The Summary sheet's frame through xlsxwriter; returns its rows."""
-    runs = view.prepared()
-    cols = _columns(view, runs, view.metrics)
-    return _write_rows(ws, view, fmt, runs, cols, _comments(view, cols), best=True)
+def summary_rows(ws: Any, view: View, fmt: Formats) -> Rows:
+    """The Summary sheet, its header written: its rows come a batch at a time (`Rows.add`),
+    its columns and their number formats from the view's survey of every run."""
+    survey = view.survey
+    cols = _columns(view, list(survey.params), view.metrics)
+    col_fmt = [fmt.metric_of(survey.magnitudes.get((m, what))) for _, m, what in cols.metrics]
+    return Rows(ws, view, fmt, cols, _comments(view, cols), col_fmt, best=True)
 
 
 def write_attempts(ws: Any, view: View, fmt: Formats) -> Cells:
     """The Attempts sheet (the Summary's layout without parameters, one row per attempt
     before a run's current one); returns its rows."""
     attempts = view.prepared_attempts()
-    cols = _columns(view, attempts, view.attempt_metrics, with_params=False)
+    cols = _columns(view, [], view.attempt_metrics)
     comments = _comments(view, cols, "this attempt")
     comments[0] = ("Run number, as on Summary: one row per attempt before the run's current one (restarted "
                    "after a row edit or by nero restart, or retried). Generated by nero; edits are overwritten.")
     comments[cols.s0 + 2] = "The attempt (1 is the first); the run's current attempt is on Summary"
-    return _write_rows(ws, view, fmt, attempts, cols, comments, best=False)
-
-
-def _write_rows(ws: Any, view: View, fmt: Formats, runs: Sequence[RunView], cols: _Columns,
-                comments: dict[int, str], best: bool) -> Cells:
-    """The header and a row per run (or attempt); `best`: the best of each metric column bold green."""
-    cells = fmt.cells(len(cols.head))
-    header(ws, cells, cols.head, fmt, comments, height=30)
-    g0 = cols.g0
-    widths = Widths(cols.head, {1: 48, g0: 12, g0 + 2: 60, g0 + 3: 60})
-    # metric column values first, so each column gets a number format fitting its magnitude
-    values = _metric_values(runs, cols.metrics)
+    values = _metric_values(attempts, cols.metrics)
     col_fmt = [fmt.metric(row[i] for row in values if row[i] is not None) for i in range(len(cols.metrics))]
-    links = 0
-    for i, run in enumerate(runs):
-        row = i + 1
-        if row >= MAX_ROWS:
-            break
-        cells.row(row)
-        _write_run(cells, widths, row, run.record, cols, fmt, view.data.now)
-        _write_metrics(cells, cols.m0, values[i], col_fmt, fmt)
-        if cols.who is not None and run.record.who:
-            cells.string(cols.who, cell_text(run.record.who))
-            widths.see(row, cols.who, len(run.record.who))
-        links = _write_provenance(ws, cells, widths, row, run.record, g0, view, fmt, links)
-    _finish(ws, view, cols, widths, min(len(runs), MAX_ROWS - 1), fmt, best)
-    return cells
+    rows = Rows(ws, view, fmt, cols, comments, col_fmt, best=False)
+    rows.add(attempts)
+    return rows.finish()
+
+
+class Rows:
+    """A sheet of a row per run (or attempt), written a batch of runs at a time: the header
+    when made, `add` per batch, `finish` for the frame (widths, best values, filter)."""
+
+    def __init__(self, ws: Any, view: View, fmt: Formats, cols: _Columns, comments: dict[int, str],
+                 col_fmt: Sequence[Any], best: bool):
+        self.ws, self.view, self.fmt, self.cols, self.col_fmt, self.best = ws, view, fmt, cols, col_fmt, best
+        self.cells = fmt.cells(len(cols.head))
+        header(ws, self.cells, cols.head, fmt, comments, height=30)
+        g0 = cols.g0
+        self.widths = Widths(cols.head, {1: 48, g0: 12, g0 + 2: 60, g0 + 3: 60})
+        self.n = 0  # rows written
+
+    def add(self, runs: Sequence[RunView]) -> None:
+        cells, cols, widths, view, fmt = self.cells, self.cols, self.widths, self.view, self.fmt
+        for run, values in zip(runs, _metric_values(runs, cols.metrics), strict=True):
+            row = self.n + 1
+            if row >= MAX_ROWS:
+                return
+            self.n = row
+            cells.row(row)
+            _write_run(cells, widths, row, run.record, cols, fmt, view.data.now)
+            _write_metrics(cells, cols.m0, values, self.col_fmt, fmt)
+            if cols.who is not None and run.record.who:
+                cells.string(cols.who, cell_text(run.record.who))
+                widths.see(row, cols.who, len(run.record.who))
+            _write_provenance(cells, widths, row, run.record, cols.g0, view, fmt)
+
+    def finish(self) -> Cells:
+        _finish(self.ws, self.view, self.cols, self.widths, self.n, self.fmt, self.best)
+        return self.cells
 
 
 def _write_run(cells: Cells, widths: Widths, row: int, r: RunRecord, cols: _Columns, fmt: Formats,
@@ -216,9 +224,9 @@ def _write_metrics(cells: Cells, m0: int, values: Sequence[float | None], col_fm
             cells.string(m0 + j, nonfinite_text(v), fmt.nonfinite)
 
 
-def _write_provenance(ws: Any, cells: Cells, widths: Widths, row: int, r: RunRecord, g0: int, view: View,
-                      fmt: Formats, links: int) -> int:
-    """`git_commit`, `git_dirty`, `command`, `run_dir`; returns the links written so far."""
+def _write_provenance(cells: Cells, widths: Widths, row: int, r: RunRecord, g0: int, view: View,
+                      fmt: Formats) -> None:
+    """`git_commit`, `git_dirty`, `command`, `run_dir` (a link, for the first MAX_LINKS)."""
     if r.git_commit:
         cells.string(g0, cell_text(r.git_commit), fmt.mono)
     cells.boolean(g0 + 1, bool(r.git_dirty), fmt.dirty if r.git_dirty else fmt.bool)
@@ -228,14 +236,11 @@ def _write_provenance(ws: Any, cells: Cells, widths: Widths, row: int, r: RunRec
     text, url = view.run_dir_cell(r)
     if text:
         widths.see(row, g0 + 3, len(text))
-        if url is not None and links < MAX_LINKS and len(url) < 2000:
-            # xlsxwriter keeps the link (and writes a cell assemble replaces by this one)
-            ws.write_url(row, g0 + 3, url, fmt.link, cell_text(text))
+        if url is not None and cells.links < MAX_LINKS and len(url) < 2000:
             cells.string(g0 + 3, cell_text(text), fmt.link)
-            links += 1
+            cells.link(g0 + 3, url)
         else:
             cells.string(g0 + 3, cell_text(text))
-    return links
 
 
 def _finish(ws: Any, view: View, cols: _Columns, widths: Widths, n: int, fmt: Formats, best: bool) -> None:

@@ -16,12 +16,13 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 from urllib.parse import quote
 
-from ..curves import finite, normalize
+from ..curves import Magnitudes, finite, normalize
 from ..metrics import default_goal, goals_of
 from ..model import ResultsInput, RunRecord
 from ..shown import run_values, signature
@@ -30,7 +31,7 @@ __all__ = [
     "CHEAP_POINTS", "CURVES_MAX_AGE", "CURVE_SHEETS", "FORMAT_VERSION", "LEADERBOARD_SIZE",
     "MAX_POINTS_PER_SERIES", "MAX_TEXT", "MIN_POINTS_PER_SERIES", "MAX_TOTAL_POINTS",
     "SERIES_PER_CHART", "SHEETS",
-    "RunView", "View",
+    "BEST", "LAST", "Batch", "Batches", "RunView", "Survey", "View",
     "cell_text", "chart_text", "excel_time", "fingerprint", "points_per_series", "short_label", "time_zone",
 ]
 
@@ -110,29 +111,80 @@ class RunView:
 
 
 # runs (by number) and the histories of their current attempts, by run key: a part of a
-# ResultsInput's runs, for `View.fingerprints`
-Batch = tuple[Iterable[RunRecord], Mapping[str, Mapping[str, Any]]]
+# ResultsInput's runs
+Batch = tuple[Sequence[RunRecord], Mapping[str, Mapping[str, Any]]]
+Batches = Callable[[], Iterable[Batch]]  # every run, a batch at a time (each call a new pass)
+LAST, BEST = -1, -2  # what a metric column shows when it is not a checkpoint's value (its index)
+
+
+@dataclass
+class Survey:
+    """What a pass over every run learns before the sheets are laid out: the names that make
+    the columns, how many rows, each metric column's typical magnitude (`(metric, LAST |
+    BEST | checkpoint index)`), and the run × metric series Curve data draws."""
+
+    names: dict[str, None] = field(default_factory=dict)  # metric names, in the runs' order
+    lasts: dict[str, None] = field(default_factory=dict)  # those with a stored last value
+    params: dict[str, None] = field(default_factory=dict)
+    experiments: dict[str, None] = field(default_factory=dict)
+    runs: int = 0
+    points: int = 0
+    series: int = 0  # run × metric with a value (their number sets the points each keeps)
+    plotted: dict[tuple[str, str], int] = field(default_factory=dict)  # (experiment, metric): series with a finite point
+    magnitudes: dict[tuple[str, int], Magnitudes] = field(default_factory=dict)
+    fingerprints: tuple[str, str] = ("", "")
 
 
 class View:
-    """What the workbook shows, computed once from a ResultsInput."""
+    """What the workbook shows, computed from a ResultsInput and its runs.
 
-    def __init__(self, data: ResultsInput, remote_hosts: Mapping[str, str] | None):
+    The runs come a batch at a time (`batches`; by default the input's runs and histories
+    as one batch): one pass learns the columns (`survey`), another writes the rows
+    (`prepared_batches`), so no sheet holds every run (100,000 runs held 420 MiB)."""
+
+    def __init__(self, data: ResultsInput, remote_hosts: Mapping[str, str] | None, batches: Batches | None = None,
+                 fingerprints: tuple[str, str] | None = None):
         self.data = data
+        self._fingerprints = fingerprints  # known already (`workbook.streamed_fingerprints`): not hashed again
         self.remote_hosts = dict(remote_hosts) if remote_hosts is not None else None
-        self.runs = sorted(data.runs, key=lambda r: (r.number, r.key))
+        if batches is None:
+            runs = sorted(data.runs, key=lambda r: (r.number, r.key))
+            batches = lambda: ((runs, data.histories),)  # noqa: E731
+        self.batches = batches
         self.checkpoints = tuple(sorted({int(c) for c in data.settings.checkpoints}))
-        names: dict[str, None] = {}
-        for r in self.runs:
-            _see(names, r.last, r.best, data.histories.get(r.key, {}))
         self.attempts = sorted(data.attempts, key=lambda r: (r.number, r.key, r.attempt))
-        self.metrics, self.attempt_metrics = self._columns(data.goals, names)
-        self.primary = data.settings.primary_metric or (self.metrics[0] if self.metrics else "")
-        self._prepared: list[RunView] | None = None
+        self._survey: Survey | None = None
         self._prepared_attempts: list[RunView] | None = None
 
+    @property
+    def survey(self) -> Survey:
+        """The pass that learns the columns (the fingerprints too)."""
+        if self._survey is None:
+            self._survey = self._scan(values=True)
+        return self._survey
+
+    @cached_property
+    def _layout(self) -> tuple[dict[str, str], list[str], list[str], str]:
+        goals = goals_of(self.survey.lasts, self.data.goals)  # the input's goals, or the declared ones
+        metrics, attempt_metrics = self._columns(goals, self.survey.names)
+        return goals, metrics, attempt_metrics, self.data.settings.primary_metric or (metrics[0] if metrics else "")
+
+    @property
+    def metrics(self) -> list[str]:
+        """The Summary's metrics (`_columns`)."""
+        return self._layout[1]
+
+    @property
+    def attempt_metrics(self) -> list[str]:
+        return self._layout[2]
+
+    @property
+    def primary(self) -> str:
+        """Settings' primary_metric, else the first metric."""
+        return self._layout[3]
+
     def points(self) -> int:
-        return sum(len(p) for h in self.data.histories.values() for p in h.values())
+        return self.survey.points
 
     def goal(self, metric: str) -> str:
         return default_goal(metric, self.data.goals)
@@ -156,23 +208,28 @@ class View:
             _see(seen, r.last, r.best, self.data.attempt_histories.get((r.key, r.attempt), {}))
         return metrics, list(seen)
 
-    def fingerprints(self, batches: Iterable[Batch] | None = None) -> tuple[str, str]:
+    def fingerprints(self) -> tuple[str, str]:
         """(what the sheets but Curves and Curve data show, what those two show), hashed run
-        by run (not a list of every run's fields first: 100,000 runs held 100 MB).
+        by run: a pass over the runs that learns only these (`workbook.shows`), or the
+        survey's."""
+        return self._fingerprints or (self._survey or self._scan(values=False)).fingerprints
 
-        `batches`: the runs (by number) and their histories, a batch at a time, for a
-        ResultsInput that leaves them out (`runs=()`, `histories={}`, `goals`: the declared
-        ones): the fingerprints the same data would have whole, holding one batch of runs
-        at a time (`workbook.shows`)."""
-        d = self.data
+    def _scan(self, values: bool) -> Survey:
+        """One pass over the runs: their names and fingerprints, and with `values` what the
+        survey learns besides. Goals and metric columns are decided after the runs (with
+        `batches`, the input's goals are the declared ones)."""
+        d, sv = self.data, Survey()
         curves, summary = hashlib.blake2b(digest_size=16), hashlib.blake2b(digest_size=16)
-        names: dict[str, None] = {}
-        lasts: dict[str, None] = {}
-        for runs, histories in ((self.runs, d.histories),) if batches is None else batches:
+        hashing = self._fingerprints is None
+        for runs, histories in self.batches():
             for r in runs:
                 h = histories.get(r.key, {})
-                lasts.update(dict.fromkeys(r.last))
-                _see(names, r.last, r.best, h)
+                sv.lasts.update(dict.fromkeys(r.last))
+                _see(sv.names, r.last, r.best, h)
+                if values:
+                    self._survey_run(sv, r, h)
+                if not hashing:
+                    continue
                 hist = tuple((m, signature(p)) for m, p in h.items())
                 best = sorted(r.best.items())
                 curves.update(_bytes((r.number, r.key, r.experiment, best, hist)))
@@ -183,8 +240,8 @@ class View:
                     r.command, r.run_dir, r.peak_rss_mb, r.peak_gpu_mem_mb, r.min_disk_free_mb, r.mean_gpu_util_pct, hist,
                     r.who,
                 )))
-        goals = goals_of(lasts, d.goals)  # d.goals whole, or the declared ones (`batches`)
-        metrics, attempt_metrics = self._columns(goals, names)
+        goals = goals_of(sv.lasts, d.goals)
+        metrics, attempt_metrics = self._columns(goals, sv.names)
         primary = d.settings.primary_metric or (metrics[0] if metrics else "")
         for r in self.attempts:
             summary.update(_bytes((
@@ -200,14 +257,33 @@ class View:
                                [(e.time, e.key, e.kind, e.reason, e.attempt) for e in d.events[-50:]])))
         summary.update(_bytes((d.queue, d.who_submitted)))
         summary.update(_bytes(d.optimisations))
-        return summary.hexdigest(), curves.hexdigest()
+        sv.fingerprints = self._fingerprints or (summary.hexdigest(), curves.hexdigest())
+        return sv
+
+    def _survey_run(self, sv: Survey, r: RunRecord, h: Mapping[str, Any]) -> None:
+        """What one run adds to the survey: its parameters, experiment, points, and the
+        magnitudes of its values (by the rules of `_prepare`)."""
+        sv.runs += 1
+        sv.experiments[r.experiment] = None
+        sv.params.update(dict.fromkeys(name for name, _ in r.params))
+        mags = sv.magnitudes
+        for m, shown in run_values(r, h, self.data.goals, self.checkpoints).items():
+            sv.series += 1
+            for what, v in ((LAST, shown.last), (BEST, shown.best), *enumerate(shown.at)):
+                if v is not None:
+                    (mags.get((m, what)) or mags.setdefault((m, what), Magnitudes())).add(v)
+            p = h.get(m)
+            if p is not None and len(p):
+                sv.points += len(p)
+                if len(finite(*normalize(p))[0]):
+                    sv.plotted[(r.experiment, m)] = sv.plotted.get((r.experiment, m), 0) + 1
 
     # --------------------------------------------------------------- per-run values
-    def prepared(self) -> list[RunView]:
-        """The runs as the Summary shows them."""
-        if self._prepared is None:
-            self._prepared = [self._prepare(r, r.key, self.data.histories, self.metrics) for r in self.runs]
-        return self._prepared
+    def prepared_batches(self) -> Iterator[tuple[list[RunView], Mapping[str, Mapping[str, Any]]]]:
+        """The runs as the Summary shows them, a batch at a time, with their histories."""
+        metrics = self.metrics
+        for runs, histories in self.batches():
+            yield [self._prepare(r, r.key, histories, metrics) for r in runs], histories
 
     def prepared_attempts(self) -> list[RunView]:
         """The earlier attempts as the Attempts sheet shows them: by the Summary's rules."""
@@ -230,18 +306,10 @@ class View:
             run.at[m] = shown.at
         return run
 
-    def series(self, run: RunView, metric: str) -> tuple[Sequence[float], Sequence[float]]:
-        """The finite points of a history, steps ascending."""
-        return finite(*normalize(self.data.histories.get(run.record.key, {}).get(metric, ())))
-
-    def leaderboard(self) -> list[tuple[RunView, float]]:
-        m = self.primary
-        if not m:
-            return []
-        ranked = [(run, run.best[m]) for run in self.prepared()
-                  if m in run.best and math.isfinite(run.best[m])]
-        ranked.sort(key=lambda rv: (-rv[1] if self.goal(m) == "max" else rv[1], rv[0].record.number))
-        return ranked[:LEADERBOARD_SIZE]
+    def ranked(self, board: list[tuple[RunView, float]]) -> list[tuple[RunView, float]]:
+        """The leaderboard's order (best first, then by `#`), its first LEADERBOARD_SIZE."""
+        board.sort(key=lambda rv: (-rv[1] if self.goal(self.primary) == "max" else rv[1], rv[0].record.number))
+        return board[:LEADERBOARD_SIZE]
 
     def run_dir_cell(self, r: RunRecord) -> tuple[str, str | None]:
         """(text, file URL or None) for the run directory."""

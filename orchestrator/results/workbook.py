@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,19 +16,19 @@ from typing import Any
 from ..errors import DiskError, NeroError
 from ..files import disk_error, remove_stale_temporaries, write_atomically
 from ..model import ResultsInput
-from .curves import write_curves
+from .curves import CurveRows, write_curves
 from .ooxml import CannotReuse, Cells, Existing, assemble
 from .optimisation import write_optimisation
-from .sheets import Formats, write_events, write_queue, write_resources
-from .summary import write_attempts, write_summary
-from .view import CHEAP_POINTS, CURVES_MAX_AGE, FORMAT_VERSION, SHEETS, Batch, View
+from .sheets import Formats, ResourceRows, write_events, write_queue
+from .summary import summary_rows, write_attempts
+from .view import CHEAP_POINTS, CURVES_MAX_AGE, FORMAT_VERSION, SHEETS, Batches, View
 
 __all__ = ["shows", "streamed_fingerprints", "write_results"]
 
 
 def write_results(path: str | Path, data: ResultsInput, *, charts: bool | None = None,
                   remote_hosts: Mapping[str, str] | None = None, current: list[bool] | None = None,
-                  fingerprints: tuple[str, str] | None = None) -> bool:
+                  fingerprints: tuple[str, str] | None = None, batches: Batches | None = None) -> bool:
     """Write the results workbook for `data` to `path` atomically; True if it was written.
 
     Skips the write (returns False) when the file already shows exactly this content, so
@@ -46,11 +46,14 @@ def write_results(path: str | Path, data: ResultsInput, *, charts: bool | None =
     Temporary files of killed writers older than `files.STALE_AFTER_S` are removed; a
     full or read-only disk raises DiskError. `current`, if given, gets True appended when
     the file then shows `data` whole, its curves included (not when they lag).
+    `batches`: the runs and their histories, for `data` without them (`runs=()`,
+    `histories={}`, the declared goals), a batch at a time; each call a new pass, over the
+    same runs (two passes: `View`). `fingerprints`: theirs, when known (`streamed_fingerprints`).
     """
     path = Path(path)
     remove_stale_temporaries(path)  # what writers killed mid-write left (`.tmp`; `.base` from earlier versions)
-    view = View(data, remote_hosts)
-    summary_fp, curves_fp = fingerprints or view.fingerprints()
+    view = View(data, remote_hosts, batches, fingerprints)
+    summary_fp, curves_fp = view.survey.fingerprints
     old = Existing.open(path)
     if charts is None:
         charts = (old is None or view.points() <= CHEAP_POINTS
@@ -74,13 +77,13 @@ def write_results(path: str | Path, data: ResultsInput, *, charts: bool | None =
     return True
 
 
-def streamed_fingerprints(head: ResultsInput, batches: Iterable[Batch],
+def streamed_fingerprints(head: ResultsInput, batches: Batches,
                           remote_hosts: Mapping[str, str] | None = None) -> tuple[str, str]:
     """The fingerprints `write_results` would find for `head` with the runs of `batches`
     (`View.fingerprints`), holding one batch of runs at a time: a pass learns whether the
-    file `shows` them without holding every run (100,000 runs and their histories held
-    200 MiB), and hands them to `write_results` when it does not."""
-    return View(head, remote_hosts).fingerprints(batches)
+    file `shows` them in one pass that computes nothing else, and hands them to
+    `write_results` when it does not."""
+    return View(head, remote_hosts, batches).fingerprints()
 
 
 def shows(path: str | Path, fingerprints: tuple[str, str]) -> bool:
@@ -146,11 +149,18 @@ def _write_book(view: View, summary_fp: str, curves_fp: str, *, curves: bool,
     book = _new_book(base, view, summary_fp, curves_fp, stamp)
     fmt = Formats(book)
     sheets = {name: book.add_worksheet(name) for name in SHEETS}
-    rows = {"Summary": write_summary(sheets["Summary"], view, fmt)}
-    if curves:
-        rows["Curves"], rows["Curve data"] = write_curves(book, sheets["Curves"], sheets["Curve data"], view, fmt)
+    summary = summary_rows(sheets["Summary"], view, fmt)
+    resources = ResourceRows(sheets["Resources"], fmt)
+    curve_rows = CurveRows(sheets["Curve data"], view, fmt) if curves else None
+    for runs, histories in view.prepared_batches():  # one batch of runs at a time, for every sheet of runs
+        summary.add(runs)
+        resources.add(run.record for run in runs)
+        if curve_rows is not None:
+            curve_rows.add(runs, histories)
+    rows = {"Summary": summary.finish(), "Resources": resources.finish()}
+    if curve_rows is not None:
+        rows["Curves"], rows["Curve data"] = write_curves(book, sheets["Curves"], curve_rows, view, fmt)
     rows["Events"] = write_events(sheets["Events"], view, fmt)
-    rows["Resources"] = write_resources(sheets["Resources"], view, fmt)
     rows["Queue"] = write_queue(sheets["Queue"], view, fmt)
     rows["Attempts"] = write_attempts(sheets["Attempts"], view, fmt)
     rows["Optimisation"] = write_optimisation(book, sheets["Optimisation"], view, fmt)

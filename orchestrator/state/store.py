@@ -362,6 +362,11 @@ class Store(Outbox):
             row = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM events WHERE time < ?", (before,)).fetchone()
         return int(row[0])
 
+    def reading(self) -> _Tx:
+        """A read transaction: the statements inside it see one state of the database (a
+        results write reads the runs twice, a batch at a time; the two passes agree)."""
+        return _Tx(self.db, "BEGIN")
+
     def get_meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else None
