@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backends import Backend, job_name, make_backend
 from .confirm import APPLY_ALL, Gate, describe
@@ -70,16 +70,21 @@ from .state import Store
 from .state.cache import cached, data_version, file_digest, folder_stamp, keep
 from .state.tally import (
     any_intent,
+    changed_since,
     histories_of,
     live_clusters,
     metric_names,
     orphaned_keys,
     planning_records,
     record_batches,
+    records_of,
     run_count,
     who_submitted,
 )
 from .units import format_megabytes
+
+if TYPE_CHECKING:
+    from .results import RunDigests
 
 __all__ = ["PassReport", "Reconciler", "Reread", "ClusterWatch", "SETTLE_S", "paths_of", "state_path", "git_info"]
 
@@ -113,6 +118,13 @@ RESULTS_BUILT = "results_built"  # the store's meta key: "<time of the write> <s
 # written or found current. A point added since lengthens a history the file shows: the
 # pass writes without first hashing the runs to learn whether it must (`write_results`).
 RESULTS_POINTS = "results_points"
+# the cache's name for each run's digest as the last pass that hashed every run found them
+# (`results.RunDigests`, with the data version and last point they were read at): a pass
+# whose changes touched at most RESULTS_RECHECK_MAX runs learns whether the results workbook
+# still shows the store by digesting those runs alone (100,000 runs: ~1 ms a changed run,
+# not the 2.5 s every run costs)
+RESULTS_DIGESTS = "results_digests"
+RESULTS_RECHECK_MAX = 5_000
 
 
 @dataclass(frozen=True)
@@ -1028,7 +1040,7 @@ class Reconciler:
         """Rewrite the results workbook if what it shows changed (results.py decides;
         `charts=True` forces fresh curves, e.g. when the loop ends); `current` gets True
         when the file then shows this data, curves included."""
-        from .results import MAX_EVENTS, shows, streamed_fingerprints, write_results
+        from .results import MAX_EVENTS, shows, streamed_digests, write_results
 
         assert self.workbook is not None
         remote = {c.name: c.host for c in self.workbook.clusters if c.kind is not ClusterKind.LOCAL and c.host}
@@ -1040,23 +1052,47 @@ class Reconciler:
         def batches() -> Iterator[tuple[list[RunRecord], dict[str, Any]]]:  # every run, 2,000 at a time
             return ((batch, histories_of(self.store, batch)) for batch in record_batches(self.store))
 
+        shown = False
+        digests: list[RunDigests] = []
         with self.store.reading():  # every pass over the runs sees the same runs
             points = str(self.store.db.execute("SELECT max(rowid) FROM metrics").fetchone()[0])
-            if points == self.store.get_meta(RESULTS_POINTS):  # no new point: whether the file shows this state is
-                # learnt in a pass that computes nothing else
-                fingerprints = streamed_fingerprints(head, batches, remote)
-                if shows(path, fingerprints):
-                    self._results_runs = run_count(self.store)
-                    self._results_fingerprint = "written"
-                    if current is not None:
-                        current.append(True)
-                    return False
+            version = int(data_version(self.store))
             self._results_runs = run_count(self.store)
-            written = write_results(path, head, charts=charts, remote_hosts=remote, current=current,
-                                    fingerprints=fingerprints, batches=batches)
-        self.store.set_meta(RESULTS_POINTS, points)
+            if points == self.store.get_meta(RESULTS_POINTS):  # no new point: whether the file shows this state is
+                # learnt from the runs changed since the digests kept, else in a pass that computes nothing else
+                shown = self._results_still_shown(path, head, remote, points)
+                if not shown:
+                    digests.append(streamed_digests(head, batches, remote))
+                    fingerprints = digests[0].fingerprints
+                    shown = shows(path, fingerprints)
+            written = not shown and write_results(path, head, charts=charts, remote_hosts=remote, current=current,
+                                                  fingerprints=fingerprints, batches=batches, digests=digests)
+        if digests:  # each run's digest as the file shows it now, for the next pass (`_results_still_shown`)
+            keep(self.store, RESULTS_DIGESTS, self._key, (digests[0], version, points))
+        if shown and current is not None:
+            current.append(True)
+        if not shown:
+            self.store.set_meta(RESULTS_POINTS, points)
         self._results_fingerprint = "written"
         return written
+
+    def _results_still_shown(self, path: Path, head: ResultsInput, remote: dict[str, str], points: str) -> bool:
+        """Whether the results workbook still shows the store's data, learnt from the runs
+        written since a pass kept every run's digest (`RESULTS_DIGESTS`), not from every
+        run: none removed, no metric point added, and the same digests (`results.still_shows`)."""
+        from .results import RunDigests, still_shows
+
+        found = cached(self.store, RESULTS_DIGESTS, self._key)
+        if not isinstance(found, tuple) or len(found) != 3 or found[2] != points:
+            return False
+        kept, version = found[0], found[1]
+        keys = changed_since(self.store, version) if isinstance(kept, RunDigests) else None
+        if keys is None or len(keys) > RESULTS_RECHECK_MAX:
+            return False
+        records = records_of(self.store, keys)
+        if len(records) != len(set(keys)):  # a run removed
+            return False
+        return still_shows(path, kept, head, (records, histories_of(self.store, records)), remote)
 
     def _write_results_unless_current(self, plan: Plan) -> bool:
         """`write_results`, unless the cache says the results workbook is current: written

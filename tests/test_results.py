@@ -29,7 +29,7 @@ from orchestrator.results import (
     SHEETS,
     fingerprint,
     shows,
-    streamed_fingerprints,
+    streamed_digests,
     write_results,
 )
 
@@ -426,7 +426,7 @@ def test_a_value_replaced_inside_a_history_rewrites_the_file(tmp_path, series):
 
 @pytest.mark.parametrize("primary,declared", [("val_err", {"val_err": "min"}), ("", {}), ("", {"loss": "max"})])
 def test_shows_reads_the_runs_a_batch_at_a_time_and_agrees_with_a_whole_write(tmp_path, primary, declared):
-    """`streamed_fingerprints` (what a pass asks first) hold one batch of runs at a time, and
+    """`streamed_digests` (what a pass asks first) hold one batch of runs at a time, and
     the file `shows` them exactly when `write_results` would write nothing; the goals and
     metric columns the runs bring are decided as the whole input decides them."""
     data = make_input(tmp_path, extra_runs=3)
@@ -440,18 +440,18 @@ def test_shows_reads_the_runs_a_batch_at_a_time_and_agrees_with_a_whole_write(tm
             yield part, {r.key: d.histories[r.key] for r in part if r.key in d.histories}
 
     path = tmp_path / "results.xlsx"
-    fingerprints = streamed_fingerprints(head, lambda: batches(data))
+    fingerprints = streamed_digests(head, lambda: batches(data)).fingerprints
     assert not shows(path, fingerprints)  # no file yet
     assert write_results(path, data) is True
-    assert shows(path, fingerprints) and shows(path, streamed_fingerprints(head, lambda: batches(data, 1)))
+    assert shows(path, fingerprints) and shows(path, streamed_digests(head, lambda: batches(data, 1)).fingerprints)
     assert write_results(path, data) is False
     for change in ({"reason": "another reason"}, {"best": {"val_err": 0.001}}, {"last": {"new_metric": 1.0}}):
         runs = list(data.runs)
         runs[4] = dataclasses.replace(runs[4], **change)
         other = dataclasses.replace(data, runs=tuple(runs), goals=goals_of((m for r in runs for m in r.last), declared))
-        assert not shows(path, streamed_fingerprints(head, lambda d=other: batches(d))), change
+        assert not shows(path, streamed_digests(head, lambda d=other: batches(d)).fingerprints), change
         assert write_results(path, other) is True
-        assert shows(path, streamed_fingerprints(head, lambda d=other: batches(d))), change
+        assert shows(path, streamed_digests(head, lambda d=other: batches(d)).fingerprints), change
         assert write_results(path, data) is True  # back
 
 

@@ -63,9 +63,9 @@ Writing. The workbook goes to a temporary file in the target's directory and is 
 into place (`orchestrator.files.write_atomically`), so a reader never sees half a file; a
 failed write leaves the old file intact. `write_results` skips the write when the file
 already holds the same content (`fingerprint`; the time of the write alone is not a
-change), so the loop may call it every pass; `streamed_fingerprints` and `shows` tell the same holding one
+change), so the loop may call it every pass; `streamed_digests` and `shows` tell the same holding one
 batch of runs at a time, not all of them (a loop's pass over 100,000 runs whose changes show nothing
-new). Curves and Curve data are the expensive part
+new), and `still_shows` from the runs changed since alone, against the digests a pass kept. Curves and Curve data are the expensive part
 (about 2 s for 1,000 runs × 1,500 points): when the file's curves were built from the same
 histories, or when a caller accepts curves a few minutes old (`charts=None`, the default,
 rebuilds them at most every five minutes once histories are large; `charts=False` never),
@@ -81,8 +81,15 @@ the e-mail digest.
 
 from ..curves import PALETTE
 from .sheets import MAX_EVENTS, MIN_PRINT_SCALE
-from .view import FORMAT_VERSION, MAX_POINTS_PER_SERIES, SERIES_PER_CHART, SHEETS, fingerprint
-from .workbook import shows, streamed_fingerprints, write_results
+from .view import (
+           FORMAT_VERSION,
+           MAX_POINTS_PER_SERIES,
+           SERIES_PER_CHART,
+           SHEETS,
+           RunDigests,
+           fingerprint,
+)
+from .workbook import shows, still_shows, streamed_digests, write_results
 
 __all__ = ["FORMAT_VERSION", "MAX_EVENTS", "MAX_POINTS_PER_SERIES", "MIN_PRINT_SCALE", "PALETTE", "SERIES_PER_CHART", "SHEETS",
-           "fingerprint", "shows", "streamed_fingerprints", "write_results"]
+           "RunDigests", "fingerprint", "shows", "still_shows", "streamed_digests", "write_results"]

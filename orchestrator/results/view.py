@@ -16,6 +16,8 @@ import math
 import os
 import re
 import time
+from array import array
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -31,7 +33,7 @@ __all__ = [
     "CHEAP_POINTS", "CURVES_MAX_AGE", "CURVE_SHEETS", "FORMAT_VERSION", "LEADERBOARD_SIZE",
     "MAX_POINTS_PER_SERIES", "MAX_TEXT", "MIN_POINTS_PER_SERIES", "MAX_TOTAL_POINTS",
     "SERIES_PER_CHART", "SHEETS",
-    "BEST", "LAST", "Batch", "Batches", "RunView", "Survey", "View",
+    "BEST", "LAST", "Batch", "Batches", "RunDigests", "RunView", "Survey", "View",
     "cell_text", "chart_text", "excel_time", "fingerprint", "points_per_series", "short_label", "time_zone",
 ]
 
@@ -133,6 +135,24 @@ class Survey:
     plotted: dict[tuple[str, str], int] = field(default_factory=dict)  # (experiment, metric): series with a finite point
     magnitudes: dict[tuple[str, int], Magnitudes] = field(default_factory=dict)
     fingerprints: tuple[str, str] = ("", "")
+    digests: RunDigests | None = None  # each run's digest (None when the fingerprints were given)
+
+
+@dataclass(frozen=True)
+class RunDigests:
+    """What a pass that hashed every run keeps for the next (`View.run_digest` of each run,
+    32 bytes, by run number): a later pass recomputes the digests of the runs changed since,
+    and when they and `head` are equal, the file whose fingerprints are `fingerprints` still
+    shows the store's data, learnt without reading the other runs."""
+
+    fingerprints: tuple[str, str]
+    head: bytes
+    numbers: array  # ascending, as the runs come
+    digests: bytes
+
+    def of(self, number: int) -> bytes | None:
+        i = bisect_left(self.numbers, number)
+        return self.digests[32 * i:32 * i + 32] if i < len(self.numbers) and self.numbers[i] == number else None
 
 
 class View:
@@ -145,7 +165,7 @@ class View:
     def __init__(self, data: ResultsInput, remote_hosts: Mapping[str, str] | None, batches: Batches | None = None,
                  fingerprints: tuple[str, str] | None = None):
         self.data = data
-        self._fingerprints = fingerprints  # known already (`workbook.streamed_fingerprints`): not hashed again
+        self._fingerprints = fingerprints  # known already (`workbook.streamed_digests`): not hashed again
         self.remote_hosts = dict(remote_hosts) if remote_hosts is not None else None
         if batches is None:
             runs = sorted(data.runs, key=lambda r: (r.number, r.key))
@@ -214,13 +234,20 @@ class View:
         survey's."""
         return self._fingerprints or (self._survey or self._scan(values=False)).fingerprints
 
+    def digests(self) -> RunDigests:
+        """The fingerprints with each run's digest, in a pass that learns only these."""
+        found = (self._survey or self._scan(values=False)).digests
+        assert found is not None, "the fingerprints were given"
+        return found
+
     def _scan(self, values: bool) -> Survey:
-        """One pass over the runs: their names and fingerprints, and with `values` what the
-        survey learns besides. Goals and metric columns are decided after the runs (with
-        `batches`, the input's goals are the declared ones)."""
+        """One pass over the runs: their names, fingerprints and digests (`run_digest`), and
+        with `values` what the survey learns besides. Goals and metric columns are decided
+        after the runs (with `batches`, the input's goals are the declared ones)."""
         d, sv = self.data, Survey()
         curves, summary = hashlib.blake2b(digest_size=16), hashlib.blake2b(digest_size=16)
         hashing = self._fingerprints is None
+        numbers, digests = array("q"), bytearray()
         for runs, histories in self.batches():
             for r in runs:
                 h = histories.get(r.key, {})
@@ -228,37 +255,56 @@ class View:
                 _see(sv.names, r.last, r.best, h)
                 if values:
                     self._survey_run(sv, r, h)
-                if not hashing:
-                    continue
-                hist = tuple((m, signature(p)) for m, p in h.items())
-                best = sorted(r.best.items())
-                curves.update(_bytes((r.number, r.key, r.experiment, best, hist)))
-                summary.update(_bytes((
-                    r.number, r.key, r.experiment, r.params, r.state.value, r.reason, r.attempt,
-                    r.cluster, r.job_id, r.host, r.started_at, r.ended_at,
-                    sorted(r.last.items()), best, r.git_commit, r.git_dirty,
-                    r.command, r.run_dir, r.peak_rss_mb, r.peak_gpu_mem_mb, r.min_disk_free_mb, r.mean_gpu_util_pct, hist,
-                    r.who,
-                )))
+                if hashing:
+                    digest = self.run_digest(r, h)
+                    summary.update(digest[:16])
+                    curves.update(digest[16:])
+                    numbers.append(r.number)
+                    digests += digest
         goals = goals_of(sv.lasts, d.goals)
         metrics, attempt_metrics = self._columns(goals, sv.names)
         primary = d.settings.primary_metric or (metrics[0] if metrics else "")
+        common = _bytes((FORMAT_VERSION, primary, list(goals.items()), metrics))
+        curves.update(common)
+        head = self.head_digest()
+        summary.update(common + _bytes(attempt_metrics) + head)
+        sv.fingerprints = self._fingerprints or (summary.hexdigest(), curves.hexdigest())
+        if hashing:
+            sv.digests = RunDigests(sv.fingerprints, head, numbers, bytes(digests))
+        return sv
+
+    def run_digest(self, r: RunRecord, h: Mapping[str, Any]) -> bytes:
+        """What one run (and its history `h`) brings to the fingerprints: 16 bytes of what the
+        Summary, Resources and Attempts show of it, 16 of what the curves show. Equal digests
+        of every run changed since the file was written (and an equal `head_digest`): the
+        file still shows the store's data (`RunDigests`)."""
+        hist = tuple((m, signature(p)) for m, p in h.items())
+        best = sorted(r.best.items())
+        return (hashlib.blake2b(_bytes((
+            r.number, r.key, r.experiment, r.params, r.state.value, r.reason, r.attempt,
+            r.cluster, r.job_id, r.host, r.started_at, r.ended_at,
+            sorted(r.last.items()), best, r.git_commit, r.git_dirty,
+            r.command, r.run_dir, r.peak_rss_mb, r.peak_gpu_mem_mb, r.min_disk_free_mb, r.mean_gpu_util_pct, hist,
+            r.who)), digest_size=16).digest()
+            + hashlib.blake2b(_bytes((r.number, r.key, r.experiment, best, hist)), digest_size=16).digest())
+
+    def head_digest(self) -> bytes:
+        """What the file shows besides the runs: earlier attempts, the newest events, the
+        queue, optimisations, who submitted, checkpoints and the places it names."""
+        d = self.data
+        h = hashlib.blake2b(digest_size=16)
         for r in self.attempts:
-            summary.update(_bytes((
+            h.update(_bytes((
                 r.number, r.key, r.experiment, r.attempt, r.state.value, r.reason, r.cluster, r.job_id, r.host,
                 r.started_at, r.ended_at, sorted(r.last.items()), sorted(r.best.items()), r.git_commit,
                 r.git_dirty, r.command, r.run_dir, self._history_signature((r.key, r.attempt)), r.who,
             )))
-        common = (FORMAT_VERSION, primary, list(goals.items()), metrics)
-        curves.update(_bytes(common))
-        summary.update(_bytes((common, self.checkpoints, d.experiments_path, sorted((self.remote_hosts or {}).items()),
-                               self.remote_hosts is None)))
-        summary.update(_bytes((attempt_metrics, len(d.events),
-                               [(e.time, e.key, e.kind, e.reason, e.attempt) for e in d.events[-50:]])))
-        summary.update(_bytes((d.queue, d.who_submitted)))
-        summary.update(_bytes(d.optimisations))
-        sv.fingerprints = self._fingerprints or (summary.hexdigest(), curves.hexdigest())
-        return sv
+        h.update(_bytes((self.checkpoints, d.settings.primary_metric, d.experiments_path,
+                         sorted((self.remote_hosts or {}).items()), self.remote_hosts is None)))
+        h.update(_bytes((len(d.events), [(e.time, e.key, e.kind, e.reason, e.attempt) for e in d.events[-50:]])))
+        h.update(_bytes((d.queue, d.who_submitted)))
+        h.update(_bytes(d.optimisations))
+        return h.digest()
 
     def _survey_run(self, sv: Survey, r: RunRecord, h: Mapping[str, Any]) -> None:
         """What one run adds to the survey: its parameters, experiment, points, and the

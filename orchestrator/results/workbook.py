@@ -21,14 +21,24 @@ from .ooxml import CannotReuse, Cells, Existing, assemble
 from .optimisation import write_optimisation
 from .sheets import Formats, ResourceRows, write_events, write_queue
 from .summary import summary_rows, write_attempts
-from .view import CHEAP_POINTS, CURVES_MAX_AGE, FORMAT_VERSION, SHEETS, Batches, View
+from .view import (
+    CHEAP_POINTS,
+    CURVES_MAX_AGE,
+    FORMAT_VERSION,
+    SHEETS,
+    Batch,
+    Batches,
+    RunDigests,
+    View,
+)
 
-__all__ = ["shows", "streamed_fingerprints", "write_results"]
+__all__ = ["shows", "still_shows", "streamed_digests", "write_results"]
 
 
 def write_results(path: str | Path, data: ResultsInput, *, charts: bool | None = None,
                   remote_hosts: Mapping[str, str] | None = None, current: list[bool] | None = None,
-                  fingerprints: tuple[str, str] | None = None, batches: Batches | None = None) -> bool:
+                  fingerprints: tuple[str, str] | None = None, batches: Batches | None = None,
+                  digests: list[RunDigests] | None = None) -> bool:
     """Write the results workbook for `data` to `path` atomically; True if it was written.
 
     Skips the write (returns False) when the file already shows exactly this content, so
@@ -48,12 +58,15 @@ def write_results(path: str | Path, data: ResultsInput, *, charts: bool | None =
     the file then shows `data` whole, its curves included (not when they lag).
     `batches`: the runs and their histories, for `data` without them (`runs=()`,
     `histories={}`, the declared goals), a batch at a time; each call a new pass, over the
-    same runs (two passes: `View`). `fingerprints`: theirs, when known (`streamed_fingerprints`).
+    same runs (two passes: `View`). `fingerprints`: theirs, when known (`streamed_digests`);
+    else `digests`, if given, gets the runs' digests appended (`still_shows`).
     """
     path = Path(path)
     remove_stale_temporaries(path)  # what writers killed mid-write left (`.tmp`; `.base` from earlier versions)
     view = View(data, remote_hosts, batches, fingerprints)
     summary_fp, curves_fp = view.survey.fingerprints
+    if digests is not None and view.survey.digests is not None:
+        digests.append(view.survey.digests)
     old = Existing.open(path)
     if charts is None:
         charts = (old is None or view.points() <= CHEAP_POINTS
@@ -77,13 +90,26 @@ def write_results(path: str | Path, data: ResultsInput, *, charts: bool | None =
     return True
 
 
-def streamed_fingerprints(head: ResultsInput, batches: Batches,
-                          remote_hosts: Mapping[str, str] | None = None) -> tuple[str, str]:
+def streamed_digests(head: ResultsInput, batches: Batches,
+                     remote_hosts: Mapping[str, str] | None = None) -> RunDigests:
     """The fingerprints `write_results` would find for `head` with the runs of `batches`
-    (`View.fingerprints`), holding one batch of runs at a time: a pass learns whether the
-    file `shows` them in one pass that computes nothing else, and hands them to
-    `write_results` when it does not."""
-    return View(head, remote_hosts, batches).fingerprints()
+    (`View.fingerprints`), with each run's digest, holding one batch of runs at a time: a
+    pass learns whether the file `shows` them in one pass that computes nothing else, hands
+    them to `write_results` when it does not, and keeps the digests for `still_shows`."""
+    return View(head, remote_hosts, batches).digests()
+
+
+def still_shows(path: str | Path, kept: RunDigests, head: ResultsInput, changed: Batch,
+                remote_hosts: Mapping[str, str] | None = None) -> bool:
+    """Whether the results workbook at `path`, which showed the runs `kept` digested, still
+    shows the store's data: it has `kept`'s fingerprints, `head` (the input without its
+    runs) digests as it did, and so does every run of `changed` (every run written since,
+    with their histories; the caller makes sure none was removed and no point added)."""
+    view = View(head, remote_hosts, lambda: ())
+    if view.head_digest() != kept.head or not shows(path, kept.fingerprints):
+        return False
+    runs, histories = changed
+    return all(kept.of(r.number) == view.run_digest(r, histories.get(r.key, {})) for r in runs)
 
 
 def shows(path: str | Path, fingerprints: tuple[str, str]) -> bool:

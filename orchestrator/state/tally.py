@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from .store import Store
 
 __all__ = ["Tally", "any_intent", "changed_since", "first_metric", "histories_of", "live_clusters", "metric_names", "orphaned_keys",
-           "planning_records", "record_batches", "run_count", "shown_names", "submitters", "tally", "who_submitted"]
+           "planning_records", "record_batches", "records_of", "run_count", "shown_names", "submitters", "tally", "who_submitted"]
 
 _CURRENT = "FROM runs r JOIN attempts a ON a.key = r.key AND a.attempt = r.attempt"
 _CHANGED = CHANGED_AT.replace("COALESCE(", "COALESCE(a.")  # matches the index attempts_changed
@@ -108,6 +108,16 @@ def record_batches(store: Store, size: int = 2_000) -> Iterator[list[RunRecord]]
         batch = [record_of(row) for row in rows]
         last = batch[-1].number
         yield batch
+
+
+def records_of(store: Store, keys: Iterable[str]) -> list[RunRecord]:
+    """The runs of `keys` (those that exist) as `record_batches` reads them, by number."""
+    wanted, out = sorted(set(keys)), []
+    for i in range(0, len(wanted), 500):
+        part = wanted[i:i + 500]
+        out += [record_of(row) for row in store.db.execute(
+            f"{SNAPSHOT_SQL} WHERE r.key IN ({','.join('?' * len(part))})", part)]
+    return sorted(out, key=lambda r: r.number)
 
 
 def histories_of(store: Store, records: Iterable[RunRecord]) -> dict[str, dict[str, Series]]:
