@@ -125,11 +125,20 @@ SELECT r.key, r.number, r.experiment, r.spec_hash, '' AS essence, '' AS params, 
        a.off_files, a.who
 FROM runs r JOIN attempts a ON a.key = r.key AND a.attempt = r.attempt
 """
-# what the planner reads of every run: SNAPSHOT_SQL without parameters and metric values
-# (the larger part of a RunRecord, and of reading one)
+# what the planner reads of every run (`plan.py`, `replan.py`, `confirm.py` read the key,
+# number, experiment, spec hash, state, reason, attempt, cluster, intent, stop request and
+# retry): SNAPSHOT_SQL without parameters and metric values (the larger part of a RunRecord,
+# and of reading one), and without the text and times that are the run's alone (its job,
+# host, folder, command, commit, code, who; 100,000 of them were 40 MiB of a plan's 200)
 PLANNING_SQL = SNAPSHOT_SQL.replace(
     "'[' || r.params || ',' || COALESCE(NULLIF(a.last, ''), '{}') || ',' || COALESCE(NULLIF(a.best, ''), '{}') || ']'",
     "NULL")
+for _column in ("a.job_id", "a.host", "a.run_dir", "a.git_commit", "a.command", "a.code_hash", "a.who"):
+    PLANNING_SQL = PLANNING_SQL.replace(f"{_column},", f"'' AS {_column[2:]},", 1)
+for _column in ("a.submitted_at", "a.started_at", "a.ended_at", "a.exit_code", "a.step", "a.heartbeat_at",
+                "a.peak_rss", "a.peak_gpu", "a.min_disk", "a.parent", "a.off_stdout", "a.off_stderr", "a.off_metrics",
+                "a.off_resources", "a.gpu_util_sum", "a.gpu_util_n", "a.off_files"):
+    PLANNING_SQL = PLANNING_SQL.replace(f"{_column},", f"NULL AS {_column[2:]},", 1)
 
 
 # A snapshot holds every run (100,000 and more): the names and words runs share (parameter
@@ -137,9 +146,12 @@ PLANNING_SQL = SNAPSHOT_SQL.replace(
 # the offsets of a run that has none are one object.
 _intern = sys.intern
 _NO_OFFSETS = Offsets(0, 0, 0, 0)
+_UNREAD: dict[str, float] = {}  # the last and best values a planning record leaves out: one dict, never written
 
 
 def _numbers(d: dict[str, object]) -> dict[str, float]:
+    if d is _UNREAD:
+        return _UNREAD
     return {_intern(k): float(v) for k, v in d.items()} if d else {}  # type: ignore[arg-type]
 
 
@@ -151,7 +163,7 @@ def record_of(row: tuple) -> RunRecord:
     run, read only for a run whose spec changed: `Store.essences`). Its parameters, last and
     best values come as one JSON array (one parse a run, not three); as NULL (`PLANNING_SQL`)
     they are left empty."""
-    params, last, best = ((), {}, {}) if row[39] is None else json.loads(row[39])
+    params, last, best = ((), _UNREAD, _UNREAD) if row[39] is None else json.loads(row[39])
     return RunRecord(
         key=row[0], number=row[1], experiment=_intern(row[2]), spec_hash=row[3], essence=row[4],
         params=tuple((_intern(k), v) for k, v in params), orphaned=bool(row[6]),
