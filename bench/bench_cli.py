@@ -99,7 +99,20 @@ def changed(cwd: Path, what: str = "heartbeat") -> None:
     """Write one run, as a poll does: its heartbeat (the results workbook shows nothing new),
     or its reason (`what="reason"`: the workbook shows it, and is rewritten). The store's
     triggers raise its data version (the cache misses) and note the run as changed. Fails
-    loudly when the version did not move (the command would measure a cache hit)."""
+    loudly when the version did not move (the command would measure a cache hit).
+    `what="edit"`: the experiments workbook saved again, its runs as they were (a user's
+    save: every cache made from the workbook misses); fails loudly unless its bytes changed."""
+    if what == "edit":
+        import openpyxl
+
+        path = cwd / "experiments.xlsx"
+        before_bytes = path.read_bytes()
+        book = openpyxl.load_workbook(path)
+        book.properties.lastModifiedBy = f"bench_cli {time.time()}"
+        book.save(path)
+        if path.read_bytes() == before_bytes:
+            sys.exit("bench_cli: saving the workbook again did not change it")
+        return
     con = sqlite3.connect(cwd / ".nero" / "state.db")
     before = con.execute("SELECT value FROM meta WHERE key = 'data_version'").fetchone()
     with con:
@@ -184,10 +197,12 @@ def main() -> None:
                 ("nero status --csv", nero + ["status", "--csv"], done, None, ""),
                 (PLAN, nero + ["plan"], done, "No changes.", ""),
                 (PLAN_CHANGED, nero + ["plan"], done, "No changes.", "heartbeat"),
+                (PLAN_EDITED, nero + ["plan"], done, "No changes.", "edit"),
                 ("nero plan (every run new)", nero + ["plan"], fresh, f"{n:,} to submit", ""),
                 (RECONCILE, nero + ["reconcile"], done, None, ""),
                 (RECONCILE_CHANGED, nero + ["reconcile"], done, None, "heartbeat"),
                 (RECONCILE_SHOWN, nero + ["reconcile"], done, None, "reason"),
+                (RECONCILE_EDITED, nero + ["reconcile"], done, None, "edit"),
             ]
             rows.append((n, PEER, *peer, 1.0))
             for name, argv, cwd, check, cold in cases:
@@ -218,6 +233,8 @@ STATUS, PLAN, RECONCILE = "nero status", "nero plan (no change)", "nero reconcil
 STATUS_CHANGED, PLAN_CHANGED = "nero status, a run changed", "nero plan, a run changed"
 RECONCILE_CHANGED = "nero reconcile, a run changed"
 RECONCILE_SHOWN = "nero reconcile, results.xlsx rewritten"  # a run's reason changed: the workbook shows it
+PLAN_EDITED = "nero plan, the workbook saved again"  # every cache made from the workbook misses
+RECONCILE_EDITED = "nero reconcile, the workbook saved again"
 PEER = "sqlite3 (the same rows)"
 
 
@@ -233,7 +250,8 @@ def verdicts(rows: list[tuple[int, str, float, float, float]]) -> None:
 
     print("\n#14 must-show 1 (targets beside what was measured):")
     big, mid = near(100_000), near(10_000)
-    for name in (STATUS, PLAN, RECONCILE, STATUS_CHANGED, PLAN_CHANGED, RECONCILE_CHANGED, RECONCILE_SHOWN):
+    for name in (STATUS, PLAN, RECONCILE, STATUS_CHANGED, PLAN_CHANGED, RECONCILE_CHANGED, RECONCILE_SHOWN,
+                 PLAN_EDITED, RECONCILE_EDITED):
         if big is None:
             print(f"  {name} at 100,000 runs: not measured (--sizes has no 100000)")
             continue
