@@ -17,7 +17,7 @@ reconcile, abort, restart, hold, release), so no command touches the state store
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,11 +169,9 @@ class Project:
 
     def live_counts(self) -> dict[str, int]:
         """How many of nero's runs are live (or being submitted) per cluster."""
-        live: dict[str, int] = {}
-        for r in self._rec.store.snapshot().values():
-            if r.state.live or r.intent:
-                live[r.cluster] = live.get(r.cluster, 0) + 1
-        return live
+        from .state.tally import live_clusters
+
+        return live_clusters(self._rec.store)
 
     # ------------------------------------------------------------ plan and reconcile
     def plan(self, prune: bool = False) -> Plan:
@@ -281,9 +279,10 @@ class Project:
                 keys = [] if note else self._rec.refresh_local()
         except NeroError as e:
             return Freshness(last, False, note=str(e).splitlines()[0])
-        snap = self._rec.store.snapshot() if keys else {}
-        return Freshness(last, False, refreshed=tuple(keys), note=note,
-                         ended=tuple(k for k in keys if k in snap and snap[k].state.finished))
+        from .state.tally import records_of
+
+        ended = tuple(r.key for r in records_of(self._rec.store, keys) if r.state.finished) if keys else ()
+        return Freshness(last, False, refreshed=tuple(keys), note=note, ended=tuple(k for k in keys if k in ended))
 
     def apply_now(self, prune: bool = False) -> PassReport | None:
         """Run a pass right away (re-reading the workbook) unless a watching reconcile holds
@@ -365,22 +364,25 @@ class Project:
         name (`runtime`, `step`, `state`, …): a misspelt name is an error, never an empty
         selection."""
         from .expr import Facts, parse_selector
+        from .state.tally import histories_of, record_batches
 
         if isinstance(selector, str):
             selector = parse_selector(selector)
         store, wb = self._rec.store, self._rec.workbook
         now = self.clock()
-        snap = store.snapshot()
         goals = wb.goals if wb else {}
-        histories = store.histories() if selector.names() else {}
-        self._check_names(selector, snap, histories)
+        seen = _Seen()  # what the names are checked against, gathered as the runs go by
         out = []
-        for r in sorted(snap.values(), key=lambda r: r.number):
-            facts = Facts.of(r, now, histories.get(r.key), goals)
-            if selector.matches(facts):
-                out.append(Candidate(r.key, facts, record=r))
+        for batch in record_batches(store):  # a batch of runs at a time (100,000 held 150 MiB, their histories more)
+            histories = histories_of(store, batch) if selector.names() else {}
+            seen.add(batch, histories)
+            for r in batch:
+                facts = Facts.of(r, now, histories.get(r.key), goals)
+                if selector.matches(facts):
+                    out.append(Candidate(r.key, facts, record=r))
+        self._check_names(selector, seen)  # before anything is returned, so nothing is acted on
         for spec in self._rec.specs:
-            if spec.key in snap:
+            if spec.key in seen.keys:
                 continue
             facts = Facts(key=spec.key, number=0, experiment=spec.experiment, state="pending",
                           cluster=spec.clusters[0] if spec.clusters else "", params=dict(spec.params))
@@ -388,8 +390,7 @@ class Project:
                 out.append(Candidate(spec.key, facts, spec=spec))
         return out
 
-    def _check_names(self, selector: Selector, snap: dict[str, RunRecord],
-                     histories: dict[str, dict[str, Series]]) -> None:
+    def _check_names(self, selector: Selector, seen: _Seen) -> None:
         """A selector naming no known metric (a Metrics row or one a run produced), no
         parameter and no built-in name is a mistake, not an empty selection; so is a plain
         word (`loss`, read as an experiment id) that is such a name: ExpressionError, with
@@ -400,12 +401,11 @@ class Project:
         from .expr import BUILTIN_NAMES
         from .metrics import unknown_metric
 
-        known = self.metric_names() | {n for h in histories.values() for n in h}
-        params = {str(p) for r in snap.values() for p, _ in r.params}
-        params |= {str(p) for s in self._rec.specs for p, _ in s.params}
+        known = self.metric_names() | seen.metrics
+        params = seen.params | {str(p) for s in self._rec.specs for p, _ in s.params}
         problems = [unknown_metric(n, known, params) for n in sorted(asked - known - params)]
-        experiments = {r.experiment for r in snap.values()} | {s.experiment for s in self._rec.specs}
-        experiments |= set(snap) | {s.key for s in self._rec.specs}
+        experiments = seen.experiments | {s.experiment for s in self._rec.specs}
+        experiments |= seen.keys | {s.key for s in self._rec.specs}
         for word in sorted(ids & (known | params | BUILTIN_NAMES)):
             what = ("a metric" if word in known else "a parameter" if word in params else "a built-in name")
             if word in experiments:
@@ -586,3 +586,23 @@ class Project:
 
         raw = self._rec.store.get_meta(DIGEST_KEY)
         return float(raw) if raw else None
+
+
+@dataclass
+class _Seen:
+    """What `Project.select` checks a selector's names against, gathered a batch of runs at
+    a time: the metrics the runs' histories have, their parameters, experiments and keys."""
+
+    metrics: set[str] = field(default_factory=set)
+    params: set[str] = field(default_factory=set)
+    experiments: set[str] = field(default_factory=set)
+    keys: set[str] = field(default_factory=set)
+
+    def add(self, runs: Iterable[RunRecord], histories: Mapping[str, Mapping[str, object]]) -> None:
+        for r in runs:
+            self.keys.add(r.key)
+            self.experiments.add(r.experiment)
+            self.params.update(str(p) for p, _ in r.params)
+        for h in histories.values():
+            self.metrics.update(h)
+

@@ -47,7 +47,6 @@ from .model import (
     Desired,
     Event,
     Handle,
-    Histories,
     JobScript,
     NewAttempt,
     Plan,
@@ -71,8 +70,10 @@ from .state.cache import cached, data_version, file_digest, folder_stamp, keep
 from .state.tally import (
     any_intent,
     changed_since,
+    experiment_records,
     histories_of,
     live_clusters,
+    live_records,
     metric_names,
     orphaned_keys,
     planning_records,
@@ -568,7 +569,7 @@ class Reconciler:
         """Attempts recorded but not confirmed (a crash between submit and record)."""
         if not any_intent(self.store):
             return
-        pending = [r for r in self.store.snapshot().values() if r.intent]
+        pending = [r for r in live_records(self.store) if r.intent]
         updates, resubmit = [], []
         by_cluster: dict[str, list[RunRecord]] = {}
         for r in pending:
@@ -630,7 +631,7 @@ class Reconciler:
         assert self.workbook is not None
         live: dict[str, list[RunRecord]] = {}
         if any(only is None or c in only for c in live_clusters(self.store)):
-            for r in self.store.snapshot().values():
+            for r in live_records(self.store):  # the live runs alone, not every run
                 if r.state.live and not r.intent and (only is None or r.cluster in only):
                     live.setdefault(r.cluster, []).append(r)
         if only is None:
@@ -746,20 +747,21 @@ class Reconciler:
         goals = self.workbook.goals
         stops: dict[str, list[tuple[RunRecord, str]]] = {}
         updates: list[Update] = []
-        histories: Histories | None = None  # read once, when a live run has rules
-        snapshot = self.store.snapshot()
-        pruned = prune_verdicts(specs.values(), snapshot, self.store.histories, goals)  # rules comparing a row's runs
-        for rec in snapshot.values():
-            spec = specs.get(rec.key)
-            if spec is None or not rec.state.live or rec.intent or rec.stop_requested:
-                continue
+        # the live runs with rules and their histories (not every run: 100,000 held 150 MiB), and
+        # every run of a row whose rules compare its runs (`prune`)
+        live = [r for r in live_records(self.store) if r.key in specs and not r.intent and not r.stop_requested]
+        if not live:
+            return
+        histories = histories_of(self.store, live)
+        siblings = experiment_records(self.store, {s.experiment for s in specs.values() if "prune" in s.rules.lower()})
+        pruned = prune_verdicts(specs.values(), siblings, lambda: histories_of(self.store, siblings.values()), goals)
+        for rec in live:
+            spec = specs[rec.key]
             try:
                 rules = parse_rules(spec.rules)
             except NeroError as e:  # validated with the sheet; an old state may still differ
                 report.warnings.append(f"{rec.key}: rules not evaluated: {e}")
                 continue
-            if histories is None:
-                histories = self.store.histories()
             facts = Facts.of(rec, now, histories.get(rec.key), goals_of(rec.last, goals))
             verdicts = evaluate(rules, facts, pruned.get(rec.key))
             stop = first_stop(verdicts)
@@ -807,7 +809,8 @@ class Reconciler:
     def _cancel(self, plan: Plan, now: float, report: PassReport) -> None:
         if not any(a.kind in (ActionKind.CANCEL, ActionKind.RESTART) for a in plan.actions):
             return
-        snap = self.store.snapshot()
+        snap = {r.key: r for r in records_of(self.store, [a.key for a in plan.actions
+                                                          if a.kind in (ActionKind.CANCEL, ActionKind.RESTART)])}
         todo: dict[str, list[tuple[RunRecord, Action]]] = {}
         for a in plan.actions:
             rec = snap.get(a.key)
@@ -839,7 +842,8 @@ class Reconciler:
             return by_cluster
         self._commits = _Commits({self.workdir(a.spec) for a in plan.actions
                                   if a.kind in (ActionKind.SUBMIT, ActionKind.RESTART) and a.spec is not None})
-        snap = self.store.snapshot()
+        snap = {r.key: r for r in records_of(self.store, [a.key for a in plan.actions  # those submitted again
+                                                          if a.kind in (ActionKind.SUBMIT, ActionKind.RESTART)])}
         problems: list[Problem] = []
         retries: dict[str, tuple[int, str]] = {}
         memo = _RenderMemo(time.strftime("%Y-%m-%d %H:%M:%S"))  # one snapshot per folder, one script per shape
@@ -919,7 +923,7 @@ class Reconciler:
         if not overrides:
             return
         specs = {s.key: s for s in self.specs}
-        snap = self.store.snapshot()
+        snap = {r.key: r for r in records_of(self.store, overrides)}
         stale = [k for k, o in overrides.items()
                  if k in specs and active_override(o, specs[k], snap.get(k)) is None]
         if stale:
@@ -1141,7 +1145,7 @@ class Reconciler:
     # ------------------------------------------------------------ queries
     def outstanding(self, plan: Plan) -> int:
         """Runs still pending or live (held runs and changes awaiting confirmation do not count)."""
-        live = sum(1 for r in self.store.snapshot().values() if r.state.live or r.intent)
+        live = sum(live_clusters(self.store).values())
         waiting = sum(1 for a in plan.actions if a.kind in (ActionKind.SUBMIT, ActionKind.RESTART) and not a.awaiting)
         return live + waiting
 

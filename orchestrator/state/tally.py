@@ -25,7 +25,8 @@ from .schema import CHANGED_AT, CHANGES_SINCE, LIVE_WHERE, PLANNING_SQL, SNAPSHO
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["Tally", "any_intent", "changed_since", "first_metric", "histories_of", "live_clusters", "metric_names", "orphaned_keys",
+__all__ = ["Tally", "any_intent", "changed_since", "experiment_records", "first_metric", "histories_of", "live_clusters",
+           "live_records", "metric_names", "orphaned_keys",
            "planning_records", "record_batches", "records_of", "run_count", "shown_names", "submitters", "tally", "who_submitted"]
 
 _CURRENT = "FROM runs r JOIN attempts a ON a.key = r.key AND a.attempt = r.attempt"
@@ -118,6 +119,22 @@ def records_of(store: Store, keys: Iterable[str]) -> list[RunRecord]:
         out += [record_of(row) for row in store.db.execute(
             f"{SNAPSHOT_SQL} WHERE r.key IN ({','.join('?' * len(part))})", part)]
     return sorted(out, key=lambda r: r.number)
+
+
+def live_records(store: Store) -> list[RunRecord]:
+    """The runs whose current attempt is live or not confirmed, as `record_batches` reads
+    them (from the index of such attempts: few of many), by number."""
+    sql = SNAPSHOT_SQL.replace(_CURRENT, _LIVE_ONLY) + f" WHERE {_LIVE_A} ORDER BY r.number"
+    return [record_of(row) for row in store.db.execute(sql)]
+
+
+def experiment_records(store: Store, experiments: Iterable[str]) -> dict[str, RunRecord]:
+    """Every run of `experiments` (rows whose rules compare a row's runs), by key."""
+    wanted = sorted(set(experiments))
+    if not wanted:
+        return {}
+    rows = store.db.execute(f"{SNAPSHOT_SQL} WHERE r.experiment IN ({','.join('?' * len(wanted))})", wanted)
+    return {row[0]: record_of(row) for row in rows}
 
 
 def histories_of(store: Store, records: Iterable[RunRecord]) -> dict[str, dict[str, Series]]:
