@@ -1064,8 +1064,9 @@ class Reconciler:
             self._results_runs = run_count(self.store)
             if points == self.store.get_meta(RESULTS_POINTS):  # no new point: whether the file shows this state is
                 # learnt from the runs changed since the digests kept, else in a pass that computes nothing else
-                shown = self._results_still_shown(path, head, remote, points)
-                if not shown:
+                still = self._results_still_shown(path, head, remote, points)
+                shown = bool(still)
+                if still is None:
                     digests.append(streamed_digests(head, batches, remote))
                     fingerprints = digests[0].fingerprints
                     shown = shows(path, fingerprints)
@@ -1080,22 +1081,24 @@ class Reconciler:
         self._results_fingerprint = "written"
         return written
 
-    def _results_still_shown(self, path: Path, head: ResultsInput, remote: dict[str, str], points: str) -> bool:
+    def _results_still_shown(self, path: Path, head: ResultsInput, remote: dict[str, str], points: str) -> bool | None:
         """Whether the results workbook still shows the store's data, learnt from the runs
         written since a pass kept every run's digest (`RESULTS_DIGESTS`), not from every
-        run: none removed, no metric point added, and the same digests (`results.still_shows`)."""
-        from .results import RunDigests, still_shows
+        run (`results.still_shows`): True, False (a run removed, or one or the rest digests
+        otherwise: the write that follows reads every run once less), or None when the kept
+        digests cannot tell (none kept, too many runs written since, another file)."""
+        from .results import RunDigests, shows, still_shows
 
         found = cached(self.store, RESULTS_DIGESTS, self._key)
         if not isinstance(found, tuple) or len(found) != 3 or found[2] != points:
-            return False
+            return None
         kept, version = found[0], found[1]
         keys = changed_since(self.store, version) if isinstance(kept, RunDigests) else None
         if keys is None or len(keys) > RESULTS_RECHECK_MAX:
-            return False
+            return None
         records = records_of(self.store, keys)
-        if len(records) != len(set(keys)):  # a run removed
-            return False
+        if len(records) != len(set(keys)):  # a run removed: the file the digests describe shows it
+            return None if not shows(path, kept.fingerprints) else False
         return still_shows(path, kept, head, (records, histories_of(self.store, records)), remote)
 
     def _write_results_unless_current(self, plan: Plan) -> bool:

@@ -100,13 +100,16 @@ def streamed_digests(head: ResultsInput, batches: Batches,
 
 
 def still_shows(path: str | Path, kept: RunDigests, head: ResultsInput, changed: Batch,
-                remote_hosts: Mapping[str, str] | None = None) -> bool:
+                remote_hosts: Mapping[str, str] | None = None) -> bool | None:
     """Whether the results workbook at `path`, which showed the runs `kept` digested, still
-    shows the store's data: it has `kept`'s fingerprints, `head` (the input without its
-    runs) digests as it did, and so does every run of `changed` (every run written since,
-    with their histories; the caller makes sure none was removed and no point added)."""
+    shows the store's data: `head` (the input without its runs) digests as it did, and so
+    does every run of `changed` (every run written since, with their histories; the caller
+    makes sure none was removed and no point added). None when the file is not the one
+    `kept` describes (its fingerprints differ: another write): the digests cannot tell."""
+    if not shows(path, kept.fingerprints):
+        return None
     view = View(head, remote_hosts, lambda: ())
-    if view.head_digest() != kept.head or not shows(path, kept.fingerprints):
+    if view.head_digest() != kept.head:
         return False
     runs, histories = changed
     return all(kept.of(r.number) == view.run_digest(r, histories.get(r.key, {})) for r in runs)
