@@ -203,6 +203,7 @@ def main() -> None:
                 (RECONCILE_CHANGED, nero + ["reconcile"], done, None, "heartbeat"),
                 (RECONCILE_SHOWN, nero + ["reconcile"], done, None, "reason"),
                 (RECONCILE_EDITED, nero + ["reconcile"], done, None, "edit"),
+                (DIGEST, nero + ["digest", "--preview"], done, "Runs:", ""),
             ]
             rows.append((n, PEER, *peer, 1.0))
             for name, argv, cwd, check, cold in cases:
@@ -235,6 +236,7 @@ RECONCILE_CHANGED = "nero reconcile, a run changed"
 RECONCILE_SHOWN = "nero reconcile, results.xlsx rewritten"  # a run's reason changed: the workbook shows it
 PLAN_EDITED = "nero plan, the workbook saved again"  # every cache made from the workbook misses
 RECONCILE_EDITED = "nero reconcile, the workbook saved again"
+DIGEST = "nero digest --preview"  # every run read for the counts, leaderboard, resources and plots
 PEER = "sqlite3 (the same rows)"
 
 
@@ -251,7 +253,7 @@ def verdicts(rows: list[tuple[int, str, float, float, float]]) -> None:
     print("\n#14 must-show 1 (targets beside what was measured):")
     big, mid = near(100_000), near(10_000)
     for name in (STATUS, PLAN, RECONCILE, STATUS_CHANGED, PLAN_CHANGED, RECONCILE_CHANGED, RECONCILE_SHOWN,
-                 PLAN_EDITED, RECONCILE_EDITED):
+                 PLAN_EDITED, RECONCILE_EDITED, DIGEST):
         if big is None:
             print(f"  {name} at 100,000 runs: not measured (--sizes has no 100000)")
             continue

@@ -288,7 +288,8 @@ class DigestLoop:
             mailer = project.mailer()
             warnings: list[str] = []
             now = project.clock()
-            mail = mailer.digest(project.results_input(self.plan), project.results_path(), now, warnings=warnings)
+            head, runs = project.digest_input(self.plan)
+            mail = mailer.digest(head, project.results_path(), now, warnings=warnings, runs=runs)
             if mail is not None:
                 assert project.workbook is not None
                 warnings += mailer.deliver(project.workbook.settings, now)

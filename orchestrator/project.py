@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import ExpressionError, NeroError
 from .model import Cluster, ClusterResources, Freshness, NextBatch, Optimisation
@@ -32,7 +32,7 @@ from .sharing import MountTable, state_left_behind
 if TYPE_CHECKING:
     from .backends import Backend
     from .expr import Facts, Selector
-    from .mail import Mailer
+    from .mail import DigestRuns, Mailer
     from .metrics import Summary
     from .model import (
         Event,
@@ -300,8 +300,27 @@ class Project:
         return self._rec.results_path()
 
     def results_input(self, plan: Plan | None = None) -> ResultsInput:
-        """Everything the results workbook and the digest show, as of now."""
+        """Everything the results workbook and the digest show, as of now, every run held
+        (`digest_input` reads them a batch at a time)."""
         return self._rec.results_input(plan)
+
+    def digest_input(self, plan: Plan | None = None) -> tuple[ResultsInput, DigestRuns]:
+        """What the e-mail digest shows, as of now: the input without its runs, and where the
+        digest reads them, a batch at a time (and an experiment's runs when it plots them):
+        100,000 runs are never held whole."""
+        from .mail import DigestRuns
+        from .state.tally import experiment_records, histories_of, record_batches
+
+        store = self._rec.store
+
+        def batches() -> Iterator[tuple[list[RunRecord], dict[str, Any]]]:
+            return ((batch, histories_of(store, batch)) for batch in record_batches(store))
+
+        def experiment(name: str) -> tuple[list[RunRecord], dict[str, Any]]:
+            runs = sorted(experiment_records(store, [name]).values(), key=lambda r: r.number)
+            return runs, histories_of(store, runs)
+
+        return self._rec.digest_head(plan), DigestRuns(batches, experiment)
 
     def write_results(self, plan: Plan | None = None, charts: bool | None = None) -> bool:
         """Rewrite the results workbook if what it shows changed (`charts=True`: fresh curves)."""

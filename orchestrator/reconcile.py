@@ -1028,6 +1028,11 @@ class Reconciler:
             who_submitted=who_submitted(self.store),
         )
 
+    def digest_head(self, plan: Plan | None = None) -> ResultsInput:
+        """`results_input` without its runs (the digest reads them a batch at a time), every
+        event (what changed since the last digest)."""
+        return self._results_head(plan, None)
+
     def _with_runs(self, head: ResultsInput) -> ResultsInput:
         """`head` with every run, their histories, and the goals their metrics add."""
         runs = tuple(sorted(self.store.snapshot().values(), key=lambda r: r.number))

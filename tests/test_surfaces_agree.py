@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import openpyxl
@@ -32,6 +33,7 @@ from hypothesis import strategies as st
 
 from orchestrator.lifecycle import fold_metrics
 from orchestrator.mail.content import leaderboard, primary_metric
+from orchestrator.mail.digest import Audience, digest_runs
 from orchestrator.model import Desired, MetricPoint, NewAttempt, RunSpec, RunState, Update
 from orchestrator.project import Project
 from orchestrator.state import Store
@@ -189,6 +191,11 @@ def test_last_best_and_checkpoints_agree_on_every_surface(runs) -> None:
             goal = data.goals.get(metric, "min")
             bests = [x["best"] for x in leaders]
             assert bests == sorted(bests, reverse=goal == "max")
+            # the digest as it is sent: the runs read a batch at a time, what it shows as from them all
+            head, runs = project.digest_input()
+            [(_, streamed)] = digest_runs(head, runs, [Audience(())])
+            assert streamed.metric == metric and streamed.leaders() == leaders
+            assert (streamed.counts, streamed.total) == (Counter(r.state.value for r in data.runs), len(data.runs))
 
         # nero status --json
         status = json.loads(nero("status", str(workbook), "--json", check=True).stdout)

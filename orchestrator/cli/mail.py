@@ -48,9 +48,9 @@ def digest(workbook: str | None, mode: str, open_browser: bool) -> None:
         mailer = project.mailer()
         warnings: list[str] = []
         now = project.clock()
-        data = project.results_input(current_plan)
+        data, runs = project.digest_input(current_plan)
         if mode == "preview":
-            mail = mailer.preview(data, project.results_path(), now, warnings)
+            mail = mailer.preview(data, project.results_path(), now, warnings, runs=runs)
             folder = project.paths.preview
             folder.mkdir(parents=True, exist_ok=True)
             eml, page = folder / "digest.eml", folder / "digest.html"
@@ -64,7 +64,7 @@ def digest(workbook: str | None, mode: str, open_browser: bool) -> None:
             if open_browser:
                 click.launch(str(page))
             return
-        mail = mailer.digest(data, project.results_path(), now, force=True, warnings=warnings)
+        mail = mailer.digest(data, project.results_path(), now, force=True, warnings=warnings, runs=runs)
         assert mail is not None
         warnings += mailer.deliver(project.workbook.settings, now, force=True)
         for w in warnings:

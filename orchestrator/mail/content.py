@@ -26,26 +26,26 @@ from __future__ import annotations
 
 import hashlib
 import html as html_lib
-import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..metrics import default_goal, rank_key
-from ..model import FINISHED_STATES, Event, ResultsInput, RunRecord, RunSpec, Workbook
-from ..shown import metric_names, run_values
+from ..metrics import default_goal
+from ..model import Event, ResultsInput, RunRecord, RunSpec, Workbook
+from ..shown import run_values
 from ..units import format_metric
 from ..views import optimisation_line
 from .compose import Draft, Part, compose, message_id, render_message
+from .digest import DIGEST_TOP, Audience, Digested, DigestRuns, digest_runs
 from .formats import local_time, one_line
 
 __all__ = [
     "CHANGE_KINDS", "DETAILED_IN_GROUP", "DIGEST_CHANGES", "DIGEST_PLOTS", "DIGEST_TOP", "ENDINGS", "EVENT_WORDS",
     "GROUP_OVER", "STATE_ORDER", "TAIL_LINES", "Audience", "RunFacts", "addressed_batches", "build_digest",
-    "digest_audiences", "digest_of", "build_notice", "fallback_notice",
+    "digest_audiences", "build_notice", "fallback_notice",
     "is_detailed", "leaderboard", "needs_details", "notice_batches", "notice_item", "primary_metric", "slug_name",
 ]
 
@@ -57,7 +57,6 @@ ENDINGS = frozenset({"failed", "timeout", "terminated", "lost", "preempted"})
 TAIL_LINES = 40
 GROUP_OVER = 10  # more notices of one kind in one pass than this: one message lists them
 DETAILED_IN_GROUP = 3
-DIGEST_TOP = 10
 DIGEST_PLOTS = 8
 DIGEST_CHANGES = 25
 STATE_ORDER = ("running", "submitted", "pending", "completed", "failed", "terminated", "timeout",
@@ -92,14 +91,22 @@ def primary_metric(data: ResultsInput) -> str:
     """The metric the digest ranks by, as the results workbook's leaderboard: Settings
     `primary_metric`, else the first metric with a goal (declared first), else the first
     any run has."""
-    if data.settings.primary_metric:
-        return data.settings.primary_metric
-    for name in data.goals:
-        return name
-    for r in data.runs:
-        for name in metric_names(r, data.histories.get(r.key)):
-            return name
-    return ""
+    return _whole(data).metric
+
+
+def _whole(data: ResultsInput, metric: str | None = None) -> Digested:
+    """What the digest shows of a whole ResultsInput's runs (one batch), ranking `metric`
+    if given."""
+    runs = DigestRuns.of(data)
+    if metric is None:
+        [(_, d)] = digest_runs(data, runs, [Audience(())])
+        return d
+    d = Digested(data)
+    d.metric = metric
+    for batch, histories in runs.batches():
+        for r in batch:
+            d.add(r, histories.get(r.key))
+    return d
 
 
 def _cid(kind: str, n: int, token: str) -> str:
@@ -135,15 +142,6 @@ def addressed_batches(events: Sequence[Event], specs: Mapping[str, RunSpec],
     return batches
 
 
-@dataclass(frozen=True)
-class Audience:
-    """Who gets one digest, and of which rows (`experiments`; None: all of them)."""
-
-    recipients: tuple[str, ...]
-    experiments: frozenset[str] | None = None
-    person: str = ""
-
-
 def digest_audiences(data: ResultsInput) -> list[Audience]:
     """The digests to send: one of all rows to Settings email_to and every person whose
     digest is `all` (always, as before people: the outbox keeps it without recipients),
@@ -157,19 +155,6 @@ def digest_audiences(data: ResultsInput) -> list[Audience]:
         if p.digest == "mine" and rows and p.email not in everyone:
             audiences.append(Audience((p.email,), rows, p.name))
     return audiences
-
-
-def digest_of(data: ResultsInput, audience: Audience) -> ResultsInput:
-    """What `audience`'s digest shows: the runs (events, queue, histories) of its rows."""
-    if audience.experiments is None:
-        return data
-    runs = tuple(r for r in data.runs if r.experiment in audience.experiments)
-    keys = {r.key for r in runs}
-    return replace(data, runs=runs, events=tuple(e for e in data.events if e.key in keys),
-                   queue=tuple(q for q in data.queue if q[0] in keys),
-                   histories={k: v for k, v in data.histories.items() if k in keys},
-                   attempts=tuple(a for a in data.attempts if a.key in keys),
-                   attempt_histories={k: v for k, v in data.attempt_histories.items() if k[0] in keys})
 
 
 def is_detailed(index: int, count: int) -> bool:
@@ -271,14 +256,12 @@ def fallback_notice(event: Event, error: Exception, project_dir: Path, sender: s
 
 
 # ---------------------------------------------------------------------------- digest
-def _counts(data: ResultsInput) -> list[dict[str, Any]]:
+def _counts(d: Digested, every_row: bool) -> list[dict[str, Any]]:
     """Runs by state, then the runs the sheet asks for that have not started (held, or
     waiting for a slot or for the experiments named in `after`)."""
-    counts = Counter(r.state.value for r in data.runs)
-    rows = [{"state": s, "n": counts[s]} for s in STATE_ORDER if counts.get(s)]
-    rows += [{"state": s, "n": n} for s, n in sorted(counts.items()) if s not in STATE_ORDER]
-    known = {r.key for r in data.runs if not r.state.finished}
-    waiting = len({k for k, _ in data.queue if k not in known})
+    rows = [{"state": s, "n": d.counts[s]} for s in STATE_ORDER if d.counts.get(s)]
+    rows += [{"state": s, "n": n} for s, n in sorted(d.counts.items()) if s not in STATE_ORDER]
+    waiting = d.waiting(every_row)
     if waiting:
         rows.append({"state": "not started", "n": waiting})
     return rows
@@ -287,39 +270,14 @@ def _counts(data: ResultsInput) -> list[dict[str, Any]]:
 def leaderboard(data: ResultsInput, metric: str) -> list[dict[str, Any]]:
     """The digest's leaderboard of `metric`: the DIGEST_TOP runs with a finite best, the
     best first, with the values every surface shows (`orchestrator.shown`)."""
-    if not metric:
-        return []
-    goal = default_goal(metric, data.goals)
-    checkpoints = tuple(sorted({int(c) for c in data.settings.checkpoints}))
-    ranked = []
-    for r in data.runs:
-        shown = run_values(r, data.histories.get(r.key), data.goals, checkpoints, (metric,)).get(metric)
-        if shown is not None and shown.best is not None and math.isfinite(shown.best):
-            ranked.append((r, shown))
-    ranked.sort(key=lambda x: rank_key(goal, x[1].best))
-    return [{"rank": i + 1, "key": r.key, "state": r.state.value, "best": v.best, "last": v.last,
-             "at": dict(zip(checkpoints, v.at, strict=True)), "step": r.step, "runtime": r.runtime(data.now)}
-            for i, (r, v) in enumerate(ranked[:DIGEST_TOP])]
+    return _whole(data, metric).leaders() if metric else []
 
 
-def _resources(data: ResultsInput) -> dict[str, Any]:
-    by_cluster: dict[str, list[RunRecord]] = {}
-    for r in data.runs:
-        by_cluster.setdefault(r.cluster or "?", []).append(r)
-    clusters = []
-    for name, runs in sorted(by_cluster.items()):
-        rss = [r.peak_rss_mb for r in runs if r.peak_rss_mb is not None]
-        gpu = [r.peak_gpu_mem_mb for r in runs if r.peak_gpu_mem_mb is not None]
-        disk = [r.min_disk_free_mb for r in runs if r.min_disk_free_mb is not None]
-        cpu_s = sum(r.runtime(data.now) or 0.0 for r in runs)
-        clusters.append({
-            "name": name, "live": sum(1 for r in runs if r.state.live), "runs": len(runs),
-            "runtime": cpu_s, "peak_rss": max(rss) if rss else None, "peak_gpu": max(gpu) if gpu else None,
-            "min_disk": min(disk) if disk else None,
-        })
-    hungry = sorted((r for r in data.runs if r.peak_rss_mb is not None), key=lambda r: -(r.peak_rss_mb or 0))[:3]
+def _resources(d: Digested) -> dict[str, Any]:
+    clusters = [{"name": name, "live": c.live, "runs": c.runs, "runtime": c.runtime, "peak_rss": c.rss,
+                 "peak_gpu": c.gpu, "min_disk": c.disk} for name, c in sorted(d.clusters.items())]
     return {"clusters": clusters, "hungry": [{"key": r.key, "rss": r.peak_rss_mb, "gpu": r.peak_gpu_mem_mb}
-                                            for r in hungry]}
+                                            for r in d.hungry()]}
 
 
 def _changes(data: ResultsInput, since: float | None) -> dict[str, Any]:
@@ -334,33 +292,29 @@ def _changes(data: ResultsInput, since: float | None) -> dict[str, Any]:
     }
 
 
-def _experiment_plots(data: ResultsInput, metric: str, token: str,
+def _experiment_plots(data: ResultsInput, d: Digested, runs_of: DigestRuns, token: str,
                       warnings: list[str]) -> tuple[list[dict[str, Any]], list[Part], int]:
-    """One plot of `metric` (else the experiment's first metric) per experiment, the most
-    recently active experiments first; returns (plots, images, experiments left out)."""
+    """One plot of the digest's metric (else the experiment's first metric) per experiment,
+    the most recently active experiments first, each experiment's runs read when it is
+    plotted; returns (plots, images, experiments left out)."""
     from ..plots import experiment_curves_png
 
-    last_seen: dict[str, float] = {}
-    for r in data.runs:
-        t = max(x for x in (r.ended_at, r.heartbeat_at, r.started_at, r.submitted_at, 0.0) if x is not None)
-        last_seen[r.experiment] = max(last_seen.get(r.experiment, 0.0), t)
-    experiments = sorted(last_seen, key=lambda e: -last_seen[e])
+    experiments = sorted(d.last_seen, key=lambda e: -d.last_seen[e])
     plots: list[dict[str, Any]] = []
     images: list[Part] = []
     skipped = 0
     for experiment in experiments:
-        runs = [r for r in data.runs if r.experiment == experiment]
-        names = [m for r in runs for m, pts in data.histories.get(r.key, {}).items() if pts]
+        names = d.names.get(experiment)
         if not names:
             continue
         if len(plots) >= DIGEST_PLOTS:
             skipped += 1
             continue
-        chosen = metric if metric in names else sorted(set(names))[0]
+        chosen = d.metric if d.metric in names else sorted(names)[0]
         goal = default_goal(chosen, data.goals)
         try:
-            png = experiment_curves_png(runs, data.histories, chosen, goal,
-                                        f"{experiment}: {chosen} ({goal} is better)")
+            runs, histories = runs_of.experiment(experiment)
+            png = experiment_curves_png(runs, histories, chosen, goal, f"{experiment}: {chosen} ({goal} is better)")
         except Exception as e:  # a plot must not cost the digest
             warnings.append(f"digest: no plot for {experiment}: {type(e).__name__}: {e}")
             continue
@@ -391,27 +345,26 @@ def _searches(data: ResultsInput, token: str, images: list[Part], warnings: list
     return out
 
 
-def build_digest(data: ResultsInput, attachments: Sequence[Part], attachment_note: str, since: float | None,
-                 project_dir: Path, sender: str, recipients: tuple[str, ...], now: float,
-                 warnings: list[str], rows: Sequence[str] = ()) -> Draft:
-    """The digest of `data` since the last one (`since`; None: the first), with the
-    results workbook attached (`attachments`) or `attachment_note` saying why not; `rows`
-    names the experiments a person's own digest covers (`digest_of`)."""
-    metric = primary_metric(data)
+def build_digest(data: ResultsInput, d: Digested, runs_of: DigestRuns, attachments: Sequence[Part],
+                 attachment_note: str, since: float | None, project_dir: Path, sender: str,
+                 recipients: tuple[str, ...], now: float, warnings: list[str], rows: Sequence[str] = ()) -> Draft:
+    """The digest since the last one (`since`; None: the first) of the runs `d` learnt
+    (`digest.digest_runs`) and `data`'s events, with the results workbook attached
+    (`attachments`) or `attachment_note` saying why not; `rows` names the experiments a
+    person's own digest covers (none: every row)."""
+    metric = d.metric
     msg_id = message_id("digest", sender)
     token = _token(msg_id)
-    plots, images, skipped = _experiment_plots(data, metric, token, warnings)
-    counts = _counts(data)
-    live = sum(1 for r in data.runs if r.state.live)
+    plots, images, skipped = _experiment_plots(data, d, runs_of, token, warnings)
+    counts = _counts(d, every_row=not rows)
     ctx = {
         "project": project_dir.name, "workbook": data.experiments_path, "now": now, "since": since,
-        "counts": counts, "total": len(data.runs), "live": live,
+        "counts": counts, "total": d.total, "live": d.live,
         "summary": ", ".join(f"{c['n']} {c['state']}" for c in counts) or "no runs yet",
         "changes": _changes(data, since), "metric": metric, "goal": default_goal(metric, data.goals),
-        "leaders": leaderboard(data, metric), "plots": plots, "plots_skipped": skipped,
-        "resources": _resources(data), "attachment": attachments[0].filename if attachments else "",
-        "attachment_note": attachment_note,
-        "finished": sum(1 for r in data.runs if r.state in FINISHED_STATES), "rows": sorted(rows),
+        "leaders": d.leaders() if metric else [], "plots": plots, "plots_skipped": skipped,
+        "resources": _resources(d), "attachment": attachments[0].filename if attachments else "",
+        "attachment_note": attachment_note, "finished": d.finished, "rows": sorted(rows),
         "searches": _searches(data, token, images, warnings),
     }
     subject, text, html = render_message("digest", ctx, project_dir, warnings)

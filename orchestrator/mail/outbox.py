@@ -60,11 +60,11 @@ from .content import (
     build_digest,
     build_notice,
     digest_audiences,
-    digest_of,
     fallback_notice,
     is_detailed,
     needs_details,
 )
+from .digest import Audience, Digested, DigestRuns, digest_runs
 from .smtp import (
     Broken,
     Refused,
@@ -250,43 +250,49 @@ class Mailer:
 
     # ------------------------------------------------------------ digests
     def digest(self, data: ResultsInput, results_file: Path | None, now: float, *, force: bool = False,
-               warnings: list[str] | None = None) -> Mail | None:
+               warnings: list[str] | None = None, runs: DigestRuns | None = None) -> Mail | None:
         """Queue the digests (and remember their time); without `force` only if something
         happened since the last one or runs are live. Returns the digest of all rows (to
-        email_to); the per-person digests (`content.digest_audiences`) are queued with it."""
+        email_to); the per-person digests (`content.digest_audiences`) are queued with it.
+        `runs`: where the runs are read, a batch at a time, for `data` without them (default:
+        `data`'s runs)."""
         warnings = [] if warnings is None else warnings
         raw = self.store.get_meta(DIGEST_KEY)
         since = float(raw) if raw else None
+        runs = runs or DigestRuns.of(data)
+        audiences = digest_audiences(data)
+        shown = digest_runs(data, runs, audiences)
         if not force:
             changed = any(e.time > since for e in data.events) if since is not None else bool(data.events)
-            if not changed and not any(r.state.live for r in data.runs):
+            if not changed and not shown[0][1].live:
                 return None
         mails = []
-        for audience in digest_audiences(data):
-            shown = digest_of(data, audience)
+        for audience, (rows_data, digested) in zip(audiences, shown, strict=True):
             sender, recipients, status = self._route(data.settings, warnings, audience.recipients)
-            mails.append(self._digest(shown, results_file, since, sender, recipients, status, now, warnings,
-                                      sorted(audience.experiments or ())))
+            mails.append(self._digest(rows_data, digested, runs, results_file, since, sender, recipients, status,
+                                      now, warnings, sorted(audience.experiments or ())))
         stored = self.store.enqueue_mail(mails, now, meta={DIGEST_KEY: repr(now)})
         self._write_files(stored, warnings)
         return stored[0]
 
     def preview(self, data: ResultsInput, results_file: Path | None, now: float,
-                warnings: list[str] | None = None) -> Mail:
+                warnings: list[str] | None = None, runs: DigestRuns | None = None) -> Mail:
         """The digest as it would be sent now, not queued (the next digest still covers the
         same period)."""
         warnings = [] if warnings is None else warnings
         raw = self.store.get_meta(DIGEST_KEY)
         sender, recipients, _ = self._route(data.settings, warnings)
-        return self._digest(data, results_file, float(raw) if raw else None, sender, recipients, "preview", now,
-                            warnings)
+        runs = runs or DigestRuns.of(data)
+        [(_, digested)] = digest_runs(data, runs, [Audience(recipients)])
+        return self._digest(data, digested, runs, results_file, float(raw) if raw else None, sender, recipients,
+                            "preview", now, warnings)
 
-    def _digest(self, data: ResultsInput, results_file: Path | None, since: float | None, sender: str,
-                recipients: tuple[str, ...], status: str, now: float, warnings: list[str],
-                rows: Sequence[str] = ()) -> Mail:
+    def _digest(self, data: ResultsInput, digested: Digested, runs: DigestRuns, results_file: Path | None,
+                since: float | None, sender: str, recipients: tuple[str, ...], status: str, now: float,
+                warnings: list[str], rows: Sequence[str] = ()) -> Mail:
         attachments, note = _results_attachment(results_file)
-        draft = build_digest(data, attachments, note, since, self.project_dir, sender, recipients, now, warnings,
-                             rows)
+        draft = build_digest(data, digested, runs, attachments, note, since, self.project_dir, sender, recipients,
+                             now, warnings, rows)
         return _mail(draft, sender, recipients, status, now)
 
     # ------------------------------------------------------------ files
