@@ -30,7 +30,7 @@ from pathlib import Path
 from .metrics import Summary
 from .model import RunRecord, Series
 
-__all__ = ["ATTEMPT_COLUMNS", "attempts_frame", "runs_frame", "metrics_frame", "export", "json_ready", "table"]
+__all__ = ["ATTEMPT_COLUMNS", "attempts_frame", "concat", "runs_frame", "metrics_frame", "export", "json_ready", "table"]
 
 # the attempts frame's columns before the `last:`/`best:` ones (all of them when it is empty)
 ATTEMPT_COLUMNS = ("run", "attempt", "number", "experiment", "state", "reason", "cluster", "job_id", "host", "who",
@@ -69,6 +69,18 @@ def _frame(runs: Sequence[RunRecord], now: float, values: Sequence[Mapping[str, 
         rows.append(row)
     frame = pd.DataFrame(rows)
     return frame.set_index("run") if len(frame) else frame
+
+
+def concat(frames: Sequence):
+    """The frames of `runs_frame` made a batch of runs at a time, as one (the frame of every
+    run at once: its columns in the order they first appear, each of the type its values
+    make together)."""
+    import pandas as pd
+
+    parts = [f for f in frames if len(f)]
+    if not parts:
+        return pd.DataFrame()
+    return parts[0] if len(parts) == 1 else pd.concat(parts, sort=False)
 
 
 def attempts_frame(attempts: Sequence[RunRecord], now: float,

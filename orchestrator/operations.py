@@ -288,7 +288,7 @@ def plot(project: Project, selector: str, metric: str, output: str | Path | None
     if with_attempts:
         keys = {r.key for r in runs}
         earlier = {(k, a): h for (k, a), h in project.earlier_histories().items() if k in keys}
-    return draw_curves(runs, project.histories(), metric, out, goal=goal, earlier=earlier), len(runs)
+    return draw_curves(runs, project.histories(runs), metric, out, goal=goal, earlier=earlier), len(runs)
 
 
 @dataclass(frozen=True)

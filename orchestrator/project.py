@@ -440,8 +440,13 @@ class Project:
         """The known metrics: the Metrics rows' and those the runs' current attempts produced."""
         return self._rec.metric_names()
 
-    def histories(self) -> dict[str, dict[str, Series]]:
-        """Every run's metric histories (its current attempt): run key → metric → points."""
+    def histories(self, runs: Iterable[RunRecord] | None = None) -> dict[str, dict[str, Series]]:
+        """Every run's metric histories (its current attempt): run key → metric → points; of
+        `runs` alone if given (read for them, not every run)."""
+        if runs is not None:
+            from .state.tally import histories_of
+
+            return histories_of(self._rec.store, runs)
         return self._rec.store.histories()
 
     def earlier_attempts(self, keys: Iterable[str] | None = None) -> list[RunRecord]:
@@ -465,11 +470,11 @@ class Project:
             earlier.setdefault(key, []).append((attempt, h))
         current = self.histories()
         out: dict[tuple[str, int], dict[str, Series]] = {}
-        for r in self.runs():
-            for attempt, h in earlier.get(r.key, ()):
-                out[(r.key, attempt)] = h
-            if r.key in current:
-                out[(r.key, r.attempt)] = current[r.key]
+        for key, attempt in self._rec.store.db.execute("SELECT key, attempt FROM runs ORDER BY number"):
+            for earlier_attempt, h in earlier.get(key, ()):
+                out[(key, earlier_attempt)] = h
+            if key in current:
+                out[(key, attempt)] = current[key]
         return out
 
     def checkpoints(self) -> tuple[int, ...]:
@@ -514,11 +519,12 @@ class Project:
         (its current attempt) with its parameters, state, timings and `last:`/`best:`/
         `metric@checkpoint` values (`metric_values`); one row per point of every attempt,
         with its `attempt`."""
-        from .frames import metrics_frame, runs_frame
+        from .frames import concat, metrics_frame, runs_frame
 
-        runs = self.runs()
-        return (runs_frame(runs, self.clock(), self.metric_values(runs), self.checkpoints()),
-                metrics_frame(self.attempt_histories()))
+        now, checkpoints = self.clock(), self.checkpoints()
+        # a batch of runs at a time, each batch's frame kept (100,000 runs and their row dicts held 600 MB)
+        runs = concat([runs_frame(batch, now, self.metric_values(batch), checkpoints) for batch in self.run_batches()])
+        return runs, metrics_frame(self.attempt_histories())
 
     def attempts_frame(self):
         """The earlier attempts as a pandas DataFrame (`orchestrator.frames.attempts_frame`):
