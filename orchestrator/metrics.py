@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GOALS", "MAX_GOAL_NAMES", "SOURCE_RANK",
-    "default_goal", "goals_of", "better", "improves", "best", "best_finite", "rank_key", "last",
+    "default_goal", "goals_of", "ranked_metric", "better", "improves", "best", "best_finite", "rank_key", "last",
     "number_steps", "value_at", "Summary", "shown_best", "summarize", "source_rank", "supersedes", "prefer_tracked",
     "unknown_metric",
 ]
@@ -110,6 +110,14 @@ def default_goal(metric: str, declared_goals: Mapping[str, str] | None = None) -
     if goal in GOALS:
         return goal  # type: ignore[return-value]
     return "max" if metric.split("@")[0].lower() in MAX_GOAL_NAMES else "min"
+
+
+def ranked_metric(primary: str, declared_goals: Iterable[str], first_last: str, first_any: str) -> str:
+    """The metric a project's runs are ranked by (the results workbook's leaderboard, the
+    digest, `nero status`): Settings `primary_metric`, else the first metric with a declared
+    goal, else the first metric a run stored a last value of (by run number), else the first
+    any run has (`first_any`)."""
+    return primary or next(iter(declared_goals), "") or first_last or first_any
 
 
 def goals_of(names: Iterable[str], declared_goals: Mapping[str, str]) -> dict[str, str]:

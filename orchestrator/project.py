@@ -281,7 +281,7 @@ class Project:
             return Freshness(last, False, note=str(e).splitlines()[0])
         from .state.tally import records_of
 
-        ended = tuple(r.key for r in records_of(self._rec.store, keys) if r.state.finished) if keys else ()
+        ended = {r.key for r in records_of(self._rec.store, keys) if r.state.finished} if keys else set()
         return Freshness(last, False, refreshed=tuple(keys), note=note, ended=tuple(k for k in keys if k in ended))
 
     def apply_now(self, prune: bool = False) -> PassReport | None:
@@ -309,18 +309,15 @@ class Project:
         digest reads them, a batch at a time (and an experiment's runs when it plots them):
         100,000 runs are never held whole."""
         from .mail import DigestRuns
-        from .state.tally import experiment_records, histories_of, record_batches
+        from .state.tally import experiment_records, histories_of, history_batches
 
         store = self._rec.store
-
-        def batches() -> Iterator[tuple[list[RunRecord], dict[str, Any]]]:
-            return ((batch, histories_of(store, batch)) for batch in record_batches(store))
 
         def experiment(name: str) -> tuple[list[RunRecord], dict[str, Any]]:
             runs = sorted(experiment_records(store, [name]).values(), key=lambda r: r.number)
             return runs, histories_of(store, runs)
 
-        return self._rec.digest_head(plan), DigestRuns(batches, experiment)
+        return self._rec.digest_head(plan), DigestRuns(lambda: history_batches(store), experiment)
 
     def write_results(self, plan: Plan | None = None, charts: bool | None = None) -> bool:
         """Rewrite the results workbook if what it shows changed (`charts=True`: fresh curves)."""

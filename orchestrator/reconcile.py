@@ -72,12 +72,12 @@ from .state.tally import (
     changed_since,
     experiment_records,
     histories_of,
+    history_batches,
     live_clusters,
     live_records,
     metric_names,
     orphaned_keys,
     planning_records,
-    record_batches,
     records_of,
     run_count,
     who_submitted,
@@ -1059,7 +1059,7 @@ class Reconciler:
         fingerprints = None
 
         def batches() -> Iterator[tuple[list[RunRecord], dict[str, Any]]]:  # every run, 2,000 at a time
-            return ((batch, histories_of(self.store, batch)) for batch in record_batches(self.store))
+            return history_batches(self.store)
 
         shown = False
         digests: list[RunDigests] = []

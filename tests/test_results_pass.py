@@ -38,15 +38,15 @@ def project(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def full_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many times a pass read every run (`tally.record_batches`)."""
+    """How many times a pass read every run (`tally.history_batches`)."""
     calls: list[int] = []
-    every = reconcile_module.record_batches
+    every = reconcile_module.history_batches
 
     def counted(store, *args, **kwargs):  # type: ignore[no-untyped-def]
         calls.append(1)
         return every(store, *args, **kwargs)
 
-    monkeypatch.setattr(reconcile_module, "record_batches", counted)
+    monkeypatch.setattr(reconcile_module, "history_batches", counted)
     return calls
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..errors import NeroError
+from ..metrics import ranked_metric
 from ..operations import history_rows, run_rows, run_values
 from ..project import Project
 from ..shown import who_shown
@@ -223,8 +224,7 @@ def _summary(project: Project, now: float) -> None:
     else the first any run recorded (as the results workbook's leaderboard); the runs are
     counted and the few shown found in SQL (`Project.tally`), none is read besides."""
     wb = project.workbook
-    metric = wb.settings.primary_metric if wb else ""
-    metric = metric or next(iter(wb.goals), "") if wb else metric
+    metric = ranked_metric(wb.settings.primary_metric, wb.goals, "", "") if wb else ""  # the runs' own: tally
     print_summary(project.tally(metric, SHOWN, ATTENTION), now, summary_rows())
 
 

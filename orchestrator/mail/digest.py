@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..metrics import default_goal, rank_key
+from ..metrics import default_goal, rank_key, ranked_metric
 from ..model import FINISHED_STATES, ResultsInput, RunRecord
 from ..shown import Summary, metric_names, run_values
 
@@ -86,7 +86,7 @@ class Digested:
     _seen: int = 0
 
     def __post_init__(self) -> None:
-        self.metric = self.data.settings.primary_metric or next(iter(self.data.goals), "")
+        self.metric = ranked_metric(self.data.settings.primary_metric, self.data.goals, "", "")
         self._queue = {k for k, _ in self.data.queue}
         self._checkpoints = tuple(sorted({int(c) for c in self.data.settings.checkpoints}))
 
@@ -168,10 +168,8 @@ def digest_runs(head: ResultsInput, runs: DigestRuns,
 
 
 def _first_metrics(undecided: Sequence[Digested], runs: DigestRuns) -> None:
-    """The metric `undecided` rank (no primary_metric, no goal declared), as the results
-    workbook's leaderboard decides it, for every row alike: the first metric a run stored a
-    last value of (by `#`), else the first any run has. A pass of its own: the leaderboards
-    are ranked in the next one."""
+    """The metric `undecided` rank (no primary_metric, no goal declared: `metrics.ranked_metric`),
+    for every row alike. A pass of its own: the leaderboards are ranked in the next one."""
     if not undecided:
         return
     first_last = first_any = ""
@@ -185,7 +183,7 @@ def _first_metrics(undecided: Sequence[Digested], runs: DigestRuns) -> None:
         if first_last:
             break
     for d in undecided:
-        d.metric = first_last or first_any
+        d.metric = ranked_metric("", (), first_last, first_any)
 
 
 def _rows_of(head: ResultsInput, audience: Audience, experiment_of: Mapping[str, str] | None) -> ResultsInput:

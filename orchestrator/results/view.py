@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..curves import Magnitudes, finite, normalize
-from ..metrics import default_goal, goals_of
+from ..metrics import default_goal, goals_of, ranked_metric
 from ..model import ResultsInput, RunRecord
 from ..shown import run_values, signature
 
@@ -187,7 +187,7 @@ class View:
     def _layout(self) -> tuple[dict[str, str], list[str], list[str], str]:
         goals = goals_of(self.survey.lasts, self.data.goals)  # the input's goals, or the declared ones
         metrics, attempt_metrics = self._columns(goals, self.survey.names)
-        return goals, metrics, attempt_metrics, self.data.settings.primary_metric or (metrics[0] if metrics else "")
+        return goals, metrics, attempt_metrics, self._ranked(self.survey)
 
     @property
     def metrics(self) -> list[str]:
@@ -200,7 +200,7 @@ class View:
 
     @property
     def primary(self) -> str:
-        """Settings' primary_metric, else the first metric."""
+        """What the leaderboard ranks (`metrics.ranked_metric`)."""
         return self._layout[3]
 
     def points(self) -> int:
@@ -213,6 +213,11 @@ class View:
     def _history_signature(self, key: Any) -> tuple[Any, ...]:
         h = (self.data.attempt_histories if isinstance(key, tuple) else self.data.histories).get(key, {})
         return tuple((m, signature(p)) for m, p in h.items())
+
+    def _ranked(self, sv: Survey) -> str:
+        """The leaderboard's metric (`metrics.ranked_metric`) of the runs `sv` saw."""
+        return ranked_metric(self.data.settings.primary_metric, self.data.goals, next(iter(sv.lasts), ""),
+                             next(iter(sv.names), ""))
 
     def _columns(self, goals: Mapping[str, str], names: Mapping[str, None]) -> tuple[list[str], list[str]]:
         """(the Summary's metrics, the Attempts sheet's): the primary metric, the goals'
@@ -263,8 +268,7 @@ class View:
                     digests += digest
         goals = goals_of(sv.lasts, d.goals)
         metrics, attempt_metrics = self._columns(goals, sv.names)
-        primary = d.settings.primary_metric or (metrics[0] if metrics else "")
-        common = _bytes((FORMAT_VERSION, primary, list(goals.items()), metrics))
+        common = _bytes((FORMAT_VERSION, self._ranked(sv), list(goals.items()), metrics))
         curves.update(common)
         head = self.head_digest()
         summary.update(common + _bytes(attempt_metrics) + head)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..metrics import ranked_metric
 from ..model import RunRecord, Series
 from .cache import cached, data_version, keep
 from .histories import METRIC_ROWS, RunHistories, merge
@@ -25,7 +26,7 @@ from .schema import CHANGED_AT, CHANGES_SINCE, LIVE_WHERE, PLANNING_SQL, SNAPSHO
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["Tally", "any_intent", "changed_since", "experiment_records", "first_metric", "histories_of", "live_clusters",
+__all__ = ["Tally", "any_intent", "changed_since", "experiment_records", "first_metric", "histories_of", "history_batches", "live_clusters",
            "live_records", "metric_names", "orphaned_keys",
            "planning_records", "record_batches", "records_of", "run_count", "shown_names", "submitters", "tally", "who_submitted"]
 
@@ -111,6 +112,12 @@ def record_batches(store: Store, size: int = 2_000) -> Iterator[list[RunRecord]]
         yield batch
 
 
+def history_batches(store: Store) -> Iterator[tuple[list[RunRecord], dict[str, dict[str, Series]]]]:
+    """`record_batches` with each batch's histories (`histories_of`): every run and its
+    metric histories, a batch at a time (the results workbook, the digest)."""
+    return ((batch, histories_of(store, batch)) for batch in record_batches(store))
+
+
 def records_of(store: Store, keys: Iterable[str]) -> list[RunRecord]:
     """The runs of `keys` (those that exist) as `record_batches` reads them, by number."""
     wanted, out = sorted(set(keys)), []
@@ -188,10 +195,15 @@ def _records(store: Store, where: str, order: str, limit: int, args: tuple = ())
 
 
 def first_metric(store: Store) -> str:
-    """The first metric any run recorded a best value of (by run number), else ""."""
-    row = store.db.execute(f"SELECT a.best {_CURRENT} WHERE a.best NOT IN ('', '{{}}') ORDER BY r.number LIMIT 1"
-                           ).fetchone()
-    return next(iter(json.loads(row[0])), "") if row else ""
+    """The metric the runs are ranked by when no primary_metric or goal says
+    (`metrics.ranked_metric`): the first metric a run stored a last value of (by run number),
+    else the first it stored a best value of."""
+    def first(column: str) -> str:
+        row = store.db.execute(f"SELECT a.{column} {_CURRENT} WHERE a.{column} NOT IN ('', '{{}}') "
+                               "ORDER BY r.number LIMIT 1").fetchone()
+        return next(iter(json.loads(row[0])), "") if row else ""
+
+    return ranked_metric("", (), first("last"), first("best"))
 
 
 def tally(store: Store, metric: str = "", goal_of: Callable[[str], str] = lambda m: "min", shown: int = 10,
@@ -200,7 +212,7 @@ def tally(store: Store, metric: str = "", goal_of: Callable[[str], str] = lambda
     orphaned, the counts and the `shown` latest changed; the `shown` latest changed; and the
     `shown` best by `metric` (the best value each run's current attempt recorded, by its goal
     `goal_of(metric)`, "max" or "min"); without `metric`, the first any run recorded (by run
-    number). Kept in the cache until the store's data changes."""
+    number: `first_metric`). Kept in the cache until the store's data changes."""
     metric = metric or first_metric(store)
     goal = goal_of(metric) if metric else "min"
     version = data_version(store)
