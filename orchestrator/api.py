@@ -363,14 +363,14 @@ class Project:
 
         core = self.core
         wanted = [names] if isinstance(names, str) else None if names is None else list(names)
-        keys = None
+        runs = None
         if selector is not None:
-            keys = {c.key for c in operations.select(core, selector, warn=_warn) if c.record}
-        histories = core.attempt_histories()
+            runs = [c.record for c in operations.select(core, selector, warn=_warn) if c.record]
+        histories = core.attempt_histories(runs)  # of the selected runs alone
         if wanted is not None:
             self._check_metrics(wanted, histories)
         return metrics_frame({at: {m: p for m, p in h.items() if wanted is None or m in wanted}
-                              for at, h in histories.items() if keys is None or at[0] in keys})
+                              for at, h in histories.items()})
 
     def _check_metrics(self, wanted: Sequence[str], histories: dict) -> None:
         from .metrics import unknown_metric

@@ -304,10 +304,19 @@ class Exported:
 def export(project: Project, output: str | Path) -> Exported:
     """`nero export -o FILE`: every run (parameters, state, timings, last and best metrics of
     its current attempt), every metric point of every attempt and the earlier attempts, by
-    the file's suffix (`frames.export`: .csv, .json or .parquet). ValueError for another suffix."""
+    the file's suffix (`frames.export`: .csv, .json or .parquet), written a batch of runs at
+    a time. ValueError for another suffix (or .parquet without pyarrow)."""
     from .frames import export as write
 
-    runs, metrics = project.frames()
+    counted = {"runs": 0, "points": 0}
+
+    def counting(frames: Iterable, what: str) -> Iterator:
+        for frame in frames:
+            counted[what] += len(frame)
+            yield frame
+
     attempts = project.attempts_frame()
-    paths = write(runs, metrics, Path(output), attempts)
-    return Exported(tuple(paths), len(runs), len(attempts), len(metrics))
+    with project.reading():  # a batch at a time, the runs and their points of one state of the store
+        paths = write(counting(project.run_frames(), "runs"), counting(project.metric_frames(), "points"),
+                      Path(output), attempts)
+    return Exported(tuple(paths), counted["runs"], len(attempts), counted["points"])

@@ -130,11 +130,12 @@ class Project:
         """The workbook as last read by `load()`; None before."""
         return self._rec.workbook
 
-    def load(self, keep_last_good: bool = False, settle_s: float = 0.0) -> list[str]:
+    def load(self, keep_last_good: bool = False, settle_s: float = 0.0, check: bool = True) -> list[str]:
         """Read the workbook if it changed since the last read (and, with `settle_s`, has
         not changed for that long since); returns warnings. Raises WorkbookError unless
-        `keep_last_good` and a good workbook was read before."""
-        return self._rec.load(keep_last_good=keep_last_good, settle_s=settle_s)
+        `keep_last_good` and a good workbook was read before. `check=False`: read, not
+        checked against the runs (`Reconciler.load`), for what only shows values."""
+        return self._rec.load(keep_last_good=keep_last_good, settle_s=settle_s, check=check)
 
     # ------------------------------------------------------------ clusters
     def backend(self, cluster: str) -> Backend:
@@ -459,19 +460,15 @@ class Project:
         """The metric histories of `earlier_attempts()`: (run key, attempt) → metric → points."""
         return self._rec.store.earlier_histories()
 
-    def attempt_histories(self) -> dict[tuple[str, int], dict[str, Series]]:
+    def attempt_histories(self, runs: Iterable[RunRecord] | None = None) -> dict[tuple[str, int], dict[str, Series]]:
         """Every attempt's metric histories, earlier and current, by run number then attempt:
-        (run key, attempt) → metric → points (attempts without a point left out)."""
-        earlier: dict[str, list[tuple[int, dict[str, Series]]]] = {}
-        for (key, attempt), h in self.earlier_histories().items():
-            earlier.setdefault(key, []).append((attempt, h))
-        current = self.histories()
+        (run key, attempt) → metric → points (attempts without a point left out); of `runs`
+        alone if given (`tally.attempt_histories_of`, read a batch of runs at a time)."""
+        from .state.tally import attempt_histories_of
+
         out: dict[tuple[str, int], dict[str, Series]] = {}
-        for key, attempt in self._rec.store.db.execute("SELECT key, attempt FROM runs ORDER BY number"):
-            for earlier_attempt, h in earlier.get(key, ()):
-                out[(key, earlier_attempt)] = h
-            if key in current:
-                out[(key, attempt)] = current[key]
+        for batch in self.run_batches() if runs is None else [sorted(runs, key=lambda r: r.number)]:
+            out.update(attempt_histories_of(self._rec.store, batch))
         return out
 
     def checkpoints(self) -> tuple[int, ...]:
@@ -482,7 +479,7 @@ class Project:
     def _shown_settings(self) -> tuple[dict[str, str], tuple[int, ...]]:
         if self.workbook is None:
             try:
-                self.load()
+                self.load(check=False)  # its goals and checkpoints: nothing is decided (after an edit: 100,000 runs)
             except NeroError:
                 return {}, ()
         wb = self.workbook
@@ -515,13 +512,61 @@ class Project:
         """(runs, metrics) as pandas DataFrames (see `orchestrator.frames`): one row per run
         (its current attempt) with its parameters, state, timings and `last:`/`best:`/
         `metric@checkpoint` values (`metric_values`); one row per point of every attempt,
-        with its `attempt`."""
-        from .frames import concat, metrics_frame, runs_frame
+        with its `attempt`. The batches of `run_frames` and `metric_frames`, joined."""
+        from .frames import concat
 
-        now, checkpoints = self.clock(), self.checkpoints()
-        # a batch of runs at a time, each batch's frame kept (100,000 runs and their row dicts held 600 MB)
-        runs = concat([runs_frame(batch, now, self.metric_values(batch), checkpoints) for batch in self.run_batches()])
-        return runs, metrics_frame(self.attempt_histories())
+        with self.reading():
+            return concat(self.run_frames()), concat(self.metric_frames())
+
+    def reading(self):
+        """A read transaction (a context): the reads inside it see one state of the store, as
+        another process goes on writing (`frames`, `nero export`: the runs and their points
+        agree). Read the workbook (`load`, `checkpoints`) before: it may write."""
+        self.checkpoints()
+        return self._rec.store.reading()
+
+    def frame_columns(self):
+        """The runs frame's columns and their types (`frames.Columns`), from every run: the
+        parameters (`state.tally.param_kinds`), the metrics (`shown_names`) and the checkpoints."""
+        from .frames import Columns, param_dtype
+        from .state.tally import param_kinds
+
+        total = self.run_count()
+        params = tuple((name, param_dtype(kinds, n == total)) for name, kinds, n in param_kinds(self._rec.store))
+        return Columns(params, tuple(self.shown_names()), self.checkpoints())
+
+    def run_frames(self, size: int = 2_000) -> Iterator:
+        """The runs frame (`frames.runs_frame`) `size` runs at a time (`run_batches`), every
+        batch of the same columns and types (`frame_columns`): one empty frame when there
+        is no run. Inside `reading()`, so the columns fixed first fit every batch."""
+        from .frames import runs_frame
+
+        columns, now, made = self.frame_columns(), self.clock(), False
+        for batch in self.run_batches(size):
+            made = True
+            yield runs_frame(batch, now, self.metric_values(batch), columns)
+        if not made:
+            yield runs_frame([], now, {}, columns)
+
+    def metric_frames(self, points: int = 250_000) -> Iterator:
+        """The tidy metrics frame (`frames.metrics_frame`: run, attempt, metric, step, value)
+        of every attempt of every run, by run number then attempt, about `points` points at
+        a time (the histories of a batch of runs at most held besides): one empty frame when
+        there is no point."""
+        from .frames import metrics_frame
+
+        chunk: dict[tuple[str, int], dict[str, Series]] = {}
+        held, made = 0, False
+        for batch in self.run_batches():
+            for at, per in self.attempt_histories(batch).items():
+                chunk[at] = per
+                held += sum(len(s) for s in per.values())
+                if held >= points:
+                    made = True
+                    yield metrics_frame(chunk)
+                    chunk, held = {}, 0
+        if chunk or not made:
+            yield metrics_frame(chunk)
 
     def attempts_frame(self):
         """The earlier attempts as a pandas DataFrame (`orchestrator.frames.attempts_frame`):

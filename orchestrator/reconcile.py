@@ -192,6 +192,7 @@ class Reconciler:
         self._layers = ""  # the stamp of the user file and NERO_ variables last read (userconfig.Layers)
         self._key = ""  # the stamp of the workbook read, nero's code and the templates (see _workbook_key)
         self._stamp: tuple[int, int] | None = None
+        self._checked = False  # the workbook last read was checked against the state (`load(check=False)` not)
         self._backends: dict[str, Backend] = {}
         self._results_fingerprint = ""
         self._results_runs = 0  # the runs the last results workbook written held (RESULTS_MANY)
@@ -206,12 +207,14 @@ class Reconciler:
         self._kept: tuple[tuple[str, str], Kept] | None = None  # ((workbook stamp, data version), decisions)
 
     # ------------------------------------------------------------ workbook
-    def load(self, keep_last_good: bool = False, settle_s: float = 0.0) -> list[str]:
+    def load(self, keep_last_good: bool = False, settle_s: float = 0.0, check: bool = True) -> list[str]:
         """Re-read the workbook if it changed. Returns warnings; raises WorkbookError
         unless `keep_last_good` and a good workbook was read before. With `settle_s` (the
         watch loop: SETTLE_S) a changed workbook is read only once its file has not changed
         for that long, so saves in quick succession are read (and applied) once; with
-        `keep_last_good`, `reread` says what a re-read found."""
+        `keep_last_good`, `reread` says what a re-read found. `check=False` reads it without
+        checking it against the state (no run is decided or rendered, no warning given):
+        what shows values reads of it, its goals and checkpoints; a later `load()` checks it."""
         from .sheet import lock_file, read_workbook
         from .userconfig import read_layers
 
@@ -229,7 +232,8 @@ class Reconciler:
             stamp = (st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
             stamp = None
-        if stamp is not None and stamp == self._stamp and same_layers and self.workbook is not None:
+        if (stamp is not None and stamp == self._stamp and same_layers and self.workbook is not None
+                and (self._checked or not check)):
             return warnings
         lock = lock_file(self.workbook_path)
         if lock is not None and keep_last_good and self.workbook is not None:
@@ -247,7 +251,7 @@ class Reconciler:
                     keep(self.store, "workbook", key, wb)
             version = data_version(self.store)
             checked = f"{key}|{version}" if key and version else ""
-            found = cached(self.store, "checked", checked)
+            found = cached(self.store, "checked", checked) if check else []
             specs = None
             if not isinstance(found, list):  # not checked against this state yet
                 found = None
@@ -262,7 +266,7 @@ class Reconciler:
             raise
         if lock is not None:
             warnings.append(f"{self.workbook_path.name} is open in a spreadsheet program ({lock.name}); using what is saved")
-        self.workbook, self._specs, self._stamp, self._key = wb, specs, stamp, key
+        self.workbook, self._specs, self._stamp, self._key, self._checked = wb, specs, stamp, key, check
         if keep_last_good and before is not None:
             self.reread = _reread(before, wb, stamp)
         if found is None:
@@ -441,10 +445,17 @@ class Reconciler:
         return self._planning[1]
 
     def plan(self, prune: bool = False, yes: bool = False) -> Plan:
-        assert self.workbook is not None
+        self._checked_first()
         found = self._plan(prune, self.gate(yes))
         self.remember(found)
         return found
+
+    def _checked_first(self) -> None:
+        """A plan or a pass decides from a workbook checked against the state: one read
+        unchecked (`load(check=False)`) is checked now."""
+        assert self.workbook is not None, "load() first"
+        if not self._checked:
+            self.load()
 
     def _plan(self, prune: bool, gate: Gate, overrides: dict | None = None) -> Plan:
         """The plan; from the cache when the workbook, the store's data and the gate are
@@ -506,7 +517,7 @@ class Reconciler:
     def run_pass(self, prune: bool = False, results: bool = True, yes: bool = False) -> PassReport:
         """One pass (see the module); changes that wait for a confirmation are skipped
         (confirm.py), all are applied with `yes`."""
-        assert self.workbook is not None, "load() first"
+        self._checked_first()
         now = self.clock()
         report = PassReport(plan=Plan((), 0))
         self._recover(now, report)

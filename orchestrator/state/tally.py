@@ -26,9 +26,9 @@ from .schema import CHANGED_AT, CHANGES_SINCE, LIVE_WHERE, PLANNING_SQL, SNAPSHO
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["Tally", "any_intent", "changed_since", "experiment_records", "first_metric", "histories_of", "history_batches", "live_clusters",
+__all__ = ["Tally", "any_intent", "attempt_histories_of", "changed_since", "experiment_records", "first_metric", "histories_of", "history_batches", "live_clusters",
            "live_records", "metric_names", "orphaned_keys",
-           "planning_records", "record_batches", "records_of", "run_count", "shown_names", "submitters", "tally", "who_submitted"]
+           "param_kinds", "planning_records", "record_batches", "records_of", "run_count", "shown_names", "submitters", "tally", "who_submitted"]
 
 _CURRENT = "FROM runs r JOIN attempts a ON a.key = r.key AND a.attempt = r.attempt"
 _CHANGED = CHANGED_AT.replace("COALESCE(", "COALESCE(a.")  # matches the index attempts_changed
@@ -153,6 +153,49 @@ def histories_of(store: Store, records: Iterable[RunRecord]) -> dict[str, dict[s
         part = keys[i:i + 500]
         merge(store.db.execute(f"{METRIC_ROWS} WHERE key IN ({','.join('?' * len(part))}) ORDER BY rowid", part), runs)
     return {key: run.view() for key, run in runs.items() if run.curves}
+
+
+def attempt_histories_of(store: Store, records: Iterable[RunRecord]) -> dict[tuple[str, int], dict[str, Series]]:
+    """Every attempt's metric histories, the earlier ones and the current one, of the runs
+    `records` (read for them alone), by their order then attempt: (run key, attempt) →
+    metric → points, attempts without a point left out (the export, a batch at a time)."""
+    records = list(records)
+    current = histories_of(store, records)
+    earlier: dict[int, dict[str, RunHistories]] = {}  # attempt → run key → its histories
+    keys = [r.key for r in records]
+    for i in range(0, len(keys), 500):
+        part = keys[i:i + 500]
+        for key, attempt in store.db.execute(
+                "SELECT a.key, a.attempt FROM runs r JOIN attempts a ON a.key = r.key AND a.attempt < r.attempt "
+                f"WHERE r.key IN ({','.join('?' * len(part))})", part):
+            earlier.setdefault(attempt, {})[key] = RunHistories(attempt)
+    for attempt, runs in earlier.items():  # one read per attempt number (a restart, a retry: few)
+        wanted = list(runs)
+        for i in range(0, len(wanted), 500):
+            part = wanted[i:i + 500]
+            merge(store.db.execute(f"{METRIC_ROWS} WHERE key IN ({','.join('?' * len(part))}) AND attempt = ? "
+                                   "ORDER BY rowid", (*part, attempt)), runs)
+    out: dict[tuple[str, int], dict[str, Series]] = {}
+    for r in records:
+        for attempt in sorted(a for a, runs in earlier.items() if r.key in runs):
+            if earlier[attempt][r.key].curves:
+                out[(r.key, attempt)] = earlier[attempt][r.key].view()
+        if r.key in current:
+            out[(r.key, r.attempt)] = current[r.key]
+    return out
+
+
+def param_kinds(store: Store) -> list[tuple[str, frozenset[str], int]]:
+    """Each parameter of the runs, in the order they first appear (by run number, then as
+    the row lists them): its name, the JSON types of its values (integer, real, text, true,
+    false, null) and how many runs have it (`frames.param_dtype` makes a column type of them)."""
+    found: dict[str, tuple[set[str], int, int]] = {}
+    for name, kind, runs, first in store.db.execute(
+            "SELECT json_extract(p.value, '$[0]'), json_type(p.value, '$[1]'), COUNT(*), "
+            "MIN(r.number * 65536 + CAST(p.key AS INTEGER)) FROM runs r, json_each(r.params) p GROUP BY 1, 2"):
+        kinds, n, at = found.get(name, (set(), 0, first))
+        found[name] = (kinds | {kind}, n + runs, min(at, first))
+    return [(name, frozenset(kinds), n) for name, (kinds, n, _) in sorted(found.items(), key=lambda x: x[1][2])]
 
 
 def changed_since(store: Store, version: int) -> list[str] | None:
