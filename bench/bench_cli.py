@@ -2,15 +2,17 @@
 1,000 / 10,000 / 100,000 runs (issue #14), side by side with `sqlite3` reading the same rows.
 
 Each project is built once: a workbook of 10 rows (each a grid of lr × seed), its store
-filled directly (every run submitted, most completed with metrics, some failed), and one
+filled directly (every run submitted, most completed with metrics and a history of 10
+points, some failed), and one
 real pass so that a later pass has nothing to do. A second workbook folder with the same
 rows and an empty store gives `nero plan` with every run new. Each command is then run as a
 subprocess, median of 3, peak RSS from wait4: over the unchanged project (what the last
 command computed is reused: the pass cache, `orchestrator/state/cache.py`), and for `status`,
 `plan` and `reconcile` also right after a run changed (one run written
 before each run (its heartbeat, as a poll writes it): the store's data version rises, so the
-cache misses, and the command brings what it kept up to date with that run). Last, `nero
-export` once every run has POINTS metric points (`add_points`). The script fails loudly when a workbook is refused, when the store does not
+cache misses, and the command brings what it kept up to date with that run). Every run of
+a built project has POINTS points of `loss` (`add_points`): the results workbook's curves,
+the digest's plots and the export read them. The script fails loudly when a workbook is refused, when the store does not
 hold the runs, when a command does not print what it should (a summary that counts every
 run, a plan with every run new), or when it measured nothing; it ends with the figures
 #14 names beside their targets.
@@ -36,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = 10
-POINTS = 10  # metric points per run for the export rows (`add_points`)
+POINTS = 10  # metric points of every run a built project has (`add_points`)
 
 
 def write(path: Path, runs: int) -> None:
@@ -79,6 +81,8 @@ def build(folder: Path, runs: int, fill: bool) -> int:
                               started_at=now - 3000, ended_at=now - 3000 + i % 500,
                               last={"loss": 1.0 / (1 + i), "acc": 0.9}, best={"loss": 1.0 / (1 + i), "acc": 0.9}))
         rec.store.apply(ups)
+        if add_points(folder) < n * POINTS:
+            sys.exit(f"bench_cli: {folder} holds fewer than {n * POINTS:,} metric points")
         rec.run_pass()
         got = rec.store.db.execute("SELECT count(*) FROM runs").fetchone()[0]
         if got != n:
@@ -89,7 +93,7 @@ def build(folder: Path, runs: int, fill: bool) -> int:
 
 def add_points(folder: Path, per_run: int = POINTS) -> int:
     """Give every run of a built project `per_run` points of `loss` (steps 1…per_run) in its
-    store, once (the export rows: a run's history is most of what an export writes); the
+    store, once (what the results workbook, the digest and an export read of a run); the
     points the store then holds, checked."""
     con = sqlite3.connect(folder / ".nero" / "state.db")
     with con:
@@ -223,16 +227,12 @@ def main() -> None:
                 (RECONCILE_SHOWN, nero + ["reconcile"], done, None, "reason"),
                 (RECONCILE_EDITED, nero + ["reconcile"], done, None, "edit"),
                 (DIGEST, nero + ["digest", "--preview"], done, "Runs:", ""),
-                # from here on every run has POINTS points (`add_points`)
+                (DIGEST_EDITED, nero + ["digest", "--preview"], done, "Runs:", "edit"),
                 (EXPORT, nero + ["export", "-o", "runs.csv"], done, f"{n} runs", ""),
                 (EXPORT_EDITED, nero + ["export", "-o", "runs.csv"], done, f"{n} runs", "edit"),
             ]
             rows.append((n, PEER, *peer, 1.0))
             for name, argv, cwd, check, cold in cases:
-                if name == EXPORT:
-                    for folder in (cwd, Path(tmp) / f"before-{cwd.name}"):
-                        if folder.exists() and add_points(folder) < n * POINTS:
-                            sys.exit(f"bench_cli: {folder} holds fewer than {n * POINTS:,} metric points")
                 if args.before:
                     # in a copy of the project: the two nero's caches share names, not stamps
                     twin = Path(tmp) / f"before-{cwd.name}"
@@ -263,7 +263,8 @@ RECONCILE_SHOWN = "nero reconcile, results.xlsx rewritten"  # a run's reason cha
 PLAN_EDITED = "nero plan, the workbook saved again"  # every cache made from the workbook misses
 RECONCILE_EDITED = "nero reconcile, the workbook saved again"
 DIGEST = "nero digest --preview"  # every run read for the counts, leaderboard, resources and plots
-EXPORT = f"nero export -o runs.csv ({POINTS} points a run)"  # every run and every point written
+DIGEST_EDITED = "nero digest --preview, the workbook saved again"  # a plan after an edit, then every run read
+EXPORT = "nero export -o runs.csv"  # every run and every point written
 EXPORT_EDITED = "nero export, the workbook saved again"
 PEER = "sqlite3 (the same rows)"
 
@@ -282,7 +283,7 @@ def verdicts(rows: list[tuple[int, str, float, float, float]]) -> None:
           "under 1 s; every command under 200 MB):")
     big, mid = near(100_000), near(10_000)
     for name in (STATUS, PLAN, RECONCILE, STATUS_CHANGED, PLAN_CHANGED, RECONCILE_CHANGED, RECONCILE_SHOWN,
-                 PLAN_EDITED, RECONCILE_EDITED, DIGEST, EXPORT, EXPORT_EDITED):
+                 PLAN_EDITED, RECONCILE_EDITED, DIGEST, DIGEST_EDITED, EXPORT, EXPORT_EDITED):
         if big is None:
             print(f"  {name} at 100,000 runs: not measured (--sizes has no 100000)")
             continue

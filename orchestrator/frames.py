@@ -8,9 +8,12 @@ For analysis in a notebook and for `nero export`:
     runs.groupby("layers")["best:val_loss"].min()
 
 `runs` has one row per run (index: run key) with its number, experiment, parameters,
-state, reason, attempt, cluster, job id, host, start, end, runtime_s, git commit and the
+state, reason, attempt, cluster, job id, host, who, start, end, runtime_s, git commit and the
 `last:`/`best:` value of every metric and its value at each Settings checkpoint (`metric@step`),
-all of its current attempt, as every surface shows them (`orchestrator.shown`). `metrics` is
+all of its current attempt, as every surface shows them (`orchestrator.shown`). Its columns
+and their types are fixed from every run before a batch is made (`Columns`, `param_dtype`),
+so the frame made a batch of runs at a time, and `export` writing it as it comes, are the
+frame of every run at once. `metrics` is
 tidy: one row per point of every attempt of each run (run, attempt, metric, step, value), by
 run number, then attempt, so `metrics[metrics.attempt == runs.attempt[metrics.run]]` are the
 current attempts' points. `project.attempts_frame()` (`attempts_frame`) has one row per

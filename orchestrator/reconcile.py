@@ -450,6 +450,13 @@ class Reconciler:
         self.remember(found)
         return found
 
+    def release_plan(self) -> None:
+        """Drop what planning keeps for the next plan in this process (the expanded specs,
+        the planning records, the kept decisions: ~1 KB a run): a one-shot command that
+        plans, then reads every run (`nero digest`), holds one or the other, not both.
+        The next plan makes them again."""
+        self._specs, self._planning, self._kept = None, None, None
+
     def _checked_first(self) -> None:
         """A plan or a pass decides from a workbook checked against the state: one read
         unchecked (`load(check=False)`) is checked now."""
@@ -1016,9 +1023,9 @@ class Reconciler:
         100,000 runs every event held took 32 MiB)."""
         return self._with_runs(self._results_head(plan, events))
 
-    def _results_head(self, plan: Plan | None, events: int | None) -> ResultsInput:
+    def _results_head(self, plan: Plan | None, events: int | None, since: float | None = None) -> ResultsInput:
         """`results_input` but the runs: none, no histories, the declared goals only (the
-        runs' metrics add theirs: `_with_runs`, `results.shows`)."""
+        runs' metrics add theirs: `_with_runs`, `results.shows`); the events after `since`."""
         assert self.workbook is not None
         wb = self.workbook
         queue = []
@@ -1031,7 +1038,7 @@ class Reconciler:
         return ResultsInput(
             experiments_path=str(self.workbook_path), settings=wb.settings, goals=dict(wb.goals),
             runs=(), histories={},
-            events=tuple(self.store.events(limit=events)), queue=tuple(queue), now=self.clock(),
+            events=tuple(self.store.events(since=since, limit=events)), queue=tuple(queue), now=self.clock(),
             attempts=tuple(self.store.earlier_attempts()), attempt_histories=self.store.earlier_histories(),
             optimisations=tuple(self.searcher().optimisations(wb, importances=True)
                                 if any(e.search is not None for e in wb.experiments) else ()),
@@ -1039,10 +1046,10 @@ class Reconciler:
             who_submitted=who_submitted(self.store),
         )
 
-    def digest_head(self, plan: Plan | None = None) -> ResultsInput:
-        """`results_input` without its runs (the digest reads them a batch at a time), every
-        event (what changed since the last digest)."""
-        return self._results_head(plan, None)
+    def digest_head(self, plan: Plan | None = None, since: float | None = None) -> ResultsInput:
+        """`results_input` without its runs (the digest reads them a batch at a time), with
+        the events after `since` (the last digest: what changed since; every event if none)."""
+        return self._results_head(plan, None, since)
 
     def _with_runs(self, head: ResultsInput) -> ResultsInput:
         """`head` with every run, their histories, and the goals their metrics add."""

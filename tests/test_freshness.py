@@ -33,7 +33,8 @@ def test_status_says_the_last_pass_is_old_and_shows_a_local_run_that_ended_since
 
     later = {"NERO_NOW": repr(t0 + 3600)}
     shown = nero("status", str(project), check=True, env=later).stdout
-    stamp = time.strftime("%H:%M:%S", time.localtime(t0))
+    same_day = time.localtime(t0)[:3] == time.localtime(t0 + 3600)[:3]  # run after 23:00, an hour later is tomorrow:
+    stamp = time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S", time.localtime(t0))  # the date is said
     assert "completed" in shown and "running" not in shown.replace("no reconcile running", ""), shown
     assert f"as of the pass at {stamp} (1h00m ago)" in shown, shown
     assert "local runs read just now (1 ended since)" in shown, shown

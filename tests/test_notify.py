@@ -358,3 +358,65 @@ def test_digest_html_renders_in_headless_chromium_with_its_images(project: Path,
     assert drawn > 300, "the plots' lines are not on the page"
     dark = sum(n for n, (r, g, b) in colors if r + g + b < 200)
     assert dark > 2000, "hardly any text on the page"
+
+
+def test_a_digest_reads_the_events_since_the_last_one(project: Path):
+    """The digest tells what changed since the last one: it reads those events alone (not
+    every event the project ever had), and tells all of them."""
+    from orchestrator.project import Project
+
+    (project / "ok.py").write_text(OK_JOB)
+    workbook = write_workbook(project / "experiments.xlsx", [
+        {"id": "ok", "command": "python ok.py --seed {{ seed }}", "seed": "[1, 2]"}])
+    nero("reconcile", str(workbook), "--until-done", "--interval", "0.3", "-q", check=True, timeout=90)
+    assert nero("digest", str(workbook), "--send", check=True).returncode == 0  # no SMTP: the local outbox
+    with Project(workbook) as p:
+        p.load()
+        since = p.last_digest()
+        before = len(p.events())
+        head, _ = p.digest_input()
+        assert since is not None and before >= 6 and head.events == ()
+    time.sleep(0.05)
+    nero("restart", str(workbook), "ok[seed=1]", "--yes", check=True)
+    nero("reconcile", str(workbook), "--until-done", "--interval", "0.3", "-q", "--yes", check=True, timeout=90)
+    with Project(workbook) as p:
+        p.load()
+        first = p.plan()
+        p.release_plan()  # what `nero digest` does before it reads every run: the next plan is the same
+        assert p.plan() == first
+        head, _ = p.digest_input()
+        every = p.events()
+    newer = [e for e in every if e.time > since]
+    assert head.events == tuple(newer) and {e.kind for e in newer} >= {"restart", "completed"}
+    assert len(every) > len(newer)
+    nero("digest", str(workbook), "--preview", check=True)
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", (project / ".nero" / "preview" / "digest.html").read_text()))
+    assert "Since the last digest 1 started , 1 completed , 1 submitted." in text  # the restart's, not the first runs'
+
+
+def test_a_digest_plot_of_a_wide_row_draws_its_best_runs(project: Path):
+    """An experiment of more runs than a plot can show (`DIGEST_LINES`) is drawn as its best
+    runs by the digest's metric, in the leaderboard's order, read a batch at a time; the
+    digest says how many of how many."""
+    from orchestrator.mail.content import DIGEST_LINES
+    from orchestrator.mail.digest import drawn_runs
+    from orchestrator.project import Project
+
+    (project / "val.py").write_text("import sys\nv = float(sys.argv[1])\n"
+                                    "print(f'step=1 loss={v + 1}', flush=True)\nprint(f'step=2 loss={v}', flush=True)\n")
+    n = DIGEST_LINES + 5
+    workbook = write_workbook(project / "experiments.xlsx", [
+        {"id": "wide", "command": "python val.py {{ 30 - v }}", "v": f"range({n})"}],
+        clusters=[{"name": "local", "kind": "local", "max_jobs": 8}], settings={"primary_metric": "loss"})
+    nero("reconcile", str(workbook), "--until-done", "--interval", "0.3", "-q", check=True, timeout=120)
+    with Project(workbook) as p:
+        p.load()
+        head, runs = p.digest_input()
+        drawn, histories, total = drawn_runs(runs, "wide", "loss", head.goals, DIGEST_LINES)
+    # loss = 30 - v: the largest v is best
+    assert total == n and [r.key for r in drawn] == [f"wide[v={v}]" for v in range(n - 1, n - 1 - DIGEST_LINES, -1)]
+    assert set(histories) == {r.key for r in drawn} and all(len(h["loss"]) == 2 for h in histories.values())
+    nero("digest", str(workbook), "--preview", check=True)
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", (project / ".nero" / "preview" / "digest.html").read_text()))
+    assert f"loss, {n} runs: the best {DIGEST_LINES} drawn" in text
+    assert f"# run best last step state 1 wide[v={n - 1}]" in text  # the leaderboard's first, drawn first

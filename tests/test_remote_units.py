@@ -579,3 +579,39 @@ def test_parameters_written_without_an_encoder_read_as_json_writes_them():
                                                                             separators=(",", ":"))
     twice = (("a", 1), ("a", 2))
     assert params_json(twice, compact=True, ordered=True) == '{"a":2}'
+
+
+def test_a_job_that_ends_while_it_is_polled_is_not_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A poll reads a run's status files, then asks whether its process lives: a job that
+    wrote its exit code and ended in between was reported dead without an exit code, and
+    the run LOST (seen twice under load). The job's end is placed in that window here (it
+    cannot be timed from outside): the poll says it was alive, and the next one reads its end."""
+    import signal
+
+    from orchestrator.backends import agent
+
+    run = tmp_path / "run"
+    run.mkdir()
+    job = subprocess.Popen(["sleep", "30"], cwd=run)  # a real process whose folder is the run's
+    (run / "pid").write_text(f"{job.pid}\n")
+    (run / "started").write_text(f"{time.time()}\n")
+    real = agent.process_alive
+
+    def ends_now(pid: int, run_dir: str) -> bool:  # the job ends right after its files were read
+        (run / "exit_code").write_text("0\n")
+        job.send_signal(signal.SIGKILL)
+        job.wait()
+        return real(pid, run_dir)
+
+    monkeypatch.setattr(agent, "process_alive", ends_now)
+
+    def poll() -> dict:
+        reply = agent.serve({"op": "poll", "workdir": str(tmp_path), "runs": [{"dir": str(run), "check_pid": True}]},
+                            None)
+        assert reply.header["ok"], reply.header
+        return reply.header["runs"][0]
+
+    first = poll()
+    assert first["files"]["exit_code"] is None and first["alive"] is True
+    second = poll()
+    assert second["files"]["exit_code"] == "0" and "alive" not in second

@@ -457,6 +457,10 @@ def op_poll(req, inp, reply):
         if r.get("check_pid") and files.get("exit_code") is None:  # an exit code ends the run, alive or not
             pid = (r.get("pid") or read_status(os.path.join(d, "pid")) or "").strip()
             item["alive"] = pid.isdigit() and process_alive(int(pid), d)
+            if not item["alive"] and read_status(os.path.join(d, "exit_code")) is not None:
+                # it ended after its files were read: it was alive then; the next poll reads its end
+                # (not "ended without writing an exit code": a busy machine widens this window)
+                item["alive"] = True
         runs.append(item)
     reply.header["runs"] = runs
     reply.header["disk_free_mb"] = disk_free_mb(workdir)

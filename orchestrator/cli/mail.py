@@ -45,6 +45,7 @@ def digest(workbook: str | None, mode: str, open_browser: bool) -> None:
             current_plan = project.plan()
         except NeroError:
             current_plan = None
+        project.release_plan()  # the digest reads every run next: not with every spec still held
         mailer = project.mailer()
         warnings: list[str] = []
         now = project.clock()

@@ -39,11 +39,11 @@ from ..shown import run_values
 from ..units import format_metric
 from ..views import optimisation_line
 from .compose import Draft, Part, compose, message_id, render_message
-from .digest import DIGEST_TOP, Audience, Digested, DigestRuns, digest_runs
+from .digest import DIGEST_TOP, Audience, Digested, DigestRuns, digest_runs, drawn_runs
 from .formats import local_time, one_line
 
 __all__ = [
-    "CHANGE_KINDS", "DETAILED_IN_GROUP", "DIGEST_CHANGES", "DIGEST_PLOTS", "DIGEST_TOP", "ENDINGS", "EVENT_WORDS",
+    "CHANGE_KINDS", "DETAILED_IN_GROUP", "DIGEST_CHANGES", "DIGEST_LINES", "DIGEST_PLOTS", "DIGEST_TOP", "ENDINGS", "EVENT_WORDS",
     "GROUP_OVER", "STATE_ORDER", "TAIL_LINES", "Audience", "RunFacts", "addressed_batches", "build_digest",
     "digest_audiences", "build_notice", "fallback_notice",
     "is_detailed", "leaderboard", "needs_details", "notice_batches", "notice_item", "primary_metric", "slug_name",
@@ -58,6 +58,7 @@ TAIL_LINES = 40
 GROUP_OVER = 10  # more notices of one kind in one pass than this: one message lists them
 DETAILED_IN_GROUP = 3
 DIGEST_PLOTS = 8
+DIGEST_LINES = 20  # runs drawn in an experiment's plot at most: the best (`digest.drawn_runs`)
 DIGEST_CHANGES = 25
 STATE_ORDER = ("running", "submitted", "pending", "completed", "failed", "terminated", "timeout",
                "preempted", "lost", "cancelled")
@@ -313,8 +314,10 @@ def _experiment_plots(data: ResultsInput, d: Digested, runs_of: DigestRuns, toke
         chosen = d.metric if d.metric in names else sorted(names)[0]
         goal = default_goal(chosen, data.goals)
         try:
-            runs, histories = runs_of.experiment(experiment)
-            png = experiment_curves_png(runs, histories, chosen, goal, f"{experiment}: {chosen} ({goal} is better)")
+            runs, histories, total = drawn_runs(runs_of, experiment, chosen, data.goals, DIGEST_LINES)
+            title = f"{experiment}: {chosen} ({goal} is better)" + (
+                f", the best {len(runs)} of {total:,} runs" if total > len(runs) else "")
+            png = experiment_curves_png(runs, histories, chosen, goal, title)
         except Exception as e:  # a plot must not cost the digest
             warnings.append(f"digest: no plot for {experiment}: {type(e).__name__}: {e}")
             continue
@@ -322,7 +325,7 @@ def _experiment_plots(data: ResultsInput, d: Digested, runs_of: DigestRuns, toke
             continue
         cid = _cid("experiment", len(plots), token)
         images.append(Part(png, f"{slug_name(experiment)}-{slug_name(chosen)}.png", cid=cid))
-        plots.append({"experiment": experiment, "metric": chosen, "image": cid, "runs": len(runs)})
+        plots.append({"experiment": experiment, "metric": chosen, "image": cid, "runs": total, "drawn": len(runs)})
     return plots, images, skipped
 
 

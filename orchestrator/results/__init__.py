@@ -82,6 +82,7 @@ the e-mail digest.
 from ..curves import PALETTE
 from .sheets import MAX_EVENTS, MIN_PRINT_SCALE
 from .view import (
+           CHARTED_RUNS,
            FORMAT_VERSION,
            MAX_POINTS_PER_SERIES,
            SERIES_PER_CHART,
@@ -91,5 +92,5 @@ from .view import (
 )
 from .workbook import shows, still_shows, streamed_digests, write_results
 
-__all__ = ["FORMAT_VERSION", "MAX_EVENTS", "MAX_POINTS_PER_SERIES", "MIN_PRINT_SCALE", "PALETTE", "SERIES_PER_CHART", "SHEETS",
+__all__ = ["CHARTED_RUNS", "FORMAT_VERSION", "MAX_EVENTS", "MAX_POINTS_PER_SERIES", "MIN_PRINT_SCALE", "PALETTE", "SERIES_PER_CHART", "SHEETS",
            "RunDigests", "fingerprint", "shows", "still_shows", "streamed_digests", "write_results"]

@@ -25,25 +25,26 @@ from typing import Any
 from urllib.parse import quote
 
 from ..curves import Magnitudes, finite, normalize
-from ..metrics import default_goal, goals_of, ranked_metric
+from ..metrics import default_goal, goals_of, rank_key, ranked_metric
 from ..model import ResultsInput, RunRecord
 from ..shown import run_values, signature
 
 __all__ = [
-    "CHEAP_POINTS", "CURVES_MAX_AGE", "CURVE_SHEETS", "FORMAT_VERSION", "LEADERBOARD_SIZE",
+    "CHARTED_RUNS", "CHEAP_POINTS", "CURVES_MAX_AGE", "CURVE_SHEETS", "FORMAT_VERSION", "LEADERBOARD_SIZE",
     "MAX_POINTS_PER_SERIES", "MAX_TEXT", "MIN_POINTS_PER_SERIES", "MAX_TOTAL_POINTS",
     "SERIES_PER_CHART", "SHEETS",
     "BEST", "LAST", "Batch", "Batches", "RunDigests", "RunView", "Survey", "View",
     "cell_text", "chart_text", "excel_time", "fingerprint", "points_per_series", "short_label", "time_zone",
 ]
 
-FORMAT_VERSION = "4"  # 3: the page setup of #13; 4: the Optimisation sheet
+FORMAT_VERSION = "5"  # 3: the page setup of #13; 4: the Optimisation sheet; 5: a wide row charted as its best runs
 SHEETS = ("Summary", "Curves", "Curve data", "Events", "Resources", "Queue", "Attempts", "Optimisation")
 CURVE_SHEETS = (2, 3)  # 1-based positions of the sheets copied on a summary-only refresh
 MAX_POINTS_PER_SERIES = 200
 MIN_POINTS_PER_SERIES = 32
 MAX_TOTAL_POINTS = 600_000
 SERIES_PER_CHART = 20
+CHARTED_RUNS = 100  # an experiment's runs drawn on Curves at most (five charts of 20): its best (curves._layout)
 LEADERBOARD_SIZE = 30
 MAX_TEXT = 32_767
 CHEAP_POINTS = 100_000  # histories this small get fresh curves on every write
@@ -358,7 +359,8 @@ class View:
 
     def ranked(self, board: list[tuple[RunView, float]]) -> list[tuple[RunView, float]]:
         """The leaderboard's order (best first, then by `#`), its first LEADERBOARD_SIZE."""
-        board.sort(key=lambda rv: (-rv[1] if self.goal(self.primary) == "max" else rv[1], rv[0].record.number))
+        goal = self.goal(self.primary)
+        board.sort(key=lambda rv: (rank_key(goal, rv[1]), rv[0].record.number))
         return board[:LEADERBOARD_SIZE]
 
     def run_dir_cell(self, r: RunRecord) -> tuple[str, str | None]:
