@@ -215,7 +215,8 @@ def _layout(placed: dict[tuple[str, str], list[_Placed]], primary: str = "", goa
             chosen = {s.key: i for i, s in enumerate(sorted(runs.values(), key=order)[:CHARTED_RUNS])}
             series_of = {m: sorted((s for s in ss if s.key in chosen), key=lambda s: chosen[s.key])
                          for m, ss in series_of.items()}
-            what = f" of {len(runs):,}, the best by {primary}" if primary else f" of {len(runs):,}, the first by number"
+            ranked = primary and any(s.rank is not None for s in runs.values())  # else: by number, said so
+            what = f" of {len(runs):,}, the best by {primary}" if ranked else f" of {len(runs):,}, the first by number"
         n_runs = max(len(series) for series in series_of.values())
         groups = math.ceil(n_runs / SERIES_PER_CHART)
         size = math.ceil(n_runs / groups) if groups else SERIES_PER_CHART  # balanced groups
