@@ -10,6 +10,7 @@ digest (`leaderboard`) read it so, by the same rules.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -77,12 +78,10 @@ def drawn_runs(runs: DigestRuns, experiment: str, metric: str, goals: Mapping[st
             shown = run_values(r, {metric: points}, goals, (), (metric,)).get(metric)
             if shown is not None and shown.best is not None and math.isfinite(shown.best):
                 ranked.append((rank_key(goal, shown.best), r.number, r, points))
-            elif len(rest) < limit:
+            elif len(rest) < limit:  # the runs come by number: the first `limit`
                 rest.append((r.number, r, points))
-        if len(ranked) > 4 * limit:
-            ranked = sorted(ranked, key=lambda x: x[:2])[:limit]
-    chosen = [(r, p) for _, _, r, p in sorted(ranked, key=lambda x: x[:2])[:limit]]
-    chosen += [(r, p) for _, r, p in sorted(rest, key=lambda x: x[0])[:limit - len(chosen)]]
+        ranked = heapq.nsmallest(limit, ranked, key=lambda x: x[:2])  # a batch's worth held besides, at most
+    chosen = [(r, p) for _, _, r, p in ranked] + [(r, p) for _, r, p in rest][:limit - len(ranked)]
     return [r for r, _ in chosen], {r.key: {metric: p} for r, p in chosen}, total
 
 
